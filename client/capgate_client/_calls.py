@@ -1,0 +1,228 @@
+"""Every RPC as a ``Call``: which stub method, the request, and how to read the reply.
+
+The sync and asyncio clients share these; they differ only in how a call runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from capgate import Grant, InvalidArgumentError
+from capgate_proto.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
+    common_pb2,
+    token_pb2,
+    token_pb2_grpc,
+    verifier_pb2,
+    verifier_pb2_grpc,
+)
+
+from capgate_client._types import (
+    AgentInfo,
+    AuditRecord,
+    Credential,
+    HopStatus,
+    InspectResult,
+    IssuedToken,
+    RevokeResult,
+    TreeNode,
+    VerifyResult,
+)
+
+__all__ = ["Call", "TLS", "stubs_for"]
+
+
+@dataclass(frozen=True)
+class TLS:
+    """TLS for the channel: the CA that signed the server, and a client pair for mTLS."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        read = lambda p: p.read_bytes() if p else None  # noqa: E731
+        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+
+    def options(self) -> list[tuple[str, Any]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
+@dataclass(frozen=True)
+class Call:
+    service: str
+    method: str
+    request: Any
+    convert: Callable[[Any], Any]
+
+
+def stubs_for(channel: Any) -> dict[str, Any]:
+    return {
+        "agent": agent_pb2_grpc.AgentServiceStub(channel),
+        "token": token_pb2_grpc.TokenServiceStub(channel),
+        "verify": verifier_pb2_grpc.VerifierServiceStub(channel),
+        "audit": audit_pb2_grpc.AuditServiceStub(channel),
+    }
+
+
+# -- conversions -------------------------------------------------------------------------
+
+def _grant_pb(text: str) -> common_pb2.Grant:
+    g = Grant.parse(text)
+    return common_pb2.Grant(actions=sorted(g.actions), resource=g.glob.pattern)
+
+
+def _agent(pb: Any) -> AgentInfo:
+    return AgentInfo(
+        id=pb.id, owner=pb.owner, description=pb.description, status=pb.status,
+        ceiling=tuple(f"{','.join(g.actions)}:{g.resource}" for g in pb.ceiling),
+        max_ttl=pb.max_ttl_seconds, max_depth=pb.max_depth, epoch=pb.epoch,
+        revoked_before=pb.revoked_before, public_keys=tuple(k.key_id for k in pb.public_keys),
+        created_at=pb.created_at)
+
+
+def _issued(pb: Any) -> IssuedToken:
+    return IssuedToken(pb.token, pb.token_id, pb.expires, pb.delegation_id)
+
+
+def verify_result(pb: Any) -> VerifyResult:
+    return VerifyResult(pb.allowed, pb.code, pb.reason, pb.caveat, pb.token_id, tuple(pb.chain))
+
+
+def _tree(pb: Any) -> TreeNode:
+    return TreeNode(pb.id, pb.agent, pb.issued_by, pb.at, pb.revoked, tuple(pb.restrictions),
+                    tuple(_tree(c) for c in pb.children))
+
+
+def _inspect(pb: Any) -> InspectResult:
+    return InspectResult(
+        pb.token_id, pb.key_id, pb.issued_at, pb.expires, tuple(pb.caveats), tuple(pb.lineage),
+        tuple(HopStatus(h.agent, h.delegation_id, h.at, h.offline, tuple(h.restrictions),
+                        h.revoked, h.agent_status) for h in pb.chain),
+        pb.signature_valid, pb.revoked, pb.status)
+
+
+def _audit(pb: Any) -> list[AuditRecord]:
+    return [AuditRecord(e.seq, e.at, e.principal, e.kind, e.subject, e.ok, e.code, e.reason,
+                        tuple(e.chain), e.detail) for e in pb.events]
+
+
+def verify_request(token: str, action: str, resource: str, presenter: str = "",
+                   ctx: Mapping[str, str] | None = None) -> verifier_pb2.VerifyRequest:
+    return verifier_pb2.VerifyRequest(token=token, action=action, resource=resource,
+                                      presenter=presenter, ctx=dict(ctx or {}))
+
+
+# -- the calls -------------------------------------------------------------------------------
+
+def create_agent(agent_id: str, grants: Sequence[str], max_ttl: int | None,
+                 max_depth: int | None, owner: str, description: str,
+                 public_key: bytes | None) -> Call:
+    req = agent_pb2.CreateAgentRequest(
+        id=agent_id, ceiling=[_grant_pb(g) for g in grants], max_ttl_seconds=max_ttl or 0,
+        max_depth=-1 if max_depth is None else max_depth, owner=owner, description=description,
+        public_key=public_key or b"")
+    return Call("agent", "CreateAgent", req,
+                lambda pb: (_agent(pb.agent), pb.credential))
+
+
+def get_agent(agent_id: str) -> Call:
+    return Call("agent", "GetAgent", agent_pb2.GetAgentRequest(id=agent_id), _agent)
+
+
+def list_agents() -> Call:
+    return Call("agent", "ListAgents", agent_pb2.ListAgentsRequest(),
+                lambda pb: [_agent(a) for a in pb.agents])
+
+
+def update_agent(agent_id: str, grants: Sequence[str] | None, max_ttl: int | None,
+                 max_depth: int | None, description: str | None) -> Call:
+    req = agent_pb2.UpdateAgentRequest(
+        id=agent_id, ceiling=[_grant_pb(g) for g in grants or ()], set_ceiling=grants is not None,
+        max_ttl_seconds=max_ttl or 0, max_depth=-1 if max_depth is None else max_depth,
+        description=description or "", set_description=description is not None)
+    return Call("agent", "UpdateAgent", req, _agent)
+
+
+def agent_action(method: str, agent_id: str) -> Call:
+    """SuspendAgent, ResumeAgent, RevokeAllTokens."""
+    return Call("agent", method, agent_pb2.AgentRef(id=agent_id), _agent)
+
+
+def add_public_key(agent_id: str, public_key: bytes) -> Call:
+    return Call("agent", "AddPublicKey",
+                agent_pb2.AddPublicKeyRequest(id=agent_id, public_key=public_key), _agent)
+
+
+def remove_public_key(agent_id: str, key_id: str) -> Call:
+    return Call("agent", "RemovePublicKey",
+                agent_pb2.RemovePublicKeyRequest(id=agent_id, key_id=key_id), _agent)
+
+
+def create_principal(principal_id: str, role: str) -> Call:
+    return Call("agent", "CreatePrincipal",
+                agent_pb2.CreatePrincipalRequest(id=principal_id, role=role),
+                lambda pb: Credential(pb.id, pb.role, pb.credential))
+
+
+def issue(grant: str, ttl: int | None, caveats: Iterable[str]) -> Call:
+    return Call("token", "IssueToken",
+                token_pb2.IssueTokenRequest(grant=_grant_pb(grant), ttl_seconds=ttl or 0,
+                                            caveats=list(caveats)), _issued)
+
+
+def attenuate(token: str, caveats: Iterable[str]) -> Call:
+    return Call("token", "AttenuateToken",
+                token_pb2.AttenuateTokenRequest(token=token, caveats=list(caveats)), _issued)
+
+
+def delegate(token: str, to: str, caveats: Iterable[str]) -> Call:
+    return Call("token", "DelegateToken",
+                token_pb2.DelegateTokenRequest(token=token, to=to, caveats=list(caveats)), _issued)
+
+
+def inspect(token: str) -> Call:
+    return Call("token", "InspectToken", token_pb2.InspectTokenRequest(token=token), _inspect)
+
+
+def revoke(token_or_id: str, reason: str) -> Call:
+    text = token_or_id.strip()
+    is_id = len(text) == 32 and all(c in "0123456789abcdefABCDEF" for c in text)
+    if not text:
+        raise InvalidArgumentError("give a token or a token/delegation id to revoke")
+    req = (token_pb2.RevokeTokenRequest(id=text, reason=reason) if is_id
+           else token_pb2.RevokeTokenRequest(token=text, reason=reason))
+    return Call("token", "RevokeToken", req,
+                lambda pb: RevokeResult(pb.id, pb.newly_revoked, pb.expires))
+
+
+def tree(node_id: str) -> Call:
+    return Call("token", "GetTokenTree", token_pb2.GetTokenTreeRequest(id=node_id), _tree)
+
+
+def verify(token: str, action: str, resource: str, presenter: str,
+           ctx: Mapping[str, str] | None) -> Call:
+    return Call("verify", "Verify", verify_request(token, action, resource, presenter, ctx),
+                verify_result)
+
+
+def verify_batch(requests: Sequence[verifier_pb2.VerifyRequest]) -> Call:
+    return Call("verify", "VerifyBatch", verifier_pb2.VerifyBatchRequest(requests=requests),
+                lambda pb: [verify_result(r) for r in pb.responses])
+
+
+def audit(principal: str, agent: str, kind: str, token_id: str, after_seq: int,
+          limit: int) -> Call:
+    return Call("audit", "ListEvents",
+                audit_pb2.ListEventsRequest(principal=principal, agent=agent, kind=kind,
+                                            token_id=token_id, after_seq=after_seq, limit=limit),
+                _audit)

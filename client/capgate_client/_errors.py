@@ -1,0 +1,46 @@
+"""gRPC errors back into capgate's exceptions (the server's mapping, reversed)."""
+
+from __future__ import annotations
+
+import grpc
+
+import capgate._errors as _core_errors
+from capgate import (
+    AuthenticationError,
+    CapgateError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnavailableError,
+)
+
+__all__ = ["from_rpc_error"]
+
+_BY_NAME: dict[str, type[CapgateError]] = {
+    name: cls for name in _core_errors.__all__
+    if isinstance(cls := getattr(_core_errors, name), type) and issubclass(cls, CapgateError)
+}
+# When the server named no exception (a proxy, a deadline, a transport failure).
+_BY_CODE: dict[grpc.StatusCode, type[CapgateError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: UnavailableError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: InvalidArgumentError,
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> CapgateError:
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = (error.details() if hasattr(error, "details") else None) or str(code)
+    name = ""
+    trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == "capgate-error":
+            name = value
+    cls = _BY_NAME.get(name) or _BY_CODE.get(code, CapgateError)
+    return cls(details, status=code.name if code else "UNKNOWN")

@@ -1,0 +1,304 @@
+"""The first-party caveat language: grammar, parsing, and each caveat's check.
+
+A caveat is UTF-8 text ``KEY OP VALUE`` with single spaces (``ctx`` adds a
+name: ``ctx KEY OP VALUE``). The full grammar is in docs/caveats.md. Parsing
+is strict; unknown keys and malformed text raise ``CaveatSyntaxError``, and the
+verifier turns that into a deny (fail closed).
+
+Every caveat is a pure condition on the request and the clock, so appending
+one can only narrow a token. Holder binding (``agent``) and lineage (``did``)
+are read by the verifier from the parsed chain rather than checked here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from typing import ClassVar
+
+from capgate._clock import format_timestamp, parse_timestamp
+from capgate._errors import CaveatSyntaxError, InvalidArgumentError
+from capgate._grants import Glob, parse_actions
+from capgate._text import CTX_KEY_RE, ID_RE, safe_text_problem
+
+__all__ = [
+    "ActionCaveat",
+    "AgentCaveat",
+    "Caveat",
+    "CtxCaveat",
+    "DidCaveat",
+    "ExpiresCaveat",
+    "NotBeforeCaveat",
+    "Request",
+    "ResourceCaveat",
+    "compile_caveat",
+    "parse_caveat",
+]
+
+_NUMBER = re.compile(r"-?[0-9]{1,18}(?:\.[0-9]{1,18})?")
+_HEX128 = re.compile(r"[0-9a-f]{32}")
+_MAX_CTX_VALUE = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What is being asked: ``presenter`` does ``action`` on ``resource`` with ``ctx``."""
+
+    action: str
+    resource: str
+    presenter: str | None = None
+    ctx: Mapping[str, str] = field(default_factory=dict)
+
+
+class Caveat:
+    """A parsed caveat. ``check`` returns None when it holds, else why it does not."""
+
+    __slots__ = ("text",)
+    key: ClassVar[str]
+    needs_proof: ClassVar[bool] = False
+    # How the verifier reads it: CHECK against each request, or part of the chain.
+    CHECK, HOLDER, DELEGATE, LINEAGE, DEPTH = range(5)
+    role: ClassVar[int] = CHECK
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def check(self, request: Request, now: float) -> str | None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.text!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.text == self.text  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
+class AgentCaveat(Caveat):
+    """``agent = ID``: the token is held by agent ID at this point of the chain."""
+
+    __slots__ = ("agent",)
+    key = "agent"
+    role = Caveat.HOLDER
+
+    def __init__(self, text: str, agent: str) -> None:
+        super().__init__(text)
+        self.agent = agent
+
+
+class ActionCaveat(Caveat):
+    """``action in a,b``."""
+
+    __slots__ = ("actions",)
+    key = "action"
+
+    def __init__(self, text: str, actions: frozenset[str]) -> None:
+        super().__init__(text)
+        self.actions = actions
+
+    def check(self, request: Request, now: float) -> str | None:
+        if request.action in self.actions:
+            return None
+        return f"action {request.action!r} is not one of {','.join(sorted(self.actions))}"
+
+
+class ResourceCaveat(Caveat):
+    """``resource GLOB``."""
+
+    __slots__ = ("glob",)
+    key = "resource"
+
+    def __init__(self, text: str, glob: Glob) -> None:
+        super().__init__(text)
+        self.glob = glob
+
+    def check(self, request: Request, now: float) -> str | None:
+        if self.glob.matches(request.resource):
+            return None
+        return f"resource {request.resource!r} does not match {self.glob.pattern}"
+
+
+class ExpiresCaveat(Caveat):
+    """``expires < RFC3339``: valid strictly before the instant."""
+
+    __slots__ = ("at",)
+    key = "expires"
+
+    def __init__(self, text: str, at: float) -> None:
+        super().__init__(text)
+        self.at = at
+
+    def check(self, request: Request, now: float) -> str | None:
+        if now < self.at:
+            return None
+        return f"token expired at {format_timestamp(self.at)}"
+
+
+class NotBeforeCaveat(Caveat):
+    """``not-before > RFC3339``: valid strictly after the instant."""
+
+    __slots__ = ("at",)
+    key = "not-before"
+
+    def __init__(self, text: str, at: float) -> None:
+        super().__init__(text)
+        self.at = at
+
+    def check(self, request: Request, now: float) -> str | None:
+        if now > self.at:
+            return None
+        return f"token is not valid before {format_timestamp(self.at)}"
+
+
+class CtxCaveat(Caveat):
+    """``ctx KEY = v`` | ``ctx KEY in v1,v2`` | ``ctx KEY <= n`` | ``ctx KEY >= n``."""
+
+    __slots__ = ("name", "op", "values", "bound")
+    key = "ctx"
+
+    def __init__(
+        self, text: str, name: str, op: str, values: frozenset[str], bound: Decimal | None
+    ) -> None:
+        super().__init__(text)
+        self.name = name
+        self.op = op
+        self.values = values
+        self.bound = bound
+
+    def check(self, request: Request, now: float) -> str | None:
+        value = request.ctx.get(self.name)
+        if value is None:
+            return f"request context has no {self.name!r}"
+        if self.bound is None:
+            if value in self.values:
+                return None
+            return f"ctx {self.name}={value!r} is not one of {','.join(sorted(self.values))}"
+        if not isinstance(value, str) or _NUMBER.fullmatch(value) is None:
+            return f"ctx {self.name}={value!r} is not a number"
+        n = Decimal(value)
+        if (n <= self.bound) if self.op == "<=" else (n >= self.bound):
+            return None
+        return f"ctx {self.name}={value} is not {self.op} {self.bound}"
+
+
+class DidCaveat(Caveat):
+    """``did = HEX``: a delegation id, an extra lineage entry that can be revoked."""
+
+    __slots__ = ("did",)
+    key = "did"
+    role = Caveat.LINEAGE
+
+    def __init__(self, text: str, did: str) -> None:
+        super().__init__(text)
+        self.did = did
+
+
+def _syntax(text: str, why: str, kind: str = "malformed") -> CaveatSyntaxError:
+    return CaveatSyntaxError(f"caveat {text!r}: {why}", caveat=text, kind=kind)
+
+
+def _expect(text: str, parts: list[str], n: int, op: str) -> None:
+    if len(parts) != n or parts[n - 2] != op:
+        raise _syntax(text, f"expected '{parts[0]} {op} VALUE'")
+
+
+def _values(text: str, raw: str) -> frozenset[str]:
+    vals = raw.split(",")
+    for v in vals:
+        if not v:
+            raise _syntax(text, "empty value in list")
+        if len(v) > _MAX_CTX_VALUE:
+            raise _syntax(text, f"value over {_MAX_CTX_VALUE} characters")
+    return frozenset(vals)
+
+
+def _parse(text: str) -> Caveat:
+    if not text or text != text.strip(" ") or "  " in text:
+        raise _syntax(text, "caveat words are separated by single spaces")
+    for word in text.split(" "):
+        problem = safe_text_problem(word)
+        if problem is not None:
+            raise _syntax(text, problem)
+    parts = text.split(" ")
+    key = parts[0]
+    try:
+        if key == "agent":
+            _expect(text, parts, 3, "=")
+            if ID_RE.fullmatch(parts[2]) is None:
+                raise _syntax(text, "invalid agent id")
+            return AgentCaveat(text, parts[2])
+        if key == "action":
+            _expect(text, parts, 3, "in")
+            return ActionCaveat(text, parse_actions(parts[2]))
+        if key == "resource":
+            if len(parts) != 2:
+                raise _syntax(text, "expected 'resource GLOB'")
+            return ResourceCaveat(text, Glob.parse(parts[1]))
+        if key == "expires":
+            _expect(text, parts, 3, "<")
+            return ExpiresCaveat(text, parse_timestamp(parts[2]))
+        if key == "not-before":
+            _expect(text, parts, 3, ">")
+            return NotBeforeCaveat(text, parse_timestamp(parts[2]))
+        if key == "did":
+            _expect(text, parts, 3, "=")
+            if _HEX128.fullmatch(parts[2]) is None:
+                raise _syntax(text, "a did is 32 lowercase hex digits")
+            return DidCaveat(text, parts[2])
+        if key == "ctx":
+            return _parse_ctx(text, parts)
+    except InvalidArgumentError as e:
+        raise _syntax(text, e.message) from None
+    from capgate._delegation import parse_delegation_caveat  # delegation extends the grammar
+
+    cav = parse_delegation_caveat(text, parts)
+    if cav is None:
+        raise _syntax(text, f"unknown caveat '{key}'", kind="unknown")
+    return cav
+
+
+def _parse_ctx(text: str, parts: list[str]) -> CtxCaveat:
+    if len(parts) != 4 or CTX_KEY_RE.fullmatch(parts[1]) is None:
+        raise _syntax(text, "expected 'ctx KEY OP VALUE' with KEY like tool or max_amount")
+    name, op, raw = parts[1], parts[2], parts[3]
+    if op == "=":
+        if len(raw) > _MAX_CTX_VALUE:
+            raise _syntax(text, f"value over {_MAX_CTX_VALUE} characters")
+        return CtxCaveat(text, name, op, frozenset((raw,)), None)
+    if op == "in":
+        return CtxCaveat(text, name, op, _values(text, raw), None)
+    if op in ("<=", ">="):
+        if _NUMBER.fullmatch(raw) is None:
+            raise _syntax(text, f"{raw!r} is not a decimal number")
+        try:
+            return CtxCaveat(text, name, op, frozenset(), Decimal(raw))
+        except InvalidOperation:  # pragma: no cover - the regex admits only numbers
+            raise _syntax(text, f"{raw!r} is not a decimal number") from None
+    raise _syntax(text, f"unknown ctx operator {op!r} (use =, in, <=, >=)")
+
+
+def parse_caveat(text: str) -> Caveat:
+    """Parse one caveat's text; raises ``CaveatSyntaxError``."""
+    if not isinstance(text, str):
+        raise CaveatSyntaxError("caveat must be text", type=type(text).__name__)
+    return _compile_text(text)
+
+
+@lru_cache(maxsize=16384)
+def _compile_text(text: str) -> Caveat:
+    return _parse(text)
+
+
+@lru_cache(maxsize=16384)
+def compile_caveat(cid: bytes) -> Caveat:
+    """Parse a caveat as it appears in a token (UTF-8 bytes); cached, caveats repeat."""
+    try:
+        text = cid.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CaveatSyntaxError("caveat is not UTF-8 text", caveat=repr(cid)) from None
+    return _compile_text(text)

@@ -1,0 +1,231 @@
+"""Delegation: the ``delegate`` and ``depth`` caveats and the proofs behind them.
+
+A ``delegate`` caveat moves the token to another agent::
+
+    delegate = B did=<32 hex> at=<unix ms> proof=srv:<base64url>
+    delegate = B did=<32 hex> at=<unix ms> proof=ed25519:<key id>:<base64url>
+
+Its proof covers the token's signature just before the caveat plus the
+caveat's own text up to `` proof=``, so it cannot be moved to another token or
+another position, and only the current holder (through the server, or with its
+registered Ed25519 key) can make one. ``did`` is the hop's lineage id; ``at``
+is when the hop was made, which the agent's epoch (revoke-all) is compared to.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+from typing import ClassVar
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_public_key,
+    load_ssh_public_key,
+)
+
+from capgate._caveats import Caveat
+from capgate._errors import CaveatSyntaxError, InvalidArgumentError
+from capgate._text import ID_RE
+from capgate._token import Token, new_token_id
+
+__all__ = [
+    "DelegateCaveat",
+    "DepthCaveat",
+    "delegate_offline",
+    "delegation_message",
+    "public_key_id",
+    "server_proof",
+]
+
+_PROOF_CONTEXT = b"capgate-delegate-v1\n"
+_SERVER_PROOF_KEY = b"capgate delegation proof v1"
+_DELEGATE_RE = re.compile(
+    r"delegate = ([A-Za-z0-9][A-Za-z0-9._-]{0,63}) did=([0-9a-f]{32}) at=([0-9]{1,15})"
+    r" proof=(?:srv:([A-Za-z0-9_-]{43})|ed25519:([0-9a-f]{16}):([A-Za-z0-9_-]{86}))"
+)
+MAX_DEPTH = 32
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class DelegateCaveat(Caveat):
+    """``delegate = ID did=… at=… proof=…``: the holder changes to agent ID."""
+
+    __slots__ = ("agent", "at_ms", "did", "key_id", "proof", "unsigned")
+    key = "delegate"
+    needs_proof: ClassVar[bool] = True
+    role = Caveat.DELEGATE
+
+    def __init__(
+        self, text: str, agent: str, did: str, at_ms: int, key_id: str | None, proof: bytes
+    ) -> None:
+        super().__init__(text)
+        self.agent = agent
+        self.did = did
+        self.at_ms = at_ms
+        self.key_id = key_id  # None: minted by the server
+        self.proof = proof
+        self.unsigned = text[: text.index(" proof=")].encode("ascii")
+
+    @property
+    def offline(self) -> bool:
+        return self.key_id is not None
+
+    def proof_valid(self, prefix_sig: bytes, root_key: bytes, public_key: bytes | None) -> bool:
+        """Check the proof against the signature before this caveat (constant time for srv)."""
+        if self.key_id is None:
+            return hmac.compare_digest(self.proof, server_proof(root_key, prefix_sig, self.unsigned))
+        if public_key is None:
+            return False
+        try:
+            Ed25519PublicKey.from_public_bytes(public_key).verify(
+                self.proof, delegation_message(prefix_sig, self.unsigned)
+            )
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+
+class DepthCaveat(Caveat):
+    """``depth <= n``: at most n further delegations below this point."""
+
+    __slots__ = ("limit",)
+    key = "depth"
+    role = Caveat.DEPTH
+
+    def __init__(self, text: str, limit: int) -> None:
+        super().__init__(text)
+        self.limit = limit
+
+
+def parse_delegation_caveat(text: str, parts: list[str]) -> Caveat | None:
+    """The delegation part of the grammar; None when ``text`` is not one of its caveats."""
+    key = parts[0]
+    if key == "depth":
+        if len(parts) != 3 or parts[1] != "<=" or not parts[2].isdigit() or len(parts[2]) > 2:
+            raise CaveatSyntaxError(f"caveat {text!r}: expected 'depth <= N' (N < 100)",
+                                    caveat=text, kind="malformed")
+        return DepthCaveat(text, int(parts[2]))
+    if key == "delegate":
+        m = _DELEGATE_RE.fullmatch(text)
+        if m is None:
+            raise CaveatSyntaxError(
+                f"caveat {text!r}: expected 'delegate = ID did=HEX at=MS proof=…'",
+                caveat=text, kind="malformed",
+            )
+        agent, did, at, srv, key_id, sig = m.groups()
+        encoded = srv if srv is not None else sig
+        proof = _unb64(encoded)
+        if _b64(proof) != encoded:  # one text per proof
+            raise CaveatSyntaxError(f"caveat {text!r}: proof is not canonical base64url",
+                                    caveat=text, kind="malformed")
+        return DelegateCaveat(text, agent, did, int(at), key_id, proof)
+    return None
+
+
+def delegation_message(prefix_sig: bytes, unsigned: bytes) -> bytes:
+    """What a delegation proof signs: the chain so far and the hop's own words."""
+    return _PROOF_CONTEXT + prefix_sig + unsigned
+
+
+def server_proof(root_key: bytes, prefix_sig: bytes, unsigned: bytes) -> bytes:
+    """The server's proof: an HMAC under a key derived from the token's root key."""
+    key = hmac.digest(root_key, _SERVER_PROOF_KEY, "sha256")
+    return hmac.digest(key, delegation_message(prefix_sig, unsigned), "sha256")
+
+
+def public_key_id(public_key: bytes) -> str:
+    """16 hex digits naming an Ed25519 public key (raw 32 bytes)."""
+    return hashlib.sha256(public_key).hexdigest()[:16]
+
+
+def unsigned_delegation(agent: str, at_ms: int, did: str) -> str:
+    if not isinstance(agent, str) or ID_RE.fullmatch(agent) is None:
+        raise InvalidArgumentError(f"invalid agent id {agent!r}")
+    return f"delegate = {agent} did={did} at={at_ms}"
+
+
+def append_server_delegation(token: Token, root_key: bytes, agent: str,
+                             at_ms: int) -> tuple[Token, str]:
+    """Append a server-minted ``delegate`` caveat; returns the token and the new did."""
+    did = new_token_id()
+    unsigned = unsigned_delegation(agent, at_ms, did)
+    proof = server_proof(root_key, token.signature, unsigned.encode("ascii"))
+    return token.append_raw(f"{unsigned} proof=srv:{_b64(proof)}".encode("ascii")), did
+
+
+def delegate_offline(token: Token, private_key: Ed25519PrivateKey, agent: str,
+                     at_ms: int) -> tuple[Token, str]:
+    """Append a ``delegate`` caveat signed with the current holder's Ed25519 key.
+
+    Returns the token and the new delegation id. The holder's public key must be
+    registered with the server (``capgate agent key add``) for it to verify.
+    """
+    did = new_token_id()
+    unsigned = unsigned_delegation(agent, at_ms, did)
+    sig = private_key.sign(delegation_message(token.signature, unsigned.encode("ascii")))
+    kid = public_key_id(private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    return token.append_raw(f"{unsigned} proof=ed25519:{kid}:{_b64(sig)}".encode("ascii")), did
+
+
+def load_public_key(data: bytes | str) -> bytes:
+    """An Ed25519 public key from PEM, OpenSSH, raw 32 bytes or base64 of them → raw bytes."""
+    raw = data.encode("ascii", "replace") if isinstance(data, str) else data
+    key = None
+    try:
+        if raw.lstrip().startswith(b"-----BEGIN"):
+            key = load_pem_public_key(raw)
+        elif raw.lstrip().startswith(b"ssh-ed25519"):
+            key = load_ssh_public_key(raw.strip())
+        elif len(raw) == 32:
+            return bytes(raw)
+        else:
+            decoded = base64.b64decode(raw.strip(), altchars=b"-_", validate=False)
+            if len(decoded) == 32:
+                return decoded
+    except (ValueError, binascii.Error, TypeError):
+        key = None
+    if not isinstance(key, Ed25519PublicKey):
+        raise InvalidArgumentError("not an Ed25519 public key (PEM, OpenSSH or raw 32 bytes)")
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def load_private_key(data: bytes) -> Ed25519PrivateKey:
+    """An Ed25519 private key from PEM (PKCS#8) or OpenSSH format."""
+    from cryptography.hazmat.primitives.serialization import (
+        load_pem_private_key,
+        load_ssh_private_key,
+    )
+
+    try:
+        if data.lstrip().startswith(b"-----BEGIN OPENSSH"):
+            key = load_ssh_private_key(data, None)
+        else:
+            key = load_pem_private_key(data, None)
+    except (ValueError, TypeError):
+        key = None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise InvalidArgumentError("not an unencrypted Ed25519 private key (PEM or OpenSSH)")
+    return key
+
+
+def new_private_key_pem() -> tuple[bytes, bytes]:
+    """A fresh Ed25519 key pair: (private PKCS#8 PEM, public raw bytes)."""
+    from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
+
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    return pem, key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)

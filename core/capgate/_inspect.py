@@ -1,0 +1,79 @@
+"""``describe``: what a token says, read offline, without trusting it.
+
+No key is needed and nothing is verified: the result is for people (the CLI's
+``token inspect``) and for the server's Inspect, which adds what it knows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from capgate._caveats import Caveat, ExpiresCaveat, compile_caveat
+from capgate._delegation import DelegateCaveat
+from capgate._errors import CapgateError
+from capgate._token import Token, TokenIdentifier
+
+__all__ = ["HopInfo", "TokenDescription", "describe"]
+
+
+@dataclass(slots=True)
+class HopInfo:
+    agent: str
+    at_ms: int
+    did: str | None = None  # None: the agent the token was issued to
+    offline: bool = False
+    restrictions: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class TokenDescription:
+    token_id: str | None
+    key_id: str | None
+    issued_ms: int | None
+    expires: float | None
+    caveats: tuple[str, ...]
+    lineage: list[str]
+    hops: list[HopInfo]
+    problems: list[str]  # caveats that do not parse, foreign identifier…
+
+
+def describe(token: Token) -> TokenDescription:
+    problems: list[str] = []
+    try:
+        ident: TokenIdentifier | None = token.capgate_identifier()
+    except CapgateError as e:
+        ident, problems = None, [e.message]
+    lineage = [ident.token_id] if ident else []
+    hops: list[HopInfo] = []
+    expires: float | None = None
+    for raw in token.raw.caveats:
+        text = raw.cid.decode("utf-8", "backslashreplace")
+        if raw.vid is not None:
+            problems.append(f"third-party caveat {text!r} (not supported)")
+            continue
+        try:
+            cav: Caveat = compile_caveat(raw.cid)
+        except CapgateError as e:
+            problems.append(e.message)
+            if hops:
+                hops[-1].restrictions.append(text)
+            continue
+        if cav.role == Caveat.HOLDER and not hops:
+            hops.append(HopInfo(cav.agent, ident.issued_ms if ident else 0))  # type: ignore[attr-defined]
+            continue
+        if isinstance(cav, DelegateCaveat):
+            hops.append(HopInfo(cav.agent, cav.at_ms, cav.did, cav.offline))
+            lineage.append(cav.did)
+            continue
+        if cav.role == Caveat.LINEAGE:
+            lineage.append(cav.did)  # type: ignore[attr-defined]
+        if isinstance(cav, ExpiresCaveat) and (expires is None or cav.at < expires):
+            expires = cav.at
+        if hops:
+            hops[-1].restrictions.append(text)
+        else:
+            problems.append(f"caveat {text!r} comes before the holder is named")
+    return TokenDescription(
+        ident.token_id if ident else None, ident.key_id if ident else None,
+        ident.issued_ms if ident else None, expires, token.caveats, lineage, hops, problems,
+    )

@@ -1,0 +1,69 @@
+"""``RevocationSet``: revoked token and delegation ids, O(1) to check.
+
+Ids are 128-bit values kept as Python ints (smaller than their hex text, and
+hashed without work). Each entry is filed under the hour its token expires;
+once that hour has passed, the whole bucket is dropped: an expired token is
+denied anyway, so its revocation need not be remembered.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+__all__ = ["RevocationSet", "lineage_key"]
+
+_BUCKET = 3600
+
+
+def lineage_key(hex_id: str) -> int:
+    """The set's key for a 32-hex-digit token or delegation id."""
+    return int(hex_id, 16)
+
+
+class RevocationSet:
+    """Revoked lineage ids with their expiry; ``key in set`` is one hash lookup."""
+
+    __slots__ = ("_buckets", "_ids")
+
+    def __init__(self) -> None:
+        self._ids: set[int] = set()
+        self._buckets: dict[int, list[int]] = {}
+
+    def add(self, hex_id: str, expires_at: float) -> None:
+        key = lineage_key(hex_id)
+        if key in self._ids:
+            return
+        self._ids.add(key)
+        self._buckets.setdefault(math.ceil(expires_at / _BUCKET), []).append(key)
+
+    def update(self, entries: Iterable[tuple[str, float]]) -> None:
+        for hex_id, expires_at in entries:
+            self.add(hex_id, expires_at)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._ids
+
+    def is_revoked(self, hex_id: str) -> bool:
+        return lineage_key(hex_id) in self._ids
+
+    def any_revoked(self, keys: Iterable[int]) -> int | None:
+        """The first revoked key among ``keys``, or None."""
+        ids = self._ids
+        for k in keys:
+            if k in ids:
+                return k
+        return None
+
+    def prune(self, now: float) -> int:
+        """Forget entries whose tokens have expired; returns how many were dropped."""
+        current = math.floor(now / _BUCKET)
+        dropped = 0
+        for bucket in [b for b in self._buckets if b <= current]:
+            for key in self._buckets.pop(bucket):
+                self._ids.discard(key)
+                dropped += 1
+        return dropped
+
+    def __len__(self) -> int:
+        return len(self._ids)

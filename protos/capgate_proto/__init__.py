@@ -1,0 +1,1 @@
+"""The capgate gRPC API as Python modules (generated; see tools/gen_protos.py)."""

@@ -1,0 +1,158 @@
+"""``CapgateServer``: the store, the replica and the gRPC server put together."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from capgate import Clock, InvalidArgumentError, system_clock
+
+from capgate_server._interceptor import Authenticator
+from capgate_server._keyring import load_kek
+from capgate_server._replica import Replica, Settings
+from capgate_server._servicers import register_all
+from capgate_server.store import open_store
+
+__all__ = ["CapgateServer", "serve"]
+
+log = logging.getLogger("capgate.server")
+MAX_MESSAGE = 16 * 1024 * 1024  # a batch of large tokens fits; a token's own limit is far lower
+_VERIFIER_OK = ("/capgate.v1.VerifierService/", "/grpc.reflection.")
+
+
+def _is_loopback(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class CapgateServer:
+    """One capgate replica serving gRPC. ``start()`` returns the bound port."""
+
+    def __init__(self, settings: Settings, *, clock: Clock = system_clock,
+                 extra_handlers: Sequence[grpc.GenericRpcHandler] = ()) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._extra = list(extra_handlers)
+        self.replica: Replica | None = None
+        self.server: grpc.aio.Server | None = None
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self.admin_credential_path: Path | None = None
+
+    async def start(self) -> int:
+        s = self.settings
+        if not s.insecure and s.tls_cert is None and not _is_loopback(s.listen):
+            raise InvalidArgumentError(
+                f"refusing to listen on {s.listen} without TLS: pass --tls-cert/--tls-key, "
+                "or --insecure if the network is trusted")
+        store = open_store(s.store_url, s.data_dir)
+        shared = bool(s.store_url) and not s.store_url.startswith("sqlite:")
+        kek = load_kek(s.kek_file, None if shared else s.data_dir / "kek.key")
+        self.replica = replica = Replica(store, kek, s, self.clock)
+        credential = await replica.start()
+        if credential is not None:
+            self.admin_credential_path = _write_secret(s.data_dir / "admin.credential", credential)
+            log.warning("first start: admin credential written to %s", self.admin_credential_path)
+
+        refuse = None
+        if s.role == "verifier":
+            def refuse(method: str) -> str | None:
+                if method.startswith(_VERIFIER_OK):
+                    return None
+                return "this replica serves verification only (--role verifier)"
+
+        self.server = server = grpc.aio.server(
+            interceptors=[Authenticator(replica, refuse=refuse)],
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE),
+                     ("grpc.max_send_message_length", MAX_MESSAGE),
+                     ("grpc.so_reuseport", 0)],
+        )
+        names = register_all(server, replica)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if self._extra:
+            server.add_generic_rpc_handlers(self._extra)
+        reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        self.port = self._bind(server)
+        await server.start()
+        await self._set_health(replica.fresh(), names)
+        replica.on_freshness.append(
+            lambda fresh: asyncio.ensure_future(self._set_health(fresh, names)))
+        log.info("capgate listening on %s (%s store, role %s)", self.address,
+                 "PostgreSQL" if shared else "SQLite", s.role)
+        return self.port
+
+    @property
+    def address(self) -> str:
+        host = self.settings.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    def _bind(self, server: grpc.aio.Server) -> int:
+        s = self.settings
+        if s.tls_cert is not None:
+            if s.tls_key is None:
+                raise InvalidArgumentError("--tls-cert needs --tls-key")
+            ca = s.tls_client_ca.read_bytes() if s.tls_client_ca else None
+            creds = grpc.ssl_server_credentials(
+                [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
+                root_certificates=ca, require_client_auth=ca is not None)
+            port = server.add_secure_port(s.listen, creds)
+        else:
+            port = server.add_insecure_port(s.listen)
+        if port == 0:
+            raise InvalidArgumentError(f"cannot listen on {s.listen}")
+        return port
+
+    async def _set_health(self, fresh: bool, names: list[str]) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if fresh
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ["", *names]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
+            self.server = None
+        if self.replica is not None:
+            await self.replica.close()
+            self.replica = None
+
+
+def _write_secret(path: Path, secret: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    os.chmod(path, 0o600)
+    return path.resolve()
+
+
+async def serve(settings: Settings, *, on_ready: Callable[[CapgateServer], Any] | None = None,
+                ) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    app = CapgateServer(settings)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if on_ready is not None:
+        on_ready(app)
+    await stop.wait()
+    log.info("shutting down")
+    await app.stop()

@@ -1,0 +1,130 @@
+"""Authentication and role checks for every RPC, as one server interceptor.
+
+The credential travels as ``authorization: Bearer <credential>`` metadata. Only
+the standard health service answers without one. The principal is handed to
+the servicer through ``CALLER`` (a context variable set for the call).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+
+from capgate import AuthenticationError, CapgateError, PermissionDeniedError
+
+from capgate_server._replica import Replica
+from capgate_server._status import ERROR_METADATA_KEY, status_for
+from capgate_server.store import Principal, Role
+
+__all__ = ["CALLER", "POLICY", "Authenticator"]
+
+CALLER: contextvars.ContextVar[Principal] = contextvars.ContextVar("capgate_caller")
+
+_ADMIN = frozenset({Role.ADMIN})
+_AGENT = frozenset({Role.AGENT})
+_ANY = frozenset(Role)
+_VERIFIERS = frozenset(Role)  # agents may verify, but only on their own behalf
+
+# Who may call what; a method missing here is refused (fail closed).
+POLICY: Mapping[str, frozenset[Role]] = {
+    **{f"/capgate.v1.AgentService/{m}": _ADMIN for m in (
+        "CreateAgent", "ListAgents", "UpdateAgent", "SuspendAgent", "ResumeAgent",
+        "RevokeAllTokens", "AddPublicKey", "RemovePublicKey", "CreatePrincipal")},
+    "/capgate.v1.AgentService/GetAgent": frozenset({Role.ADMIN, Role.AGENT}),
+    "/capgate.v1.TokenService/IssueToken": _AGENT,
+    "/capgate.v1.TokenService/DelegateToken": _AGENT,
+    "/capgate.v1.TokenService/AttenuateToken": _ANY,
+    "/capgate.v1.TokenService/InspectToken": _ANY,
+    "/capgate.v1.TokenService/RevokeToken": frozenset({Role.ADMIN, Role.AGENT}),
+    "/capgate.v1.TokenService/GetTokenTree": frozenset({Role.ADMIN, Role.AGENT}),
+    "/capgate.v1.VerifierService/Verify": _VERIFIERS,
+    "/capgate.v1.VerifierService/VerifyBatch": _VERIFIERS,
+    "/capgate.v1.VerifierService/VerifyStream": _VERIFIERS,
+    "/capgate.v1.AuditService/ListEvents": _ADMIN,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": _ANY,
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _ANY,
+}
+_OPEN_PREFIX = "/grpc.health.v1.Health/"
+
+
+class Authenticator(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, replica: Replica, policy: Mapping[str, frozenset[Role]] = POLICY,
+                 refuse: Callable[[str], str | None] | None = None) -> None:
+        self._replica = replica
+        self._policy = policy
+        self._refuse = refuse  # e.g. a verifier-only replica refusing admin RPCs
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
+    ) -> Any:
+        method: str = details.method
+        if method.startswith(_OPEN_PREFIX):
+            return await continuation(details)
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        error = None
+        if self._refuse is not None and (why := self._refuse(method)) is not None:
+            error = PermissionDeniedError(why)
+        roles = self._policy.get(method)
+        if error is None and roles is None:
+            error = PermissionDeniedError(f"{method} is not open to any principal")
+        principal = None
+        if error is None:
+            credential = ""
+            for key, value in details.invocation_metadata or ():
+                if key == "authorization":
+                    credential = value.removeprefix("Bearer ").strip()
+            principal = await self._replica.authenticate(credential) if credential else None
+            if principal is None:
+                error = AuthenticationError("missing or unknown credential")
+            elif roles is not None and principal.role not in roles:
+                error = PermissionDeniedError(
+                    f"{method.rsplit('/', 1)[-1]} is not open to the {principal.role} role")
+        if error is not None:
+            return _refusing(handler, error)
+        assert principal is not None
+        return _as(handler, principal)
+
+
+def _refusing(handler: Any, error: CapgateError) -> Any:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(status_for(error), error.message,
+                            trailing_metadata=((ERROR_METADATA_KEY, type(error).__name__),))
+
+    return _same_kind(handler, refuse, refuse)
+
+
+def _as(handler: Any, principal: Principal) -> Any:
+    """The same handler, run with ``CALLER`` set to ``principal``."""
+    if handler.request_streaming or handler.response_streaming:
+        inner_stream = handler.stream_stream or handler.unary_stream
+
+        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+            CALLER.set(principal)
+            async for response in inner_stream(request, context):
+                yield response
+
+        return _same_kind(handler, None, streaming)
+    inner = handler.unary_unary
+
+    async def unary(request: Any, context: Any) -> Any:
+        CALLER.set(principal)
+        return await inner(request, context)
+
+    return _same_kind(handler, unary, None)
+
+
+def _same_kind(handler: Any, unary: Any, streaming: Any) -> Any:
+    kw = {"request_deserializer": handler.request_deserializer,
+          "response_serializer": handler.response_serializer}
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(streaming or unary, **kw)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(streaming or unary, **kw)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(unary or streaming, **kw)
+    return grpc.unary_unary_rpc_method_handler(unary or streaming, **kw)

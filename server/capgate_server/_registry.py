@@ -1,0 +1,185 @@
+"""``Registry``: registering and controlling agents and other principals.
+
+Every change is written (with its audit record) before the call returns, and
+applied to this replica's live state at once, so it holds from the very next
+verification: suspending an agent, narrowing its ceiling or revoking all its
+tokens takes effect on live tokens without touching them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from capgate import (
+    Agent,
+    AgentStatus,
+    Ceiling,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    check_id,
+    load_public_key,
+    public_key_id,
+)
+from capgate._delegation import MAX_DEPTH
+
+from capgate_server._credentials import hash_credential, new_credential
+from capgate_server._replica import Replica
+from capgate_server.store import AuditEvent, Principal, Role
+
+__all__ = ["AgentUpdate", "Registry"]
+
+
+@dataclass(frozen=True)
+class AgentUpdate:
+    ceiling: Sequence[str] | None = None
+    max_ttl: int | None = None
+    max_depth: int | None = None
+    description: str | None = None
+
+
+class Registry:
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+
+    # -- validation ------------------------------------------------------------------------
+
+    def _ceiling(self, grants: Sequence[str]) -> Ceiling:
+        if not grants:
+            raise InvalidArgumentError("an agent needs at least one grant in its ceiling")
+        if len(grants) > 256:
+            raise InvalidArgumentError("a ceiling holds at most 256 grants")
+        return Ceiling.parse(grants)
+
+    def _ttl(self, ttl: int | None) -> int:
+        cap = self.replica.settings.max_ttl_cap
+        if ttl is None or ttl == 0:
+            return min(self.replica.settings.default_agent_ttl, cap)
+        if ttl < 0 or ttl > cap:
+            raise InvalidArgumentError(f"max TTL must be between 1s and {cap}s", max_ttl=ttl)
+        return ttl
+
+    @staticmethod
+    def _depth(depth: int) -> int:
+        if not 0 <= depth <= MAX_DEPTH:
+            raise InvalidArgumentError(f"max depth must be between 0 and {MAX_DEPTH}")
+        return depth
+
+    @staticmethod
+    def _text(value: str, what: str, limit: int = 256) -> str:
+        if len(value) > limit or not value.isprintable():
+            raise InvalidArgumentError(f"{what} must be printable text of at most {limit} chars")
+        return value
+
+    def _event(self, caller: Principal, kind: str, subject: str, **detail: object) -> AuditEvent:
+        return AuditEvent(self.replica.clock(), caller.id, kind, subject, detail=dict(detail))
+
+    # -- agents --------------------------------------------------------------------------
+
+    async def create_agent(self, caller: Principal, agent_id: str, grants: Sequence[str], *,
+                           max_ttl: int | None = None, max_depth: int | None = None,
+                           owner: str = "", description: str = "",
+                           public_key: bytes | None = None) -> tuple[Agent, str]:
+        check_id(agent_id, "agent id")
+        keys = {}
+        if public_key:
+            raw = load_public_key(public_key)
+            keys[public_key_id(raw)] = raw
+        agent = Agent(
+            id=agent_id, ceiling=self._ceiling(grants),
+            owner=self._text(owner or caller.id, "owner"),
+            description=self._text(description, "description", 1024),
+            max_ttl=self._ttl(max_ttl),
+            max_depth=self._depth(self.replica.settings.default_max_depth
+                                  if max_depth is None else max_depth),
+            created_at=self.replica.clock(),
+        ).with_changes(public_keys=keys)
+        credential = new_credential()
+        event = self._event(caller, "agent.create", agent_id, ceiling=str(agent.ceiling),
+                            max_ttl=agent.max_ttl, max_depth=agent.max_depth)
+        await self.replica.call(self.replica.store.create_agent, agent,
+                                hash_credential(credential), event)
+        await self.replica.sync()
+        return agent, credential
+
+    def get(self, caller: Principal, agent_id: str) -> Agent:
+        if caller.role is not Role.ADMIN and caller.id != agent_id:
+            raise PermissionDeniedError("an agent may only read its own record")
+        agent = self.replica.agents.get(agent_id)
+        if agent is None:
+            raise NotFoundError(f"agent {agent_id!r} not found", id=agent_id)
+        return agent
+
+    def list(self) -> list[Agent]:
+        return sorted(self.replica.agents.values(), key=lambda a: a.id)
+
+    async def _change(self, caller: Principal, agent_id: str, kind: str, detail: dict[str, object],
+                      **changes: object) -> Agent:
+        await self.replica.sync()  # start from the store's latest record of the agent
+        current = self.get(caller, agent_id)
+        updated = current.with_changes(**changes)
+        await self.replica.call(self.replica.store.update_agent, updated,
+                                self._event(caller, kind, agent_id, **detail))
+        await self.replica.sync()
+        return self.replica.agents[agent_id]
+
+    async def update(self, caller: Principal, agent_id: str, update: AgentUpdate) -> Agent:
+        changes: dict[str, object] = {}
+        if update.ceiling is not None:
+            changes["ceiling"] = self._ceiling(update.ceiling)
+        if update.max_ttl is not None:
+            changes["max_ttl"] = self._ttl(update.max_ttl)
+        if update.max_depth is not None:
+            changes["max_depth"] = self._depth(update.max_depth)
+        if update.description is not None:
+            changes["description"] = self._text(update.description, "description", 1024)
+        if not changes:
+            raise InvalidArgumentError("nothing to update")
+        detail = {k: str(v) for k, v in changes.items()}
+        return await self._change(caller, agent_id, "agent.update", detail, **changes)
+
+    async def set_status(self, caller: Principal, agent_id: str, status: AgentStatus) -> Agent:
+        kind = "agent.suspend" if status is AgentStatus.SUSPENDED else "agent.resume"
+        return await self._change(caller, agent_id, kind, {}, status=status)
+
+    async def revoke_all(self, caller: Principal, agent_id: str) -> Agent:
+        """Bump the epoch: every token issued to or delegated through the agent until now denies."""
+        current = self.get(caller, agent_id)
+        now_ms = int(self.replica.clock() * 1000)
+        return await self._change(caller, agent_id, "agent.revoke-all",
+                                  {"epoch": current.epoch + 1}, epoch=current.epoch + 1,
+                                  revoked_before_ms=max(now_ms, current.revoked_before_ms))
+
+    async def add_key(self, caller: Principal, agent_id: str, public_key: bytes) -> Agent:
+        raw = load_public_key(public_key)
+        kid = public_key_id(raw)
+        current = self.get(caller, agent_id)
+        if kid in current.public_keys:
+            raise FailedPreconditionError(f"key {kid} is already registered for {agent_id!r}")
+        keys = {**current.public_keys, kid: raw}
+        return await self._change(caller, agent_id, "agent.key-add", {"key_id": kid},
+                                  public_keys=keys)
+
+    async def remove_key(self, caller: Principal, agent_id: str, key_id: str) -> Agent:
+        current = self.get(caller, agent_id)
+        if key_id not in current.public_keys:
+            raise NotFoundError(f"agent {agent_id!r} has no key {key_id!r}")
+        keys = {k: v for k, v in current.public_keys.items() if k != key_id}
+        return await self._change(caller, agent_id, "agent.key-remove", {"key_id": key_id},
+                                  public_keys=keys)
+
+    # -- other principals --------------------------------------------------------------------
+
+    async def create_principal(self, caller: Principal, principal_id: str,
+                               role: str) -> tuple[Principal, str]:
+        check_id(principal_id, "principal id")
+        if role not in (Role.SERVICE, Role.ADMIN):
+            raise InvalidArgumentError("role must be 'service' or 'admin' (agents: create-agent)")
+        principal = Principal(principal_id, Role(role), self.replica.clock())
+        credential = new_credential()
+        await self.replica.call(self.replica.store.create_principal, principal,
+                                hash_credential(credential),
+                                self._event(caller, "principal.create", principal_id, role=role))
+        return principal, credential

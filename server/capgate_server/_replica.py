@@ -1,0 +1,265 @@
+"""``Replica``: one server's live view of the store, and the verifier over it.
+
+The replica holds in memory what every verification reads — agents, root
+keys, revoked ids — and follows the store's change feed to stay current: at
+once after its own writes, on a push from the database where the backend has
+one, and by a periodic catch-up read so a missed push cannot leave it stale.
+If it has not heard from the store for longer than ``stale_after`` it fails
+closed: every verification denies with the reason, and health says NOT_SERVING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from capgate import Agent, Clock, RevocationSet, UnavailableError, Verifier, system_clock
+
+from capgate_server._audit import AuditLog
+from capgate_server._credentials import hash_credential, new_credential
+from capgate_server._keyring import KeyEncryptionKey, RootKeys
+from capgate_server.store import AuditEvent, Change, ChangeKind, Principal, Role, Store
+
+__all__ = ["Replica", "Settings"]
+
+log = logging.getLogger("capgate.replica")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass
+class Settings:
+    """Server configuration; the CLI fills it from flags."""
+
+    data_dir: Path = field(default_factory=lambda: Path(".capgate"))
+    listen: str = "127.0.0.1:50051"
+    store_url: str | None = None
+    kek_file: Path | None = None
+    role: str = "full"  # "full" or "verifier"
+    max_ttl_cap: int = 30 * 86400  # no token lives longer than this
+    default_agent_ttl: int = 3600
+    default_max_depth: int = 3
+    audit_interval: float = 0.2
+    poll_interval: float = 1.0
+    stale_after: float = 10.0
+    cache_size: int = 32768
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    insecure: bool = False
+    store_threads: int = 1
+
+
+class Replica:
+    """Owns the store connection, the live state and the audit log of one server."""
+
+    def __init__(self, store: Store, kek: KeyEncryptionKey, settings: Settings,
+                 clock: Clock = system_clock) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.root_keys = RootKeys(kek)
+        self.agents: dict[str, Agent] = {}
+        self.revocations = RevocationSet()
+        self.verifier = Verifier(self.root_keys.active, self.agents, self.revocations,
+                                 clock=clock, cache_size=settings.cache_size)
+        self.audit = AuditLog(self._write_audit, interval=settings.audit_interval)
+        self._principals: dict[str, Principal] = {}
+        self._executor = ThreadPoolExecutor(max_workers=settings.store_threads,
+                                            thread_name_prefix="capgate-store")
+        self._seq = 0
+        self._sync_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.last_contact = time.monotonic()
+        self.on_freshness: list[Callable[[bool], None]] = []
+        self._fresh = True
+
+    # -- running blocking store calls ------------------------------------------------------
+
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    async def _write_audit(self, events: Sequence[AuditEvent]) -> None:
+        await self.call(self.store.append_audit, events)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> str | None:
+        """Migrate, load, make sure a signing key and an admin exist.
+
+        Returns a new admin credential when this start created the first admin.
+        """
+        await self.call(self.store.migrate)
+        await self._load()
+        if self.root_keys.signing_id is None and self.settings.role == "full":
+            await self.call(self.store.add_root_key, self.root_keys.new_record(self.clock()))
+            await self.sync()
+        credential = None
+        if self.settings.role == "full" and await self.call(self.store.get_principal, "admin") is None:
+            credential = new_credential()
+            principal = Principal("admin", Role.ADMIN, self.clock())
+            await self.call(self.store.create_principal, principal, hash_credential(credential),
+                            AuditEvent(self.clock(), "capgate", "principal.create", "admin"))
+        self.audit.start()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._follow(), name="follow-store"))
+        self._tasks.append(loop.create_task(self._prune(), name="prune-revocations"))
+        return credential
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.audit.close()
+        await self.call(self.store.close)
+        self._executor.shutdown(wait=True)
+
+    async def _load(self) -> None:
+        def load() -> tuple[int, list[Any], list[Agent], list[tuple[str, float]]]:
+            seq = self.store.last_change()  # first: later changes are replayed (idempotent)
+            return (seq, self.store.root_keys(), self.store.list_agents(),
+                    self.store.revocations(self.clock()))
+
+        seq, keys, agents, revoked = await self.call(load)
+        self.root_keys.load(keys)
+        self.agents.clear()
+        self.agents.update({a.id: a for a in agents})
+        self.revocations.update(revoked)
+        self.verifier.invalidate()
+        self._seq = seq
+        self._touch()
+
+    # -- following the change feed -----------------------------------------------------
+
+    def poke(self) -> None:
+        """Something changed in the store (a push from the database): sync soon."""
+        self._wake.set()
+
+    async def sync(self) -> None:
+        """Apply every change since the last one applied."""
+        async with self._sync_lock:
+            changes, payload = await self.call(self._fetch, self._seq)
+            self._apply(changes, payload)
+            self._touch()
+
+    def _fetch(self, seq: int) -> tuple[list[Change], dict[tuple[ChangeKind, str], Any]]:
+        changes = self.store.changes_since(seq)
+        payload: dict[tuple[ChangeKind, str], Any] = {}
+        for c in changes:
+            if c.kind is ChangeKind.AGENT and (c.kind, c.key) not in payload:
+                payload[(c.kind, c.key)] = self.store.get_agent(c.key)
+            elif c.kind is ChangeKind.ROOT_KEY and (c.kind, "") not in payload:
+                payload[(c.kind, "")] = self.store.root_keys()
+        return changes, payload
+
+    def _apply(self, changes: list[Change], payload: dict[tuple[ChangeKind, str], Any]) -> None:
+        invalidate = False
+        for c in changes:
+            if c.kind is ChangeKind.REVOCATION:
+                self.revocations.add(c.key, c.value if c.value is not None else
+                                     self.clock() + self.settings.max_ttl_cap)
+            elif c.kind is ChangeKind.AGENT:
+                agent = payload.get((c.kind, c.key))
+                old = self.agents.get(c.key)
+                if agent is None:
+                    self.agents.pop(c.key, None)
+                else:
+                    self.agents[c.key] = agent
+                if old is None or agent is None or old.public_keys != agent.public_keys:
+                    invalidate = True  # cached offline-delegation checks used the old keys
+            elif c.kind is ChangeKind.ROOT_KEY:
+                invalidate |= self.root_keys.load(payload[(c.kind, "")])
+            elif c.kind is ChangeKind.PRINCIPAL:
+                self._principals = {h: p for h, p in self._principals.items() if p.id != c.key}
+            self._seq = max(self._seq, c.seq)
+        if invalidate:
+            self.verifier.invalidate()
+
+    async def _follow(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+            self._wake.clear()
+            try:
+                await self.sync()
+            except Exception as e:  # the store is down: keep trying, freshness decides
+                log.warning("cannot read the store's change feed: %s", e)
+            self._check_fresh()
+
+    async def _prune(self) -> None:
+        while True:
+            await asyncio.sleep(300)
+            now = self.clock()
+            dropped = self.revocations.prune(now)
+            if self.settings.role == "full":
+                with contextlib.suppress(Exception):
+                    await self.call(self.store.prune_revocations, now)
+            if dropped:
+                log.info("forgot %d revocations of expired tokens", dropped)
+
+    # -- freshness ----------------------------------------------------------------------
+
+    def _touch(self) -> None:
+        self.last_contact = time.monotonic()
+        self._check_fresh()
+
+    def staleness(self) -> float:
+        """Seconds since this replica last heard from the store."""
+        return time.monotonic() - self.last_contact
+
+    def fresh(self) -> bool:
+        return self.staleness() <= self.settings.stale_after
+
+    def _check_fresh(self) -> None:
+        fresh = self.fresh()
+        if fresh != self._fresh:
+            self._fresh = fresh
+            if fresh:
+                log.warning("back in touch with the store; serving again")
+            else:
+                log.error("no contact with the store for %.1fs: failing closed", self.staleness())
+            for callback in self.on_freshness:
+                callback(fresh)
+
+    def require_fresh(self) -> None:
+        if not self.fresh():
+            raise UnavailableError(
+                f"this replica has not heard from the store for {self.staleness():.1f}s "
+                f"(bound {self.settings.stale_after}s); failing closed",
+                staleness=self.staleness(),
+            )
+
+    # -- principals -------------------------------------------------------------------
+
+    async def authenticate(self, credential: str) -> Principal | None:
+        digest = hash_credential(credential)
+        principal = self._principals.get(digest)
+        if principal is None:
+            principal = await self.call(self.store.principal_by_credential, digest)
+            if principal is not None:
+                if len(self._principals) > 100_000:
+                    self._principals.clear()
+                self._principals[digest] = principal
+        return principal
+
+    def call_soon(self, fn: Callable[..., object], *args: object) -> None:
+        """Run a store write in the background; failures are logged, not raised."""
+        future = self._executor.submit(fn, *args)
+        future.add_done_callback(_log_failure)
+
+
+def _log_failure(future: Any) -> None:
+    if future.exception() is not None:
+        log.error("background store write failed: %s", future.exception())

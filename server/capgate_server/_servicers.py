@@ -1,0 +1,295 @@
+"""gRPC servicers: translate protobuf ↔ domain values and call the service layer.
+
+Nothing else happens here; errors become status codes in ``_status``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from capgate import (
+    Agent,
+    AgentStatus,
+    CapgateError,
+    Decision,
+    InvalidArgumentError,
+    format_timestamp,
+)
+from capgate_proto.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
+    common_pb2,
+    token_pb2,
+    token_pb2_grpc,
+    verifier_pb2,
+    verifier_pb2_grpc,
+)
+
+from capgate_server._interceptor import CALLER
+from capgate_server._registry import AgentUpdate, Registry
+from capgate_server._replica import Replica
+from capgate_server._status import ERROR_METADATA_KEY, status_for
+from capgate_server._tokens import Issued, Tokens, TreeNode
+from capgate_server._verification import Verification
+from capgate_server.store import AuditQuery
+
+__all__ = ["register_all"]
+
+log = logging.getLogger("capgate.rpc")
+R = TypeVar("R")
+MAX_BATCH = 1024
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: CapgateError) -> None:
+    await context.abort(status_for(error), error.message,
+                        trailing_metadata=((ERROR_METADATA_KEY, type(error).__name__),))
+
+
+def rpc(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    """Run a servicer method; capgate errors become their status, anything else INTERNAL."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        try:
+            return await fn(self, request, context)
+        except CapgateError as e:
+            await _abort(context, e)
+        except (grpc.aio.AbortError, grpc.aio.UsageError):
+            raise
+        except Exception:
+            log.exception("internal error in %s", fn.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        raise AssertionError("unreachable")  # pragma: no cover - abort() raises
+
+    return wrapper
+
+
+# -- conversions --------------------------------------------------------------------------
+
+def grants_from(pb: Any) -> list[str]:
+    out = []
+    for g in pb:
+        if not g.actions or not g.resource:
+            raise InvalidArgumentError("a grant needs actions and a resource")
+        out.append(f"{','.join(g.actions)}:{g.resource}")
+    return out
+
+
+def agent_to_pb(a: Agent) -> common_pb2.Agent:
+    return common_pb2.Agent(
+        id=a.id, owner=a.owner, description=a.description, status=str(a.status),
+        ceiling=[common_pb2.Grant(actions=sorted(g.actions), resource=g.glob.pattern)
+                 for g in a.ceiling.grants],
+        max_ttl_seconds=a.max_ttl, max_depth=a.max_depth, epoch=a.epoch,
+        revoked_before=format_timestamp(a.revoked_before_ms / 1000) if a.revoked_before_ms else "",
+        public_keys=[common_pb2.PublicKey(key_id=k, public_key=v) for k, v in
+                     sorted(a.public_keys.items())],
+        created_at=format_timestamp(a.created_at),
+    )
+
+
+def decision_to_pb(d: Decision) -> verifier_pb2.VerifyResponse:
+    return verifier_pb2.VerifyResponse(
+        allowed=d.allowed, code=d.code.value, reason=d.reason, caveat=d.caveat or "",
+        token_id=d.token_id or "", chain=d.chain)
+
+
+def issued_to_pb(i: Issued) -> token_pb2.TokenResponse:
+    return token_pb2.TokenResponse(token=i.token, token_id=i.token_id,
+                                   expires=format_timestamp(i.expires) if i.expires else "",
+                                   delegation_id=i.delegation_id)
+
+
+def tree_to_pb(n: TreeNode) -> token_pb2.TokenTree:
+    return token_pb2.TokenTree(id=n.id, agent=n.agent, issued_by=n.issued_by,
+                               at=format_timestamp(n.at), revoked=n.revoked,
+                               restrictions=n.restrictions,
+                               children=[tree_to_pb(c) for c in n.children])
+
+
+# -- services --------------------------------------------------------------------------------
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    @rpc
+    async def CreateAgent(self, request: Any, context: Any) -> Any:
+        agent, credential = await self.registry.create_agent(
+            CALLER.get(), request.id, grants_from(request.ceiling),
+            max_ttl=request.max_ttl_seconds or None,
+            max_depth=None if request.max_depth < 0 else request.max_depth,
+            owner=request.owner, description=request.description,
+            public_key=request.public_key or None)
+        return agent_pb2.CreateAgentResponse(agent=agent_to_pb(agent), credential=credential)
+
+    @rpc
+    async def GetAgent(self, request: Any, context: Any) -> Any:
+        return agent_to_pb(self.registry.get(CALLER.get(), request.id))
+
+    @rpc
+    async def ListAgents(self, request: Any, context: Any) -> Any:
+        return agent_pb2.ListAgentsResponse(agents=[agent_to_pb(a) for a in self.registry.list()])
+
+    @rpc
+    async def UpdateAgent(self, request: Any, context: Any) -> Any:
+        update = AgentUpdate(
+            ceiling=grants_from(request.ceiling) if request.set_ceiling else None,
+            max_ttl=request.max_ttl_seconds or None,
+            max_depth=None if request.max_depth < 0 else request.max_depth,
+            description=request.description if request.set_description else None)
+        return agent_to_pb(await self.registry.update(CALLER.get(), request.id, update))
+
+    @rpc
+    async def SuspendAgent(self, request: Any, context: Any) -> Any:
+        return agent_to_pb(await self.registry.set_status(CALLER.get(), request.id,
+                                                          AgentStatus.SUSPENDED))
+
+    @rpc
+    async def ResumeAgent(self, request: Any, context: Any) -> Any:
+        return agent_to_pb(await self.registry.set_status(CALLER.get(), request.id,
+                                                          AgentStatus.ACTIVE))
+
+    @rpc
+    async def RevokeAllTokens(self, request: Any, context: Any) -> Any:
+        return agent_to_pb(await self.registry.revoke_all(CALLER.get(), request.id))
+
+    @rpc
+    async def AddPublicKey(self, request: Any, context: Any) -> Any:
+        return agent_to_pb(await self.registry.add_key(CALLER.get(), request.id,
+                                                       request.public_key))
+
+    @rpc
+    async def RemovePublicKey(self, request: Any, context: Any) -> Any:
+        return agent_to_pb(await self.registry.remove_key(CALLER.get(), request.id,
+                                                          request.key_id))
+
+    @rpc
+    async def CreatePrincipal(self, request: Any, context: Any) -> Any:
+        p, credential = await self.registry.create_principal(CALLER.get(), request.id,
+                                                             request.role)
+        return agent_pb2.CreatePrincipalResponse(id=p.id, role=str(p.role), credential=credential)
+
+
+class TokenServicer(token_pb2_grpc.TokenServiceServicer):  # type: ignore[misc]
+    def __init__(self, tokens: Tokens) -> None:
+        self.tokens = tokens
+
+    @rpc
+    async def IssueToken(self, request: Any, context: Any) -> Any:
+        if not request.HasField("grant"):
+            raise InvalidArgumentError("a grant is required")
+        grant = grants_from([request.grant])[0]
+        issued = await self.tokens.issue(CALLER.get(), grant, request.ttl_seconds or None,
+                                         list(request.caveats))
+        return issued_to_pb(issued)
+
+    @rpc
+    async def AttenuateToken(self, request: Any, context: Any) -> Any:
+        return issued_to_pb(self.tokens.attenuate(request.token, list(request.caveats)))
+
+    @rpc
+    async def DelegateToken(self, request: Any, context: Any) -> Any:
+        issued = await self.tokens.delegate(CALLER.get(), request.token, request.to,
+                                            list(request.caveats))
+        return issued_to_pb(issued)
+
+    @rpc
+    async def InspectToken(self, request: Any, context: Any) -> Any:
+        i = self.tokens.inspect(request.token)
+        d = i.description
+        return token_pb2.InspectTokenResponse(
+            token_id=d.token_id or "", key_id=d.key_id or "",
+            issued_at=format_timestamp(d.issued_ms / 1000) if d.issued_ms else "",
+            expires=format_timestamp(d.expires) if d.expires else "",
+            caveats=d.caveats, lineage=d.lineage, signature_valid=i.signature_valid,
+            revoked=i.revoked, status=i.status.reason if i.status else "valid",
+            chain=[token_pb2.Hop(agent=h.agent, delegation_id=h.did or "",
+                                 at=format_timestamp(h.at_ms / 1000), offline=h.offline,
+                                 restrictions=h.restrictions, revoked=h.revoked,
+                                 agent_status=h.agent_status) for h in i.hops])
+
+    @rpc
+    async def RevokeToken(self, request: Any, context: Any) -> Any:
+        if bool(request.token) == bool(request.id):
+            raise InvalidArgumentError("give either a token or an id")
+        target, new, expires = await self.tokens.revoke(CALLER.get(), request.token, request.id,
+                                                        request.reason)
+        return token_pb2.RevokeTokenResponse(id=target, newly_revoked=new,
+                                             expires=format_timestamp(expires))
+
+    @rpc
+    async def GetTokenTree(self, request: Any, context: Any) -> Any:
+        return tree_to_pb(await self.tokens.tree(CALLER.get(), request.id))
+
+
+class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):  # type: ignore[misc]
+    def __init__(self, verification: Verification) -> None:
+        self.verification = verification
+
+    def _one(self, caller: Any, r: Any) -> verifier_pb2.VerifyResponse:
+        v = self.verification
+        return decision_to_pb(v.verify(caller, r.token, r.action, r.resource,
+                                       v.presenter_for(caller, r.presenter), r.ctx))
+
+    @rpc
+    async def Verify(self, request: Any, context: Any) -> Any:
+        return self._one(CALLER.get(), request)
+
+    @rpc
+    async def VerifyBatch(self, request: Any, context: Any) -> Any:
+        if len(request.requests) > MAX_BATCH:
+            raise InvalidArgumentError(f"at most {MAX_BATCH} requests in one batch")
+        caller = CALLER.get()
+        return verifier_pb2.VerifyBatchResponse(
+            responses=[self._one(caller, r) for r in request.requests])
+
+    async def VerifyStream(self, request_iterator: Any,
+                           context: Any) -> AsyncIterator[verifier_pb2.VerifyResponse]:
+        caller = CALLER.get()
+        try:
+            async for r in request_iterator:
+                yield self._one(caller, r)
+        except CapgateError as e:
+            await _abort(context, e)
+
+
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc]
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+
+    @rpc
+    async def ListEvents(self, request: Any, context: Any) -> Any:
+        if request.limit < 0 or request.after_seq < 0:
+            raise InvalidArgumentError("limit and after_seq must not be negative")
+        await self.replica.audit.flush()  # include decisions still in the buffer
+        query = AuditQuery(request.principal, request.agent, request.kind, request.token_id,
+                           request.after_seq, request.limit or 100)
+        events = await self.replica.call(self.replica.store.list_audit, query)
+        return audit_pb2.ListEventsResponse(events=[
+            audit_pb2.AuditEvent(seq=e.seq, at=format_timestamp(e.at), principal=e.principal,
+                                 kind=e.kind, subject=e.subject, ok=e.ok, code=e.code,
+                                 reason=e.reason, chain=e.chain, detail=e.detail_json())
+            for e in events])
+
+
+def register_all(server: grpc.aio.Server, replica: Replica) -> list[str]:
+    """Add every capgate service to ``server``; returns their full names."""
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(Registry(replica)), server)
+    token_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(Tokens(replica)), server)
+    verifier_pb2_grpc.add_VerifierServiceServicer_to_server(
+        VerifierServicer(Verification(replica)), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(replica), server)
+    return [
+        agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+        token_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
+        verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name,
+        audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    ]

@@ -1,0 +1,189 @@
+"""``capgate agent …`` and ``capgate service create``: operator commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from capgate import InvalidArgumentError, load_public_key, public_key_id
+from capgate._delegation import new_private_key_pem
+
+from capgate_client import AgentInfo
+from capgate_server.cli._common import EXIT_OK, client, duration, emit
+
+
+def _agent_obj(a: AgentInfo) -> dict[str, Any]:
+    return {"agent": a.id, **{k: (list(v) if isinstance(v, tuple) else v)
+                              for k, v in asdict(a).items() if k != "id"}}
+
+
+def _agent_text(a: AgentInfo) -> str:
+    return "\n".join([
+        f"agent:       {a.id} ({a.status})",
+        f"owner:       {a.owner}",
+        f"ceiling:     {' '.join(a.ceiling)}",
+        f"max ttl:     {a.max_ttl}s   max depth: {a.max_depth}   epoch: {a.epoch}",
+        *([f"description: {a.description}"] if a.description else []),
+        *([f"public keys: {' '.join(a.public_keys)}"] if a.public_keys else []),
+    ])
+
+
+def _public_key(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    return load_public_key(path.read_bytes())
+
+
+def create(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        agent, credential = c.create_agent(
+            args.id, args.grant, max_ttl=duration(args.max_ttl), max_depth=args.max_depth,
+            owner=args.owner or "", description=args.description or "",
+            public_key=_public_key(args.public_key))
+    emit(args, {"agent": agent.id, "credential": credential},
+         f"agent {agent.id} created; its credential (shown once):\n{credential}")
+    return EXIT_OK
+
+
+def show(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        agent = c.get_agent(args.id)
+    emit(args, _agent_obj(agent), _agent_text(agent))
+    return EXIT_OK
+
+
+def list_(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        agents = c.list_agents()
+    lines = [f"{a.id:24} {a.status:10} {' '.join(a.ceiling)}" for a in agents]
+    emit(args, {"agents": [_agent_obj(a) for a in agents]}, "\n".join(lines) or "(no agents)")
+    return EXIT_OK
+
+
+def update(args: argparse.Namespace) -> int:
+    if not (args.grant or args.max_ttl or args.max_depth is not None or args.description):
+        raise InvalidArgumentError("nothing to update: give --grant, --max-ttl, --max-depth "
+                                   "or --description")
+    with client(args) as c:
+        agent = c.update_agent(args.id, grants=args.grant, max_ttl=duration(args.max_ttl),
+                               max_depth=args.max_depth, description=args.description)
+    emit(args, _agent_obj(agent), _agent_text(agent))
+    return EXIT_OK
+
+
+def _simple(method: str, done: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        with client(args) as c:
+            agent = getattr(c, method)(args.id)
+        emit(args, _agent_obj(agent), f"agent {agent.id} {done} (status {agent.status}, "
+                                      f"epoch {agent.epoch})")
+        return EXIT_OK
+    return run
+
+
+def key_add(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        agent = c.add_public_key(args.id, load_public_key(args.public_key.read_bytes()))
+    emit(args, _agent_obj(agent), f"agent {agent.id} keys: {' '.join(agent.public_keys)}")
+    return EXIT_OK
+
+
+def key_remove(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        agent = c.remove_public_key(args.id, args.key_id)
+    emit(args, _agent_obj(agent), f"agent {agent.id} keys: {' '.join(agent.public_keys) or '-'}")
+    return EXIT_OK
+
+
+def keygen(args: argparse.Namespace) -> int:
+    """Offline: a new Ed25519 key pair for an agent to sign delegations with."""
+    out: Path = args.out
+    if out.exists():
+        raise InvalidArgumentError(f"{out} exists; not overwriting a key")
+    pem, public = new_private_key_pem()
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    pub_path = out.with_name(out.name + ".pub")
+    import base64
+
+    pub_path.write_text(base64.b64encode(public).decode() + "\n")
+    emit(args, {"private_key": str(out), "public_key": str(pub_path),
+                "key_id": public_key_id(public)},
+         f"private key: {out} (keep it secret)\npublic key:  {pub_path}\n"
+         f"key id:      {public_key_id(public)}")
+    return EXIT_OK
+
+
+def service_create(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        cred = c.create_principal(args.id, args.role)
+    emit(args, {"principal": cred.principal, "role": cred.role, "credential": cred.credential},
+         f"{cred.role} {cred.principal} created; its credential (shown once):\n{cred.credential}")
+    return EXIT_OK
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    agent = sub.add_parser("agent", help="register and control agents (admin)")
+    cmds = agent.add_subparsers(dest="agent_command", required=True, metavar="COMMAND")
+
+    p = cmds.add_parser("create", parents=[common], help="register an agent")
+    p.add_argument("id")
+    p.add_argument("--grant", action="append", required=True, metavar="ACTIONS:GLOB",
+                   help="a grant of its ceiling, e.g. read,write:/data/** (repeatable)")
+    p.add_argument("--max-ttl", metavar="DURATION", help="longest token it may get (e.g. 1h)")
+    p.add_argument("--max-depth", type=int, help="delegations allowed below it")
+    p.add_argument("--owner")
+    p.add_argument("--description")
+    p.add_argument("--public-key", type=Path, metavar="FILE",
+                   help="Ed25519 public key for offline delegation")
+    p.set_defaults(run=create)
+
+    p = cmds.add_parser("list", parents=[common], help="list agents")
+    p.set_defaults(run=list_)
+    p = cmds.add_parser("show", parents=[common], help="show one agent")
+    p.add_argument("id")
+    p.set_defaults(run=show)
+
+    p = cmds.add_parser("update", parents=[common], help="change ceiling or limits (live)")
+    p.add_argument("id")
+    p.add_argument("--grant", action="append", metavar="ACTIONS:GLOB",
+                   help="the new ceiling (replaces the old one; repeatable)")
+    p.add_argument("--max-ttl", metavar="DURATION")
+    p.add_argument("--max-depth", type=int)
+    p.add_argument("--description")
+    p.set_defaults(run=update)
+
+    for name, method, done, text in (
+            ("suspend", "suspend_agent", "suspended", "deny every token it appears in"),
+            ("resume", "resume_agent", "resumed", "undo suspend"),
+            ("revoke-all", "revoke_all", "had all its tokens revoked",
+             "bump the epoch: every token issued to or delegated through it so far denies")):
+        p = cmds.add_parser(name, parents=[common], help=text)
+        p.add_argument("id")
+        p.set_defaults(run=_simple(method, done))
+
+    key = cmds.add_parser("key", help="Ed25519 keys for offline delegation")
+    kcmds = key.add_subparsers(dest="key_command", required=True, metavar="COMMAND")
+    p = kcmds.add_parser("add", parents=[common], help="register a public key")
+    p.add_argument("id")
+    p.add_argument("--public-key", type=Path, required=True, metavar="FILE")
+    p.set_defaults(run=key_add)
+    p = kcmds.add_parser("remove", parents=[common], help="retire a key (its delegations deny)")
+    p.add_argument("id")
+    p.add_argument("key_id")
+    p.set_defaults(run=key_remove)
+    p = kcmds.add_parser("generate", parents=[common], help="make a key pair (offline)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="private key file (FILE.pub gets the public key)")
+    p.set_defaults(run=keygen)
+
+    svc = sub.add_parser("service", help="principals for resource services (admin)")
+    scmds = svc.add_subparsers(dest="service_command", required=True, metavar="COMMAND")
+    p = scmds.add_parser("create", parents=[common], help="a principal that may verify")
+    p.add_argument("id")
+    p.add_argument("--role", choices=["service", "admin"], default="service")
+    p.set_defaults(run=service_create)

@@ -1,0 +1,253 @@
+"""``capgate token …``: issue, attenuate, delegate, inspect, verify, revoke, tree."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from capgate import (
+    InvalidArgumentError,
+    Token,
+    delegate_offline,
+    format_timestamp,
+    restriction_caveats,
+)
+from capgate._delegation import load_private_key
+from capgate._inspect import describe
+
+from capgate_client import TreeNode
+from capgate_server.cli._common import (
+    EXIT_DENIED,
+    EXIT_OK,
+    client,
+    duration,
+    emit,
+    opt,
+    pairs,
+    read_token,
+)
+
+
+def _restrictions(args: argparse.Namespace) -> list[str]:
+    actions = None
+    if args.action:
+        actions = [a for item in args.action for a in item.split(",")]
+    return restriction_caveats(actions=actions, resource=args.resource, ttl=duration(args.ttl),
+                               ctx=pairs(args.ctx), extra=args.caveat or (), now=time.time())
+
+
+def _add_restrictions(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--action", action="append", metavar="A[,B]", help="allow only these actions")
+    p.add_argument("--resource", metavar="GLOB", help="allow only resources matching GLOB")
+    p.add_argument("--ttl", metavar="DURATION", help="expire after DURATION (e.g. 10m)")
+    p.add_argument("--ctx", action="append", metavar="KEY=VALUE",
+                   help="require request context KEY to equal VALUE")
+    p.add_argument("--caveat", action="append", metavar="TEXT", help="any further caveat")
+
+
+def issue(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        t = c.issue(args.grant, ttl=duration(args.ttl), caveats=args.caveat or ())
+    emit(args, {"token": t.token, "token_id": t.token_id, "expires": t.expires}, t.token)
+    return EXIT_OK
+
+
+def attenuate(args: argparse.Namespace) -> int:
+    token = Token.parse(read_token(args.token))
+    caveats = _restrictions(args)
+    if not caveats:
+        raise InvalidArgumentError("nothing to add: give --action, --resource, --ttl, --ctx "
+                                   "or --caveat")
+    for caveat in caveats:
+        token = token.attenuate(caveat)
+    d = describe(token)
+    emit(args, {"token": token.to_text(), "token_id": d.token_id, "added": caveats},
+         token.to_text())
+    return EXIT_OK
+
+
+def delegate(args: argparse.Namespace) -> int:
+    text = read_token(args.token)
+    caveats = _restrictions(args)
+    if args.offline:
+        if args.key is None:
+            raise InvalidArgumentError("--offline needs --key FILE (the holder's private key)")
+        key = load_private_key(Path(args.key).read_bytes())
+        token, did = delegate_offline(Token.parse(text), key, args.to, int(time.time() * 1000))
+        for caveat in caveats:
+            token = token.attenuate(caveat)
+        out, token_id = token.to_text(), describe(token).token_id
+    else:
+        with client(args) as c:
+            t = c.delegate(text, args.to, caveats)
+        out, token_id, did = t.token, t.token_id, t.delegation_id
+    emit(args, {"token": out, "token_id": token_id, "delegation_id": did, "to": args.to}, out)
+    return EXIT_OK
+
+
+def _hops_offline(token: Token) -> dict[str, Any]:
+    d = describe(token)
+    chain = [{"agent": h.agent, "delegation_id": h.did or "",
+              "at": format_timestamp(h.at_ms / 1000) if h.at_ms else "",
+              "offline": h.offline, "restrictions": h.restrictions} for h in d.hops]
+    return {"token_id": d.token_id, "key_id": d.key_id,
+            "issued_at": format_timestamp(d.issued_ms / 1000) if d.issued_ms else "",
+            "expires": format_timestamp(d.expires) if d.expires else "",
+            "caveats": list(d.caveats), "lineage": d.lineage, "chain": chain,
+            "problems": d.problems}
+
+
+def inspect(args: argparse.Namespace) -> int:
+    text = read_token(args.token)
+    if args.online:
+        with client(args) as c:
+            r = c.inspect(text)
+        obj: dict[str, Any] = {
+            "token_id": r.token_id, "key_id": r.key_id, "issued_at": r.issued_at,
+            "expires": r.expires, "caveats": list(r.caveats), "lineage": list(r.lineage),
+            "signature_valid": r.signature_valid, "revoked": r.revoked, "status": r.status,
+            "chain": [{"agent": h.agent, "delegation_id": h.delegation_id, "at": h.at,
+                       "offline": h.offline, "restrictions": list(h.restrictions),
+                       "revoked": h.revoked, "agent_status": h.agent_status} for h in r.chain]}
+    else:
+        obj = _hops_offline(Token.parse(text))
+    emit(args, obj, _inspect_text(obj))
+    return EXIT_OK
+
+
+def _inspect_text(obj: dict[str, Any]) -> str:
+    lines = [f"token id:  {obj['token_id']}", f"root key:  {obj['key_id']}",
+             f"issued:    {obj['issued_at']}", f"expires:   {obj['expires'] or 'never'}"]
+    if "status" in obj:
+        lines.append(f"status:    {obj['status']}   signature valid: {obj['signature_valid']}")
+    lines.append("chain:")
+    for i, hop in enumerate(obj["chain"]):
+        how = ("issued to" if i == 0 else
+               "delegated (offline-signed) to" if hop["offline"] else "delegated to")
+        marks = []
+        if hop.get("revoked"):
+            marks.append("REVOKED")
+        if hop.get("agent_status") not in (None, "active"):
+            marks.append(hop["agent_status"].upper())
+        ident = f" [{hop['delegation_id']}]" if hop["delegation_id"] else ""
+        lines.append(f"  {'  ' * i}{how} {hop['agent']}{ident} at {hop['at']}"
+                     + (f"  <{', '.join(marks)}>" if marks else ""))
+        for r in hop["restrictions"]:
+            lines.append(f"  {'  ' * i}    {r}")
+    lines.extend(f"problem:   {p}" for p in obj.get("problems", ()))
+    return "\n".join(lines)
+
+
+def verify(args: argparse.Namespace) -> int:
+    text = read_token(args.token)
+    with client(args) as c:
+        r = c.verify(text, args.action, args.resource, presenter=args.agent or "",
+                     ctx=pairs(args.ctx))
+    emit(args, {"allowed": r.allowed, "reason": r.reason, "code": r.code, "caveat": r.caveat,
+                "token_id": r.token_id, "chain": list(r.chain)},
+         "allowed" if r.allowed else f"denied: {r.reason}")
+    return EXIT_OK if r.allowed else EXIT_DENIED
+
+
+def revoke(args: argparse.Namespace) -> int:
+    target = read_token(args.target)
+    with client(args) as c:
+        r = c.revoke(target, args.reason or "")
+    emit(args, {"revoked": r.id, "newly_revoked": r.newly_revoked, "expires": r.expires},
+         f"revoked {r.id}" + ("" if r.newly_revoked else " (already revoked)"))
+    return EXIT_OK
+
+
+def _tree_obj(n: TreeNode) -> dict[str, Any]:
+    return {"id": n.id, "agent": n.agent, "issued_by": n.issued_by, "at": n.at,
+            "revoked": n.revoked, "restrictions": list(n.restrictions),
+            "children": [_tree_obj(c) for c in n.children]}
+
+
+def _tree_text(n: TreeNode, depth: int = 0) -> list[str]:
+    mark = "  <REVOKED>" if n.revoked else ""
+    by = f" (from {n.issued_by})" if n.issued_by else ""
+    out = [f"{'    ' * depth}{n.agent}{by} [{n.id}] {n.at}{mark}"]
+    for child in n.children:
+        out.extend(_tree_text(child, depth + 1))
+    return out
+
+
+def tree(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        node = c.tree(args.id.strip())
+    emit(args, _tree_obj(node), "\n".join(_tree_text(node)))
+    return EXIT_OK
+
+
+def audit(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        events = c.audit(principal=args.principal or "", agent=args.agent or "",
+                         kind=args.kind or "", token_id=args.token_id or "",
+                         after_seq=args.after, limit=args.limit)
+    rows = [{"seq": e.seq, "at": e.at, "principal": e.principal, "kind": e.kind,
+             "subject": e.subject, "ok": e.ok, "code": e.code, "reason": e.reason,
+             "chain": list(e.chain), "detail": e.detail} for e in events]
+    human = "\n".join(f"{e.seq:>6} {e.at} {e.principal:12} {e.kind:16} "
+                      f"{'ok ' if e.ok else 'DENY'} {e.subject} {' > '.join(e.chain)} "
+                      f"{e.reason}".rstrip() for e in events)
+    emit(args, {"events": rows}, human or "(no events)")
+    return EXIT_OK
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    token = sub.add_parser("token", help="capability tokens")
+    cmds = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
+
+    p = cmds.add_parser("issue", parents=[common], help="get a token (as an agent)")
+    p.add_argument("--grant", required=True, metavar="ACTIONS:GLOB")
+    p.add_argument("--ttl", metavar="DURATION", help="lifetime (default: the agent's max TTL)")
+    p.add_argument("--caveat", action="append", metavar="TEXT", help="a further caveat")
+    p.set_defaults(run=issue)
+
+    p = cmds.add_parser("attenuate", parents=[common], help="narrow a token (offline)")
+    p.add_argument("token", help="the token, or - for stdin")
+    _add_restrictions(p)
+    p.set_defaults(run=attenuate)
+
+    p = cmds.add_parser("delegate", parents=[common], help="hand a token to a sub-agent")
+    p.add_argument("token", help="the token, or - for stdin")
+    p.add_argument("--to", required=True, metavar="AGENT")
+    p.add_argument("--offline", action="store_true", help="sign with --key, no server call")
+    p.add_argument("--key", metavar="FILE", help="the holder's Ed25519 private key (--offline)")
+    _add_restrictions(p)
+    p.set_defaults(run=delegate)
+
+    p = cmds.add_parser("inspect", parents=[common], help="show caveats, chain and expiry")
+    p.add_argument("token", help="the token, or - for stdin")
+    p.add_argument("--online", action="store_true",
+                   help="ask the server too (signature, revoked hops, agent status)")
+    p.set_defaults(run=inspect)
+
+    p = cmds.add_parser("verify", parents=[common], help="may this presenter do this?")
+    p.add_argument("token", help="the token, or - for stdin")
+    p.add_argument("--action", required=True)
+    p.add_argument("--resource", required=True)
+    p.add_argument("--agent", metavar="ID", help="the presenting agent")
+    p.add_argument("--ctx", action="append", metavar="KEY=VALUE", help="request context")
+    p.set_defaults(run=verify)
+
+    p = cmds.add_parser("revoke", parents=[common], help="revoke a token or an id")
+    p.add_argument("target", metavar="TOKEN|ID", help="a token (or -), a token id or a did")
+    p.add_argument("--reason")
+    p.set_defaults(run=revoke)
+
+    p = cmds.add_parser("tree", parents=[common], help="the delegation tree below an id")
+    p.add_argument("id")
+    p.set_defaults(run=tree)
+
+    p = sub.add_parser("audit", parents=[common], help="read the audit trail (admin)")
+    p.add_argument("--principal")
+    p.add_argument("--agent", help="events where this agent is in the chain")
+    p.add_argument("--kind", help="verify, issue, delegate, revoke, agent.create, …")
+    p.add_argument("--token-id")
+    p.add_argument("--after", type=int, default=0, metavar="SEQ")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(run=audit)

@@ -1,0 +1,52 @@
+"""Storage: one ``Store`` interface, an embedded SQLite backend and a PostgreSQL one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from capgate import InvalidArgumentError
+
+from capgate_server.store._base import (
+    AuditEvent,
+    AuditQuery,
+    Change,
+    ChangeKind,
+    DelegationRecord,
+    Principal,
+    Role,
+    RootKeyRecord,
+    Store,
+    TokenRecord,
+)
+
+__all__ = [
+    "AuditEvent",
+    "AuditQuery",
+    "Change",
+    "ChangeKind",
+    "DelegationRecord",
+    "Principal",
+    "Role",
+    "RootKeyRecord",
+    "Store",
+    "TokenRecord",
+    "open_store",
+]
+
+
+def open_store(url: str | None, data_dir: Path) -> Store:
+    """``None`` → SQLite in ``data_dir``; ``sqlite:///PATH``; ``postgresql://…``."""
+    if not url:
+        from capgate_server.store._sqlite import SqliteStore
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return SqliteStore(data_dir / "capgate.db")
+    if url.startswith("sqlite:///"):
+        from capgate_server.store._sqlite import SqliteStore
+
+        return SqliteStore(url[len("sqlite:///"):])
+    if url.startswith(("postgresql://", "postgres://")):
+        from capgate_server.store._postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise InvalidArgumentError(f"unknown store URL {url!r} (sqlite:///PATH or postgresql://…)")

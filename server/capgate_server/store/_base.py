@@ -1,0 +1,241 @@
+"""The ``Store`` interface every backend implements, and the records it keeps.
+
+Every mutation writes, in the same transaction, a row to the change feed
+(``changes``) so that each replica's in-memory state can follow the database,
+and the audit events that describe it. A call that returns has committed
+durably; nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from capgate import Agent, AgentStatus, Ceiling
+
+__all__ = [
+    "AuditEvent",
+    "AuditQuery",
+    "Change",
+    "ChangeKind",
+    "DelegationRecord",
+    "Principal",
+    "Role",
+    "RootKeyRecord",
+    "Store",
+    "TokenRecord",
+]
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    SERVICE = "service"
+    AGENT = "agent"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    id: str
+    role: Role
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RootKeyRecord:
+    id: str
+    sealed: bytes  # the root key, encrypted under the key-encryption key
+    created_at: float
+    retired_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """What the server remembers of a token it issued (never its signature)."""
+
+    id: str
+    agent: str
+    key_id: str
+    issued_at: float
+    expires_at: float
+    caveats: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DelegationRecord:
+    """One hop of a delegation tree: ``parent`` is a token id or a delegation id."""
+
+    id: str
+    token_id: str
+    parent: str
+    from_agent: str
+    to_agent: str
+    at: float
+    expires_at: float | None
+    offline: bool
+    restrictions: tuple[str, ...] = ()
+
+
+class ChangeKind(StrEnum):
+    AGENT = "agent"
+    PRINCIPAL = "principal"
+    ROOT_KEY = "root_key"
+    REVOCATION = "revocation"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    seq: int
+    kind: ChangeKind
+    key: str
+    value: float | None = None  # revocations: when the entry may be forgotten
+
+
+@dataclass(slots=True)
+class AuditEvent:
+    at: float
+    principal: str
+    kind: str  # issue, verify, revoke, delegate, agent.create, …
+    subject: str = ""
+    ok: bool = True
+    code: str = ""
+    reason: str = ""
+    chain: tuple[str, ...] = ()
+    detail: dict[str, object] = field(default_factory=dict)
+    seq: int = 0
+
+    def detail_json(self) -> str:
+        return json.dumps(self.detail, sort_keys=True, separators=(",", ":")) if self.detail else ""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    principal: str = ""
+    agent: str = ""
+    kind: str = ""
+    token_id: str = ""
+    after_seq: int = 0
+    limit: int = 100
+
+
+def encode_ceiling(ceiling: Ceiling) -> str:
+    return " ".join(str(g) for g in ceiling.grants)
+
+
+def decode_ceiling(text: str) -> Ceiling:
+    return Ceiling.parse(text.split()) if text else Ceiling()
+
+
+def agent_from_row(row: Sequence[object], keys: dict[str, bytes]) -> Agent:
+    (aid, owner, description, status, ceiling, max_ttl, max_depth, epoch, revoked_before,
+     created_at) = row
+    return Agent(
+        id=str(aid), ceiling=decode_ceiling(str(ceiling)), status=AgentStatus(str(status)),
+        owner=str(owner), description=str(description), max_ttl=int(max_ttl),  # type: ignore[call-overload]
+        max_depth=int(max_depth), epoch=int(epoch), revoked_before_ms=int(revoked_before),  # type: ignore[call-overload]
+        created_at=float(created_at),  # type: ignore[arg-type]
+    ).with_changes(public_keys=keys)
+
+
+class Store(ABC):
+    """Durable state. Methods are blocking; the server calls them off the event loop."""
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    @abstractmethod
+    def migrate(self) -> None:
+        """Create or upgrade the schema; safe to run from several processes at once."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise ``UnavailableError`` when the store cannot be reached."""
+
+    # -- principals and agents -------------------------------------------------------
+
+    @abstractmethod
+    def create_principal(self, principal: Principal, credential_hash: str,
+                         audit: AuditEvent | None = None) -> None:
+        """Raise ``AlreadyExistsError`` if the id is taken."""
+
+    @abstractmethod
+    def principal_by_credential(self, credential_hash: str) -> Principal | None: ...
+
+    @abstractmethod
+    def get_principal(self, principal_id: str) -> Principal | None: ...
+
+    @abstractmethod
+    def create_agent(self, agent: Agent, credential_hash: str, audit: AuditEvent) -> None:
+        """Create the agent and its principal in one transaction."""
+
+    @abstractmethod
+    def get_agent(self, agent_id: str) -> Agent | None: ...
+
+    @abstractmethod
+    def list_agents(self) -> list[Agent]: ...
+
+    @abstractmethod
+    def update_agent(self, agent: Agent, audit: AuditEvent) -> None:
+        """Replace the agent's mutable fields and keys; ``NotFoundError`` if absent."""
+
+    # -- root keys -------------------------------------------------------------------
+
+    @abstractmethod
+    def add_root_key(self, record: RootKeyRecord, audit: AuditEvent | None = None) -> None: ...
+
+    @abstractmethod
+    def root_keys(self) -> list[RootKeyRecord]:
+        """All keys, oldest first, retired ones included."""
+
+    @abstractmethod
+    def retire_root_key(self, key_id: str, at: float, audit: AuditEvent) -> None: ...
+
+    # -- tokens, delegations, revocations ---------------------------------------------------
+
+    @abstractmethod
+    def record_token(self, record: TokenRecord, audit: AuditEvent) -> None: ...
+
+    @abstractmethod
+    def get_token(self, token_id: str) -> TokenRecord | None: ...
+
+    @abstractmethod
+    def record_delegations(self, records: Sequence[DelegationRecord]) -> None:
+        """Insert hops not yet known (existing ids are left as they are)."""
+
+    @abstractmethod
+    def get_delegation(self, delegation_id: str) -> DelegationRecord | None: ...
+
+    @abstractmethod
+    def delegations_of(self, token_id: str) -> list[DelegationRecord]:
+        """Every recorded hop of the tree rooted at ``token_id``."""
+
+    @abstractmethod
+    def revoke(self, lineage_id: str, revoked_at: float, expires_at: float, by: str,
+               reason: str, audit: AuditEvent) -> bool:
+        """Durably revoke; False if it already was."""
+
+    @abstractmethod
+    def revocations(self, now: float) -> list[tuple[str, float]]:
+        """(id, expires_at) of every revocation still in force at ``now``."""
+
+    @abstractmethod
+    def prune_revocations(self, now: float) -> int:
+        """Delete revocations whose tokens have expired; returns how many."""
+
+    # -- change feed and audit ----------------------------------------------------------
+
+    @abstractmethod
+    def changes_since(self, seq: int, limit: int = 10000) -> list[Change]: ...
+
+    @abstractmethod
+    def last_change(self) -> int: ...
+
+    @abstractmethod
+    def append_audit(self, events: Sequence[AuditEvent]) -> None: ...
+
+    @abstractmethod
+    def list_audit(self, query: AuditQuery) -> list[AuditEvent]: ...
