@@ -229,7 +229,7 @@ def unpack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> RawMacaroon:
             stop = pos + 2 + data[pos + 1]
             if stop < end and data[stop] == _EOS:
                 cid = data[pos + 2 : stop]
-                if cid:
+                if cid and len(cid) <= max_caveat:
                     caveats.append(_new_tuple(RawCaveat, (cid, None, None)))
                     pos = stop + 1
                     continue

@@ -3,8 +3,9 @@
 1. parse (bounded), 2. signature chain with the key named by the identifier
 (constant-time compare) and every delegation proof, 3. lineage ∩ revoked = ∅,
 4. every agent in the chain registered, active and within its epoch and depth,
-5. presenter = current holder, 6. the holder's *current* ceiling allows the
-request, 7. every caveat holds for the request and the clock.
+5. presenter = current holder, 6. the *current* ceiling of the holder (and of
+every delegator above it) allows the request, 7. every caveat holds for the
+request and the clock.
 
 Steps 1–2 depend neither on the request nor on the clock, so their result (a
 valid ``Chain``) is cached per token text in a bounded LRU. Whatever
@@ -358,10 +359,15 @@ class Verifier:
         if problem is not None:
             return _deny(DenyCode.INVALID_REQUEST, f"invalid request: {problem}",
                          token_id=tid, chain=chain)
-        if not agents[holder].ceiling.allows(request.action, request.resource):
-            return _deny(DenyCode.CEILING,
-                         f"agent {holder!r} may not {request.action} {request.resource} "
-                         f"(beyond its ceiling)", token_id=tid, chain=chain)
+        # Authority flows down the chain: every agent's current ceiling bounds it,
+        # the holder's first (the usual reason), then each delegator's.
+        action, resource = request.action, request.resource
+        for name in (holder, *chain[:-1]) if len(chain) > 1 else (holder,):
+            if not agents[name].ceiling.allows(action, resource):
+                whose = "its" if name == holder else f"delegator {name!r}'s"
+                return _deny(DenyCode.CEILING,
+                             f"agent {holder!r} may not {action} {resource} "
+                             f"(beyond {whose} ceiling)", token_id=tid, chain=chain)
         now = self._clock()
         if st.latest_ms > now * 1000 + CLOCK_SKEW_MS:
             return _deny(DenyCode.FUTURE, "token or delegation is dated in the future",

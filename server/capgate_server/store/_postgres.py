@@ -1,0 +1,118 @@
+"""The PostgreSQL backend: state shared by many replicas, changes pushed with NOTIFY.
+
+psycopg 3 (sync) on the replica's store thread: the server already runs store
+calls off the event loop, psycopg's binary wheel needs no system library, and
+``Connection.notifies()`` gives LISTEN without a second event loop.
+
+Writers of the change feed take one advisory transaction lock, so change
+sequence numbers become visible in commit order and a reader following
+``seq > last`` can never skip one. Each change also sends ``NOTIFY
+capgate_changes``; replicas wake at once and read the feed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from capgate import UnavailableError
+
+from capgate_server.store._sql import SqlStore
+
+__all__ = ["PostgresStore"]
+
+log = logging.getLogger("capgate.store.postgres")
+_TYPES = {"blob": "BYTEA", "real": "DOUBLE PRECISION", "bigint": "BIGINT",
+          "serial": "BIGSERIAL PRIMARY KEY"}
+_CHANNEL = "capgate_changes"
+_CHANGES_LOCK = 0x63617067  # advisory lock ids ("capg", "capm")
+_MIGRATE_LOCK = 0x6361706D
+
+
+class PostgresStore(SqlStore):
+    placeholder = "%s"
+
+    def __init__(self, url: str, *, connect_timeout: float = 5.0) -> None:
+        self.url = url
+        self._timeout = connect_timeout
+        self._lock = threading.RLock()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._connect()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        try:
+            self._conn = psycopg.connect(self.url, autocommit=True,
+                                         connect_timeout=max(1, int(self._timeout)),
+                                         application_name="capgate")
+        except psycopg.Error as e:
+            self._conn = None
+            raise UnavailableError(f"PostgreSQL unavailable: {_one_line(e)}") from None
+        return self._conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        with self._lock:
+            conn = self._connect()
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    yield cur
+            except psycopg.OperationalError as e:
+                raise UnavailableError(f"PostgreSQL unavailable: {_one_line(e)}") from None
+
+    @contextmanager
+    def _read(self) -> Iterator[Any]:
+        with self._lock:
+            conn = self._connect()
+            try:
+                with conn.cursor() as cur:
+                    yield cur
+            except psycopg.OperationalError as e:
+                raise UnavailableError(f"PostgreSQL unavailable: {_one_line(e)}") from None
+
+    def _lock_changes(self, cur: Any) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CHANGES_LOCK,))
+        cur.execute("SELECT pg_notify(%s, '')", (_CHANNEL,))
+
+    def migrate(self) -> None:
+        with self._tx() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+            self._apply_migrations(cur, _TYPES)
+
+    def ping(self) -> None:
+        with self._read() as cur:
+            cur.execute("SELECT 1")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def listen(self, on_change: Callable[[], None], stop: threading.Event) -> None:
+        """Block, calling ``on_change`` for each NOTIFY, until ``stop`` is set.
+
+        Reconnects after errors; the replica's periodic catch-up covers any gap.
+        """
+        while not stop.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True,
+                                     connect_timeout=max(1, int(self._timeout))) as conn:
+                    conn.execute(f"LISTEN {_CHANNEL}")
+                    on_change()  # catch up on whatever happened while not listening
+                    while not stop.is_set():
+                        for _ in conn.notifies(timeout=0.5):
+                            on_change()
+            except psycopg.Error as e:
+                log.warning("LISTEN connection lost: %s", _one_line(e))
+                stop.wait(1.0)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__

@@ -1,0 +1,207 @@
+"""The decision path of the core verifier, step by step, with exact reasons."""
+
+from __future__ import annotations
+
+import pytest
+
+from capgate import (
+    Agent,
+    AgentStatus,
+    Ceiling,
+    DenyCode,
+    Request,
+    RevocationSet,
+    Token,
+    TokenIdentifier,
+    Verifier,
+    format_timestamp,
+)
+
+KEY = b"r" * 32
+TID = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+def world(clock):
+    agents = {"alice": Agent("alice", Ceiling.parse(["read,write:/data/**"])),
+              "bob": Agent("bob", Ceiling.parse(["read:/data/**"]))}
+    revoked = RevocationSet()
+    keys = {"k1": KEY}
+    return keys, agents, revoked, Verifier(keys, agents, revoked, clock=clock)
+
+
+def mint(clock, *caveats, key=KEY, kid="k1", tid=TID, issued=None):
+    issued_ms = int((clock.now - 10 if issued is None else issued) * 1000)
+    t = Token.mint(key, TokenIdentifier(kid, tid, issued_ms).encode())
+    for c in caveats:
+        t = t.append_raw(c.encode())
+    return t.to_text()
+
+
+def expires(clock, seconds):
+    return f"expires < {format_timestamp(clock.now + seconds)}"
+
+
+def req(action="read", resource="/data/x", presenter="alice", **ctx):
+    return Request(action, resource, presenter, ctx)
+
+
+def test_allowed_with_everything_in_order(world, clock):
+    *_, v = world
+    text = mint(clock, "agent = alice", "action in read", "resource /data/*", expires(clock, 60))
+    d = v.verify(text, req())
+    assert d.allowed and d.code is DenyCode.ALLOWED
+    assert d.token_id == TID and d.chain == ("alice",)
+
+
+@pytest.mark.parametrize("mutate, code, words", [
+    (lambda t: t[:-4], DenyCode.MALFORMED, "malformed token"),
+    (lambda t: "x" + t, DenyCode.MALFORMED, "malformed"),
+    (lambda t: t[:-2] + ("A" if t[-2] != "A" else "Q") + t[-1], DenyCode.BAD_SIGNATURE,
+     "signature does not match"),
+])
+def test_parse_and_signature_failures(world, clock, mutate, code, words):
+    *_, v = world
+    d = v.verify(mutate(mint(clock, "agent = alice")), req())
+    assert not d.allowed and d.code is code and words in d.reason
+
+
+def test_signature_is_checked_before_caveats(world, clock):
+    *_, v = world
+    forged = mint(clock, "agent = alice", "frobnicate = 1", key=b"w" * 32)
+    d = v.verify(forged, req())
+    assert d.code is DenyCode.BAD_SIGNATURE  # not the unknown caveat
+
+
+def test_unknown_key_and_foreign_tokens(world, clock):
+    *_, v = world
+    assert v.verify(mint(clock, "agent = alice", kid="k9"), req()).code is DenyCode.UNKNOWN_KEY
+    foreign = Token.mint(KEY, b"keyid").append_raw(b"agent = alice").to_text()
+    assert v.verify(foreign, req()).code is DenyCode.UNSUPPORTED
+
+
+def test_unknown_caveat_denies_and_names_it(world, clock):
+    *_, v = world
+    d = v.verify(mint(clock, "agent = alice", "budget <= 5"), req())
+    assert d.code is DenyCode.BAD_CAVEAT and d.caveat == "budget <= 5"
+
+
+def test_revoked_token_id_denies(world, clock):
+    *_, revoked, v = world
+    text = mint(clock, "agent = alice")
+    assert v.verify(text, req()).allowed
+    revoked.add(TID, clock.now + 60)
+    d = v.verify(text, req())
+    assert d.code is DenyCode.REVOKED and TID in d.reason
+
+
+def test_revoked_did_caveat_denies(world, clock):
+    *_, revoked, v = world
+    did = "f" * 32
+    text = mint(clock, "agent = alice", f"did = {did}")
+    revoked.add(did, clock.now + 60)
+    assert v.verify(text, req()).code is DenyCode.REVOKED
+
+
+def test_agent_state_is_read_live(world, clock):
+    _, agents, _, v = world
+    text = mint(clock, "agent = alice")
+    agents["alice"] = agents["alice"].with_changes(status=AgentStatus.SUSPENDED)
+    assert v.verify(text, req()).code is DenyCode.AGENT_SUSPENDED
+    agents["alice"] = agents["alice"].with_changes(status=AgentStatus.ACTIVE)
+    assert v.verify(text, req()).allowed
+    agents["alice"] = agents["alice"].with_changes(epoch=1,
+                                                   revoked_before_ms=int(clock.now * 1000))
+    d = v.verify(text, req())
+    assert d.code is DenyCode.AGENT_REVOKED and "epoch 1" in d.reason
+    assert v.verify(mint(clock, "agent = alice", issued=clock.now + 1), req()).allowed
+    del agents["alice"]
+    assert v.verify(text, req()).code is DenyCode.UNKNOWN_AGENT
+
+
+def test_presenter_must_be_the_holder(world, clock):
+    *_, v = world
+    text = mint(clock, "agent = alice")
+    assert v.verify(text, req(presenter=None)).code is DenyCode.NO_PRESENTER
+    assert v.verify(text, req(presenter="")).code is DenyCode.NO_PRESENTER
+    d = v.verify(text, req(presenter="bob"))
+    assert d.code is DenyCode.NOT_HOLDER and "'bob'" in d.reason
+
+
+def test_an_extra_agent_caveat_must_agree_with_the_holder(world, clock):
+    *_, v = world
+    assert v.verify(mint(clock, "agent = alice", "agent = alice"), req()).allowed
+    d = v.verify(mint(clock, "agent = alice", "agent = bob"), req(presenter="bob"))
+    assert d.code is DenyCode.NOT_HOLDER
+
+
+def test_token_without_holder_is_refused(world, clock):
+    *_, v = world
+    assert v.verify(mint(clock, "action in read"), req()).code is DenyCode.UNSUPPORTED
+
+
+def test_the_current_ceiling_applies_to_live_tokens(world, clock):
+    _, agents, _, v = world
+    text = mint(clock, "agent = alice")
+    assert v.verify(text, req(action="write")).allowed
+    agents["alice"] = agents["alice"].with_changes(ceiling=Ceiling.parse(["read:/data/**"]))
+    d = v.verify(text, req(action="write"))
+    assert d.code is DenyCode.CEILING and "beyond its ceiling" in d.reason
+    assert v.verify(text, req(action="read")).allowed
+
+
+def test_caveats_against_the_clock(world, clock):
+    *_, v = world
+    text = mint(clock, "agent = alice", expires(clock, 30))
+    assert v.verify(text, req()).allowed
+    clock.advance(30)
+    d = v.verify(text, req())
+    assert d.code is DenyCode.CAVEAT_FAILED and "expired" in d.reason and d.caveat.startswith(
+        "expires <")
+
+
+def test_tokens_from_the_future_deny(world, clock):
+    *_, v = world
+    assert v.verify(mint(clock, "agent = alice", issued=clock.now + 3600),
+                    req()).code is DenyCode.FUTURE
+
+
+@pytest.mark.parametrize("request_, words", [
+    (req(action="re ad"), "not a valid action"),
+    (req(resource="/data/../etc"), "'..' segment"),
+    (req(resource="data"), "must start"),
+    (Request("read", "/data/x", "alice", {"Bad Key": "v"}), "context key"),
+    (Request("read", "/data/x", "alice", {"k": "v" * 5000}), "context value"),
+])
+def test_invalid_requests_deny_with_a_reason(world, clock, request_, words):
+    *_, v = world
+    d = v.verify(mint(clock, "agent = alice"), request_)
+    assert d.code is DenyCode.INVALID_REQUEST and words in d.reason
+
+
+def test_valid_chains_are_cached_and_invalidated(world, clock):
+    keys, _, _, v = world
+    text = mint(clock, "agent = alice")
+    v.verify(text, req())
+    assert v.cached == 1
+    v.verify(text[:-3] + "AAA", req())  # invalid ones are not kept
+    assert v.cached == 1
+    del keys["k1"]  # the key is retired
+    v.invalidate()
+    assert v.cached == 0
+    assert v.verify(text, req()).code is DenyCode.UNKNOWN_KEY
+
+
+def test_cache_is_bounded(clock):
+    agents = {"alice": Agent("alice", Ceiling.parse(["read:/**"]))}
+    v = Verifier({"k1": KEY}, agents, RevocationSet(), clock=clock, cache_size=3)
+    for i in range(10):
+        v.verify(mint(clock, "agent = alice", tid=f"{i:032x}"), req())
+    assert v.cached == 3
+
+
+def test_huge_garbage_is_denied_cheaply(world, clock):
+    *_, v = world
+    d = v.verify("A" * 10_000_000, req())
+    assert d.code is DenyCode.MALFORMED and "over the limit" in d.reason
+    assert v.verify(12345, req()).code is DenyCode.MALFORMED  # type: ignore[arg-type]
