@@ -53,3 +53,13 @@ def pg_url() -> Iterator[str]:
             yield pg_schema_url(schema)
         finally:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A real capgate server on port 0 (embedded store), stopped afterwards."""
+    from harness import ServerThread
+
+    s = ServerThread(tmp_path / "data").start()
+    yield s
+    s.stop()

@@ -4,9 +4,9 @@ Every error a caller can see is one of these; each carries structured context
 (``.context``) next to its message::
 
     CapgateError
-    ├── MalformedTokenError       token text/bytes cannot be parsed (or is too large)
-    ├── CaveatSyntaxError         a caveat does not follow the caveat grammar
     ├── InvalidArgumentError      a bad grant, resource, duration, id or request field
+    │   ├── MalformedTokenError   token text/bytes cannot be parsed (or is too large)
+    │   └── CaveatSyntaxError     a caveat does not follow the caveat grammar
     ├── AuthenticationError       missing or unknown credential
     ├── PermissionDeniedError     authenticated, but not allowed (role, ceiling, max TTL…)
     ├── NotFoundError             no such agent, token or key
@@ -47,16 +47,16 @@ class CapgateError(Exception):
         return self.message
 
 
-class MalformedTokenError(CapgateError):
+class InvalidArgumentError(CapgateError):
+    """A request field (grant, resource, duration, id…) is not well formed."""
+
+
+class MalformedTokenError(InvalidArgumentError):
     """The token cannot be parsed: bad encoding, bad structure or over a size limit."""
 
 
-class CaveatSyntaxError(CapgateError):
+class CaveatSyntaxError(InvalidArgumentError):
     """A caveat's text does not follow the caveat grammar."""
-
-
-class InvalidArgumentError(CapgateError):
-    """A request field (grant, resource, duration, id…) is not well formed."""
 
 
 class AuthenticationError(CapgateError):

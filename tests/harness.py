@@ -1,0 +1,150 @@
+"""Real capgate servers for tests: in a thread of this process, or as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from capgate_client import Client
+from capgate_server._app import CapgateServer
+from capgate_server._replica import Settings
+
+CAPGATE = [sys.executable, "-m", "capgate_server"]
+
+
+class ServerThread:
+    """A ``CapgateServer`` on port 0 with its own event loop in a background thread."""
+
+    def __init__(self, data_dir: Path, *, clock: Callable[[], float] | None = None,
+                 **settings: Any) -> None:
+        self.settings = Settings(data_dir=data_dir, listen="127.0.0.1:0", **settings)
+        self._clock = clock
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.app: CapgateServer | None = None
+
+    def run(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        kwargs = {"clock": self._clock} if self._clock else {}
+        self.app = CapgateServer(self.settings, **kwargs)
+        self.run(self.app.start())
+        return self
+
+    @property
+    def address(self) -> str:
+        assert self.app is not None
+        return f"127.0.0.1:{self.app.port}"
+
+    @property
+    def admin_credential(self) -> str:
+        return (self.settings.data_dir / "admin.credential").read_text().strip()
+
+    def client(self, credential: str | None = None, **kw: Any) -> Client:
+        return Client(self.address, credential or self.admin_credential, **kw)
+
+    def stop(self) -> None:
+        if self.app is not None:
+            self.run(self.app.stop(grace=1))
+            self.app = None
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+class ServerProcess:
+    """``capgate serve`` in a subprocess; ``kill()`` is a real kill -9."""
+
+    def __init__(self, data_dir: Path, extra: Sequence[str] = (), env: dict[str, str] | None = None,
+                 listen: str = "127.0.0.1:0") -> None:
+        self.data_dir = data_dir
+        self.args = [*CAPGATE, "serve", "--data-dir", str(data_dir), "--listen", listen, *extra]
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+        self.address = ""
+        self.log: list[str] = []
+
+    def start(self, timeout: float = 30) -> ServerProcess:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=self.env)
+        ready: Future[str] = Future()
+
+        def read_stdout() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.log.append(line)
+                m = re.search(r"serving on (\S+?)(;|$)", line)
+                if m and not ready.done():
+                    ready.set_result(m.group(1))
+            if not ready.done():
+                ready.set_exception(RuntimeError("server exited"))
+
+        def read_stderr() -> None:
+            assert self.proc is not None and self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.log.append(line)
+
+        threading.Thread(target=read_stdout, daemon=True).start()
+        threading.Thread(target=read_stderr, daemon=True).start()
+        try:
+            self.address = ready.result(timeout)
+        except Exception as e:
+            self.stop()
+            raise RuntimeError("capgate serve did not start:\n" + "".join(self.log)) from e
+        return self
+
+    @property
+    def admin_credential(self) -> str:
+        return (self.data_dir / "admin.credential").read_text().strip()
+
+    def client(self, credential: str | None = None, **kw: Any) -> Client:
+        return Client(self.address, credential or self.admin_credential, **kw)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 15) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def cli(*args: str, server: str = "", credential: str = "", stdin: str | None = None,
+        env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run the ``capgate`` CLI as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    if server:
+        full_env["CAPGATE_SERVER"] = server
+    if credential:
+        full_env["CAPGATE_CREDENTIAL"] = credential
+    return subprocess.run([*CAPGATE, *args], input=stdin, capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10, step: float = 0.02) -> float:
+    """Poll until ``predicate()`` holds; returns the seconds it took (fails on timeout)."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(step)
+    return time.monotonic() - start

@@ -1,0 +1,147 @@
+"""The capgate CLI as an operator uses it, against a real server process."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import pytest
+from pymacaroons import Macaroon
+from pymacaroons.serializers import BinarySerializer
+
+from harness import ServerProcess, cli
+
+
+@pytest.fixture(scope="module")
+def proc(tmp_path_factory):
+    p = ServerProcess(tmp_path_factory.mktemp("cli") / "data").start()
+    yield p
+    p.stop()
+
+
+def run(proc, *args, credential=None, stdin=None):
+    return cli(*args, server=proc.address, credential=credential or proc.admin_credential,
+               stdin=stdin)
+
+
+def jrun(proc, *args, credential=None, stdin=None, expect=0):
+    r = run(proc, "--json", *args, credential=credential, stdin=stdin)
+    assert r.returncode == expect, r.stderr
+    return json.loads(r.stdout)
+
+
+def new_agent(proc, grant="read,write:/data/**", *extra):
+    name = "a-" + secrets.token_hex(3)
+    out = jrun(proc, "agent", "create", name, "--grant", grant, *extra)
+    assert out["agent"] == name and out["credential"].startswith("cg_")
+    return name, out["credential"]
+
+
+def test_walkthrough_issue_attenuate_verify_revoke(proc):
+    name, cred = new_agent(proc, "read,write:/data/**", "--max-ttl", "1h")
+    issued = jrun(proc, "token", "issue", "--grant", "read:/data/reports/*", "--ttl", "15m",
+                  credential=cred)
+    assert set(issued) == {"token", "token_id", "expires"}
+    token = issued["token"]
+    narrowed = run(proc, "token", "attenuate", token, "--resource", "/data/reports/q3")
+    assert narrowed.returncode == 0
+    narrowed = narrowed.stdout.strip()
+    ok = jrun(proc, "token", "verify", narrowed, "--action", "read", "--resource",
+              "/data/reports/q3", "--agent", name)
+    assert ok["allowed"] is True and ok["reason"] == "allowed"
+    no = jrun(proc, "token", "verify", narrowed, "--action", "read", "--resource",
+              "/data/reports/q4", "--agent", name, expect=1)
+    assert no["allowed"] is False and "resource /data/reports/q3" in no["reason"]
+    human = run(proc, "token", "verify", narrowed, "--action", "write", "--resource",
+                "/data/reports/q3", "--agent", name)
+    assert human.returncode == 1 and human.stdout.startswith("denied: ")
+    revoked = jrun(proc, "token", "revoke", issued["token_id"])
+    assert revoked["revoked"] == issued["token_id"] and revoked["newly_revoked"]
+    gone = jrun(proc, "token", "verify", narrowed, "--action", "read", "--resource",
+                "/data/reports/q3", "--agent", name, expect=1)
+    assert "revoked" in gone["reason"]
+
+
+def test_pymacaroons_attenuated_token_through_the_cli(proc):
+    name, cred = new_agent(proc)
+    token = jrun(proc, "token", "issue", "--grant", "read,write:/data/x/*",
+                 credential=cred)["token"]
+    m = Macaroon.deserialize(token)
+    m.add_first_party_caveat("action in read")
+    narrowed = m.serialize(serializer=BinarySerializer())
+    r = run(proc, "token", "verify", narrowed, "--action", "read", "--resource", "/data/x/1",
+            "--agent", name)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run(proc, "token", "verify", narrowed, "--action", "write", "--resource", "/data/x/1",
+            "--agent", name)
+    assert r.returncode == 1 and "action in read" in r.stdout
+
+
+def test_token_from_stdin_and_inspect_offline(proc):
+    name, cred = new_agent(proc)
+    token = jrun(proc, "token", "issue", "--grant", "read:/data/*", credential=cred)["token"]
+    info = jrun(proc, "token", "inspect", "-", stdin=token + "\n")
+    assert info["chain"][0]["agent"] == name and "action in read" in info["caveats"]
+    online = jrun(proc, "token", "inspect", token, "--online")
+    assert online["signature_valid"] is True and online["status"] == "valid"
+    text = run(proc, "token", "inspect", token).stdout
+    assert f"issued to {name}" in text
+
+
+def test_every_command_speaks_one_json_object(proc):
+    name, cred = new_agent(proc)
+    outputs = [
+        jrun(proc, "agent", "list"),
+        jrun(proc, "agent", "show", name),
+        jrun(proc, "agent", "update", name, "--grant", "read:/data/**"),
+        jrun(proc, "agent", "suspend", name),
+        jrun(proc, "agent", "resume", name),
+        jrun(proc, "agent", "revoke-all", name),
+        jrun(proc, "service", "create", "svc-" + secrets.token_hex(3)),
+        jrun(proc, "audit", "--limit", "5"),
+    ]
+    assert all(isinstance(o, dict) for o in outputs)
+    assert outputs[1]["agent"] == name and outputs[2]["ceiling"] == ["read:/data/**"]
+    assert outputs[3]["status"] == "suspended" and outputs[5]["epoch"] == 1
+
+
+@pytest.mark.parametrize("args, words", [
+    (("token", "verify", "garbage", "--action", "read", "--resource", "/x", "--agent", "a"),
+     None),
+    (("token", "attenuate", "garbage!", "--action", "read"), "not base64url"),
+    (("token", "revoke", "not-a-token-or-id"), "does not verify"),
+    (("agent", "create", "bad id", "--grant", "read:/x"), "invalid agent id"),
+    (("agent", "create", "x", "--grant", "read"), "ACTIONS:RESOURCE"),
+    (("agent", "show", "nobody-here"), "not found"),
+    (("token", "issue", "--grant", "read:/x"), "not open to the admin role"),
+    (("token", "attenuate", "-", "--ttl", "soon"), None),
+])
+def test_errors_are_one_line_with_exit_2(proc, args, words):
+    r = run(proc, *args, stdin="")
+    if args[1] == "verify":  # a malformed token is a deny, not an error
+        assert r.returncode == 1 and "malformed" in r.stdout
+        return
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("capgate: error: ")
+    if words:
+        assert words in lines[0]
+    j = run(proc, "--json", *args, stdin="")
+    assert json.loads(j.stdout)["error"]
+
+
+def test_missing_credential_and_unreachable_server(proc, tmp_path):
+    r = cli("agent", "list", server=proc.address, env={"CAPGATE_CREDENTIAL": ""})
+    assert r.returncode == 2 and "no credential" in r.stderr
+    r = cli("agent", "list", server="127.0.0.1:1", credential="cg_x", env={})
+    assert r.returncode == 2 and r.stderr.startswith("capgate: error:")
+    cred = tmp_path / "cred"
+    cred.write_text(proc.admin_credential + "\n")
+    r = cli("agent", "list", "--credential-file", str(cred), server=proc.address,
+            env={"CAPGATE_CREDENTIAL": ""})
+    assert r.returncode == 0, r.stderr
+
+
+def test_admin_credential_file_is_private(proc):
+    mode = (proc.data_dir / "admin.credential").stat().st_mode & 0o777
+    assert mode == 0o600

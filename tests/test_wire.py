@@ -1,0 +1,120 @@
+"""Hostile input over the wire: every case is a clear error or a deny, never a crash."""
+
+from __future__ import annotations
+
+import random
+
+import grpc
+import pytest
+
+from capgate import InvalidArgumentError, Token, TokenIdentifier
+from capgate_proto.v1 import verifier_pb2
+
+
+@pytest.fixture
+def setup(server):
+    admin = server.client()
+    _, cred = admin.create_agent("alice", ["read,write:/data/**"])
+    alice = server.client(cred)
+    svc = server.client(admin.create_principal("svc", "service").credential)
+    token = alice.issue("read:/data/**").token
+    yield server, admin, alice, svc, token
+    for c in (admin, alice, svc):
+        c.close()
+
+
+def still_serving(svc, token):
+    assert svc.verify(token, "read", "/data/ok", presenter="alice").allowed
+
+
+def test_garbage_tokens_deny(setup):
+    server, _, _, svc, token = setup
+    rnd = random.Random(7)
+    cases = {
+        "random": "".join(rnd.choice("abcXYZ019-_+/=!é ") for _ in range(200)),
+        "truncated": token[: len(token) // 2],
+        "empty": "",
+        "ten megabytes": "A" * (10 * 1024 * 1024),
+        "tampered": token[:40] + ("B" if token[40] != "B" else "C") + token[41:],
+        "unknown caveat": Token.parse(token).append_raw(b"budget <= 5").to_text(),
+        "non-utf8 caveat": Token.parse(token).append_raw(b"\xff\xfe").to_text(),
+        "wrong key id": Token.mint(b"z" * 32, TokenIdentifier("kdead", "1" * 32, 1).encode())
+        .attenuate("agent = alice").to_text(),
+        "foreign macaroon": Token.mint(b"z" * 32, b"keyid").to_text(),
+        "null bytes": "\x00" * 64,
+        "unicode": "ＡｇＥＴ" * 20,
+    }
+    expected = {"random": "malformed_token", "truncated": "malformed_token",
+                "empty": "malformed_token", "ten megabytes": "malformed_token",
+                "tampered": None, "unknown caveat": "bad_caveat",
+                "non-utf8 caveat": "bad_caveat", "wrong key id": "unknown_key",
+                "foreign macaroon": "unsupported_token", "null bytes": "malformed_token",
+                "unicode": "malformed_token"}
+    for name, text in cases.items():
+        d = svc.verify(text, "read", "/data/x", presenter="alice")
+        assert not d.allowed, name
+        if expected[name]:
+            assert d.code == expected[name], (name, d)
+        assert d.reason, name
+    still_serving(svc, token)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("action", ""), ("action", "x" * 5000), ("resource", ""), ("resource", "/" + "a/" * 5000),
+    ("resource", "/data/../etc/passwd"), ("resource", "/data/x\u202e"), ("presenter", "é" * 100),
+])
+def test_bad_request_fields_deny(setup, field, value):
+    _, _, _, svc, token = setup
+    kw = {"action": "read", "resource": "/data/x", "presenter": "alice", field: value}
+    d = svc.verify(token, kw["action"], kw["resource"], presenter=kw["presenter"])
+    assert not d.allowed and d.reason
+    still_serving(svc, token)
+
+
+def test_huge_context_denies(setup):
+    _, _, _, svc, token = setup
+    ctx = {f"k{i}": "v" for i in range(100)}
+    d = svc.verify(token, "read", "/data/x", presenter="alice", ctx=ctx)
+    assert d.code == "invalid_request" and "context" in d.reason
+
+
+def test_undecodable_request_bytes_get_a_status_not_a_crash(setup):
+    server, admin, _, svc, token = setup
+    with grpc.insecure_channel(server.address) as ch:
+        raw = ch.unary_unary("/capgate.v1.VerifierService/Verify")
+        md = (("authorization", f"Bearer {server.admin_credential}"),)
+        for payload in (b"\xff" * 64, b"\x0a\xff\xff\xff\xff\x0f", bytes(range(256))):
+            with pytest.raises(grpc.RpcError) as e:
+                raw(payload, metadata=md, timeout=5)
+            assert e.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT,
+                                      grpc.StatusCode.UNKNOWN)
+        # a well-formed message with unknown fields is fine
+        msg = verifier_pb2.VerifyRequest(token=token, action="read", resource="/data/x",
+                                         presenter="alice").SerializeToString() + b"\xf8\x07\x01"
+        reply = verifier_pb2.VerifyResponse.FromString(raw(msg, metadata=md, timeout=5))
+        assert reply.allowed
+    still_serving(svc, token)
+
+
+def test_bad_admin_and_issue_inputs_are_invalid_argument(setup):
+    _, admin, alice, svc, token = setup
+    for call in (
+        lambda: admin.create_agent("", ["read:/x"]),
+        lambda: admin.create_agent("x" * 200, ["read:/x"]),
+        lambda: admin.create_agent("ok", ["read:/x/../y"]),
+        lambda: admin.create_agent("ok", ["read:/x"], max_depth=99),
+        lambda: admin.create_agent("ok", ["read:/x"], public_key=b"not a key"),
+        lambda: admin.create_agent("ok", ["read:/x"], description="\x00"),
+        lambda: admin.update_agent("alice"),
+        lambda: alice.issue("read:/data/x", caveats=["delegate = bob"]),
+        lambda: alice.issue("read:/data/x", caveats=["x"] * 100),
+        lambda: alice.attenuate(token, []),
+        lambda: alice.delegate(token, "no such agent!"),
+        lambda: admin.revoke("z" * 32),
+        lambda: admin.tree("nope"),
+    ):
+        with pytest.raises(Exception) as e:
+            call()
+        assert isinstance(e.value, (InvalidArgumentError,)) or type(e.value).__name__ in (
+            "NotFoundError",), repr(e.value)
+    still_serving(svc, token)
