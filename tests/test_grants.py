@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from capgate import Ceiling, Glob, Grant, InvalidArgumentError, resource_problem
 
 

@@ -45,7 +45,8 @@ def main() -> int:
     if check:
         present = {p.name: p.read_bytes() for p in OUT.glob("*") if p.is_file()}
         if present != files:
-            stale = sorted(set(present) ^ set(files) | {n for n in files if present.get(n) != files[n]})
+            differ = {n for n in files if present.get(n) != files[n]}
+            stale = sorted(set(present) ^ set(files) | differ)
             print(f"gRPC stubs are stale ({', '.join(stale)}): run `make protos`", file=sys.stderr)
             return 1
         return 0

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
 from capgate import Grant, InvalidArgumentError
 from capgate_proto.v1 import (
     agent_pb2,
@@ -37,7 +36,7 @@ from capgate_client._types import (
     VerifyResult,
 )
 
-__all__ = ["Call", "TLS", "stubs_for"]
+__all__ = ["TLS", "Call", "stubs_for"]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
-
 from capgate import InvalidArgumentError
 
 from capgate_client import _calls as calls

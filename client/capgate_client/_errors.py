@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import grpc
-
 import capgate._errors as _core_errors
+import grpc
 from capgate import (
     AuthenticationError,
     CapgateError,

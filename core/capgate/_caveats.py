@@ -73,7 +73,7 @@ class Caveat:
         return f"<{type(self).__name__} {self.text!r}>"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.text == self.text  # type: ignore[attr-defined]
+        return isinstance(other, Caveat) and type(other) is type(self) and other.text == self.text
 
     def __hash__(self) -> int:
         return hash(self.text)
@@ -158,7 +158,7 @@ class NotBeforeCaveat(Caveat):
 class CtxCaveat(Caveat):
     """``ctx KEY = v`` | ``ctx KEY in v1,v2`` | ``ctx KEY <= n`` | ``ctx KEY >= n``."""
 
-    __slots__ = ("name", "op", "values", "bound")
+    __slots__ = ("bound", "name", "op", "values")
     key = "ctx"
 
     def __init__(

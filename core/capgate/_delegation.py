@@ -87,7 +87,8 @@ class DelegateCaveat(Caveat):
     def proof_valid(self, prefix_sig: bytes, root_key: bytes, public_key: bytes | None) -> bool:
         """Check the proof against the signature before this caveat (constant time for srv)."""
         if self.key_id is None:
-            return hmac.compare_digest(self.proof, server_proof(root_key, prefix_sig, self.unsigned))
+            expected = server_proof(root_key, prefix_sig, self.unsigned)
+            return hmac.compare_digest(self.proof, expected)
         if public_key is None:
             return False
         try:
@@ -210,6 +211,7 @@ def load_private_key(data: bytes) -> Ed25519PrivateKey:
         load_ssh_private_key,
     )
 
+    key: object = None
     try:
         if data.lstrip().startswith(b"-----BEGIN OPENSSH"):
             key = load_ssh_private_key(data, None)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 
 from capgate._errors import InvalidArgumentError
 from capgate._text import ACTION_RE, safe_text_problem
@@ -109,7 +109,7 @@ def _parse_glob(pattern: str) -> Glob:
 
 
 def _within(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    @lru_cache(maxsize=None)
+    @cache
     def sub(i: int, j: int) -> bool:  # does a[i:] ⊆ b[j:] ?
         if j == len(b):
             return i == len(a)

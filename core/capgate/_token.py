@@ -16,13 +16,8 @@ from __future__ import annotations
 
 import hmac
 import re
-
-try:  # the one-shot OpenSSL HMAC without hmac.digest's wrapper; the chain is the hot path
-    from _hashlib import hmac_digest as _hmac_digest
-except ImportError:  # pragma: no cover - CPython without OpenSSL
-    _hmac_digest = hmac.digest
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from capgate._codec import DEFAULT_LIMITS, Limits, RawCaveat, RawMacaroon, decode_text
@@ -34,6 +29,18 @@ from capgate._errors import CaveatSyntaxError, MalformedTokenError
 __all__ = ["Token", "TokenIdentifier", "chain_signature", "derive_key", "new_token_id"]
 
 _KEY_GENERATOR = b"macaroons-key-generator"
+
+
+def _one_shot_hmac() -> Callable[[bytes, bytes, str], bytes]:
+    """OpenSSL's one-shot HMAC without ``hmac.digest``'s wrapper: the chain is the hot path."""
+    try:
+        from _hashlib import hmac_digest
+    except ImportError:  # pragma: no cover - CPython built without OpenSSL
+        return hmac.digest
+    return hmac_digest
+
+
+hmac_digest = _one_shot_hmac()
 _ID_RE = re.compile(rb"cg1:([A-Za-z0-9_-]{1,32}):([0-9a-f]{32}):([0-9]{1,15})")
 
 
@@ -44,7 +51,7 @@ def derive_key(root_key: bytes) -> bytes:
 
 def chain_signature(derived_key: bytes, identifier: bytes, caveats: Iterable[RawCaveat]) -> bytes:
     """Run the HMAC chain from an already derived key."""
-    digest = _hmac_digest
+    digest = hmac_digest
     sig = digest(derived_key, identifier, "sha256")
     for c in caveats:
         if c.vid is None:
@@ -98,8 +105,8 @@ class Token:
     def parse(cls, text: str | bytes, *, limits: Limits = DEFAULT_LIMITS) -> Token:
         """Parse V2 binary in base64url text (padded or not)."""
         data = decode_text(text, limits)
-        canonical = isinstance(text, str) and "=" not in text and "+" not in text and "/" not in text
-        return cls(_unpack(data, limits), text if canonical else _encode_text(data))
+        canonical = isinstance(text, str) and not any(c in text for c in "=+/")
+        return cls(_unpack(data, limits), text if canonical else _encode_text(data))  # type: ignore[arg-type]
 
     @classmethod
     def from_bytes(cls, data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Token:

@@ -22,9 +22,7 @@ from enum import StrEnum
 
 from capgate._agent import Agent, AgentStatus
 from capgate._caveats import (
-    AgentCaveat,
     Caveat,
-    DidCaveat,
     ExpiresCaveat,
     Request,
     compile_caveat,
@@ -36,8 +34,7 @@ from capgate._errors import CaveatSyntaxError, MalformedTokenError
 from capgate._grants import resource_problem
 from capgate._revocation import RevocationSet, lineage_key
 from capgate._text import ACTION_RE, CTX_KEY_RE
-from capgate._token import Token, TokenIdentifier, derive_key
-from capgate._token import _hmac_digest
+from capgate._token import Token, TokenIdentifier, derive_key, hmac_digest
 
 __all__ = ["Chain", "Decision", "DenyCode", "Hop", "Verifier"]
 
@@ -168,7 +165,7 @@ class Verifier:
     def analyse(self, text: str) -> Chain | Decision:
         """The cached, request-independent half: a valid ``Chain`` or the deny."""
         cache = self._cache
-        st = cache.get(text)  # type: ignore[arg-type]
+        st = cache.get(text)
         if st is not None:
             cache.move_to_end(text)
             return st
@@ -212,7 +209,7 @@ class Verifier:
                          token_id=tid)
         root, derived = keys
         # The chain, remembering the signature before each caveat for delegation proofs.
-        digest = _hmac_digest
+        digest = hmac_digest
         sig = digest(derived, raw.identifier, "sha256")
         prefix: list[bytes] = []
         for c in raw.caveats:
@@ -231,7 +228,8 @@ class Verifier:
         depth_caps: list[tuple[int, DepthCaveat]] = []
         expires: float | None = None
         holder: str | None = None
-        CHECK, HOLDER, DELEGATE, LINEAGE = Caveat.CHECK, Caveat.HOLDER, Caveat.DELEGATE, Caveat.LINEAGE
+        CHECK, HOLDER, DELEGATE = Caveat.CHECK, Caveat.HOLDER, Caveat.DELEGATE
+        LINEAGE = Caveat.LINEAGE
         for i, c in enumerate(token.raw.caveats):
             try:
                 cav = compile_caveat(c.cid)

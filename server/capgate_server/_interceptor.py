@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
-
 from capgate import AuthenticationError, CapgateError, PermissionDeniedError
 
 from capgate_server._replica import Replica

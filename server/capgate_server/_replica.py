@@ -104,7 +104,8 @@ class Replica:
             await self.call(self.store.add_root_key, self.root_keys.new_record(self.clock()))
             await self.sync()
         credential = None
-        if self.settings.role == "full" and await self.call(self.store.get_principal, "admin") is None:
+        full = self.settings.role == "full"
+        if full and await self.call(self.store.get_principal, "admin") is None:
             credential = new_credential()
             principal = Principal("admin", Role.ADMIN, self.clock())
             await self.call(self.store.create_principal, principal, hash_credential(credential),

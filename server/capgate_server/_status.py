@@ -8,7 +8,6 @@ maps it back in ``_errors.py``).
 from __future__ import annotations
 
 import grpc
-
 from capgate import (
     AlreadyExistsError,
     AuthenticationError,

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from capgate import CapgateError, InvalidArgumentError, parse_duration
-
 from capgate_client import TLS, Client
 
 EXIT_OK, EXIT_DENIED, EXIT_ERROR = 0, 1, 2
@@ -35,7 +34,8 @@ def common_options() -> argparse.ArgumentParser:
     p.add_argument("--timeout", default=S, type=float, metavar="S", help="deadline in seconds")
     p.add_argument("--tls-ca", default=S, type=Path, metavar="PEM",
                    help="use TLS; verify the server against this CA")
-    p.add_argument("--tls-cert", default=S, type=Path, metavar="PEM", help="client certificate (mTLS)")
+    p.add_argument("--tls-cert", default=S, type=Path, metavar="PEM",
+                   help="client certificate (mTLS)")
     p.add_argument("--tls-key", default=S, type=Path, metavar="PEM", help="client key (mTLS)")
     p.add_argument("--tls-server-name", default=S, metavar="NAME",
                    help="expected name in the server certificate")
@@ -52,7 +52,8 @@ def credential(args: argparse.Namespace) -> str:
         try:
             return Path(path).read_text().strip()
         except OSError as e:
-            raise InvalidArgumentError(f"cannot read credential file {path}: {e.strerror}") from None
+            raise InvalidArgumentError(
+                f"cannot read credential file {path}: {e.strerror}") from None
     env = os.environ.get("CAPGATE_CREDENTIAL", "").strip()
     if env:
         return env

@@ -16,15 +16,14 @@ from capgate import (
 )
 from capgate._delegation import load_private_key
 from capgate._inspect import describe
-
 from capgate_client import TreeNode
+
 from capgate_server.cli._common import (
     EXIT_DENIED,
     EXIT_OK,
     client,
     duration,
     emit,
-    opt,
     pairs,
     read_token,
 )

@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-
 from capgate import UnavailableError
 
 from capgate_server.store._sql import SqlStore

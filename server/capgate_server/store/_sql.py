@@ -74,6 +74,7 @@ MIGRATIONS: list[list[str]] = [
 
 _AGENT_COLS = ("id, owner, description, status, ceiling, max_ttl, max_depth, epoch, "
                "revoked_before, created_at")
+_AGENT_MARKS = ", ".join("?" * 10)
 
 
 class SqlStore(Store):
@@ -147,7 +148,7 @@ class SqlStore(Store):
         with self._tx() as cur:
             self._insert_principal(cur, Principal(agent.id, Role.AGENT, agent.created_at),
                                    credential_hash)
-            self._x(cur, f"INSERT INTO agents ({_AGENT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self._x(cur, f"INSERT INTO agents ({_AGENT_COLS}) VALUES ({_AGENT_MARKS})",
                     self._agent_values(agent))
             self._write_keys(cur, agent)
             self._change(cur, ChangeKind.AGENT, agent.id)
