@@ -204,3 +204,73 @@ def test_huge_garbage_is_denied_cheaply(world, clock):
     d = v.verify("A" * 10_000_000, req())
     assert d.code is DenyCode.MALFORMED and "over the limit" in d.reason
     assert v.verify(12345, req()).code is DenyCode.MALFORMED  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def memo_world(clock):
+    from capgate import Directory
+
+    agents = Directory(alice=Agent("alice", Ceiling.parse(["read,write:/data/**"])))
+    revoked = RevocationSet()
+    keys = {"k1": KEY}
+    return keys, agents, revoked, Verifier(keys, agents, revoked, clock=clock, memo_size=100)
+
+
+def test_memo_needs_a_directory(clock):
+    with pytest.raises(TypeError):
+        Verifier({}, {}, RevocationSet(), clock=clock, memo_size=10)
+
+
+def test_memoized_allows_end_at_any_change(memo_world, clock):
+    keys, agents, revoked, v = memo_world
+    text = mint(clock, "agent = alice", expires(clock, 60))
+    check = lambda: v.check(text, "read", "/data/x", "alice")  # noqa: E731
+    assert check().allowed and check() is check()  # the memo answers
+    revoked.add(TID, clock.now + 60)
+    assert check().code is DenyCode.REVOKED
+    revoked.prune(clock.now + 3600 * 2)
+    assert check().allowed
+    agents["alice"] = agents["alice"].with_changes(status=AgentStatus.SUSPENDED)
+    assert check().code is DenyCode.AGENT_SUSPENDED
+    agents["alice"] = agents["alice"].with_changes(status=AgentStatus.ACTIVE)
+    assert check().allowed
+    agents["alice"] = agents["alice"].with_changes(ceiling=Ceiling.parse(["write:/data/**"]))
+    assert check().code is DenyCode.CEILING
+    agents.update(alice=agents["alice"].with_changes(ceiling=Ceiling.parse(["read:/**"])))
+    assert check().allowed
+    del keys["k1"]
+    v.invalidate()
+    assert check().code is DenyCode.UNKNOWN_KEY
+    keys["k1"] = KEY
+    v.invalidate()
+    assert check().allowed
+    clock.advance(60)
+    assert check().code is DenyCode.CAVEAT_FAILED
+    agents.pop("alice")
+    assert check().code is DenyCode.UNKNOWN_AGENT
+
+
+def test_memo_is_per_request_and_skips_context(memo_world, clock):
+    *_, v = memo_world
+    text = mint(clock, "agent = alice", "ctx tool = search")
+    assert v.check(text, "read", "/data/x", "alice", {"tool": "search"}).allowed
+    assert not v.check(text, "read", "/data/x", "alice", {"tool": "shell"}).allowed
+    assert not v.check(text, "read", "/data/x", "alice").allowed
+    plain = mint(clock, "agent = alice", "resource /data/x")
+    assert v.check(plain, "read", "/data/x", "alice").allowed
+    assert not v.check(plain, "read", "/data/y", "alice").allowed
+    assert not v.check(plain, "read", "/data/x", "bob").allowed
+
+
+def test_directory_versions_every_change():
+    from capgate import Directory
+
+    d = Directory()
+    a = Agent("a", Ceiling())
+    seen = [d.version]
+    for change in (lambda: d.__setitem__("a", a), lambda: d.update(b=a), lambda: d.pop("b"),
+                   lambda: d.setdefault("c", a), lambda: d.__delitem__("c"),
+                   lambda: d.popitem(), lambda: d.__ior__({"e": a}), d.clear):
+        change()
+        assert d.version > seen[-1]
+        seen.append(d.version)

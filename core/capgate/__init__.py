@@ -3,7 +3,7 @@
 Parsing, attenuation, delegation and verification; no network, no storage.
 """
 
-from capgate._agent import Agent, AgentStatus, check_id
+from capgate._agent import Agent, AgentStatus, Directory, check_id
 from capgate._attenuation import restriction_caveats
 from capgate._caveats import Caveat, Request, parse_caveat
 from capgate._clock import (
@@ -58,6 +58,7 @@ __all__ = [
     "DelegateCaveat",
     "DenyCode",
     "DepthCaveat",
+    "Directory",
     "FailedPreconditionError",
     "Glob",
     "Grant",

@@ -11,7 +11,7 @@ from capgate._errors import InvalidArgumentError
 from capgate._grants import Ceiling
 from capgate._text import ID_RE
 
-__all__ = ["Agent", "AgentStatus", "check_id"]
+__all__ = ["Agent", "AgentStatus", "Directory", "check_id"]
 
 
 class AgentStatus(StrEnum):
@@ -59,3 +59,49 @@ class Agent:
         if "public_keys" in changes and not isinstance(changes["public_keys"], MappingProxyType):
             changes["public_keys"] = MappingProxyType(dict(changes["public_keys"]))
         return replace(self, **changes)
+
+
+class Directory(dict[str, Agent]):
+    """Agents by id, with a version that moves on every change.
+
+    The verifier's decision memo is valid only for the version it was made at,
+    so every way of changing the mapping bumps it (reads stay plain dict reads).
+    """
+
+    version: int = 0
+
+    def _bump(self) -> None:
+        self.version += 1
+
+    def __setitem__(self, key: str, value: Agent) -> None:
+        super().__setitem__(key, value)
+        self._bump()
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self._bump()
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self._bump()
+        return super().pop(key, *default)
+
+    def popitem(self) -> tuple[str, Agent]:
+        self._bump()
+        return super().popitem()
+
+    def clear(self) -> None:
+        super().clear()
+        self._bump()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        super().update(*args, **kwargs)
+        self._bump()
+
+    def setdefault(self, key: str, default: Agent) -> Agent:
+        self._bump()
+        return super().setdefault(key, default)
+
+    def __ior__(self, other: Any) -> Directory:  # type: ignore[override,misc]
+        super().__ior__(other)
+        self._bump()
+        return self

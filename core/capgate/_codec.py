@@ -148,6 +148,8 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         pos += 1
         n |= (b & 0x7F) << shift
         if b < 0x80:
+            if b == 0 and shift:  # one encoding per number, so one text per token
+                raise MalformedTokenError("non-minimal varint", offset=start)
             return n, pos
         shift += 7
         if shift > 28:  # no field of a bounded token is this long
@@ -248,3 +250,54 @@ def unpack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> RawMacaroon:
             raise MalformedTokenError("token is truncated", offset=pos)
         raise MalformedTokenError("trailing bytes after the signature", offset=pos + 34)
     return RawMacaroon(location, identifier, tuple(caveats), data[pos + 2 :])
+
+
+def unpack_first_party(data: bytes, limits: Limits = DEFAULT_LIMITS
+                       ) -> tuple[bytes, list[bytes], bytes] | None:
+    """The verifier's fast path: (identifier, caveat ids, signature) of a well-formed
+    token whose caveats are all first-party without locations; None for anything else
+    (then ``unpack`` gives the precise error, or the caller refuses third-party caveats).
+    """
+    end = len(data)
+    if end < 37 or data[0] != _VERSION:
+        return None
+    pos = 1
+    if data[pos] == _LOCATION:
+        size = data[pos + 1]
+        if size >= 0x80 or size > limits.max_location:
+            return None
+        pos += 2 + size
+    if pos + 2 > end or data[pos] != _IDENTIFIER:
+        return None
+    size = data[pos + 1]
+    if size >= 0x80 or not 0 < size <= limits.max_identifier:
+        return None
+    stop = pos + 2 + size
+    identifier = data[pos + 2 : stop]
+    if stop >= end or data[stop] != _EOS:
+        return None
+    pos = stop + 1
+    cids: list[bytes] = []
+    max_caveats, max_caveat = limits.max_caveats, limits.max_caveat
+    while pos < end:
+        kind = data[pos]
+        if kind == _EOS:
+            break
+        if kind != _IDENTIFIER or pos + 1 >= end or len(cids) >= max_caveats:
+            return None
+        size = data[pos + 1]
+        if size < 0x80:
+            start = pos + 2
+        else:
+            try:
+                size, start = _varint(data, pos + 1)
+            except MalformedTokenError:
+                return None
+        stop = start + size
+        if stop >= end or data[stop] != _EOS or size > max_caveat:
+            return None
+        cids.append(data[start:stop])
+        pos = stop + 1
+    if end - pos != 35 or data[pos + 1] != 0x06 or data[pos + 2] != 0x20:
+        return None
+    return identifier, cids, data[pos + 3 :]

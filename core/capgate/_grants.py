@@ -162,16 +162,25 @@ class Ceiling:
     """The most an agent may ever hold: a request passes if any grant allows it."""
 
     grants: tuple[Grant, ...] = ()
+    # action -> one regex for every glob granting it: one lookup and one match per check
+    _by_action: dict[str, re.Pattern[str]] = field(
+        init=False, compare=False, repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        patterns: dict[str, list[str]] = {}
+        for g in self.grants:
+            for a in g.actions:
+                patterns.setdefault(a, []).append(g.glob._regex.pattern)
+        for a, ps in patterns.items():
+            self._by_action[a] = re.compile("|".join(f"(?:{p})" for p in ps))
 
     @classmethod
     def parse(cls, texts: Iterable[str]) -> Ceiling:
         return cls(tuple(Grant.parse(t) for t in texts))
 
     def allows(self, action: str, resource: str) -> bool:
-        for g in self.grants:
-            if action in g.actions and g.glob.matches(resource):
-                return True
-        return False
+        rx = self._by_action.get(action)
+        return rx is not None and rx.fullmatch(resource) is not None
 
     def covers(self, grant: Grant) -> bool:
         """True when every action of ``grant`` on its whole glob is within one ceiling grant."""

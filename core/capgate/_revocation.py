@@ -24,22 +24,29 @@ def lineage_key(hex_id: str) -> int:
 class RevocationSet:
     """Revoked lineage ids with their expiry; ``key in set`` is one hash lookup."""
 
-    __slots__ = ("_buckets", "_ids")
+    __slots__ = ("_buckets", "_ids", "version")
 
     def __init__(self) -> None:
         self._ids: set[int] = set()
         self._buckets: dict[int, list[int]] = {}
+        self.version = 0  # moves on every change (the verifier's memo depends on it)
 
     def add(self, hex_id: str, expires_at: float) -> None:
         key = lineage_key(hex_id)
         if key in self._ids:
             return
         self._ids.add(key)
+        self.version += 1
         self._buckets.setdefault(math.ceil(expires_at / _BUCKET), []).append(key)
 
     def update(self, entries: Iterable[tuple[str, float]]) -> None:
         for hex_id, expires_at in entries:
             self.add(hex_id, expires_at)
+
+    @property
+    def ids(self) -> set[int]:
+        """The live set of revoked keys, for hot loops (read it, never change it)."""
+        return self._ids
 
     def __contains__(self, key: object) -> bool:
         return key in self._ids
@@ -63,6 +70,7 @@ class RevocationSet:
             for key in self._buckets.pop(bucket):
                 self._ids.discard(key)
                 dropped += 1
+        self.version += 1
         return dropped
 
     def __len__(self) -> int:

@@ -29,6 +29,7 @@ from capgate._errors import CaveatSyntaxError, MalformedTokenError
 __all__ = ["Token", "TokenIdentifier", "chain_signature", "derive_key", "new_token_id"]
 
 _KEY_GENERATOR = b"macaroons-key-generator"
+_new_tuple = tuple.__new__
 
 
 def _one_shot_hmac() -> Callable[[bytes, bytes, str], bytes]:
@@ -78,10 +79,10 @@ class TokenIdentifier(NamedTuple):
 
     @classmethod
     def decode(cls, identifier: bytes) -> TokenIdentifier:
-        m = _ID_RE.fullmatch(identifier)
-        if m is None:
+        if _ID_RE.fullmatch(identifier) is None:
             raise MalformedTokenError("not a capgate token identifier (want cg1:KEY:ID:MS)")
-        return cls(m.group(1).decode("ascii"), m.group(2).decode("ascii"), int(m.group(3)))
+        _, kid, tid, ms = identifier.decode("ascii").split(":")
+        return _new_tuple(cls, (kid, tid, int(ms)))
 
 
 class Token:

@@ -15,24 +15,29 @@ the keys or agent keys they used change, call ``invalidate()``.
 from __future__ import annotations
 
 import hmac
+import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 
-from capgate._agent import Agent, AgentStatus
+from capgate._agent import Agent, AgentStatus, Directory
 from capgate._caveats import (
+    ActionCaveat,
     Caveat,
     ExpiresCaveat,
+    NotBeforeCaveat,
     Request,
+    ResourceCaveat,
     compile_caveat,
 )
 from capgate._clock import Clock, format_timestamp, system_clock
-from capgate._codec import DEFAULT_LIMITS, Limits
+from capgate._codec import DEFAULT_LIMITS, Limits, decode_text, unpack, unpack_first_party
 from capgate._delegation import DelegateCaveat, DepthCaveat
 from capgate._errors import CaveatSyntaxError, MalformedTokenError
 from capgate._grants import resource_problem
-from capgate._revocation import RevocationSet, lineage_key
+from capgate._revocation import RevocationSet
 from capgate._text import ACTION_RE, CTX_KEY_RE
 from capgate._token import Token, TokenIdentifier, derive_key, hmac_digest
 
@@ -41,6 +46,7 @@ __all__ = ["Chain", "Decision", "DenyCode", "Hop", "Verifier"]
 # How far ahead of this server's clock a token or hop may claim to have been made.
 CLOCK_SKEW_MS = 300_000
 _CACHE_MAX_TEXT = 4096
+_NO_CTX: Mapping[str, str] = MappingProxyType({})
 _MAX_CTX_ITEMS = 32
 _MAX_CTX_VALUE = 1024
 
@@ -81,8 +87,11 @@ class Hop:
     offline: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Decision:
+    """The outcome. Hashed by identity: one allow object is shared by every request
+    a chain allows, so callers can key caches and tallies on it cheaply."""
+
     allowed: bool
     code: DenyCode
     reason: str
@@ -97,9 +106,13 @@ class Decision:
 
 @dataclass(slots=True)
 class Chain:
-    """A token whose signature and delegation proofs are valid: what it says, parsed."""
+    """A token whose signature and delegation proofs are valid: what it says, parsed.
 
-    token: Token
+    Chains live in the verifier's cache, so they hold few objects the garbage
+    collector must trace: the token's text rather than its parsed form.
+    """
+
+    text: str
     token_id: str
     key_id: str
     issued_ms: int
@@ -111,10 +124,38 @@ class Chain:
     agents: tuple[str, ...] = field(repr=False, default=())
     latest_ms: int = 0
     allowed: Decision | None = field(repr=False, default=None)  # shared by every allow
+    # The checks folded together (AND): actions intersected, the validity window,
+    # the resource globs, and whatever else (ctx). Only when one fails are the
+    # caveats walked one by one, to name the one that failed.
+    actions: frozenset[str] | None = field(repr=False, default=None)
+    not_before: float = float("-inf")
+    not_after: float = float("inf")
+    resources: tuple[re.Pattern[str], ...] = field(repr=False, default=())
+    other: tuple[Caveat, ...] = field(repr=False, default=())
+
+    def fold(self) -> Chain:
+        for cav in self.checks:
+            kind = type(cav)
+            if kind is ActionCaveat:
+                acts = cav.actions  # type: ignore[attr-defined]
+                self.actions = acts if self.actions is None else self.actions & acts
+            elif kind is ResourceCaveat:
+                self.resources += (cav.glob._regex,)  # type: ignore[attr-defined]
+            elif kind is ExpiresCaveat:
+                self.not_after = min(self.not_after, cav.at)  # type: ignore[attr-defined]
+            elif kind is NotBeforeCaveat:
+                self.not_before = max(self.not_before, cav.at)  # type: ignore[attr-defined]
+            else:
+                self.other += (cav,)
+        return self
 
     @property
     def holder(self) -> str:
         return self.hops[-1].agent
+
+    @property
+    def token(self) -> Token:
+        return Token.parse(self.text)
 
 
 def _deny(code: DenyCode, reason: str, caveat: str | None = None,
@@ -138,8 +179,12 @@ class Verifier:
         *,
         clock: Clock = system_clock,
         cache_size: int = 32768,
+        memo_size: int = 0,
         limits: Limits = DEFAULT_LIMITS,
+        on_chain: Callable[[Chain], None] | None = None,
     ) -> None:
+        if memo_size and not isinstance(agents, Directory):
+            raise TypeError("a decision memo needs agents in a Directory (it tracks changes)")
         self._keys = keys
         self._agents = agents
         self._revocations = revocations
@@ -148,6 +193,28 @@ class Verifier:
         self._derived: dict[str, tuple[bytes, bytes]] = {}
         self._cache: OrderedDict[str, Chain] = OrderedDict()
         self._cache_size = cache_size
+        # The decision memo: (token, action, resource, presenter) -> (state, until, allow).
+        # An allow stays right while nothing changes and the clock stays inside the
+        # token's window; any change of agents, revocations or keys moves ``state``.
+        self._memo: dict[tuple[str, str, str, str | None], tuple[int, float, Decision]] = {}
+        self._memo_size = memo_size
+        self._key_version = 0
+        self.on_chain = on_chain  # told of each valid chain the first time it is analysed
+
+    def _state(self) -> int:
+        agents_version: int = getattr(self._agents, "version", 0)
+        return agents_version + self._revocations.version + self._key_version
+
+    def check(self, token: str, action: str, resource: str, presenter: str | None,
+              ctx: Mapping[str, str] | None = None) -> Decision:
+        """``verify`` with the request given field by field (the servers' hot path)."""
+        if self._memo_size and not ctx:
+            hit = self._memo.get((token, action, resource, presenter))
+            if (hit is not None and hit[1] > self._clock() and hit[0] == (
+                    self._agents.version + self._revocations.version  # type: ignore[attr-defined]
+                    + self._key_version)):
+                return hit[2]
+        return self.verify(token, Request(action, resource, presenter, ctx or _NO_CTX))
 
     # -- cache ------------------------------------------------------------------------
 
@@ -155,6 +222,8 @@ class Verifier:
         """Forget cached signature results (after a key or agent-key change)."""
         self._derived.clear()
         self._cache.clear()
+        self._memo.clear()
+        self._key_version += 1
 
     @property
     def cached(self) -> int:
@@ -174,10 +243,13 @@ class Verifier:
         result = self._analyse(text)
         # Only valid chains are kept (a flood of garbage cannot fill the cache), and only
         # tokens of ordinary size, so the cache's memory stays bounded.
-        if type(result) is Chain and len(text) <= _CACHE_MAX_TEXT:
-            cache[text] = result
-            if len(cache) > self._cache_size:
-                cache.popitem(last=False)
+        if type(result) is Chain:
+            if len(text) <= _CACHE_MAX_TEXT:
+                cache[text] = result
+                if len(cache) > self._cache_size:
+                    cache.popitem(last=False)
+            if self.on_chain is not None:
+                self.on_chain(result)
         return result
 
     def _root_key(self, kid: str) -> tuple[bytes, bytes] | None:
@@ -191,15 +263,22 @@ class Verifier:
         return got
 
     def _analyse(self, text: str) -> Chain | Decision:
+        limits = self._limits
         try:
-            token = Token.parse(text, limits=self._limits)
+            data = decode_text(text, limits)
+            parts = unpack_first_party(data, limits)
+            if parts is None:  # unusual or invalid: the strict parser says what is wrong
+                raw = unpack(data, limits)
+                if any(c.vid is not None for c in raw.caveats):
+                    return _deny(DenyCode.UNSUPPORTED, "third-party caveats are not supported")
+                if any(c.location is not None for c in raw.caveats):
+                    return _deny(DenyCode.UNSUPPORTED, "caveat locations are not supported")
+                parts = raw.identifier, [c.cid for c in raw.caveats], raw.signature
         except MalformedTokenError as e:
             return _deny(DenyCode.MALFORMED, f"malformed token: {e.message}")
-        raw = token.raw
-        if token.has_third_party_caveats:
-            return _deny(DenyCode.UNSUPPORTED, "third-party caveats are not supported")
+        identifier, cids, signature = parts
         try:
-            ident = TokenIdentifier.decode(raw.identifier)
+            ident = TokenIdentifier.decode(identifier)
         except MalformedTokenError as e:
             return _deny(DenyCode.UNSUPPORTED, e.message)
         tid = ident.token_id
@@ -210,16 +289,16 @@ class Verifier:
         root, derived = keys
         # The chain, remembering the signature before each caveat for delegation proofs.
         digest = hmac_digest
-        sig = digest(derived, raw.identifier, "sha256")
+        sig = digest(derived, identifier, "sha256")
         prefix: list[bytes] = []
-        for c in raw.caveats:
+        for cid in cids:
             prefix.append(sig)
-            sig = digest(sig, c.cid, "sha256")
-        if not hmac.compare_digest(sig, raw.signature):
+            sig = digest(sig, cid, "sha256")
+        if not hmac.compare_digest(sig, signature):
             return _deny(DenyCode.BAD_SIGNATURE, "signature does not match", token_id=tid)
-        return self._read_chain(token, ident, root, prefix)
+        return self._read_chain(text, ident, root, cids, prefix)
 
-    def _read_chain(self, token: Token, ident: TokenIdentifier, root: bytes,
+    def _read_chain(self, text: str, ident: TokenIdentifier, root: bytes, cids: list[bytes],
                     prefix: list[bytes]) -> Chain | Decision:
         tid = ident.token_id
         hops: list[Hop] = []
@@ -230,9 +309,9 @@ class Verifier:
         holder: str | None = None
         CHECK, HOLDER, DELEGATE = Caveat.CHECK, Caveat.HOLDER, Caveat.DELEGATE
         LINEAGE = Caveat.LINEAGE
-        for i, c in enumerate(token.raw.caveats):
+        for i, cid in enumerate(cids):
             try:
-                cav = compile_caveat(c.cid)
+                cav = compile_caveat(cid)
             except CaveatSyntaxError as e:
                 return _deny(DenyCode.BAD_CAVEAT, e.message, caveat=e.context.get("caveat"),
                              token_id=tid)
@@ -272,11 +351,15 @@ class Verifier:
                 return _deny(DenyCode.DEPTH,
                              f"caveat {cap.text!r}: {below} delegations follow it",
                              caveat=cap.text, token_id=tid)
-        return Chain(
-            token, tid, ident.key_id, ident.issued_ms, tuple(hops), tuple(lineage),
-            tuple(checks), expires, tuple([lineage_key(x) for x in lineage]),
-            tuple([h.agent for h in hops]), max([h.at_ms for h in hops]),
-        )
+        if len(hops) == 1:  # the common case, without the loops
+            agents: tuple[str, ...] = (holder,)
+            latest = ident.issued_ms
+        else:
+            agents = tuple([h.agent for h in hops])
+            latest = max([h.at_ms for h in hops])
+        return Chain(text, tid, ident.key_id, ident.issued_ms, tuple(hops), tuple(lineage),
+                     tuple(checks), expires, tuple([int(x, 16) for x in lineage]), agents,
+                     latest).fold()
 
     def _check_delegation(self, cav: DelegateCaveat, holder: str | None, prefix_sig: bytes,
                           root: bytes, tid: str) -> Decision | None:
@@ -302,6 +385,21 @@ class Verifier:
 
     def verify(self, token: str, request: Request) -> Decision:
         """Allow or deny ``request`` under ``token``, with the precise reason."""
+        if self._memo_size and not request.ctx:
+            key = (token, request.action, request.resource, request.presenter)
+            hit = self._memo.get(key)
+            if hit is not None and hit[0] == self._state() and self._clock() < hit[1]:
+                return hit[2]
+            st = self.analyse(token)
+            if isinstance(st, Decision):
+                return st
+            state = self._state()
+            decision = self.decide(st, request)
+            if decision.allowed and len(token) <= _CACHE_MAX_TEXT:
+                if len(self._memo) >= self._memo_size:
+                    self._memo.clear()
+                self._memo[key] = (state, st.not_after, decision)
+            return decision
         st = self.analyse(token)
         if isinstance(st, Decision):
             return st
@@ -309,31 +407,20 @@ class Verifier:
 
     def decide_state(self, st: Chain) -> Decision | None:
         """Steps 3–4: the deny that the chain's current state gives, or None."""
-        tid, chain = st.token_id, st.agents
-        revoked = self._revocations.any_revoked(st.lineage_keys)
-        if revoked is not None:
-            which = st.lineage[st.lineage_keys.index(revoked)]
-            what = "token" if which == tid else "delegation"
-            return _deny(DenyCode.REVOKED, f"{what} {which} is revoked", token_id=tid, chain=chain)
+        revoked = self._revocations.ids
+        for key in st.lineage_keys:
+            if key in revoked:
+                which = st.lineage[st.lineage_keys.index(key)]
+                what = "token" if which == st.token_id else "delegation"
+                return _deny(DenyCode.REVOKED, f"{what} {which} is revoked",
+                             token_id=st.token_id, chain=st.agents)
         agents = self._agents
         last = len(st.hops) - 1
         for i, hop in enumerate(st.hops):
             a = agents.get(hop.agent)
-            if a is None:
-                return _deny(DenyCode.UNKNOWN_AGENT, f"agent {hop.agent!r} is not registered",
-                             token_id=tid, chain=chain)
-            if a.status is not AgentStatus.ACTIVE:
-                return _deny(DenyCode.AGENT_SUSPENDED, f"agent {hop.agent!r} is suspended",
-                             token_id=tid, chain=chain)
-            if hop.at_ms <= a.revoked_before_ms:
-                return _deny(DenyCode.AGENT_REVOKED,
-                             f"tokens of agent {hop.agent!r} up to "
-                             f"{format_timestamp(a.revoked_before_ms / 1000)} are revoked "
-                             f"(epoch {a.epoch})", token_id=tid, chain=chain)
-            if last - i > a.max_depth:
-                return _deny(DenyCode.DEPTH,
-                             f"agent {hop.agent!r} allows {a.max_depth} delegation(s) below it, "
-                             f"the chain has {last - i}", token_id=tid, chain=chain)
+            if (a is None or a.status is not AgentStatus.ACTIVE
+                    or hop.at_ms <= a.revoked_before_ms or last - i > a.max_depth):
+                return _agent_denial(st, hop, a, last - i)
         return None
 
     def decide(self, st: Chain, request: Request) -> Decision:
@@ -370,24 +457,70 @@ class Verifier:
         if st.latest_ms > now * 1000 + CLOCK_SKEW_MS:
             return _deny(DenyCode.FUTURE, "token or delegation is dated in the future",
                          token_id=tid, chain=chain)
-        for cav in st.checks:
-            failed = cav.check(request, now)
-            if failed is not None:
-                return _deny(DenyCode.CAVEAT_FAILED, f"caveat {cav.text!r} failed: {failed}",
-                             caveat=cav.text, token_id=tid, chain=chain)
+        acts = st.actions
+        passed = (acts is None or action in acts) and st.not_before < now < st.not_after
+        if passed:
+            for rx in st.resources:
+                if rx.fullmatch(resource) is None:
+                    passed = False
+                    break
+        if passed:
+            for cav in st.other:
+                if cav.check(request, now) is not None:
+                    passed = False
+                    break
+        if not passed:  # walk the caveats in order to name the first that fails
+            for cav in st.checks:
+                failed = cav.check(request, now)
+                if failed is not None:
+                    return _deny(DenyCode.CAVEAT_FAILED, f"caveat {cav.text!r} failed: {failed}",
+                                 caveat=cav.text, token_id=tid, chain=chain)
+            raise AssertionError("folded checks and caveats disagree")  # pragma: no cover
         allowed = st.allowed
         if allowed is None:
             allowed = st.allowed = Decision(True, DenyCode.ALLOWED, "allowed", None, tid, chain)
         return allowed
 
 
+def _agent_denial(st: Chain, hop: Hop, a: Agent | None, below: int) -> Decision:
+    tid, chain = st.token_id, st.agents
+    if a is None:
+        return _deny(DenyCode.UNKNOWN_AGENT, f"agent {hop.agent!r} is not registered",
+                     token_id=tid, chain=chain)
+    if a.status is not AgentStatus.ACTIVE:
+        return _deny(DenyCode.AGENT_SUSPENDED, f"agent {hop.agent!r} is suspended",
+                     token_id=tid, chain=chain)
+    if hop.at_ms <= a.revoked_before_ms:
+        return _deny(DenyCode.AGENT_REVOKED,
+                     f"tokens of agent {hop.agent!r} up to "
+                     f"{format_timestamp(a.revoked_before_ms / 1000)} are revoked "
+                     f"(epoch {a.epoch})", token_id=tid, chain=chain)
+    return _deny(DenyCode.DEPTH,
+                 f"agent {hop.agent!r} allows {a.max_depth} delegation(s) below it, "
+                 f"the chain has {below}", token_id=tid, chain=chain)
+
+
+_VALID_ACTIONS: set[str] = set()
+_VALID_RESOURCES: set[str] = set()
+_MEMO_LIMIT = 100_000
+
+
 def _request_problem(request: Request) -> str | None:
     action, resource, ctx = request.action, request.resource, request.ctx
-    if not isinstance(action, str) or ACTION_RE.fullmatch(action) is None:
-        return f"action {action!r} is not a valid action name"
-    problem = resource_problem(resource)
-    if problem is not None:
-        return f"resource {resource!r} {problem}"
+    # Requests repeat: remember what was already found valid (bounded).
+    if action not in _VALID_ACTIONS:
+        if not isinstance(action, str) or ACTION_RE.fullmatch(action) is None:
+            return f"action {action!r} is not a valid action name"
+        if len(_VALID_ACTIONS) > _MEMO_LIMIT:
+            _VALID_ACTIONS.clear()
+        _VALID_ACTIONS.add(action)
+    if resource not in _VALID_RESOURCES:
+        problem = resource_problem(resource)
+        if problem is not None:
+            return f"resource {resource!r} {problem}"
+        if len(_VALID_RESOURCES) > _MEMO_LIMIT:
+            _VALID_RESOURCES.clear()
+        _VALID_RESOURCES.add(resource)
     if ctx:
         if len(ctx) > _MAX_CTX_ITEMS:
             return f"more than {_MAX_CTX_ITEMS} context entries"

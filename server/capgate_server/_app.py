@@ -7,7 +7,7 @@ import ipaddress
 import logging
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,11 @@ from capgate import Clock, InvalidArgumentError, system_clock
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from capgate_server._interceptor import Authenticator
+from capgate_server._interceptor import POLICY, Authenticator
 from capgate_server._keyring import load_kek
 from capgate_server._replica import Replica, Settings
 from capgate_server._servicers import register_all
-from capgate_server.store import open_store
+from capgate_server.store import Role, open_store
 
 __all__ = ["CapgateServer", "serve"]
 
@@ -43,10 +43,12 @@ class CapgateServer:
     """One capgate replica serving gRPC. ``start()`` returns the bound port."""
 
     def __init__(self, settings: Settings, *, clock: Clock = system_clock,
-                 extra_handlers: Sequence[grpc.GenericRpcHandler] = ()) -> None:
+                 extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
+                 extra_policy: Mapping[str, frozenset[Role]] | None = None) -> None:
         self.settings = settings
         self.clock = clock
-        self._extra = list(extra_handlers)
+        self._extra = list(extra_handlers)  # e.g. the benchmarks' no-op baseline
+        self._policy = {**POLICY, **(extra_policy or {})}
         self.replica: Replica | None = None
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
@@ -76,7 +78,7 @@ class CapgateServer:
                 return "this replica serves verification only (--role verifier)"
 
         self.server = server = grpc.aio.server(
-            interceptors=[Authenticator(replica, refuse=refuse)],
+            interceptors=[Authenticator(replica, self._policy, refuse=refuse)],
             options=[("grpc.max_receive_message_length", MAX_MESSAGE),
                      ("grpc.max_send_message_length", MAX_MESSAGE),
                      ("grpc.so_reuseport", 0)],

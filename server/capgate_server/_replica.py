@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from capgate import Agent, Clock, RevocationSet, UnavailableError, Verifier, system_clock
+from capgate import (
+    Agent,
+    Clock,
+    Directory,
+    RevocationSet,
+    UnavailableError,
+    Verifier,
+    system_clock,
+)
 
 from capgate_server._audit import AuditLog
 from capgate_server._credentials import hash_credential, new_credential
@@ -50,6 +58,7 @@ class Settings:
     poll_interval: float = 1.0
     stale_after: float = 10.0
     cache_size: int = 32768
+    memo_size: int = 100_000  # remembered allows; any state change voids them all
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
@@ -66,10 +75,11 @@ class Replica:
         self.settings = settings
         self.clock = clock
         self.root_keys = RootKeys(kek)
-        self.agents: dict[str, Agent] = {}
+        self.agents = Directory()
         self.revocations = RevocationSet()
         self.verifier = Verifier(self.root_keys.active, self.agents, self.revocations,
-                                 clock=clock, cache_size=settings.cache_size)
+                                 clock=clock, cache_size=settings.cache_size,
+                                 memo_size=settings.memo_size)
         self.audit = AuditLog(self._write_audit, interval=settings.audit_interval)
         self._principals: dict[str, Principal] = {}
         self._executor = ThreadPoolExecutor(max_workers=settings.store_threads,
@@ -79,6 +89,7 @@ class Replica:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.last_contact = time.monotonic()
+        self.fresh_until = self.last_contact + settings.stale_after  # monotonic deadline
         self.on_freshness: list[Callable[[bool], None]] = []
         self._fresh = True
 
@@ -214,6 +225,7 @@ class Replica:
 
     def _touch(self) -> None:
         self.last_contact = time.monotonic()
+        self.fresh_until = self.last_contact + self.settings.stale_after
         self._check_fresh()
 
     def staleness(self) -> float:

@@ -37,7 +37,7 @@ from capgate_server._replica import Replica
 from capgate_server._status import ERROR_METADATA_KEY, status_for
 from capgate_server._tokens import Issued, Tokens, TreeNode
 from capgate_server._verification import Verification
-from capgate_server.store import AuditQuery
+from capgate_server.store import AuditQuery, Role
 
 __all__ = ["register_all"]
 
@@ -96,8 +96,27 @@ def agent_to_pb(a: Agent) -> common_pb2.Agent:
 
 def decision_to_pb(d: Decision) -> verifier_pb2.VerifyResponse:
     return verifier_pb2.VerifyResponse(
-        allowed=d.allowed, code=d.code.value, reason=d.reason, caveat=d.caveat or "",
+        allowed=d.allowed, code=d.code, reason=d.reason, caveat=d.caveat or "",
         token_id=d.token_id or "", chain=d.chain)
+
+
+class _AllowedReplies:
+    """Allowed replies depend only on the token and its chain: build each message once."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        # keyed by the shared allow object itself (identity), which the dict keeps alive
+        self._replies: dict[Decision, verifier_pb2.VerifyResponse] = {}
+        self._limit = limit
+
+    def __call__(self, d: Decision) -> verifier_pb2.VerifyResponse:
+        reply = self._replies.get(d)
+        if reply is None:
+            if not d.allowed:
+                return decision_to_pb(d)
+            if len(self._replies) >= self._limit:
+                self._replies.clear()
+            reply = self._replies[d] = decision_to_pb(d)
+        return reply
 
 
 def issued_to_pb(i: Issued) -> token_pb2.TokenResponse:
@@ -232,11 +251,12 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):  # type: ignore[misc]
 class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):  # type: ignore[misc]
     def __init__(self, verification: Verification) -> None:
         self.verification = verification
+        self._reply = _AllowedReplies()
 
     def _one(self, caller: Any, r: Any) -> verifier_pb2.VerifyResponse:
         v = self.verification
-        return decision_to_pb(v.verify(caller, r.token, r.action, r.resource,
-                                       v.presenter_for(caller, r.presenter), r.ctx))
+        return self._reply(v.verify(caller, r.token, r.action, r.resource,
+                                    v.presenter_for(caller, r.presenter), r.ctx))
 
     @rpc
     async def Verify(self, request: Any, context: Any) -> Any:
@@ -247,8 +267,15 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):  # type: igno
         if len(request.requests) > MAX_BATCH:
             raise InvalidArgumentError(f"at most {MAX_BATCH} requests in one batch")
         caller = CALLER.get()
-        return verifier_pb2.VerifyBatchResponse(
-            responses=[self._one(caller, r) for r in request.requests])
+        v, reply = self.verification, self._reply
+        if caller.role is Role.AGENT:
+            items = [(r, v.presenter_for(caller, r.presenter)) for r in request.requests]
+        else:
+            items = [(r, r.presenter) for r in request.requests]
+        verify = v.verify
+        return verifier_pb2.VerifyBatchResponse(responses=[
+            reply(verify(caller, r.token, r.action, r.resource, presenter, r.ctx))
+            for r, presenter in items])
 
     async def VerifyStream(self, request_iterator: Any,
                            context: Any) -> AsyncIterator[verifier_pb2.VerifyResponse]:

@@ -8,13 +8,14 @@ record, and records delegation hops it sees for the first time.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
-from capgate import Chain, Decision, DenyCode, PermissionDeniedError, Request
+from capgate import Chain, Decision, DenyCode, PermissionDeniedError
 from capgate._inspect import describe
 
 from capgate_server._replica import Replica
-from capgate_server.store import AuditEvent, DelegationRecord, Principal, Role
+from capgate_server.store import DelegationRecord, Principal, Role
 
 __all__ = ["Verification"]
 
@@ -25,6 +26,7 @@ class Verification:
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
         self._seen_hops: set[str] = set()
+        replica.verifier.on_chain = self._on_chain
 
     def presenter_for(self, caller: Principal, presenter: str) -> str:
         if caller.role is Role.AGENT:
@@ -37,28 +39,19 @@ class Verification:
                presenter: str, ctx: Mapping[str, str]) -> Decision:
         """One decision; ``presenter`` must already have gone through ``presenter_for``."""
         replica = self.replica
-        if not replica.fresh():
+        if time.monotonic() > replica.fresh_until:
             decision = Decision(False, DenyCode.UNAVAILABLE,
                                 f"replica out of touch with the store for "
                                 f"{replica.staleness():.1f}s; failing closed")
         else:
-            verifier = replica.verifier
-            st = verifier.analyse(token)
-            if isinstance(st, Decision):
-                decision = st
-            else:
-                if len(st.hops) > 1:
-                    self._note_hops(st)
-                decision = verifier.decide(st, Request(action, resource, presenter, ctx))
-        replica.audit.record(AuditEvent(
-            replica.clock(), caller.id, "verify", decision.token_id or "", decision.allowed,
-            decision.code.value, "" if decision.allowed else decision.reason, decision.chain,
-            {"action": action, "resource": resource, "presenter": presenter},
-        ))
+            decision = replica.verifier.check(token, action, resource, presenter, ctx)
+        replica.audit.decision(caller.id, decision, action, resource, presenter, replica.clock())
         return decision
 
-    def _note_hops(self, st: Chain) -> None:
+    def _on_chain(self, st: Chain) -> None:
         """Record delegation hops the server has not seen yet (offline ones, mostly)."""
+        if len(st.hops) < 2:
+            return
         seen = self._seen_hops
         if all(h.did in seen for h in st.hops[1:]):
             return

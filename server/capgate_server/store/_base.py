@@ -105,6 +105,12 @@ class AuditEvent:
     chain: tuple[str, ...] = ()
     detail: dict[str, object] = field(default_factory=dict)
     seq: int = 0
+    # verify decisions: the request, and how many identical ones up to last_at
+    action: str = ""
+    resource: str = ""
+    presenter: str = ""
+    count: int = 1
+    last_at: float | None = None
 
     def detail_json(self) -> str:
         return json.dumps(self.detail, sort_keys=True, separators=(",", ":")) if self.detail else ""

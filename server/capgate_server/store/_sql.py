@@ -64,9 +64,11 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TABLE changes (
             seq {serial}, kind TEXT NOT NULL, key TEXT NOT NULL, value {real})""",
         """CREATE TABLE audit (
-            seq {serial}, at {real} NOT NULL, principal TEXT NOT NULL, kind TEXT NOT NULL,
+            seq {serial}, at {real} NOT NULL, last_at {real} NOT NULL,
+            count {bigint} NOT NULL, principal TEXT NOT NULL, kind TEXT NOT NULL,
             subject TEXT NOT NULL, ok {bigint} NOT NULL, code TEXT NOT NULL,
-            reason TEXT NOT NULL, chain TEXT NOT NULL, detail TEXT NOT NULL)""",
+            reason TEXT NOT NULL, chain TEXT NOT NULL, action TEXT NOT NULL,
+            resource TEXT NOT NULL, presenter TEXT NOT NULL, detail TEXT NOT NULL)""",
         "CREATE INDEX audit_principal ON audit (principal, seq)",
         "CREATE INDEX audit_subject ON audit (subject, seq)",
     ],
@@ -75,6 +77,9 @@ MIGRATIONS: list[list[str]] = [
 _AGENT_COLS = ("id, owner, description, status, ceiling, max_ttl, max_depth, epoch, "
                "revoked_before, created_at")
 _AGENT_MARKS = ", ".join("?" * 10)
+_AUDIT_COLS = ("at, last_at, count, principal, kind, subject, ok, code, reason, chain, action, "
+               "resource, presenter, detail")
+_AUDIT_MARKS = ", ".join("?" * 14)
 
 
 class SqlStore(Store):
@@ -110,10 +115,10 @@ class SqlStore(Store):
         if not events:
             return
         cur.executemany(
-            self._sql("INSERT INTO audit (at, principal, kind, subject, ok, code, reason, chain,"
-                      " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-            [(e.at, e.principal, e.kind, e.subject, int(e.ok), e.code, e.reason,
-              " ".join(e.chain), e.detail_json()) for e in events],
+            self._sql(f"INSERT INTO audit ({_AUDIT_COLS}) VALUES ({_AUDIT_MARKS})"),
+            [(e.at, e.at if e.last_at is None else e.last_at, e.count, e.principal, e.kind,
+              e.subject, int(e.ok), e.code, e.reason, " ".join(e.chain), e.action, e.resource,
+              e.presenter, e.detail_json()) for e in events],
         )
 
     # -- principals and agents -------------------------------------------------------
@@ -333,13 +338,15 @@ class SqlStore(Store):
             where.append("(' ' || chain || ' ') LIKE ?")
             params.append(f"% {query.agent} %")
         params.append(max(1, min(query.limit, 1000)))
-        sql = (f"SELECT seq, at, principal, kind, subject, ok, code, reason, chain, detail "
+        sql = (f"SELECT seq, {_AUDIT_COLS} "
                f"FROM audit WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?")
         with self._read() as cur:
             rows = self._x(cur, sql, params).fetchall()
-        return [AuditEvent(at=r[1], principal=r[2], kind=r[3], subject=r[4], ok=bool(r[5]),
-                           code=r[6], reason=r[7], chain=tuple(r[8].split()),
-                           detail=json.loads(r[9]) if r[9] else {}, seq=r[0]) for r in rows]
+        return [AuditEvent(at=r[1], last_at=r[2], count=r[3], principal=r[4], kind=r[5],
+                           subject=r[6], ok=bool(r[7]), code=r[8], reason=r[9],
+                           chain=tuple(r[10].split()), action=r[11], resource=r[12],
+                           presenter=r[13], detail=json.loads(r[14]) if r[14] else {}, seq=r[0])
+                for r in rows]
 
     # -- migrations --------------------------------------------------------------------
 

@@ -1,0 +1,152 @@
+"""Core verification against pymacaroons, and the revocation set at a million entries."""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import gc
+import itertools
+from datetime import datetime
+import secrets
+import tracemalloc
+
+import pymacaroons
+import pytest
+from conftest import ratio, record
+from pymacaroons import Macaroon
+
+from capgate import (
+    Agent,
+    Ceiling,
+    Request,
+    RevocationSet,
+    Token,
+    TokenIdentifier,
+    Verifier,
+    format_timestamp,
+)
+
+NOW = 1_800_000_000.0
+KEY = secrets.token_bytes(32)
+N_COLD = 30_000  # measured on the first half; the second half warms the allocator first
+
+
+def six_caveat_token(i: int) -> str:
+    t = Token.mint(KEY, TokenIdentifier("k1", f"{i:032x}", int(NOW * 1000) - 1000).encode())
+    for c in ("agent = alice", "action in read,write", "resource /data/reports/**",
+              f"expires < {format_timestamp(NOW + 3600 + i)}",
+              "not-before > 2020-01-01T00:00:00Z", "ctx tool in search,fetch"):
+        t = t.attenuate(c)
+    return t.to_text()
+
+
+@pytest.fixture(scope="module")
+def tokens() -> list[str]:
+    return [six_caveat_token(i) for i in range(N_COLD)]
+
+
+def verifier(cache_size: int = 65536) -> Verifier:
+    agents = {"alice": Agent("alice", Ceiling.parse(["read,write:/data/**"]))}
+    return Verifier({"k1": KEY}, agents, RevocationSet(), clock=lambda: NOW,
+                    cache_size=cache_size)
+
+
+REQ = Request("read", "/data/reports/q3", "alice", {"tool": "search"})
+
+
+def _instant(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _pymacaroons_check(request: Request, caveat: str) -> bool:
+    """The same caveats, checked the way a pymacaroons user would: one general callback."""
+    key, _, rest = caveat.partition(" ")
+    if key == "agent":
+        return rest == f"= {request.presenter}"
+    if key == "action":
+        return request.action in rest.removeprefix("in ").split(",")
+    if key == "resource":
+        return fnmatch.fnmatchcase(request.resource, rest.replace("**", "*"))
+    if key == "expires":
+        return NOW < _instant(rest.removeprefix("< "))
+    if key == "not-before":
+        return NOW > _instant(rest.removeprefix("> "))
+    if key == "ctx":
+        name, op, values = rest.split(" ", 2)
+        return op == "in" and request.ctx.get(name) in values.split(",")
+    return False
+
+
+def pymacaroons_verify(text: str) -> bool:
+    """Deserialize and verify (signature chain and every caveat) with pymacaroons."""
+    m = Macaroon.deserialize(text)
+    v = pymacaroons.Verifier()
+    v.satisfy_general(functools.partial(_pymacaroons_check, REQ))
+    return v.verify(m, KEY)
+
+
+def test_pymacaroons_deserialize_and_verify(benchmark, tokens):
+    it = itertools.cycle(tokens[:2000])
+    assert pymacaroons_verify(tokens[0])
+    benchmark.pedantic(lambda: pymacaroons_verify(next(it)), rounds=40, iterations=50)
+    record(benchmark, "pymacaroons verify (6 caveats)")
+
+
+def test_capgate_verify_cold(benchmark, tokens):
+    half = N_COLD // 2
+    warmup = verifier(cache_size=half)  # same work on other tokens, so the heap is grown
+    for text in tokens[half:]:
+        assert warmup.verify(text, REQ).allowed
+    del warmup
+    v = verifier(cache_size=half)
+    it = iter(tokens[:half])
+
+    def cold() -> None:
+        d = v.verify(next(it), REQ)
+        assert d.allowed
+
+    benchmark.pedantic(cold, rounds=45, iterations=300)  # every token seen for the first time
+    record(benchmark, "capgate verify cold (6 caveats)")
+    ratio("core verify cold vs pymacaroons", "capgate verify cold (6 caveats)",
+          "pymacaroons verify (6 caveats)", 4.0)
+
+
+def test_capgate_verify_warm(benchmark, tokens):
+    v = verifier()
+    text = tokens[0]
+    assert v.verify(text, REQ).allowed
+    benchmark.pedantic(lambda: v.verify(text, REQ), rounds=200, iterations=500)
+    record(benchmark, "capgate verify warm (6 caveats)")
+    ratio("core verify warm vs pymacaroons", "capgate verify warm (6 caveats)",
+          "pymacaroons verify (6 caveats)", 20.0)
+
+
+def test_revocation_set_at_one_million(benchmark):
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    rs = RevocationSet()
+    ids = [secrets.token_hex(16) for _ in range(1_000_000)]
+    for i, x in enumerate(ids):
+        rs.add(x, NOW + (i % 720) * 3600)
+    del ids
+    gc.collect()
+    per_entry = (tracemalloc.get_traced_memory()[0] - before) / len(rs)
+    tracemalloc.stop()
+    probes = [int(secrets.token_hex(16), 16) for _ in range(1000)]
+    present = list(itertools.islice(iter(rs._ids), 1000))
+    keys = [k for pair in zip(probes, present, strict=True) for k in pair]
+
+    def lookups() -> int:
+        hits = 0
+        for k in keys:
+            if k in rs:
+                hits += 1
+        return hits
+
+    assert lookups() == 1000
+    benchmark.pedantic(lookups, rounds=50, iterations=5)
+    rate = record(benchmark, "revocation lookup (1M revoked)", ops_per_round=len(keys))
+    benchmark.extra_info["bytes_per_entry"] = round(per_entry, 1)
+    print(f"\nrevocation set: {len(rs):,} entries, {per_entry:.0f} bytes each, "
+          f"{rate:,.0f} lookups/s")

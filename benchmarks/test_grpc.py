@@ -1,0 +1,120 @@
+"""gRPC throughput: Verify and VerifyBatch against a no-op service on the same server.
+
+The server runs in its own process (as in production) with the benchmark's
+no-op VerifierService twin beside the real one; the load comes from an asyncio
+client in this process. Both share this machine's cores, as they would on a
+small box; the ratio real/no-op is what capgate's own work costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import ratio, record
+
+from capgate import Token
+from capgate_client import Client
+from capgate_proto.v1 import verifier_pb2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from harness import ServerProcess  # noqa: E402
+
+CONCURRENCY = 64
+UNARY_CALLS = 3000
+BATCH_SIZE = 256
+BATCH_CALLS = 60
+NOOP = "/capgate.bench.NoopVerifier"
+
+
+@pytest.fixture(scope="module")
+def bench_server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("grpc-bench") / "data"
+    p = ServerProcess(data)
+    p.args = [sys.executable, str(Path(__file__).parent / "noop_server.py"), str(data)]
+    p.start()
+    admin = p.client()
+    _, cred = admin.create_agent("bench", ["read:/data/**"], max_ttl=86400)
+    svc = admin.create_principal("bench-svc", "service").credential
+    with Client(p.address, cred) as agent:
+        root = Token.parse(agent.issue("read:/data/**").token)
+    # a working set of distinct tokens, as many services would present
+    tokens = [root.attenuate(f"resource /data/r{i}/**").to_text() for i in range(1000)]
+    requests = [verifier_pb2.VerifyRequest(token=t, action="read", resource=f"/data/r{i}/x",
+                                           presenter="bench")
+                for i, t in enumerate(tokens)]
+    yield p, svc, requests
+    admin.close()
+    p.stop()
+
+
+async def _unary(address: str, credential: str, method: str, requests: list, calls: int,
+                 out: type) -> None:
+    md = (("authorization", f"Bearer {credential}"),)
+    async with grpc.aio.insecure_channel(address) as ch:
+        call = ch.unary_unary(method, request_serializer=type(requests[0]).SerializeToString,
+                              response_deserializer=out.FromString)
+        counter = iter(range(calls))
+
+        async def worker() -> None:
+            for i in counter:
+                reply = await call(requests[i % len(requests)], metadata=md)
+                assert getattr(reply, "allowed", True)
+
+        await asyncio.gather(*[worker() for _ in range(CONCURRENCY)])
+
+
+def _run_unary(p, svc, requests, method):
+    asyncio.run(_unary(p.address, svc, method, requests, UNARY_CALLS,
+                       verifier_pb2.VerifyResponse))
+
+
+def _batches(requests):
+    return [verifier_pb2.VerifyBatchRequest(
+        requests=[requests[(b * BATCH_SIZE + i) % len(requests)] for i in range(BATCH_SIZE)])
+        for b in range(8)]
+
+
+def _run_batch(p, svc, batches, method):
+    asyncio.run(_unary(p.address, svc, method, batches, BATCH_CALLS,
+                       verifier_pb2.VerifyBatchResponse))
+
+
+def test_noop_unary(benchmark, bench_server):
+    p, svc, requests = bench_server
+    _run_unary(p, svc, requests, f"{NOOP}/Verify")  # warm up the channel and the server
+    benchmark.pedantic(_run_unary, args=(p, svc, requests, f"{NOOP}/Verify"), rounds=5)
+    record(benchmark, "grpc no-op unary (64 concurrent)", UNARY_CALLS)
+
+
+def test_verify_unary(benchmark, bench_server):
+    p, svc, requests = bench_server
+    _run_unary(p, svc, requests, "/capgate.v1.VerifierService/Verify")
+    benchmark.pedantic(_run_unary, args=(p, svc, requests, "/capgate.v1.VerifierService/Verify"),
+                       rounds=5)
+    record(benchmark, "grpc Verify unary (64 concurrent)", UNARY_CALLS)
+    ratio("gRPC Verify unary vs no-op", "grpc Verify unary (64 concurrent)",
+          "grpc no-op unary (64 concurrent)", 0.70)
+
+
+def test_noop_batch(benchmark, bench_server):
+    p, svc, requests = bench_server
+    batches = _batches(requests)
+    _run_batch(p, svc, batches, f"{NOOP}/VerifyBatch")
+    benchmark.pedantic(_run_batch, args=(p, svc, batches, f"{NOOP}/VerifyBatch"), rounds=5)
+    record(benchmark, "grpc no-op batch checks (256/call)", BATCH_CALLS * BATCH_SIZE)
+
+
+def test_verify_batch(benchmark, bench_server):
+    p, svc, requests = bench_server
+    batches = _batches(requests)
+    _run_batch(p, svc, batches, "/capgate.v1.VerifierService/VerifyBatch")
+    benchmark.pedantic(_run_batch,
+                       args=(p, svc, batches, "/capgate.v1.VerifierService/VerifyBatch"),
+                       rounds=5)
+    record(benchmark, "grpc VerifyBatch checks (256/call)", BATCH_CALLS * BATCH_SIZE)
+    ratio("gRPC VerifyBatch vs no-op", "grpc VerifyBatch checks (256/call)",
+          "grpc no-op batch checks (256/call)", 0.50)
