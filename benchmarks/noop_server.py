@@ -22,7 +22,8 @@ NOOP = "capgate.bench.NoopVerifier"
 _ALLOWED = verifier_pb2.VerifyResponse(allowed=True, code="allowed", reason="allowed")
 
 
-async def _verify(request: verifier_pb2.VerifyRequest, context: object) -> verifier_pb2.VerifyResponse:
+async def _verify(request: verifier_pb2.VerifyRequest,
+                  context: object) -> verifier_pb2.VerifyResponse:
     return _ALLOWED
 
 

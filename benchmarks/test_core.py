@@ -6,13 +6,12 @@ import fnmatch
 import functools
 import gc
 import itertools
-from datetime import datetime
 import secrets
 import tracemalloc
+from datetime import datetime
 
 import pymacaroons
 import pytest
-from conftest import ratio, record
 from pymacaroons import Macaroon
 
 from capgate import (
@@ -25,6 +24,8 @@ from capgate import (
     Verifier,
     format_timestamp,
 )
+
+from conftest import ratio, record
 
 NOW = 1_800_000_000.0
 KEY = secrets.token_bytes(32)

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import ratio, record
 
 from capgate import Token
 from capgate_client import Client
 from capgate_proto.v1 import verifier_pb2
 
+from conftest import ratio, record
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from harness import ServerProcess  # noqa: E402
+from harness import ServerProcess
 
 CONCURRENCY = 64
 UNARY_CALLS = 3000

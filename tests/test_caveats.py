@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from capgate import CaveatSyntaxError, Request, parse_caveat, parse_timestamp
 
 NOW = parse_timestamp("2027-01-01T12:00:00Z")

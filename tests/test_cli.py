@@ -6,9 +6,10 @@ import json
 import secrets
 
 import pytest
-from harness import ServerProcess, cli
 from pymacaroons import Macaroon
 from pymacaroons.serializers import BinarySerializer
+
+from harness import ServerProcess, cli
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from capgate import (
     Agent,
     AgentStatus,
@@ -21,8 +24,6 @@ from capgate import (
 )
 from capgate._codec import RawMacaroon
 from capgate._token import chain_signature, derive_key
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 KEY = b"r" * 32
 TID = "0123456789abcdef0123456789abcdef"

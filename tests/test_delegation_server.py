@@ -7,6 +7,7 @@ import json
 import pytest
 
 from capgate import FailedPreconditionError, NotFoundError, PermissionDeniedError, Token
+
 from harness import ServerProcess, cli
 
 

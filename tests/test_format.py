@@ -6,10 +6,11 @@ import base64
 
 import pymacaroons
 import pytest
-from capgate import MalformedTokenError, Token, TokenIdentifier
-from capgate._codec import Limits
 from pymacaroons import MACAROON_V2, Macaroon
 from pymacaroons.serializers import BinarySerializer
+
+from capgate import MalformedTokenError, Token, TokenIdentifier
+from capgate._codec import Limits
 
 KEY = b"this is the key"
 WRONG = b"this is not the key"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from capgate import Ceiling, Glob, Grant, InvalidArgumentError, resource_problem
 
 

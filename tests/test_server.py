@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pymacaroons import Macaroon
+from pymacaroons.serializers import BinarySerializer
+
 from capgate import (
     AlreadyExistsError,
     AuthenticationError,
@@ -14,8 +17,6 @@ from capgate import (
     Token,
 )
 from capgate_client import AsyncClient, Client
-from pymacaroons import Macaroon
-from pymacaroons.serializers import BinarySerializer
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import random
 
 import grpc
 import pytest
+
 from capgate import InvalidArgumentError, Token, TokenIdentifier
 from capgate_proto.v1 import verifier_pb2
 

@@ -5,7 +5,6 @@ no server: use the ``capgate`` core package (re-exported here for convenience).
 """
 
 from capgate import Token, delegate_offline
-
 from capgate_client._calls import TLS
 from capgate_client._client import AsyncClient, Client, VerifyItem
 from capgate_client._errors import from_rpc_error

@@ -11,19 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from capgate import Grant, InvalidArgumentError
-from capgate_proto.v1 import (
-    agent_pb2,
-    agent_pb2_grpc,
-    audit_pb2,
-    audit_pb2_grpc,
-    common_pb2,
-    token_pb2,
-    token_pb2_grpc,
-    verifier_pb2,
-    verifier_pb2_grpc,
-)
 
+from capgate import Grant, InvalidArgumentError
 from capgate_client._types import (
     AgentInfo,
     AuditRecord,
@@ -34,6 +23,17 @@ from capgate_client._types import (
     RevokeResult,
     TreeNode,
     VerifyResult,
+)
+from capgate_proto.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
+    common_pb2,
+    token_pb2,
+    token_pb2_grpc,
+    verifier_pb2,
+    verifier_pb2_grpc,
 )
 
 __all__ = ["TLS", "Call", "stubs_for"]

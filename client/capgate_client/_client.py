@@ -10,8 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
-from capgate import InvalidArgumentError
 
+from capgate import InvalidArgumentError
 from capgate_client import _calls as calls
 from capgate_client._calls import TLS, Call, stubs_for, verify_request
 from capgate_client._errors import from_rpc_error

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import capgate._errors as _core_errors
 import grpc
+
+import capgate._errors as _core_errors
 from capgate import (
     AuthenticationError,
     CapgateError,

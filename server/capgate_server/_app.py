@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from capgate import Clock, InvalidArgumentError, system_clock
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from capgate import Clock, InvalidArgumentError, system_clock
 from capgate_server._interceptor import POLICY, Authenticator
 from capgate_server._keyring import load_kek
 from capgate_server._replica import Replica, Settings

@@ -18,7 +18,6 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from capgate import Decision
-
 from capgate_server.store import AuditEvent
 
 __all__ = ["AuditLog"]

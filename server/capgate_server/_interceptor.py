@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
-from capgate import AuthenticationError, CapgateError, PermissionDeniedError
 
+from capgate import AuthenticationError, CapgateError, PermissionDeniedError
 from capgate_server._replica import Replica
 from capgate_server._status import ERROR_METADATA_KEY, status_for
 from capgate_server.store import Principal, Role

@@ -14,10 +14,10 @@ import os
 import secrets
 from pathlib import Path
 
-from capgate import FailedPreconditionError, InvalidArgumentError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from capgate import FailedPreconditionError, InvalidArgumentError
 from capgate_server.store import RootKeyRecord
 
 __all__ = ["KeyEncryptionKey", "RootKeys", "load_kek"]

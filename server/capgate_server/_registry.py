@@ -24,7 +24,6 @@ from capgate import (
     public_key_id,
 )
 from capgate._delegation import MAX_DEPTH
-
 from capgate_server._credentials import hash_credential, new_credential
 from capgate_server._replica import Replica
 from capgate_server.store import AuditEvent, Principal, Role

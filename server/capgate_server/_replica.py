@@ -29,7 +29,6 @@ from capgate import (
     Verifier,
     system_clock,
 )
-
 from capgate_server._audit import AuditLog
 from capgate_server._credentials import hash_credential, new_credential
 from capgate_server._keyring import KeyEncryptionKey, RootKeys

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+
 from capgate import (
     Agent,
     AgentStatus,
@@ -30,7 +31,6 @@ from capgate_proto.v1 import (
     verifier_pb2,
     verifier_pb2_grpc,
 )
-
 from capgate_server._interceptor import CALLER
 from capgate_server._registry import AgentUpdate, Registry
 from capgate_server._replica import Replica

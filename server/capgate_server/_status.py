@@ -8,6 +8,7 @@ maps it back in ``_errors.py``).
 from __future__ import annotations
 
 import grpc
+
 from capgate import (
     AlreadyExistsError,
     AuthenticationError,

@@ -25,7 +25,6 @@ from capgate import (
     parse_caveat,
 )
 from capgate._inspect import TokenDescription, describe
-
 from capgate_server._replica import Replica
 from capgate_server.store import AuditEvent, DelegationRecord, Principal, Role, TokenRecord
 

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 
 from capgate import Chain, Decision, DenyCode, PermissionDeniedError
 from capgate._inspect import describe
-
 from capgate_server._replica import Replica
 from capgate_server.store import DelegationRecord, Principal, Role
 

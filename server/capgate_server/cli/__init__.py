@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from capgate import CapgateError, InvalidArgumentError, __version__
-
 from capgate_server.cli import _agents, _tokens
 from capgate_server.cli._common import EXIT_ERROR, EXIT_OK, common_options, duration, fail
 

@@ -11,7 +11,6 @@ from typing import Any
 from capgate import InvalidArgumentError, load_public_key, public_key_id
 from capgate._delegation import new_private_key_pem
 from capgate_client import AgentInfo
-
 from capgate_server.cli._common import EXIT_OK, client, duration, emit
 
 

@@ -17,7 +17,6 @@ from capgate import (
 from capgate._delegation import load_private_key
 from capgate._inspect import describe
 from capgate_client import TreeNode
-
 from capgate_server.cli._common import (
     EXIT_DENIED,
     EXIT_OK,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from capgate import InvalidArgumentError
-
 from capgate_server.store._base import (
     AuditEvent,
     AuditQuery,

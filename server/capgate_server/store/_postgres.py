@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from capgate import UnavailableError
 
+from capgate import UnavailableError
 from capgate_server.store._sql import SqlStore
 
 __all__ = ["PostgresStore"]

@@ -14,7 +14,6 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from capgate import Agent, AlreadyExistsError, NotFoundError
-
 from capgate_server.store._base import (
     AuditEvent,
     AuditQuery,

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from capgate import UnavailableError
-
 from capgate_server.store._sql import SqlStore
 
 _TYPES = {"blob": "BLOB", "real": "REAL", "bigint": "INTEGER",
