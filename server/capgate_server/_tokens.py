@@ -255,12 +255,13 @@ class Tokens:
             raise InvalidArgumentError("reason must be printable text of at most 512 chars")
         now = self.replica.clock()
         cap = now + self.replica.settings.max_ttl_cap
+        chain: tuple[str, ...] = ()
         if text:
             st = self.replica.verifier.analyse(text)
             if isinstance(st, Decision):
                 raise InvalidArgumentError(f"cannot revoke a token that does not verify: "
                                            f"{st.reason}")
-            target = st.lineage[-1]
+            target, chain = st.lineage[-1], st.agents
             if caller.role is Role.AGENT and caller.id not in st.agents:
                 raise PermissionDeniedError("an agent may revoke only tokens it is part of")
             expires = min(st.expires or cap, cap)
@@ -268,28 +269,31 @@ class Tokens:
             target = lineage_id.lower()
             if len(target) != 32 or any(c not in "0123456789abcdef" for c in target):
                 raise InvalidArgumentError("an id is 32 hex digits (a token or delegation id)")
-            expires = await self._id_expiry(caller, target, cap)
-        event = AuditEvent(now, caller.id, "revoke", target, detail={"reason": reason})
+            expires, chain = await self._id_expiry(caller, target, cap)
+        event = AuditEvent(now, caller.id, "revoke", target, chain=chain,
+                           detail={"reason": reason})
         new = await self.replica.call(self.replica.store.revoke, target, now, expires,
                                       caller.id, reason, event)
         await self.replica.sync()
         return target, new, expires
 
-    async def _id_expiry(self, caller: Principal, target: str, cap: float) -> float:
+    async def _id_expiry(self, caller: Principal, target: str,
+                         cap: float) -> tuple[float, tuple[str, ...]]:
+        """When an id's revocation may be forgotten, and the agents it names."""
         store = self.replica.store
         token = await self.replica.call(store.get_token, target)
         if token is not None:
             if caller.role is Role.AGENT and caller.id != token.agent:
                 raise PermissionDeniedError("an agent may revoke only its own tokens")
-            return min(token.expires_at, cap)
+            return min(token.expires_at, cap), (token.agent,)
         hop = await self.replica.call(store.get_delegation, target)
         if hop is not None:
             if caller.role is Role.AGENT and caller.id not in (hop.from_agent, hop.to_agent):
                 raise PermissionDeniedError("an agent may revoke only delegations it is part of")
-            return min(hop.expires_at or cap, cap)
+            return min(hop.expires_at or cap, cap), (hop.from_agent, hop.to_agent)
         if caller.role is not Role.ADMIN:
             raise NotFoundError(f"no token or delegation {target} is known to this server")
-        return cap  # an id the server never saw: keep it until any token could have expired
+        return cap, ()  # an id never seen here: kept until any token could have expired
 
     # -- tree ------------------------------------------------------------------------------
 

@@ -36,14 +36,32 @@ def _public_key(path: Path | None) -> bytes | None:
     return load_public_key(path.read_bytes())
 
 
+def _save_credential(path: Path | None, credential: str) -> None:
+    """Write a new credential to a file only its owner can read (refusing to overwrite)."""
+    if path is None:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(credential + "\n")
+
+
+def _shown(args: argparse.Namespace, what: str, credential: str) -> str:
+    if args.credential_out is not None:
+        return f"{what} created; its credential is in {args.credential_out}"
+    return f"{what} created; its credential (shown once):\n{credential}"
+
+
 def create(args: argparse.Namespace) -> int:
+    if args.credential_out is not None and args.credential_out.exists():
+        raise InvalidArgumentError(f"{args.credential_out} exists; not overwriting it")
     with client(args) as c:
         agent, credential = c.create_agent(
             args.id, args.grant, max_ttl=duration(args.max_ttl), max_depth=args.max_depth,
             owner=args.owner or "", description=args.description or "",
             public_key=_public_key(args.public_key))
+    _save_credential(args.credential_out, credential)
     emit(args, {"agent": agent.id, "credential": credential},
-         f"agent {agent.id} created; its credential (shown once):\n{credential}")
+         _shown(args, f"agent {agent.id}", credential))
     return EXIT_OK
 
 
@@ -118,10 +136,13 @@ def keygen(args: argparse.Namespace) -> int:
 
 
 def service_create(args: argparse.Namespace) -> int:
+    if args.credential_out is not None and args.credential_out.exists():
+        raise InvalidArgumentError(f"{args.credential_out} exists; not overwriting it")
     with client(args) as c:
         cred = c.create_principal(args.id, args.role)
+    _save_credential(args.credential_out, cred.credential)
     emit(args, {"principal": cred.principal, "role": cred.role, "credential": cred.credential},
-         f"{cred.role} {cred.principal} created; its credential (shown once):\n{cred.credential}")
+         _shown(args, f"{cred.role} {cred.principal}", cred.credential))
     return EXIT_OK
 
 
@@ -139,6 +160,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--description")
     p.add_argument("--public-key", type=Path, metavar="FILE",
                    help="Ed25519 public key for offline delegation")
+    p.add_argument("--credential-out", type=Path, metavar="FILE",
+                   help="write the new credential to FILE (mode 0600) instead of the screen")
     p.set_defaults(run=create)
 
     p = cmds.add_parser("list", parents=[common], help="list agents")
@@ -185,4 +208,6 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = scmds.add_parser("create", parents=[common], help="a principal that may verify")
     p.add_argument("id")
     p.add_argument("--role", choices=["service", "admin"], default="service")
+    p.add_argument("--credential-out", type=Path, metavar="FILE",
+                   help="write the new credential to FILE (mode 0600) instead of the screen")
     p.set_defaults(run=service_create)

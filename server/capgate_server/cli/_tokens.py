@@ -164,18 +164,24 @@ def _tree_obj(n: TreeNode) -> dict[str, Any]:
             "children": [_tree_obj(c) for c in n.children]}
 
 
-def _tree_text(n: TreeNode, depth: int = 0) -> list[str]:
-    mark = "  <REVOKED>" if n.revoked else ""
+def _tree_text(n: TreeNode, depth: int = 0, dark: bool = False) -> list[str]:
+    mark = "  <REVOKED>" if n.revoked else "  <revoked above>" if dark else ""
     by = f" (from {n.issued_by})" if n.issued_by else ""
     out = [f"{'    ' * depth}{n.agent}{by} [{n.id}] {n.at}{mark}"]
     for child in n.children:
-        out.extend(_tree_text(child, depth + 1))
+        out.extend(_tree_text(child, depth + 1, dark or n.revoked))
     return out
 
 
 def tree(args: argparse.Namespace) -> int:
+    target = read_token(args.id)
+    if not (len(target) == 32 and all(ch in "0123456789abcdefABCDEF" for ch in target)):
+        token_id = describe(Token.parse(target)).token_id  # a token: its tree
+        if token_id is None:
+            raise InvalidArgumentError("not a capgate token")
+        target = token_id
     with client(args) as c:
-        node = c.tree(args.id.strip())
+        node = c.tree(target)
     emit(args, _tree_obj(node), "\n".join(_tree_text(node)))
     return EXIT_OK
 
@@ -237,8 +243,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--reason")
     p.set_defaults(run=revoke)
 
-    p = cmds.add_parser("tree", parents=[common], help="the delegation tree below an id")
-    p.add_argument("id")
+    p = cmds.add_parser("tree", parents=[common], help="the delegation tree of a token")
+    p.add_argument("id", metavar="TOKEN|ID", help="a token (or -), a token id or a did")
     p.set_defaults(run=tree)
 
     p = sub.add_parser("audit", parents=[common], help="read the audit trail (admin)")
