@@ -243,3 +243,29 @@ def test_narrowing_a_delegators_ceiling_narrows_everything_below_it(world, clock
     d = allowed(v, t2, "sum", resource="/data/x")
     assert d.code is DenyCode.CEILING and "delegator 'orch'" in d.reason
     assert allowed(v, t2, "sum", resource="/data/public/x").allowed
+
+
+def test_a_childs_chain_reuses_its_verified_parent_but_checks_what_is_new(world, clock, keys):
+    *_, v = world
+    t0, (t1, _), (t2, _) = three_hops(clock, keys, offline=True)
+    assert allowed(v, t1, "res").allowed  # the parent is verified and remembered
+    assert allowed(v, t2, "sum").allowed  # the child starts from it
+    # a forged hop appended to the verified parent is still checked
+    fake = base64.urlsafe_b64encode(b"\x00" * 32).rstrip(b"=").decode()
+    forged = t1.append_raw(f"delegate = thief did={'b' * 32} at={at(clock)} proof=srv:{fake}"
+                           .encode())
+    assert allowed(v, forged, "thief").code is DenyCode.BAD_DELEGATION
+    # and a forged chain is never remembered, so nothing built on it passes either
+    deeper, _ = append_server_delegation(forged, KEY, "sum", at(clock))
+    assert allowed(v, deeper, "sum").code is DenyCode.BAD_DELEGATION
+    v.invalidate()
+    assert allowed(v, t2, "sum").allowed
+
+
+def test_prefix_reuse_after_a_key_is_removed(world, clock, keys):
+    agents, _, v = world
+    _, (t1, _), (t2, _) = three_hops(clock, keys, offline=True)
+    assert allowed(v, t1, "res").allowed
+    agents["orch"] = agents["orch"].with_changes(public_keys={})
+    v.invalidate()  # the replica does this whenever agent keys change
+    assert allowed(v, t2, "sum").code is DenyCode.BAD_DELEGATION

@@ -50,7 +50,7 @@ _DELEGATE_RE = re.compile(
     r"delegate = ([A-Za-z0-9][A-Za-z0-9._-]{0,63}) did=([0-9a-f]{32}) at=([0-9]{1,15})"
     r" proof=(?:srv:([A-Za-z0-9_-]{43})|ed25519:([0-9a-f]{16}):([A-Za-z0-9_-]{86}))"
 )
-MAX_DEPTH = 32
+MAX_DEPTH = 16  # agents may allow at most this many delegations below them
 
 
 def _b64(data: bytes) -> str:

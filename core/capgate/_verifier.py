@@ -193,6 +193,8 @@ class Verifier:
         self._derived: dict[str, tuple[bytes, bytes]] = {}
         self._cache: OrderedDict[str, Chain] = OrderedDict()
         self._cache_size = cache_size
+        # (identifier, caveats) of verified chains -> the signature there
+        self._prefixes: dict[tuple[bytes, tuple[bytes, ...]], bytes] = {}
         # The decision memo: (token, action, resource, presenter) -> (state, until, allow).
         # An allow stays right while nothing changes and the clock stays inside the
         # token's window; any change of agents, revocations or keys moves ``state``.
@@ -222,6 +224,7 @@ class Verifier:
         """Forget cached signature results (after a key or agent-key change)."""
         self._derived.clear()
         self._cache.clear()
+        self._prefixes.clear()
         self._memo.clear()
         self._key_version += 1
 
@@ -287,19 +290,50 @@ class Verifier:
             return _deny(DenyCode.UNKNOWN_KEY, f"unknown or retired root key {ident.key_id!r}",
                          token_id=tid)
         root, derived = keys
-        # The chain, remembering the signature before each caveat for delegation proofs.
+        # A delegated child's chain starts where its parent's (verified) chain ended:
+        # only the caveats added since cost HMACs, and the parent's proofs are not redone.
+        start, sig = 0, b""
+        if len(cids) > 1:
+            start, sig = self._known_prefix(identifier, cids)
+        if not start:
+            sig = hmac_digest(derived, identifier, "sha256")
         digest = hmac_digest
-        sig = digest(derived, identifier, "sha256")
-        prefix: list[bytes] = []
-        for cid in cids:
+        prefix: list[bytes] = [b""] * start  # signatures before each caveat, for proofs
+        for cid in cids[start:] if start else cids:
             prefix.append(sig)
             sig = digest(sig, cid, "sha256")
         if not hmac.compare_digest(sig, signature):
             return _deny(DenyCode.BAD_SIGNATURE, "signature does not match", token_id=tid)
-        return self._read_chain(text, ident, root, cids, prefix)
+        chain = self._read_chain(text, ident, root, cids, prefix, start)
+        if type(chain) is Chain:  # only a fully verified chain vouches for its prefixes
+            self._remember_prefixes(identifier, cids, prefix, sig)
+        return chain
+
+    def _known_prefix(self, identifier: bytes, cids: list[bytes]) -> tuple[int, bytes]:
+        """The longest verified prefix ending just before a delegation: (length, sig)."""
+        known = self._prefixes
+        if not known:
+            return 0, b""
+        for k in range(len(cids) - 1, 0, -1):
+            if cids[k].startswith(b"delegate = "):
+                sig = known.get((identifier, tuple(cids[:k])))
+                if sig is not None:
+                    return k, sig
+        return 0, b""
+
+    def _remember_prefixes(self, identifier: bytes, cids: list[bytes], prefix: list[bytes],
+                           final: bytes) -> None:
+        """Remember this verified chain, whole and up to each of its delegations."""
+        known = self._prefixes
+        if len(known) > self._cache_size:
+            known.clear()
+        known[(identifier, tuple(cids))] = final
+        for k in range(1, len(cids)):
+            if cids[k].startswith(b"delegate = ") and prefix[k]:
+                known[(identifier, tuple(cids[:k]))] = prefix[k]
 
     def _read_chain(self, text: str, ident: TokenIdentifier, root: bytes, cids: list[bytes],
-                    prefix: list[bytes]) -> Chain | Decision:
+                    prefix: list[bytes], verified: int = 0) -> Chain | Decision:
         tid = ident.token_id
         hops: list[Hop] = []
         lineage = [tid]
@@ -331,9 +365,13 @@ class Verifier:
                                  caveat=cav.text, token_id=tid)
             elif role == DELEGATE:
                 assert isinstance(cav, DelegateCaveat)
-                denied = self._check_delegation(cav, holder, prefix[i], root, tid)
-                if denied is not None:
-                    return denied
+                if i >= verified:  # proofs inside an already verified prefix held
+                    denied = self._check_delegation(cav, holder, prefix[i], root, tid)
+                    if denied is not None:
+                        return denied
+                elif holder is None:
+                    return _deny(DenyCode.BAD_DELEGATION, "delegation before any holder",
+                                 caveat=cav.text, token_id=tid)
                 holder = cav.agent
                 hops.append(Hop(holder, cav.at_ms, cav.did, cav.offline))
                 lineage.append(cav.did)
