@@ -20,6 +20,7 @@ from capgate_client._types import (
     HopStatus,
     InspectResult,
     IssuedToken,
+    KeyInfo,
     RevokeResult,
     TreeNode,
     VerifyResult,
@@ -30,6 +31,8 @@ from capgate_proto.v1 import (
     audit_pb2,
     audit_pb2_grpc,
     common_pb2,
+    keys_pb2,
+    keys_pb2_grpc,
     token_pb2,
     token_pb2_grpc,
     verifier_pb2,
@@ -70,6 +73,7 @@ def stubs_for(channel: Any) -> dict[str, Any]:
         "token": token_pb2_grpc.TokenServiceStub(channel),
         "verify": verifier_pb2_grpc.VerifierServiceStub(channel),
         "audit": audit_pb2_grpc.AuditServiceStub(channel),
+        "keys": keys_pb2_grpc.KeyServiceStub(channel),
     }
 
 
@@ -225,3 +229,20 @@ def audit(principal: str, agent: str, kind: str, token_id: str, after_seq: int,
                 audit_pb2.ListEventsRequest(principal=principal, agent=agent, kind=kind,
                                             token_id=token_id, after_seq=after_seq, limit=limit),
                 _audit)
+
+
+def _key(pb: Any) -> KeyInfo:
+    return KeyInfo(pb.id, pb.created_at, pb.retired_at, pb.signing)
+
+
+def list_keys() -> Call:
+    return Call("keys", "ListKeys", keys_pb2.ListKeysRequest(),
+                lambda pb: [_key(k) for k in pb.keys])
+
+
+def rotate_key() -> Call:
+    return Call("keys", "RotateKey", keys_pb2.RotateKeyRequest(), _key)
+
+
+def retire_key(key_id: str) -> Call:
+    return Call("keys", "RetireKey", keys_pb2.RetireKeyRequest(id=key_id), _key)

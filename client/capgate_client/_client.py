@@ -21,6 +21,7 @@ from capgate_client._types import (
     Credential,
     InspectResult,
     IssuedToken,
+    KeyInfo,
     RevokeResult,
     TreeNode,
     VerifyResult,
@@ -143,6 +144,16 @@ class Client(_Base):
 
     def verify_batch(self, items: Sequence[VerifyItem]) -> list[VerifyResult]:
         return self._run(self._batch(items))
+
+    # root keys
+    def list_keys(self) -> list[KeyInfo]:
+        return self._run(calls.list_keys())
+
+    def rotate_key(self) -> KeyInfo:
+        return self._run(calls.rotate_key())
+
+    def retire_key(self, key_id: str) -> KeyInfo:
+        return self._run(calls.retire_key(key_id))
 
     # audit
     def audit(self, *, principal: str = "", agent: str = "", kind: str = "", token_id: str = "",

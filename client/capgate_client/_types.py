@@ -11,6 +11,7 @@ __all__ = [
     "HopStatus",
     "InspectResult",
     "IssuedToken",
+    "KeyInfo",
     "RevokeResult",
     "TreeNode",
     "VerifyResult",
@@ -115,3 +116,11 @@ class AuditRecord:
     reason: str
     chain: tuple[str, ...]
     detail: str
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: str
+    created_at: str
+    retired_at: str
+    signing: bool

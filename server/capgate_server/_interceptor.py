@@ -43,6 +43,9 @@ POLICY: Mapping[str, frozenset[Role]] = {
     "/capgate.v1.VerifierService/VerifyBatch": _VERIFIERS,
     "/capgate.v1.VerifierService/VerifyStream": _VERIFIERS,
     "/capgate.v1.AuditService/ListEvents": _ADMIN,
+    "/capgate.v1.KeyService/ListKeys": _ADMIN,
+    "/capgate.v1.KeyService/RotateKey": _ADMIN,
+    "/capgate.v1.KeyService/RetireKey": _ADMIN,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": _ANY,
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _ANY,
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from capgate import (
     Agent,
+    AlreadyExistsError,
     Clock,
     Directory,
     RevocationSet,
@@ -91,6 +93,8 @@ class Replica:
         self.fresh_until = self.last_contact + settings.stale_after  # monotonic deadline
         self.on_freshness: list[Callable[[bool], None]] = []
         self._fresh = True
+        self._stop = threading.Event()
+        self._listener: threading.Thread | None = None
 
     # -- running blocking store calls ------------------------------------------------------
 
@@ -118,15 +122,27 @@ class Replica:
         if full and await self.call(self.store.get_principal, "admin") is None:
             credential = new_credential()
             principal = Principal("admin", Role.ADMIN, self.clock())
-            await self.call(self.store.create_principal, principal, hash_credential(credential),
-                            AuditEvent(self.clock(), "capgate", "principal.create", "admin"))
+            try:
+                await self.call(self.store.create_principal, principal,
+                                hash_credential(credential),
+                                AuditEvent(self.clock(), "capgate", "principal.create", "admin"))
+            except AlreadyExistsError:  # another replica starting at the same moment won
+                credential = None
         self.audit.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._follow(), name="follow-store"))
+        self._tasks.append(loop.create_task(self._watch(), name="freshness"))
         self._tasks.append(loop.create_task(self._prune(), name="prune-revocations"))
+        listen = getattr(self.store, "listen", None)
+        if listen is not None:  # the backend pushes changes: wake at once
+            self._listener = threading.Thread(
+                target=listen, args=(lambda: loop.call_soon_threadsafe(self.poke), self._stop),
+                name="capgate-listen", daemon=True)
+            self._listener.start()
         return credential
 
     async def close(self) -> None:
+        self._stop.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -207,6 +223,12 @@ class Replica:
                 await self.sync()
             except Exception as e:  # the store is down: keep trying, freshness decides
                 log.warning("cannot read the store's change feed: %s", e)
+            self._check_fresh()
+
+    async def _watch(self) -> None:
+        """Report freshness changes even while a store call hangs."""
+        while True:
+            await asyncio.sleep(0.25)
             self._check_fresh()
 
     async def _prune(self) -> None:

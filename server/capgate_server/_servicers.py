@@ -18,6 +18,7 @@ from capgate import (
     CapgateError,
     Decision,
     InvalidArgumentError,
+    check_id,
     format_timestamp,
 )
 from capgate_proto.v1 import (
@@ -26,6 +27,8 @@ from capgate_proto.v1 import (
     audit_pb2,
     audit_pb2_grpc,
     common_pb2,
+    keys_pb2,
+    keys_pb2_grpc,
     token_pb2,
     token_pb2_grpc,
     verifier_pb2,
@@ -34,10 +37,11 @@ from capgate_proto.v1 import (
 from capgate_server._interceptor import CALLER
 from capgate_server._registry import AgentUpdate, Registry
 from capgate_server._replica import Replica
+from capgate_server._rotation import KeyRotation
 from capgate_server._status import ERROR_METADATA_KEY, status_for
 from capgate_server._tokens import Issued, Tokens, TreeNode
 from capgate_server._verification import Verification
-from capgate_server.store import AuditQuery, Role
+from capgate_server.store import AuditQuery, Role, RootKeyRecord
 
 __all__ = ["register_all"]
 
@@ -287,6 +291,29 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):  # type: igno
             await _abort(context, e)
 
 
+class KeyServicer(keys_pb2_grpc.KeyServiceServicer):  # type: ignore[misc]
+    def __init__(self, rotation: KeyRotation) -> None:
+        self.rotation = rotation
+
+    def _key(self, r: RootKeyRecord) -> keys_pb2.RootKey:
+        return keys_pb2.RootKey(
+            id=r.id, created_at=format_timestamp(r.created_at),
+            retired_at=format_timestamp(r.retired_at) if r.retired_at is not None else "",
+            signing=r.id == self.rotation.replica.root_keys.signing_id)
+
+    @rpc
+    async def ListKeys(self, request: Any, context: Any) -> Any:
+        return keys_pb2.ListKeysResponse(keys=[self._key(r) for r in await self.rotation.keys()])
+
+    @rpc
+    async def RotateKey(self, request: Any, context: Any) -> Any:
+        return self._key(await self.rotation.rotate(CALLER.get()))
+
+    @rpc
+    async def RetireKey(self, request: Any, context: Any) -> Any:
+        return self._key(await self.rotation.retire(CALLER.get(), request.id))
+
+
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc]
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
@@ -295,6 +322,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc]
     async def ListEvents(self, request: Any, context: Any) -> Any:
         if request.limit < 0 or request.after_seq < 0:
             raise InvalidArgumentError("limit and after_seq must not be negative")
+        for name in (request.principal, request.agent):
+            if name:
+                check_id(name, "principal or agent id")
         await self.replica.audit.flush()  # include decisions still in the buffer
         query = AuditQuery(request.principal, request.agent, request.kind, request.token_id,
                            request.after_seq, request.limit or 100)
@@ -313,9 +343,11 @@ def register_all(server: grpc.aio.Server, replica: Replica) -> list[str]:
     verifier_pb2_grpc.add_VerifierServiceServicer_to_server(
         VerifierServicer(Verification(replica)), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(replica), server)
+    keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(KeyRotation(replica)), server)
     return [
         agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
         token_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
         verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name,
         audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+        keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
     ]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from capgate import CapgateError, InvalidArgumentError, __version__
-from capgate_server.cli import _agents, _tokens
+from capgate_server.cli import _agents, _keys, _tokens
 from capgate_server.cli._common import EXIT_ERROR, EXIT_OK, common_options, duration, fail
 
 __all__ = ["main"]
@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(sub)
     _agents.add_parsers(sub, common)
     _tokens.add_parsers(sub, common)
+    _keys.add_parsers(sub, common)
     return parser
 
 

@@ -47,13 +47,17 @@ class PostgresStore(SqlStore):
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
             return self._conn
         try:
-            self._conn = psycopg.connect(self.url, autocommit=True,
-                                         connect_timeout=max(1, int(self._timeout)),
-                                         application_name="capgate")
+            self._conn = psycopg.connect(self.url, autocommit=True, **self._params())
         except psycopg.Error as e:
             self._conn = None
             raise UnavailableError(f"PostgreSQL unavailable: {_one_line(e)}") from None
         return self._conn
+
+    def _params(self) -> dict[str, Any]:
+        """Connection options: a cut-off database is noticed in seconds, not minutes."""
+        return {"connect_timeout": max(1, int(self._timeout)), "application_name": "capgate",
+                "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                "keepalives_count": 2, "tcp_user_timeout": int(self._timeout * 1000)}
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
@@ -101,8 +105,7 @@ class PostgresStore(SqlStore):
         """
         while not stop.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True,
-                                     connect_timeout=max(1, int(self._timeout))) as conn:
+                with psycopg.connect(self.url, autocommit=True, **self._params()) as conn:
                     conn.execute(f"LISTEN {_CHANNEL}")
                     on_change()  # catch up on whatever happened while not listening
                     while not stop.is_set():

@@ -333,9 +333,11 @@ class SqlStore(Store):
                 where.append(f"{column} = ?")
                 params.append(value)
         if query.agent:
-            # the chain column is space-separated; pad so ids match whole words
-            where.append("(' ' || chain || ' ') LIKE ?")
-            params.append(f"% {query.agent} %")
+            # the chain column is space-separated; pad so ids match whole words, and
+            # escape LIKE's wildcards ('_' is legal in ids)
+            agent = query.agent.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("(' ' || chain || ' ') LIKE ? ESCAPE '\\'")
+            params.append(f"% {agent} %")
         params.append(max(1, min(query.limit, 1000)))
         sql = (f"SELECT seq, {_AUDIT_COLS} "
                f"FROM audit WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?")

@@ -1,0 +1,67 @@
+"""``capgate keys …``: root-key rotation (admin) and making a key-encryption key."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from capgate import InvalidArgumentError
+from capgate_server._keyring import new_kek_text
+from capgate_server.cli._common import EXIT_OK, client, emit
+
+
+def _line(k: Any) -> str:
+    state = "signing" if k.signing else ("retired " + k.retired_at if k.retired_at else "active")
+    return f"{k.id:12} created {k.created_at}  {state}"
+
+
+def list_(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        keys = c.list_keys()
+    emit(args, {"keys": [asdict(k) for k in keys]}, "\n".join(_line(k) for k in keys))
+    return EXIT_OK
+
+
+def rotate(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        key = c.rotate_key()
+    emit(args, asdict(key), f"new signing key {key.id}; older keys verify until retired")
+    return EXIT_OK
+
+
+def retire(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        key = c.retire_key(args.id)
+    emit(args, asdict(key), f"retired {key.id}: every token signed with it now denies")
+    return EXIT_OK
+
+
+def new_kek(args: argparse.Namespace) -> int:
+    """Offline: a fresh key-encryption key, written to a 0600 file."""
+    out: Path = args.out
+    if out.exists():
+        raise InvalidArgumentError(f"{out} exists; not overwriting a key")
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(new_kek_text() + "\n")
+    emit(args, {"kek_file": str(out)},
+         f"key-encryption key written to {out}; give it to every replica (--kek-file)")
+    return EXIT_OK
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    keys = sub.add_parser("keys", help="root keys: rotate, retire (admin)")
+    cmds = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    p = cmds.add_parser("list", parents=[common], help="the root keys and which one signs")
+    p.set_defaults(run=list_)
+    p = cmds.add_parser("rotate", parents=[common], help="add a new signing key")
+    p.set_defaults(run=rotate)
+    p = cmds.add_parser("retire", parents=[common], help="retire a key: its tokens deny")
+    p.add_argument("id")
+    p.set_defaults(run=retire)
+    p = cmds.add_parser("new-kek", parents=[common], help="make a key-encryption key (offline)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE")
+    p.set_defaults(run=new_kek)
