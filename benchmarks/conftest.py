@@ -7,10 +7,15 @@ hold across machines far better than absolute figures do.
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from harness import pg_schema
 
 RATES: dict[str, float] = {}  # name -> operations per second
 RATIOS: list[tuple[str, str, str, float | None]] = []  # label, name, baseline, target
@@ -50,5 +55,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 @pytest.fixture
-def clock_now() -> float:
-    return 1_800_000_000.0
+def pg_url() -> Iterator[str]:
+    with pg_schema() as url:
+        yield url

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,30 @@ from capgate_server._app import CapgateServer
 from capgate_server._replica import Settings
 
 CAPGATE = [sys.executable, "-m", "capgate_server"]
+PG_URL = os.environ.get("CAPGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@contextlib.contextmanager
+def pg_schema() -> Iterator[str]:
+    """A PostgreSQL URL whose tables live in a fresh schema, dropped on exit.
+
+    PostgreSQL is required: when it cannot be reached the caller fails, it does not skip.
+    """
+    import psycopg
+    import pytest
+
+    schema = "capgate_t_" + secrets.token_hex(6)
+    try:
+        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
+    except psycopg.Error as e:
+        pytest.fail(f"PostgreSQL is required at {PG_URL} (set CAPGATE_TEST_PG): {e}")
+    with admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        sep = "&" if "?" in PG_URL else "?"
+        try:
+            yield f"{PG_URL}{sep}options={urllib.parse.quote(f'-csearch_path={schema}')}"
+        finally:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 class ServerThread:
