@@ -52,7 +52,35 @@ def new_kek(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def health(args: argparse.Namespace) -> int:
+    """The standard gRPC health check (no credential needed): 0 serving, 1 not."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from capgate_server.cli._common import DEFAULT_SERVER, EXIT_DENIED, opt, tls
+
+    target = opt(args, "server") or os.environ.get("CAPGATE_SERVER") or DEFAULT_SERVER
+    creds = tls(args)
+    channel = (grpc.secure_channel(target, creds.credentials(), creds.options()) if creds
+               else grpc.insecure_channel(target))
+    try:
+        with channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service),
+                timeout=opt(args, "timeout") or 3.0)
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    except grpc.RpcError as e:
+        status = f"UNREACHABLE ({e.code().name})"
+    serving = status == "SERVING"
+    emit(args, {"server": target, "status": status}, f"{target}: {status}")
+    return EXIT_OK if serving else EXIT_DENIED
+
+
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("health", parents=[common], help="is the server serving? (exit 0/1)")
+    p.add_argument("--service", default="", help="a service name (default: the server)")
+    p.set_defaults(run=health)
+
     keys = sub.add_parser("keys", help="root keys: rotate, retire (admin)")
     cmds = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
     p = cmds.add_parser("list", parents=[common], help="the root keys and which one signs")
