@@ -19,6 +19,7 @@ from harness import pg_schema
 
 RATES: dict[str, float] = {}  # name -> operations per second
 RATIOS: list[tuple[str, str, str, float | None]] = []  # label, name, baseline, target
+NOTES: list[str] = []  # other measured figures, printed with the summary
 
 
 def record(benchmark: Any, name: str, ops_per_round: int = 1) -> float:
@@ -49,9 +50,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
                 target, "met" if r >= target else "NOT met"))
             lines.append({"label": label, "ratio": round(r, 3), "target": target})
             tr.write_line(f"  {label:60} {r:8.2f}x{verdict}")
+    for note in NOTES:
+        tr.write_line(f"  {note}")
     out = Path(__file__).parent / ".last-run.json"
     out.write_text(json.dumps({"rates": {k: round(v) for k, v in RATES.items()},
-                               "ratios": lines}, indent=2) + "\n")
+                               "ratios": lines, "notes": NOTES}, indent=2) + "\n")
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from capgate import (
     format_timestamp,
 )
 
-from conftest import ratio, record
+from conftest import NOTES, ratio, record
 
 NOW = 1_800_000_000.0
 KEY = secrets.token_bytes(32)
@@ -149,5 +149,5 @@ def test_revocation_set_at_one_million(benchmark):
     benchmark.pedantic(lookups, rounds=50, iterations=5)
     rate = record(benchmark, "revocation lookup (1M revoked)", ops_per_round=len(keys))
     benchmark.extra_info["bytes_per_entry"] = round(per_entry, 1)
-    print(f"\nrevocation set: {len(rs):,} entries, {per_entry:.0f} bytes each, "
-          f"{rate:,.0f} lookups/s")
+    NOTES.append(f"revocation set: {len(rs):,} entries, {per_entry:.0f} bytes each, "
+                 f"{rate:,.0f} lookups/s")

@@ -15,7 +15,7 @@ from capgate import Token
 from capgate_client import Client
 from capgate_proto.v1 import token_pb2, verifier_pb2
 
-from conftest import RATES, ratio, record
+from conftest import NOTES, RATES, ratio, record
 from harness import ServerProcess
 
 SAMPLES = 40
@@ -105,8 +105,9 @@ def test_revocation_propagation_under_load(benchmark, tmp_path, pg_url, kek):
         median = statistics.median(latencies)
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
         benchmark.extra_info.update(median_ms=round(median * 1000, 2), p99_ms=round(p99 * 1000, 2))
-        print(f"\nrevocation propagation A->B under load: median {median * 1000:.1f} ms, "
-              f"p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms ({SAMPLES} samples)")
+        NOTES.append(f"revocation propagation A->B under load: median {median * 1000:.1f} ms, "
+                     f"p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms "
+                     f"({SAMPLES} samples)")
     finally:
         a.stop()
         b.stop()

@@ -13,6 +13,7 @@ from cryptography.x509.oid import NameOID
 
 from capgate import InvalidArgumentError, UnavailableError
 from capgate_client import TLS, Client
+
 from harness import ServerThread, cli
 
 
