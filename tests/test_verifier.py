@@ -275,3 +275,15 @@ def test_directory_versions_every_change():
         change()
         assert d.version > seen[-1]
         seen.append(d.version)
+
+
+def test_revocation_set_forgets_only_expired_tokens():
+    rs = RevocationSet()
+    rs.add("a" * 32, 10_000.0)
+    rs.add("b" * 32, 20_000.0)
+    rs.add("a" * 32, 99_999.0)  # already there: unchanged
+    assert len(rs) == 2 and rs.is_revoked("a" * 32)
+    assert rs.prune(9_000.0) == 0 and len(rs) == 2
+    assert rs.prune(10_800.0) == 1  # the hour holding 10,000 s is over
+    assert not rs.is_revoked("a" * 32) and rs.is_revoked("b" * 32)
+    assert rs.prune(30_000.0) == 1 and len(rs) == 0
