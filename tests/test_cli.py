@@ -142,6 +142,7 @@ def test_missing_credential_and_unreachable_server(proc, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-def test_admin_credential_file_is_private(proc):
-    mode = (proc.data_dir / "admin.credential").stat().st_mode & 0o777
-    assert mode == 0o600
+def test_secrets_on_disk_are_private(proc):
+    for name in ("admin.credential", "kek.key", "capgate.db"):
+        assert (proc.data_dir / name).stat().st_mode & 0o777 == 0o600, name
+    assert proc.data_dir.stat().st_mode & 0o777 == 0o700

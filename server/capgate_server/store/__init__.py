@@ -38,7 +38,7 @@ def open_store(url: str | None, data_dir: Path) -> Store:
     if not url:
         from capgate_server.store._sqlite import SqliteStore
 
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return SqliteStore(data_dir / "capgate.db")
     if url.startswith("sqlite:///"):
         from capgate_server.store._sqlite import SqliteStore

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -27,6 +28,8 @@ class SqliteStore(SqlStore):
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._lock = threading.RLock()
+        if self.path != ":memory:":  # credential hashes and sealed keys: owner only
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         try:
             self._conn = sqlite3.connect(self.path, isolation_level=None,
                                          check_same_thread=False, timeout=30)
