@@ -146,3 +146,15 @@ def test_secrets_on_disk_are_private(proc):
     for name in ("admin.credential", "kek.key", "capgate.db"):
         assert (proc.data_dir / name).stat().st_mode & 0o777 == 0o600, name
     assert proc.data_dir.stat().st_mode & 0o777 == 0o700
+
+
+def test_bench_loads_a_live_server(proc):
+    name, cred = new_agent(proc)
+    token = jrun(proc, "token", "issue", "--grant", "read:/data/*", credential=cred)["token"]
+    svc = jrun(proc, "service", "create", "svc-" + secrets.token_hex(3))["credential"]
+    r = jrun(proc, "bench", token, "--action", "read", "--resource", "/data/x", "--agent", name,
+             "--duration", "0.5", "--concurrency", "4", "--batch", "16", credential=svc)
+    assert r["checks"] > 0 and r["allowed"] == r["checks"] and r["checks_per_second"] > 0
+    r = jrun(proc, "bench", token, "--action", "write", "--resource", "/data/x", "--agent", name,
+             "--duration", "0.3", "--concurrency", "2", credential=svc)
+    assert r["checks"] > 0 and r["allowed"] == 0

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from capgate import CapgateError, InvalidArgumentError, __version__
-from capgate_server.cli import _agents, _keys, _tokens
+from capgate_server.cli import _agents, _bench, _keys, _tokens
 from capgate_server.cli._common import EXIT_ERROR, EXIT_OK, common_options, duration, fail
 
 __all__ = ["main"]
@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     _agents.add_parsers(sub, common)
     _tokens.add_parsers(sub, common)
     _keys.add_parsers(sub, common)
+    _bench.add_parsers(sub, common)
     return parser
 
 
