@@ -41,12 +41,26 @@ def parse_timestamp(text: str) -> float:
     except ValueError:
         raise InvalidArgumentError(f"{text!r} is not a valid instant") from None
     frac = float(m.group(7)) if m.group(7) else 0.0
-    return dt.timestamp() + frac
+    return _in_range(text, dt.timestamp() + frac)
+
+
+# Instants must name a UTC time in years 1-9999, so every one can be written back.
+_FIRST = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+_LAST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+
+
+def _in_range(text: str, ts: float) -> float:
+    if not _FIRST <= ts < _LAST + 1:
+        raise InvalidArgumentError(f"{text!r} is outside years 1-9999 in UTC")
+    return ts
 
 
 def format_timestamp(ts: float) -> str:
     """Unix seconds → ``YYYY-MM-DDTHH:MM:SSZ`` (whole seconds, UTC)."""
-    return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):  # beyond what datetime can write
+        return f"@{ts:.0f} (Unix seconds)"
 
 
 def parse_duration(text: str) -> int:

@@ -253,19 +253,22 @@ def unpack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> RawMacaroon:
 
 
 def unpack_first_party(data: bytes, limits: Limits = DEFAULT_LIMITS
-                       ) -> tuple[bytes, list[bytes], bytes] | None:
-    """The verifier's fast path: (identifier, caveat ids, signature) of a well-formed
-    token whose caveats are all first-party without locations; None for anything else
-    (then ``unpack`` gives the precise error, or the caller refuses third-party caveats).
+                       ) -> tuple[bytes | None, bytes, list[bytes], bytes] | None:
+    """The verifier's fast path: (location, identifier, caveat ids, signature) of a
+    well-formed token whose caveats are all first-party without locations; None for
+    anything else (then ``unpack`` gives the precise error, or the caller refuses
+    third-party caveats).
     """
     end = len(data)
     if end < 37 or data[0] != _VERSION:
         return None
     pos = 1
+    location = None
     if data[pos] == _LOCATION:
         size = data[pos + 1]
         if size >= 0x80 or size > limits.max_location:
             return None
+        location = data[pos + 2 : pos + 2 + size]
         pos += 2 + size
     if pos + 2 > end or data[pos] != _IDENTIFIER:
         return None
@@ -300,4 +303,4 @@ def unpack_first_party(data: bytes, limits: Limits = DEFAULT_LIMITS
         pos = stop + 1
     if end - pos != 35 or data[pos + 1] != 0x06 or data[pos + 2] != 0x20:
         return None
-    return identifier, cids, data[pos + 3 :]
+    return location, identifier, cids, data[pos + 3 :]

@@ -182,9 +182,11 @@ class Verifier:
         memo_size: int = 0,
         limits: Limits = DEFAULT_LIMITS,
         on_chain: Callable[[Chain], None] | None = None,
+        location: str = "capgate",
     ) -> None:
         if memo_size and not isinstance(agents, Directory):
             raise TypeError("a decision memo needs agents in a Directory (it tracks changes)")
+        self._location = location.encode("utf-8")
         self._keys = keys
         self._agents = agents
         self._revocations = revocations
@@ -276,10 +278,14 @@ class Verifier:
                     return _deny(DenyCode.UNSUPPORTED, "third-party caveats are not supported")
                 if any(c.location is not None for c in raw.caveats):
                     return _deny(DenyCode.UNSUPPORTED, "caveat locations are not supported")
-                parts = raw.identifier, [c.cid for c in raw.caveats], raw.signature
+                parts = raw.location, raw.identifier, [c.cid for c in raw.caveats], raw.signature
         except MalformedTokenError as e:
             return _deny(DenyCode.MALFORMED, f"malformed token: {e.message}")
-        identifier, cids, signature = parts
+        location, identifier, cids, signature = parts
+        # Macaroons do not sign their location: insist on ours, so no altered text verifies.
+        if location != self._location:
+            return _deny(DenyCode.UNSUPPORTED,
+                         f"token location {location!r} is not {self._location!r}")
         try:
             ident = TokenIdentifier.decode(identifier)
         except MalformedTokenError as e:
