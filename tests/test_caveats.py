@@ -68,7 +68,7 @@ def test_failed_checks_say_why():
     "ctx tool in a,,b", "ctx tool = x y",
     "did = xyz", "did = " + "AB" * 16, "did = " + "a" * 31,
     "agent = ", "agent = -x", "agent = a b", "agent in a",
-    "depth <= -1", "depth <= 100", "depth < 2",
+    "depth <= -1", "depth <= 100", "depth < 2", "depth <= ²", "depth <= ٣",
     "delegate = bob", "delegate = bob did=" + "a" * 32 + " at=1 proof=srv:xyz",
     "frobnicate = 1", "user = alice",
     "action in read\u200b", "resource /data/\u202ex", "ctx tool = caf\u0065\u0301",
@@ -90,3 +90,20 @@ def test_unicode_values_in_nfc_are_accepted():
     assert check("resource /docs/résumé", resource="/docs/résumé") is None
     # the decomposed form is a different string, so it does not match (fail closed)
     assert check("resource /docs/résumé", resource="/docs/re\u0301sume\u0301") is not None
+
+
+def test_globs_with_many_deep_wildcards_are_refused():
+    """Each '**' multiplies the matcher's work: at most two, so no token can stall it."""
+    assert parse_caveat("resource /data/**/x/**").check(
+        Request("read", "/data/a/x/b", "a"), NOW) is None
+    with pytest.raises(CaveatSyntaxError, match="more than 2"):
+        parse_caveat("resource /data/**/**/**/zz")
+
+
+def test_durations_take_ascii_digits_only():
+    from capgate import InvalidArgumentError, parse_duration
+
+    assert parse_duration("90") == 90 and parse_duration("1h30m") == 5400
+    for bad in ("²", "1²", "١٢", "", "1x", "-5"):
+        with pytest.raises(InvalidArgumentError):
+            parse_duration(bad)

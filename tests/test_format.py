@@ -146,6 +146,8 @@ def test_attenuate_returns_a_new_token_and_leaves_the_old_one():
     (base64.urlsafe_b64encode(b"\x01abc").decode(), "V2"),
     (base64.urlsafe_b64encode(b"\x02").decode().rstrip("="), "truncated"),
     (ROOT + "==", "padding"),
+    (ROOT + "=====", "padding"),
+    (ONE + "====", "padding"),
     ("é" * 10, "base64"),
 ])
 def test_malformed_tokens_raise_a_clear_error(bad, why):

@@ -287,3 +287,28 @@ def test_revocation_set_forgets_only_expired_tokens():
     assert rs.prune(10_800.0) == 1  # the hour holding 10,000 s is over
     assert not rs.is_revoked("a" * 32) and rs.is_revoked("b" * 32)
     assert rs.prune(30_000.0) == 1 and len(rs) == 0
+
+
+def test_memo_follows_the_clock_both_ways(memo_world, clock):
+    *_, v = memo_world
+    start = clock.now
+    text = mint(clock, "agent = alice", f"not-before > {format_timestamp(start - 5)}",
+                expires(clock, 60))
+    assert v.check(text, "read", "/data/x", "alice").allowed
+    clock.now = start - 10  # the wall clock steps back before the token's window
+    assert v.check(text, "read", "/data/x", "alice").code is DenyCode.CAVEAT_FAILED
+    clock.now = start
+    assert v.check(text, "read", "/data/x", "alice").allowed
+
+
+def test_a_hostile_caveat_that_crashes_the_reader_still_denies(world, clock, monkeypatch):
+    import capgate._verifier as verifier_module
+
+    *_, v = world
+
+    def boom(cid):
+        raise ValueError("unexpected")
+
+    monkeypatch.setattr(verifier_module, "compile_caveat", boom)
+    d = v.verify(mint(clock, "agent = alice"), req())
+    assert not d.allowed and d.code is DenyCode.MALFORMED and "ValueError" in d.reason

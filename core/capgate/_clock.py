@@ -18,6 +18,7 @@ system_clock: Clock = time.time
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})"
 )
+_SECONDS = re.compile(r"[0-9]{1,9}")
 _DURATION = re.compile(r"(?:(\d{1,6})d)?(?:(\d{1,6})h)?(?:(\d{1,6})m)?(?:(\d{1,9})s)?")
 
 
@@ -65,7 +66,7 @@ def format_timestamp(ts: float) -> str:
 
 def parse_duration(text: str) -> int:
     """``90s``, ``15m``, ``1h30m``, ``7d`` (or a bare number of seconds) → seconds."""
-    if isinstance(text, str) and text.isdigit() and len(text) <= 9:
+    if isinstance(text, str) and _SECONDS.fullmatch(text) is not None:
         return int(text)
     m = _DURATION.fullmatch(text) if isinstance(text, str) else None
     if m is None or not text or not any(m.groups()):

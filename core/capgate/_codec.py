@@ -79,7 +79,8 @@ def decode_text(text: str | bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
     if url and ("+" in text or "/" in text):
         raise MalformedTokenError("token mixes the base64url and base64 alphabets")
     body = text.rstrip("=")
-    if len(body) != len(text) and len(text) % 4:
+    padding = len(text) - len(body)
+    if padding and padding != -len(body) % 4:
         raise MalformedTokenError("token has wrong base64 padding")
     tail = len(body) % 4
     if tail == 1:

@@ -50,6 +50,7 @@ _DELEGATE_RE = re.compile(
     r"delegate = ([A-Za-z0-9][A-Za-z0-9._-]{0,63}) did=([0-9a-f]{32}) at=([0-9]{1,15})"
     r" proof=(?:srv:([A-Za-z0-9_-]{43})|ed25519:([0-9a-f]{16}):([A-Za-z0-9_-]{86}))"
 )
+_DEPTH_LIMIT = re.compile(r"[0-9]{1,2}")  # ASCII digits only: "²".isdigit() is True
 MAX_DEPTH = 16  # agents may allow at most this many delegations below them
 
 
@@ -116,7 +117,7 @@ def parse_delegation_caveat(text: str, parts: list[str]) -> Caveat | None:
     """The delegation part of the grammar; None when ``text`` is not one of its caveats."""
     key = parts[0]
     if key == "depth":
-        if len(parts) != 3 or parts[1] != "<=" or not parts[2].isdigit() or len(parts[2]) > 2:
+        if len(parts) != 3 or parts[1] != "<=" or _DEPTH_LIMIT.fullmatch(parts[2]) is None:
             raise CaveatSyntaxError(f"caveat {text!r}: expected 'depth <= N' (N < 100)",
                                     caveat=text, kind="malformed")
         return DepthCaveat(text, int(parts[2]))

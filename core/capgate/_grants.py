@@ -23,6 +23,7 @@ __all__ = ["Ceiling", "Glob", "Grant", "resource_problem"]
 
 _MAX_RESOURCE = 1024
 _MAX_SEGMENTS = 64
+_MAX_DEEP = 2
 _ASCII_SEGMENT = re.compile(r"[!-~]+")  # printable ASCII without space
 # The common case in one regex: ASCII segments without '*', never '.' or '..'.
 _ASCII_RESOURCE = re.compile(r"(?:/(?!\.\.?(?:/|$))[!-)+-.0-~]+)+")
@@ -94,6 +95,8 @@ def _parse_glob(pattern: str) -> Glob:
     segs = tuple(pattern[1:].split("/"))
     if len(segs) > _MAX_SEGMENTS:
         raise InvalidArgumentError(f"resource glob has more than {_MAX_SEGMENTS} segments")
+    if segs.count("**") > _MAX_DEEP:  # each '**' multiplies the matcher's work
+        raise InvalidArgumentError(f"resource glob {pattern!r} has more than {_MAX_DEEP} '**'")
     parts = []
     for seg in segs:
         if seg == "*":

@@ -15,6 +15,7 @@ the keys or agent keys they used change, call ``invalidate()``.
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -42,6 +43,8 @@ from capgate._text import ACTION_RE, CTX_KEY_RE
 from capgate._token import Token, TokenIdentifier, derive_key, hmac_digest
 
 __all__ = ["Chain", "Decision", "DenyCode", "Hop", "Verifier"]
+
+_log = logging.getLogger("capgate.verifier")
 
 # How far ahead of this server's clock a token or hop may claim to have been made.
 CLOCK_SKEW_MS = 300_000
@@ -200,7 +203,8 @@ class Verifier:
         # The decision memo: (token, action, resource, presenter) -> (state, until, allow).
         # An allow stays right while nothing changes and the clock stays inside the
         # token's window; any change of agents, revocations or keys moves ``state``.
-        self._memo: dict[tuple[str, str, str, str | None], tuple[int, float, Decision]] = {}
+        self._memo: dict[tuple[str, str, str, str | None],
+                         tuple[int, float, float, Decision]] = {}
         self._memo_size = memo_size
         self._key_version = 0
         self.on_chain = on_chain  # told of each valid chain the first time it is analysed
@@ -214,10 +218,10 @@ class Verifier:
         """``verify`` with the request given field by field (the servers' hot path)."""
         if self._memo_size and not ctx:
             hit = self._memo.get((token, action, resource, presenter))
-            if (hit is not None and hit[1] > self._clock() and hit[0] == (
+            if hit is not None and hit[0] == (
                     self._agents.version + self._revocations.version  # type: ignore[attr-defined]
-                    + self._key_version)):
-                return hit[2]
+                    + self._key_version) and hit[1] < self._clock() < hit[2]:
+                return hit[3]
         return self.verify(token, Request(action, resource, presenter, ctx or _NO_CTX))
 
     # -- cache ------------------------------------------------------------------------
@@ -245,7 +249,11 @@ class Verifier:
             return st
         if not isinstance(text, str):
             return _deny(DenyCode.MALFORMED, "token must be text")
-        result = self._analyse(text)
+        try:
+            result = self._analyse(text)
+        except Exception as e:  # a bug must deny, never crash a verifier (fail closed)
+            _log.exception("token analysis failed")
+            return _deny(DenyCode.MALFORMED, f"token could not be read ({type(e).__name__})")
         # Only valid chains are kept (a flood of garbage cannot fill the cache), and only
         # tokens of ordinary size, so the cache's memory stays bounded.
         if type(result) is Chain:
@@ -311,7 +319,9 @@ class Verifier:
         if not hmac.compare_digest(sig, signature):
             return _deny(DenyCode.BAD_SIGNATURE, "signature does not match", token_id=tid)
         chain = self._read_chain(text, ident, root, cids, prefix, start)
-        if type(chain) is Chain:  # only a fully verified chain vouches for its prefixes
+        # Only a fully verified chain vouches for its prefixes (and only one of
+        # ordinary size, like the chain cache, so memory stays bounded).
+        if type(chain) is Chain and len(text) <= _CACHE_MAX_TEXT:
             self._remember_prefixes(identifier, cids, prefix, sig)
         return chain
 
@@ -432,8 +442,8 @@ class Verifier:
         if self._memo_size and not request.ctx:
             key = (token, request.action, request.resource, request.presenter)
             hit = self._memo.get(key)
-            if hit is not None and hit[0] == self._state() and self._clock() < hit[1]:
-                return hit[2]
+            if hit is not None and hit[0] == self._state() and hit[1] < self._clock() < hit[2]:
+                return hit[3]
             st = self.analyse(token)
             if isinstance(st, Decision):
                 return st
@@ -442,7 +452,9 @@ class Verifier:
             if decision.allowed and len(token) <= _CACHE_MAX_TEXT:
                 if len(self._memo) >= self._memo_size:
                     self._memo.clear()
-                self._memo[key] = (state, st.not_after, decision)
+                # valid while the clock stays inside the token's window (either way)
+                since = max(st.not_before, (st.latest_ms - CLOCK_SKEW_MS) / 1000)
+                self._memo[key] = (state, since, st.not_after, decision)
             return decision
         st = self.analyse(token)
         if isinstance(st, Decision):
