@@ -273,3 +273,25 @@ def test_reflection_needs_a_credential_and_lists_the_services(server):
         names = {s.name for s in reply.list_services_response.service}
         assert {"capgate.v1.VerifierService", "capgate.v1.TokenService",
                 "capgate.v1.AgentService", "capgate.v1.KeyService"} <= names
+
+
+def test_revoking_a_narrowed_copy_keeps_the_entry_as_long_as_the_token(alice, service, admin):
+    t = alice.issue("read:/data/**", ttl=3600)
+    narrowed = Token.parse(t.token).attenuate("expires < 2001-01-01T00:00:00Z").to_text()
+    r = alice.revoke(narrowed, "pre-empting")
+    assert r.id == t.token_id and r.expires == t.expires  # the issued token's expiry
+    again = admin.revoke(t.token_id, "really")
+    assert not again.newly_revoked and again.expires == t.expires
+    assert service.verify(t.token, "read", "/data/x", presenter="alice").code == "revoked"
+
+
+def test_an_appended_did_cannot_aim_a_revocation_at_someone_else(server, admin, alice, service):
+    _, bob_cred = admin.create_agent("bob", ["read:/data/**"])
+    victim = alice.issue("read:/data/**")
+    with server.client(bob_cred) as bob:
+        own = bob.issue("read:/data/**").token
+        aimed = Token.parse(own).attenuate(f"did = {victim.token_id}").to_text()
+        r = bob.revoke(aimed, "mischief")
+        assert r.id != victim.token_id  # bob's own token id, not alice's
+    assert service.verify(victim.token, "read", "/data/x", presenter="alice").allowed
+    assert service.verify(own, "read", "/data/x", presenter="bob").code == "revoked"

@@ -456,20 +456,23 @@ def test_revocations(store: Store) -> None:
     assert store.revoke("t-long", T0, T0 + 1000, "admin", "r1", ev("revoke", subject="t-long"))
     assert store.revoke("t-short", T0, T0 + 100, "admin", "r2", ev("revoke", subject="t-short"))
     assert store.revoke("t-edge", T0, T0 + 500, "admin", "r3", ev("revoke", subject="t-edge"))
-    assert not store.revoke("t-long", T0 + 1, T0 + 5000, "svc", "again",
+    assert not store.revoke("t-long", T0 + 1, T0 + 50, "svc", "shorter",
                             ev("revoke", subject="t-long"))
 
     assert sorted(store.revocations(T0)) == [
         ("t-edge", T0 + 500), ("t-long", T0 + 1000), ("t-short", T0 + 100)]
-    # the second revoke did not change the first entry's expiry
+    # a second revoke never shortens an entry ...
     assert sorted(store.revocations(T0 + 200)) == [("t-edge", T0 + 500), ("t-long", T0 + 1000)]
+    # ... and lengthens it when it names a longer-lived token
+    assert not store.revoke("t-long", T0 + 1, T0 + 5000, "svc", "longer",
+                            ev("revoke", subject="t-long"))
     # an entry stops being in force at its expiry
-    assert store.revocations(T0 + 500) == [("t-long", T0 + 1000)]
+    assert store.revocations(T0 + 500) == [("t-long", T0 + 5000)]
 
     assert store.prune_revocations(T0 + 500) == 2  # t-short and t-edge (expires_at <= now)
-    assert store.revocations(T0) == [("t-long", T0 + 1000)]
+    assert store.revocations(T0) == [("t-long", T0 + 5000)]
     assert store.prune_revocations(T0 + 500) == 0
-    assert store.prune_revocations(T0 + 2000) == 1
+    assert store.prune_revocations(T0 + 6000) == 1
     assert store.revocations(0) == []
 
 
@@ -487,7 +490,7 @@ def test_change_feed(store: Store) -> None:
     store.retire_root_key("rk1", T0 + 1, ev("root_key.retire"))
     assert store.revoke("t1", T0, T0 + 600, "admin", "", ev("revoke"))
     # these do not add changes
-    assert not store.revoke("t1", T0, T0 + 900, "admin", "", ev("revoke"))
+    assert not store.revoke("t1", T0, T0 + 300, "admin", "", ev("revoke"))
     store.record_token(token(), ev("issue"))
     store.record_delegations([hop("d1", T0)])
     store.append_audit([ev("verify")])
@@ -647,3 +650,38 @@ def test_sqlite_revoke_visible_to_a_new_store_without_closing(tmp_path: Path) ->
             fresh.close()
     finally:
         first.close()
+
+
+# -- targeted agent changes ------------------------------------------------------------
+
+
+def test_patches_from_two_replicas_compose(backend: Backend) -> None:
+    from capgate import AgentStatus, Ceiling
+    from capgate_server.store import AgentPatch
+
+    first, second = backend.open(), backend.open()
+    first.migrate()
+    first.create_agent(make_agent(), "h-alice", ev("agent.create"))
+    # two replicas change different things "at once": neither change is lost
+    first.patch_agent("alice", AgentPatch(status=AgentStatus.SUSPENDED), ev("agent.suspend"))
+    second.patch_agent("alice", AgentPatch(description="night shift"), ev("agent.update"))
+    second.patch_agent("alice", AgentPatch(revoke_before_ms=5_000), ev("agent.revoke-all"))
+    first.patch_agent("alice", AgentPatch(revoke_before_ms=4_000), ev("agent.revoke-all"))
+    a = first.get_agent("alice")
+    assert a is not None and a.status is AgentStatus.SUSPENDED
+    assert a.description == "night shift" and a.epoch == 2 and a.revoked_before_ms == 5_000
+    first.patch_agent("alice", AgentPatch(ceiling=Ceiling.parse(["read:/x/*"]), max_ttl=60,
+                                          max_depth=1, add_key=("k" * 16, b"p" * 32)),
+                      ev("agent.update"))
+    a = second.get_agent("alice")
+    assert a is not None and str(a.ceiling) == "read:/x/*" and (a.max_ttl, a.max_depth) == (
+        60, 1)
+    assert dict(a.public_keys)["k" * 16] == b"p" * 32
+    seq = first.last_change()
+    with pytest.raises(NotFoundError):
+        first.patch_agent("alice", AgentPatch(remove_key="nope"), ev("agent.key-remove"))
+    with pytest.raises(NotFoundError):
+        first.patch_agent("ghost", AgentPatch(status=AgentStatus.ACTIVE), ev("agent.resume"))
+    assert first.last_change() == seq  # nothing half-written
+    second.patch_agent("alice", AgentPatch(remove_key="k" * 16), ev("agent.key-remove"))
+    assert "k" * 16 not in first.get_agent("alice").public_keys

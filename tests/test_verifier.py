@@ -281,7 +281,7 @@ def test_revocation_set_forgets_only_expired_tokens():
     rs = RevocationSet()
     rs.add("a" * 32, 10_000.0)
     rs.add("b" * 32, 20_000.0)
-    rs.add("a" * 32, 99_999.0)  # already there: unchanged
+    rs.add("a" * 32, 5_000.0)  # already there with a later expiry: unchanged
     assert len(rs) == 2 and rs.is_revoked("a" * 32)
     assert rs.prune(9_000.0) == 0 and len(rs) == 2
     assert rs.prune(10_800.0) == 1  # the hour holding 10,000 s is over
@@ -312,3 +312,12 @@ def test_a_hostile_caveat_that_crashes_the_reader_still_denies(world, clock, mon
     monkeypatch.setattr(verifier_module, "compile_caveat", boom)
     d = v.verify(mint(clock, "agent = alice"), req())
     assert not d.allowed and d.code is DenyCode.MALFORMED and "ValueError" in d.reason
+
+
+def test_revoking_again_with_a_later_expiry_keeps_the_entry_longer():
+    rs = RevocationSet()
+    rs.add("c" * 32, 10_000.0)
+    rs.add("c" * 32, 50_000.0)  # a longer-lived token carries the same id
+    rs.add("c" * 32, 5_000.0)  # never shortened
+    assert rs.prune(20_000.0) == 0 and rs.is_revoked("c" * 32)
+    assert rs.prune(60_000.0) == 1 and not rs.is_revoked("c" * 32)

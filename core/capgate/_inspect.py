@@ -13,7 +13,7 @@ from capgate._delegation import DelegateCaveat
 from capgate._errors import CapgateError
 from capgate._token import Token, TokenIdentifier
 
-__all__ = ["HopInfo", "TokenDescription", "describe"]
+__all__ = ["HopInfo", "TokenDescription", "describe", "hop_expiry"]
 
 
 @dataclass(slots=True)
@@ -77,3 +77,22 @@ def describe(token: Token) -> TokenDescription:
         ident.token_id if ident else None, ident.key_id if ident else None,
         ident.issued_ms if ident else None, expires, token.caveats, lineage, hops, problems,
     )
+
+
+def hop_expiry(description: TokenDescription, k: int) -> float | None:
+    """The latest any token carrying hop ``k``'s delegation id can expire (k >= 1).
+
+    A hop's proof binds every caveat before it, so all tokens with its id share
+    that prefix: the earliest ``expires`` there bounds them all. None: no bound.
+    """
+    bound: float | None = None
+    for hop in description.hops[:k]:
+        for text in hop.restrictions:
+            if text.startswith("expires < "):
+                try:
+                    at = compile_caveat(text.encode("utf-8"))
+                except CapgateError:
+                    continue
+                if isinstance(at, ExpiresCaveat) and (bound is None or at.at < bound):
+                    bound = at.at
+    return bound

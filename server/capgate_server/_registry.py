@@ -26,7 +26,7 @@ from capgate import (
 from capgate._delegation import MAX_DEPTH
 from capgate_server._credentials import hash_credential, new_credential
 from capgate_server._replica import Replica
-from capgate_server.store import AuditEvent, Principal, Role
+from capgate_server.store import AgentPatch, AuditEvent, Principal, Role
 
 __all__ = ["AgentUpdate", "Registry"]
 
@@ -114,60 +114,52 @@ class Registry:
     def list(self) -> list[Agent]:
         return sorted(self.replica.agents.values(), key=lambda a: a.id)
 
-    async def _change(self, caller: Principal, agent_id: str, kind: str, detail: dict[str, object],
-                      **changes: object) -> Agent:
-        await self.replica.sync()  # start from the store's latest record of the agent
-        current = self.get(caller, agent_id)
-        updated = current.with_changes(**changes)
-        await self.replica.call(self.replica.store.update_agent, updated,
+    async def _patch(self, caller: Principal, agent_id: str, kind: str,
+                     detail: dict[str, object], patch: AgentPatch) -> Agent:
+        """Write only what changes, so changes made at once on two replicas compose."""
+        self.get(caller, agent_id)  # exists, and the caller may see it
+        await self.replica.call(self.replica.store.patch_agent, agent_id, patch,
                                 self._event(caller, kind, agent_id, **detail))
         await self.replica.sync()
         return self.replica.agents[agent_id]
 
     async def update(self, caller: Principal, agent_id: str, update: AgentUpdate) -> Agent:
-        changes: dict[str, object] = {}
-        if update.ceiling is not None:
-            changes["ceiling"] = self._ceiling(update.ceiling)
-        if update.max_ttl is not None:
-            changes["max_ttl"] = self._ttl(update.max_ttl)
-        if update.max_depth is not None:
-            changes["max_depth"] = self._depth(update.max_depth)
-        if update.description is not None:
-            changes["description"] = self._text(update.description, "description", 1024)
-        if not changes:
+        patch = AgentPatch(
+            ceiling=None if update.ceiling is None else self._ceiling(update.ceiling),
+            max_ttl=None if update.max_ttl is None else self._ttl(update.max_ttl),
+            max_depth=None if update.max_depth is None else self._depth(update.max_depth),
+            description=None if update.description is None
+            else self._text(update.description, "description", 1024))
+        detail = {k: str(v) for k, v in (("ceiling", patch.ceiling), ("max_ttl", patch.max_ttl),
+                                          ("max_depth", patch.max_depth),
+                                          ("description", patch.description)) if v is not None}
+        if not detail:
             raise InvalidArgumentError("nothing to update")
-        detail = {k: str(v) for k, v in changes.items()}
-        return await self._change(caller, agent_id, "agent.update", detail, **changes)
+        return await self._patch(caller, agent_id, "agent.update", detail, patch)
 
     async def set_status(self, caller: Principal, agent_id: str, status: AgentStatus) -> Agent:
         kind = "agent.suspend" if status is AgentStatus.SUSPENDED else "agent.resume"
-        return await self._change(caller, agent_id, kind, {}, status=status)
+        return await self._patch(caller, agent_id, kind, {}, AgentPatch(status=status))
 
     async def revoke_all(self, caller: Principal, agent_id: str) -> Agent:
         """Bump the epoch: every token issued to or delegated through the agent until now denies."""
-        current = self.get(caller, agent_id)
         now_ms = int(self.replica.clock() * 1000)
-        return await self._change(caller, agent_id, "agent.revoke-all",
-                                  {"epoch": current.epoch + 1}, epoch=current.epoch + 1,
-                                  revoked_before_ms=max(now_ms, current.revoked_before_ms))
+        return await self._patch(caller, agent_id, "agent.revoke-all", {"before_ms": now_ms},
+                                 AgentPatch(revoke_before_ms=now_ms))
 
     async def add_key(self, caller: Principal, agent_id: str, public_key: bytes) -> Agent:
         raw = load_public_key(public_key)
         kid = public_key_id(raw)
-        current = self.get(caller, agent_id)
-        if kid in current.public_keys:
+        if kid in self.get(caller, agent_id).public_keys:
             raise FailedPreconditionError(f"key {kid} is already registered for {agent_id!r}")
-        keys = {**current.public_keys, kid: raw}
-        return await self._change(caller, agent_id, "agent.key-add", {"key_id": kid},
-                                  public_keys=keys)
+        return await self._patch(caller, agent_id, "agent.key-add", {"key_id": kid},
+                                 AgentPatch(add_key=(kid, raw)))
 
     async def remove_key(self, caller: Principal, agent_id: str, key_id: str) -> Agent:
-        current = self.get(caller, agent_id)
-        if key_id not in current.public_keys:
+        if key_id not in self.get(caller, agent_id).public_keys:
             raise NotFoundError(f"agent {agent_id!r} has no key {key_id!r}")
-        keys = {k: v for k, v in current.public_keys.items() if k != key_id}
-        return await self._change(caller, agent_id, "agent.key-remove", {"key_id": key_id},
-                                  public_keys=keys)
+        return await self._patch(caller, agent_id, "agent.key-remove", {"key_id": key_id},
+                                 AgentPatch(remove_key=key_id))
 
     # -- other principals --------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from capgate_server.store import AuditEvent, Change, ChangeKind, Principal, Role
 __all__ = ["Replica", "Settings"]
 
 log = logging.getLogger("capgate.replica")
+_PAGE = 5000  # changes read per query while catching up
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -175,14 +176,18 @@ class Replica:
         self._wake.set()
 
     async def sync(self) -> None:
-        """Apply every change since the last one applied."""
+        """Apply every change since the last one applied (in pages, until caught up);
+        only then does the replica count as fresh."""
         async with self._sync_lock:
-            changes, payload = await self.call(self._fetch, self._seq)
-            self._apply(changes, payload)
+            while True:
+                changes, payload = await self.call(self._fetch, self._seq)
+                self._apply(changes, payload)
+                if len(changes) < _PAGE:
+                    break
             self._touch()
 
     def _fetch(self, seq: int) -> tuple[list[Change], dict[tuple[ChangeKind, str], Any]]:
-        changes = self.store.changes_since(seq)
+        changes = self.store.changes_since(seq, _PAGE)
         payload: dict[tuple[ChangeKind, str], Any] = {}
         for c in changes:
             if c.kind is ChangeKind.AGENT and (c.kind, c.key) not in payload:

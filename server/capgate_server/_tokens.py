@@ -24,7 +24,7 @@ from capgate import (
     new_token_id,
     parse_caveat,
 )
-from capgate._inspect import TokenDescription, describe
+from capgate._inspect import TokenDescription, describe, hop_expiry
 from capgate_server._replica import Replica
 from capgate_server.store import AuditEvent, DelegationRecord, Principal, Role, TokenRecord
 
@@ -207,8 +207,9 @@ class Tokens:
         if isinstance(check, Decision):  # e.g. a depth caveat the new hop breaks
             raise PermissionDeniedError(f"delegation refused: {check.reason}",
                                         code=str(check.code))
+        # any token carrying this hop's id has st's caveats before it: st.expires bounds it
         record = DelegationRecord(did, st.token_id, st.lineage[-1], caller.id, to, now,
-                                  check.expires, False, tuple(extra))
+                                  st.expires, False, tuple(extra))
         event = AuditEvent(now, caller.id, "delegate", did, chain=check.agents,
                            detail={"token_id": st.token_id, "to": to, "caveats": extra})
         await self.replica.call(self._record_delegation, record, event)
@@ -261,10 +262,16 @@ class Tokens:
             if isinstance(st, Decision):
                 raise InvalidArgumentError(f"cannot revoke a token that does not verify: "
                                            f"{st.reason}")
-            target, chain = st.lineage[-1], st.agents
             if caller.role is Role.AGENT and caller.id not in st.agents:
                 raise PermissionDeniedError("an agent may revoke only tokens it is part of")
-            expires = min(st.expires or cap, cap)
+            # The token's own hop: its last delegation, or the token id. Never a bare
+            # `did` caveat, which anyone can append; those are revoked by id (admin).
+            hops, chain = st.hops, st.agents
+            target = hops[-1].did or st.token_id
+            if len(hops) == 1:
+                expires, _ = await self._id_expiry(caller, target, cap)
+            else:
+                expires = min(hop_expiry(describe(st.token), len(hops) - 1) or cap, cap)
         else:
             target = lineage_id.lower()
             if len(target) != 32 or any(c not in "0123456789abcdef" for c in target):

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 
 from capgate import Chain, Decision, DenyCode, PermissionDeniedError
-from capgate._inspect import describe
+from capgate._inspect import describe, hop_expiry
 from capgate_server._replica import Replica
 from capgate_server.store import DelegationRecord, Principal, Role
 
@@ -65,6 +65,7 @@ class Verification:
             seen.add(hop.did)
             records.append(DelegationRecord(
                 hop.did, st.token_id, st.hops[i - 1].did or st.token_id, st.hops[i - 1].agent,
-                hop.agent, hop.at_ms / 1000, st.expires, hop.offline, tuple(hop.restrictions)))
+                hop.agent, hop.at_ms / 1000, hop_expiry(d, i), hop.offline,
+                tuple(hop.restrictions)))
         if records:
             self.replica.call_soon(self.replica.store.record_delegations, records)

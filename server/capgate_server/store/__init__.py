@@ -6,6 +6,7 @@ from pathlib import Path
 
 from capgate import InvalidArgumentError
 from capgate_server.store._base import (
+    AgentPatch,
     AuditEvent,
     AuditQuery,
     Change,
@@ -19,6 +20,7 @@ from capgate_server.store._base import (
 )
 
 __all__ = [
+    "AgentPatch",
     "AuditEvent",
     "AuditQuery",
     "Change",

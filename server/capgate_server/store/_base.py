@@ -17,6 +17,7 @@ from enum import StrEnum
 from capgate import Agent, AgentStatus, Ceiling
 
 __all__ = [
+    "AgentPatch",
     "AuditEvent",
     "AuditQuery",
     "Change",
@@ -76,6 +77,23 @@ class DelegationRecord:
     expires_at: float | None
     offline: bool
     restrictions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPatch:
+    """Changes to one agent, applied column by column so concurrent changes compose.
+
+    ``revoke_before_ms``: bump the epoch and move ``revoked_before`` up to it.
+    """
+
+    status: AgentStatus | None = None
+    ceiling: Ceiling | None = None
+    max_ttl: int | None = None
+    max_depth: int | None = None
+    description: str | None = None
+    revoke_before_ms: int | None = None
+    add_key: tuple[str, bytes] | None = None
+    remove_key: str | None = None
 
 
 class ChangeKind(StrEnum):
@@ -188,6 +206,11 @@ class Store(ABC):
     def update_agent(self, agent: Agent, audit: AuditEvent) -> None:
         """Replace the agent's mutable fields and keys; ``NotFoundError`` if absent."""
 
+    @abstractmethod
+    def patch_agent(self, agent_id: str, patch: AgentPatch, audit: AuditEvent) -> None:
+        """Apply only the given changes (no lost updates between replicas);
+        ``NotFoundError`` for a missing agent or key."""
+
     # -- root keys -------------------------------------------------------------------
 
     @abstractmethod
@@ -222,7 +245,8 @@ class Store(ABC):
     @abstractmethod
     def revoke(self, lineage_id: str, revoked_at: float, expires_at: float, by: str,
                reason: str, audit: AuditEvent) -> bool:
-        """Durably revoke; False if it already was."""
+        """Durably revoke; False if it already was. An existing entry is kept until the
+        later of the two expiries (never shortened)."""
 
     @abstractmethod
     def revocations(self, now: float) -> list[tuple[str, float]]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from capgate import Agent, AlreadyExistsError, NotFoundError
 from capgate_server.store._base import (
+    AgentPatch,
     AuditEvent,
     AuditQuery,
     Change,
@@ -208,6 +209,41 @@ class SqlStore(Store):
             self._change(cur, ChangeKind.AGENT, agent.id)
             self._audit(cur, [audit])
 
+    def patch_agent(self, agent_id: str, patch: AgentPatch, audit: AuditEvent) -> None:
+        sets: list[str] = []
+        params: list[object] = []
+        for column, value in (("status", patch.status), ("max_ttl", patch.max_ttl),
+                              ("max_depth", patch.max_depth),
+                              ("description", patch.description)):
+            if value is not None:
+                sets.append(f"{column} = ?")
+                params.append(str(value) if column == "status" else value)
+        if patch.ceiling is not None:
+            sets.append("ceiling = ?")
+            params.append(encode_ceiling(patch.ceiling))
+        if patch.revoke_before_ms is not None:
+            sets.append("epoch = epoch + 1, revoked_before = CASE WHEN revoked_before > ? "
+                        "THEN revoked_before ELSE ? END")
+            params += [patch.revoke_before_ms, patch.revoke_before_ms]
+        with self._tx() as cur:
+            # a no-op SET still locks the row and tells us whether the agent exists
+            self._x(cur, f"UPDATE agents SET {', '.join(sets) or 'id = id'} WHERE id = ?",
+                    (*params, agent_id))
+            if cur.rowcount != 1:
+                raise NotFoundError(f"agent {agent_id!r} not found", id=agent_id)
+            if patch.add_key is not None:
+                kid, pub = patch.add_key
+                self._x(cur, "INSERT INTO agent_keys (agent, key_id, public_key, created_at) "
+                             "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        (agent_id, kid, pub, audit.at))
+            if patch.remove_key is not None:
+                self._x(cur, "DELETE FROM agent_keys WHERE agent = ? AND key_id = ?",
+                        (agent_id, patch.remove_key))
+                if cur.rowcount != 1:
+                    raise NotFoundError(f"agent {agent_id!r} has no key {patch.remove_key!r}")
+            self._change(cur, ChangeKind.AGENT, agent_id)
+            self._audit(cur, [audit])
+
     # -- root keys -------------------------------------------------------------------
 
     def add_root_key(self, record: RootKeyRecord, audit: AuditEvent | None = None) -> None:
@@ -288,14 +324,19 @@ class SqlStore(Store):
     def revoke(self, lineage_id: str, revoked_at: float, expires_at: float, by: str,
                reason: str, audit: AuditEvent) -> bool:
         with self._tx() as cur:
-            self._x(cur, "INSERT INTO revocations (id, revoked_at, expires_at, revoked_by, reason)"
-                         " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (lineage_id, revoked_at, expires_at, by, reason))
-            new = cur.rowcount == 1
-            if new:
+            row = self._x(cur, "SELECT expires_at FROM revocations WHERE id = ?",
+                          (lineage_id,)).fetchone()
+            if row is None:
+                self._x(cur, "INSERT INTO revocations (id, revoked_at, expires_at, revoked_by,"
+                             " reason) VALUES (?, ?, ?, ?, ?)",
+                        (lineage_id, revoked_at, expires_at, by, reason))
+                self._change(cur, ChangeKind.REVOCATION, lineage_id, expires_at)
+            elif expires_at > row[0]:  # kept as long as the longest-lived token it may name
+                self._x(cur, "UPDATE revocations SET expires_at = ? WHERE id = ?",
+                        (expires_at, lineage_id))
                 self._change(cur, ChangeKind.REVOCATION, lineage_id, expires_at)
             self._audit(cur, [audit])
-        return new
+        return row is None
 
     def revocations(self, now: float) -> list[tuple[str, float]]:
         with self._read() as cur:
