@@ -295,3 +295,19 @@ def test_an_appended_did_cannot_aim_a_revocation_at_someone_else(server, admin, 
         assert r.id != victim.token_id  # bob's own token id, not alice's
     assert service.verify(victim.token, "read", "/data/x", presenter="alice").allowed
     assert service.verify(own, "read", "/data/x", presenter="bob").code == "revoked"
+
+
+def test_a_replica_catches_up_a_long_backlog_before_it_counts_as_fresh(server, monkeypatch):
+    import capgate_server._replica as replica_module
+    from capgate_server.store import AuditEvent
+    from capgate_server.store._sqlite import SqliteStore
+
+    monkeypatch.setattr(replica_module, "_PAGE", 10)  # pages of 10 changes
+    other = SqliteStore(server.settings.data_dir / "capgate.db")  # "another replica" writes
+    ids = [f"{i:032x}" for i in range(1, 36)]
+    for i in ids:
+        other.revoke(i, 1.0, 4e9, "admin", "", AuditEvent(1.0, "admin", "revoke", i))
+    other.close()
+    replica = server.app.replica
+    server.run(replica.sync())
+    assert all(replica.revocations.is_revoked(i) for i in ids)
