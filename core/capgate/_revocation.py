@@ -59,14 +59,6 @@ class RevocationSet:
     def is_revoked(self, hex_id: str) -> bool:
         return lineage_key(hex_id) in self._ids
 
-    def any_revoked(self, keys: Iterable[int]) -> int | None:
-        """The first revoked key among ``keys``, or None."""
-        ids = self._ids
-        for k in keys:
-            if k in ids:
-                return k
-        return None
-
     def prune(self, now: float) -> int:
         """Forget entries whose tokens have expired; returns how many were dropped."""
         current = math.floor(now / _BUCKET)

@@ -35,16 +35,11 @@ class AuditLog:
         self._write = write
         self._interval = interval
         self._max_pending = max_pending
-        self._events: list[AuditEvent] = []
+        self._backlog: list[AuditEvent] = []  # records a failed flush must retry
         self._tally: dict[_Key, list[float]] = {}  # key -> [count, first_at, last_at]
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.decisions = 0  # verify decisions seen (for metrics)
-
-    def record(self, event: AuditEvent) -> None:
-        self._events.append(event)
-        if len(self._events) >= self._max_pending:
-            self._wake.set()
 
     def decision(self, principal: str, d: Decision, action: str, resource: str,
                  presenter: str, now: float) -> None:
@@ -75,7 +70,7 @@ class AuditLog:
             await self.flush()
 
     def _drain(self) -> list[AuditEvent]:
-        events, self._events = self._events, []
+        events, self._backlog = self._backlog, []
         tally, self._tally = self._tally, {}
         for (principal, d, action, resource, presenter), (count, first, last) in tally.items():
             events.append(AuditEvent(
@@ -92,10 +87,10 @@ class AuditLog:
             await self._write(batch)
         except Exception:  # keep serving; the records go back for the next attempt
             log.exception("audit flush of %d records failed; will retry", len(batch))
-            self._events[:0] = batch
-            if len(self._events) > _MAX_BACKLOG:  # the store is gone for long: bound memory
-                dropped = len(self._events) - _MAX_BACKLOG
-                del self._events[:dropped]
+            self._backlog[:0] = batch
+            if len(self._backlog) > _MAX_BACKLOG:  # the store is gone for long: bound memory
+                dropped = len(self._backlog) - _MAX_BACKLOG
+                del self._backlog[:dropped]
                 log.error("audit backlog full: dropped the %d oldest records", dropped)
 
     async def close(self) -> None:

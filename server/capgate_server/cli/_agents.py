@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from capgate import InvalidArgumentError, load_public_key, public_key_id
+from capgate import InvalidArgumentError, format_duration, load_public_key, public_key_id
 from capgate._delegation import new_private_key_pem
 from capgate_client import AgentInfo
 from capgate_server.cli._common import EXIT_OK, client, duration, emit
@@ -24,7 +24,8 @@ def _agent_text(a: AgentInfo) -> str:
         f"agent:       {a.id} ({a.status})",
         f"owner:       {a.owner}",
         f"ceiling:     {' '.join(a.ceiling)}",
-        f"max ttl:     {a.max_ttl}s   max depth: {a.max_depth}   epoch: {a.epoch}",
+        f"max ttl:     {format_duration(a.max_ttl)}   max depth: {a.max_depth}   "
+        f"epoch: {a.epoch}",
         *([f"description: {a.description}"] if a.description else []),
         *([f"public keys: {' '.join(a.public_keys)}"] if a.public_keys else []),
     ])
