@@ -122,7 +122,6 @@ class Chain:
     hops: tuple[Hop, ...]
     lineage: tuple[str, ...]  # token id, then every did in order
     checks: tuple[Caveat, ...]  # request- and clock-dependent caveats
-    expires: float | None
     lineage_keys: tuple[int, ...] = field(repr=False, default=())
     agents: tuple[str, ...] = field(repr=False, default=())
     latest_ms: int = 0
@@ -155,6 +154,11 @@ class Chain:
     @property
     def holder(self) -> str:
         return self.hops[-1].agent
+
+    @property
+    def expires(self) -> float | None:
+        """The earliest ``expires`` caveat, or None when the token has none."""
+        return None if self.not_after == float("inf") else self.not_after
 
     @property
     def token(self) -> Token:
@@ -214,15 +218,34 @@ class Verifier:
         return agents_version + self._revocations.version + self._key_version
 
     def check(self, token: str, action: str, resource: str, presenter: str | None,
-              ctx: Mapping[str, str] | None = None) -> Decision:
-        """``verify`` with the request given field by field (the servers' hot path)."""
-        if self._memo_size and not ctx:
-            hit = self._memo.get((token, action, resource, presenter))
+              ctx: Mapping[str, str] | None = None, *,
+              request: Request | None = None) -> Decision:
+        """``verify`` with the request given field by field (the servers' hot path);
+        ``request``, when the caller already has it built, saves building it again."""
+        memo = self._memo_size and not ctx
+        if memo:
+            key = (token, action, resource, presenter)
+            hit = self._memo.get(key)
             if hit is not None and hit[0] == (
                     self._agents.version + self._revocations.version  # type: ignore[attr-defined]
                     + self._key_version) and hit[1] < self._clock() < hit[2]:
                 return hit[3]
-        return self.verify(token, Request(action, resource, presenter, ctx or _NO_CTX))
+        st = self.analyse(token)
+        if isinstance(st, Decision):
+            return st
+        if request is None:
+            request = Request(action, resource, presenter, ctx or _NO_CTX)
+        if not memo:
+            return self.decide(st, request)
+        state = self._state()
+        decision = self.decide(st, request)
+        if decision.allowed and len(token) <= _CACHE_MAX_TEXT:
+            if len(self._memo) >= self._memo_size:
+                self._memo.clear()
+            # valid while the clock stays inside the token's window (either way)
+            since = max(st.not_before, (st.latest_ms - CLOCK_SKEW_MS) / 1000)
+            self._memo[key] = (state, since, st.not_after, decision)
+        return decision
 
     # -- cache ------------------------------------------------------------------------
 
@@ -355,7 +378,6 @@ class Verifier:
         lineage = [tid]
         checks: list[Caveat] = []
         depth_caps: list[tuple[int, DepthCaveat]] = []
-        expires: float | None = None
         holder: str | None = None
         CHECK, HOLDER, DELEGATE = Caveat.CHECK, Caveat.HOLDER, Caveat.DELEGATE
         LINEAGE = Caveat.LINEAGE
@@ -368,8 +390,6 @@ class Verifier:
             role = cav.role
             if role == CHECK:
                 checks.append(cav)
-                if type(cav) is ExpiresCaveat and (expires is None or cav.at < expires):
-                    expires = cav.at
             elif role == HOLDER:
                 agent = cav.agent  # type: ignore[attr-defined]
                 if holder is None:
@@ -412,7 +432,7 @@ class Verifier:
             agents = tuple([h.agent for h in hops])
             latest = max([h.at_ms for h in hops])
         return Chain(text, tid, ident.key_id, ident.issued_ms, tuple(hops), tuple(lineage),
-                     tuple(checks), expires, tuple([int(x, 16) for x in lineage]), agents,
+                     tuple(checks), tuple([int(x, 16) for x in lineage]), agents,
                      latest).fold()
 
     def _check_delegation(self, cav: DelegateCaveat, holder: str | None, prefix_sig: bytes,
@@ -439,27 +459,8 @@ class Verifier:
 
     def verify(self, token: str, request: Request) -> Decision:
         """Allow or deny ``request`` under ``token``, with the precise reason."""
-        if self._memo_size and not request.ctx:
-            key = (token, request.action, request.resource, request.presenter)
-            hit = self._memo.get(key)
-            if hit is not None and hit[0] == self._state() and hit[1] < self._clock() < hit[2]:
-                return hit[3]
-            st = self.analyse(token)
-            if isinstance(st, Decision):
-                return st
-            state = self._state()
-            decision = self.decide(st, request)
-            if decision.allowed and len(token) <= _CACHE_MAX_TEXT:
-                if len(self._memo) >= self._memo_size:
-                    self._memo.clear()
-                # valid while the clock stays inside the token's window (either way)
-                since = max(st.not_before, (st.latest_ms - CLOCK_SKEW_MS) / 1000)
-                self._memo[key] = (state, since, st.not_after, decision)
-            return decision
-        st = self.analyse(token)
-        if isinstance(st, Decision):
-            return st
-        return self.decide(st, request)
+        return self.check(token, request.action, request.resource, request.presenter,
+                          request.ctx, request=request)
 
     def decide_state(self, st: Chain) -> Decision | None:
         """Steps 3–4: the deny that the chain's current state gives, or None."""

@@ -81,10 +81,6 @@ def _extra_caveats(caveats: Sequence[str]) -> list[str]:
     return list(caveats)
 
 
-def _parse_token(text: str) -> Token:
-    return Token.parse(text)  # MalformedTokenError → INVALID_ARGUMENT at the boundary
-
-
 class Tokens:
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
@@ -139,7 +135,7 @@ class Tokens:
 
     @staticmethod
     def attenuate(text: str, caveats: Sequence[str]) -> Issued:
-        token = _parse_token(text)
+        token = Token.parse(text)  # MalformedTokenError: INVALID_ARGUMENT
         if not caveats:
             raise InvalidArgumentError("no caveats to add")
         for caveat in caveats:
@@ -222,7 +218,7 @@ class Tokens:
     # -- inspect -----------------------------------------------------------------------------
 
     def inspect(self, text: str) -> Inspection:
-        token = _parse_token(text)
+        token = Token.parse(text)  # MalformedTokenError: INVALID_ARGUMENT
         d = describe(token)
         st = self.replica.verifier.analyse(text)
         signature_valid = not (isinstance(st, Decision) and st.code in (
