@@ -311,3 +311,8 @@ def test_a_replica_catches_up_a_long_backlog_before_it_counts_as_fresh(server, m
     replica = server.app.replica
     server.run(replica.sync())
     assert all(replica.revocations.is_revoked(i) for i in ids)
+
+
+def test_the_async_client_has_every_method_of_the_blocking_one():
+    public = lambda cls: {n for n in dir(cls) if not n.startswith("_")}  # noqa: E731
+    assert public(Client) - {"close"} <= public(AsyncClient)

@@ -202,6 +202,18 @@ class AsyncClient(_Base):
     async def list_agents(self) -> list[AgentInfo]:
         return await self._run(calls.list_agents())
 
+    async def update_agent(self, agent_id: str, *, grants: Sequence[str] | None = None,
+                           max_ttl: int | None = None, max_depth: int | None = None,
+                           description: str | None = None) -> AgentInfo:
+        return await self._run(calls.update_agent(agent_id, grants, max_ttl, max_depth,
+                                                  description))
+
+    async def add_public_key(self, agent_id: str, public_key: bytes) -> AgentInfo:
+        return await self._run(calls.add_public_key(agent_id, public_key))
+
+    async def remove_public_key(self, agent_id: str, key_id: str) -> AgentInfo:
+        return await self._run(calls.remove_public_key(agent_id, key_id))
+
     async def suspend_agent(self, agent_id: str) -> AgentInfo:
         return await self._run(calls.agent_action("SuspendAgent", agent_id))
 
@@ -218,6 +230,9 @@ class AsyncClient(_Base):
                     caveats: Iterable[str] = ()) -> IssuedToken:
         return await self._run(calls.issue(grant, ttl, caveats))
 
+    async def attenuate(self, token: str, caveats: Iterable[str]) -> IssuedToken:
+        return await self._run(calls.attenuate(token, caveats))
+
     async def delegate(self, token: str, to: str, caveats: Iterable[str] = ()) -> IssuedToken:
         return await self._run(calls.delegate(token, to, caveats))
 
@@ -226,6 +241,22 @@ class AsyncClient(_Base):
 
     async def revoke(self, token_or_id: str, reason: str = "") -> RevokeResult:
         return await self._run(calls.revoke(token_or_id, reason))
+
+    async def tree(self, node_id: str) -> TreeNode:
+        return await self._run(calls.tree(node_id))
+
+    async def list_keys(self) -> list[KeyInfo]:
+        return await self._run(calls.list_keys())
+
+    async def rotate_key(self) -> KeyInfo:
+        return await self._run(calls.rotate_key())
+
+    async def retire_key(self, key_id: str) -> KeyInfo:
+        return await self._run(calls.retire_key(key_id))
+
+    async def audit(self, *, principal: str = "", agent: str = "", kind: str = "",
+                    token_id: str = "", after_seq: int = 0, limit: int = 100) -> list[AuditRecord]:
+        return await self._run(calls.audit(principal, agent, kind, token_id, after_seq, limit))
 
     async def verify(self, token: str, action: str, resource: str, *, presenter: str = "",
                      ctx: Mapping[str, str] | None = None) -> VerifyResult:
