@@ -14,8 +14,7 @@ from pathlib import Path
 import grpc
 
 from capgate_proto.v1 import verifier_pb2
-from capgate_server._app import CapgateServer
-from capgate_server._replica import Settings
+from capgate_server import CapgateServer, Settings
 from capgate_server.store import Role
 
 NOOP = "capgate.bench.NoopVerifier"

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from capgate import (
+    MAX_DEPTH,
     Agent,
     Ceiling,
     Request,
@@ -22,7 +23,6 @@ from capgate import (
     format_timestamp,
     public_key_id,
 )
-from capgate._delegation import MAX_DEPTH
 
 from conftest import ratio, record
 

@@ -23,7 +23,7 @@ SAMPLES = 40
 
 @pytest.fixture
 def kek(tmp_path):
-    from capgate_server._keyring import new_kek_text
+    from capgate_server import new_kek_text
 
     path = tmp_path / "kek"
     path.write_text(new_kek_text())

@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from capgate_client import Client
-from capgate_server._app import CapgateServer
-from capgate_server._replica import Settings
+from capgate_server import CapgateServer, Settings
 
-CAPGATE = [sys.executable, "-m", "capgate_server"]
+CAPGATE = [sys.executable, "-m", "capgate_cli"]
 PG_URL = os.environ.get("CAPGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-import capgate._errors as _core_errors
+import capgate
 from capgate import (
     AuthenticationError,
     CapgateError,
@@ -18,8 +18,8 @@ from capgate import (
 __all__ = ["from_rpc_error"]
 
 _BY_NAME: dict[str, type[CapgateError]] = {
-    name: cls for name in _core_errors.__all__
-    if isinstance(cls := getattr(_core_errors, name), type) and issubclass(cls, CapgateError)
+    name: cls for name in capgate.__all__
+    if isinstance(cls := getattr(capgate, name), type) and issubclass(cls, CapgateError)
 }
 # When the server named no exception (a proxy, a deadline, a transport failure).
 _BY_CODE: dict[grpc.StatusCode, type[CapgateError]] = {

@@ -5,7 +5,20 @@ Parsing, attenuation, delegation and verification; no network, no storage.
 
 from capgate._agent import Agent, AgentStatus, Directory, check_id
 from capgate._attenuation import restriction_caveats
-from capgate._caveats import Caveat, Request, parse_caveat
+from capgate._caveats import (
+    ActionCaveat,
+    AgentCaveat,
+    Caveat,
+    CtxCaveat,
+    DelegateCaveat,
+    DepthCaveat,
+    DidCaveat,
+    ExpiresCaveat,
+    NotBeforeCaveat,
+    Request,
+    ResourceCaveat,
+    parse_caveat,
+)
 from capgate._clock import (
     Clock,
     format_duration,
@@ -14,13 +27,14 @@ from capgate._clock import (
     parse_timestamp,
     system_clock,
 )
-from capgate._codec import DEFAULT_LIMITS, Limits
+from capgate._codec import DEFAULT_LIMITS, Limits, RawCaveat, RawMacaroon
 from capgate._delegation import (
-    DelegateCaveat,
-    DepthCaveat,
+    MAX_DEPTH,
     append_server_delegation,
     delegate_offline,
+    load_private_key,
     load_public_key,
+    new_private_key_pem,
     public_key_id,
 )
 from capgate._errors import (
@@ -36,6 +50,7 @@ from capgate._errors import (
     UnavailableError,
 )
 from capgate._grants import Ceiling, Glob, Grant, resource_problem
+from capgate._inspect import HopInfo, TokenDescription, describe, hop_expiry
 from capgate._revocation import RevocationSet
 from capgate._token import Token, TokenIdentifier, new_token_id
 from capgate._verifier import Chain, Decision, DenyCode, Hop, Verifier
@@ -44,7 +59,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "MAX_DEPTH",
+    "ActionCaveat",
     "Agent",
+    "AgentCaveat",
     "AgentStatus",
     "AlreadyExistsError",
     "AuthenticationError",
@@ -54,23 +72,32 @@ __all__ = [
     "Ceiling",
     "Chain",
     "Clock",
+    "CtxCaveat",
     "Decision",
     "DelegateCaveat",
     "DenyCode",
     "DepthCaveat",
+    "DidCaveat",
     "Directory",
+    "ExpiresCaveat",
     "FailedPreconditionError",
     "Glob",
     "Grant",
     "Hop",
+    "HopInfo",
     "InvalidArgumentError",
     "Limits",
     "MalformedTokenError",
+    "NotBeforeCaveat",
     "NotFoundError",
     "PermissionDeniedError",
+    "RawCaveat",
+    "RawMacaroon",
     "Request",
+    "ResourceCaveat",
     "RevocationSet",
     "Token",
+    "TokenDescription",
     "TokenIdentifier",
     "UnavailableError",
     "Verifier",
@@ -78,9 +105,13 @@ __all__ = [
     "append_server_delegation",
     "check_id",
     "delegate_offline",
+    "describe",
     "format_duration",
     "format_timestamp",
+    "hop_expiry",
+    "load_private_key",
     "load_public_key",
+    "new_private_key_pem",
     "new_token_id",
     "parse_caveat",
     "parse_duration",

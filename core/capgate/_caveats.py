@@ -6,12 +6,15 @@ is strict; unknown keys and malformed text raise ``CaveatSyntaxError``, and the
 verifier turns that into a deny (fail closed).
 
 Every caveat is a pure condition on the request and the clock, so appending
-one can only narrow a token. Holder binding (``agent``) and lineage (``did``)
-are read by the verifier from the parsed chain rather than checked here.
+one can only narrow a token. Holder binding (``agent``), delegation
+(``delegate``, ``depth``) and lineage (``did``) are read by the verifier from
+the parsed chain rather than checked here; the proofs behind ``delegate``
+caveats are made and checked in ``_delegation``.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
@@ -29,6 +32,8 @@ __all__ = [
     "AgentCaveat",
     "Caveat",
     "CtxCaveat",
+    "DelegateCaveat",
+    "DepthCaveat",
     "DidCaveat",
     "ExpiresCaveat",
     "NotBeforeCaveat",
@@ -38,6 +43,11 @@ __all__ = [
     "parse_caveat",
 ]
 
+_DELEGATE_RE = re.compile(
+    r"delegate = ([A-Za-z0-9][A-Za-z0-9._-]{0,63}) did=([0-9a-f]{32}) at=([0-9]{1,15})"
+    r" proof=(?:srv:([A-Za-z0-9_-]{43})|ed25519:([0-9a-f]{16}):([A-Za-z0-9_-]{86}))"
+)
+_DEPTH_LIMIT = re.compile(r"[0-9]{1,2}")  # ASCII digits only: "²".isdigit() is True
 _NUMBER = re.compile(r"-?[0-9]{1,18}(?:\.[0-9]{1,18})?")
 _HEX128 = re.compile(r"[0-9a-f]{32}")
 _MAX_CTX_VALUE = 1024
@@ -200,6 +210,75 @@ class DidCaveat(Caveat):
         self.did = did
 
 
+class DelegateCaveat(Caveat):
+    """``delegate = ID did=… at=… proof=…``: the holder changes to agent ID."""
+
+    __slots__ = ("agent", "at_ms", "did", "key_id", "proof", "unsigned")
+    key = "delegate"
+    needs_proof: ClassVar[bool] = True
+    role = Caveat.DELEGATE
+
+    def __init__(
+        self, text: str, agent: str, did: str, at_ms: int, key_id: str | None, proof: bytes
+    ) -> None:
+        super().__init__(text)
+        self.agent = agent
+        self.did = did
+        self.at_ms = at_ms
+        self.key_id = key_id  # None: minted by the server
+        self.proof = proof
+        self.unsigned = text[: text.index(" proof=")].encode("ascii")
+
+    @property
+    def offline(self) -> bool:
+        return self.key_id is not None
+
+
+class DepthCaveat(Caveat):
+    """``depth <= n``: at most n further delegations below this point."""
+
+    __slots__ = ("limit",)
+    key = "depth"
+    role = Caveat.DEPTH
+
+    def __init__(self, text: str, limit: int) -> None:
+        super().__init__(text)
+        self.limit = limit
+
+
+def parse_delegation_caveat(text: str, parts: list[str]) -> Caveat | None:
+    """The delegation part of the grammar; None when ``text`` is not one of its caveats."""
+    key = parts[0]
+    if key == "depth":
+        if len(parts) != 3 or parts[1] != "<=" or _DEPTH_LIMIT.fullmatch(parts[2]) is None:
+            raise CaveatSyntaxError(f"caveat {text!r}: expected 'depth <= N' (N < 100)",
+                                    caveat=text, kind="malformed")
+        return DepthCaveat(text, int(parts[2]))
+    if key == "delegate":
+        m = _DELEGATE_RE.fullmatch(text)
+        if m is None:
+            raise CaveatSyntaxError(
+                f"caveat {text!r}: expected 'delegate = ID did=HEX at=MS proof=…'",
+                caveat=text, kind="malformed",
+            )
+        agent, did, at, srv, key_id, sig = m.groups()
+        encoded = srv if srv is not None else sig
+        proof = _unb64(encoded)
+        if _b64(proof) != encoded:  # one text per proof
+            raise CaveatSyntaxError(f"caveat {text!r}: proof is not canonical base64url",
+                                    caveat=text, kind="malformed")
+        return DelegateCaveat(text, agent, did, int(at), key_id, proof)
+    return None
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
 def _syntax(text: str, why: str, kind: str = "malformed") -> CaveatSyntaxError:
     return CaveatSyntaxError(f"caveat {text!r}: {why}", caveat=text, kind=kind)
 
@@ -264,8 +343,6 @@ def _parse(text: str) -> Caveat:
             return _parse_ctx(text, parts)
     except InvalidArgumentError as e:
         raise _syntax(text, e.message) from None
-    from capgate._delegation import parse_delegation_caveat  # delegation extends the grammar
-
     cav = parse_delegation_caveat(text, parts)
     if cav is None:
         raise _syntax(text, f"unknown caveat '{key}'", kind="unknown")

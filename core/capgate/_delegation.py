@@ -1,6 +1,7 @@
-"""Delegation: the ``delegate`` and ``depth`` caveats and the proofs behind them.
+"""Delegation: minting the proofs behind ``delegate`` caveats, checking them, and key files.
 
-A ``delegate`` caveat moves the token to another agent::
+The caveat's grammar lives with the rest of the language in ``_caveats``. A
+``delegate`` caveat moves the token to another agent::
 
     delegate = B did=<32 hex> at=<unix ms> proof=srv:<base64url>
     delegate = B did=<32 hex> at=<unix ms> proof=ed25519:<key id>:<base64url>
@@ -18,8 +19,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import re
-from typing import ClassVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -30,112 +29,31 @@ from cryptography.hazmat.primitives.serialization import (
     load_ssh_public_key,
 )
 
-from capgate._caveats import Caveat
-from capgate._errors import CaveatSyntaxError, InvalidArgumentError
+from capgate._caveats import DelegateCaveat
+from capgate._errors import InvalidArgumentError
 from capgate._text import ID_RE
 from capgate._token import Token, new_token_id
 
 __all__ = [
-    "DelegateCaveat",
-    "DepthCaveat",
+    "MAX_DEPTH",
+    "append_server_delegation",
     "delegate_offline",
     "delegation_message",
+    "load_private_key",
+    "load_public_key",
+    "new_private_key_pem",
+    "proof_valid",
     "public_key_id",
     "server_proof",
 ]
 
 _PROOF_CONTEXT = b"capgate-delegate-v1\n"
 _SERVER_PROOF_KEY = b"capgate delegation proof v1"
-_DELEGATE_RE = re.compile(
-    r"delegate = ([A-Za-z0-9][A-Za-z0-9._-]{0,63}) did=([0-9a-f]{32}) at=([0-9]{1,15})"
-    r" proof=(?:srv:([A-Za-z0-9_-]{43})|ed25519:([0-9a-f]{16}):([A-Za-z0-9_-]{86}))"
-)
-_DEPTH_LIMIT = re.compile(r"[0-9]{1,2}")  # ASCII digits only: "²".isdigit() is True
 MAX_DEPTH = 16  # agents may allow at most this many delegations below them
 
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-class DelegateCaveat(Caveat):
-    """``delegate = ID did=… at=… proof=…``: the holder changes to agent ID."""
-
-    __slots__ = ("agent", "at_ms", "did", "key_id", "proof", "unsigned")
-    key = "delegate"
-    needs_proof: ClassVar[bool] = True
-    role = Caveat.DELEGATE
-
-    def __init__(
-        self, text: str, agent: str, did: str, at_ms: int, key_id: str | None, proof: bytes
-    ) -> None:
-        super().__init__(text)
-        self.agent = agent
-        self.did = did
-        self.at_ms = at_ms
-        self.key_id = key_id  # None: minted by the server
-        self.proof = proof
-        self.unsigned = text[: text.index(" proof=")].encode("ascii")
-
-    @property
-    def offline(self) -> bool:
-        return self.key_id is not None
-
-    def proof_valid(self, prefix_sig: bytes, root_key: bytes, public_key: bytes | None) -> bool:
-        """Check the proof against the signature before this caveat (constant time for srv)."""
-        if self.key_id is None:
-            expected = server_proof(root_key, prefix_sig, self.unsigned)
-            return hmac.compare_digest(self.proof, expected)
-        if public_key is None:
-            return False
-        try:
-            Ed25519PublicKey.from_public_bytes(public_key).verify(
-                self.proof, delegation_message(prefix_sig, self.unsigned)
-            )
-        except (InvalidSignature, ValueError):
-            return False
-        return True
-
-
-class DepthCaveat(Caveat):
-    """``depth <= n``: at most n further delegations below this point."""
-
-    __slots__ = ("limit",)
-    key = "depth"
-    role = Caveat.DEPTH
-
-    def __init__(self, text: str, limit: int) -> None:
-        super().__init__(text)
-        self.limit = limit
-
-
-def parse_delegation_caveat(text: str, parts: list[str]) -> Caveat | None:
-    """The delegation part of the grammar; None when ``text`` is not one of its caveats."""
-    key = parts[0]
-    if key == "depth":
-        if len(parts) != 3 or parts[1] != "<=" or _DEPTH_LIMIT.fullmatch(parts[2]) is None:
-            raise CaveatSyntaxError(f"caveat {text!r}: expected 'depth <= N' (N < 100)",
-                                    caveat=text, kind="malformed")
-        return DepthCaveat(text, int(parts[2]))
-    if key == "delegate":
-        m = _DELEGATE_RE.fullmatch(text)
-        if m is None:
-            raise CaveatSyntaxError(
-                f"caveat {text!r}: expected 'delegate = ID did=HEX at=MS proof=…'",
-                caveat=text, kind="malformed",
-            )
-        agent, did, at, srv, key_id, sig = m.groups()
-        encoded = srv if srv is not None else sig
-        proof = _unb64(encoded)
-        if _b64(proof) != encoded:  # one text per proof
-            raise CaveatSyntaxError(f"caveat {text!r}: proof is not canonical base64url",
-                                    caveat=text, kind="malformed")
-        return DelegateCaveat(text, agent, did, int(at), key_id, proof)
-    return None
 
 
 def delegation_message(prefix_sig: bytes, unsigned: bytes) -> bytes:
@@ -147,6 +65,23 @@ def server_proof(root_key: bytes, prefix_sig: bytes, unsigned: bytes) -> bytes:
     """The server's proof: an HMAC under a key derived from the token's root key."""
     key = hmac.digest(root_key, _SERVER_PROOF_KEY, "sha256")
     return hmac.digest(key, delegation_message(prefix_sig, unsigned), "sha256")
+
+
+def proof_valid(cav: DelegateCaveat, prefix_sig: bytes, root_key: bytes,
+                public_key: bytes | None) -> bool:
+    """Check a delegate caveat's proof against the signature before it (constant time for srv)."""
+    if cav.key_id is None:
+        expected = server_proof(root_key, prefix_sig, cav.unsigned)
+        return hmac.compare_digest(cav.proof, expected)
+    if public_key is None:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(
+            cav.proof, delegation_message(prefix_sig, cav.unsigned)
+        )
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def public_key_id(public_key: bytes) -> str:

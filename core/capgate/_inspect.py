@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from capgate._caveats import Caveat, ExpiresCaveat, compile_caveat
-from capgate._delegation import DelegateCaveat
+from capgate._caveats import Caveat, DelegateCaveat, ExpiresCaveat, compile_caveat
 from capgate._errors import CapgateError
 from capgate._token import Token, TokenIdentifier
 

@@ -27,6 +27,8 @@ from capgate._agent import Agent, AgentStatus, Directory
 from capgate._caveats import (
     ActionCaveat,
     Caveat,
+    DelegateCaveat,
+    DepthCaveat,
     ExpiresCaveat,
     NotBeforeCaveat,
     Request,
@@ -35,7 +37,7 @@ from capgate._caveats import (
 )
 from capgate._clock import Clock, format_timestamp, system_clock
 from capgate._codec import DEFAULT_LIMITS, Limits, decode_text, unpack, unpack_first_party
-from capgate._delegation import DelegateCaveat, DepthCaveat
+from capgate._delegation import proof_valid
 from capgate._errors import CaveatSyntaxError, MalformedTokenError
 from capgate._grants import resource_problem
 from capgate._revocation import RevocationSet
@@ -449,7 +451,7 @@ class Verifier:
                              f"delegation to {cav.agent!r} is signed with key {cav.key_id}, "
                              f"which {holder!r} has not registered",
                              caveat=cav.text, token_id=tid)
-        if not cav.proof_valid(prefix_sig, root, pub):
+        if not proof_valid(cav, prefix_sig, root, pub):
             return _deny(DenyCode.BAD_DELEGATION,
                          f"delegation to {cav.agent!r} has no valid proof from {holder!r}",
                          caveat=cav.text, token_id=tid)

@@ -1,1 +1,27 @@
-"""capgate server: gRPC services over the store, the CLI and the admin tools."""
+"""capgate server: the gRPC services over the store, one replica of a fleet.
+
+``CapgateServer`` puts a store, the live replica state and the gRPC server
+together; ``serve`` runs one until SIGTERM. The storage interface and its two
+backends are in ``capgate_server.store``.
+"""
+
+from capgate_server._app import CapgateServer, serve
+from capgate_server._audit import AuditLog
+from capgate_server._interceptor import POLICY
+from capgate_server._keyring import KeyEncryptionKey, load_kek, new_kek_text
+from capgate_server._replica import Replica, Settings
+from capgate_server._status import ERROR_METADATA_KEY, status_for
+
+__all__ = [
+    "ERROR_METADATA_KEY",
+    "POLICY",
+    "AuditLog",
+    "CapgateServer",
+    "KeyEncryptionKey",
+    "Replica",
+    "Settings",
+    "load_kek",
+    "new_kek_text",
+    "serve",
+    "status_for",
+]

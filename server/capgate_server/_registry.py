@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from capgate import (
+    MAX_DEPTH,
     Agent,
     AgentStatus,
     Ceiling,
@@ -23,7 +24,6 @@ from capgate import (
     load_public_key,
     public_key_id,
 )
-from capgate._delegation import MAX_DEPTH
 from capgate_server._credentials import hash_credential, new_credential
 from capgate_server._replica import Replica
 from capgate_server.store import AgentPatch, AuditEvent, Principal, Role

@@ -17,14 +17,16 @@ from capgate import (
     NotFoundError,
     PermissionDeniedError,
     Token,
+    TokenDescription,
     TokenIdentifier,
     append_server_delegation,
     check_id,
+    describe,
     format_timestamp,
+    hop_expiry,
     new_token_id,
     parse_caveat,
 )
-from capgate._inspect import TokenDescription, describe, hop_expiry
 from capgate_server._replica import Replica
 from capgate_server.store import AuditEvent, DelegationRecord, Principal, Role, TokenRecord
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from capgate import Chain, Decision, DenyCode, PermissionDeniedError
-from capgate._inspect import describe, hop_expiry
+from capgate import Chain, Decision, DenyCode, PermissionDeniedError, describe, hop_expiry
 from capgate_server._replica import Replica
 from capgate_server.store import DelegationRecord, Principal, Role
 

@@ -18,17 +18,23 @@ from capgate_server.store._base import (
     Store,
     TokenRecord,
 )
+from capgate_server.store._postgres import PostgresStore
+from capgate_server.store._sql import MIGRATIONS
+from capgate_server.store._sqlite import SqliteStore
 
 __all__ = [
+    "MIGRATIONS",
     "AgentPatch",
     "AuditEvent",
     "AuditQuery",
     "Change",
     "ChangeKind",
     "DelegationRecord",
+    "PostgresStore",
     "Principal",
     "Role",
     "RootKeyRecord",
+    "SqliteStore",
     "Store",
     "TokenRecord",
     "open_store",
@@ -38,16 +44,10 @@ __all__ = [
 def open_store(url: str | None, data_dir: Path) -> Store:
     """``None`` → SQLite in ``data_dir``; ``sqlite:///PATH``; ``postgresql://…``."""
     if not url:
-        from capgate_server.store._sqlite import SqliteStore
-
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return SqliteStore(data_dir / "capgate.db")
     if url.startswith("sqlite:///"):
-        from capgate_server.store._sqlite import SqliteStore
-
         return SqliteStore(url[len("sqlite:///"):])
     if url.startswith(("postgresql://", "postgres://")):
-        from capgate_server.store._postgres import PostgresStore
-
         return PostgresStore(url)
     raise InvalidArgumentError(f"unknown store URL {url!r} (sqlite:///PATH or postgresql://…)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from capgate import Decision, DenyCode
-from capgate_server._audit import AuditLog
+from capgate_server import AuditLog
 
 
 def test_tally_folds_allows_and_keeps_denies_and_retries():

@@ -11,13 +11,12 @@ from capgate import (
     InvalidArgumentError,
     Token,
     delegate_offline,
+    describe,
     format_timestamp,
+    load_private_key,
     restriction_caveats,
 )
-from capgate._delegation import load_private_key
-from capgate._inspect import describe
-from capgate_client import TreeNode
-from capgate_server.cli._common import (
+from capgate_cli._common import (
     EXIT_DENIED,
     EXIT_OK,
     client,
@@ -26,6 +25,7 @@ from capgate_server.cli._common import (
     pairs,
     read_token,
 )
+from capgate_client import TreeNode
 
 
 def _restrictions(args: argparse.Namespace) -> list[str]:

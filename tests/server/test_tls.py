@@ -104,7 +104,7 @@ def test_no_plaintext_off_loopback(tmp_path):
     s = ServerThread(tmp_path / "data")
     s.settings.listen = "0.0.0.0:0"
     s._thread.start()
-    from capgate_server._app import CapgateServer
+    from capgate_server import CapgateServer
 
     app = CapgateServer(s.settings)
     with pytest.raises(InvalidArgumentError, match="without TLS"):

@@ -299,8 +299,7 @@ def test_an_appended_did_cannot_aim_a_revocation_at_someone_else(server, admin, 
 
 def test_a_replica_catches_up_a_long_backlog_before_it_counts_as_fresh(server, monkeypatch):
     import capgate_server._replica as replica_module
-    from capgate_server.store import AuditEvent
-    from capgate_server.store._sqlite import SqliteStore
+    from capgate_server.store import AuditEvent, SqliteStore
 
     monkeypatch.setattr(replica_module, "_PAGE", 10)  # pages of 10 changes
     other = SqliteStore(server.settings.data_dir / "capgate.db")  # "another replica" writes

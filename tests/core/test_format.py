@@ -9,8 +9,7 @@ import pytest
 from pymacaroons import MACAROON_V2, Macaroon
 from pymacaroons.serializers import BinarySerializer
 
-from capgate import MalformedTokenError, Token, TokenIdentifier
-from capgate._codec import Limits
+from capgate import Limits, MalformedTokenError, Token, TokenIdentifier
 
 KEY = b"this is the key"
 WRONG = b"this is not the key"

@@ -13,6 +13,7 @@ from capgate import (
     AgentStatus,
     Ceiling,
     DenyCode,
+    RawMacaroon,
     Request,
     RevocationSet,
     Token,
@@ -22,7 +23,6 @@ from capgate import (
     delegate_offline,
     public_key_id,
 )
-from capgate._codec import RawMacaroon
 from capgate._token import chain_signature, derive_key
 
 KEY = b"r" * 32

@@ -11,15 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from capgate import CapgateError, InvalidArgumentError, __version__
-from capgate_server.cli import _agents, _bench, _keys, _tokens
-from capgate_server.cli._common import EXIT_ERROR, EXIT_OK, common_options, duration, fail
+from capgate_cli import _agents, _bench, _keys, _tokens
+from capgate_cli._common import EXIT_ERROR, EXIT_OK, common_options, duration, fail
 
 __all__ = ["main"]
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from capgate_server._app import serve
-    from capgate_server._replica import Settings
+    from capgate_server import Settings, serve
 
     settings = Settings(
         data_dir=args.data_dir, listen=args.listen, store_url=args.store, kek_file=args.kek_file,
@@ -31,7 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings.max_ttl_cap = duration(args.max_ttl) or settings.max_ttl_cap
 
     def ready(app: object) -> None:
-        from capgate_server._app import CapgateServer
+        from capgate_server import CapgateServer
 
         assert isinstance(app, CapgateServer)
         where = app.admin_credential_path

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from capgate import InvalidArgumentError
-from capgate_server._keyring import new_kek_text
-from capgate_server.cli._common import EXIT_OK, client, emit
+from capgate_cli._common import EXIT_OK, client, emit
 
 
 def _line(k: Any) -> str:
@@ -44,6 +43,8 @@ def new_kek(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists():
         raise InvalidArgumentError(f"{out} exists; not overwriting a key")
+    from capgate_server import new_kek_text  # only this offline command needs the server
+
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(new_kek_text() + "\n")
@@ -57,7 +58,7 @@ def health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from capgate_server.cli._common import DEFAULT_SERVER, EXIT_DENIED, opt, tls
+    from capgate_cli._common import DEFAULT_SERVER, EXIT_DENIED, opt, tls
 
     target = opt(args, "server") or os.environ.get("CAPGATE_SERVER") or DEFAULT_SERVER
     creds = tls(args)

@@ -20,21 +20,21 @@ from capgate import (
     UnavailableError,
 )
 from capgate_server.store import (
+    MIGRATIONS,
     AuditEvent,
     AuditQuery,
     Change,
     ChangeKind,
     DelegationRecord,
+    PostgresStore,
     Principal,
     Role,
     RootKeyRecord,
+    SqliteStore,
     Store,
     TokenRecord,
     open_store,
 )
-from capgate_server.store._postgres import PostgresStore
-from capgate_server.store._sql import MIGRATIONS
-from capgate_server.store._sqlite import SqliteStore
 
 T0 = 1_800_000_000.0
 

@@ -8,10 +8,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from capgate import InvalidArgumentError, format_duration, load_public_key, public_key_id
-from capgate._delegation import new_private_key_pem
+from capgate import (
+    InvalidArgumentError,
+    format_duration,
+    load_public_key,
+    new_private_key_pem,
+    public_key_id,
+)
+from capgate_cli._common import EXIT_OK, client, duration, emit
 from capgate_client import AgentInfo
-from capgate_server.cli._common import EXIT_OK, client, duration, emit
 
 
 def _agent_obj(a: AgentInfo) -> dict[str, Any]:

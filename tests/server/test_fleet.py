@@ -21,7 +21,7 @@ BOUND = 3.0  # seconds: generous; the measured propagation is in benchmarks/READ
 
 @pytest.fixture
 def kek(tmp_path):
-    from capgate_server._keyring import new_kek_text
+    from capgate_server import new_kek_text
 
     path = tmp_path / "kek"
     path.write_text(new_kek_text())
@@ -202,7 +202,7 @@ def test_root_keys_are_sealed_in_the_database(tmp_path, pg_url, kek):
         a.stop()
     with psycopg.connect(pg_url) as conn:
         sealed = conn.execute("SELECT sealed FROM root_keys WHERE id = %s", (kid,)).fetchone()[0]
-    from capgate_server._keyring import KeyEncryptionKey, load_kek
+    from capgate_server import KeyEncryptionKey, load_kek
 
     key = load_kek(kek, None)
     secret = key.open(kid, bytes(sealed))

@@ -11,8 +11,7 @@ from typing import Any
 import grpc
 
 from capgate import InvalidArgumentError
-from capgate_proto.v1 import verifier_pb2
-from capgate_server.cli._common import (
+from capgate_cli._common import (
     DEFAULT_SERVER,
     EXIT_OK,
     credential,
@@ -22,6 +21,7 @@ from capgate_server.cli._common import (
     read_token,
     tls,
 )
+from capgate_proto.v1 import verifier_pb2
 
 
 async def _run(args: argparse.Namespace, target: str, token: str) -> dict[str, Any]:

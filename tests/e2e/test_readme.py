@@ -11,7 +11,7 @@ from pathlib import Path
 
 from harness import ServerProcess, pg_schema
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sh_blocks(text: str) -> list[str]:

@@ -1,0 +1,5 @@
+import sys
+
+from capgate_cli import main
+
+sys.exit(main())

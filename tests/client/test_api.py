@@ -1,0 +1,86 @@
+"""The public surface is pinned, and every error has exactly one status code."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+import capgate
+import capgate_client
+from capgate_client import from_rpc_error
+from capgate_server import status_for
+
+
+def test_core_public_api_is_pinned():
+    assert sorted(capgate.__all__) == sorted([
+        "DEFAULT_LIMITS", "MAX_DEPTH", "ActionCaveat", "Agent", "AgentCaveat", "AgentStatus",
+        "AlreadyExistsError", "AuthenticationError", "CapgateError", "Caveat",
+        "CaveatSyntaxError", "Ceiling", "Chain", "Clock", "CtxCaveat", "Decision",
+        "DelegateCaveat", "DenyCode", "DepthCaveat", "DidCaveat", "Directory", "ExpiresCaveat",
+        "FailedPreconditionError", "Glob", "Grant", "Hop", "HopInfo", "InvalidArgumentError",
+        "Limits", "MalformedTokenError", "NotBeforeCaveat", "NotFoundError",
+        "PermissionDeniedError", "RawCaveat", "RawMacaroon", "Request", "ResourceCaveat",
+        "RevocationSet", "Token", "TokenDescription", "TokenIdentifier", "UnavailableError",
+        "Verifier", "__version__", "append_server_delegation", "check_id", "delegate_offline",
+        "describe", "format_duration", "format_timestamp", "hop_expiry", "load_private_key",
+        "load_public_key", "new_private_key_pem", "new_token_id", "parse_caveat",
+        "parse_duration", "parse_timestamp", "public_key_id", "resource_problem",
+        "restriction_caveats", "system_clock"])
+    for name in capgate.__all__:
+        assert hasattr(capgate, name), name
+
+
+def test_server_public_api_is_pinned():
+    import capgate_server
+    import capgate_server.store
+
+    assert sorted(capgate_server.__all__) == sorted([
+        "ERROR_METADATA_KEY", "POLICY", "AuditLog", "CapgateServer", "KeyEncryptionKey",
+        "Replica", "Settings", "load_kek", "new_kek_text", "serve", "status_for"])
+    assert sorted(capgate_server.store.__all__) == sorted([
+        "MIGRATIONS", "AgentPatch", "AuditEvent", "AuditQuery", "Change", "ChangeKind",
+        "DelegationRecord", "PostgresStore", "Principal", "Role", "RootKeyRecord",
+        "SqliteStore", "Store", "TokenRecord", "open_store"])
+    for module in (capgate_server, capgate_server.store):
+        for name in module.__all__:
+            assert hasattr(module, name), name
+
+
+def test_client_public_api_is_pinned():
+    assert sorted(capgate_client.__all__) == sorted([
+        "TLS", "AgentInfo", "AsyncClient", "AuditRecord", "Client", "Credential", "HopStatus",
+        "InspectResult", "IssuedToken", "KeyInfo", "RevokeResult", "Token", "TreeNode",
+        "VerifyItem", "VerifyResult", "delegate_offline", "from_rpc_error"])
+
+
+ALL_ERRORS = [c for n in capgate.__all__
+              if isinstance(c := getattr(capgate, n), type) and issubclass(c, Exception)]
+
+
+@pytest.mark.parametrize("cls", ALL_ERRORS, ids=lambda c: c.__name__)
+def test_every_error_maps_to_a_status_and_back(cls):
+    code = status_for(cls("boom"))
+    if cls is capgate.CapgateError:
+        assert code is grpc.StatusCode.INTERNAL
+        return
+    assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.OK)
+
+    class FakeRpcError(grpc.RpcError):
+        def code(self):
+            return code
+
+        def details(self):
+            return "boom"
+
+        def trailing_metadata(self):
+            return (("capgate-error", cls.__name__),)
+
+    back = from_rpc_error(FakeRpcError())
+    assert type(back) is cls and str(back) == "boom"
+
+
+def test_the_error_tree_is_one_tree():
+    for cls in ALL_ERRORS:
+        assert issubclass(cls, capgate.CapgateError)
+    assert issubclass(capgate.MalformedTokenError, capgate.InvalidArgumentError)
+    assert issubclass(capgate.CaveatSyntaxError, capgate.InvalidArgumentError)

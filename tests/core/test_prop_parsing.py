@@ -1,0 +1,122 @@
+"""Property: parsing arbitrary text and bytes never crashes and never allows."""
+
+from __future__ import annotations
+
+import base64
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from capgate import DenyCode, MalformedTokenError, Request, Token
+
+from prop_world import (
+    VERIFIER,
+    AllowedChain,
+    allowed_chains,
+    b64,
+    decide,
+    examples,
+    location_span,
+    parse_or_none,
+)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+@st.composite
+def v2_like(draw: st.DrawFn) -> bytes:
+    """Bytes shaped like the V2 format, with wrong field types, lengths and counts mixed in."""
+
+    def section() -> bytes:
+        out = b""
+        for kind in draw(st.lists(st.sampled_from((1, 2, 2, 4, 6, 3, 0x80)), max_size=3)):
+            value = draw(st.binary(max_size=20) | st.sampled_from((b"cg1:k1:" + b"a" * 32 + b":1",
+                                                                   b"agent = a")))
+            size = len(value) + draw(st.sampled_from((0, 0, 0, -1, 1, 200)))
+            out += _varint(kind) + _varint(max(size, 0)) + value
+        return out + b"\x00"
+
+    parts = [draw(st.sampled_from((b"\x02", b"\x02", b"\x01", b"\x00")))]
+    parts.append(section())
+    parts += [section() for _ in range(draw(st.integers(0, 3)))]
+    parts.append(b"\x00")
+    sig = draw(st.binary(min_size=32, max_size=32) | st.binary(max_size=40))
+    parts.append(b"\x06" + _varint(len(sig)) + sig)
+    data = b"".join(parts)
+    if data and draw(st.booleans()):
+        i = draw(st.integers(0, len(data) - 1))
+        data = data[:i] + draw(st.binary(max_size=2)) + data[i + 1 :]
+    return data
+
+
+def _check_bytes(data: bytes, reqs: tuple[Request, ...] = ()) -> None:
+    """from_bytes/parse agree; what parses re-encodes to the same bytes; nothing is allowed."""
+    try:
+        t = Token.from_bytes(data)
+    except MalformedTokenError:
+        t = None
+    text = b64(data) if data else ""
+    padded = base64.urlsafe_b64encode(data).decode("ascii")
+    standard = base64.b64encode(data).decode("ascii")
+    for form in (text, padded, standard, text.encode("ascii")):
+        parsed = parse_or_none(form)
+        assert (parsed is None) == (t is None), form
+        if parsed is not None:
+            assert parsed == t
+    if t is not None:
+        assert t.to_bytes() == data  # one encoding per token
+        assert Token.parse(t.to_text()) == t
+        t.caveats, t.location, t.identifier
+    for req in reqs or tuple(Request("read", "/data", p) for p in ("a", "d", None)):
+        d = decide(VERIFIER, text, req)
+        assert not d.allowed, (data, req)
+        if t is None:  # the verifier's own (faster) reading refuses what the parser refuses
+            assert d.code is DenyCode.MALFORMED, (data, d)
+
+
+@examples(300)
+@given(st.text(max_size=200))
+def test_parse_arbitrary_text(text: str) -> None:
+    t = parse_or_none(text)
+    parse_or_none(text.encode("utf-8"))
+    d = decide(VERIFIER, text, Request("read", "/data", "a"))
+    assert not d.allowed
+    if t is None:
+        assert d.code is DenyCode.MALFORMED, d
+
+
+@examples(300)
+@given(st.binary(max_size=300))
+def test_parse_arbitrary_bytes(data: bytes) -> None:
+    _check_bytes(data)
+    parse_or_none(data)  # raw bytes as if they were text
+
+
+@examples(400)
+@given(v2_like())
+def test_parse_v2_shaped_bytes(data: bytes) -> None:
+    _check_bytes(data)
+
+
+@examples(100)
+@given(allowed_chains(max_hops=1), st.data())
+def test_parse_mutated_tokens(chain: AllowedChain, data: st.DataObject) -> None:
+    """Insertions, deletions and replacements in a real token's bytes."""
+    token = chain.final.token
+    raw = token.to_bytes()
+    loc = location_span(token)
+    for _ in range(3):
+        i = data.draw(st.integers(0, len(raw)))
+        j = data.draw(st.integers(i, min(len(raw), i + 3)))
+        new = data.draw(st.binary(max_size=3))
+        mutated = raw[:i] + new + raw[j:]
+        if mutated == raw or (len(new) == j - i and i in loc and j - 1 in loc):
+            continue  # unchanged, or only the location (see the location test)
+        _check_bytes(mutated, (chain.req,))
