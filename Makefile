@@ -22,7 +22,7 @@ test: $(STAMP) check-protos lint typecheck
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks -p no:randomly --benchmark-only --benchmark-columns=min,median,mean,ops,rounds $(PYTEST_ARGS)
 
-# Regenerate the gRPC stubs from protos/capgate/v1/*.proto.
+# Regenerate the gRPC stubs from protos/capgate_proto/v1/*.proto (package capgate.v1).
 protos: $(STAMP)
 	$(PY) tools/gen_protos.py
 

@@ -1,16 +1,16 @@
-"""Regenerate the gRPC stubs in protos/capgate_proto/v1 from protos/capgate/v1/*.proto.
+"""Regenerate the gRPC stubs in protos/capgate_proto/v1 from the .proto files beside them.
 
     python tools/gen_protos.py           write the stubs
     python tools/gen_protos.py --check   exit 1 if the committed stubs are stale
 
-The .proto files live under the proto package path capgate/v1, so protoc emits
-``from capgate.v1 import …``; the stubs are rewritten to import from
-``capgate_proto.v1`` because ``capgate`` is the gRPC-free core package.
+The proto package is ``capgate.v1`` (the wire names: ``/capgate.v1.VerifierService/Verify``),
+but the files live at ``capgate_proto/v1/*.proto``: protoc names Python modules after
+the file path, so stubs generated anywhere are ``capgate_proto.v1.*`` and never shadow
+``capgate``, the gRPC-free core package. Nothing is rewritten after protoc.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -19,21 +19,19 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "protos"
-PROTO_DIR = SRC / "capgate" / "v1"
 OUT = SRC / "capgate_proto" / "v1"
-_IMPORT = re.compile(rb"^from capgate\.v1 import", re.MULTILINE)
 
 
 def generate(out: Path) -> dict[str, bytes]:
-    protos = sorted(str(p.relative_to(SRC)) for p in PROTO_DIR.glob("*.proto"))
+    protos = sorted(str(p.relative_to(SRC)) for p in OUT.glob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
     args = ["protoc", f"-I{SRC}", f"-I{include}", f"--python_out={out}",
             f"--grpc_python_out={out}", f"--pyi_out={out}", *protos]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     files = {}
-    for path in sorted((out / "capgate" / "v1").iterdir()):
-        files[path.name] = _IMPORT.sub(b"from capgate_proto.v1 import", path.read_bytes())
+    for path in sorted((out / "capgate_proto" / "v1").iterdir()):
+        files[path.name] = path.read_bytes()
     files["__init__.py"] = b'"""Generated gRPC stubs for capgate.v1 (tools/gen_protos.py)."""\n'
     return files
 
@@ -43,7 +41,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         files = generate(Path(tmp))
     if check:
-        present = {p.name: p.read_bytes() for p in OUT.glob("*") if p.is_file()}
+        present = {p.name: p.read_bytes() for p in OUT.glob("*")
+                   if p.is_file() and p.suffix != ".proto"}
         if present != files:
             differ = {n for n in files if present.get(n) != files[n]}
             stale = sorted(set(present) ^ set(files) | differ)
@@ -52,7 +51,7 @@ def main() -> int:
         return 0
     OUT.mkdir(parents=True, exist_ok=True)
     for old in OUT.glob("*"):
-        if old.is_file() and old.name not in files:
+        if old.is_file() and old.suffix != ".proto" and old.name not in files:
             old.unlink()
     for name, data in files.items():
         (OUT / name).write_bytes(data)

@@ -3,8 +3,8 @@
 import grpc
 import warnings
 
-from capgate_proto.v1 import agent_pb2 as capgate_dot_v1_dot_agent__pb2
-from capgate_proto.v1 import common_pb2 as capgate_dot_v1_dot_common__pb2
+from capgate_proto.v1 import agent_pb2 as capgate__proto_dot_v1_dot_agent__pb2
+from capgate_proto.v1 import common_pb2 as capgate__proto_dot_v1_dot_common__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -19,7 +19,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in capgate/v1/agent_pb2_grpc.py depends on'
+        + ' but the generated code in capgate_proto/v1/agent_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,53 +38,53 @@ class AgentServiceStub:
         """
         self.CreateAgent = channel.unary_unary(
                 '/capgate.v1.AgentService/CreateAgent',
-                request_serializer=capgate_dot_v1_dot_agent__pb2.CreateAgentRequest.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_agent__pb2.CreateAgentResponse.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_agent__pb2.CreateAgentRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_agent__pb2.CreateAgentResponse.FromString,
                 _registered_method=True)
         self.GetAgent = channel.unary_unary(
                 '/capgate.v1.AgentService/GetAgent',
-                request_serializer=capgate_dot_v1_dot_agent__pb2.GetAgentRequest.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_common__pb2.Agent.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_agent__pb2.GetAgentRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_common__pb2.Agent.FromString,
                 _registered_method=True)
         self.ListAgents = channel.unary_unary(
                 '/capgate.v1.AgentService/ListAgents',
-                request_serializer=capgate_dot_v1_dot_agent__pb2.ListAgentsRequest.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_agent__pb2.ListAgentsResponse.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_agent__pb2.ListAgentsRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_agent__pb2.ListAgentsResponse.FromString,
                 _registered_method=True)
         self.UpdateAgent = channel.unary_unary(
                 '/capgate.v1.AgentService/UpdateAgent',
-                request_serializer=capgate_dot_v1_dot_agent__pb2.UpdateAgentRequest.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_common__pb2.Agent.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_agent__pb2.UpdateAgentRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_common__pb2.Agent.FromString,
                 _registered_method=True)
         self.SuspendAgent = channel.unary_unary(
                 '/capgate.v1.AgentService/SuspendAgent',
-                request_serializer=capgate_dot_v1_dot_agent__pb2.AgentRef.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_common__pb2.Agent.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_agent__pb2.AgentRef.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_common__pb2.Agent.FromString,
                 _registered_method=True)
         self.ResumeAgent = channel.unary_unary(
                 '/capgate.v1.AgentService/ResumeAgent',
-                request_serializer=capgate_dot_v1_dot_agent__pb2.AgentRef.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_common__pb2.Agent.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_agent__pb2.AgentRef.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_common__pb2.Agent.FromString,
                 _registered_method=True)
         self.RevokeAllTokens = channel.unary_unary(
                 '/capgate.v1.AgentService/RevokeAllTokens',
-                request_serializer=capgate_dot_v1_dot_agent__pb2.AgentRef.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_common__pb2.Agent.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_agent__pb2.AgentRef.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_common__pb2.Agent.FromString,
                 _registered_method=True)
         self.AddPublicKey = channel.unary_unary(
                 '/capgate.v1.AgentService/AddPublicKey',
-                request_serializer=capgate_dot_v1_dot_agent__pb2.AddPublicKeyRequest.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_common__pb2.Agent.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_agent__pb2.AddPublicKeyRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_common__pb2.Agent.FromString,
                 _registered_method=True)
         self.RemovePublicKey = channel.unary_unary(
                 '/capgate.v1.AgentService/RemovePublicKey',
-                request_serializer=capgate_dot_v1_dot_agent__pb2.RemovePublicKeyRequest.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_common__pb2.Agent.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_agent__pb2.RemovePublicKeyRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_common__pb2.Agent.FromString,
                 _registered_method=True)
         self.CreatePrincipal = channel.unary_unary(
                 '/capgate.v1.AgentService/CreatePrincipal',
-                request_serializer=capgate_dot_v1_dot_agent__pb2.CreatePrincipalRequest.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_agent__pb2.CreatePrincipalResponse.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_agent__pb2.CreatePrincipalRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_agent__pb2.CreatePrincipalResponse.FromString,
                 _registered_method=True)
 
 
@@ -159,53 +159,53 @@ def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CreateAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateAgent,
-                    request_deserializer=capgate_dot_v1_dot_agent__pb2.CreateAgentRequest.FromString,
-                    response_serializer=capgate_dot_v1_dot_agent__pb2.CreateAgentResponse.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_agent__pb2.CreateAgentRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_agent__pb2.CreateAgentResponse.SerializeToString,
             ),
             'GetAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAgent,
-                    request_deserializer=capgate_dot_v1_dot_agent__pb2.GetAgentRequest.FromString,
-                    response_serializer=capgate_dot_v1_dot_common__pb2.Agent.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_agent__pb2.GetAgentRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_common__pb2.Agent.SerializeToString,
             ),
             'ListAgents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAgents,
-                    request_deserializer=capgate_dot_v1_dot_agent__pb2.ListAgentsRequest.FromString,
-                    response_serializer=capgate_dot_v1_dot_agent__pb2.ListAgentsResponse.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_agent__pb2.ListAgentsRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_agent__pb2.ListAgentsResponse.SerializeToString,
             ),
             'UpdateAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateAgent,
-                    request_deserializer=capgate_dot_v1_dot_agent__pb2.UpdateAgentRequest.FromString,
-                    response_serializer=capgate_dot_v1_dot_common__pb2.Agent.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_agent__pb2.UpdateAgentRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_common__pb2.Agent.SerializeToString,
             ),
             'SuspendAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.SuspendAgent,
-                    request_deserializer=capgate_dot_v1_dot_agent__pb2.AgentRef.FromString,
-                    response_serializer=capgate_dot_v1_dot_common__pb2.Agent.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_agent__pb2.AgentRef.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_common__pb2.Agent.SerializeToString,
             ),
             'ResumeAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.ResumeAgent,
-                    request_deserializer=capgate_dot_v1_dot_agent__pb2.AgentRef.FromString,
-                    response_serializer=capgate_dot_v1_dot_common__pb2.Agent.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_agent__pb2.AgentRef.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_common__pb2.Agent.SerializeToString,
             ),
             'RevokeAllTokens': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeAllTokens,
-                    request_deserializer=capgate_dot_v1_dot_agent__pb2.AgentRef.FromString,
-                    response_serializer=capgate_dot_v1_dot_common__pb2.Agent.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_agent__pb2.AgentRef.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_common__pb2.Agent.SerializeToString,
             ),
             'AddPublicKey': grpc.unary_unary_rpc_method_handler(
                     servicer.AddPublicKey,
-                    request_deserializer=capgate_dot_v1_dot_agent__pb2.AddPublicKeyRequest.FromString,
-                    response_serializer=capgate_dot_v1_dot_common__pb2.Agent.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_agent__pb2.AddPublicKeyRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_common__pb2.Agent.SerializeToString,
             ),
             'RemovePublicKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RemovePublicKey,
-                    request_deserializer=capgate_dot_v1_dot_agent__pb2.RemovePublicKeyRequest.FromString,
-                    response_serializer=capgate_dot_v1_dot_common__pb2.Agent.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_agent__pb2.RemovePublicKeyRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_common__pb2.Agent.SerializeToString,
             ),
             'CreatePrincipal': grpc.unary_unary_rpc_method_handler(
                     servicer.CreatePrincipal,
-                    request_deserializer=capgate_dot_v1_dot_agent__pb2.CreatePrincipalRequest.FromString,
-                    response_serializer=capgate_dot_v1_dot_agent__pb2.CreatePrincipalResponse.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_agent__pb2.CreatePrincipalRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_agent__pb2.CreatePrincipalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -234,8 +234,8 @@ class AgentService:
             request,
             target,
             '/capgate.v1.AgentService/CreateAgent',
-            capgate_dot_v1_dot_agent__pb2.CreateAgentRequest.SerializeToString,
-            capgate_dot_v1_dot_agent__pb2.CreateAgentResponse.FromString,
+            capgate__proto_dot_v1_dot_agent__pb2.CreateAgentRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_agent__pb2.CreateAgentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -261,8 +261,8 @@ class AgentService:
             request,
             target,
             '/capgate.v1.AgentService/GetAgent',
-            capgate_dot_v1_dot_agent__pb2.GetAgentRequest.SerializeToString,
-            capgate_dot_v1_dot_common__pb2.Agent.FromString,
+            capgate__proto_dot_v1_dot_agent__pb2.GetAgentRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_common__pb2.Agent.FromString,
             options,
             channel_credentials,
             insecure,
@@ -288,8 +288,8 @@ class AgentService:
             request,
             target,
             '/capgate.v1.AgentService/ListAgents',
-            capgate_dot_v1_dot_agent__pb2.ListAgentsRequest.SerializeToString,
-            capgate_dot_v1_dot_agent__pb2.ListAgentsResponse.FromString,
+            capgate__proto_dot_v1_dot_agent__pb2.ListAgentsRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_agent__pb2.ListAgentsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -315,8 +315,8 @@ class AgentService:
             request,
             target,
             '/capgate.v1.AgentService/UpdateAgent',
-            capgate_dot_v1_dot_agent__pb2.UpdateAgentRequest.SerializeToString,
-            capgate_dot_v1_dot_common__pb2.Agent.FromString,
+            capgate__proto_dot_v1_dot_agent__pb2.UpdateAgentRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_common__pb2.Agent.FromString,
             options,
             channel_credentials,
             insecure,
@@ -342,8 +342,8 @@ class AgentService:
             request,
             target,
             '/capgate.v1.AgentService/SuspendAgent',
-            capgate_dot_v1_dot_agent__pb2.AgentRef.SerializeToString,
-            capgate_dot_v1_dot_common__pb2.Agent.FromString,
+            capgate__proto_dot_v1_dot_agent__pb2.AgentRef.SerializeToString,
+            capgate__proto_dot_v1_dot_common__pb2.Agent.FromString,
             options,
             channel_credentials,
             insecure,
@@ -369,8 +369,8 @@ class AgentService:
             request,
             target,
             '/capgate.v1.AgentService/ResumeAgent',
-            capgate_dot_v1_dot_agent__pb2.AgentRef.SerializeToString,
-            capgate_dot_v1_dot_common__pb2.Agent.FromString,
+            capgate__proto_dot_v1_dot_agent__pb2.AgentRef.SerializeToString,
+            capgate__proto_dot_v1_dot_common__pb2.Agent.FromString,
             options,
             channel_credentials,
             insecure,
@@ -396,8 +396,8 @@ class AgentService:
             request,
             target,
             '/capgate.v1.AgentService/RevokeAllTokens',
-            capgate_dot_v1_dot_agent__pb2.AgentRef.SerializeToString,
-            capgate_dot_v1_dot_common__pb2.Agent.FromString,
+            capgate__proto_dot_v1_dot_agent__pb2.AgentRef.SerializeToString,
+            capgate__proto_dot_v1_dot_common__pb2.Agent.FromString,
             options,
             channel_credentials,
             insecure,
@@ -423,8 +423,8 @@ class AgentService:
             request,
             target,
             '/capgate.v1.AgentService/AddPublicKey',
-            capgate_dot_v1_dot_agent__pb2.AddPublicKeyRequest.SerializeToString,
-            capgate_dot_v1_dot_common__pb2.Agent.FromString,
+            capgate__proto_dot_v1_dot_agent__pb2.AddPublicKeyRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_common__pb2.Agent.FromString,
             options,
             channel_credentials,
             insecure,
@@ -450,8 +450,8 @@ class AgentService:
             request,
             target,
             '/capgate.v1.AgentService/RemovePublicKey',
-            capgate_dot_v1_dot_agent__pb2.RemovePublicKeyRequest.SerializeToString,
-            capgate_dot_v1_dot_common__pb2.Agent.FromString,
+            capgate__proto_dot_v1_dot_agent__pb2.RemovePublicKeyRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_common__pb2.Agent.FromString,
             options,
             channel_credentials,
             insecure,
@@ -477,8 +477,8 @@ class AgentService:
             request,
             target,
             '/capgate.v1.AgentService/CreatePrincipal',
-            capgate_dot_v1_dot_agent__pb2.CreatePrincipalRequest.SerializeToString,
-            capgate_dot_v1_dot_agent__pb2.CreatePrincipalResponse.FromString,
+            capgate__proto_dot_v1_dot_agent__pb2.CreatePrincipalRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_agent__pb2.CreatePrincipalResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from capgate_proto.v1 import audit_pb2 as capgate_dot_v1_dot_audit__pb2
+from capgate_proto.v1 import audit_pb2 as capgate__proto_dot_v1_dot_audit__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in capgate/v1/audit_pb2_grpc.py depends on'
+        + ' but the generated code in capgate_proto/v1/audit_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,8 +37,8 @@ class AuditServiceStub:
         """
         self.ListEvents = channel.unary_unary(
                 '/capgate.v1.AuditService/ListEvents',
-                request_serializer=capgate_dot_v1_dot_audit__pb2.ListEventsRequest.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_audit__pb2.ListEventsResponse.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_audit__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_audit__pb2.ListEventsResponse.FromString,
                 _registered_method=True)
 
 
@@ -57,8 +57,8 @@ def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ListEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEvents,
-                    request_deserializer=capgate_dot_v1_dot_audit__pb2.ListEventsRequest.FromString,
-                    response_serializer=capgate_dot_v1_dot_audit__pb2.ListEventsResponse.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_audit__pb2.ListEventsRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_audit__pb2.ListEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,8 +87,8 @@ class AuditService:
             request,
             target,
             '/capgate.v1.AuditService/ListEvents',
-            capgate_dot_v1_dot_audit__pb2.ListEventsRequest.SerializeToString,
-            capgate_dot_v1_dot_audit__pb2.ListEventsResponse.FromString,
+            capgate__proto_dot_v1_dot_audit__pb2.ListEventsRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_audit__pb2.ListEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from capgate_proto.v1 import keys_pb2 as capgate_dot_v1_dot_keys__pb2
+from capgate_proto.v1 import keys_pb2 as capgate__proto_dot_v1_dot_keys__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in capgate/v1/keys_pb2_grpc.py depends on'
+        + ' but the generated code in capgate_proto/v1/keys_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,18 +38,18 @@ class KeyServiceStub:
         """
         self.ListKeys = channel.unary_unary(
                 '/capgate.v1.KeyService/ListKeys',
-                request_serializer=capgate_dot_v1_dot_keys__pb2.ListKeysRequest.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_keys__pb2.ListKeysResponse.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_keys__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_keys__pb2.ListKeysResponse.FromString,
                 _registered_method=True)
         self.RotateKey = channel.unary_unary(
                 '/capgate.v1.KeyService/RotateKey',
-                request_serializer=capgate_dot_v1_dot_keys__pb2.RotateKeyRequest.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_keys__pb2.RootKey.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_keys__pb2.RotateKeyRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_keys__pb2.RootKey.FromString,
                 _registered_method=True)
         self.RetireKey = channel.unary_unary(
                 '/capgate.v1.KeyService/RetireKey',
-                request_serializer=capgate_dot_v1_dot_keys__pb2.RetireKeyRequest.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_keys__pb2.RootKey.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_keys__pb2.RetireKeyRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_keys__pb2.RootKey.FromString,
                 _registered_method=True)
 
 
@@ -81,18 +81,18 @@ def add_KeyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ListKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.ListKeys,
-                    request_deserializer=capgate_dot_v1_dot_keys__pb2.ListKeysRequest.FromString,
-                    response_serializer=capgate_dot_v1_dot_keys__pb2.ListKeysResponse.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_keys__pb2.ListKeysRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_keys__pb2.ListKeysResponse.SerializeToString,
             ),
             'RotateKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RotateKey,
-                    request_deserializer=capgate_dot_v1_dot_keys__pb2.RotateKeyRequest.FromString,
-                    response_serializer=capgate_dot_v1_dot_keys__pb2.RootKey.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_keys__pb2.RotateKeyRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_keys__pb2.RootKey.SerializeToString,
             ),
             'RetireKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RetireKey,
-                    request_deserializer=capgate_dot_v1_dot_keys__pb2.RetireKeyRequest.FromString,
-                    response_serializer=capgate_dot_v1_dot_keys__pb2.RootKey.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_keys__pb2.RetireKeyRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_keys__pb2.RootKey.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -122,8 +122,8 @@ class KeyService:
             request,
             target,
             '/capgate.v1.KeyService/ListKeys',
-            capgate_dot_v1_dot_keys__pb2.ListKeysRequest.SerializeToString,
-            capgate_dot_v1_dot_keys__pb2.ListKeysResponse.FromString,
+            capgate__proto_dot_v1_dot_keys__pb2.ListKeysRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_keys__pb2.ListKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -149,8 +149,8 @@ class KeyService:
             request,
             target,
             '/capgate.v1.KeyService/RotateKey',
-            capgate_dot_v1_dot_keys__pb2.RotateKeyRequest.SerializeToString,
-            capgate_dot_v1_dot_keys__pb2.RootKey.FromString,
+            capgate__proto_dot_v1_dot_keys__pb2.RotateKeyRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_keys__pb2.RootKey.FromString,
             options,
             channel_credentials,
             insecure,
@@ -176,8 +176,8 @@ class KeyService:
             request,
             target,
             '/capgate.v1.KeyService/RetireKey',
-            capgate_dot_v1_dot_keys__pb2.RetireKeyRequest.SerializeToString,
-            capgate_dot_v1_dot_keys__pb2.RootKey.FromString,
+            capgate__proto_dot_v1_dot_keys__pb2.RetireKeyRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_keys__pb2.RootKey.FromString,
             options,
             channel_credentials,
             insecure,

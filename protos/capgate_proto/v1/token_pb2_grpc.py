@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from capgate_proto.v1 import token_pb2 as capgate_dot_v1_dot_token__pb2
+from capgate_proto.v1 import token_pb2 as capgate__proto_dot_v1_dot_token__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in capgate/v1/token_pb2_grpc.py depends on'
+        + ' but the generated code in capgate_proto/v1/token_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,33 +37,33 @@ class TokenServiceStub:
         """
         self.IssueToken = channel.unary_unary(
                 '/capgate.v1.TokenService/IssueToken',
-                request_serializer=capgate_dot_v1_dot_token__pb2.IssueTokenRequest.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_token__pb2.TokenResponse.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_token__pb2.IssueTokenRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_token__pb2.TokenResponse.FromString,
                 _registered_method=True)
         self.AttenuateToken = channel.unary_unary(
                 '/capgate.v1.TokenService/AttenuateToken',
-                request_serializer=capgate_dot_v1_dot_token__pb2.AttenuateTokenRequest.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_token__pb2.TokenResponse.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_token__pb2.AttenuateTokenRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_token__pb2.TokenResponse.FromString,
                 _registered_method=True)
         self.DelegateToken = channel.unary_unary(
                 '/capgate.v1.TokenService/DelegateToken',
-                request_serializer=capgate_dot_v1_dot_token__pb2.DelegateTokenRequest.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_token__pb2.TokenResponse.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_token__pb2.DelegateTokenRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_token__pb2.TokenResponse.FromString,
                 _registered_method=True)
         self.InspectToken = channel.unary_unary(
                 '/capgate.v1.TokenService/InspectToken',
-                request_serializer=capgate_dot_v1_dot_token__pb2.InspectTokenRequest.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_token__pb2.InspectTokenResponse.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_token__pb2.InspectTokenRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_token__pb2.InspectTokenResponse.FromString,
                 _registered_method=True)
         self.RevokeToken = channel.unary_unary(
                 '/capgate.v1.TokenService/RevokeToken',
-                request_serializer=capgate_dot_v1_dot_token__pb2.RevokeTokenRequest.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_token__pb2.RevokeTokenResponse.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_token__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_token__pb2.RevokeTokenResponse.FromString,
                 _registered_method=True)
         self.GetTokenTree = channel.unary_unary(
                 '/capgate.v1.TokenService/GetTokenTree',
-                request_serializer=capgate_dot_v1_dot_token__pb2.GetTokenTreeRequest.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_token__pb2.TokenTree.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_token__pb2.GetTokenTreeRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_token__pb2.TokenTree.FromString,
                 _registered_method=True)
 
 
@@ -116,33 +116,33 @@ def add_TokenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'IssueToken': grpc.unary_unary_rpc_method_handler(
                     servicer.IssueToken,
-                    request_deserializer=capgate_dot_v1_dot_token__pb2.IssueTokenRequest.FromString,
-                    response_serializer=capgate_dot_v1_dot_token__pb2.TokenResponse.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_token__pb2.IssueTokenRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_token__pb2.TokenResponse.SerializeToString,
             ),
             'AttenuateToken': grpc.unary_unary_rpc_method_handler(
                     servicer.AttenuateToken,
-                    request_deserializer=capgate_dot_v1_dot_token__pb2.AttenuateTokenRequest.FromString,
-                    response_serializer=capgate_dot_v1_dot_token__pb2.TokenResponse.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_token__pb2.AttenuateTokenRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_token__pb2.TokenResponse.SerializeToString,
             ),
             'DelegateToken': grpc.unary_unary_rpc_method_handler(
                     servicer.DelegateToken,
-                    request_deserializer=capgate_dot_v1_dot_token__pb2.DelegateTokenRequest.FromString,
-                    response_serializer=capgate_dot_v1_dot_token__pb2.TokenResponse.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_token__pb2.DelegateTokenRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_token__pb2.TokenResponse.SerializeToString,
             ),
             'InspectToken': grpc.unary_unary_rpc_method_handler(
                     servicer.InspectToken,
-                    request_deserializer=capgate_dot_v1_dot_token__pb2.InspectTokenRequest.FromString,
-                    response_serializer=capgate_dot_v1_dot_token__pb2.InspectTokenResponse.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_token__pb2.InspectTokenRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_token__pb2.InspectTokenResponse.SerializeToString,
             ),
             'RevokeToken': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeToken,
-                    request_deserializer=capgate_dot_v1_dot_token__pb2.RevokeTokenRequest.FromString,
-                    response_serializer=capgate_dot_v1_dot_token__pb2.RevokeTokenResponse.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_token__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_token__pb2.RevokeTokenResponse.SerializeToString,
             ),
             'GetTokenTree': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTokenTree,
-                    request_deserializer=capgate_dot_v1_dot_token__pb2.GetTokenTreeRequest.FromString,
-                    response_serializer=capgate_dot_v1_dot_token__pb2.TokenTree.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_token__pb2.GetTokenTreeRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_token__pb2.TokenTree.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -171,8 +171,8 @@ class TokenService:
             request,
             target,
             '/capgate.v1.TokenService/IssueToken',
-            capgate_dot_v1_dot_token__pb2.IssueTokenRequest.SerializeToString,
-            capgate_dot_v1_dot_token__pb2.TokenResponse.FromString,
+            capgate__proto_dot_v1_dot_token__pb2.IssueTokenRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_token__pb2.TokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -198,8 +198,8 @@ class TokenService:
             request,
             target,
             '/capgate.v1.TokenService/AttenuateToken',
-            capgate_dot_v1_dot_token__pb2.AttenuateTokenRequest.SerializeToString,
-            capgate_dot_v1_dot_token__pb2.TokenResponse.FromString,
+            capgate__proto_dot_v1_dot_token__pb2.AttenuateTokenRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_token__pb2.TokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -225,8 +225,8 @@ class TokenService:
             request,
             target,
             '/capgate.v1.TokenService/DelegateToken',
-            capgate_dot_v1_dot_token__pb2.DelegateTokenRequest.SerializeToString,
-            capgate_dot_v1_dot_token__pb2.TokenResponse.FromString,
+            capgate__proto_dot_v1_dot_token__pb2.DelegateTokenRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_token__pb2.TokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -252,8 +252,8 @@ class TokenService:
             request,
             target,
             '/capgate.v1.TokenService/InspectToken',
-            capgate_dot_v1_dot_token__pb2.InspectTokenRequest.SerializeToString,
-            capgate_dot_v1_dot_token__pb2.InspectTokenResponse.FromString,
+            capgate__proto_dot_v1_dot_token__pb2.InspectTokenRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_token__pb2.InspectTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -279,8 +279,8 @@ class TokenService:
             request,
             target,
             '/capgate.v1.TokenService/RevokeToken',
-            capgate_dot_v1_dot_token__pb2.RevokeTokenRequest.SerializeToString,
-            capgate_dot_v1_dot_token__pb2.RevokeTokenResponse.FromString,
+            capgate__proto_dot_v1_dot_token__pb2.RevokeTokenRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_token__pb2.RevokeTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -306,8 +306,8 @@ class TokenService:
             request,
             target,
             '/capgate.v1.TokenService/GetTokenTree',
-            capgate_dot_v1_dot_token__pb2.GetTokenTreeRequest.SerializeToString,
-            capgate_dot_v1_dot_token__pb2.TokenTree.FromString,
+            capgate__proto_dot_v1_dot_token__pb2.GetTokenTreeRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_token__pb2.TokenTree.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from capgate_proto.v1 import verifier_pb2 as capgate_dot_v1_dot_verifier__pb2
+from capgate_proto.v1 import verifier_pb2 as capgate__proto_dot_v1_dot_verifier__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in capgate/v1/verifier_pb2_grpc.py depends on'
+        + ' but the generated code in capgate_proto/v1/verifier_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,18 +38,18 @@ class VerifierServiceStub:
         """
         self.Verify = channel.unary_unary(
                 '/capgate.v1.VerifierService/Verify',
-                request_serializer=capgate_dot_v1_dot_verifier__pb2.VerifyRequest.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_verifier__pb2.VerifyResponse.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_verifier__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_verifier__pb2.VerifyResponse.FromString,
                 _registered_method=True)
         self.VerifyBatch = channel.unary_unary(
                 '/capgate.v1.VerifierService/VerifyBatch',
-                request_serializer=capgate_dot_v1_dot_verifier__pb2.VerifyBatchRequest.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_verifier__pb2.VerifyBatchResponse.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_verifier__pb2.VerifyBatchRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_verifier__pb2.VerifyBatchResponse.FromString,
                 _registered_method=True)
         self.VerifyStream = channel.stream_stream(
                 '/capgate.v1.VerifierService/VerifyStream',
-                request_serializer=capgate_dot_v1_dot_verifier__pb2.VerifyRequest.SerializeToString,
-                response_deserializer=capgate_dot_v1_dot_verifier__pb2.VerifyResponse.FromString,
+                request_serializer=capgate__proto_dot_v1_dot_verifier__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_verifier__pb2.VerifyResponse.FromString,
                 _registered_method=True)
 
 
@@ -81,18 +81,18 @@ def add_VerifierServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Verify': grpc.unary_unary_rpc_method_handler(
                     servicer.Verify,
-                    request_deserializer=capgate_dot_v1_dot_verifier__pb2.VerifyRequest.FromString,
-                    response_serializer=capgate_dot_v1_dot_verifier__pb2.VerifyResponse.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_verifier__pb2.VerifyRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_verifier__pb2.VerifyResponse.SerializeToString,
             ),
             'VerifyBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifyBatch,
-                    request_deserializer=capgate_dot_v1_dot_verifier__pb2.VerifyBatchRequest.FromString,
-                    response_serializer=capgate_dot_v1_dot_verifier__pb2.VerifyBatchResponse.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_verifier__pb2.VerifyBatchRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_verifier__pb2.VerifyBatchResponse.SerializeToString,
             ),
             'VerifyStream': grpc.stream_stream_rpc_method_handler(
                     servicer.VerifyStream,
-                    request_deserializer=capgate_dot_v1_dot_verifier__pb2.VerifyRequest.FromString,
-                    response_serializer=capgate_dot_v1_dot_verifier__pb2.VerifyResponse.SerializeToString,
+                    request_deserializer=capgate__proto_dot_v1_dot_verifier__pb2.VerifyRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_verifier__pb2.VerifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -122,8 +122,8 @@ class VerifierService:
             request,
             target,
             '/capgate.v1.VerifierService/Verify',
-            capgate_dot_v1_dot_verifier__pb2.VerifyRequest.SerializeToString,
-            capgate_dot_v1_dot_verifier__pb2.VerifyResponse.FromString,
+            capgate__proto_dot_v1_dot_verifier__pb2.VerifyRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_verifier__pb2.VerifyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -149,8 +149,8 @@ class VerifierService:
             request,
             target,
             '/capgate.v1.VerifierService/VerifyBatch',
-            capgate_dot_v1_dot_verifier__pb2.VerifyBatchRequest.SerializeToString,
-            capgate_dot_v1_dot_verifier__pb2.VerifyBatchResponse.FromString,
+            capgate__proto_dot_v1_dot_verifier__pb2.VerifyBatchRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_verifier__pb2.VerifyBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -176,8 +176,8 @@ class VerifierService:
             request_iterator,
             target,
             '/capgate.v1.VerifierService/VerifyStream',
-            capgate_dot_v1_dot_verifier__pb2.VerifyRequest.SerializeToString,
-            capgate_dot_v1_dot_verifier__pb2.VerifyResponse.FromString,
+            capgate__proto_dot_v1_dot_verifier__pb2.VerifyRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_verifier__pb2.VerifyResponse.FromString,
             options,
             channel_credentials,
             insecure,
