@@ -84,8 +84,13 @@ class Replica:
                                  memo_size=settings.memo_size)
         self.audit = AuditLog(self._write_audit, interval=settings.audit_interval)
         self._principals: dict[str, Principal] = {}
+        # Three lanes to the store, each a thread with its own connection, so a slow
+        # or blocked write never stops the replica from reading the change feed, and
+        # a flood of decision records never delays a revocation.
         self._executor = ThreadPoolExecutor(max_workers=settings.store_threads,
                                             thread_name_prefix="capgate-store")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capgate-feed")
+        self._auditor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capgate-audit")
         self._seq = 0
         self._sync_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -100,11 +105,18 @@ class Replica:
     # -- running blocking store calls ------------------------------------------------------
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a store write (or a read that must follow this replica's own writes)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
+    async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a store read on the feed lane: never queued behind a write."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, lambda: fn(*args, **kwargs))
+
     async def _write_audit(self, events: Sequence[AuditEvent]) -> None:
-        await self.call(self.store.append_audit, events)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._auditor, self.store.append_audit, events)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -151,8 +163,9 @@ class Replica:
                 await task
         self._tasks.clear()
         await self.audit.close()
-        await self.call(self.store.close)
-        self._executor.shutdown(wait=True)
+        for lane in (self._executor, self._reader, self._auditor):
+            lane.shutdown(wait=True)
+        self.store.close()
 
     async def _load(self) -> None:
         def load() -> tuple[int, list[Any], list[Agent], list[tuple[str, float]]]:
@@ -160,7 +173,7 @@ class Replica:
             return (seq, self.store.root_keys(), self.store.list_agents(),
                     self.store.revocations(self.clock()))
 
-        seq, keys, agents, revoked = await self.call(load)
+        seq, keys, agents, revoked = await self.read(load)
         self.root_keys.load(keys)
         self.agents.clear()
         self.agents.update({a.id: a for a in agents})
@@ -180,7 +193,7 @@ class Replica:
         only then does the replica count as fresh."""
         async with self._sync_lock:
             while True:
-                changes, payload = await self.call(self._fetch, self._seq)
+                changes, payload = await self.read(self._fetch, self._seq)
                 self._apply(changes, payload)
                 if len(changes) < _PAGE:
                     break
@@ -286,7 +299,7 @@ class Replica:
         digest = hash_credential(credential)
         principal = self._principals.get(digest)
         if principal is None:
-            principal = await self.call(self.store.principal_by_credential, digest)
+            principal = await self.read(self.store.principal_by_credential, digest)
             if principal is not None:
                 if len(self._principals) > 100_000:
                     self._principals.clear()

@@ -39,19 +39,26 @@ class PostgresStore(SqlStore):
     def __init__(self, url: str, *, connect_timeout: float = 5.0) -> None:
         self.url = url
         self._timeout = connect_timeout
-        self._lock = threading.RLock()
-        self._conn: psycopg.Connection[Any] | None = None
+        # one connection per calling thread: the server's lanes (writes, the change
+        # feed, audit records) never wait on each other's round trips
+        self._local = threading.local()
+        self._all: list[psycopg.Connection[Any]] = []
+        self._guard = threading.Lock()
         self._connect()
 
     def _connect(self) -> psycopg.Connection[Any]:
-        if self._conn is not None and not self._conn.closed and not self._conn.broken:
-            return self._conn
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
         try:
-            self._conn = psycopg.connect(self.url, autocommit=True, **self._params())
+            conn = psycopg.connect(self.url, autocommit=True, **self._params())
         except psycopg.Error as e:
-            self._conn = None
             raise UnavailableError(f"PostgreSQL unavailable: {_one_line(e)}") from None
-        return self._conn
+        self._local.conn = conn
+        with self._guard:
+            self._all = [c for c in self._all if not c.closed]
+            self._all.append(conn)
+        return conn
 
     def _params(self) -> dict[str, Any]:
         """Connection options: a cut-off database is noticed in seconds, not minutes."""
@@ -61,23 +68,21 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
-        with self._lock:
-            conn = self._connect()
-            try:
-                with conn.transaction(), conn.cursor() as cur:
-                    yield cur
-            except psycopg.OperationalError as e:
-                raise UnavailableError(f"PostgreSQL unavailable: {_one_line(e)}") from None
+        conn = self._connect()
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                yield cur
+        except psycopg.OperationalError as e:
+            raise UnavailableError(f"PostgreSQL unavailable: {_one_line(e)}") from None
 
     @contextmanager
     def _read(self) -> Iterator[Any]:
-        with self._lock:
-            conn = self._connect()
-            try:
-                with conn.cursor() as cur:
-                    yield cur
-            except psycopg.OperationalError as e:
-                raise UnavailableError(f"PostgreSQL unavailable: {_one_line(e)}") from None
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                yield cur
+        except psycopg.OperationalError as e:
+            raise UnavailableError(f"PostgreSQL unavailable: {_one_line(e)}") from None
 
     def _lock_changes(self, cur: Any) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CHANGES_LOCK,))
@@ -93,10 +98,11 @@ class PostgresStore(SqlStore):
             cur.execute("SELECT 1")
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        with self._guard:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
 
     def listen(self, on_change: Callable[[], None], stop: threading.Event) -> None:
         """Block, calling ``on_change`` for each NOTIFY, until ``stop`` is set.

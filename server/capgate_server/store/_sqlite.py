@@ -18,50 +18,63 @@ _TYPES = {"blob": "BLOB", "real": "REAL", "bigint": "INTEGER",
 
 
 class SqliteStore(SqlStore):
-    """A single connection shared by the server's store thread, guarded by a lock.
+    """One connection per calling thread (the server's store lanes), all on one file.
 
-    WAL lets readers proceed during a write; ``synchronous=FULL`` makes every
-    commit durable before the call returns (a revocation survives kill -9 and
-    power loss alike).
+    WAL lets readers proceed during a write, and BEGIN IMMEDIATE serializes
+    writers; ``synchronous=FULL`` makes every commit durable before the call
+    returns (a revocation survives kill -9 and power loss alike).
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._lock = threading.RLock()
-        if self.path != ":memory:":  # credential hashes and sealed keys: owner only
+        if self.path == ":memory:":  # one database only if every thread shares it
+            self.path = f"file:capgate-{id(self):x}?mode=memory&cache=shared"
+        elif not self.path.startswith("file:"):  # credential hashes and sealed keys: owner only
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
+        self._conn()  # fail now, not on first use, when the file cannot be opened
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
         try:
-            self._conn = sqlite3.connect(self.path, isolation_level=None,
-                                         check_same_thread=False, timeout=30)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=30, uri=self.path.startswith("file:"))
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as e:
             raise UnavailableError(f"cannot open SQLite store {self.path}: {e}") from None
+        self._local.conn = conn
+        with self._guard:
+            self._all.append(conn)
+        return conn
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
-        with self._lock:
-            cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                self._conn.rollback()
-                raise
-            else:
-                self._conn.commit()
-            finally:
-                cur.close()
+        conn = self._conn()
+        cur = conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+        except BaseException:
+            conn.rollback()
+            raise
+        else:
+            conn.commit()
+        finally:
+            cur.close()
 
     @contextmanager
     def _read(self) -> Iterator[Any]:
-        with self._lock:
-            cur = self._conn.cursor()
-            try:
-                yield cur
-            finally:
-                cur.close()
+        cur = self._conn().cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
 
     def _lock_changes(self, cur: Any) -> None:
         """BEGIN IMMEDIATE already serializes SQLite writers."""
@@ -78,5 +91,8 @@ class SqliteStore(SqlStore):
             raise UnavailableError(f"SQLite store unavailable: {e}") from None
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        with self._guard:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
