@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from capgate import CapgateError, InvalidArgumentError, __version__
-from capgate_cli import _agents, _bench, _keys, _tokens
-from capgate_cli._common import EXIT_ERROR, EXIT_OK, common_options, duration, fail
+from capgate_cli import _agents, _bench, _keys, _principals, _tokens
+from capgate_cli._common import EXIT_ERROR, EXIT_OK, common_options, duration, fail, store_url
 
 __all__ = ["main"]
 
@@ -21,7 +21,8 @@ def _serve(args: argparse.Namespace) -> int:
     from capgate_server import Settings, serve
 
     settings = Settings(
-        data_dir=args.data_dir, listen=args.listen, store_url=args.store, kek_file=args.kek_file,
+        data_dir=args.data_dir, listen=args.listen, store_url=store_url(args),
+        kek_file=args.kek_file,
         role=args.role, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, insecure=args.insecure,
         stale_after=args.stale_after, poll_interval=args.poll_interval,
@@ -48,8 +49,11 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="where the embedded store, the KEK and admin.credential live")
     p.add_argument("--listen", default=env("CAPGATE_LISTEN", "127.0.0.1:50051"),
                    metavar="HOST:PORT")
-    p.add_argument("--store", default=env("CAPGATE_STORE"), metavar="URL",
-                   help="postgresql://… to share state between replicas (default: SQLite)")
+    p.add_argument("--store", default=argparse.SUPPRESS, metavar="URL",
+                   help="postgresql://… to share state between replicas (default: SQLite; "
+                        "or env CAPGATE_STORE)")
+    p.add_argument("--store-file", type=Path, default=argparse.SUPPRESS, metavar="F",
+                   help="a file holding the store URL (keeps a password out of `ps`)")
     p.add_argument("--role", choices=["full", "verifier"], default="full",
                    help="verifier: serve Verify and health only")
     p.add_argument("--kek-file", type=Path, metavar="F",
@@ -80,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _agents.add_parsers(sub, common)
     _tokens.add_parsers(sub, common)
     _keys.add_parsers(sub, common)
+    _principals.add_parsers(sub, common)
     _bench.add_parsers(sub, common)
     return parser
 

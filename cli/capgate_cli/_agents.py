@@ -15,7 +15,14 @@ from capgate import (
     new_private_key_pem,
     public_key_id,
 )
-from capgate_cli._common import EXIT_OK, client, duration, emit
+from capgate_cli._common import (
+    EXIT_OK,
+    client,
+    credential_shown,
+    duration,
+    emit,
+    save_credential,
+)
 from capgate_client import AgentInfo
 
 
@@ -42,21 +49,6 @@ def _public_key(path: Path | None) -> bytes | None:
     return load_public_key(path.read_bytes())
 
 
-def _save_credential(path: Path | None, credential: str) -> None:
-    """Write a new credential to a file only its owner can read (refusing to overwrite)."""
-    if path is None:
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(credential + "\n")
-
-
-def _shown(args: argparse.Namespace, what: str, credential: str) -> str:
-    if args.credential_out is not None:
-        return f"{what} created; its credential is in {args.credential_out}"
-    return f"{what} created; its credential (shown once):\n{credential}"
-
-
 def create(args: argparse.Namespace) -> int:
     if args.credential_out is not None and args.credential_out.exists():
         raise InvalidArgumentError(f"{args.credential_out} exists; not overwriting it")
@@ -65,9 +57,9 @@ def create(args: argparse.Namespace) -> int:
             args.id, args.grant, max_ttl=duration(args.max_ttl), max_depth=args.max_depth,
             owner=args.owner or "", description=args.description or "",
             public_key=_public_key(args.public_key))
-    _save_credential(args.credential_out, credential)
+    save_credential(args.credential_out, credential)
     emit(args, {"agent": agent.id, "credential": credential},
-         _shown(args, f"agent {agent.id}", credential))
+         credential_shown(args, f"agent {agent.id}", credential))
     return EXIT_OK
 
 
@@ -121,6 +113,14 @@ def key_remove(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def delete(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        c.delete_agent(args.id)
+    emit(args, {"agent": args.id, "deleted": True},
+         f"agent {args.id} deleted: every token it holds or passed on now denies")
+    return EXIT_OK
+
+
 def keygen(args: argparse.Namespace) -> int:
     """Offline: a new Ed25519 key pair for an agent to sign delegations with."""
     out: Path = args.out
@@ -146,9 +146,9 @@ def service_create(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"{args.credential_out} exists; not overwriting it")
     with client(args) as c:
         cred = c.create_principal(args.id, args.role)
-    _save_credential(args.credential_out, cred.credential)
+    save_credential(args.credential_out, cred.credential)
     emit(args, {"principal": cred.principal, "role": cred.role, "credential": cred.credential},
-         _shown(args, f"{cred.role} {cred.principal}", cred.credential))
+         credential_shown(args, f"{cred.role} {cred.principal}", cred.credential))
     return EXIT_OK
 
 
@@ -193,6 +193,13 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         p = cmds.add_parser(name, parents=[common], help=text)
         p.add_argument("id")
         p.set_defaults(run=_simple(method, done))
+
+    p = cmds.add_parser(
+        "delete", parents=[common],
+        help="delete an agent: its credential and keys go; every token it holds or passed "
+             "on denies for good, even if the id is registered again")
+    p.add_argument("id")
+    p.set_defaults(run=delete)
 
     key = cmds.add_parser("key", help="Ed25519 keys for offline delegation")
     kcmds = key.add_subparsers(dest="key_command", required=True, metavar="COMMAND")

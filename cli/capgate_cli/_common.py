@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,6 +82,47 @@ def client(args: argparse.Namespace) -> Iterator[Client]:
         c.close()
 
 
+def save_credential(path: Path | None, credential: str) -> None:
+    """Write a new credential to a file only its owner can read (refusing to overwrite)."""
+    if path is None:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(credential + "\n")
+
+
+def credential_shown(args: argparse.Namespace, what: str, credential: str,
+                     done: str = "created") -> str:
+    """What to tell a person about a new credential: where it went, or the credential once."""
+    if args.credential_out is not None:
+        return f"{what} {done}; its credential is in {args.credential_out}"
+    return f"{what} {done}; its credential (shown once):\n{credential}"
+
+
+def store_url(args: argparse.Namespace) -> str | None:
+    """The store URL from ``--store``, ``--store-file`` or env ``CAPGATE_STORE``.
+
+    A URL on the command line is visible to every user of the host (``ps``): when it
+    carries a password, say so once on stderr.
+    """
+    url = opt(args, "store")
+    if url:
+        if urllib.parse.urlsplit(url).password:
+            print("capgate: warning: the password in --store is visible to other users "
+                  "(ps); use --store-file, CAPGATE_STORE or PGPASSFILE", file=sys.stderr)
+        return str(url)
+    path = opt(args, "store_file")
+    if path is not None:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError as e:
+            raise InvalidArgumentError(f"cannot read store file {path}: {e.strerror}") from None
+        if not text:
+            raise InvalidArgumentError(f"store file {path} is empty")
+        return text
+    return os.environ.get("CAPGATE_STORE") or None
+
+
 def read_token(value: str) -> str:
     """A token argument; ``-`` reads it from stdin. Surrounding whitespace is dropped."""
     text = sys.stdin.read() if value == "-" else value
@@ -104,18 +146,35 @@ def pairs(values: list[str] | None, what: str = "--ctx") -> dict[str, str]:
     return out
 
 
+def safe(text: object) -> str:
+    """Text that may come from an attacker (a caveat, an id, a reason), made harmless
+    for a terminal: control, format and line-separator characters are escaped, so
+    no escape sequence or bidi override reaches the screen raw."""
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else _escaped(c) for c in s)
+
+
+def _escaped(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
 def emit(args: argparse.Namespace, obj: dict[str, Any], human: str | None = None) -> None:
+    """One JSON object with ``--json`` (control characters escaped by JSON), else text
+    for people, every line of it passed through ``safe``."""
     if opt(args, "json"):
         print(json.dumps(obj, sort_keys=True))
     elif human is not None:
-        print(human)
+        print("\n".join(safe(line) for line in human.split("\n")))
     else:
         for key, value in obj.items():
-            print(f"{key}: {value}")
+            print(f"{key}: {safe(value)}")
 
 
 def fail(args: argparse.Namespace, error: CapgateError) -> int:
-    message = " ".join(str(error).split())  # one line
+    message = safe(" ".join(str(error).split()))  # one line
     if opt(args, "json"):
         print(json.dumps({"error": type(error).__name__, "message": message}))
     print(f"capgate: error: {message}", file=sys.stderr)

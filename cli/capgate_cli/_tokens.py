@@ -24,6 +24,7 @@ from capgate_cli._common import (
     emit,
     pairs,
     read_token,
+    safe,
 )
 from capgate_client import TreeNode
 
@@ -119,7 +120,8 @@ def _inspect_text(obj: dict[str, Any]) -> str:
     lines = [f"token id:  {obj['token_id']}", f"root key:  {obj['key_id']}",
              f"issued:    {obj['issued_at']}", f"expires:   {obj['expires'] or 'never'}"]
     if "status" in obj:
-        lines.append(f"status:    {obj['status']}   signature valid: {obj['signature_valid']}")
+        lines.append(f"status:    {safe(obj['status'])}   "
+                     f"signature valid: {obj['signature_valid']}")
     lines.append("chain:")
     for i, hop in enumerate(obj["chain"]):
         how = ("issued to" if i == 0 else
@@ -130,11 +132,11 @@ def _inspect_text(obj: dict[str, Any]) -> str:
         if hop.get("agent_status") not in (None, "active"):
             marks.append(hop["agent_status"].upper())
         ident = f" [{hop['delegation_id']}]" if hop["delegation_id"] else ""
-        lines.append(f"  {'  ' * i}{how} {hop['agent']}{ident} at {hop['at']}"
+        lines.append(f"  {'  ' * i}{how} {safe(hop['agent'])}{ident} at {hop['at']}"
                      + (f"  <{', '.join(marks)}>" if marks else ""))
         for r in hop["restrictions"]:
-            lines.append(f"  {'  ' * i}    {r}")
-    lines.extend(f"problem:   {p}" for p in obj.get("problems", ()))
+            lines.append(f"  {'  ' * i}    {safe(r)}")
+    lines.extend(f"problem:   {safe(p)}" for p in obj.get("problems", ()))
     return "\n".join(lines)
 
 
@@ -161,15 +163,20 @@ def revoke(args: argparse.Namespace) -> int:
 def _tree_obj(n: TreeNode) -> dict[str, Any]:
     return {"id": n.id, "agent": n.agent, "issued_by": n.issued_by, "at": n.at,
             "revoked": n.revoked, "restrictions": list(n.restrictions),
-            "children": [_tree_obj(c) for c in n.children]}
+            "truncated": n.truncated, "children": [_tree_obj(c) for c in n.children]}
 
 
-def _tree_text(n: TreeNode, depth: int = 0, dark: bool = False) -> list[str]:
-    mark = "  <REVOKED>" if n.revoked else "  <revoked above>" if dark else ""
-    by = f" (from {n.issued_by})" if n.issued_by else ""
-    out = [f"{'    ' * depth}{n.agent}{by} [{n.id}] {n.at}{mark}"]
-    for child in n.children:
-        out.extend(_tree_text(child, depth + 1, dark or n.revoked))
+def _tree_text(root: TreeNode) -> list[str]:
+    out = []
+    stack = [(root, 0, False)]  # depth first, without recursion
+    while stack:
+        n, depth, dark = stack.pop()
+        mark = "  <REVOKED>" if n.revoked else "  <revoked above>" if dark else ""
+        by = f" (from {safe(n.issued_by)})" if n.issued_by else ""
+        out.append(f"{'    ' * depth}{safe(n.agent)}{by} [{n.id}] {n.at}{mark}")
+        if n.truncated:
+            out.append(f"{'    ' * (depth + 1)}… (more below; the server returns a bounded tree)")
+        stack.extend((c, depth + 1, dark or n.revoked) for c in reversed(n.children))
     return out
 
 
@@ -194,9 +201,9 @@ def audit(args: argparse.Namespace) -> int:
     rows = [{"seq": e.seq, "at": e.at, "principal": e.principal, "kind": e.kind,
              "subject": e.subject, "ok": e.ok, "code": e.code, "reason": e.reason,
              "chain": list(e.chain), "detail": e.detail} for e in events]
-    human = "\n".join(f"{e.seq:>6} {e.at} {e.principal:12} {e.kind:16} "
-                      f"{'ok ' if e.ok else 'DENY'} {e.subject} {' > '.join(e.chain)} "
-                      f"{e.reason}".rstrip() for e in events)
+    human = "\n".join(f"{e.seq:>6} {e.at} {safe(e.principal):12} {safe(e.kind):16} "
+                      f"{'ok ' if e.ok else 'DENY'} {safe(e.subject)} "
+                      f"{safe(' > '.join(e.chain))} {safe(e.reason)}".rstrip() for e in events)
     emit(args, {"events": rows}, human or "(no events)")
     return EXIT_OK
 

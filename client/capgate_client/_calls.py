@@ -21,6 +21,7 @@ from capgate_client._types import (
     InspectResult,
     IssuedToken,
     KeyInfo,
+    PrincipalInfo,
     RevokeResult,
     TreeNode,
     VerifyResult,
@@ -103,7 +104,7 @@ def verify_result(pb: Any) -> VerifyResult:
 
 def _tree(pb: Any) -> TreeNode:
     return TreeNode(pb.id, pb.agent, pb.issued_by, pb.at, pb.revoked, tuple(pb.restrictions),
-                    tuple(_tree(c) for c in pb.children))
+                    tuple(_tree(c) for c in pb.children), pb.truncated)
 
 
 def _inspect(pb: Any) -> InspectResult:
@@ -174,6 +175,29 @@ def remove_public_key(agent_id: str, key_id: str) -> Call:
 def create_principal(principal_id: str, role: str) -> Call:
     return Call("agent", "CreatePrincipal",
                 agent_pb2.CreatePrincipalRequest(id=principal_id, role=role),
+                lambda pb: Credential(pb.id, pb.role, pb.credential))
+
+
+def delete_agent(agent_id: str) -> Call:
+    return Call("agent", "DeleteAgent", agent_pb2.AgentRef(id=agent_id), lambda pb: None)
+
+
+def _principal(pb: Any) -> PrincipalInfo:
+    return PrincipalInfo(pb.id, pb.role, pb.created_at, pb.disabled)
+
+
+def list_principals() -> Call:
+    return Call("agent", "ListPrincipals", agent_pb2.ListPrincipalsRequest(),
+                lambda pb: [_principal(p) for p in pb.principals])
+
+
+def principal_action(method: str, principal_id: str) -> Call:
+    """DisablePrincipal, EnablePrincipal."""
+    return Call("agent", method, agent_pb2.PrincipalRef(id=principal_id), _principal)
+
+
+def rotate_credential(principal_id: str) -> Call:
+    return Call("agent", "RotateCredential", agent_pb2.PrincipalRef(id=principal_id),
                 lambda pb: Credential(pb.id, pb.role, pb.credential))
 
 

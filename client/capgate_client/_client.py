@@ -22,6 +22,7 @@ from capgate_client._types import (
     InspectResult,
     IssuedToken,
     KeyInfo,
+    PrincipalInfo,
     RevokeResult,
     TreeNode,
     VerifyResult,
@@ -114,8 +115,25 @@ class Client(_Base):
     def remove_public_key(self, agent_id: str, key_id: str) -> AgentInfo:
         return self._run(calls.remove_public_key(agent_id, key_id))
 
+    def delete_agent(self, agent_id: str) -> None:
+        """Delete an agent; every token it holds or passed on denies for good."""
+        self._run(calls.delete_agent(agent_id))
+
     def create_principal(self, principal_id: str, role: str) -> Credential:
         return self._run(calls.create_principal(principal_id, role))
+
+    def list_principals(self) -> list[PrincipalInfo]:
+        return self._run(calls.list_principals())
+
+    def disable_principal(self, principal_id: str) -> PrincipalInfo:
+        return self._run(calls.principal_action("DisablePrincipal", principal_id))
+
+    def enable_principal(self, principal_id: str) -> PrincipalInfo:
+        return self._run(calls.principal_action("EnablePrincipal", principal_id))
+
+    def rotate_credential(self, principal_id: str) -> Credential:
+        """A new credential for the principal; the old one stops working at once."""
+        return self._run(calls.rotate_credential(principal_id))
 
     # tokens
     def issue(self, grant: str, *, ttl: int | None = None,
@@ -223,8 +241,25 @@ class AsyncClient(_Base):
     async def revoke_all(self, agent_id: str) -> AgentInfo:
         return await self._run(calls.agent_action("RevokeAllTokens", agent_id))
 
+    async def delete_agent(self, agent_id: str) -> None:
+        """Delete an agent; every token it holds or passed on denies for good."""
+        await self._run(calls.delete_agent(agent_id))
+
     async def create_principal(self, principal_id: str, role: str) -> Credential:
         return await self._run(calls.create_principal(principal_id, role))
+
+    async def list_principals(self) -> list[PrincipalInfo]:
+        return await self._run(calls.list_principals())
+
+    async def disable_principal(self, principal_id: str) -> PrincipalInfo:
+        return await self._run(calls.principal_action("DisablePrincipal", principal_id))
+
+    async def enable_principal(self, principal_id: str) -> PrincipalInfo:
+        return await self._run(calls.principal_action("EnablePrincipal", principal_id))
+
+    async def rotate_credential(self, principal_id: str) -> Credential:
+        """A new credential for the principal; the old one stops working at once."""
+        return await self._run(calls.rotate_credential(principal_id))
 
     async def issue(self, grant: str, *, ttl: int | None = None,
                     caveats: Iterable[str] = ()) -> IssuedToken:

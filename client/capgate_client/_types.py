@@ -12,6 +12,7 @@ __all__ = [
     "InspectResult",
     "IssuedToken",
     "KeyInfo",
+    "PrincipalInfo",
     "RevokeResult",
     "TreeNode",
     "VerifyResult",
@@ -31,6 +32,16 @@ class AgentInfo:
     revoked_before: str
     public_keys: tuple[str, ...]
     created_at: str
+
+
+@dataclass(frozen=True)
+class PrincipalInfo:
+    """A principal as the server knows it: admin, service or agent."""
+
+    id: str
+    role: str
+    created_at: str
+    disabled: bool
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,7 @@ class TreeNode:
     revoked: bool
     restrictions: tuple[str, ...]
     children: tuple[TreeNode, ...] = field(default=())
+    truncated: bool = False  # the server left out nodes below this one (bounded reply)
 
 
 @dataclass(frozen=True)

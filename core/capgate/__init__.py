@@ -32,10 +32,13 @@ from capgate._delegation import (
     MAX_DEPTH,
     append_server_delegation,
     delegate_offline,
+    delegation_id,
+    delegation_message,
     load_private_key,
     load_public_key,
     new_private_key_pem,
     public_key_id,
+    server_proof,
 )
 from capgate._errors import (
     AlreadyExistsError,
@@ -105,6 +108,8 @@ __all__ = [
     "append_server_delegation",
     "check_id",
     "delegate_offline",
+    "delegation_id",
+    "delegation_message",
     "describe",
     "format_duration",
     "format_timestamp",
@@ -119,5 +124,6 @@ __all__ = [
     "public_key_id",
     "resource_problem",
     "restriction_caveats",
+    "server_proof",
     "system_clock",
 ]

@@ -17,6 +17,7 @@ __all__ = ["Agent", "AgentStatus", "Directory", "check_id"]
 class AgentStatus(StrEnum):
     ACTIVE = "active"
     SUSPENDED = "suspended"
+    DELETED = "deleted"  # a tombstone: the id once named an agent, and its tokens deny
 
 
 def check_id(value: str, what: str = "id") -> str:

@@ -9,8 +9,14 @@ The caveat's grammar lives with the rest of the language in ``_caveats``. A
 Its proof covers the token's signature just before the caveat plus the
 caveat's own text up to `` proof=``, so it cannot be moved to another token or
 another position, and only the current holder (through the server, or with its
-registered Ed25519 key) can make one. ``did`` is the hop's lineage id; ``at``
-is when the hop was made, which the agent's epoch (revoke-all) is compared to.
+registered Ed25519 key) can make one. ``at`` is when the hop was made, which
+the agent's epoch (revoke-all) is compared to.
+
+``did`` is the hop's lineage id, and it is not chosen: it is derived from the
+signature before the hop and the hop's own words (``delegation_id``), and the
+verifier denies a hop whose ``did`` is anything else. So no one can make a hop
+whose id names another token or hop, and revoking a token's own hop can never
+reach into someone else's tree.
 """
 
 from __future__ import annotations
@@ -32,13 +38,15 @@ from cryptography.hazmat.primitives.serialization import (
 from capgate._caveats import DelegateCaveat
 from capgate._errors import InvalidArgumentError
 from capgate._text import ID_RE
-from capgate._token import Token, new_token_id
+from capgate._token import Token
 
 __all__ = [
     "MAX_DEPTH",
     "append_server_delegation",
     "delegate_offline",
+    "delegation_id",
     "delegation_message",
+    "did_valid",
     "load_private_key",
     "load_public_key",
     "new_private_key_pem",
@@ -48,6 +56,7 @@ __all__ = [
 ]
 
 _PROOF_CONTEXT = b"capgate-delegate-v1\n"
+_DID_CONTEXT = b"capgate-did-v1\n"
 _SERVER_PROOF_KEY = b"capgate delegation proof v1"
 MAX_DEPTH = 16  # agents may allow at most this many delegations below them
 
@@ -65,6 +74,21 @@ def server_proof(root_key: bytes, prefix_sig: bytes, unsigned: bytes) -> bytes:
     """The server's proof: an HMAC under a key derived from the token's root key."""
     key = hmac.digest(root_key, _SERVER_PROOF_KEY, "sha256")
     return hmac.digest(key, delegation_message(prefix_sig, unsigned), "sha256")
+
+
+def delegation_id(prefix_sig: bytes, agent: str, at_ms: int) -> str:
+    """The one ``did`` a hop to ``agent`` at ``at_ms`` may carry after ``prefix_sig``.
+
+    An HMAC keyed by the chain's signature so far: unique to this chain and
+    position, and no one can aim it at an id of their choosing.
+    """
+    message = _DID_CONTEXT + f"{agent} at={at_ms}".encode("ascii")
+    return hmac.digest(prefix_sig, message, "sha256")[:16].hex()
+
+
+def did_valid(cav: DelegateCaveat, prefix_sig: bytes) -> bool:
+    """True when the caveat's ``did`` is the one its position derives."""
+    return hmac.compare_digest(cav.did, delegation_id(prefix_sig, cav.agent, cav.at_ms))
 
 
 def proof_valid(cav: DelegateCaveat, prefix_sig: bytes, root_key: bytes,
@@ -89,16 +113,20 @@ def public_key_id(public_key: bytes) -> str:
     return hashlib.sha256(public_key).hexdigest()[:16]
 
 
-def unsigned_delegation(agent: str, at_ms: int, did: str) -> str:
+def _checked_agent(agent: str) -> str:
     if not isinstance(agent, str) or ID_RE.fullmatch(agent) is None:
         raise InvalidArgumentError(f"invalid agent id {agent!r}")
-    return f"delegate = {agent} did={did} at={at_ms}"
+    return agent
+
+
+def unsigned_delegation(agent: str, at_ms: int, did: str) -> str:
+    return f"delegate = {_checked_agent(agent)} did={did} at={at_ms}"
 
 
 def append_server_delegation(token: Token, root_key: bytes, agent: str,
                              at_ms: int) -> tuple[Token, str]:
     """Append a server-minted ``delegate`` caveat; returns the token and the new did."""
-    did = new_token_id()
+    did = delegation_id(token.signature, _checked_agent(agent), at_ms)
     unsigned = unsigned_delegation(agent, at_ms, did)
     proof = server_proof(root_key, token.signature, unsigned.encode("ascii"))
     return token.append_raw(f"{unsigned} proof=srv:{_b64(proof)}".encode("ascii")), did
@@ -111,7 +139,7 @@ def delegate_offline(token: Token, private_key: Ed25519PrivateKey, agent: str,
     Returns the token and the new delegation id. The holder's public key must be
     registered with the server (``capgate agent key add``) for it to verify.
     """
-    did = new_token_id()
+    did = delegation_id(token.signature, _checked_agent(agent), at_ms)
     unsigned = unsigned_delegation(agent, at_ms, did)
     sig = private_key.sign(delegation_message(token.signature, unsigned.encode("ascii")))
     kid = public_key_id(private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))

@@ -37,7 +37,7 @@ from capgate._caveats import (
 )
 from capgate._clock import Clock, format_timestamp, system_clock
 from capgate._codec import DEFAULT_LIMITS, Limits, decode_text, unpack, unpack_first_party
-from capgate._delegation import proof_valid
+from capgate._delegation import did_valid, proof_valid
 from capgate._errors import CaveatSyntaxError, MalformedTokenError
 from capgate._grants import resource_problem
 from capgate._revocation import RevocationSet
@@ -190,7 +190,7 @@ class Verifier:
         cache_size: int = 32768,
         memo_size: int = 0,
         limits: Limits = DEFAULT_LIMITS,
-        on_chain: Callable[[Chain], None] | None = None,
+        on_first_allow: Callable[[Chain], None] | None = None,
         location: str = "capgate",
     ) -> None:
         if memo_size and not isinstance(agents, Directory):
@@ -213,7 +213,8 @@ class Verifier:
                          tuple[int, float, float, Decision]] = {}
         self._memo_size = memo_size
         self._key_version = 0
-        self.on_chain = on_chain  # told of each valid chain the first time it is analysed
+        # told of a chain the first time it allows a request (a denied chain never is)
+        self._on_first_allow = on_first_allow
 
     def _state(self) -> int:
         agents_version: int = getattr(self._agents, "version", 0)
@@ -286,8 +287,6 @@ class Verifier:
                 cache[text] = result
                 if len(cache) > self._cache_size:
                     cache.popitem(last=False)
-            if self.on_chain is not None:
-                self.on_chain(result)
         return result
 
     def _root_key(self, kid: str) -> tuple[bytes, bytes] | None:
@@ -421,6 +420,9 @@ class Verifier:
         if holder is None:
             return _deny(DenyCode.UNSUPPORTED, "token names no holder ('agent = ID' caveat)",
                          token_id=tid)
+        if len(set(lineage)) != len(lineage):  # an id is one hop of one tree, once
+            return _deny(DenyCode.MALFORMED, "token's lineage names an id twice",
+                         token_id=tid)
         for at_hop, cap in depth_caps:
             below = len(hops) - max(at_hop, 1)
             if below > cap.limit:
@@ -442,6 +444,10 @@ class Verifier:
         if holder is None:
             return _deny(DenyCode.BAD_DELEGATION, "delegation before any holder",
                          caveat=cav.text, token_id=tid)
+        if not did_valid(cav, prefix_sig):
+            return _deny(DenyCode.BAD_DELEGATION,
+                         f"delegation to {cav.agent!r} carries a delegation id that its hop "
+                         f"does not derive (ids are not chosen)", caveat=cav.text, token_id=tid)
         pub = None
         if cav.key_id is not None:
             agent = self._agents.get(holder)
@@ -538,6 +544,8 @@ class Verifier:
         allowed = st.allowed
         if allowed is None:
             allowed = st.allowed = Decision(True, DenyCode.ALLOWED, "allowed", None, tid, chain)
+            if self._on_first_allow is not None:
+                self._on_first_allow(st)
         return allowed
 
 
@@ -545,6 +553,9 @@ def _agent_denial(st: Chain, hop: Hop, a: Agent | None, below: int) -> Decision:
     tid, chain = st.token_id, st.agents
     if a is None:
         return _deny(DenyCode.UNKNOWN_AGENT, f"agent {hop.agent!r} is not registered",
+                     token_id=tid, chain=chain)
+    if a.status is AgentStatus.DELETED:
+        return _deny(DenyCode.UNKNOWN_AGENT, f"agent {hop.agent!r} was deleted",
                      token_id=tid, chain=chain)
     if a.status is not AgentStatus.ACTIVE:
         return _deny(DenyCode.AGENT_SUSPENDED, f"agent {hop.agent!r} is suspended",

@@ -7,6 +7,7 @@ backends are in ``capgate_server.store``.
 
 from capgate_server._app import CapgateServer, serve
 from capgate_server._audit import AuditLog
+from capgate_server._credentials import recover_admin
 from capgate_server._interceptor import POLICY
 from capgate_server._keyring import KeyEncryptionKey, load_kek, new_kek_text
 from capgate_server._replica import Replica, Settings
@@ -22,6 +23,7 @@ __all__ = [
     "Settings",
     "load_kek",
     "new_kek_text",
+    "recover_admin",
     "serve",
     "status_for",
 ]

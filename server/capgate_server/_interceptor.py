@@ -1,8 +1,10 @@
-"""Authentication and role checks for every RPC, as one server interceptor.
+"""Authentication, principal state and role checks for every RPC, as one interceptor.
 
 The credential travels as ``authorization: Bearer <credential>`` metadata. Only
-the standard health service answers without one. The principal is handed to
-the servicer through ``CALLER`` (a context variable set for the call).
+the standard health service answers without one. A disabled principal is
+refused everything; a suspended agent may only read its own record. The
+principal is handed to the servicer through ``CALLER`` (a context variable set
+for the call).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from capgate import AuthenticationError, CapgateError, PermissionDeniedError
+from capgate import AgentStatus, AuthenticationError, CapgateError, PermissionDeniedError
 from capgate_server._replica import Replica
 from capgate_server._status import ERROR_METADATA_KEY, status_for
 from capgate_server.store import Principal, Role
@@ -31,7 +33,9 @@ _VERIFIERS = frozenset(Role)  # agents may verify, but only on their own behalf
 POLICY: Mapping[str, frozenset[Role]] = {
     **{f"/capgate.v1.AgentService/{m}": _ADMIN for m in (
         "CreateAgent", "ListAgents", "UpdateAgent", "SuspendAgent", "ResumeAgent",
-        "RevokeAllTokens", "AddPublicKey", "RemovePublicKey", "CreatePrincipal")},
+        "RevokeAllTokens", "AddPublicKey", "RemovePublicKey", "DeleteAgent",
+        "CreatePrincipal", "ListPrincipals", "DisablePrincipal", "EnablePrincipal",
+        "RotateCredential")},
     "/capgate.v1.AgentService/GetAgent": frozenset({Role.ADMIN, Role.AGENT}),
     "/capgate.v1.TokenService/IssueToken": _AGENT,
     "/capgate.v1.TokenService/DelegateToken": _AGENT,
@@ -50,6 +54,8 @@ POLICY: Mapping[str, frozenset[Role]] = {
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _ANY,
 }
 _OPEN_PREFIX = "/grpc.health.v1.Health/"
+# A suspended agent keeps its credential, but may only read its own record (to see why).
+_WHILE_SUSPENDED = frozenset({"/capgate.v1.AgentService/GetAgent"})
 
 
 class Authenticator(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -83,9 +89,17 @@ class Authenticator(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             principal = await self._replica.authenticate(credential) if credential else None
             if principal is None:
                 error = AuthenticationError("missing or unknown credential")
+            elif principal.disabled:
+                error = AuthenticationError(f"the credential of {principal.id!r} is disabled")
             elif roles is not None and principal.role not in roles:
                 error = PermissionDeniedError(
                     f"{method.rsplit('/', 1)[-1]} is not open to the {principal.role} role")
+            elif principal.role is Role.AGENT and method not in _WHILE_SUSPENDED:
+                agent = self._replica.agents.get(principal.id)
+                if agent is None or agent.status is not AgentStatus.ACTIVE:
+                    state = agent.status if agent is not None else "not registered"
+                    error = PermissionDeniedError(
+                        f"agent {principal.id!r} is {state}: it may call nothing but GetAgent")
         if error is not None:
             return _refusing(handler, error)
         assert principal is not None

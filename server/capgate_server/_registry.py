@@ -101,18 +101,29 @@ class Registry:
         await self.replica.call(self.replica.store.create_agent, agent,
                                 hash_credential(credential), event)
         await self.replica.sync()
-        return agent, credential
+        return self.replica.agents.get(agent_id, agent), credential
 
     def get(self, caller: Principal, agent_id: str) -> Agent:
         if caller.role is not Role.ADMIN and caller.id != agent_id:
             raise PermissionDeniedError("an agent may only read its own record")
         agent = self.replica.agents.get(agent_id)
-        if agent is None:
+        if agent is None or agent.status is AgentStatus.DELETED:
             raise NotFoundError(f"agent {agent_id!r} not found", id=agent_id)
         return agent
 
     def list(self) -> list[Agent]:
-        return sorted(self.replica.agents.values(), key=lambda a: a.id)
+        return sorted((a for a in self.replica.agents.values()
+                       if a.status is not AgentStatus.DELETED), key=lambda a: a.id)
+
+    async def delete(self, caller: Principal, agent_id: str) -> None:
+        """Delete an agent: its credential and keys go, and every token it holds or
+        that passes through it denies at once and for good (registering the id again
+        does not bring them back)."""
+        self.get(caller, agent_id)
+        now_ms = int(self.replica.clock() * 1000)
+        await self.replica.call(self.replica.store.delete_agent, agent_id, now_ms,
+                                self._event(caller, "agent.delete", agent_id, before_ms=now_ms))
+        await self.replica.sync()
 
     async def _patch(self, caller: Principal, agent_id: str, kind: str,
                      detail: dict[str, object], patch: AgentPatch) -> Agent:
@@ -174,3 +185,42 @@ class Registry:
                                 hash_credential(credential),
                                 self._event(caller, "principal.create", principal_id, role=role))
         return principal, credential
+
+    async def principals(self) -> list[Principal]:
+        return await self.replica.read(self.replica.store.list_principals)
+
+    async def _principal(self, principal_id: str) -> Principal:
+        check_id(principal_id, "principal id")
+        found = await self.replica.read(self.replica.store.get_principal, principal_id)
+        agent = self.replica.agents.get(principal_id)
+        if found is None or (agent is not None and agent.status is AgentStatus.DELETED):
+            raise NotFoundError(f"principal {principal_id!r} not found", id=principal_id)
+        return found
+
+    async def set_disabled(self, caller: Principal, principal_id: str,
+                           disabled: bool) -> Principal:
+        """Disable (or enable again) any principal's credential; it takes effect at once."""
+        target = await self._principal(principal_id)
+        if disabled and target.role is Role.ADMIN:
+            admins = [p for p in await self.principals()
+                      if p.role is Role.ADMIN and not p.disabled and p.id != principal_id]
+            if not admins:
+                raise FailedPreconditionError(
+                    f"{principal_id!r} is the last enabled admin; enable or create another "
+                    "first (a lost admin is recovered with `capgate admin recover`)")
+        kind = "principal.disable" if disabled else "principal.enable"
+        await self.replica.call(self.replica.store.set_principal_disabled, principal_id,
+                                disabled, self._event(caller, kind, principal_id))
+        await self.replica.sync()
+        return await self._principal(principal_id)
+
+    async def rotate_credential(self, caller: Principal,
+                                principal_id: str) -> tuple[Principal, str]:
+        """A new credential for the principal; the old one stops working at once."""
+        target = await self._principal(principal_id)
+        credential = new_credential()
+        await self.replica.call(self.replica.store.set_credential, principal_id,
+                                hash_credential(credential),
+                                self._event(caller, "principal.rotate", principal_id))
+        await self.replica.sync()
+        return target, credential

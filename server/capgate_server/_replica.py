@@ -33,6 +33,7 @@ from capgate import (
 )
 from capgate_server._audit import AuditLog
 from capgate_server._credentials import hash_credential, new_credential
+from capgate_server._hops import HopLedger
 from capgate_server._keyring import KeyEncryptionKey, RootKeys
 from capgate_server.store import AuditEvent, Change, ChangeKind, Principal, Role, Store
 
@@ -79,9 +80,10 @@ class Replica:
         self.root_keys = RootKeys(kek)
         self.agents = Directory()
         self.revocations = RevocationSet()
+        ledger = HopLedger(lambda hops: self.call_soon(self.store.record_delegations, hops))
         self.verifier = Verifier(self.root_keys.active, self.agents, self.revocations,
                                  clock=clock, cache_size=settings.cache_size,
-                                 memo_size=settings.memo_size)
+                                 memo_size=settings.memo_size, on_first_allow=ledger)
         self.audit = AuditLog(self._write_audit, interval=settings.audit_interval)
         self._principals: dict[str, Principal] = {}
         # Three lanes to the store, each a thread with its own connection, so a slow

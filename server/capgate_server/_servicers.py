@@ -41,7 +41,7 @@ from capgate_server._rotation import KeyRotation
 from capgate_server._status import ERROR_METADATA_KEY, status_for
 from capgate_server._tokens import Issued, Tokens, TreeNode
 from capgate_server._verification import Verification
-from capgate_server.store import AuditQuery, Role, RootKeyRecord
+from capgate_server.store import AuditQuery, Principal, Role, RootKeyRecord
 
 __all__ = ["register_all"]
 
@@ -98,6 +98,11 @@ def agent_to_pb(a: Agent) -> common_pb2.Agent:
     )
 
 
+def principal_to_pb(p: Principal) -> agent_pb2.Principal:
+    return agent_pb2.Principal(id=p.id, role=str(p.role), created_at=format_timestamp(p.created_at),
+                               disabled=p.disabled)
+
+
 def decision_to_pb(d: Decision) -> verifier_pb2.VerifyResponse:
     return verifier_pb2.VerifyResponse(
         allowed=d.allowed, code=d.code, reason=d.reason, caveat=d.caveat or "",
@@ -132,7 +137,7 @@ def issued_to_pb(i: Issued) -> token_pb2.TokenResponse:
 def tree_to_pb(n: TreeNode) -> token_pb2.TokenTree:
     return token_pb2.TokenTree(id=n.id, agent=n.agent, issued_by=n.issued_by,
                                at=format_timestamp(n.at), revoked=n.revoked,
-                               restrictions=n.restrictions,
+                               restrictions=n.restrictions, truncated=n.truncated,
                                children=[tree_to_pb(c) for c in n.children])
 
 
@@ -194,9 +199,32 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                                                           request.key_id))
 
     @rpc
+    async def DeleteAgent(self, request: Any, context: Any) -> Any:
+        await self.registry.delete(CALLER.get(), request.id)
+        return agent_pb2.DeleteAgentResponse()
+
+    @rpc
     async def CreatePrincipal(self, request: Any, context: Any) -> Any:
         p, credential = await self.registry.create_principal(CALLER.get(), request.id,
                                                              request.role)
+        return agent_pb2.CreatePrincipalResponse(id=p.id, role=str(p.role), credential=credential)
+
+    @rpc
+    async def ListPrincipals(self, request: Any, context: Any) -> Any:
+        return agent_pb2.ListPrincipalsResponse(
+            principals=[principal_to_pb(p) for p in await self.registry.principals()])
+
+    @rpc
+    async def DisablePrincipal(self, request: Any, context: Any) -> Any:
+        return principal_to_pb(await self.registry.set_disabled(CALLER.get(), request.id, True))
+
+    @rpc
+    async def EnablePrincipal(self, request: Any, context: Any) -> Any:
+        return principal_to_pb(await self.registry.set_disabled(CALLER.get(), request.id, False))
+
+    @rpc
+    async def RotateCredential(self, request: Any, context: Any) -> Any:
+        p, credential = await self.registry.rotate_credential(CALLER.get(), request.id)
         return agent_pb2.CreatePrincipalResponse(id=p.id, role=str(p.role), credential=credential)
 
 
@@ -215,7 +243,8 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):  # type: ignore[misc]
 
     @rpc
     async def AttenuateToken(self, request: Any, context: Any) -> Any:
-        return issued_to_pb(self.tokens.attenuate(request.token, list(request.caveats)))
+        return issued_to_pb(self.tokens.attenuate(CALLER.get(), request.token,
+                                                  list(request.caveats)))
 
     @rpc
     async def DelegateToken(self, request: Any, context: Any) -> Any:
@@ -225,8 +254,11 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):  # type: ignore[misc]
 
     @rpc
     async def InspectToken(self, request: Any, context: Any) -> Any:
-        i = self.tokens.inspect(request.token)
+        i = self.tokens.inspect(CALLER.get(), request.token)
         d = i.description
+        if d is None:  # an invalid token is told so, and nothing else
+            return token_pb2.InspectTokenResponse(
+                signature_valid=False, status=i.status.reason if i.status else "invalid")
         return token_pb2.InspectTokenResponse(
             token_id=d.token_id or "", key_id=d.key_id or "",
             issued_at=format_timestamp(d.issued_ms / 1000) if d.issued_ms else "",

@@ -33,6 +33,8 @@ from capgate_server.store import AuditEvent, DelegationRecord, Principal, Role, 
 __all__ = ["HopStatus", "Inspection", "Issued", "Tokens", "TreeNode"]
 
 _MAX_EXTRA_CAVEATS = 32
+MAX_TREE_NODES = 2000  # nodes one GetTokenTree returns
+MAX_TREE_DEPTH = 32  # levels; a valid chain has at most MAX_DEPTH + 1
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class HopStatus:
 
 @dataclass
 class Inspection:
-    description: TokenDescription
+    description: TokenDescription | None  # None: the token does not verify
     signature_valid: bool
     revoked: bool
     status: Decision | None  # what the token's own state says (not a request decision)
@@ -72,6 +74,11 @@ class TreeNode:
     revoked: bool
     restrictions: tuple[str, ...] = ()
     children: list[TreeNode] = field(default_factory=list)
+    truncated: bool = False  # some nodes below were left out (see ``Tokens.tree``)
+
+
+# what an invalid token is told, and nothing more
+_INVALID = Decision(False, DenyCode.BAD_SIGNATURE, "invalid: the token does not verify")
 
 
 def _extra_caveats(caveats: Sequence[str]) -> list[str]:
@@ -135,15 +142,48 @@ class Tokens:
 
     # -- attenuate (the same as offline) -----------------------------------------------------
 
-    @staticmethod
-    def attenuate(text: str, caveats: Sequence[str]) -> Issued:
+    def attenuate(self, caller: Principal, text: str, caveats: Sequence[str]) -> Issued:
+        """The same as attenuating offline; an agent only from its own live place in a chain."""
         token = Token.parse(text)  # MalformedTokenError: INVALID_ARGUMENT
         if not caveats:
             raise InvalidArgumentError("no caveats to add")
+        if caller.role is Role.AGENT:
+            self._standing(caller, self._verified(text))
         for caveat in caveats:
             token = token.attenuate(caveat)
         d = describe(token)
         return Issued(token.to_text(), d.token_id or "", d.expires or 0.0)
+
+    # -- who may act on a token ---------------------------------------------------------------
+
+    def _verified(self, text: str) -> Chain:
+        """A chain whose signature and proofs hold; anything else is just "invalid"."""
+        st = self.replica.verifier.analyse(text)
+        if isinstance(st, Decision):
+            if st.code is DenyCode.MALFORMED:
+                raise InvalidArgumentError(st.reason)
+            raise PermissionDeniedError(f"token does not verify: {st.reason}", code=str(st.code))
+        return st
+
+    def _standing(self, caller: Principal, st: Chain) -> None:
+        """An agent acts on a token only from a live place in its chain: it appears in
+        it, its hop is not revoked (by id, or by its own revoke-all), nor any above."""
+        if caller.role is not Role.AGENT:
+            return
+        index = next((i for i, h in enumerate(st.hops) if h.agent == caller.id), None)
+        if index is None:
+            raise PermissionDeniedError("an agent may act only on tokens it is part of")
+        hop = st.hops[index]
+        agent = self.replica.agents.get(caller.id)
+        if agent is None or hop.at_ms <= agent.revoked_before_ms:
+            raise PermissionDeniedError(f"the tokens of agent {caller.id!r} up to this one "
+                                        "were revoked (revoke-all)")
+        upto = st.lineage.index(hop.did) + 1 if hop.did else 1
+        revoked = self.replica.revocations
+        for lineage_id in st.lineage[:upto]:
+            if revoked.is_revoked(lineage_id):
+                raise PermissionDeniedError(f"this token's lineage id {lineage_id} is revoked "
+                                            f"at or above agent {caller.id!r}")
 
     # -- delegate ----------------------------------------------------------------------------
 
@@ -206,31 +246,30 @@ class Tokens:
             raise PermissionDeniedError(f"delegation refused: {check.reason}",
                                         code=str(check.code))
         # any token carrying this hop's id has st's caveats before it: st.expires bounds it
-        record = DelegationRecord(did, st.token_id, st.lineage[-1], caller.id, to, now,
-                                  st.expires, False, tuple(extra))
+        record = DelegationRecord(did, st.token_id, st.hops[-1].did or st.token_id, caller.id,
+                                  to, now, st.expires, False, tuple(extra))
         event = AuditEvent(now, caller.id, "delegate", did, chain=check.agents,
                            detail={"token_id": st.token_id, "to": to, "caveats": extra})
-        await self.replica.call(self._record_delegation, record, event)
+        await self.replica.call(self.replica.store.record_delegations, [record], event)
         return Issued(out, st.token_id, check.expires or 0.0, did)
-
-    def _record_delegation(self, record: DelegationRecord, event: AuditEvent) -> None:
-        self.replica.store.record_delegations([record])
-        self.replica.store.append_audit([event])
 
     # -- inspect -----------------------------------------------------------------------------
 
-    def inspect(self, text: str) -> Inspection:
-        token = Token.parse(text)  # MalformedTokenError: INVALID_ARGUMENT
-        d = describe(token)
+    def inspect(self, caller: Principal, text: str) -> Inspection:
+        """What the server knows of a valid token. An invalid one gets nothing but
+        "invalid" (no word on agents, keys or revocations); an agent inspects only
+        tokens it holds a live place in."""
+        Token.parse(text)  # MalformedTokenError: INVALID_ARGUMENT
         st = self.replica.verifier.analyse(text)
-        signature_valid = not (isinstance(st, Decision) and st.code in (
-            DenyCode.BAD_SIGNATURE, DenyCode.UNKNOWN_KEY, DenyCode.MALFORMED))
-        status = st if isinstance(st, Decision) else self._state_denial(st)
+        if isinstance(st, Decision):
+            return Inspection(None, False, False, _INVALID, [])
+        self._standing(caller, st)
+        d = describe(st.token)
         revs = self.replica.revocations
         hops = []
         for h in d.hops:
             agent = self.replica.agents.get(h.agent)
-            if agent is None:
+            if agent is None or agent.status is AgentStatus.DELETED:
                 agent_status = "unknown"
             elif agent.status is not AgentStatus.ACTIVE:
                 agent_status = str(agent.status)
@@ -242,13 +281,20 @@ class Tokens:
             hops.append(HopStatus(h.agent, h.did, h.at_ms, h.offline, h.restrictions,
                                   bool(hop_id) and revs.is_revoked(hop_id), agent_status))
         revoked = any(revs.is_revoked(x) for x in d.lineage)
-        return Inspection(d, signature_valid, revoked, status, hops)
+        return Inspection(d, True, revoked, self._state_denial(st), hops)
 
     # -- revoke ------------------------------------------------------------------------------
 
     async def revoke(self, caller: Principal, text: str, lineage_id: str,
                      reason: str) -> tuple[str, bool, float]:
-        """Revoke a token (its most specific lineage id) or an id; returns (id, new, expires)."""
+        """Revoke a token (its own hop) or an id; returns (id, newly revoked, expires).
+
+        A token's own hop is its last delegation, or its token id when it has none;
+        never a bare ``did`` caveat, which anyone can append (an admin revokes those
+        by id). Delegation ids are derived from the chain, so the hop a verified
+        token names is always its own. An agent revokes only from a live place in
+        the chain (by text), or its own tokens and hops (by id).
+        """
         self.replica.require_fresh()
         if len(reason) > 512 or not reason.isprintable():
             raise InvalidArgumentError("reason must be printable text of at most 512 chars")
@@ -260,10 +306,7 @@ class Tokens:
             if isinstance(st, Decision):
                 raise InvalidArgumentError(f"cannot revoke a token that does not verify: "
                                            f"{st.reason}")
-            if caller.role is Role.AGENT and caller.id not in st.agents:
-                raise PermissionDeniedError("an agent may revoke only tokens it is part of")
-            # The token's own hop: its last delegation, or the token id. Never a bare
-            # `did` caveat, which anyone can append; those are revoked by id (admin).
+            self._standing(caller, st)
             hops, chain = st.hops, st.agents
             target = hops[-1].did or st.token_id
             if len(hops) == 1:
@@ -284,17 +327,29 @@ class Tokens:
 
     async def _id_expiry(self, caller: Principal, target: str,
                          cap: float) -> tuple[float, tuple[str, ...]]:
-        """When an id's revocation may be forgotten, and the agents it names."""
+        """When an id's revocation may be forgotten, and the agents it names.
+
+        An agent may name only its own token or a hop into or out of it, made while
+        its tokens stood (after its last revoke-all); any other id, known or not, is
+        refused alike, so probing tells it nothing.
+        """
         store = self.replica.store
         token = await self.replica.call(store.get_token, target)
+        hop = None if token is not None else await self.replica.call(store.get_delegation,
+                                                                       target)
+        if caller.role is Role.AGENT:
+            agent = self.replica.agents.get(caller.id)
+            cutoff = agent.revoked_before_ms / 1000 if agent is not None else float("inf")
+            mine = (token is not None and token.agent == caller.id
+                    and token.issued_at > cutoff) or (
+                hop is not None and caller.id in (hop.from_agent, hop.to_agent)
+                and hop.at > cutoff)
+            if not mine:
+                raise PermissionDeniedError("an agent may revoke by id only its own tokens and "
+                                            "the delegations it made or received")
         if token is not None:
-            if caller.role is Role.AGENT and caller.id != token.agent:
-                raise PermissionDeniedError("an agent may revoke only its own tokens")
             return min(token.expires_at, cap), (token.agent,)
-        hop = await self.replica.call(store.get_delegation, target)
         if hop is not None:
-            if caller.role is Role.AGENT and caller.id not in (hop.from_agent, hop.to_agent):
-                raise PermissionDeniedError("an agent may revoke only delegations it is part of")
             return min(hop.expires_at or cap, cap), (hop.from_agent, hop.to_agent)
         if caller.role is not Role.ADMIN:
             raise NotFoundError(f"no token or delegation {target} is known to this server")
@@ -303,27 +358,53 @@ class Tokens:
     # -- tree ------------------------------------------------------------------------------
 
     async def tree(self, caller: Principal, node_id: str) -> TreeNode:
+        """The delegation tree below a token or hop, as the server has seen it.
+
+        Bounded: at most ``MAX_TREE_NODES`` nodes and ``MAX_TREE_DEPTH`` levels are
+        returned (a node whose children were left out says so), and it is built
+        without recursion, so no tree, however it was made, can fail the call.
+        """
         store = self.replica.store
         node_id = node_id.lower()
-        token = await self.replica.call(store.get_token, node_id)
+        token = await self.replica.read(store.get_token, node_id)
         if token is None:
-            hop = await self.replica.call(store.get_delegation, node_id)
+            hop = await self.replica.read(store.get_delegation, node_id)
             if hop is None:
                 raise NotFoundError(f"no token or delegation {node_id} is known")
-            token = await self.replica.call(store.get_token, hop.token_id)
+            token = await self.replica.read(store.get_token, hop.token_id)
             if token is None:
                 raise NotFoundError(f"token {hop.token_id} of delegation {node_id} is unknown")
-        if caller.role is Role.AGENT and caller.id != token.agent:
-            raise PermissionDeniedError("an agent may read only the trees of its own tokens")
-        hops = await self.replica.call(store.delegations_of, token.id)
+        if caller.role is Role.AGENT:
+            agent = self.replica.agents.get(caller.id)
+            if caller.id != token.agent or agent is None or \
+                    token.issued_at <= agent.revoked_before_ms / 1000:
+                raise PermissionDeniedError("an agent may read only the trees of its own "
+                                            "live tokens")
+        hops = await self.replica.read(store.delegations_of, token.id, MAX_TREE_NODES + 1)
         revs = self.replica.revocations
         nodes = {token.id: TreeNode(token.id, token.agent, "", token.issued_at,
                                     revs.is_revoked(token.id), token.caveats)}
-        for h in hops:
-            nodes[h.id] = TreeNode(h.id, h.to_agent, h.from_agent, h.at, revs.is_revoked(h.id),
-                                   h.restrictions)
-        for h in hops:
-            parent = nodes.get(h.parent)
-            if parent is not None:
-                parent.children.append(nodes[h.id])
-        return nodes[node_id]
+        children: dict[str, list[str]] = {}
+        for h in hops[:MAX_TREE_NODES]:
+            if h.id not in nodes:
+                nodes[h.id] = TreeNode(h.id, h.to_agent, h.from_agent, h.at,
+                                       revs.is_revoked(h.id), h.restrictions)
+                children.setdefault(h.parent, []).append(h.id)
+        root = nodes[node_id] if node_id in nodes else nodes[token.id]
+        # walk down from the asked-for node, level by level, linking each node once
+        level, depth, linked = [root], 0, {root.id}
+        while level:
+            below = []
+            for node in level:
+                kids = [k for k in children.get(node.id, ()) if k not in linked]
+                if depth >= MAX_TREE_DEPTH:
+                    node.truncated = bool(kids)
+                    continue
+                for k in kids:
+                    linked.add(k)
+                    node.children.append(nodes[k])
+                    below.append(nodes[k])
+            level, depth = below, depth + 1
+        if len(hops) > MAX_TREE_NODES:
+            root.truncated = True
+        return root

@@ -2,8 +2,8 @@
 
 The decision itself is the core ``Verifier``'s, entirely in memory. This layer
 adds who asked (a service speaks for the presenter it authenticated; an agent
-only for itself), fails closed when the replica is stale, writes the audit
-record, and records delegation hops it sees for the first time.
+only for itself), fails closed when the replica is stale, and writes the audit
+record.
 """
 
 from __future__ import annotations
@@ -11,20 +11,16 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from capgate import Chain, Decision, DenyCode, PermissionDeniedError, describe, hop_expiry
+from capgate import Decision, DenyCode, PermissionDeniedError
 from capgate_server._replica import Replica
-from capgate_server.store import DelegationRecord, Principal, Role
+from capgate_server.store import Principal, Role
 
 __all__ = ["Verification"]
-
-_SEEN_LIMIT = 1_000_000
 
 
 class Verification:
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
-        self._seen_hops: set[str] = set()
-        replica.verifier.on_chain = self._on_chain
 
     def presenter_for(self, caller: Principal, presenter: str) -> str:
         if caller.role is Role.AGENT:
@@ -45,26 +41,3 @@ class Verification:
             decision = replica.verifier.check(token, action, resource, presenter, ctx)
         replica.audit.decision(caller.id, decision, action, resource, presenter, replica.clock())
         return decision
-
-    def _on_chain(self, st: Chain) -> None:
-        """Record delegation hops the server has not seen yet (offline ones, mostly)."""
-        if len(st.hops) < 2:
-            return
-        seen = self._seen_hops
-        if all(h.did in seen for h in st.hops[1:]):
-            return
-        if len(seen) > _SEEN_LIMIT:
-            seen.clear()
-        d = describe(st.token)
-        records = []
-        for i, hop in enumerate(d.hops[1:], start=1):
-            assert hop.did is not None
-            if hop.did in seen:
-                continue
-            seen.add(hop.did)
-            records.append(DelegationRecord(
-                hop.did, st.token_id, st.hops[i - 1].did or st.token_id, st.hops[i - 1].agent,
-                hop.agent, hop.at_ms / 1000, hop_expiry(d, i), hop.offline,
-                tuple(hop.restrictions)))
-        if records:
-            self.replica.call_soon(self.replica.store.record_delegations, records)

@@ -22,10 +22,11 @@ def test_core_public_api_is_pinned():
         "PermissionDeniedError", "RawCaveat", "RawMacaroon", "Request", "ResourceCaveat",
         "RevocationSet", "Token", "TokenDescription", "TokenIdentifier", "UnavailableError",
         "Verifier", "__version__", "append_server_delegation", "check_id", "delegate_offline",
+        "delegation_id", "delegation_message",
         "describe", "format_duration", "format_timestamp", "hop_expiry", "load_private_key",
         "load_public_key", "new_private_key_pem", "new_token_id", "parse_caveat",
         "parse_duration", "parse_timestamp", "public_key_id", "resource_problem",
-        "restriction_caveats", "system_clock"])
+        "restriction_caveats", "server_proof", "system_clock"])
     for name in capgate.__all__:
         assert hasattr(capgate, name), name
 
@@ -36,7 +37,8 @@ def test_server_public_api_is_pinned():
 
     assert sorted(capgate_server.__all__) == sorted([
         "ERROR_METADATA_KEY", "POLICY", "AuditLog", "CapgateServer", "KeyEncryptionKey",
-        "Replica", "Settings", "load_kek", "new_kek_text", "serve", "status_for"])
+        "Replica", "Settings", "load_kek", "new_kek_text", "recover_admin", "serve",
+        "status_for"])
     assert sorted(capgate_server.store.__all__) == sorted([
         "MIGRATIONS", "AgentPatch", "AuditEvent", "AuditQuery", "Change", "ChangeKind",
         "DelegationRecord", "PostgresStore", "Principal", "Role", "RootKeyRecord",
@@ -49,7 +51,7 @@ def test_server_public_api_is_pinned():
 def test_client_public_api_is_pinned():
     assert sorted(capgate_client.__all__) == sorted([
         "TLS", "AgentInfo", "AsyncClient", "AuditRecord", "Client", "Credential", "HopStatus",
-        "InspectResult", "IssuedToken", "KeyInfo", "RevokeResult", "Token", "TreeNode",
+        "InspectResult", "IssuedToken", "KeyInfo", "PrincipalInfo", "RevokeResult", "Token", "TreeNode",
         "VerifyItem", "VerifyResult", "delegate_offline", "from_rpc_error"])
 
 

@@ -600,7 +600,7 @@ def allowed_chains(draw: st.DrawFn, min_hops: int = 0, max_hops: int = 3) -> All
             lineage.append(did)
         for kind in draw(st.lists(st.sampled_from((*CHECK_KINDS, "agent", "did")), max_size=2)):
             cav = draw(caveats(kind, req, holder))
-            if cav.holds(req, holder):
+            if cav.holds(req, holder) and cav.did not in lineage:  # an id names one hop
                 token = token.attenuate(cav.text)  # type: ignore[arg-type]
                 if cav.did is not None:
                     lineage.append(cav.did)

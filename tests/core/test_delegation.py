@@ -21,6 +21,8 @@ from capgate import (
     Verifier,
     append_server_delegation,
     delegate_offline,
+    delegation_id,
+    delegation_message,
     public_key_id,
 )
 from capgate._token import chain_signature, derive_key
@@ -97,10 +99,42 @@ def test_thief_cannot_rebind_without_a_proof(world, clock, keys):
     *_, v = world
     t0 = root(clock)
     fake = base64.urlsafe_b64encode(b"\x00" * 32).rstrip(b"=").decode()
-    forged = t0.append_raw(f"delegate = thief did={'a' * 32} at={at(clock)} proof=srv:{fake}"
+    did = delegation_id(t0.signature, "thief", at(clock))  # the right id, a made-up proof
+    forged = t0.append_raw(f"delegate = thief did={did} at={at(clock)} proof=srv:{fake}"
                            .encode())
     d = allowed(v, forged, "thief")
     assert d.code is DenyCode.BAD_DELEGATION and "no valid proof from 'orch'" in d.reason
+
+
+def _signed_hop(token: Token, key, to: str, at_ms: int, did: str) -> Token:
+    """A hop signed with a real registered key, but with a did of the signer's choosing."""
+    unsigned = f"delegate = {to} did={did} at={at_ms}"
+    sig = key.sign(delegation_message(token.signature, unsigned.encode()))
+    kid = public_key_id(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    b64sig = base64.urlsafe_b64encode(sig).rstrip(b"=").decode()
+    return token.append_raw(f"{unsigned} proof=ed25519:{kid}:{b64sig}".encode())
+
+
+def test_a_delegation_id_cannot_be_chosen_even_with_a_valid_signature(world, clock, keys):
+    """The holder signs its own hop, but names a victim's id: the id is not derived, so
+    the hop denies, and revoking it could never reach the victim's tree."""
+    *_, v = world
+    victim_id = "f" * 32
+    forged = _signed_hop(root(clock), keys["orch"], "res", at(clock), victim_id)
+    d = allowed(v, forged, "res")
+    assert d.code is DenyCode.BAD_DELEGATION and "does not derive" in d.reason
+    honest = _signed_hop(root(clock), keys["orch"], "res", at(clock),
+                         delegation_id(root(clock).signature, "res", at(clock)))
+    assert allowed(v, honest, "res").allowed
+
+
+def test_a_lineage_that_names_an_id_twice_is_malformed(world, clock, keys):
+    *_, v = world
+    t0 = root(clock)
+    for twice in (t0.attenuate(f"did = {TID}"),
+                  t0.attenuate(f"did = {'e' * 32}").attenuate(f"did = {'e' * 32}")):
+        d = allowed(v, twice, "orch")
+        assert d.code is DenyCode.MALFORMED and "twice" in d.reason
 
 
 def test_thief_cannot_reuse_a_proof_from_another_token(world, clock, keys):
@@ -252,7 +286,8 @@ def test_a_childs_chain_reuses_its_verified_parent_but_checks_what_is_new(world,
     assert allowed(v, t2, "sum").allowed  # the child starts from it
     # a forged hop appended to the verified parent is still checked
     fake = base64.urlsafe_b64encode(b"\x00" * 32).rstrip(b"=").decode()
-    forged = t1.append_raw(f"delegate = thief did={'b' * 32} at={at(clock)} proof=srv:{fake}"
+    did = delegation_id(t1.signature, "thief", at(clock))
+    forged = t1.append_raw(f"delegate = thief did={did} at={at(clock)} proof=srv:{fake}"
                            .encode())
     assert allowed(v, forged, "thief").code is DenyCode.BAD_DELEGATION
     # and a forged chain is never remembered, so nothing built on it passes either

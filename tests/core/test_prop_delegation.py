@@ -17,7 +17,12 @@ from capgate import (
     Token,
     TokenIdentifier,
     delegate_offline,
+    delegation_id,
+    delegation_message,
+    describe,
     parse_caveat,
+    public_key_id,
+    server_proof,
 )
 
 from prop_world import (
@@ -27,11 +32,13 @@ from prop_world import (
     KEY,
     KID,
     PRIVATE,
+    PUBLIC,
     VALID_KINDS,
     VERIFIER,
     AllowedChain,
     Cav,
     allowed_chains,
+    b64,
     caveats,
     decide,
     examples,
@@ -92,6 +99,8 @@ def delegation_worlds(draw: st.DrawFn) -> DelegationWorld:
         cavs = []
         for kind in draw(st.lists(st.sampled_from(VALID_KINDS), max_size=3)):
             cav = draw(caveats(kind, draw(st.sampled_from(reqs)), holder))
+            if cav.did is not None and cav.did in describe(token).lineage:
+                continue  # an id names one hop, once (a repeat is malformed: other tests)
             token = token.attenuate(cav.text)  # type: ignore[arg-type]
             cavs.append(cav)
         specs.append(HopSpec(holder, offline, cavs))
@@ -264,3 +273,25 @@ def test_only_the_final_holder_may_present(chain: AllowedChain) -> None:
             d = decide(VERIFIER, stage.token, presenting(chain.req, presenter))
             assert not d.allowed, (presenter, d)
             assert d.code in (DenyCode.NOT_HOLDER, DenyCode.NO_PRESENTER), d
+
+
+@given(allowed_chains(), st.data())
+def test_a_delegation_id_is_derived_never_chosen(chain: AllowedChain, data: st.DataObject) -> None:
+    """A hop whose ``did`` is anything but the one its position derives never verifies,
+    even when its proof is genuine (server-minted, or signed by the holder's own key):
+    no one can make a hop that names an id of another token or tree."""
+    final, req = chain.final, chain.req
+    token, holder = final.token, final.holder
+    to = data.draw(st.sampled_from(AGENT_IDS))
+    at_ms = ISSUED_MS + 5000
+    derived = delegation_id(token.signature, to, at_ms)
+    # ids worth aiming at: this chain's own, and any other
+    target = data.draw(st.sampled_from(final.lineage) | hex32.filter(lambda x: x != derived))
+    unsigned = f"delegate = {to} did={target} at={at_ms}"
+    message = delegation_message(token.signature, unsigned.encode())
+    server = server_proof(KEY, token.signature, unsigned.encode())
+    kid = public_key_id(PUBLIC[holder])
+    for proof in ("srv:" + b64(server), f"ed25519:{kid}:" + b64(PRIVATE[holder].sign(message))):
+        bad = token.append_raw(f"{unsigned} proof={proof}".encode())
+        d = decide(VERIFIER, bad, presenting(req, to))
+        assert not d.allowed and d.code is DenyCode.BAD_DELEGATION, d

@@ -81,9 +81,34 @@ class AgentServiceStub:
                 request_serializer=capgate__proto_dot_v1_dot_agent__pb2.RemovePublicKeyRequest.SerializeToString,
                 response_deserializer=capgate__proto_dot_v1_dot_common__pb2.Agent.FromString,
                 _registered_method=True)
+        self.DeleteAgent = channel.unary_unary(
+                '/capgate.v1.AgentService/DeleteAgent',
+                request_serializer=capgate__proto_dot_v1_dot_agent__pb2.AgentRef.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_agent__pb2.DeleteAgentResponse.FromString,
+                _registered_method=True)
         self.CreatePrincipal = channel.unary_unary(
                 '/capgate.v1.AgentService/CreatePrincipal',
                 request_serializer=capgate__proto_dot_v1_dot_agent__pb2.CreatePrincipalRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_agent__pb2.CreatePrincipalResponse.FromString,
+                _registered_method=True)
+        self.ListPrincipals = channel.unary_unary(
+                '/capgate.v1.AgentService/ListPrincipals',
+                request_serializer=capgate__proto_dot_v1_dot_agent__pb2.ListPrincipalsRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_agent__pb2.ListPrincipalsResponse.FromString,
+                _registered_method=True)
+        self.DisablePrincipal = channel.unary_unary(
+                '/capgate.v1.AgentService/DisablePrincipal',
+                request_serializer=capgate__proto_dot_v1_dot_agent__pb2.PrincipalRef.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_agent__pb2.Principal.FromString,
+                _registered_method=True)
+        self.EnablePrincipal = channel.unary_unary(
+                '/capgate.v1.AgentService/EnablePrincipal',
+                request_serializer=capgate__proto_dot_v1_dot_agent__pb2.PrincipalRef.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_agent__pb2.Principal.FromString,
+                _registered_method=True)
+        self.RotateCredential = channel.unary_unary(
+                '/capgate.v1.AgentService/RotateCredential',
+                request_serializer=capgate__proto_dot_v1_dot_agent__pb2.PrincipalRef.SerializeToString,
                 response_deserializer=capgate__proto_dot_v1_dot_agent__pb2.CreatePrincipalResponse.FromString,
                 _registered_method=True)
 
@@ -147,8 +172,43 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteAgent(self, request, context):
+        """Deletes the agent: its credential and keys go, and every token it holds or that
+        passes through it denies for good (registering the id again does not revive them).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreatePrincipal(self, request, context):
         """Non-agent principals: services (may verify) and further admins.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPrincipals(self, request, context):
+        """Every principal (admins, services, agents) and whether its credential is disabled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisablePrincipal(self, request, context):
+        """A disabled principal is refused every call at once; the last enabled admin cannot be.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnablePrincipal(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateCredential(self, request, context):
+        """A new credential (shown once); the old one stops working at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -202,9 +262,34 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     request_deserializer=capgate__proto_dot_v1_dot_agent__pb2.RemovePublicKeyRequest.FromString,
                     response_serializer=capgate__proto_dot_v1_dot_common__pb2.Agent.SerializeToString,
             ),
+            'DeleteAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAgent,
+                    request_deserializer=capgate__proto_dot_v1_dot_agent__pb2.AgentRef.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_agent__pb2.DeleteAgentResponse.SerializeToString,
+            ),
             'CreatePrincipal': grpc.unary_unary_rpc_method_handler(
                     servicer.CreatePrincipal,
                     request_deserializer=capgate__proto_dot_v1_dot_agent__pb2.CreatePrincipalRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_agent__pb2.CreatePrincipalResponse.SerializeToString,
+            ),
+            'ListPrincipals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPrincipals,
+                    request_deserializer=capgate__proto_dot_v1_dot_agent__pb2.ListPrincipalsRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_agent__pb2.ListPrincipalsResponse.SerializeToString,
+            ),
+            'DisablePrincipal': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisablePrincipal,
+                    request_deserializer=capgate__proto_dot_v1_dot_agent__pb2.PrincipalRef.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_agent__pb2.Principal.SerializeToString,
+            ),
+            'EnablePrincipal': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnablePrincipal,
+                    request_deserializer=capgate__proto_dot_v1_dot_agent__pb2.PrincipalRef.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_agent__pb2.Principal.SerializeToString,
+            ),
+            'RotateCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateCredential,
+                    request_deserializer=capgate__proto_dot_v1_dot_agent__pb2.PrincipalRef.FromString,
                     response_serializer=capgate__proto_dot_v1_dot_agent__pb2.CreatePrincipalResponse.SerializeToString,
             ),
     }
@@ -463,6 +548,33 @@ class AgentService:
             _registered_method=True)
 
     @staticmethod
+    def DeleteAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capgate.v1.AgentService/DeleteAgent',
+            capgate__proto_dot_v1_dot_agent__pb2.AgentRef.SerializeToString,
+            capgate__proto_dot_v1_dot_agent__pb2.DeleteAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CreatePrincipal(request,
             target,
             options=(),
@@ -478,6 +590,114 @@ class AgentService:
             target,
             '/capgate.v1.AgentService/CreatePrincipal',
             capgate__proto_dot_v1_dot_agent__pb2.CreatePrincipalRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_agent__pb2.CreatePrincipalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPrincipals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capgate.v1.AgentService/ListPrincipals',
+            capgate__proto_dot_v1_dot_agent__pb2.ListPrincipalsRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_agent__pb2.ListPrincipalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisablePrincipal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capgate.v1.AgentService/DisablePrincipal',
+            capgate__proto_dot_v1_dot_agent__pb2.PrincipalRef.SerializeToString,
+            capgate__proto_dot_v1_dot_agent__pb2.Principal.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnablePrincipal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capgate.v1.AgentService/EnablePrincipal',
+            capgate__proto_dot_v1_dot_agent__pb2.PrincipalRef.SerializeToString,
+            capgate__proto_dot_v1_dot_agent__pb2.Principal.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capgate.v1.AgentService/RotateCredential',
+            capgate__proto_dot_v1_dot_agent__pb2.PrincipalRef.SerializeToString,
             capgate__proto_dot_v1_dot_agent__pb2.CreatePrincipalResponse.FromString,
             options,
             channel_credentials,

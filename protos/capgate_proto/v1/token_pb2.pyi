@@ -122,7 +122,7 @@ class GetTokenTreeRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class TokenTree(_message.Message):
-    __slots__ = ("id", "agent", "issued_by", "at", "revoked", "restrictions", "children")
+    __slots__ = ("id", "agent", "issued_by", "at", "revoked", "restrictions", "children", "truncated")
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
     ISSUED_BY_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +130,7 @@ class TokenTree(_message.Message):
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     RESTRICTIONS_FIELD_NUMBER: _ClassVar[int]
     CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     id: str
     agent: str
     issued_by: str
@@ -137,4 +138,5 @@ class TokenTree(_message.Message):
     revoked: bool
     restrictions: _containers.RepeatedScalarFieldContainer[str]
     children: _containers.RepeatedCompositeFieldContainer[TokenTree]
-    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., issued_by: _Optional[str] = ..., at: _Optional[str] = ..., revoked: _Optional[bool] = ..., restrictions: _Optional[_Iterable[str]] = ..., children: _Optional[_Iterable[_Union[TokenTree, _Mapping]]] = ...) -> None: ...
+    truncated: bool
+    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., issued_by: _Optional[str] = ..., at: _Optional[str] = ..., revoked: _Optional[bool] = ..., restrictions: _Optional[_Iterable[str]] = ..., children: _Optional[_Iterable[_Union[TokenTree, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...

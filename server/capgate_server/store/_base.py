@@ -39,9 +39,12 @@ class Role(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """Who calls: an admin, a service or an agent. A disabled one is refused everything."""
+
     id: str
     role: Role
     created_at: float = 0.0
+    disabled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +196,32 @@ class Store(ABC):
     def get_principal(self, principal_id: str) -> Principal | None: ...
 
     @abstractmethod
+    def list_principals(self) -> list[Principal]:
+        """Every principal, agents included (deleted agents' principals are gone)."""
+
+    @abstractmethod
+    def set_principal_disabled(self, principal_id: str, disabled: bool,
+                               audit: AuditEvent) -> None:
+        """Disable or enable a principal's credential; ``NotFoundError`` if absent."""
+
+    @abstractmethod
+    def set_credential(self, principal_id: str, credential_hash: str,
+                       audit: AuditEvent) -> None:
+        """Replace a principal's credential (the old one stops working at once)."""
+
+    @abstractmethod
     def create_agent(self, agent: Agent, credential_hash: str, audit: AuditEvent) -> None:
-        """Create the agent and its principal in one transaction."""
+        """Create the agent and its principal in one transaction.
+
+        An id whose agent was deleted may be registered again: the new agent starts
+        with the old one's ``revoked_before`` (or later), so no old token comes back.
+        """
+
+    @abstractmethod
+    def delete_agent(self, agent_id: str, revoke_before_ms: int, audit: AuditEvent) -> None:
+        """Delete the agent: its credential and keys go, and a tombstone (status
+        ``deleted``, epoch moved to ``revoke_before_ms``) keeps its id from ever
+        vouching for an old token again. ``NotFoundError`` if absent."""
 
     @abstractmethod
     def get_agent(self, agent_id: str) -> Agent | None: ...
@@ -232,15 +259,17 @@ class Store(ABC):
     def get_token(self, token_id: str) -> TokenRecord | None: ...
 
     @abstractmethod
-    def record_delegations(self, records: Sequence[DelegationRecord]) -> None:
-        """Insert hops not yet known (existing ids are left as they are)."""
+    def record_delegations(self, records: Sequence[DelegationRecord],
+                           audit: AuditEvent | None = None) -> None:
+        """Insert hops not yet known (existing ids are left as they are), with the
+        audit record of the delegation in the same transaction."""
 
     @abstractmethod
     def get_delegation(self, delegation_id: str) -> DelegationRecord | None: ...
 
     @abstractmethod
-    def delegations_of(self, token_id: str) -> list[DelegationRecord]:
-        """Every recorded hop of the tree rooted at ``token_id``."""
+    def delegations_of(self, token_id: str, limit: int = 100_000) -> list[DelegationRecord]:
+        """Recorded hops of the tree rooted at ``token_id``, oldest first, at most ``limit``."""
 
     @abstractmethod
     def revoke(self, lineage_id: str, revoked_at: float, expires_at: float, by: str,

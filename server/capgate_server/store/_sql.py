@@ -72,6 +72,9 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX audit_principal ON audit (principal, seq)",
         "CREATE INDEX audit_subject ON audit (subject, seq)",
     ],
+    [  # principals can be disabled (an admin, a service or an agent alike)
+        "ALTER TABLE principals ADD COLUMN disabled {bigint} NOT NULL DEFAULT 0",
+    ],
 ]
 
 _AGENT_COLS = ("id, owner, description, status, ceiling, max_ttl, max_depth, epoch, "
@@ -137,26 +140,88 @@ class SqlStore(Store):
         if cur.rowcount != 1:
             raise AlreadyExistsError(f"principal {p.id!r} already exists", id=p.id)
 
+    _PRINCIPAL_COLS = "id, role, created_at, disabled"
+
+    @staticmethod
+    def _principal(row: Sequence[Any]) -> Principal:
+        return Principal(row[0], Role(row[1]), row[2], bool(row[3]))
+
     def principal_by_credential(self, credential_hash: str) -> Principal | None:
         with self._read() as cur:
-            row = self._x(cur, "SELECT id, role, created_at FROM principals "
+            row = self._x(cur, f"SELECT {self._PRINCIPAL_COLS} FROM principals "
                                "WHERE credential_hash = ?", (credential_hash,)).fetchone()
-        return Principal(row[0], Role(row[1]), row[2]) if row else None
+        return self._principal(row) if row else None
 
     def get_principal(self, principal_id: str) -> Principal | None:
         with self._read() as cur:
-            row = self._x(cur, "SELECT id, role, created_at FROM principals WHERE id = ?",
+            row = self._x(cur, f"SELECT {self._PRINCIPAL_COLS} FROM principals WHERE id = ?",
                           (principal_id,)).fetchone()
-        return Principal(row[0], Role(row[1]), row[2]) if row else None
+        return self._principal(row) if row else None
+
+    def list_principals(self) -> list[Principal]:
+        with self._read() as cur:
+            rows = self._x(cur, f"SELECT {self._PRINCIPAL_COLS} FROM principals "
+                                "WHERE credential_hash NOT LIKE 'deleted:%' "
+                                "ORDER BY id").fetchall()
+        return [self._principal(r) for r in rows]
+
+    def set_principal_disabled(self, principal_id: str, disabled: bool,
+                               audit: AuditEvent) -> None:
+        self._update_principal(principal_id, "disabled = ?", int(disabled), audit)
+
+    def set_credential(self, principal_id: str, credential_hash: str,
+                       audit: AuditEvent) -> None:
+        self._update_principal(principal_id, "credential_hash = ?", credential_hash, audit)
+
+    def _update_principal(self, principal_id: str, assignment: str, value: object,
+                          audit: AuditEvent) -> None:
+        with self._tx() as cur:
+            self._x(cur, f"UPDATE principals SET {assignment} WHERE id = ?",
+                    (value, principal_id))
+            if cur.rowcount != 1:
+                raise NotFoundError(f"principal {principal_id!r} not found", id=principal_id)
+            self._change(cur, ChangeKind.PRINCIPAL, principal_id)
+            self._audit(cur, [audit])
 
     def create_agent(self, agent: Agent, credential_hash: str, audit: AuditEvent) -> None:
         with self._tx() as cur:
-            self._insert_principal(cur, Principal(agent.id, Role.AGENT, agent.created_at),
-                                   credential_hash)
-            self._x(cur, f"INSERT INTO agents ({_AGENT_COLS}) VALUES ({_AGENT_MARKS})",
-                    self._agent_values(agent))
+            row = self._x(cur, "SELECT revoked_before FROM agents WHERE id = ? AND status = ?",
+                          (agent.id, "deleted")).fetchone()
+            if row is None:
+                self._insert_principal(cur, Principal(agent.id, Role.AGENT, agent.created_at),
+                                       credential_hash)
+                self._x(cur, f"INSERT INTO agents ({_AGENT_COLS}) VALUES ({_AGENT_MARKS})",
+                        self._agent_values(agent))
+            else:  # the id comes back: nothing issued to the deleted agent may
+                agent = agent.with_changes(  # pass for the new one
+                    revoked_before_ms=max(int(row[0]), agent.revoked_before_ms),
+                    epoch=agent.epoch + 1)
+                self._x(cur, "UPDATE principals SET credential_hash = ?, disabled = 0, "
+                             "created_at = ? WHERE id = ?",
+                        (credential_hash, agent.created_at, agent.id))
+                self._x(cur, "UPDATE agents SET owner = ?, description = ?, status = ?, "
+                             "ceiling = ?, max_ttl = ?, max_depth = ?, epoch = ?, "
+                             "revoked_before = ?, created_at = ? WHERE id = ?",
+                        (*self._agent_values(agent)[1:], agent.id))
+                self._change(cur, ChangeKind.PRINCIPAL, agent.id)
             self._write_keys(cur, agent)
             self._change(cur, ChangeKind.AGENT, agent.id)
+            self._audit(cur, [audit])
+
+    def delete_agent(self, agent_id: str, revoke_before_ms: int, audit: AuditEvent) -> None:
+        with self._tx() as cur:
+            self._x(cur, "UPDATE agents SET status = ?, epoch = epoch + 1, revoked_before = "
+                         "CASE WHEN revoked_before > ? THEN revoked_before ELSE ? END "
+                         "WHERE id = ? AND status <> ?",
+                    ("deleted", revoke_before_ms, revoke_before_ms, agent_id, "deleted"))
+            if cur.rowcount != 1:
+                raise NotFoundError(f"agent {agent_id!r} not found", id=agent_id)
+            self._x(cur, "DELETE FROM agent_keys WHERE agent = ?", (agent_id,))
+            # the principal row stays (the agent row refers to it) but can never log in
+            self._x(cur, "UPDATE principals SET credential_hash = ?, disabled = 1 WHERE id = ?",
+                    (f"deleted:{agent_id}", agent_id))
+            self._change(cur, ChangeKind.AGENT, agent_id)
+            self._change(cur, ChangeKind.PRINCIPAL, agent_id)
             self._audit(cur, [audit])
 
     @staticmethod
@@ -287,10 +352,12 @@ class SqlStore(Store):
                              "FROM tokens WHERE id = ?", (token_id,)).fetchone()
         return TokenRecord(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5]))) if r else None
 
-    def record_delegations(self, records: Sequence[DelegationRecord]) -> None:
+    def record_delegations(self, records: Sequence[DelegationRecord],
+                           audit: AuditEvent | None = None) -> None:
         if not records:
             return
         with self._tx() as cur:
+            self._audit(cur, [audit] if audit else [])
             cur.executemany(
                 self._sql("INSERT INTO delegations (id, token_id, parent, from_agent, to_agent, at,"
                           " expires_at, offline, restrictions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -313,10 +380,11 @@ class SqlStore(Store):
                         (delegation_id,)).fetchone()
         return self._delegation(r) if r else None
 
-    def delegations_of(self, token_id: str) -> list[DelegationRecord]:
+    def delegations_of(self, token_id: str, limit: int = 100_000) -> list[DelegationRecord]:
         with self._read() as cur:
             rows = self._x(cur, f"SELECT {self._DELEGATION_COLS} FROM delegations "
-                                "WHERE token_id = ? ORDER BY at, id", (token_id,)).fetchall()
+                                "WHERE token_id = ? ORDER BY at, id LIMIT ?",
+                           (token_id, limit)).fetchall()
         return [self._delegation(r) for r in rows]
 
     # -- revocations -----------------------------------------------------------------
