@@ -62,6 +62,7 @@ class Settings:
     stale_after: float = 10.0
     cache_size: int = 32768
     memo_size: int = 100_000  # remembered allows; any state change voids them all
+    tree_max_nodes: int = 2000  # nodes one GetTokenTree returns (the rest: truncated)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None

@@ -33,8 +33,7 @@ from capgate_server.store import AuditEvent, DelegationRecord, Principal, Role, 
 __all__ = ["HopStatus", "Inspection", "Issued", "Tokens", "TreeNode"]
 
 _MAX_EXTRA_CAVEATS = 32
-MAX_TREE_NODES = 2000  # nodes one GetTokenTree returns
-MAX_TREE_DEPTH = 32  # levels; a valid chain has at most MAX_DEPTH + 1
+MAX_TREE_DEPTH = 32  # levels of a returned tree; a valid chain has at most MAX_DEPTH + 1
 
 
 @dataclass(frozen=True)
@@ -360,7 +359,7 @@ class Tokens:
     async def tree(self, caller: Principal, node_id: str) -> TreeNode:
         """The delegation tree below a token or hop, as the server has seen it.
 
-        Bounded: at most ``MAX_TREE_NODES`` nodes and ``MAX_TREE_DEPTH`` levels are
+        Bounded: at most ``settings.tree_max_nodes`` nodes and ``MAX_TREE_DEPTH`` levels are
         returned (a node whose children were left out says so), and it is built
         without recursion, so no tree, however it was made, can fail the call.
         """
@@ -380,12 +379,13 @@ class Tokens:
                     token.issued_at <= agent.revoked_before_ms / 1000:
                 raise PermissionDeniedError("an agent may read only the trees of its own "
                                             "live tokens")
-        hops = await self.replica.read(store.delegations_of, token.id, MAX_TREE_NODES + 1)
+        limit = self.replica.settings.tree_max_nodes
+        hops = await self.replica.read(store.delegations_of, token.id, limit + 1)
         revs = self.replica.revocations
         nodes = {token.id: TreeNode(token.id, token.agent, "", token.issued_at,
                                     revs.is_revoked(token.id), token.caveats)}
         children: dict[str, list[str]] = {}
-        for h in hops[:MAX_TREE_NODES]:
+        for h in hops[:limit]:
             if h.id not in nodes:
                 nodes[h.id] = TreeNode(h.id, h.to_agent, h.from_agent, h.at,
                                        revs.is_revoked(h.id), h.restrictions)
@@ -405,6 +405,6 @@ class Tokens:
                     node.children.append(nodes[k])
                     below.append(nodes[k])
             level, depth = below, depth + 1
-        if len(hops) > MAX_TREE_NODES:
+        if len(hops) > limit:
             root.truncated = True
         return root

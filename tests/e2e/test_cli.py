@@ -9,6 +9,8 @@ import pytest
 from pymacaroons import Macaroon
 from pymacaroons.serializers import BinarySerializer
 
+from capgate import Token
+
 from harness import ServerProcess, cli
 
 
@@ -158,3 +160,61 @@ def test_bench_loads_a_live_server(proc):
     r = jrun(proc, "bench", token, "--action", "write", "--resource", "/data/x", "--agent", name,
              "--duration", "0.3", "--concurrency", "2", credential=svc)
     assert r["checks"] > 0 and r["allowed"] == 0
+
+
+def test_principals_from_the_cli(proc, tmp_path):
+    name = "svc-" + secrets.token_hex(3)
+    svc = jrun(proc, "service", "create", name)["credential"]
+    listed = {p["id"]: p for p in jrun(proc, "principal", "list")["principals"]}
+    assert listed[name]["role"] == "service" and listed[name]["disabled"] is False
+    assert jrun(proc, "principal", "disable", name)["disabled"] is True
+    r = run(proc, "agent", "list", credential=svc)
+    assert r.returncode == 2 and "disabled" in r.stderr
+    jrun(proc, "principal", "enable", name)
+    out = tmp_path / "rotated.cred"
+    rotated = jrun(proc, "principal", "rotate", name, "--credential-out", str(out))
+    assert rotated["principal"] == name and out.stat().st_mode & 0o777 == 0o600
+    human = run(proc, "principal", "list").stdout
+    assert name in human and "enabled" in human
+
+
+def test_deleting_an_agent_from_the_cli(proc):
+    name, cred = new_agent(proc)
+    token = jrun(proc, "token", "issue", "--grant", "read:/data/*", credential=cred)["token"]
+    assert jrun(proc, "agent", "delete", name)["deleted"] is True
+    gone = jrun(proc, "token", "verify", token, "--action", "read", "--resource", "/data/x",
+                "--agent", name, expect=1)
+    assert gone["code"] == "unknown_agent"
+
+
+def test_admin_recover_writes_a_new_credential_locally(tmp_path):
+    data = tmp_path / "data"
+    p = ServerProcess(data).start()
+    try:
+        old = p.admin_credential
+        r = cli("admin", "recover", "--data-dir", str(data))
+        assert r.returncode == 0, r.stderr
+        new = (data / "admin.credential").read_text().strip()
+        assert new != old and (data / "admin.credential").stat().st_mode & 0o777 == 0o600
+        r = cli("principal", "list", server=p.address, credential=new)
+        assert r.returncode == 0, r.stderr
+        r = cli("principal", "list", server=p.address, credential=old)
+        assert r.returncode == 2
+    finally:
+        p.stop()
+
+
+def test_attacker_text_never_reaches_the_terminal_raw(proc):
+    """A caveat (or anything else an attacker writes) with terminal escapes is shown
+    escaped by every human output: inspect, the error line, audit."""
+    name, cred = new_agent(proc)
+    token = jrun(proc, "token", "issue", "--grant", "read:/data/*", credential=cred)["token"]
+    evil = Token.parse(token).append_raw(b"x \x1b[2J\x1b]0;pwned\x07 \xe2\x80\xae").to_text()
+    for args in (("token", "inspect", evil), ("token", "inspect", evil, "--online"),
+                 ("token", "verify", evil, "--action", "read", "--resource", "/data/x",
+                  "--agent", name), ("audit", "--limit", "50")):
+        r = run(proc, *args)
+        assert "\x1b" not in r.stdout + r.stderr and "\x07" not in r.stdout + r.stderr
+        assert "\u202e" not in r.stdout + r.stderr
+    shown = run(proc, "token", "inspect", evil).stdout
+    assert "\\x1b[2J" in shown
