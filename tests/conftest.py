@@ -1,10 +1,58 @@
-"""Shared fixtures: a fixed clock, PostgreSQL schemas, and real servers on port 0."""
+"""Shared fixtures: a fixed clock, PostgreSQL schemas, and real servers on port 0.
+
+Tests that need PostgreSQL (those using ``pg_url``, or marked ``postgres``) and
+those that need libmacaroons (marked ``libmacaroons``) run when it is there. On a
+developer's machine without it they are skipped, with one line in the summary;
+in CI (``CAPGATE_CI=1``, set by ``.ci/run``) a missing dependency fails them.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+
+REQUIRED = os.environ.get("CAPGATE_CI") == "1"
+_MISSING: dict[str, tuple[str, int]] = {}  # dependency -> (why, tests skipped)
+
+
+def _postgres_problem() -> str | None:
+    from harness import PG_URL, pg_reachable
+
+    return None if pg_reachable() else f"PostgreSQL is not reachable at {PG_URL}"
+
+
+def _libmacaroons_problem() -> str | None:
+    from harness import load_libmacaroons
+
+    return None if load_libmacaroons() is not None else "libmacaroons (libmacaroons0) is missing"
+
+
+_CHECKS = {"postgres": _postgres_problem, "libmacaroons": _libmacaroons_problem}
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    for item in items:
+        if "pg_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+    if REQUIRED:
+        return  # CI: every dependency must be there; a missing one fails its tests
+    problems = {name: check() for name, check in _CHECKS.items()}
+    for item in items:
+        for name, why in problems.items():
+            if why is not None and item.get_closest_marker(name) is not None:
+                item.add_marker(pytest.mark.skip(reason=why))
+                _MISSING[name] = (why, _MISSING.get(name, (why, 0))[1] + 1)
+                break
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for why, count in _MISSING.values():
+        terminalreporter.write_line(
+            f"capgate: {why}: skipped {count} tests that need it (CI runs them all; "
+            "see CONTRIBUTING.md)", yellow=True)
 
 
 class FakeClock:
@@ -27,10 +75,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    """A PostgreSQL URL whose tables live in a fresh schema, dropped afterwards.
-
-    PostgreSQL is required: when it is not reachable the test fails, it is not skipped.
-    """
+    """A PostgreSQL URL whose tables live in a fresh schema, dropped afterwards."""
     from harness import pg_schema
 
     with pg_schema() as url:

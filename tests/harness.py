@@ -25,11 +25,41 @@ CAPGATE = [sys.executable, "-m", "capgate_cli"]
 PG_URL = os.environ.get("CAPGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+def pg_reachable(timeout: float = 2.0) -> bool:
+    """Whether the PostgreSQL of ``CAPGATE_TEST_PG`` answers (checked once per session)."""
+    global _PG_REACHABLE
+    if _PG_REACHABLE is None:
+        import psycopg
+
+        try:
+            psycopg.connect(PG_URL, connect_timeout=int(timeout)).close()
+            _PG_REACHABLE = True
+        except psycopg.Error:
+            _PG_REACHABLE = False
+    return _PG_REACHABLE
+
+
+_PG_REACHABLE: bool | None = None
+
+
+def load_libmacaroons() -> Any:
+    """The real libmacaroons (C library, V1 format) through ctypes, or None if absent."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("macaroons") or "libmacaroons.so.0"
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
 @contextlib.contextmanager
 def pg_schema() -> Iterator[str]:
     """A PostgreSQL URL whose tables live in a fresh schema, dropped on exit.
 
-    PostgreSQL is required: when it cannot be reached the caller fails, it does not skip.
+    When it cannot be reached the test fails (outside CI, tests that need PostgreSQL are
+    skipped before they start: see conftest.py).
     """
     import psycopg
     import pytest

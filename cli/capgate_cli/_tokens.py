@@ -140,6 +140,14 @@ def _inspect_text(obj: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def convert(args: argparse.Namespace) -> int:
+    """Offline: the same token (same signature) in another serialization."""
+    token = Token.parse(read_token(args.token))
+    out = token.to_text(args.format)
+    emit(args, {"token": out, "format": args.format}, out)
+    return EXIT_OK
+
+
 def verify(args: argparse.Namespace) -> int:
     text = read_token(args.token)
     with client(args) as c:
@@ -236,6 +244,18 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--online", action="store_true",
                    help="ask the server too (signature, revoked hops, agent status)")
     p.set_defaults(run=inspect)
+
+    p = cmds.add_parser(
+        "convert", parents=[common],
+        help="the same token in another format (offline; capgate reads both)",
+        description="Write a token as V2 binary (the default everywhere) or as libmacaroons' "
+                    "V1 packets, for readers that know only V1 (libmacaroons 0.3). Same "
+                    "signature, same caveats.",
+        epilog="example: capgate token convert \"$TOKEN\" --format v1")
+    p.add_argument("token", help="the token, or - for stdin")
+    p.add_argument("--format", choices=["v1", "v2"], required=True,
+                   help="v1: libmacaroons V1 packets; v2: macaroon V2 binary")
+    p.set_defaults(run=convert)
 
     p = cmds.add_parser("verify", parents=[common], help="may this presenter do this?")
     p.add_argument("token", help="the token, or - for stdin")

@@ -18,11 +18,22 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import NamedTuple
 
 from capgate._errors import MalformedTokenError
+from capgate._raw import DEFAULT_LIMITS, Limits, RawCaveat, RawMacaroon
+from capgate._v1 import pack_v1, unpack_v1
 
-__all__ = ["Limits", "RawCaveat", "RawMacaroon", "decode_text", "encode_text", "pack", "unpack"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Limits",
+    "RawCaveat",
+    "RawMacaroon",
+    "decode_text",
+    "encode_text",
+    "pack",
+    "pack_v1",
+    "unpack",
+]
 
 _VERSION = 2
 _EOS, _LOCATION, _IDENTIFIER, _VID, _SIGNATURE = 0, 1, 2, 4, 6
@@ -30,32 +41,6 @@ _SIGNATURE_SIZE = 32
 _STD_VALUE = {
     c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 }
-
-
-class Limits(NamedTuple):
-    """Size bounds applied before any work is done on a token."""
-
-    max_text: int = 16384  # characters of base64url text
-    max_caveats: int = 64
-    max_caveat: int = 2048  # bytes in one caveat identifier
-    max_identifier: int = 256
-    max_location: int = 256
-
-
-DEFAULT_LIMITS = Limits()
-
-
-class RawCaveat(NamedTuple):
-    cid: bytes
-    vid: bytes | None = None
-    location: bytes | None = None
-
-
-class RawMacaroon(NamedTuple):
-    location: bytes | None
-    identifier: bytes
-    caveats: tuple[RawCaveat, ...]
-    signature: bytes
 
 
 def decode_text(text: str | bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
@@ -200,12 +185,15 @@ def _section(
 
 
 def unpack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> RawMacaroon:
-    """Parse V2 binary; raises ``MalformedTokenError`` for anything else."""
+    """Parse V2 binary, or libmacaroons' V1 packets; ``MalformedTokenError`` for anything else."""
     if not data:
         raise MalformedTokenError("token is empty")
     if data[0] != _VERSION:
+        if data[:4].isalnum():  # V1 starts with a packet's four hex digits
+            return unpack_v1(data, limits)
         raise MalformedTokenError(
-            f"unsupported macaroon format (first byte {data[0]:#04x}; only V2 binary is accepted)"
+            f"unsupported macaroon format (first byte {data[0]:#04x}; "
+            "V2 binary or V1 packets are accepted)"
         )
     pos, location, identifier, _ = _section(data, 1, False, "macaroon")
     if not identifier:

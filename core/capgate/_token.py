@@ -20,11 +20,18 @@ import secrets
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from capgate._codec import DEFAULT_LIMITS, Limits, RawCaveat, RawMacaroon, decode_text
+from capgate._codec import (
+    DEFAULT_LIMITS,
+    Limits,
+    RawCaveat,
+    RawMacaroon,
+    decode_text,
+    pack_v1,
+)
 from capgate._codec import encode_text as _encode_text
 from capgate._codec import pack as _pack
 from capgate._codec import unpack as _unpack
-from capgate._errors import CaveatSyntaxError, MalformedTokenError
+from capgate._errors import CaveatSyntaxError, InvalidArgumentError, MalformedTokenError
 
 __all__ = ["Token", "TokenIdentifier", "chain_signature", "derive_key", "new_token_id"]
 
@@ -104,14 +111,17 @@ class Token:
 
     @classmethod
     def parse(cls, text: str | bytes, *, limits: Limits = DEFAULT_LIMITS) -> Token:
-        """Parse V2 binary in base64url text (padded or not)."""
+        """Parse base64url text (padded or not) of V2 binary, or of libmacaroons' V1."""
         data = decode_text(text, limits)
+        raw = _unpack(data, limits)
+        if data[:1] != b"\x02":  # V1 in: the token's own text is still V2
+            return cls(raw)
         canonical = isinstance(text, str) and not any(c in text for c in "=+/")
-        return cls(_unpack(data, limits), text if canonical else _encode_text(data))  # type: ignore[arg-type]
+        return cls(raw, text if canonical else _encode_text(data))  # type: ignore[arg-type]
 
     @classmethod
     def from_bytes(cls, data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Token:
-        """Parse V2 binary bytes."""
+        """Parse V2 binary bytes (or V1 packets)."""
         if not isinstance(data, bytes):
             raise MalformedTokenError("token bytes must be bytes", type=type(data).__name__)
         if len(data) > limits.max_text * 3 // 4:
@@ -185,11 +195,19 @@ class Token:
 
     # -- serializing and checking ------------------------------------------------------
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, format: str = "v2") -> bytes:
+        """The V2 binary form, or with ``format="v1"`` libmacaroons' V1 packets."""
+        if format == "v1":
+            return pack_v1(self._raw)
+        if format != "v2":
+            raise InvalidArgumentError(f"unknown token format {format!r} (v2 or v1)")
         return _pack(self._raw)
 
-    def to_text(self) -> str:
-        """Unpadded base64url of the V2 binary form."""
+    def to_text(self, format: str = "v2") -> str:
+        """Unpadded base64url of the V2 binary form (``format="v1"``: of V1 packets, for
+        libmacaroons 0.3 and other readers of the older format). Same signature either way."""
+        if format != "v2":
+            return _encode_text(self.to_bytes(format))
         if self._text is None:
             object.__setattr__(self, "_text", _encode_text(self.to_bytes()))
         assert self._text is not None

@@ -51,6 +51,62 @@ def test_libmacaroons_vectors_verify_with_the_key_and_not_without(text, caveats,
     assert not t.signature_valid(WRONG)
 
 
+# libmacaroons test/unit/root_v1_1, caveat_v1_1 and caveat_v1_4 (the V1 text inside each
+# vtest): the same macaroons as ROOT, ONE and TWO above, in the V1 format.
+ROOT_V1 = ("MDAyMWxvY2F0aW9uIGh0dHA6Ly9leGFtcGxlLm9yZy8KMDAxNWlkZW50aWZpZXIga2V5aWQKMDAyZnNpZ25hdH"
+           "VyZSB83ueSURxbxvUoSFgF3-myTnheKOKpkwH51xHGCeOO9wo")
+ONE_V1 = ("MDAyMWxvY2F0aW9uIGh0dHA6Ly9leGFtcGxlLm9yZy8KMDAxNWlkZW50aWZpZXIga2V5aWQKMDAxZGNpZCBhY2"
+          "NvdW50ID0gMzczNTkyODU1OQowMDJmc2lnbmF0dXJlIPVIB_bcbt-Ivw9zBrOCJWKjYlM9v3M5umF2XaS9JZ2HCg")
+TWO_V1 = ("MDAyMWxvY2F0aW9uIGh0dHA6Ly9leGFtcGxlLm9yZy8KMDAxNWlkZW50aWZpZXIga2V5aWQKMDAxZGNpZCBhY2"
+          "NvdW50ID0gMzczNTkyODU1OQowMDE1Y2lkIHVzZXIgPSBhbGljZQowMDJmc2lnbmF0dXJlIEvpZ80eoMaya69qSp"
+          "TumwWxWIbaC6hejEKpPI0OEl78Cg")
+
+
+@pytest.mark.parametrize("v1, v2", [(ROOT_V1, ROOT), (ONE_V1, ONE), (TWO_V1, TWO)])
+def test_libmacaroons_v1_vectors_are_the_same_tokens_as_their_v2_twins(v1, v2):
+    t = Token.parse(v1)
+    assert t == Token.parse(v2) and t.signature_valid(KEY) and not t.signature_valid(WRONG)
+    assert t.to_text() == v2  # capgate writes V2 by default
+    assert t.to_text("v1") == v1  # and V1 byte for byte as libmacaroons does
+    assert Token.parse(t.to_text("v1")) == t
+
+
+def _v1(*packets: tuple[bytes, bytes], header: str = "{:04x}") -> str:
+    data = b"".join(header.format(4 + len(k) + 2 + len(v)).encode() + k + b" " + v + b"\n"
+                    for k, v in packets)
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+SIG = (b"signature", b"s" * 32)
+
+
+@pytest.mark.parametrize("packets, header, why", [
+    (((b"identifier", b"id"),), "{:04x}", "signature missing"),
+    (((b"location", b"x"), SIG), "{:04x}", "no identifier"),
+    (((b"identifier", b"id"), (b"signature", b"short")), "{:04x}", "not 32 bytes"),
+    (((b"identifier", b"id"), SIG, (b"cid", b"late")), "{:04x}", "unexpected packet"),
+    (((b"identifier", b"id"), (b"cid", b""), SIG), "{:04x}", "empty"),
+    (((b"identifier", b"id"), (b"bogus", b"x"), SIG), "{:04x}", "unknown V1 packet"),
+    (((b"identifier", b"id"), SIG), "{:04X}", "lowercase hex"),  # 002F
+    (((b"identifier", b"id"), SIG), "{:04x}", None),  # the control: this one parses
+])
+def test_malformed_v1_tokens_raise_a_clear_error(packets, header, why):
+    if why is None:
+        assert Token.parse(_v1(*packets, header=header)).identifier == b"id"
+        return
+    with pytest.raises(MalformedTokenError, match=why):
+        Token.parse(_v1(*packets, header=header))
+
+
+def test_v1_limits_are_the_same_as_v2s():
+    caveats = [(b"cid", b"action in read")] * 65
+    with pytest.raises(MalformedTokenError, match="more than 64 caveats"):
+        Token.parse(_v1((b"identifier", b"id"), *caveats, SIG))
+    truncated = base64.urlsafe_b64decode(ONE_V1 + "==")[:-5]
+    with pytest.raises(MalformedTokenError, match="truncated"):
+        Token.parse(base64.urlsafe_b64encode(truncated).decode())
+
+
 def test_binary_caveat_vector_keeps_its_bytes():
     t = Token.parse(BINARY)
     assert t.raw.caveats[0].cid == bytes.fromhex("951d00c621")

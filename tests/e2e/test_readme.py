@@ -9,6 +9,8 @@ import sys
 import urllib.parse
 from pathlib import Path
 
+import pytest
+
 from harness import ServerProcess, pg_schema
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,6 +20,7 @@ def sh_blocks(text: str) -> list[str]:
     return re.findall(r"```sh\n(.*?)```", text, re.S)
 
 
+@pytest.mark.postgres  # the fleet section runs two replicas on PostgreSQL
 def test_readme_walkthrough_works_as_written(tmp_path):
     blocks = sh_blocks((ROOT / "README.md").read_text())
     assert len(blocks) >= 10
