@@ -4,14 +4,21 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test bench protos check-protos lint typecheck clean
+.PHONY: serve test bench protos check-protos lint typecheck clean lock
 
 # The venv is rebuilt only when the pinned requirements or the project metadata change.
+# requirements.lock pins every package (server and development tools included) with
+# its hashes; `make lock` regenerates it from pyproject.toml.
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
+
+lock: $(STAMP)
+	$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --no-emit-index-url \
+	    --no-emit-find-links --strip-extras --extra server --extra dev \
+	    --output-file requirements.lock pyproject.toml
 
 serve: $(STAMP)
 	$(VENV)/bin/capgate serve

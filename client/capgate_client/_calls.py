@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -40,7 +40,7 @@ from capgate_proto.v1 import (
     verifier_pb2_grpc,
 )
 
-__all__ = ["TLS", "Call", "stubs_for"]
+__all__ = ["TLS", "Call", "stubs_for", "verify_request", "verify_result"]
 
 
 @dataclass(frozen=True)
@@ -53,19 +53,26 @@ class TLS:
     server_name: str | None = None
 
     def credentials(self) -> grpc.ChannelCredentials:
-        read = lambda p: p.read_bytes() if p else None  # noqa: E731
+        def read(path: Path | None) -> bytes | None:
+            return path.read_bytes() if path else None
+
         return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
 
     def options(self) -> list[tuple[str, Any]]:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
-class Call:
+class Call(Generic[T]):
+    """One RPC: the stub (``service``, ``method``), its request, and the reply's reading."""
+
     service: str
     method: str
     request: Any
-    convert: Callable[[Any], Any]
+    convert: Callable[[Any], T]
 
 
 def stubs_for(channel: Any) -> dict[str, Any]:
@@ -130,7 +137,7 @@ def verify_request(token: str, action: str, resource: str, presenter: str = "",
 
 def create_agent(agent_id: str, grants: Sequence[str], max_ttl: int | None,
                  max_depth: int | None, owner: str, description: str,
-                 public_key: bytes | None) -> Call:
+                 public_key: bytes | None) -> Call[tuple[AgentInfo, str]]:
     req = agent_pb2.CreateAgentRequest(
         id=agent_id, ceiling=[_grant_pb(g) for g in grants], max_ttl_seconds=max_ttl or 0,
         max_depth=-1 if max_depth is None else max_depth, owner=owner, description=description,
@@ -139,17 +146,17 @@ def create_agent(agent_id: str, grants: Sequence[str], max_ttl: int | None,
                 lambda pb: (_agent(pb.agent), pb.credential))
 
 
-def get_agent(agent_id: str) -> Call:
+def get_agent(agent_id: str) -> Call[AgentInfo]:
     return Call("agent", "GetAgent", agent_pb2.GetAgentRequest(id=agent_id), _agent)
 
 
-def list_agents() -> Call:
+def list_agents() -> Call[list[AgentInfo]]:
     return Call("agent", "ListAgents", agent_pb2.ListAgentsRequest(),
                 lambda pb: [_agent(a) for a in pb.agents])
 
 
 def update_agent(agent_id: str, grants: Sequence[str] | None, max_ttl: int | None,
-                 max_depth: int | None, description: str | None) -> Call:
+                 max_depth: int | None, description: str | None) -> Call[AgentInfo]:
     req = agent_pb2.UpdateAgentRequest(
         id=agent_id, ceiling=[_grant_pb(g) for g in grants or ()], set_ceiling=grants is not None,
         max_ttl_seconds=max_ttl or 0, max_depth=-1 if max_depth is None else max_depth,
@@ -157,28 +164,28 @@ def update_agent(agent_id: str, grants: Sequence[str] | None, max_ttl: int | Non
     return Call("agent", "UpdateAgent", req, _agent)
 
 
-def agent_action(method: str, agent_id: str) -> Call:
+def agent_action(method: str, agent_id: str) -> Call[AgentInfo]:
     """SuspendAgent, ResumeAgent, RevokeAllTokens."""
     return Call("agent", method, agent_pb2.AgentRef(id=agent_id), _agent)
 
 
-def add_public_key(agent_id: str, public_key: bytes) -> Call:
+def add_public_key(agent_id: str, public_key: bytes) -> Call[AgentInfo]:
     return Call("agent", "AddPublicKey",
                 agent_pb2.AddPublicKeyRequest(id=agent_id, public_key=public_key), _agent)
 
 
-def remove_public_key(agent_id: str, key_id: str) -> Call:
+def remove_public_key(agent_id: str, key_id: str) -> Call[AgentInfo]:
     return Call("agent", "RemovePublicKey",
                 agent_pb2.RemovePublicKeyRequest(id=agent_id, key_id=key_id), _agent)
 
 
-def create_principal(principal_id: str, role: str) -> Call:
+def create_principal(principal_id: str, role: str) -> Call[Credential]:
     return Call("agent", "CreatePrincipal",
                 agent_pb2.CreatePrincipalRequest(id=principal_id, role=role),
                 lambda pb: Credential(pb.id, pb.role, pb.credential))
 
 
-def delete_agent(agent_id: str) -> Call:
+def delete_agent(agent_id: str) -> Call[None]:
     return Call("agent", "DeleteAgent", agent_pb2.AgentRef(id=agent_id), lambda pb: None)
 
 
@@ -186,42 +193,42 @@ def _principal(pb: Any) -> PrincipalInfo:
     return PrincipalInfo(pb.id, pb.role, pb.created_at, pb.disabled)
 
 
-def list_principals() -> Call:
+def list_principals() -> Call[list[PrincipalInfo]]:
     return Call("agent", "ListPrincipals", agent_pb2.ListPrincipalsRequest(),
                 lambda pb: [_principal(p) for p in pb.principals])
 
 
-def principal_action(method: str, principal_id: str) -> Call:
+def principal_action(method: str, principal_id: str) -> Call[PrincipalInfo]:
     """DisablePrincipal, EnablePrincipal."""
     return Call("agent", method, agent_pb2.PrincipalRef(id=principal_id), _principal)
 
 
-def rotate_credential(principal_id: str) -> Call:
+def rotate_credential(principal_id: str) -> Call[Credential]:
     return Call("agent", "RotateCredential", agent_pb2.PrincipalRef(id=principal_id),
                 lambda pb: Credential(pb.id, pb.role, pb.credential))
 
 
-def issue(grant: str, ttl: int | None, caveats: Iterable[str]) -> Call:
+def issue(grant: str, ttl: int | None, caveats: Iterable[str]) -> Call[IssuedToken]:
     return Call("token", "IssueToken",
                 token_pb2.IssueTokenRequest(grant=_grant_pb(grant), ttl_seconds=ttl or 0,
                                             caveats=list(caveats)), _issued)
 
 
-def attenuate(token: str, caveats: Iterable[str]) -> Call:
+def attenuate(token: str, caveats: Iterable[str]) -> Call[IssuedToken]:
     return Call("token", "AttenuateToken",
                 token_pb2.AttenuateTokenRequest(token=token, caveats=list(caveats)), _issued)
 
 
-def delegate(token: str, to: str, caveats: Iterable[str]) -> Call:
+def delegate(token: str, to: str, caveats: Iterable[str]) -> Call[IssuedToken]:
     return Call("token", "DelegateToken",
                 token_pb2.DelegateTokenRequest(token=token, to=to, caveats=list(caveats)), _issued)
 
 
-def inspect(token: str) -> Call:
+def inspect(token: str) -> Call[InspectResult]:
     return Call("token", "InspectToken", token_pb2.InspectTokenRequest(token=token), _inspect)
 
 
-def revoke(token_or_id: str, reason: str) -> Call:
+def revoke(token_or_id: str, reason: str) -> Call[RevokeResult]:
     text = token_or_id.strip()
     is_id = len(text) == 32 and all(c in "0123456789abcdefABCDEF" for c in text)
     if not text:
@@ -232,23 +239,23 @@ def revoke(token_or_id: str, reason: str) -> Call:
                 lambda pb: RevokeResult(pb.id, pb.newly_revoked, pb.expires))
 
 
-def tree(node_id: str) -> Call:
+def tree(node_id: str) -> Call[TreeNode]:
     return Call("token", "GetTokenTree", token_pb2.GetTokenTreeRequest(id=node_id), _tree)
 
 
 def verify(token: str, action: str, resource: str, presenter: str,
-           ctx: Mapping[str, str] | None) -> Call:
+           ctx: Mapping[str, str] | None) -> Call[VerifyResult]:
     return Call("verify", "Verify", verify_request(token, action, resource, presenter, ctx),
                 verify_result)
 
 
-def verify_batch(requests: Sequence[verifier_pb2.VerifyRequest]) -> Call:
+def verify_batch(requests: Sequence[verifier_pb2.VerifyRequest]) -> Call[list[VerifyResult]]:
     return Call("verify", "VerifyBatch", verifier_pb2.VerifyBatchRequest(requests=requests),
                 lambda pb: [verify_result(r) for r in pb.responses])
 
 
 def audit(principal: str, agent: str, kind: str, token_id: str, after_seq: int,
-          limit: int) -> Call:
+          limit: int) -> Call[list[AuditRecord]]:
     return Call("audit", "ListEvents",
                 audit_pb2.ListEventsRequest(principal=principal, agent=agent, kind=kind,
                                             token_id=token_id, after_seq=after_seq, limit=limit),
@@ -259,14 +266,14 @@ def _key(pb: Any) -> KeyInfo:
     return KeyInfo(pb.id, pb.created_at, pb.retired_at, pb.signing)
 
 
-def list_keys() -> Call:
+def list_keys() -> Call[list[KeyInfo]]:
     return Call("keys", "ListKeys", keys_pb2.ListKeysRequest(),
                 lambda pb: [_key(k) for k in pb.keys])
 
 
-def rotate_key() -> Call:
+def rotate_key() -> Call[KeyInfo]:
     return Call("keys", "RotateKey", keys_pb2.RotateKeyRequest(), _key)
 
 
-def retire_key(key_id: str) -> Call:
+def retire_key(key_id: str) -> Call[KeyInfo]:
     return Call("keys", "RetireKey", keys_pb2.RetireKeyRequest(id=key_id), _key)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 import capgate
@@ -35,12 +37,15 @@ _BY_CODE: dict[grpc.StatusCode, type[CapgateError]] = {
 
 
 def from_rpc_error(error: grpc.RpcError) -> CapgateError:
+    """The capgate exception a failed call stands for: the one the server named in the
+    ``capgate-error`` trailer, else the nearest one for the status code."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = (error.details() if hasattr(error, "details") else None) or str(code)
     name = ""
-    trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    # (key, value) pairs: plain tuples from grpc.aio, _Metadatum tuples from grpc
+    trailing: Any = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
     for key, value in trailing or ():
-        if key == "capgate-error":
+        if key == "capgate-error" and isinstance(value, str):
             name = value
     cls = _BY_NAME.get(name) or _BY_CODE.get(code, CapgateError)
     return cls(details, status=code.name if code else "UNKNOWN")

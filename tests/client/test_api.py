@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import grpc
 import pytest
 
@@ -55,6 +57,7 @@ def test_client_public_api_is_pinned():
         "VerifyItem", "VerifyResult", "delegate_offline", "from_rpc_error"])
 
 
+Metadatum = collections.namedtuple("Metadatum", ["key", "value"])  # what grpc hands back
 ALL_ERRORS = [c for n in capgate.__all__
               if isinstance(c := getattr(capgate, n), type) and issubclass(c, Exception)]
 
@@ -75,7 +78,7 @@ def test_every_error_maps_to_a_status_and_back(cls):
             return "boom"
 
         def trailing_metadata(self):
-            return (("capgate-error", cls.__name__),)
+            return (Metadatum("capgate-error", cls.__name__),)
 
     back = from_rpc_error(FakeRpcError())
     assert type(back) is cls and str(back) == "boom"
