@@ -5,7 +5,7 @@ together; ``serve`` runs one until SIGTERM. The storage interface and its two
 backends are in ``capgate_server.store``.
 """
 
-from capgate_server._app import CapgateServer, serve
+from capgate_server._app import CLOCK_HEALTH, CapgateServer, serve
 from capgate_server._audit import AuditLog
 from capgate_server._interceptor import POLICY
 from capgate_server._keyring import KeyEncryptionKey, load_kek, new_kek_text
@@ -13,6 +13,7 @@ from capgate_server._replica import Replica, Settings
 from capgate_server._status import ERROR_METADATA_KEY, status_for
 
 __all__ = [
+    "CLOCK_HEALTH",
     "ERROR_METADATA_KEY",
     "POLICY",
     "AuditLog",

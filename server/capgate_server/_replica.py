@@ -6,6 +6,12 @@ once after its own writes, on a push from the database where the backend has
 one, and by a periodic catch-up read so a missed push cannot leave it stale.
 If it has not heard from the store for longer than ``stale_after`` it fails
 closed: every verification denies with the reason, and health says NOT_SERVING.
+
+Clocks: staleness runs on the monotonic clock. Forgetting revocations runs on
+``trusted_now``, which no wall-clock jump can move ahead and, on a store with a
+clock of its own, never passes the store's. The replica compares its wall clock
+with the store's and reports (log, ``on_clock``) while they disagree by more
+than ``max_clock_skew``.
 """
 
 from __future__ import annotations
@@ -34,7 +40,15 @@ from capgate import (
 from capgate_server._audit import AuditLog
 from capgate_server._credentials import hash_credential, new_credential
 from capgate_server._keyring import KeyEncryptionKey, RootKeys
-from capgate_server.store import AuditEvent, Change, ChangeKind, Principal, Role, Store
+from capgate_server.store import (
+    AuditEvent,
+    Change,
+    ChangeKind,
+    Principal,
+    Role,
+    SessionTimeouts,
+    Store,
+)
 
 __all__ = ["Replica", "Settings"]
 
@@ -66,16 +80,29 @@ class Settings:
     tls_client_ca: Path | None = None
     insecure: bool = False
     store_threads: int = 1
+    # a revocation is forgotten only this long after every token it names has expired
+    prune_margin: float = 3600.0
+    prune_interval: float = 300.0
+    max_clock_skew: float = 2.0  # warn while this replica's clock is further from the store's
+    clock_check_interval: float = 10.0
+    db_timeouts: SessionTimeouts = field(default_factory=SessionTimeouts)
+    shutdown_grace: float = 5.0  # SIGTERM: time to finish the calls already accepted
 
 
 class Replica:
     """Owns the store connection, the live state and the audit log of one server."""
 
     def __init__(self, store: Store, kek: KeyEncryptionKey, settings: Settings,
-                 clock: Clock = system_clock) -> None:
+                 clock: Clock = system_clock, monotonic: Clock = time.monotonic) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
+        self.monotonic = monotonic
+        self._started = (clock(), monotonic())  # wall and monotonic time at start
+        self._store_time: tuple[float, float] | None = None  # (store clock, monotonic) read
+        self.clock_skew: float | None = None  # this clock minus the store's, when known
+        self.clock_agrees = True
+        self.on_clock: list[Callable[[bool], None]] = []
         self.root_keys = RootKeys(kek)
         self.agents = Directory()
         self.revocations = RevocationSet()
@@ -95,7 +122,7 @@ class Replica:
         self._sync_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.last_contact = time.monotonic()
+        self.last_contact = monotonic()
         self.fresh_until = self.last_contact + settings.stale_after  # monotonic deadline
         self.on_freshness: list[Callable[[bool], None]] = []
         self._fresh = True
@@ -126,6 +153,7 @@ class Replica:
         Returns a new admin credential when this start created the first admin.
         """
         await self.call(self.store.migrate)
+        await self.check_clock()
         await self._load()
         if self.root_keys.signing_id is None and self.settings.role == "full":
             await self.call(self.store.add_root_key, self.root_keys.new_record(self.clock()))
@@ -146,6 +174,7 @@ class Replica:
         self._tasks.append(loop.create_task(self._follow(), name="follow-store"))
         self._tasks.append(loop.create_task(self._watch(), name="freshness"))
         self._tasks.append(loop.create_task(self._prune(), name="prune-revocations"))
+        self._tasks.append(loop.create_task(self._watch_clock(), name="clock"))
         listen = getattr(self.store, "listen", None)
         if listen is not None:  # the backend pushes changes: wake at once
             self._listener = threading.Thread(
@@ -171,7 +200,7 @@ class Replica:
         def load() -> tuple[int, list[Any], list[Agent], list[tuple[str, float]]]:
             seq = self.store.last_change()  # first: later changes are replayed (idempotent)
             return (seq, self.store.root_keys(), self.store.list_agents(),
-                    self.store.revocations(self.clock()))
+                    self.store.revocations(self.trusted_now() - self.settings.prune_margin))
 
         seq, keys, agents, revoked = await self.read(load)
         self.root_keys.load(keys)
@@ -251,25 +280,81 @@ class Replica:
 
     async def _prune(self) -> None:
         while True:
-            await asyncio.sleep(300)
-            now = self.clock()
-            dropped = self.revocations.prune(now)
-            if self.settings.role == "full":
-                with contextlib.suppress(Exception):
-                    await self.call(self.store.prune_revocations, now)
-            if dropped:
-                log.info("forgot %d revocations of expired tokens", dropped)
+            await asyncio.sleep(self.settings.prune_interval)
+            try:
+                await self.prune_revocations()
+            except Exception as e:  # the store is down: next time
+                log.warning("cannot prune revocations: %s", e)
+
+    async def prune_revocations(self) -> int:
+        """Forget revocations whose tokens expired ``prune_margin`` ago by the trusted
+        clock; the store deletes its rows by the earlier of that and its own clock.
+        Returns how many this replica forgot."""
+        now = self.trusted_now()
+        if self.clock() - now > self.settings.max_clock_skew:
+            log.warning("the wall clock is %.1fs ahead of what this replica can vouch for "
+                        "(monotonic time since start, the store's clock): pruning by the "
+                        "latter", self.clock() - now)
+        dropped = self.revocations.prune(now - self.settings.prune_margin)
+        if self.settings.role == "full":
+            await self.call(self.store.prune_revocations, now, self.settings.prune_margin)
+        if dropped:
+            log.info("forgot %d revocations of expired tokens", dropped)
+        return dropped
+
+    # -- clocks -------------------------------------------------------------------------
+
+    def trusted_now(self) -> float:
+        """The latest instant this replica can vouch for: its wall clock, but no further
+        than monotonic time has run since it started (a wall-clock jump forward does
+        not count), and no further than the store's clock where the store has one."""
+        elapsed = self.monotonic() - self._started[1]
+        now = min(self.clock(), self._started[0] + elapsed)
+        if self._store_time is not None:
+            store_now, at = self._store_time
+            now = min(now, store_now + (self.monotonic() - at))
+        return now
+
+    async def check_clock(self) -> None:
+        """Read the store's clock; warn while this replica's disagrees by more than
+        ``max_clock_skew`` (a store without a clock of its own always agrees)."""
+        before = self.clock()
+        store_now = await self.read(self.store.clock)
+        after, at = self.clock(), self.monotonic()
+        if store_now is None:
+            return
+        # the store's clock read at or before ``at``: a lower bound from there on
+        self._store_time = (store_now, at)
+        self.clock_skew = skew = (before + after) / 2 - store_now
+        agrees = abs(skew) <= self.settings.max_clock_skew
+        if agrees == self.clock_agrees:
+            return
+        self.clock_agrees = agrees
+        if agrees:
+            log.warning("this replica's clock agrees with the store's again (%+.3fs)", skew)
+        else:
+            log.warning("this replica's clock is %.1fs %s the store's (bound %.1fs): check "
+                        "its time sync; expiry checks here are off by as much", abs(skew),
+                        "ahead of" if skew > 0 else "behind", self.settings.max_clock_skew)
+        for callback in self.on_clock:
+            callback(agrees)
+
+    async def _watch_clock(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.clock_check_interval)
+            with contextlib.suppress(Exception):  # the store is down: freshness reports it
+                await self.check_clock()
 
     # -- freshness ----------------------------------------------------------------------
 
     def _touch(self) -> None:
-        self.last_contact = time.monotonic()
+        self.last_contact = self.monotonic()
         self.fresh_until = self.last_contact + self.settings.stale_after
         self._check_fresh()
 
     def staleness(self) -> float:
         """Seconds since this replica last heard from the store."""
-        return time.monotonic() - self.last_contact
+        return self.monotonic() - self.last_contact
 
     def fresh(self) -> bool:
         return self.staleness() <= self.settings.stale_after
