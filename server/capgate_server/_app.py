@@ -106,7 +106,7 @@ class CapgateServer:
         self.port = self._bind(server)
         await server.start()
         await self._set_health(replica.fresh())
-        await self._set_clock_health(replica.clock_agrees)
+        await self._set_clock_health(replica.trusted.agrees)
         replica.on_freshness.append(lambda fresh: asyncio.ensure_future(self._set_health(fresh)))
         replica.on_clock.append(
             lambda agrees: asyncio.ensure_future(self._set_clock_health(agrees)))
@@ -153,8 +153,8 @@ class CapgateServer:
             grace = self.settings.shutdown_grace
         deadline = time.monotonic() + grace
         if self.server is not None:
-            self.intake.close()
             await self._set_health(False)
+            self.intake.close()
             if not await self.intake.drained(deadline):
                 log.warning("calls still running after %.1fs of grace: cancelling them", grace)
             await self.server.stop(max(0.0, deadline - time.monotonic()))

@@ -7,7 +7,9 @@ left and cannot tell whether its revoke ran. So capgate drains before it stops:
 ``close()`` refuses every call that starts from then on with UNAVAILABLE ("not
 executed"), calls already running finish, and ``drained()`` returns once none is
 running and none has arrived for a moment; only then is the gRPC server stopped.
-Health checks are always answered, so load balancers see NOT_SERVING.
+A stream ends between messages (what it has not read yet never runs), at once if
+it is waiting for its next request. Health checks are always answered, so load
+balancers see NOT_SERVING.
 """
 
 from __future__ import annotations
@@ -34,12 +36,16 @@ class Intake(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self) -> None:
         self.running = 0
-        self.closed = False
+        self._closing = asyncio.Event()
         self._last_arrival = time.monotonic()
 
+    @property
+    def closed(self) -> bool:
+        return self._closing.is_set()
+
     def close(self) -> None:
-        """Refuse every call that starts from now on."""
-        self.closed = True
+        """Refuse every call that starts from now on; end streams between messages."""
+        self._closing.set()
 
     async def drained(self, deadline: float) -> bool:
         """Wait (until the monotonic ``deadline``) for no call running and none arriving
@@ -68,12 +74,22 @@ class Intake(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 if self.closed:
                     await _refuse(context)
                 self.running += 1
+                responses = inner_stream(request, context).__aiter__()
+                closing = asyncio.ensure_future(self._closing.wait())
                 try:
-                    async for response in inner_stream(request, context):
-                        yield response
-                        if self.closed:  # end between messages; what is left never ran
+                    while True:
+                        step = asyncio.ensure_future(responses.__anext__())
+                        await asyncio.wait({step, closing}, return_when=asyncio.FIRST_COMPLETED)
+                        if not step.done():  # closed while the stream waits for a request
+                            step.cancel()
                             await _refuse(context)
+                        try:
+                            response = step.result()
+                        except StopAsyncIteration:
+                            return
+                        yield response
                 finally:
+                    closing.cancel()
                     self.running -= 1
 
             return _same_kind(handler, streaming)

@@ -7,11 +7,9 @@ one, and by a periodic catch-up read so a missed push cannot leave it stale.
 If it has not heard from the store for longer than ``stale_after`` it fails
 closed: every verification denies with the reason, and health says NOT_SERVING.
 
-Clocks: staleness runs on the monotonic clock. Forgetting revocations runs on
-``trusted_now``, which no wall-clock jump can move ahead and, on a store with a
-clock of its own, never passes the store's. The replica compares its wall clock
-with the store's and reports (log, ``on_clock``) while they disagree by more
-than ``max_clock_skew``.
+Staleness runs on the monotonic clock; forgetting revocations on ``trusted``
+(``TrustedClock``), which reads the store's clock now and then and reports
+(``on_clock``) while this replica's clock disagrees with it.
 """
 
 from __future__ import annotations
@@ -38,6 +36,7 @@ from capgate import (
     system_clock,
 )
 from capgate_server._audit import AuditLog
+from capgate_server._clocks import TrustedClock
 from capgate_server._credentials import hash_credential, new_credential
 from capgate_server._keyring import KeyEncryptionKey, RootKeys
 from capgate_server.store import (
@@ -98,10 +97,7 @@ class Replica:
         self.settings = settings
         self.clock = clock
         self.monotonic = monotonic
-        self._started = (clock(), monotonic())  # wall and monotonic time at start
-        self._store_time: tuple[float, float] | None = None  # (store clock, monotonic) read
-        self.clock_skew: float | None = None  # this clock minus the store's, when known
-        self.clock_agrees = True
+        self.trusted = TrustedClock(clock, monotonic, settings.max_clock_skew)
         self.on_clock: list[Callable[[bool], None]] = []
         self.root_keys = RootKeys(kek)
         self.agents = Directory()
@@ -200,7 +196,7 @@ class Replica:
         def load() -> tuple[int, list[Any], list[Agent], list[tuple[str, float]]]:
             seq = self.store.last_change()  # first: later changes are replayed (idempotent)
             return (seq, self.store.root_keys(), self.store.list_agents(),
-                    self.store.revocations(self.trusted_now() - self.settings.prune_margin))
+                    self.store.revocations(self.trusted.now() - self.settings.prune_margin))
 
         seq, keys, agents, revoked = await self.read(load)
         self.root_keys.load(keys)
@@ -290,7 +286,7 @@ class Replica:
         """Forget revocations whose tokens expired ``prune_margin`` ago by the trusted
         clock; the store deletes its rows by the earlier of that and its own clock.
         Returns how many this replica forgot."""
-        now = self.trusted_now()
+        now = self.trusted.now()
         if self.clock() - now > self.settings.max_clock_skew:
             log.warning("the wall clock is %.1fs ahead of what this replica can vouch for "
                         "(monotonic time since start, the store's clock): pruning by the "
@@ -304,40 +300,13 @@ class Replica:
 
     # -- clocks -------------------------------------------------------------------------
 
-    def trusted_now(self) -> float:
-        """The latest instant this replica can vouch for: its wall clock, but no further
-        than monotonic time has run since it started (a wall-clock jump forward does
-        not count), and no further than the store's clock where the store has one."""
-        elapsed = self.monotonic() - self._started[1]
-        now = min(self.clock(), self._started[0] + elapsed)
-        if self._store_time is not None:
-            store_now, at = self._store_time
-            now = min(now, store_now + (self.monotonic() - at))
-        return now
-
     async def check_clock(self) -> None:
-        """Read the store's clock; warn while this replica's disagrees by more than
-        ``max_clock_skew`` (a store without a clock of its own always agrees)."""
+        """Read the store's clock (a store without one of its own always agrees)."""
         before = self.clock()
         store_now = await self.read(self.store.clock)
-        after, at = self.clock(), self.monotonic()
-        if store_now is None:
-            return
-        # the store's clock read at or before ``at``: a lower bound from there on
-        self._store_time = (store_now, at)
-        self.clock_skew = skew = (before + after) / 2 - store_now
-        agrees = abs(skew) <= self.settings.max_clock_skew
-        if agrees == self.clock_agrees:
-            return
-        self.clock_agrees = agrees
-        if agrees:
-            log.warning("this replica's clock agrees with the store's again (%+.3fs)", skew)
-        else:
-            log.warning("this replica's clock is %.1fs %s the store's (bound %.1fs): check "
-                        "its time sync; expiry checks here are off by as much", abs(skew),
-                        "ahead of" if skew > 0 else "behind", self.settings.max_clock_skew)
-        for callback in self.on_clock:
-            callback(agrees)
+        if store_now is not None and self.trusted.store_read(store_now, before, self.clock()):
+            for callback in self.on_clock:
+                callback(self.trusted.agrees)
 
     async def _watch_clock(self) -> None:
         while True:

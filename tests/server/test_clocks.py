@@ -125,7 +125,7 @@ def test_a_wall_clock_jump_prunes_nothing(tmp_path, clock, monotonic, servers, c
         admin.revoke(issued.token_id, "leaked")
     replica = s.app.replica
     clock.advance(2 * HOUR)  # the wall clock jumps two hours ahead; no time has passed
-    with caplog.at_level(logging.WARNING, "capgate.replica"):
+    with caplog.at_level(logging.WARNING, "capgate"):
         assert s.run(replica.prune_revocations()) == 0
     assert "ahead of what this replica can vouch for" in caplog.text
     assert replica.revocations.is_revoked(issued.token_id)
@@ -199,7 +199,7 @@ def test_rotation_on_a_lagging_clock_makes_the_new_key_sign(tmp_path, clock, ser
 def test_health_warns_while_the_clock_is_off_the_stores(tmp_path, pg_url, kek, servers,
                                                         caplog):
     wall = FakeClock(time.time() + 90)
-    with caplog.at_level(logging.WARNING, "capgate.replica"):
+    with caplog.at_level(logging.WARNING, "capgate"):
         s = servers(tmp_path / "d", clock=wall, store_url=pg_url, kek_file=kek)
     assert re.search(r"clock is (89|90)\.\ds ahead of the store's", caplog.text)
     assert health(s, CLOCK_HEALTH) == NOT_SERVING

@@ -1,15 +1,13 @@
-"""Nothing acknowledged is lost: kill -9, SIGTERM under load, a full disk; each followed
-by a restart on the same data directory."""
+"""Nothing acknowledged is lost: kill -9, SIGTERM, a full disk; each followed by a
+restart on the same data directory."""
 
 from __future__ import annotations
 
 import secrets
-import signal
-import threading
 
 from capgate import CapgateError
 
-from harness import ServerProcess, wait_for
+from harness import ServerProcess
 
 
 def test_revocation_agent_and_keys_survive_kill_9(tmp_path):
@@ -65,68 +63,6 @@ def test_sigterm_shuts_down_gracefully_and_flushes_the_audit(tmp_path):
         with q.client() as admin:
             verifies = admin.audit(token_id=t.token_id, kind="verify")
             assert len(verifies) == 5 and all(e.ok for e in verifies)
-    finally:
-        q.stop()
-
-
-def test_sigterm_under_load_finishes_or_refuses_every_call_never_cancels(tmp_path):
-    """Every call either completes, or is refused as UNAVAILABLE and was not executed:
-    none comes back CANCELLED while the grace lasts, so a client knows whether its
-    revoke ran."""
-    data = tmp_path / "data"
-    p = ServerProcess(data, ["--shutdown-grace", "5"]).start()
-    outcomes: list[tuple[str, str, str]] = []  # (kind, status, details) per call
-    revoked: dict[str, str] = {}  # id -> status of its revoke
-    stop = threading.Event()
-    try:
-        with p.client() as admin:
-            _, cred = admin.create_agent("bob", ["read:/x/**"])
-            with p.client(cred) as bob:
-                token = bob.issue("read:/x/**").token
-        batch = [(token, "read", f"/x/{i}", "bob", None) for i in range(256)]
-
-        def load(kind: str) -> None:
-            with p.client(timeout=20) as c:
-                while not stop.is_set():
-                    target = secrets.token_hex(16)
-                    try:
-                        if kind == "revoke":
-                            c.revoke(target, "load")
-                        else:
-                            c.verify_batch(batch)
-                        status, details = "OK", ""
-                    except CapgateError as e:
-                        status, details = str(e.context.get("status")), e.message
-                    outcomes.append((kind, status, details))
-                    if kind == "revoke":
-                        revoked[target] = status
-                    if status != "OK":
-                        return  # a real client would fail over to another replica
-
-        workers = [threading.Thread(target=load, args=(kind,))
-                   for kind in ["revoke"] * 8 + ["verify"] * 4]
-        for w in workers:
-            w.start()
-        wait_for(lambda: sum(s == "OK" for s in revoked.values()) >= 50, timeout=30)
-        p.proc.send_signal(signal.SIGTERM)
-        assert p.proc.wait(15) == 0
-        stop.set()
-        for w in workers:
-            w.join(30)
-    finally:
-        stop.set()
-        p.stop()
-
-    statuses = {s for _, s, _ in outcomes}
-    assert statuses <= {"OK", "UNAVAILABLE"}, [o for o in outcomes if o[1] != "OK"][:5]
-    refused = [d for _, s, d in outcomes if s == "UNAVAILABLE"]
-    assert refused and all("not executed" in d or "connect" in d for d in refused), refused
-    # what was acknowledged ran; what was refused did not
-    q = ServerProcess(data).start()
-    try:
-        with q.client() as admin:
-            for target, status in revoked.items():
-                assert admin.revoke(target).newly_revoked == (status != "OK"), (target, status)
     finally:
         q.stop()
 
