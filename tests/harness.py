@@ -79,12 +79,15 @@ def pg_schema() -> Iterator[str]:
 
 
 class ServerThread:
-    """A ``CapgateServer`` on port 0 with its own event loop in a background thread."""
+    """A ``CapgateServer`` on port 0 with its own event loop in a background thread.
+
+    ``clock`` stands in for the wall clock and ``monotonic`` for the monotonic one
+    (a wall-clock jump is moving the first alone)."""
 
     def __init__(self, data_dir: Path, *, clock: Callable[[], float] | None = None,
-                 **settings: Any) -> None:
+                 monotonic: Callable[[], float] | None = None, **settings: Any) -> None:
         self.settings = Settings(data_dir=data_dir, listen="127.0.0.1:0", **settings)
-        self._clock = clock
+        self._clocks = {k: v for k, v in (("clock", clock), ("monotonic", monotonic)) if v}
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.app: CapgateServer | None = None
@@ -94,8 +97,7 @@ class ServerThread:
 
     def start(self) -> ServerThread:
         self._thread.start()
-        kwargs = {"clock": self._clock} if self._clock else {}
-        self.app = CapgateServer(self.settings, **kwargs)
+        self.app = CapgateServer(self.settings, **self._clocks)
         self.run(self.app.start())
         return self
 
@@ -120,20 +122,31 @@ class ServerThread:
 
 
 class ServerProcess:
-    """``capgate serve`` in a subprocess; ``kill()`` is a real kill -9."""
+    """``capgate serve`` in a subprocess; ``kill()`` is a real kill -9.
+
+    ``file_size_limit`` (bytes) caps every file it writes (RLIMIT_FSIZE): a full disk."""
 
     def __init__(self, data_dir: Path, extra: Sequence[str] = (), env: dict[str, str] | None = None,
-                 listen: str = "127.0.0.1:0") -> None:
+                 listen: str = "127.0.0.1:0", file_size_limit: int | None = None) -> None:
         self.data_dir = data_dir
         self.args = [*CAPGATE, "serve", "--data-dir", str(data_dir), "--listen", listen, *extra]
         self.env = {**os.environ, **(env or {})}
+        self.file_size_limit = file_size_limit
         self.proc: subprocess.Popen[str] | None = None
         self.address = ""
         self.log: list[str] = []
 
     def start(self, timeout: float = 30) -> ServerProcess:
+        limit = self.file_size_limit
+
+        def limit_files() -> None:
+            import resource
+
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=self.env)
+                                     text=True, env=self.env, preexec_fn=limit_files)
         ready: Future[str] = Future()
 
         def read_stdout() -> None:
@@ -208,7 +221,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10, step: float = 0
 
 class TcpProxy:
     """A TCP forwarder the test controls: ``cut()`` drops every connection and refuses
-    new ones (a network partition, without touching the shared database)."""
+    new ones (a network partition, without touching the shared database);
+    ``freeze_after(marker)`` stops forwarding, without closing anything, right after the
+    client sends bytes holding ``marker`` (a partition in the middle of a conversation)."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         import socket
@@ -219,7 +234,16 @@ class TcpProxy:
         self._open = True
         self._conns: list[Any] = []
         self._lock = threading.Lock()
+        self._marker: bytes | None = None
+        self.frozen = threading.Event()
+        self._released = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze_after(self, marker: bytes) -> threading.Event:
+        """From now on, once client→server bytes hold ``marker``, forward them and then
+        nothing more, either way, on any connection; ``frozen`` is set then."""
+        self._marker = marker
+        return self.frozen
 
     def _accept(self) -> None:
         import socket
@@ -239,14 +263,18 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, outbound in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=(a, b, outbound), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: Any, dst: Any) -> None:
+    def _pipe(self, src: Any, dst: Any, outbound: bool) -> None:
         try:
             while data := src.recv(65536):
+                if self.frozen.is_set():
+                    self._released.wait()  # hold everything; closing the proxy ends it
+                    return
                 dst.sendall(data)
+                if outbound and self._marker is not None and self._marker in data:
+                    self.frozen.set()
         except OSError:
             pass
         finally:
@@ -273,5 +301,6 @@ class TcpProxy:
         self._open = True
 
     def close(self) -> None:
+        self._released.set()
         self.cut()
         self._server.close()

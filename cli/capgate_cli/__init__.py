@@ -19,6 +19,7 @@ __all__ = ["main"]
 
 def _serve(args: argparse.Namespace) -> int:
     from capgate_server import Settings, serve
+    from capgate_server.store import SessionTimeouts
 
     settings = Settings(
         data_dir=args.data_dir, listen=args.listen, store_url=store_url(args),
@@ -26,6 +27,11 @@ def _serve(args: argparse.Namespace) -> int:
         role=args.role, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, insecure=args.insecure,
         stale_after=args.stale_after, poll_interval=args.poll_interval,
+        prune_margin=args.prune_margin, max_clock_skew=args.max_clock_skew,
+        shutdown_grace=args.shutdown_grace,
+        db_timeouts=SessionTimeouts(statement=args.db_statement_timeout,
+                                    lock=args.db_lock_timeout,
+                                    idle_in_transaction=args.db_idle_timeout),
     )
     if args.max_ttl:
         settings.max_ttl_cap = duration(args.max_ttl) or settings.max_ttl_cap
@@ -68,6 +74,20 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="fail closed after this long without the store")
     p.add_argument("--poll-interval", type=float, default=1.0, metavar="S",
                    help="catch-up read of the change feed")
+    p.add_argument("--prune-margin", type=float, default=3600.0, metavar="S",
+                   help="keep a revocation this long after its tokens have expired")
+    p.add_argument("--max-clock-skew", type=float, default=2.0, metavar="S",
+                   help="warn (log, health capgate.clock) while this replica's clock is "
+                        "further than this from the store's")
+    p.add_argument("--shutdown-grace", type=float, default=5.0, metavar="S",
+                   help="SIGTERM: time to finish the calls already accepted")
+    db = p.add_argument_group("PostgreSQL session timeouts (0 turns one off)")
+    db.add_argument("--db-statement-timeout", type=float, default=15.0, metavar="S")
+    db.add_argument("--db-lock-timeout", type=float, default=8.0, metavar="S",
+                    help="keep it above --db-idle-timeout")
+    db.add_argument("--db-idle-timeout", type=float, default=5.0, metavar="S",
+                    help="end a session idle inside a transaction (a replica cut off "
+                         "mid-write) so it lets go of its locks")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(run=_serve)
 

@@ -5,7 +5,7 @@ together; ``serve`` runs one until SIGTERM. The storage interface and its two
 backends are in ``capgate_server.store``.
 """
 
-from capgate_server._app import CapgateServer, serve
+from capgate_server._app import CLOCK_HEALTH, CapgateServer, serve
 from capgate_server._audit import AuditLog
 from capgate_server._credentials import recover_admin
 from capgate_server._interceptor import POLICY
@@ -14,6 +14,7 @@ from capgate_server._replica import Replica, Settings
 from capgate_server._status import ERROR_METADATA_KEY, status_for
 
 __all__ = [
+    "CLOCK_HEALTH",
     "ERROR_METADATA_KEY",
     "POLICY",
     "AuditLog",

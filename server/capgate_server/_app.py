@@ -1,4 +1,11 @@
-"""``CapgateServer``: the store, the replica and the gRPC server put together."""
+"""``CapgateServer``: the store, the replica and the gRPC server put together.
+
+Health: the overall status and every service's follow the replica's freshness;
+``capgate.clock`` reports NOT_SERVING while this replica's clock disagrees with
+the store's (a warning: it does not take the replica out of rotation). Stopping
+drains first (``Intake``): NOT_SERVING, new calls refused as not executed, the
+running ones finished within the grace, then the gRPC server stops.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import ipaddress
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,17 +24,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from capgate import Clock, InvalidArgumentError, system_clock
+from capgate_server._intake import Intake
 from capgate_server._interceptor import POLICY, Authenticator
 from capgate_server._keyring import load_kek
 from capgate_server._replica import Replica, Settings
 from capgate_server._servicers import register_all
 from capgate_server.store import Role, open_store
 
-__all__ = ["CapgateServer", "serve"]
+__all__ = ["CLOCK_HEALTH", "CapgateServer", "serve"]
 
 log = logging.getLogger("capgate.server")
 MAX_MESSAGE = 16 * 1024 * 1024  # a batch of large tokens fits; a token's own limit is far lower
 _VERIFIER_OK = ("/capgate.v1.VerifierService/", "/grpc.reflection.")
+CLOCK_HEALTH = "capgate.clock"  # health name: NOT_SERVING while the clock is off
 
 
 def _is_loopback(listen: str) -> bool:
@@ -43,15 +53,19 @@ class CapgateServer:
     """One capgate replica serving gRPC. ``start()`` returns the bound port."""
 
     def __init__(self, settings: Settings, *, clock: Clock = system_clock,
+                 monotonic: Clock = time.monotonic,
                  extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
                  extra_policy: Mapping[str, frozenset[Role]] | None = None) -> None:
         self.settings = settings
         self.clock = clock
+        self.monotonic = monotonic
         self._extra = list(extra_handlers)  # e.g. the benchmarks' no-op baseline
         self._policy = {**POLICY, **(extra_policy or {})}
         self.replica: Replica | None = None
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
+        self.intake = Intake()
+        self._services: list[str] = []
         self.port = 0
         self.admin_credential_path: Path | None = None
 
@@ -61,10 +75,10 @@ class CapgateServer:
             raise InvalidArgumentError(
                 f"refusing to listen on {s.listen} without TLS: pass --tls-cert/--tls-key, "
                 "or --insecure if the network is trusted")
-        store = open_store(s.store_url, s.data_dir)
+        store = open_store(s.store_url, s.data_dir, s.db_timeouts)
         shared = bool(s.store_url) and not s.store_url.startswith("sqlite:")
         kek = load_kek(s.kek_file, None if shared else s.data_dir / "kek.key")
-        self.replica = replica = Replica(store, kek, s, self.clock)
+        self.replica = replica = Replica(store, kek, s, self.clock, self.monotonic)
         credential = await replica.start()
         if credential is not None:
             self.admin_credential_path = _write_secret(s.data_dir / "admin.credential", credential)
@@ -78,12 +92,12 @@ class CapgateServer:
                 return "this replica serves verification only (--role verifier)"
 
         self.server = server = grpc.aio.server(
-            interceptors=[Authenticator(replica, self._policy, refuse=refuse)],
+            interceptors=[Authenticator(replica, self._policy, refuse=refuse), self.intake],
             options=[("grpc.max_receive_message_length", MAX_MESSAGE),
                      ("grpc.max_send_message_length", MAX_MESSAGE),
                      ("grpc.so_reuseport", 0)],
         )
-        names = register_all(server, replica)
+        self._services = names = register_all(server, replica)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self._extra:
             server.add_generic_rpc_handlers(self._extra)
@@ -91,9 +105,11 @@ class CapgateServer:
             [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         self.port = self._bind(server)
         await server.start()
-        await self._set_health(replica.fresh(), names)
-        replica.on_freshness.append(
-            lambda fresh: asyncio.ensure_future(self._set_health(fresh, names)))
+        await self._set_health(replica.fresh())
+        await self._set_clock_health(replica.trusted.agrees)
+        replica.on_freshness.append(lambda fresh: asyncio.ensure_future(self._set_health(fresh)))
+        replica.on_clock.append(
+            lambda agrees: asyncio.ensure_future(self._set_clock_health(agrees)))
         log.info("capgate listening on %s (%s store, role %s)", self.address,
                  "PostgreSQL" if shared else "SQLite", s.role)
         return self.port
@@ -119,15 +135,29 @@ class CapgateServer:
             raise InvalidArgumentError(f"cannot listen on {s.listen}")
         return port
 
-    async def _set_health(self, fresh: bool, names: list[str]) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if fresh
+    async def _set_health(self, fresh: bool) -> None:
+        serving = fresh and not self.intake.closed  # a draining server stays out
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
-        for name in ["", *names]:
+        for name in ["", *self._services]:
             await self.health.set(name, status)
 
-    async def stop(self, grace: float = 5.0) -> None:
+    async def _set_clock_health(self, agrees: bool) -> None:
+        await self.health.set(CLOCK_HEALTH, health_pb2.HealthCheckResponse.SERVING if agrees
+                              else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain, then stop: every call either finishes or is refused as not executed;
+        only calls still running when ``grace`` (default: the setting) ends are cancelled."""
+        if grace is None:
+            grace = self.settings.shutdown_grace
+        deadline = time.monotonic() + grace
         if self.server is not None:
-            await self.server.stop(grace)
+            await self._set_health(False)
+            self.intake.close()
+            if not await self.intake.drained(deadline):
+                log.warning("calls still running after %.1fs of grace: cancelling them", grace)
+            await self.server.stop(max(0.0, deadline - time.monotonic()))
             self.server = None
         if self.replica is not None:
             await self.replica.close()

@@ -81,7 +81,8 @@ def new_kek_text() -> str:
 
 
 class RootKeys:
-    """The unsealed ring: id → key for every key that may verify; the newest signs."""
+    """The unsealed ring: id → key for every key that may verify; the newest (the
+    highest generation the store gave) signs."""
 
     def __init__(self, kek: KeyEncryptionKey) -> None:
         self._kek = kek
@@ -100,7 +101,9 @@ class RootKeys:
         for kid in [k for k in self.active if k not in active]:
             del self.active[kid]  # retired: tokens under it stop verifying
         self.retired = retired
-        newest = max(active.values(), key=lambda r: (r.created_at, r.id), default=None)
+        # the store's generation, not created_at: a replica whose clock lags still
+        # makes the key it adds the signing key
+        newest = max(active.values(), key=lambda r: (r.generation, r.id), default=None)
         self.signing_id = newest.id if newest else None
         return changed
 

@@ -8,6 +8,7 @@ tokens takes effect on live tokens without touching them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -120,9 +121,10 @@ class Registry:
         that passes through it denies at once and for good (registering the id again
         does not bring them back)."""
         self.get(caller, agent_id)
-        now_ms = int(self.replica.clock() * 1000)
-        await self.replica.call(self.replica.store.delete_agent, agent_id, now_ms,
-                                self._event(caller, "agent.delete", agent_id, before_ms=now_ms))
+        cutoff_ms = math.ceil(await self.replica.call(self._cutoff, agent_id) * 1000)
+        await self.replica.call(self.replica.store.delete_agent, agent_id, cutoff_ms,
+                                self._event(caller, "agent.delete", agent_id,
+                                            before_ms=cutoff_ms))
         await self.replica.sync()
 
     async def _patch(self, caller: Principal, agent_id: str, kind: str,
@@ -153,10 +155,20 @@ class Registry:
         return await self._patch(caller, agent_id, kind, {}, AgentPatch(status=status))
 
     async def revoke_all(self, caller: Principal, agent_id: str) -> Agent:
-        """Bump the epoch: every token issued to or delegated through the agent until now denies."""
-        now_ms = int(self.replica.clock() * 1000)
-        return await self._patch(caller, agent_id, "agent.revoke-all", {"before_ms": now_ms},
-                                 AgentPatch(revoke_before_ms=now_ms))
+        """Bump the epoch: every token issued to or delegated through the agent until now denies.
+
+        "Now" is the latest of this replica's clock, the store's and the latest hop into
+        the agent the store has recorded, so no replica's slow clock leaves a token
+        another one dated "later" alive.
+        """
+        self.get(caller, agent_id)
+        cutoff_ms = math.ceil(await self.replica.call(self._cutoff, agent_id) * 1000)
+        return await self._patch(caller, agent_id, "agent.revoke-all", {"before_ms": cutoff_ms},
+                                 AgentPatch(revoke_before_ms=cutoff_ms))
+
+    def _cutoff(self, agent_id: str) -> float:
+        store = self.replica.store
+        return max(self.replica.clock(), store.clock() or 0.0, store.latest_hop_into(agent_id))
 
     async def add_key(self, caller: Principal, agent_id: str, public_key: bytes) -> Agent:
         raw = load_public_key(public_key)

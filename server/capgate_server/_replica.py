@@ -6,6 +6,10 @@ once after its own writes, on a push from the database where the backend has
 one, and by a periodic catch-up read so a missed push cannot leave it stale.
 If it has not heard from the store for longer than ``stale_after`` it fails
 closed: every verification denies with the reason, and health says NOT_SERVING.
+
+Staleness runs on the monotonic clock; forgetting revocations on ``trusted``
+(``TrustedClock``), which reads the store's clock now and then and reports
+(``on_clock``) while this replica's clock disagrees with it.
 """
 
 from __future__ import annotations
@@ -32,10 +36,19 @@ from capgate import (
     system_clock,
 )
 from capgate_server._audit import AuditLog
+from capgate_server._clocks import TrustedClock
 from capgate_server._credentials import hash_credential, new_credential
 from capgate_server._hops import HopLedger
 from capgate_server._keyring import KeyEncryptionKey, RootKeys
-from capgate_server.store import AuditEvent, Change, ChangeKind, Principal, Role, Store
+from capgate_server.store import (
+    AuditEvent,
+    Change,
+    ChangeKind,
+    Principal,
+    Role,
+    SessionTimeouts,
+    Store,
+)
 
 __all__ = ["Replica", "Settings"]
 
@@ -68,16 +81,26 @@ class Settings:
     tls_client_ca: Path | None = None
     insecure: bool = False
     store_threads: int = 1
+    # a revocation is forgotten only this long after every token it names has expired
+    prune_margin: float = 3600.0
+    prune_interval: float = 300.0
+    max_clock_skew: float = 2.0  # warn while this replica's clock is further from the store's
+    clock_check_interval: float = 10.0
+    db_timeouts: SessionTimeouts = field(default_factory=SessionTimeouts)
+    shutdown_grace: float = 5.0  # SIGTERM: time to finish the calls already accepted
 
 
 class Replica:
     """Owns the store connection, the live state and the audit log of one server."""
 
     def __init__(self, store: Store, kek: KeyEncryptionKey, settings: Settings,
-                 clock: Clock = system_clock) -> None:
+                 clock: Clock = system_clock, monotonic: Clock = time.monotonic) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
+        self.monotonic = monotonic
+        self.trusted = TrustedClock(clock, monotonic, settings.max_clock_skew)
+        self.on_clock: list[Callable[[bool], None]] = []
         self.root_keys = RootKeys(kek)
         self.agents = Directory()
         self.revocations = RevocationSet()
@@ -98,7 +121,7 @@ class Replica:
         self._sync_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.last_contact = time.monotonic()
+        self.last_contact = monotonic()
         self.fresh_until = self.last_contact + settings.stale_after  # monotonic deadline
         self.on_freshness: list[Callable[[bool], None]] = []
         self._fresh = True
@@ -129,6 +152,7 @@ class Replica:
         Returns a new admin credential when this start created the first admin.
         """
         await self.call(self.store.migrate)
+        await self.check_clock()
         await self._load()
         if self.root_keys.signing_id is None and self.settings.role == "full":
             await self.call(self.store.add_root_key, self.root_keys.new_record(self.clock()))
@@ -149,6 +173,7 @@ class Replica:
         self._tasks.append(loop.create_task(self._follow(), name="follow-store"))
         self._tasks.append(loop.create_task(self._watch(), name="freshness"))
         self._tasks.append(loop.create_task(self._prune(), name="prune-revocations"))
+        self._tasks.append(loop.create_task(self._watch_clock(), name="clock"))
         listen = getattr(self.store, "listen", None)
         if listen is not None:  # the backend pushes changes: wake at once
             self._listener = threading.Thread(
@@ -174,7 +199,7 @@ class Replica:
         def load() -> tuple[int, list[Any], list[Agent], list[tuple[str, float]]]:
             seq = self.store.last_change()  # first: later changes are replayed (idempotent)
             return (seq, self.store.root_keys(), self.store.list_agents(),
-                    self.store.revocations(self.clock()))
+                    self.store.revocations(self.trusted.now() - self.settings.prune_margin))
 
         seq, keys, agents, revoked = await self.read(load)
         self.root_keys.load(keys)
@@ -254,25 +279,54 @@ class Replica:
 
     async def _prune(self) -> None:
         while True:
-            await asyncio.sleep(300)
-            now = self.clock()
-            dropped = self.revocations.prune(now)
-            if self.settings.role == "full":
-                with contextlib.suppress(Exception):
-                    await self.call(self.store.prune_revocations, now)
-            if dropped:
-                log.info("forgot %d revocations of expired tokens", dropped)
+            await asyncio.sleep(self.settings.prune_interval)
+            try:
+                await self.prune_revocations()
+            except Exception as e:  # the store is down: next time
+                log.warning("cannot prune revocations: %s", e)
+
+    async def prune_revocations(self) -> int:
+        """Forget revocations whose tokens expired ``prune_margin`` ago by the trusted
+        clock; the store deletes its rows by the earlier of that and its own clock.
+        Returns how many this replica forgot."""
+        now = self.trusted.now()
+        if self.clock() - now > self.settings.max_clock_skew:
+            log.warning("the wall clock is %.1fs ahead of what this replica can vouch for "
+                        "(monotonic time since start, the store's clock): pruning by the "
+                        "latter", self.clock() - now)
+        dropped = self.revocations.prune(now - self.settings.prune_margin)
+        if self.settings.role == "full":
+            await self.call(self.store.prune_revocations, now, self.settings.prune_margin)
+        if dropped:
+            log.info("forgot %d revocations of expired tokens", dropped)
+        return dropped
+
+    # -- clocks -------------------------------------------------------------------------
+
+    async def check_clock(self) -> None:
+        """Read the store's clock (a store without one of its own always agrees)."""
+        before = self.clock()
+        store_now = await self.read(self.store.clock)
+        if store_now is not None and self.trusted.store_read(store_now, before, self.clock()):
+            for callback in self.on_clock:
+                callback(self.trusted.agrees)
+
+    async def _watch_clock(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.clock_check_interval)
+            with contextlib.suppress(Exception):  # the store is down: freshness reports it
+                await self.check_clock()
 
     # -- freshness ----------------------------------------------------------------------
 
     def _touch(self) -> None:
-        self.last_contact = time.monotonic()
+        self.last_contact = self.monotonic()
         self.fresh_until = self.last_contact + self.settings.stale_after
         self._check_fresh()
 
     def staleness(self) -> float:
         """Seconds since this replica last heard from the store."""
-        return time.monotonic() - self.last_contact
+        return self.monotonic() - self.last_contact
 
     def fresh(self) -> bool:
         return self.staleness() <= self.settings.stale_after

@@ -1,8 +1,10 @@
 """``KeyRotation``: adding signing keys and retiring old ones, across every replica.
 
 A new key is written sealed; every replica picks it up from the change feed and
-signs with the newest key it knows. Tokens under older keys keep verifying until
-their key is retired; then they deny, on every replica, at its next sync.
+signs with the newest key it knows, newest as the store orders keys (a
+generation it assigns), never as a replica's clock dates them. Tokens under
+older keys keep verifying until their key is retired; then they deny, on every
+replica, at its next sync.
 """
 
 from __future__ import annotations
@@ -43,4 +45,4 @@ class KeyRotation:
         await self.replica.call(self.replica.store.retire_root_key, key_id, now,
                                 AuditEvent(now, caller.id, "key.retire", key_id))
         await self.replica.sync()
-        return RootKeyRecord(record.id, record.sealed, record.created_at, now)
+        return RootKeyRecord(record.id, record.sealed, record.created_at, now, record.generation)

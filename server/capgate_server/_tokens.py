@@ -89,6 +89,12 @@ def _extra_caveats(caveats: Sequence[str]) -> list[str]:
     return list(caveats)
 
 
+def _hop_time(now: float, revoked_before_ms: int) -> int:
+    """When a new hop into an agent is dated (ms): now, but always after the agent's
+    cut-off, so a replica whose clock lags never mints a token born revoked."""
+    return max(int(now * 1000), revoked_before_ms + 1)
+
+
 class Tokens:
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
@@ -124,13 +130,14 @@ class Tokens:
                 ttl=ttl, max_ttl=agent.max_ttl)
         extra = _extra_caveats(caveats)
         kid, root = self.replica.root_keys.signing()
-        now = self.replica.clock()
+        issued_ms = _hop_time(self.replica.clock(), agent.revoked_before_ms)
+        now = issued_ms / 1000
         tid = new_token_id()
         expires = math.floor(now + ttl)
         texts = [f"agent = {agent.id}", f"action in {','.join(sorted(grant.actions))}",
                  f"resource {grant.glob.pattern}", f"expires < {format_timestamp(expires)}",
                  *extra]
-        token = Token.mint(root, TokenIdentifier(kid, tid, int(now * 1000)).encode())
+        token = Token.mint(root, TokenIdentifier(kid, tid, issued_ms).encode())
         for text in texts:
             token = token.append_raw(text.encode("utf-8"))
         event = AuditEvent(now, caller.id, "issue", tid, chain=(agent.id,),
@@ -235,8 +242,9 @@ class Tokens:
         root = self.replica.root_keys.active.get(st.key_id)
         if root is None:  # pragma: no cover - analyse() already refused such tokens
             raise FailedPreconditionError(f"root key {st.key_id} is retired")
-        now = self.replica.clock()
-        token, did = append_server_delegation(st.token, root, to, int(now * 1000))
+        at_ms = _hop_time(self.replica.clock(), target.revoked_before_ms)
+        now = at_ms / 1000
+        token, did = append_server_delegation(st.token, root, to, at_ms)
         for caveat in extra:
             token = token.attenuate(caveat)
         out = token.to_text()

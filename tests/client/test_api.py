@@ -38,13 +38,13 @@ def test_server_public_api_is_pinned():
     import capgate_server.store
 
     assert sorted(capgate_server.__all__) == sorted([
-        "ERROR_METADATA_KEY", "POLICY", "AuditLog", "CapgateServer", "KeyEncryptionKey",
-        "Replica", "Settings", "load_kek", "new_kek_text", "recover_admin", "serve",
-        "status_for"])
+        "CLOCK_HEALTH", "ERROR_METADATA_KEY", "POLICY", "AuditLog", "CapgateServer",
+        "KeyEncryptionKey", "Replica", "Settings", "load_kek", "new_kek_text", "recover_admin",
+        "serve", "status_for"])
     assert sorted(capgate_server.store.__all__) == sorted([
         "MIGRATIONS", "AgentPatch", "AuditEvent", "AuditQuery", "Change", "ChangeKind",
         "DelegationRecord", "PostgresStore", "Principal", "Role", "RootKeyRecord",
-        "SqliteStore", "Store", "TokenRecord", "open_store"])
+        "SessionTimeouts", "SqliteStore", "Store", "TokenRecord", "open_store"])
     for module in (capgate_server, capgate_server.store):
         for name in module.__all__:
             assert hasattr(module, name), name

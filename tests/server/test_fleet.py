@@ -1,8 +1,10 @@
-"""Several replicas on one PostgreSQL: fan-out, failing closed, migrations, key rotation."""
+"""Several replicas on one PostgreSQL: fan-out, failing closed, a replica cut off while it
+holds the change-feed lock, migrations, key rotation."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
 import urllib.parse
 
@@ -127,6 +129,75 @@ def test_a_cut_off_replica_fails_closed_and_catches_up(tmp_path, pg_url, kek):
         a.stop()
         b.stop()
         proxy.close()
+
+
+def behind_proxy(pg_url):
+    u = urllib.parse.urlsplit(pg_url)
+    proxy = TcpProxy(u.hostname or "127.0.0.1", u.port or 5432)
+    return proxy, urllib.parse.urlunsplit(
+        u._replace(netloc=f"{u.username or 'postgres'}@127.0.0.1:{proxy.port}"))
+
+
+def test_a_replica_cut_off_holding_the_feed_lock_does_not_wedge_the_fleet(tmp_path, pg_url,
+                                                                         kek):
+    proxy, via_proxy = behind_proxy(pg_url)
+    quick = ("--db-idle-timeout", "2", "--db-lock-timeout", "6")
+    b = replica(tmp_path, "b", pg_url, kek, *quick)
+    c = replica(tmp_path, "c", pg_url, kek, *quick)
+    a = replica(tmp_path, "a", via_proxy, kek, *quick)
+    stuck: list[object] = []
+    try:
+        admin_cred = b.admin_credential
+        cred, svc, _ = setup_agent(b, admin_cred)
+        with Client(b.address, cred) as agent:
+            tokens = {name: agent.issue("read:/data/**") for name in "abc"}
+        wait_for(lambda: not denies(a, svc, tokens["a"].token)(), timeout=BOUND)
+
+        # A revokes; the proxy forwards the statement that takes the feed lock, then
+        # nothing more: A is partitioned holding the lock, its transaction open
+        frozen = proxy.freeze_after(b"pg_advisory_xact_lock")
+
+        def revoke_at_a():
+            try:
+                with Client(a.address, admin_cred, timeout=20) as admin:
+                    stuck.append(admin.revoke(tokens["a"].token_id))
+            except Exception as e:
+                stuck.append(e)
+
+        threading.Thread(target=revoke_at_a, daemon=True).start()
+        assert frozen.wait(10)
+
+        health = {p: health_pb2_grpc.HealthStub(grpc.insecure_channel(p.address))
+                  for p in (b, c)}
+        serving = health_pb2.HealthCheckResponse.SERVING
+        done: dict[str, float] = {}
+
+        def revoke_at(p, name):
+            t0 = time.monotonic()
+            with Client(p.address, admin_cred) as admin:
+                assert admin.revoke(tokens[name].token_id).newly_revoked
+            done[name] = time.monotonic() - t0
+
+        workers = [threading.Thread(target=revoke_at, args=(p, n)) for p, n in ((b, "b"), (c, "c"))]
+        for w in workers:
+            w.start()
+        while any(w.is_alive() for w in workers):  # the others keep serving meanwhile
+            for h in health.values():
+                assert h.Check(health_pb2.HealthCheckRequest()).status == serving
+            time.sleep(0.2)
+        # they waited for the dead holder's session to be ended (2 s), and no longer
+        assert sorted(done) == ["b", "c"] and max(done.values()) < 6, done
+        for p in (b, c):  # the feed went on in order: each sees both revocations
+            for name in "bc":
+                wait_for(denies(p, svc, tokens[name].token, code="revoked"), timeout=BOUND)
+            assert health[p].Check(health_pb2.HealthCheckRequest()).status == serving
+        # A's revoke was never committed (its session was ended), nor acknowledged
+        assert not denies(b, svc, tokens["a"].token)()
+        assert not [x for x in stuck if not isinstance(x, Exception)]
+    finally:
+        proxy.close()
+        for p in (a, b, c):
+            p.stop()
 
 
 def test_replicas_migrating_at_once(tmp_path, pg_url, kek):

@@ -37,6 +37,7 @@ from capgate_server.store import (
 )
 
 T0 = 1_800_000_000.0
+P0 = 1_600_000_000.0  # earlier than any store's clock: pruning by it is not held back
 
 
 # -- fixtures ------------------------------------------------------------------------
@@ -383,15 +384,19 @@ def test_agent_id_colliding_with_principal(backend: Backend, store: Store) -> No
 
 
 def test_root_keys(store: Store) -> None:
-    newer = RootKeyRecord("rk-b", b"sealed-b\x00\xff" * 4, T0 + 100)
-    older = RootKeyRecord("rk-a", b"\xff\x00sealed-a", T0)
-    store.add_root_key(newer, ev("root_key.add", subject="rk-b"))
-    store.add_root_key(older)
-    assert store.root_keys() == [older, newer]  # oldest first
+    # the second key is dated earlier (its replica's clock lags): it still comes last,
+    # by the generation the store assigns, not by its clock
+    first = RootKeyRecord("rk-b", b"sealed-b\x00\xff" * 4, T0 + 100)
+    second = RootKeyRecord("rk-a", b"\xff\x00sealed-a", T0)
+    store.add_root_key(first, ev("root_key.add", subject="rk-b"))
+    store.add_root_key(second)
+    first = dataclasses.replace(first, generation=1)
+    second = dataclasses.replace(second, generation=2)
+    assert store.root_keys() == [first, second]  # in the order they were added
     assert all(type(r.sealed) is bytes for r in store.root_keys())
 
     store.retire_root_key("rk-a", T0 + 200, ev("root_key.retire", subject="rk-a"))
-    assert store.root_keys() == [dataclasses.replace(older, retired_at=T0 + 200), newer]
+    assert store.root_keys() == [first, dataclasses.replace(second, retired_at=T0 + 200)]
 
     before = store.last_change()
     with pytest.raises(NotFoundError):
@@ -400,7 +405,7 @@ def test_root_keys(store: Store) -> None:
         store.retire_root_key("rk-zzz", T0 + 300, ev("root_key.retire", subject="rk-zzz"))
     with pytest.raises(AlreadyExistsError):
         store.add_root_key(RootKeyRecord("rk-b", b"other", T0 + 400))
-    assert store.root_keys() == [dataclasses.replace(older, retired_at=T0 + 200), newer]
+    assert store.root_keys() == [first, dataclasses.replace(second, retired_at=T0 + 200)]
     assert store.last_change() == before
     assert [e.subject for e in store.list_audit(AuditQuery())] == ["rk-b", "rk-a"]
 
@@ -453,26 +458,27 @@ def test_delegations(store: Store) -> None:
 
 
 def test_revocations(store: Store) -> None:
-    assert store.revoke("t-long", T0, T0 + 1000, "admin", "r1", ev("revoke", subject="t-long"))
-    assert store.revoke("t-short", T0, T0 + 100, "admin", "r2", ev("revoke", subject="t-short"))
-    assert store.revoke("t-edge", T0, T0 + 500, "admin", "r3", ev("revoke", subject="t-edge"))
-    assert not store.revoke("t-long", T0 + 1, T0 + 50, "svc", "shorter",
+    assert store.revoke("t-long", P0, P0 + 1000, "admin", "r1", ev("revoke", subject="t-long"))
+    assert store.revoke("t-short", P0, P0 + 100, "admin", "r2", ev("revoke", subject="t-short"))
+    assert store.revoke("t-edge", P0, P0 + 500, "admin", "r3", ev("revoke", subject="t-edge"))
+    assert not store.revoke("t-long", P0 + 1, P0 + 50, "svc", "shorter",
                             ev("revoke", subject="t-long"))
 
-    assert sorted(store.revocations(T0)) == [
-        ("t-edge", T0 + 500), ("t-long", T0 + 1000), ("t-short", T0 + 100)]
+    assert sorted(store.revocations(P0)) == [
+        ("t-edge", P0 + 500), ("t-long", P0 + 1000), ("t-short", P0 + 100)]
     # a second revoke never shortens an entry ...
-    assert sorted(store.revocations(T0 + 200)) == [("t-edge", T0 + 500), ("t-long", T0 + 1000)]
+    assert sorted(store.revocations(P0 + 200)) == [("t-edge", P0 + 500), ("t-long", P0 + 1000)]
     # ... and lengthens it when it names a longer-lived token
-    assert not store.revoke("t-long", T0 + 1, T0 + 5000, "svc", "longer",
+    assert not store.revoke("t-long", P0 + 1, P0 + 5000, "svc", "longer",
                             ev("revoke", subject="t-long"))
     # an entry stops being in force at its expiry
-    assert store.revocations(T0 + 500) == [("t-long", T0 + 5000)]
+    assert store.revocations(P0 + 500) == [("t-long", P0 + 5000)]
 
-    assert store.prune_revocations(T0 + 500) == 2  # t-short and t-edge (expires_at <= now)
-    assert store.revocations(T0) == [("t-long", T0 + 5000)]
-    assert store.prune_revocations(T0 + 500) == 0
-    assert store.prune_revocations(T0 + 6000) == 1
+    assert store.prune_revocations(P0 + 500, 0) == 2  # t-short and t-edge (expires_at <= now)
+    assert store.revocations(P0) == [("t-long", P0 + 5000)]
+    assert store.prune_revocations(P0 + 500, 0) == 0
+    assert store.prune_revocations(P0 + 6000, 1001) == 0  # not yet expired for 1001 s
+    assert store.prune_revocations(P0 + 6000, 1000) == 1
     assert store.revocations(0) == []
 
 
@@ -488,13 +494,13 @@ def test_change_feed(store: Store) -> None:
     store.update_agent(make_agent(epoch=1), ev("agent.update"))
     store.add_root_key(RootKeyRecord("rk1", b"s", T0))
     store.retire_root_key("rk1", T0 + 1, ev("root_key.retire"))
-    assert store.revoke("t1", T0, T0 + 600, "admin", "", ev("revoke"))
+    assert store.revoke("t1", P0, P0 + 600, "admin", "", ev("revoke"))
     # these do not add changes
-    assert not store.revoke("t1", T0, T0 + 300, "admin", "", ev("revoke"))
+    assert not store.revoke("t1", P0, P0 + 300, "admin", "", ev("revoke"))
     store.record_token(token(), ev("issue"))
     store.record_delegations([hop("d1", T0)])
     store.append_audit([ev("verify")])
-    store.prune_revocations(T0)
+    store.prune_revocations(P0, 0)
 
     changes = store.changes_since(0)
     assert kinds_keys(changes) == [
@@ -503,7 +509,7 @@ def test_change_feed(store: Store) -> None:
         (ChangeKind.AGENT, "alice", None),
         (ChangeKind.ROOT_KEY, "rk1", None),
         (ChangeKind.ROOT_KEY, "rk1", None),
-        (ChangeKind.REVOCATION, "t1", T0 + 600),
+        (ChangeKind.REVOCATION, "t1", P0 + 600),
     ]
     assert all(isinstance(c.kind, ChangeKind) for c in changes)
     seqs = [c.seq for c in changes]
@@ -515,10 +521,10 @@ def test_change_feed(store: Store) -> None:
     assert store.changes_since(seqs[0], limit=2) == changes[1:3]
 
     # after pruning, the same id revoked again is new and appends a change
-    assert store.prune_revocations(T0 + 600) == 1
-    assert store.revoke("t1", T0 + 700, T0 + 1300, "admin", "", ev("revoke"))
+    assert store.prune_revocations(P0 + 600, 0) == 1
+    assert store.revoke("t1", P0 + 700, P0 + 1300, "admin", "", ev("revoke"))
     tail = store.changes_since(seqs[-1])
-    assert kinds_keys(tail) == [(ChangeKind.REVOCATION, "t1", T0 + 1300)]
+    assert kinds_keys(tail) == [(ChangeKind.REVOCATION, "t1", P0 + 1300)]
     assert store.last_change() == tail[0].seq > seqs[-1]
 
 

@@ -18,7 +18,7 @@ from capgate_server.store._base import (
     Store,
     TokenRecord,
 )
-from capgate_server.store._postgres import PostgresStore
+from capgate_server.store._postgres import PostgresStore, SessionTimeouts
 from capgate_server.store._sql import MIGRATIONS
 from capgate_server.store._sqlite import SqliteStore
 
@@ -34,6 +34,7 @@ __all__ = [
     "Principal",
     "Role",
     "RootKeyRecord",
+    "SessionTimeouts",
     "SqliteStore",
     "Store",
     "TokenRecord",
@@ -41,13 +42,15 @@ __all__ = [
 ]
 
 
-def open_store(url: str | None, data_dir: Path) -> Store:
-    """``None`` → SQLite in ``data_dir``; ``sqlite:///PATH``; ``postgresql://…``."""
+def open_store(url: str | None, data_dir: Path,
+               timeouts: SessionTimeouts | None = None) -> Store:
+    """``None`` → SQLite in ``data_dir``; ``sqlite:///PATH``; ``postgresql://…`` (whose
+    sessions get ``timeouts``)."""
     if not url:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return SqliteStore(data_dir / "capgate.db")
     if url.startswith("sqlite:///"):
         return SqliteStore(url[len("sqlite:///"):])
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url)
+        return PostgresStore(url, timeouts=timeouts)
     raise InvalidArgumentError(f"unknown store URL {url!r} (sqlite:///PATH or postgresql://…)")

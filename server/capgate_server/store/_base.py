@@ -3,7 +3,9 @@
 Every mutation writes, in the same transaction, a row to the change feed
 (``changes``) so that each replica's in-memory state can follow the database,
 and the audit events that describe it. A call that returns has committed
-durably; nothing acknowledged is lost.
+durably; nothing acknowledged is lost. A store that cannot do its work (disk
+full, read-only, unreachable, a lock or statement timeout) raises
+``UnavailableError`` with the reason, and has committed nothing.
 """
 
 from __future__ import annotations
@@ -49,10 +51,14 @@ class Principal:
 
 @dataclass(frozen=True, slots=True)
 class RootKeyRecord:
+    """``generation`` is assigned by the store when the key is added: the highest
+    generation signs, whatever the clocks of the replicas that added the keys said."""
+
     id: str
     sealed: bytes  # the root key, encrypted under the key-encryption key
     created_at: float
     retired_at: float | None = None
+    generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +188,11 @@ class Store(ABC):
     def ping(self) -> None:
         """Raise ``UnavailableError`` when the store cannot be reached."""
 
+    @abstractmethod
+    def clock(self) -> float | None:
+        """The database's own clock (seconds since the epoch), or None where the store
+        has no clock apart from this host's (SQLite)."""
+
     # -- principals and agents -------------------------------------------------------
 
     @abstractmethod
@@ -245,7 +256,7 @@ class Store(ABC):
 
     @abstractmethod
     def root_keys(self) -> list[RootKeyRecord]:
-        """All keys, oldest first, retired ones included."""
+        """All keys in the order they were added (by generation), retired ones included."""
 
     @abstractmethod
     def retire_root_key(self, key_id: str, at: float, audit: AuditEvent) -> None: ...
@@ -257,6 +268,11 @@ class Store(ABC):
 
     @abstractmethod
     def get_token(self, token_id: str) -> TokenRecord | None: ...
+
+    @abstractmethod
+    def latest_hop_into(self, agent_id: str) -> float:
+        """The latest issue time of a token to the agent, or delegation to it, recorded
+        here (0.0 if none): an agent-wide revocation must reach at least that far."""
 
     @abstractmethod
     def record_delegations(self, records: Sequence[DelegationRecord],
@@ -282,8 +298,9 @@ class Store(ABC):
         """(id, expires_at) of every revocation still in force at ``now``."""
 
     @abstractmethod
-    def prune_revocations(self, now: float) -> int:
-        """Delete revocations whose tokens have expired; returns how many."""
+    def prune_revocations(self, now: float, margin: float) -> int:
+        """Delete revocations that expired more than ``margin`` seconds ago, by the
+        earlier of ``now`` and the store's own clock; returns how many."""
 
     # -- change feed and audit ----------------------------------------------------------
 

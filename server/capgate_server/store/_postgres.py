@@ -6,8 +6,18 @@ calls off the event loop, psycopg's binary wheel needs no system library, and
 
 Writers of the change feed take one advisory transaction lock, so change
 sequence numbers become visible in commit order and a reader following
-``seq > last`` can never skip one. Each change also sends ``NOTIFY
-capgate_changes``; replicas wake at once and read the feed.
+``seq > last`` can never skip one. The lock is taken in the statement that
+appends the change row, the last one before the commit, and the sequence number
+is drawn under it. Each change also sends ``NOTIFY capgate_changes``; replicas
+wake at once and read the feed.
+
+No session of capgate's may hold that lock across a stall: every connection
+sets ``SessionTimeouts``. A holder cut off between its append and its commit
+sits idle in its transaction until ``idle_in_transaction_session_timeout``
+ends its session; its transaction rolls back (its seq is never seen, a gap
+readers step over) and the lock passes on. Writers queued behind it wait at
+most ``lock_timeout``, which is longer, so they go through; if not, they fail
+as ``UnavailableError``. Readers never take the lock.
 """
 
 from __future__ import annotations
@@ -16,14 +26,16 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
 from capgate import UnavailableError
+from capgate_server.store._base import ChangeKind
 from capgate_server.store._sql import SqlStore
 
-__all__ = ["PostgresStore"]
+__all__ = ["PostgresStore", "SessionTimeouts"]
 
 log = logging.getLogger("capgate.store.postgres")
 _TYPES = {"blob": "BYTEA", "real": "DOUBLE PRECISION", "bigint": "BIGINT",
@@ -33,12 +45,34 @@ _CHANGES_LOCK = 0x63617067  # advisory lock ids ("capg", "capm")
 _MIGRATE_LOCK = 0x6361706D
 
 
+@dataclass(frozen=True)
+class SessionTimeouts:
+    """Bounds set on each of capgate's sessions, in seconds (0 turns one off).
+
+    ``idle_in_transaction`` ends the session of a replica that stopped talking in
+    the middle of a transaction (capgate never pauses inside one); ``lock`` bounds
+    how long a write waits for a lock, longer than ``idle_in_transaction`` so that
+    a writer queued behind a dead holder outlasts it; ``statement`` bounds any
+    one statement, lock waits included.
+    """
+
+    statement: float = 15.0
+    lock: float = 8.0
+    idle_in_transaction: float = 5.0
+
+    def options(self) -> dict[str, str]:
+        return {"statement_timeout": _ms(self.statement), "lock_timeout": _ms(self.lock),
+                "idle_in_transaction_session_timeout": _ms(self.idle_in_transaction)}
+
+
 class PostgresStore(SqlStore):
     placeholder = "%s"
 
-    def __init__(self, url: str, *, connect_timeout: float = 5.0) -> None:
+    def __init__(self, url: str, *, connect_timeout: float = 5.0,
+                 timeouts: SessionTimeouts | None = None) -> None:
         self.url = url
         self._timeout = connect_timeout
+        self.timeouts = timeouts or SessionTimeouts()
         # one connection per calling thread: the server's lanes (writes, the change
         # feed, audit records) never wait on each other's round trips
         self._local = threading.local()
@@ -51,13 +85,25 @@ class PostgresStore(SqlStore):
         if conn is not None and not conn.closed and not conn.broken:
             return conn
         try:
-            conn = psycopg.connect(self.url, autocommit=True, **self._params())
+            conn = self._open()
         except psycopg.Error as e:
-            raise UnavailableError(f"PostgreSQL unavailable: {_one_line(e)}") from None
+            raise _unavailable(e) from None
         self._local.conn = conn
         with self._guard:
             self._all = [c for c in self._all if not c.closed]
             self._all.append(conn)
+        return conn
+
+    def _open(self) -> psycopg.Connection[Any]:
+        """A new session with capgate's timeouts (set after connecting, so options
+        given in the URL, such as a search_path, are kept)."""
+        conn = psycopg.connect(self.url, autocommit=True, **self._params())
+        try:
+            for name, value in self.timeouts.options().items():
+                conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _params(self) -> dict[str, Any]:
@@ -72,8 +118,8 @@ class PostgresStore(SqlStore):
         try:
             with conn.transaction(), conn.cursor() as cur:
                 yield cur
-        except psycopg.OperationalError as e:
-            raise UnavailableError(f"PostgreSQL unavailable: {_one_line(e)}") from None
+        except _UNAVAILABLE as e:
+            raise _unavailable(e) from None
 
     @contextmanager
     def _read(self) -> Iterator[Any]:
@@ -81,15 +127,28 @@ class PostgresStore(SqlStore):
         try:
             with conn.cursor() as cur:
                 yield cur
-        except psycopg.OperationalError as e:
-            raise UnavailableError(f"PostgreSQL unavailable: {_one_line(e)}") from None
+        except _UNAVAILABLE as e:
+            raise _unavailable(e) from None
 
-    def _lock_changes(self, cur: Any) -> None:
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CHANGES_LOCK,))
-        cur.execute("SELECT pg_notify(%s, '')", (_CHANNEL,))
+    def _change(self, cur: Any, kind: ChangeKind, key: str, value: float | None = None) -> None:
+        # One statement takes the feed lock, then draws the seq and appends the row;
+        # the lock is held from here to the commit and no longer.
+        cur.execute("WITH feed_lock AS MATERIALIZED ("
+                    "SELECT pg_advisory_xact_lock(%s), pg_notify(%s, '')) "
+                    "INSERT INTO changes (kind, key, value) "
+                    "SELECT %s::text, %s::text, %s::double precision FROM feed_lock",
+                    (_CHANGES_LOCK, _CHANNEL, str(kind), key, value))
+
+    def _store_clock(self, cur: Any) -> float | None:
+        cur.execute("SELECT extract(epoch FROM clock_timestamp())::double precision")
+        return float(cur.fetchone()[0])
 
     def migrate(self) -> None:
         with self._tx() as cur:
+            # a migration may wait for another replica's and may take long: no bounds
+            # but the idle one (a migrator that died still lets go)
+            cur.execute("SET LOCAL lock_timeout = 0")
+            cur.execute("SET LOCAL statement_timeout = 0")
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
             self._apply_migrations(cur, _TYPES)
 
@@ -111,7 +170,7 @@ class PostgresStore(SqlStore):
         """
         while not stop.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True, **self._params()) as conn:
+                with self._open() as conn:
                     conn.execute(f"LISTEN {_CHANNEL}")
                     on_change()  # catch up on whatever happened while not listening
                     while not stop.is_set():
@@ -122,5 +181,20 @@ class PostgresStore(SqlStore):
                 stop.wait(1.0)
 
 
+# Errors that mean "the database cannot do this now", not "this request is wrong":
+# connection loss, timeouts, disk full (OperationalError), a read-only server, and
+# this session ended for idling in a transaction.
+_UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction,
+                psycopg.errors.IdleInTransactionSessionTimeout)
+
+
+def _unavailable(e: psycopg.Error) -> UnavailableError:
+    return UnavailableError(f"PostgreSQL unavailable: {_one_line(e)}", reason=_one_line(e))
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def _ms(seconds: float) -> str:
+    return f"{round(seconds * 1000)}ms"

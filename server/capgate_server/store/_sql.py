@@ -2,7 +2,9 @@
 
 A backend supplies a connection, a transaction context, its placeholder style
 and its column types; the statements and the migrations are shared, so both
-backends pass one test suite.
+backends pass one test suite. The change-feed row is always the last statement
+of a transaction: where appending to the feed takes a lock (PostgreSQL), it is
+held only from that statement to the commit.
 """
 
 from __future__ import annotations
@@ -75,6 +77,16 @@ MIGRATIONS: list[list[str]] = [
     [  # principals can be disabled (an admin, a service or an agent alike)
         "ALTER TABLE principals ADD COLUMN disabled {bigint} NOT NULL DEFAULT 0",
     ],
+    [
+        # the signing key is the one added last, as the store counts, not by any clock;
+        # keys already there keep the order their clocks gave them
+        "ALTER TABLE root_keys ADD COLUMN generation {bigint} NOT NULL DEFAULT 0",
+        """UPDATE root_keys SET generation = (
+            SELECT COUNT(*) FROM root_keys AS older
+            WHERE older.created_at < root_keys.created_at
+               OR (older.created_at = root_keys.created_at AND older.id <= root_keys.id))""",
+        "CREATE INDEX delegations_to_agent ON delegations (to_agent)",
+    ],
 ]
 
 _AGENT_COLS = ("id, owner, description, status, ceiling, max_ttl, max_depth, epoch, "
@@ -98,9 +110,9 @@ class SqlStore(Store):
     def _read(self) -> AbstractContextManager[Any]:
         """A cursor for reads."""
 
-    @abstractmethod
-    def _lock_changes(self, cur: Any) -> None:
-        """Serialize writers of the change feed so seqs become visible in order."""
+    def _store_clock(self, cur: Any) -> float | None:
+        """The database's clock, where it has one of its own."""
+        return None
 
     def _sql(self, sql: str) -> str:
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
@@ -110,7 +122,7 @@ class SqlStore(Store):
         return cur
 
     def _change(self, cur: Any, kind: ChangeKind, key: str, value: float | None = None) -> None:
-        self._lock_changes(cur)
+        """Append to the change feed: the last statement of the transaction."""
         self._x(cur, "INSERT INTO changes (kind, key, value) VALUES (?, ?, ?)",
                 (str(kind), key, value))
 
@@ -130,8 +142,8 @@ class SqlStore(Store):
                          audit: AuditEvent | None = None) -> None:
         with self._tx() as cur:
             self._insert_principal(cur, principal, credential_hash)
-            self._change(cur, ChangeKind.PRINCIPAL, principal.id)
             self._audit(cur, [audit] if audit else [])
+            self._change(cur, ChangeKind.PRINCIPAL, principal.id)
 
     def _insert_principal(self, cur: Any, p: Principal, credential_hash: str) -> None:
         self._x(cur, "INSERT INTO principals (id, role, credential_hash, created_at) "
@@ -180,8 +192,8 @@ class SqlStore(Store):
                     (value, principal_id))
             if cur.rowcount != 1:
                 raise NotFoundError(f"principal {principal_id!r} not found", id=principal_id)
-            self._change(cur, ChangeKind.PRINCIPAL, principal_id)
             self._audit(cur, [audit])
+            self._change(cur, ChangeKind.PRINCIPAL, principal_id)
 
     def create_agent(self, agent: Agent, credential_hash: str, audit: AuditEvent) -> None:
         with self._tx() as cur:
@@ -203,10 +215,11 @@ class SqlStore(Store):
                              "ceiling = ?, max_ttl = ?, max_depth = ?, epoch = ?, "
                              "revoked_before = ?, created_at = ? WHERE id = ?",
                         (*self._agent_values(agent)[1:], agent.id))
-                self._change(cur, ChangeKind.PRINCIPAL, agent.id)
             self._write_keys(cur, agent)
-            self._change(cur, ChangeKind.AGENT, agent.id)
             self._audit(cur, [audit])
+            if row is not None:  # the old credential's cached principal must go
+                self._change(cur, ChangeKind.PRINCIPAL, agent.id)
+            self._change(cur, ChangeKind.AGENT, agent.id)
 
     def delete_agent(self, agent_id: str, revoke_before_ms: int, audit: AuditEvent) -> None:
         with self._tx() as cur:
@@ -220,9 +233,9 @@ class SqlStore(Store):
             # the principal row stays (the agent row refers to it) but can never log in
             self._x(cur, "UPDATE principals SET credential_hash = ?, disabled = 1 WHERE id = ?",
                     (f"deleted:{agent_id}", agent_id))
+            self._audit(cur, [audit])
             self._change(cur, ChangeKind.AGENT, agent_id)
             self._change(cur, ChangeKind.PRINCIPAL, agent_id)
-            self._audit(cur, [audit])
 
     @staticmethod
     def _agent_values(a: Agent) -> tuple[object, ...]:
@@ -271,8 +284,8 @@ class SqlStore(Store):
             if cur.rowcount != 1:
                 raise NotFoundError(f"agent {agent.id!r} not found", id=agent.id)
             self._write_keys(cur, agent)
-            self._change(cur, ChangeKind.AGENT, agent.id)
             self._audit(cur, [audit])
+            self._change(cur, ChangeKind.AGENT, agent.id)
 
     def patch_agent(self, agent_id: str, patch: AgentPatch, audit: AuditEvent) -> None:
         sets: list[str] = []
@@ -306,26 +319,30 @@ class SqlStore(Store):
                         (agent_id, patch.remove_key))
                 if cur.rowcount != 1:
                     raise NotFoundError(f"agent {agent_id!r} has no key {patch.remove_key!r}")
-            self._change(cur, ChangeKind.AGENT, agent_id)
             self._audit(cur, [audit])
+            self._change(cur, ChangeKind.AGENT, agent_id)
 
     # -- root keys -------------------------------------------------------------------
 
     def add_root_key(self, record: RootKeyRecord, audit: AuditEvent | None = None) -> None:
+        # The generation sees every key committed before this statement: a key added
+        # after another one's rotation returned always comes later. Two rotations at
+        # the same moment may share one; the id then decides, the same on every replica.
         with self._tx() as cur:
-            self._x(cur, "INSERT INTO root_keys (id, sealed, created_at, retired_at) "
-                         "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            self._x(cur, "INSERT INTO root_keys (id, sealed, created_at, retired_at, generation) "
+                         "VALUES (?, ?, ?, ?, (SELECT COALESCE(MAX(generation), 0) + 1 "
+                         "FROM root_keys)) ON CONFLICT DO NOTHING",
                     (record.id, record.sealed, record.created_at, record.retired_at))
             if cur.rowcount != 1:
                 raise AlreadyExistsError(f"root key {record.id!r} already exists")
-            self._change(cur, ChangeKind.ROOT_KEY, record.id)
             self._audit(cur, [audit] if audit else [])
+            self._change(cur, ChangeKind.ROOT_KEY, record.id)
 
     def root_keys(self) -> list[RootKeyRecord]:
         with self._read() as cur:
-            rows = self._x(cur, "SELECT id, sealed, created_at, retired_at FROM root_keys "
-                                "ORDER BY created_at, id").fetchall()
-        return [RootKeyRecord(r[0], bytes(r[1]), r[2], r[3]) for r in rows]
+            rows = self._x(cur, "SELECT id, sealed, created_at, retired_at, generation "
+                                "FROM root_keys ORDER BY generation, id").fetchall()
+        return [RootKeyRecord(r[0], bytes(r[1]), r[2], r[3], int(r[4])) for r in rows]
 
     def retire_root_key(self, key_id: str, at: float, audit: AuditEvent) -> None:
         with self._tx() as cur:
@@ -333,8 +350,8 @@ class SqlStore(Store):
                     (at, key_id))
             if cur.rowcount != 1:
                 raise NotFoundError(f"no active root key {key_id!r}", id=key_id)
-            self._change(cur, ChangeKind.ROOT_KEY, key_id)
             self._audit(cur, [audit])
+            self._change(cur, ChangeKind.ROOT_KEY, key_id)
 
     # -- tokens and delegations ----------------------------------------------------------
 
@@ -351,6 +368,14 @@ class SqlStore(Store):
             r = self._x(cur, "SELECT id, agent, key_id, issued_at, expires_at, caveats "
                              "FROM tokens WHERE id = ?", (token_id,)).fetchone()
         return TokenRecord(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5]))) if r else None
+
+    def latest_hop_into(self, agent_id: str) -> float:
+        with self._read() as cur:
+            row = self._x(cur, "SELECT MAX(t) FROM ("
+                               "SELECT MAX(issued_at) AS t FROM tokens WHERE agent = ? "
+                               "UNION ALL SELECT MAX(at) FROM delegations WHERE to_agent = ?"
+                               ") AS hops", (agent_id, agent_id)).fetchone()
+        return float(row[0] or 0.0)
 
     def record_delegations(self, records: Sequence[DelegationRecord],
                            audit: AuditEvent | None = None) -> None:
@@ -394,6 +419,7 @@ class SqlStore(Store):
         with self._tx() as cur:
             row = self._x(cur, "SELECT expires_at FROM revocations WHERE id = ?",
                           (lineage_id,)).fetchone()
+            self._audit(cur, [audit])
             if row is None:
                 self._x(cur, "INSERT INTO revocations (id, revoked_at, expires_at, revoked_by,"
                              " reason) VALUES (?, ?, ?, ?, ?)",
@@ -403,7 +429,6 @@ class SqlStore(Store):
                 self._x(cur, "UPDATE revocations SET expires_at = ? WHERE id = ?",
                         (expires_at, lineage_id))
                 self._change(cur, ChangeKind.REVOCATION, lineage_id, expires_at)
-            self._audit(cur, [audit])
         return row is None
 
     def revocations(self, now: float) -> list[tuple[str, float]]:
@@ -412,9 +437,11 @@ class SqlStore(Store):
                            (now,)).fetchall()
         return [(r[0], r[1]) for r in rows]
 
-    def prune_revocations(self, now: float) -> int:
+    def prune_revocations(self, now: float, margin: float) -> int:
         with self._tx() as cur:
-            self._x(cur, "DELETE FROM revocations WHERE expires_at <= ?", (now,))
+            store_now = self._store_clock(cur)
+            horizon = (now if store_now is None else min(now, store_now)) - margin
+            self._x(cur, "DELETE FROM revocations WHERE expires_at <= ?", (horizon,))
             return int(cur.rowcount)
 
     # -- change feed and audit ---------------------------------------------------------
@@ -424,6 +451,10 @@ class SqlStore(Store):
             rows = self._x(cur, "SELECT seq, kind, key, value FROM changes WHERE seq > ? "
                                 "ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
         return [Change(r[0], ChangeKind(r[1]), r[2], r[3]) for r in rows]
+
+    def clock(self) -> float | None:
+        with self._read() as cur:
+            return self._store_clock(cur)
 
     def last_change(self) -> int:
         with self._read() as cur:

@@ -1,4 +1,9 @@
-"""The embedded SQLite backend: one file, WAL, synchronous commits."""
+"""The embedded SQLite backend: one file, WAL, synchronous commits.
+
+SQLite's operational errors (disk full, read-only file, locked, I/O error)
+leave this module as ``UnavailableError`` carrying SQLite's own reason; the
+transaction they interrupt is rolled back, so nothing is acknowledged.
+"""
 
 from __future__ import annotations
 
@@ -55,29 +60,33 @@ class SqliteStore(SqlStore):
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
+        """BEGIN IMMEDIATE serializes writers, so change seqs are visible in order."""
         conn = self._conn()
-        cur = conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
         try:
-            yield cur
-        except BaseException:
-            conn.rollback()
-            raise
-        else:
-            conn.commit()
-        finally:
-            cur.close()
+            cur = conn.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+                yield cur
+                conn.commit()
+            except BaseException:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+            finally:
+                cur.close()
+        except sqlite3.OperationalError as e:
+            raise _unavailable(e) from None
 
     @contextmanager
     def _read(self) -> Iterator[Any]:
-        cur = self._conn().cursor()
         try:
-            yield cur
-        finally:
-            cur.close()
-
-    def _lock_changes(self, cur: Any) -> None:
-        """BEGIN IMMEDIATE already serializes SQLite writers."""
+            cur = self._conn().cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
+        except sqlite3.OperationalError as e:
+            raise _unavailable(e) from None
 
     def migrate(self) -> None:
         with self._tx() as cur:
@@ -88,7 +97,7 @@ class SqliteStore(SqlStore):
             with self._read() as cur:
                 cur.execute("SELECT 1")
         except sqlite3.Error as e:
-            raise UnavailableError(f"SQLite store unavailable: {e}") from None
+            raise _unavailable(e) from None
 
     def close(self) -> None:
         with self._guard:
@@ -96,3 +105,9 @@ class SqliteStore(SqlStore):
                 conn.close()
             self._all.clear()
         self._local = threading.local()
+
+
+def _unavailable(e: sqlite3.Error) -> UnavailableError:
+    name = getattr(e, "sqlite_errorname", "")  # e.g. SQLITE_FULL, SQLITE_IOERR_WRITE
+    reason = f"{e} ({name})" if name else str(e)
+    return UnavailableError(f"SQLite store unavailable: {reason}", reason=reason)
