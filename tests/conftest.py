@@ -12,9 +12,15 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import hypothesis
 import pytest
 
 REQUIRED = os.environ.get("CAPGATE_CI") == "1"
+# CI explores the same examples on every run (a red build is always reproducible);
+# a developer's run draws new ones each time.
+hypothesis.settings.register_profile("ci", derandomize=True)
+if REQUIRED:
+    hypothesis.settings.load_profile("ci")
 _MISSING: dict[str, tuple[str, int]] = {}  # dependency -> (why, tests skipped)
 
 
