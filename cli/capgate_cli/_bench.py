@@ -84,13 +84,16 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("bench", parents=[common], help="load a server with verifications")
+    p = sub.add_parser("bench", parents=[common], help="load a server with verifications",
+                       epilog="example: capgate --credential-file svc.cred bench \"$TOKEN\" "
+                              "--action read --resource /data/x --agent reporter --batch 256")
     p.add_argument("token", help="the token to verify, or - for stdin")
-    p.add_argument("--action", required=True)
-    p.add_argument("--resource", required=True)
+    p.add_argument("--action", required=True, help="the action of every check")
+    p.add_argument("--resource", required=True, help="the resource of every check")
     p.add_argument("--agent", metavar="ID", help="the presenting agent")
-    p.add_argument("--ctx", action="append", metavar="KEY=VALUE")
-    p.add_argument("--duration", type=float, default=10.0, metavar="S")
-    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--ctx", action="append", metavar="KEY=VALUE", help="request context")
+    p.add_argument("--duration", type=float, default=10.0, metavar="S",
+                   help="how long to run (seconds)")
+    p.add_argument("--concurrency", type=int, default=64, help="calls in flight at once")
     p.add_argument("--batch", type=int, default=1, help="checks per call (VerifyBatch if > 1)")
     p.set_defaults(run=bench)

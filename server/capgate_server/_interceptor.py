@@ -54,6 +54,13 @@ POLICY: Mapping[str, frozenset[Role]] = {
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _ANY,
 }
 _OPEN_PREFIX = "/grpc.health.v1.Health/"
+# what to do instead, for the refusals people meet first
+_HINTS = {
+    "/capgate.v1.TokenService/IssueToken": ": tokens are issued to agents; use an agent's "
+    "credential (e.g. --credential-file AGENT.cred)",
+    "/capgate.v1.TokenService/DelegateToken": ": the holder delegates; use the holding "
+    "agent's credential",
+}
 # A suspended agent keeps its credential, but may only read its own record (to see why).
 _WHILE_SUSPENDED = frozenset({"/capgate.v1.AgentService/GetAgent"})
 
@@ -93,7 +100,8 @@ class Authenticator(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 error = AuthenticationError(f"the credential of {principal.id!r} is disabled")
             elif roles is not None and principal.role not in roles:
                 error = PermissionDeniedError(
-                    f"{method.rsplit('/', 1)[-1]} is not open to the {principal.role} role")
+                    f"{method.rsplit('/', 1)[-1]} is not open to the {principal.role} role"
+                    + _HINTS.get(method, ""))
             elif principal.role is Role.AGENT and method not in _WHILE_SUSPENDED:
                 agent = self._replica.agents.get(principal.id)
                 if agent is None or agent.status is not AgentStatus.ACTIVE:
