@@ -88,6 +88,10 @@ class CapgateServer:
         if credential is not None:
             self.admin_credential_path = _write_secret(s.data_dir / "admin.credential", credential)
             log.warning("first start: admin credential written to %s", self.admin_credential_path)
+        elif s.role == "full" and not (s.data_dir / "admin.credential").exists():
+            log.warning("the store already has an admin (it was set up before, perhaps by "
+                        "another replica): no admin credential written here; use the one "
+                        "written then, or make a new one with `capgate admin recover`")
 
         refuse = None
         if s.role == "verifier":
