@@ -1,7 +1,7 @@
 """Authentication, principal state and role checks for every RPC, as one interceptor.
 
 The credential travels as ``authorization: Bearer <credential>`` metadata. Only
-the standard health service answers without one. A disabled principal is
+the standard health and reflection services answer without one. A disabled principal is
 refused everything; a suspended agent may only read its own record. The
 principal is handed to the servicer through ``CALLER`` (a context variable set
 for the call).
@@ -53,7 +53,9 @@ POLICY: Mapping[str, frozenset[Role]] = {
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": _ANY,
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _ANY,
 }
-_OPEN_PREFIX = "/grpc.health.v1.Health/"
+# Open without a credential: health (for load balancers) and reflection, which tells
+# only what the shipped .proto files already say (for grpcurl and other tools).
+_OPEN_PREFIX = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # what to do instead, for the refusals people meet first
 _HINTS = {
     "/capgate.v1.TokenService/IssueToken": ": tokens are issued to agents; use an agent's "
