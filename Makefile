@@ -17,7 +17,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 lock: $(STAMP)
 	$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --no-emit-index-url \
-	    --no-emit-find-links --strip-extras --extra server --extra dev \
+	    --no-emit-find-links --strip-extras --extra server --extra plot --extra dev \
 	    --output-file requirements.lock pyproject.toml
 
 serve: $(STAMP)
