@@ -18,16 +18,18 @@ import base64
 import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from functools import lru_cache
 from types import MappingProxyType
 from typing import ClassVar, NamedTuple
 
+from capgate._cache import BoundedCache
 from capgate._clock import format_timestamp, parse_timestamp
 from capgate._errors import CaveatSyntaxError, InvalidArgumentError
 from capgate._grants import Glob, parse_actions
 from capgate._text import CTX_KEY_RE, ID_RE, safe_text_problem
 
 __all__ = [
+    "CAVEATS",
+    "CAVEAT_CACHE_BYTES",
     "ActionCaveat",
     "AgentCaveat",
     "Caveat",
@@ -39,7 +41,9 @@ __all__ = [
     "NotBeforeCaveat",
     "Request",
     "ResourceCaveat",
+    "caveat_size",
     "compile_caveat",
+    "compile_new_caveat",
     "parse_caveat",
 ]
 
@@ -51,6 +55,10 @@ _DEPTH_LIMIT = re.compile(r"[0-9]{1,2}")  # ASCII digits only: "²".isdigit() is
 _NUMBER = re.compile(r"-?[0-9]{1,18}(?:\.[0-9]{1,18})?")
 _HEX128 = re.compile(r"[0-9a-f]{32}")
 _MAX_CTX_VALUE = 1024
+CAVEAT_CACHE_BYTES = 32 << 20
+_CAVEAT_BASE = 400  # a caveat object and its fields (measured; the tests check)
+_KEY_BASE = 40  # the cache's key, a bytes object
+_PER_VALUE = 100  # one name in a caveat's set of actions or values
 
 
 class Request(NamedTuple):
@@ -373,19 +381,44 @@ def parse_caveat(text: str) -> Caveat:
     """Parse one caveat's text; raises ``CaveatSyntaxError``."""
     if not isinstance(text, str):
         raise CaveatSyntaxError("caveat must be text", type=type(text).__name__)
-    return _compile_text(text)
+    try:
+        cid = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CaveatSyntaxError("caveat is not valid Unicode text", caveat=repr(text)) from None
+    return compile_caveat(cid)
 
 
-@lru_cache(maxsize=16384)
-def _compile_text(text: str) -> Caveat:
-    return _parse(text)
+def caveat_size(cav: Caveat) -> int:
+    """Estimated bytes a parsed caveat holds (its text, its object, a glob's segments)."""
+    size = _CAVEAT_BASE + 2 * len(cav.text)
+    kind = type(cav)
+    if kind is ResourceCaveat:
+        size += cav.glob.size  # type: ignore[attr-defined]
+    elif kind is ActionCaveat:
+        size += _PER_VALUE * len(cav.actions)  # type: ignore[attr-defined]
+    elif kind is CtxCaveat:
+        size += _PER_VALUE * len(cav.values)  # type: ignore[attr-defined]
+    return size
 
 
-@lru_cache(maxsize=16384)
+# Parsed caveats by their bytes: caveats repeat across tokens (the holder, the grant),
+# so each is parsed once. Bounded in bytes, since a token's caveats are the sender's.
+CAVEATS: BoundedCache[bytes, Caveat] = BoundedCache(
+    CAVEAT_CACHE_BYTES, lambda cid, cav: _KEY_BASE + len(cid) + caveat_size(cav))
+
+
 def compile_caveat(cid: bytes) -> Caveat:
     """Parse a caveat as it appears in a token (UTF-8 bytes); cached, caveats repeat."""
+    cav = CAVEATS.get(cid)
+    return cav if cav is not None else compile_new_caveat(cid)
+
+
+def compile_new_caveat(cid: bytes) -> Caveat:
+    """Parse a caveat the cache does not hold, and remember it."""
     try:
         text = cid.decode("utf-8")
     except UnicodeDecodeError:
         raise CaveatSyntaxError("caveat is not UTF-8 text", caveat=repr(cid)) from None
-    return _compile_text(text)
+    cav = _parse(text)
+    CAVEATS.put(cid, cav)
+    return cav

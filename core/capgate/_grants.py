@@ -12,9 +12,9 @@ grants, and allows a request when any one grant does. Default deny.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import cache, lru_cache
+from functools import cache
 
 from capgate._errors import InvalidArgumentError
 from capgate._text import ACTION_RE, safe_text_problem
@@ -24,6 +24,15 @@ __all__ = ["Ceiling", "Glob", "Grant", "resource_problem"]
 _MAX_RESOURCE = 1024
 _MAX_SEGMENTS = 64
 _MAX_DEEP = 2
+# A glob is compiled into a regex only once it is hot and short: compiling costs
+# about a microsecond per character (sre's compiler is Python) and tens of bytes
+# per character; a never-seen glob in a hostile token must cost neither.
+_HOT_USES = 8
+_REGEX_MAX = 128
+# Estimated bytes a parsed glob holds (measured with tracemalloc; the tests check).
+_GLOB_BASE = 600
+_PER_SEGMENT = 90
+_REGEX_BASE, _REGEX_PER_CHAR = 700, 20
 _ASCII_SEGMENT = re.compile(r"[!-~]+")  # printable ASCII without space
 # The common case in one regex: ASCII segments without '*', never '.' or '..'.
 _ASCII_RESOURCE = re.compile(r"(?:/(?!\.\.?(?:/|$))[!-)+-.0-~]+)+")
@@ -59,20 +68,49 @@ def resource_problem(resource: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
 class Glob:
-    """A resource pattern; ``*`` is one segment, ``**`` any number (including none)."""
+    """A resource pattern; ``*`` is one segment, ``**`` any number (including none).
+
+    Globs come from tokens, so an attacker chooses them: parsing one costs a
+    split and a check per segment, never a regex compilation. Matching compares
+    segments; a glob that turns out to be hot (used ``_HOT_USES`` times) and short
+    (at most ``_REGEX_MAX`` characters) is compiled once into a regex, which is
+    faster per match. ``match(resource)`` is the hot-path matcher: truthy when it
+    matches, for a resource that ``resource_problem`` accepted; ``matches`` takes any
+    value. Immutable; equal when the patterns are.
+    """
+
+    __slots__ = ("_deep", "_head", "_mid", "_tail", "_uses", "match", "pattern", "segments",
+                 "size")
 
     pattern: str
-    segments: tuple[str, ...] = field(compare=False, repr=False)
-    _regex: re.Pattern[str] = field(compare=False, repr=False)
+    segments: tuple[str, ...]
+    match: Callable[[str], object]
+    size: int  # estimated bytes held, for the caches that keep globs
+
+    def __init__(self, pattern: str, segments: tuple[str, ...]) -> None:
+        self.pattern = pattern
+        self.segments = segments
+        self._uses = 0
+        self.size = _GLOB_BASE + 2 * len(pattern) + _PER_SEGMENT * len(segments)
+        blocks = _split_deep(segments)
+        self._deep = len(blocks) - 1
+        self._head = _Block(blocks[0])
+        self._mid = _Block(blocks[1]) if self._deep == 2 else None
+        self._tail = _Block(blocks[-1]) if self._deep else None
+        if not self._deep and not self._head.stars:
+            self.match = pattern.__eq__  # a literal path: a string comparison
+        else:
+            self.match = self._match_and_count
+            if len(pattern) <= _REGEX_MAX:  # charged up front: it may be compiled later
+                self.size += _REGEX_BASE + _REGEX_PER_CHAR * len(pattern)
 
     @classmethod
     def parse(cls, pattern: str) -> Glob:
         return _parse_glob(pattern)
 
     def matches(self, resource: str) -> bool:
-        return self._regex.fullmatch(resource) is not None
+        return isinstance(resource, str) and bool(self.match(resource))
 
     def within(self, other: Glob) -> bool:
         """True only if every resource this glob matches, ``other`` matches too.
@@ -82,11 +120,82 @@ class Glob:
         """
         return _within(self.segments, other.segments)
 
+    def regex(self) -> str:
+        """The same pattern as a regular expression (for a ceiling's combined regex)."""
+        parts = []
+        for seg in self.segments:
+            if seg == "*":
+                parts.append("/[^/]+")
+            elif seg == "**":
+                parts.append("(?:/[^/]+)*")
+            else:
+                parts.append("/" + re.escape(seg))
+        return "".join(parts)
+
+    def _match_and_count(self, resource: str) -> bool:
+        self._uses += 1
+        if self._uses >= _HOT_USES and len(self.pattern) <= _REGEX_MAX:
+            self.match = re.compile(self.regex()).fullmatch
+        return self._match_segments(resource)
+
+    def _match_segments(self, resource: str) -> bool:
+        # every segment non-empty (as '[^/]+' would insist), then block by block
+        if not resource.startswith("/") or "//" in resource or resource.endswith("/"):
+            return False
+        segs = resource[1:].split("/")
+        head, tail = self._head, self._tail
+        if tail is None:
+            return len(segs) == head.n and head.at(segs, 0)
+        n = len(segs)
+        if n < head.n + tail.n or not head.at(segs, 0) or not tail.at(segs, n - tail.n):
+            return False
+        mid = self._mid
+        if mid is None:
+            return True
+        # head ** mid ** tail: the leftmost place for mid is as good as any
+        return any(mid.at(segs, i) for i in range(head.n, n - tail.n - mid.n + 1))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Glob) and other.pattern == self.pattern
+
+    def __hash__(self) -> int:
+        return hash(self.pattern)
+
+    def __repr__(self) -> str:
+        return f"Glob({self.pattern!r})"
+
     def __str__(self) -> str:
         return self.pattern
 
 
-@lru_cache(maxsize=4096)
+class _Block:
+    """A run of segments between ``**``s: literals and ``*`` (one segment each)."""
+
+    __slots__ = ("fixed", "literals", "n", "stars")
+
+    def __init__(self, segs: list[str]) -> None:
+        self.n = len(segs)
+        self.stars = segs.count("*")
+        self.literals = segs  # compared as a whole when there is no '*'
+        self.fixed = [(i, s) for i, s in enumerate(segs) if s != "*"] if self.stars else []
+
+    def at(self, segs: list[str], i: int) -> bool:
+        """Does this block match ``segs[i:i + n]`` (which the caller made sure exist)?"""
+        if not self.stars:
+            return segs[i:i + self.n] == self.literals
+        return all(segs[i + j] == s for j, s in self.fixed)
+
+
+def _split_deep(segments: tuple[str, ...]) -> list[list[str]]:
+    blocks: list[list[str]] = [[]]
+    for seg in segments:
+        if seg == "**":
+            blocks.append([])
+        else:
+            blocks[-1].append(seg)
+    return blocks
+
+
 def _parse_glob(pattern: str) -> Glob:
     if not isinstance(pattern, str) or not pattern.startswith("/"):
         raise InvalidArgumentError(f"resource glob {pattern!r} must start with '/'")
@@ -97,18 +206,12 @@ def _parse_glob(pattern: str) -> Glob:
         raise InvalidArgumentError(f"resource glob has more than {_MAX_SEGMENTS} segments")
     if segs.count("**") > _MAX_DEEP:  # each '**' multiplies the matcher's work
         raise InvalidArgumentError(f"resource glob {pattern!r} has more than {_MAX_DEEP} '**'")
-    parts = []
     for seg in segs:
-        if seg == "*":
-            parts.append("/[^/]+")
-        elif seg == "**":
-            parts.append("(?:/[^/]+)*")
-        else:
+        if seg != "*" and seg != "**":
             problem = _segment_problem(seg)
             if problem is not None:
                 raise InvalidArgumentError(f"resource glob {pattern!r} {problem}", glob=pattern)
-            parts.append("/" + re.escape(seg))
-    return Glob(pattern, segs, re.compile("".join(parts)))
+    return Glob(pattern, segs)
 
 
 def _within(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
@@ -173,7 +276,7 @@ class Ceiling:
         patterns: dict[str, list[str]] = {}
         for g in self.grants:
             for a in g.actions:
-                patterns.setdefault(a, []).append(g.glob._regex.pattern)
+                patterns.setdefault(a, []).append(g.glob.regex())
         for a, ps in patterns.items():
             self._by_action[a] = re.compile("|".join(f"(?:{p})" for p in ps))
 

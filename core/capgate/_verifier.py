@@ -8,23 +8,29 @@ every delegator above it) allows the request, 7. every caveat holds for the
 request and the clock.
 
 Steps 1–2 depend neither on the request nor on the clock, so their result (a
-valid ``Chain``) is cached per token text in a bounded LRU. Whatever
-the keys or agent keys they used change, call ``invalidate()``.
+valid ``Chain``) is cached per token text. Whatever the keys or agent keys they
+used change, call ``invalidate()``.
+
+Everything the verifier remembers (chains, verified prefixes, the decision
+memo, parsed caveats) is bounded in bytes as well as entries: an attacker
+chooses the tokens, so an entry can be large. ``compiled`` counts the caveats
+parsed afresh, the expensive part of a never-seen token, so a server can bound
+that work per request.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-import re
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
 from capgate._agent import Agent, AgentStatus, Directory
+from capgate._cache import BoundedCache
 from capgate._caveats import (
+    CAVEATS,
     ActionCaveat,
     Caveat,
     DelegateCaveat,
@@ -33,13 +39,14 @@ from capgate._caveats import (
     NotBeforeCaveat,
     Request,
     ResourceCaveat,
-    compile_caveat,
+    caveat_size,
+    compile_new_caveat,
 )
 from capgate._clock import Clock, format_timestamp, system_clock
 from capgate._codec import DEFAULT_LIMITS, Limits, decode_text, unpack, unpack_first_party
 from capgate._delegation import proof_valid
 from capgate._errors import CaveatSyntaxError, MalformedTokenError
-from capgate._grants import resource_problem
+from capgate._grants import Glob, resource_problem
 from capgate._revocation import RevocationSet
 from capgate._text import ACTION_RE, CTX_KEY_RE
 from capgate._token import Token, TokenIdentifier, derive_key, hmac_digest
@@ -51,6 +58,13 @@ _log = logging.getLogger("capgate.verifier")
 # How far ahead of this server's clock a token or hop may claim to have been made.
 CLOCK_SKEW_MS = 300_000
 _CACHE_MAX_TEXT = 4096
+# Estimated bytes held per cached chain, hop, memo entry and verified prefix (on top
+# of their text; measured with tracemalloc, and the tests check the bounds hold).
+_CHAIN_BASE = 1500
+_PER_HOP = 250
+_MEMO_BASE = 500
+_PREFIX_BASE = 300
+_PER_CID = 80
 _NO_CTX: Mapping[str, str] = MappingProxyType({})
 _MAX_CTX_ITEMS = 32
 _MAX_CTX_VALUE = 1024
@@ -134,23 +148,27 @@ class Chain:
     actions: frozenset[str] | None = field(repr=False, default=None)
     not_before: float = float("-inf")
     not_after: float = float("inf")
-    resources: tuple[re.Pattern[str], ...] = field(repr=False, default=())
+    resources: tuple[Glob, ...] = field(repr=False, default=())
     other: tuple[Caveat, ...] = field(repr=False, default=())
+    size: int = field(repr=False, default=0)  # estimated bytes held, for the cache
 
     def fold(self) -> Chain:
+        size = _CHAIN_BASE + 2 * len(self.text) + _PER_HOP * len(self.hops)
         for cav in self.checks:
+            size += caveat_size(cav)
             kind = type(cav)
             if kind is ActionCaveat:
                 acts = cav.actions  # type: ignore[attr-defined]
                 self.actions = acts if self.actions is None else self.actions & acts
             elif kind is ResourceCaveat:
-                self.resources += (cav.glob._regex,)  # type: ignore[attr-defined]
+                self.resources += (cav.glob,)  # type: ignore[attr-defined]
             elif kind is ExpiresCaveat:
                 self.not_after = min(self.not_after, cav.at)  # type: ignore[attr-defined]
             elif kind is NotBeforeCaveat:
                 self.not_before = max(self.not_before, cav.at)  # type: ignore[attr-defined]
             else:
                 self.other += (cav,)
+        self.size = size
         return self
 
     @property
@@ -165,6 +183,19 @@ class Chain:
     @property
     def token(self) -> Token:
         return Token.parse(self.text)
+
+
+_MemoKey = tuple[str, str, str, str | None]
+_MemoEntry = tuple[int, float, float, Decision]
+
+
+def _chain_cost(text: str, chain: Chain) -> int:
+    return chain.size
+
+
+def _memo_cost(key: _MemoKey) -> int:
+    token, action, resource, presenter = key
+    return _MEMO_BASE + len(token) + len(action) + len(resource) + len(presenter or "")
 
 
 def _deny(code: DenyCode, reason: str, caveat: str | None = None,
@@ -188,7 +219,10 @@ class Verifier:
         *,
         clock: Clock = system_clock,
         cache_size: int = 32768,
+        cache_bytes: int = 64 << 20,
         memo_size: int = 0,
+        memo_bytes: int = 48 << 20,
+        prefix_bytes: int = 8 << 20,
         limits: Limits = DEFAULT_LIMITS,
         on_chain: Callable[[Chain], None] | None = None,
         location: str = "capgate",
@@ -202,17 +236,23 @@ class Verifier:
         self._clock = clock
         self._limits = limits
         self._derived: dict[str, tuple[bytes, bytes]] = {}
-        self._cache: OrderedDict[str, Chain] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache: BoundedCache[str, Chain] = BoundedCache(
+            cache_bytes, _chain_cost, max_entries=cache_size)
         # (identifier, caveats) of verified chains -> the signature there
         self._prefixes: dict[tuple[bytes, tuple[bytes, ...]], bytes] = {}
-        # The decision memo: (token, action, resource, presenter) -> (state, until, allow).
-        # An allow stays right while nothing changes and the clock stays inside the
-        # token's window; any change of agents, revocations or keys moves ``state``.
-        self._memo: dict[tuple[str, str, str, str | None],
-                         tuple[int, float, float, Decision]] = {}
+        self._prefix_bytes = 0
+        self._prefix_budget = prefix_bytes
+        # The decision memo: (token, action, resource, presenter) -> (state, since,
+        # until, allow). An allow stays right while nothing changes and the clock stays
+        # inside the token's window; any change of agents, revocations or keys moves
+        # ``state``. Two generations, like ``BoundedCache``, inline for the hot path.
+        self._memo: dict[_MemoKey, _MemoEntry] = {}
+        self._memo_old: dict[_MemoKey, _MemoEntry] = {}
         self._memo_size = memo_size
+        self._memo_half = (max(1, memo_size // 2), max(1, memo_bytes // 2))
+        self._memo_bytes = self._memo_old_bytes = 0
         self._key_version = 0
+        self.compiled = 0  # caveats parsed afresh (not found in the caveat cache)
         self.on_chain = on_chain  # told of each valid chain the first time it is analysed
 
     def _state(self) -> int:
@@ -228,6 +268,8 @@ class Verifier:
         if memo:
             key = (token, action, resource, presenter)
             hit = self._memo.get(key)
+            if hit is None and self._memo_old:
+                hit = self._memo_recall(key)
             if hit is not None and hit[0] == (
                     self._agents.version + self._revocations.version  # type: ignore[attr-defined]
                     + self._key_version) and hit[1] < self._clock() < hit[2]:
@@ -242,12 +284,25 @@ class Verifier:
         state = self._state()
         decision = self.decide(st, request)
         if decision.allowed and len(token) <= _CACHE_MAX_TEXT:
-            if len(self._memo) >= self._memo_size:
-                self._memo.clear()
             # valid while the clock stays inside the token's window (either way)
             since = max(st.not_before, (st.latest_ms - CLOCK_SKEW_MS) / 1000)
-            self._memo[key] = (state, since, st.not_after, decision)
+            self._memo_put(key, (state, since, st.not_after, decision))
         return decision
+
+    def _memo_recall(self, key: _MemoKey) -> _MemoEntry | None:
+        hit = self._memo_old.pop(key, None)
+        if hit is not None:
+            self._memo_put(key, hit)
+        return hit
+
+    def _memo_put(self, key: _MemoKey, entry: _MemoEntry) -> None:
+        memo = self._memo
+        memo[key] = entry
+        self._memo_bytes += _memo_cost(key)
+        entries, nbytes = self._memo_half
+        if len(memo) > entries or self._memo_bytes > nbytes:
+            self._memo_old, self._memo = memo, {}
+            self._memo_old_bytes, self._memo_bytes = self._memo_bytes, 0
 
     # -- cache ------------------------------------------------------------------------
 
@@ -256,21 +311,28 @@ class Verifier:
         self._derived.clear()
         self._cache.clear()
         self._prefixes.clear()
+        self._prefix_bytes = 0
         self._memo.clear()
+        self._memo_old.clear()
+        self._memo_bytes = self._memo_old_bytes = 0
         self._key_version += 1
 
     @property
     def cached(self) -> int:
         return len(self._cache)
 
+    @property
+    def cache_bytes(self) -> int:
+        """Estimated bytes held by the chain cache, the verified prefixes and the memo."""
+        return (self._cache.nbytes + self._prefix_bytes + self._memo_bytes
+                + self._memo_old_bytes)
+
     # -- the static half: parse, signature, proofs --------------------------------------
 
     def analyse(self, text: str) -> Chain | Decision:
         """The cached, request-independent half: a valid ``Chain`` or the deny."""
-        cache = self._cache
-        st = cache.get(text)
+        st = self._cache.get(text)
         if st is not None:
-            cache.move_to_end(text)
             return st
         if not isinstance(text, str):
             return _deny(DenyCode.MALFORMED, "token must be text")
@@ -283,9 +345,7 @@ class Verifier:
         # tokens of ordinary size, so the cache's memory stays bounded.
         if type(result) is Chain:
             if len(text) <= _CACHE_MAX_TEXT:
-                cache[text] = result
-                if len(cache) > self._cache_size:
-                    cache.popitem(last=False)
+                self._cache.put(text, result)
             if self.on_chain is not None:
                 self.on_chain(result)
         return result
@@ -366,8 +426,18 @@ class Verifier:
                            final: bytes) -> None:
         """Remember this verified chain, whole and up to each of its delegations."""
         known = self._prefixes
-        if len(known) > self._cache_size:
+        # each entry holds its own tuple of the caveats up to that point
+        cost = 0
+        for k in range(1, len(cids) + 1):
+            if k == len(cids) or (cids[k].startswith(b"delegate = ") and prefix[k]):
+                cost += _PREFIX_BASE + len(identifier) + sum(
+                    [_PER_CID + len(c) for c in cids[:k]])
+        if self._prefix_bytes + cost > self._prefix_budget:
             known.clear()
+            self._prefix_bytes = 0
+            if cost > self._prefix_budget:
+                return
+        self._prefix_bytes += cost
         known[(identifier, tuple(cids))] = final
         for k in range(1, len(cids)):
             if cids[k].startswith(b"delegate = ") and prefix[k]:
@@ -383,12 +453,16 @@ class Verifier:
         holder: str | None = None
         CHECK, HOLDER, DELEGATE = Caveat.CHECK, Caveat.HOLDER, Caveat.DELEGATE
         LINEAGE = Caveat.LINEAGE
+        cached = CAVEATS.get
         for i, cid in enumerate(cids):
-            try:
-                cav = compile_caveat(cid)
-            except CaveatSyntaxError as e:
-                return _deny(DenyCode.BAD_CAVEAT, e.message, caveat=e.context.get("caveat"),
-                             token_id=tid)
+            cav = cached(cid)
+            if cav is None:
+                self.compiled += 1
+                try:
+                    cav = compile_new_caveat(cid)
+                except CaveatSyntaxError as e:
+                    return _deny(DenyCode.BAD_CAVEAT, e.message,
+                                 caveat=e.context.get("caveat"), token_id=tid)
             role = cav.role
             if role == CHECK:
                 checks.append(cav)
@@ -519,8 +593,8 @@ class Verifier:
         acts = st.actions
         passed = (acts is None or action in acts) and st.not_before < now < st.not_after
         if passed:
-            for rx in st.resources:
-                if rx.fullmatch(resource) is None:
+            for glob in st.resources:
+                if not glob.match(resource):
                     passed = False
                     break
         if passed:
@@ -562,6 +636,8 @@ def _agent_denial(st: Chain, hop: Hop, a: Agent | None, below: int) -> Decision:
 _VALID_ACTIONS: set[str] = set()
 _VALID_RESOURCES: set[str] = set()
 _MEMO_LIMIT = 100_000
+_VALID_RESOURCE_BYTES = 8 << 20
+_valid_resource_bytes = 0
 
 
 def _request_problem(request: Request) -> str | None:
@@ -577,8 +653,11 @@ def _request_problem(request: Request) -> str | None:
         problem = resource_problem(resource)
         if problem is not None:
             return f"resource {resource!r} {problem}"
-        if len(_VALID_RESOURCES) > _MEMO_LIMIT:
+        global _valid_resource_bytes
+        _valid_resource_bytes += 100 + len(resource)
+        if len(_VALID_RESOURCES) > _MEMO_LIMIT or _valid_resource_bytes > _VALID_RESOURCE_BYTES:
             _VALID_RESOURCES.clear()
+            _valid_resource_bytes = 0
         _VALID_RESOURCES.add(resource)
     if ctx:
         if len(ctx) > _MAX_CTX_ITEMS:
