@@ -47,6 +47,7 @@ from capgate._errors import (
     MalformedTokenError,
     NotFoundError,
     PermissionDeniedError,
+    ResourceExhaustedError,
     UnavailableError,
 )
 from capgate._grants import Ceiling, Glob, Grant, resource_problem
@@ -95,6 +96,7 @@ __all__ = [
     "RawMacaroon",
     "Request",
     "ResourceCaveat",
+    "ResourceExhaustedError",
     "RevocationSet",
     "Token",
     "TokenDescription",

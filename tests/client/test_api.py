@@ -20,9 +20,10 @@ def test_core_public_api_is_pinned():
         "FailedPreconditionError", "Glob", "Grant", "Hop", "HopInfo", "InvalidArgumentError",
         "Limits", "MalformedTokenError", "NotBeforeCaveat", "NotFoundError",
         "PermissionDeniedError", "RawCaveat", "RawMacaroon", "Request", "ResourceCaveat",
-        "RevocationSet", "Token", "TokenDescription", "TokenIdentifier", "UnavailableError",
-        "Verifier", "__version__", "append_server_delegation", "check_id", "delegate_offline",
-        "describe", "format_duration", "format_timestamp", "hop_expiry", "load_private_key",
+        "ResourceExhaustedError", "RevocationSet", "Token", "TokenDescription",
+        "TokenIdentifier", "UnavailableError", "Verifier", "__version__",
+        "append_server_delegation", "check_id", "delegate_offline", "describe",
+        "format_duration", "format_timestamp", "hop_expiry", "load_private_key",
         "load_public_key", "new_private_key_pem", "new_token_id", "parse_caveat",
         "parse_duration", "parse_timestamp", "public_key_id", "resource_problem",
         "restriction_caveats", "system_clock"])
@@ -36,9 +37,10 @@ def test_server_public_api_is_pinned():
 
     assert sorted(capgate_server.__all__) == sorted([
         "ERROR_METADATA_KEY", "POLICY", "AuditLog", "CapgateServer", "KeyEncryptionKey",
-        "Replica", "Settings", "load_kek", "new_kek_text", "serve", "status_for"])
+        "Replica", "ResourceLimits", "Settings", "load_kek", "new_kek_text", "serve",
+        "status_for"])
     assert sorted(capgate_server.store.__all__) == sorted([
-        "MIGRATIONS", "AgentPatch", "AuditEvent", "AuditQuery", "Change", "ChangeKind",
+        "AUDIT_FIELD_LIMITS", "MIGRATIONS", "AgentPatch", "AuditEvent", "AuditQuery", "Change", "ChangeKind",
         "DelegationRecord", "PostgresStore", "Principal", "Role", "RootKeyRecord",
         "SqliteStore", "Store", "TokenRecord", "open_store"])
     for module in (capgate_server, capgate_server.store):
