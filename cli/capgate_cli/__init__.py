@@ -28,6 +28,8 @@ def _serve(args: argparse.Namespace) -> int:
     )
     if args.max_ttl:
         settings.max_ttl_cap = duration(args.max_ttl) or settings.max_ttl_cap
+    if args.audit_retention is not None:  # "0" keeps every record
+        settings.audit_retention = float(duration(args.audit_retention) or 0)
 
     def ready(app: object) -> None:
         from capgate_server import CapgateServer
@@ -64,6 +66,8 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="fail closed after this long without the store")
     p.add_argument("--poll-interval", type=float, default=1.0, metavar="S",
                    help="catch-up read of the change feed")
+    p.add_argument("--audit-retention", metavar="DURATION",
+                   help="delete audit records older than this (default 90d; 0 keeps all)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(run=_serve)
 

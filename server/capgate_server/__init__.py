@@ -9,6 +9,7 @@ from capgate_server._app import CapgateServer, serve
 from capgate_server._audit import AuditLog
 from capgate_server._interceptor import POLICY
 from capgate_server._keyring import KeyEncryptionKey, load_kek, new_kek_text
+from capgate_server._limits import ResourceLimits
 from capgate_server._replica import Replica, Settings
 from capgate_server._status import ERROR_METADATA_KEY, status_for
 
@@ -19,6 +20,7 @@ __all__ = [
     "CapgateServer",
     "KeyEncryptionKey",
     "Replica",
+    "ResourceLimits",
     "Settings",
     "load_kek",
     "new_kek_text",

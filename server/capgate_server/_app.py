@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from capgate import Clock, InvalidArgumentError, system_clock
+from capgate_server._admission import Admission
 from capgate_server._interceptor import POLICY, Authenticator
 from capgate_server._keyring import load_kek
 from capgate_server._replica import Replica, Settings
@@ -25,7 +26,7 @@ from capgate_server.store import Role, open_store
 __all__ = ["CapgateServer", "serve"]
 
 log = logging.getLogger("capgate.server")
-MAX_MESSAGE = 16 * 1024 * 1024  # a batch of large tokens fits; a token's own limit is far lower
+MAX_SEND = 16 * 1024 * 1024  # replies: a batch of 1,024 verdicts, a page of audit records
 _VERIFIER_OK = ("/capgate.v1.VerifierService/", "/grpc.reflection.")
 
 
@@ -77,11 +78,17 @@ class CapgateServer:
                     return None
                 return "this replica serves verification only (--role verifier)"
 
+        limits = s.limits
         self.server = server = grpc.aio.server(
-            interceptors=[Authenticator(replica, self._policy, refuse=refuse)],
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE),
-                     ("grpc.max_send_message_length", MAX_MESSAGE),
+            interceptors=[Authenticator(replica, Admission(limits), self._policy,
+                                        refuse=refuse)],
+            # grpc reads no message past the largest method limit; Admission applies
+            # each method's own, and caps calls in flight per principal
+            options=[("grpc.max_receive_message_length", limits.largest_message),
+                     ("grpc.max_send_message_length", MAX_SEND),
+                     ("grpc.max_concurrent_streams", limits.streams_per_connection),
                      ("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
         names = register_all(server, replica)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

@@ -2,25 +2,24 @@
 
 The credential travels as ``authorization: Bearer <credential>`` metadata. Only
 the standard health service answers without one. The principal is handed to
-the servicer through ``CALLER`` (a context variable set for the call).
+the servicer through ``CALLER`` (a context variable set for the call). What a
+call may cost (message bytes, calls in flight) is ``Admission``'s: it answers
+refused calls without reading their bodies.
 """
 
 from __future__ import annotations
 
-import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
 
-from capgate import AuthenticationError, CapgateError, PermissionDeniedError
+from capgate import AuthenticationError, PermissionDeniedError
+from capgate_server._admission import CALLER, Admission
 from capgate_server._replica import Replica
-from capgate_server._status import ERROR_METADATA_KEY, status_for
-from capgate_server.store import Principal, Role
+from capgate_server.store import Role
 
 __all__ = ["CALLER", "POLICY", "Authenticator"]
-
-CALLER: contextvars.ContextVar[Principal] = contextvars.ContextVar("capgate_caller")
 
 _ADMIN = frozenset({Role.ADMIN})
 _AGENT = frozenset({Role.AGENT})
@@ -53,9 +52,11 @@ _OPEN_PREFIX = "/grpc.health.v1.Health/"
 
 
 class Authenticator(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, replica: Replica, policy: Mapping[str, frozenset[Role]] = POLICY,
+    def __init__(self, replica: Replica, admission: Admission,
+                 policy: Mapping[str, frozenset[Role]] = POLICY,
                  refuse: Callable[[str], str | None] | None = None) -> None:
         self._replica = replica
+        self._admission = admission
         self._policy = policy
         self._refuse = refuse  # e.g. a verifier-only replica refusing admin RPCs
 
@@ -63,11 +64,11 @@ class Authenticator(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, continuation: Callable[[Any], Awaitable[Any]], details: Any
     ) -> Any:
         method: str = details.method
-        if method.startswith(_OPEN_PREFIX):
-            return await continuation(details)
         handler = await continuation(details)
         if handler is None:
             return None
+        if method.startswith(_OPEN_PREFIX):
+            return self._admission.open(handler, method)
         error = None
         if self._refuse is not None and (why := self._refuse(method)) is not None:
             error = PermissionDeniedError(why)
@@ -86,47 +87,10 @@ class Authenticator(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             elif roles is not None and principal.role not in roles:
                 error = PermissionDeniedError(
                     f"{method.rsplit('/', 1)[-1]} is not open to the {principal.role} role")
+            else:
+                error = self._admission.busy(principal)
         if error is not None:
-            return _refusing(handler, error)
+            return self._admission.refuse(handler, error)
         assert principal is not None
-        return _as(handler, principal)
+        return self._admission.admit(handler, method, principal)
 
-
-def _refusing(handler: Any, error: CapgateError) -> Any:
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(status_for(error), error.message,
-                            trailing_metadata=((ERROR_METADATA_KEY, type(error).__name__),))
-
-    return _same_kind(handler, refuse, refuse)
-
-
-def _as(handler: Any, principal: Principal) -> Any:
-    """The same handler, run with ``CALLER`` set to ``principal``."""
-    if handler.request_streaming or handler.response_streaming:
-        inner_stream = handler.stream_stream or handler.unary_stream
-
-        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-            CALLER.set(principal)
-            async for response in inner_stream(request, context):
-                yield response
-
-        return _same_kind(handler, None, streaming)
-    inner = handler.unary_unary
-
-    async def unary(request: Any, context: Any) -> Any:
-        CALLER.set(principal)
-        return await inner(request, context)
-
-    return _same_kind(handler, unary, None)
-
-
-def _same_kind(handler: Any, unary: Any, streaming: Any) -> Any:
-    kw = {"request_deserializer": handler.request_deserializer,
-          "response_serializer": handler.response_serializer}
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(streaming or unary, **kw)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(streaming or unary, **kw)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(unary or streaming, **kw)
-    return grpc.unary_unary_rpc_method_handler(unary or streaming, **kw)
