@@ -41,6 +41,7 @@ __all__ = [
     "NotBeforeCaveat",
     "Request",
     "ResourceCaveat",
+    "cached_caveat_cost",
     "caveat_size",
     "compile_caveat",
     "compile_new_caveat",
@@ -55,7 +56,7 @@ _DEPTH_LIMIT = re.compile(r"[0-9]{1,2}")  # ASCII digits only: "²".isdigit() is
 _NUMBER = re.compile(r"-?[0-9]{1,18}(?:\.[0-9]{1,18})?")
 _HEX128 = re.compile(r"[0-9a-f]{32}")
 _MAX_CTX_VALUE = 1024
-CAVEAT_CACHE_BYTES = 32 << 20
+CAVEAT_CACHE_BYTES = 8 << 20  # parse_caveat's cache; a Verifier keeps its own
 _CAVEAT_BASE = 400  # a caveat object and its fields (measured; the tests check)
 _KEY_BASE = 40  # the cache's key, a bytes object
 _PER_VALUE = 100  # one name in a caveat's set of actions or values
@@ -401,24 +402,29 @@ def caveat_size(cav: Caveat) -> int:
     return size
 
 
+def cached_caveat_cost(cid: bytes, cav: Caveat) -> int:
+    """What a cache keyed by the caveat's bytes pays to keep it."""
+    return _KEY_BASE + len(cid) + caveat_size(cav)
+
+
 # Parsed caveats by their bytes: caveats repeat across tokens (the holder, the grant),
 # so each is parsed once. Bounded in bytes, since a token's caveats are the sender's.
-CAVEATS: BoundedCache[bytes, Caveat] = BoundedCache(
-    CAVEAT_CACHE_BYTES, lambda cid, cav: _KEY_BASE + len(cid) + caveat_size(cav))
+CAVEATS: BoundedCache[bytes, Caveat] = BoundedCache(CAVEAT_CACHE_BYTES, cached_caveat_cost)
 
 
 def compile_caveat(cid: bytes) -> Caveat:
     """Parse a caveat as it appears in a token (UTF-8 bytes); cached, caveats repeat."""
     cav = CAVEATS.get(cid)
-    return cav if cav is not None else compile_new_caveat(cid)
+    if cav is None:
+        cav = compile_new_caveat(cid)
+        CAVEATS.put(cid, cav)
+    return cav
 
 
 def compile_new_caveat(cid: bytes) -> Caveat:
-    """Parse a caveat the cache does not hold, and remember it."""
+    """Parse a caveat from its bytes, without looking in or filling any cache."""
     try:
         text = cid.decode("utf-8")
     except UnicodeDecodeError:
         raise CaveatSyntaxError("caveat is not UTF-8 text", caveat=repr(cid)) from None
-    cav = _parse(text)
-    CAVEATS.put(cid, cav)
-    return cav
+    return _parse(text)

@@ -100,6 +100,8 @@ class Glob:
         self._tail = _Block(blocks[-1]) if self._deep else None
         if not self._deep and not self._head.stars:
             self.match = pattern.__eq__  # a literal path: a string comparison
+        elif self._deep == 1 and not self._head.stars and not self._tail.n:  # type: ignore[union-attr]
+            self.match = _under(pattern[:-3])  # PREFIX/**: string operations only
         else:
             self.match = self._match_and_count
             if len(pattern) <= _REGEX_MAX:  # charged up front: it may be compiled later
@@ -166,6 +168,18 @@ class Glob:
 
     def __str__(self) -> str:
         return self.pattern
+
+
+def _under(prefix: str) -> Callable[[str], bool]:
+    """The matcher of ``PREFIX/**``: PREFIX itself, or below it with no empty segment."""
+    below = prefix + "/"
+    itself = prefix or None  # '/**' matches every path, but never the empty string
+
+    def match(resource: str) -> bool:
+        return resource == itself or (resource.startswith(below) and resource[-1] != "/"
+                                      and "//" not in resource)
+
+    return match
 
 
 class _Block:

@@ -30,7 +30,6 @@ from types import MappingProxyType
 from capgate._agent import Agent, AgentStatus, Directory
 from capgate._cache import BoundedCache
 from capgate._caveats import (
-    CAVEATS,
     ActionCaveat,
     Caveat,
     DelegateCaveat,
@@ -39,6 +38,7 @@ from capgate._caveats import (
     NotBeforeCaveat,
     Request,
     ResourceCaveat,
+    cached_caveat_cost,
     caveat_size,
     compile_new_caveat,
 )
@@ -223,6 +223,7 @@ class Verifier:
         memo_size: int = 0,
         memo_bytes: int = 48 << 20,
         prefix_bytes: int = 8 << 20,
+        caveat_bytes: int = 32 << 20,
         limits: Limits = DEFAULT_LIMITS,
         on_chain: Callable[[Chain], None] | None = None,
         location: str = "capgate",
@@ -236,6 +237,9 @@ class Verifier:
         self._clock = clock
         self._limits = limits
         self._derived: dict[str, tuple[bytes, bytes]] = {}
+        # parsed caveats by their bytes: a token's caveats are mostly ones seen before
+        self._caveats: BoundedCache[bytes, Caveat] = BoundedCache(
+            caveat_bytes, cached_caveat_cost)
         self._cache: BoundedCache[str, Chain] = BoundedCache(
             cache_bytes, _chain_cost, max_entries=cache_size)
         # (identifier, caveats) of verified chains -> the signature there
@@ -323,9 +327,9 @@ class Verifier:
 
     @property
     def cache_bytes(self) -> int:
-        """Estimated bytes held by the chain cache, the verified prefixes and the memo."""
-        return (self._cache.nbytes + self._prefix_bytes + self._memo_bytes
-                + self._memo_old_bytes)
+        """Estimated bytes held by the chain, caveat and prefix caches and the memo."""
+        return (self._cache.nbytes + self._caveats.nbytes + self._prefix_bytes
+                + self._memo_bytes + self._memo_old_bytes)
 
     # -- the static half: parse, signature, proofs --------------------------------------
 
@@ -453,7 +457,7 @@ class Verifier:
         holder: str | None = None
         CHECK, HOLDER, DELEGATE = Caveat.CHECK, Caveat.HOLDER, Caveat.DELEGATE
         LINEAGE = Caveat.LINEAGE
-        cached = CAVEATS.get
+        cached = self._caveats.get
         for i, cid in enumerate(cids):
             cav = cached(cid)
             if cav is None:
@@ -463,6 +467,7 @@ class Verifier:
                 except CaveatSyntaxError as e:
                     return _deny(DenyCode.BAD_CAVEAT, e.message,
                                  caveat=e.context.get("caveat"), token_id=tid)
+                self._caveats.put(cid, cav)
             role = cav.role
             if role == CHECK:
                 checks.append(cav)

@@ -40,6 +40,7 @@ class ResourceLimits:
     health_watches: int = 32  # open grpc.health.v1.Health/Watch streams in all
     # -- memory ------------------------------------------------------------------------
     chain_cache_bytes: int = 64 * MIB  # verified chains (also capped at Settings.cache_size)
+    caveat_cache_bytes: int = 32 * MIB  # parsed caveats, shared by the chains above
     memo_bytes: int = 48 * MIB  # remembered allows (also capped at Settings.memo_size)
     prefix_bytes: int = 8 * MIB  # verified delegation prefixes
     reply_bytes: int = 16 * MIB  # prebuilt allow replies

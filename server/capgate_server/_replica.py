@@ -88,7 +88,8 @@ class Replica:
                                  clock=clock, cache_size=settings.cache_size,
                                  cache_bytes=limits.chain_cache_bytes,
                                  memo_size=settings.memo_size, memo_bytes=limits.memo_bytes,
-                                 prefix_bytes=limits.prefix_bytes)
+                                 prefix_bytes=limits.prefix_bytes,
+                                 caveat_bytes=limits.caveat_cache_bytes)
         self.audit = AuditLog(
             self._write_audit, prune=self._prune_audit if settings.role == "full" else None,
             clock=clock, interval=settings.audit_interval, retention=settings.audit_retention,
