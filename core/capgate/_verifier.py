@@ -641,6 +641,7 @@ def _agent_denial(st: Chain, hop: Hop, a: Agent | None, below: int) -> Decision:
 _VALID_ACTIONS: set[str] = set()
 _VALID_RESOURCES: set[str] = set()
 _MEMO_LIMIT = 100_000
+_ACTIONS_LIMIT = 10_000
 _VALID_RESOURCE_BYTES = 8 << 20
 _valid_resource_bytes = 0
 
@@ -651,7 +652,7 @@ def _request_problem(request: Request) -> str | None:
     if action not in _VALID_ACTIONS:
         if not isinstance(action, str) or ACTION_RE.fullmatch(action) is None:
             return f"action {action!r} is not a valid action name"
-        if len(_VALID_ACTIONS) > _MEMO_LIMIT:
+        if len(_VALID_ACTIONS) > _ACTIONS_LIMIT:  # actions are a small vocabulary
             _VALID_ACTIONS.clear()
         _VALID_ACTIONS.add(action)
     if resource not in _VALID_RESOURCES:

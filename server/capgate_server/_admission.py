@@ -8,9 +8,11 @@ The interceptor hands every call here, once it knows who is calling:
 - every message is bounded by its method's limit
   (``ResourceLimits.message_limit``): a larger one is refused with
   RESOURCE_EXHAUSTED instead of being parsed;
-- one principal has at most ``calls_per_principal`` calls in flight, and at
-  most ``health_watches`` health watches (the one long-lived call open to
-  anyone) are open at once.
+- one principal has at most ``calls_per_principal`` calls in flight, at most
+  ``batches_in_flight`` VerifyBatch calls (the large messages) are in flight in
+  all, and at most ``health_watches`` health watches (the one long-lived call
+  open to anyone) are open at once. These are checked before the body is read,
+  and again, exactly, when the call starts.
 
 grpc itself caps all calls in flight (``max_concurrent_rpcs``) and the streams
 of one connection (``streams_per_connection``); see ``CapgateServer``.
@@ -19,7 +21,8 @@ of one connection (``streams_per_connection``); see ``CapgateServer``.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import AsyncIterator, Callable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -33,6 +36,7 @@ __all__ = ["CALLER", "Admission"]
 
 CALLER: contextvars.ContextVar[Principal] = contextvars.ContextVar("capgate_caller")
 _WATCH = "/grpc.health.v1.Health/Watch"
+_BATCH = "/capgate.v1.VerifierService/VerifyBatch"
 
 
 class _Oversize:
@@ -48,15 +52,21 @@ class Admission:
     def __init__(self, limits: ResourceLimits) -> None:
         self._limits = limits
         self._in_flight: dict[str, int] = {}  # principal id -> calls being served
+        self._batches = 0
         self._watches = 0
 
-    def busy(self, principal: Principal) -> ResourceExhaustedError | None:
-        """The error for a principal already at its cap of calls in flight, or None."""
+    def busy(self, principal: Principal, method: str) -> ResourceExhaustedError | None:
+        """The error for a call over a cap of calls in flight, or None."""
         cap = self._limits.calls_per_principal
         if self._in_flight.get(principal.id, 0) >= cap:
             return ResourceExhaustedError(
                 f"principal {principal.id!r} has {cap} calls in flight, the most it may; "
                 "retry when some have finished", limit="calls_per_principal", value=cap)
+        cap = self._limits.batches_in_flight
+        if method == _BATCH and self._batches >= cap:
+            return ResourceExhaustedError(
+                f"{cap} verify batches are in flight, the most this server takes at once; "
+                "retry shortly", limit="batches_in_flight", value=cap)
         return None
 
     def refuse(self, handler: Any, error: CapgateError) -> Any:
@@ -72,13 +82,14 @@ class Admission:
         """``handler`` with its messages bounded, counted in flight, and ``CALLER`` set."""
         limit = self._limits.message_limit(method)
         parse = _bounded(handler.request_deserializer, limit, method)
-        pid = principal.id
+        pid, batch = principal.id, method == _BATCH
 
         def enter() -> CapgateError | None:
-            n = self._in_flight.get(pid, 0)
-            if n >= self._limits.calls_per_principal:
-                return self.busy(principal)
-            self._in_flight[pid] = n + 1
+            error = self.busy(principal, method)
+            if error is not None:
+                return error
+            self._in_flight[pid] = self._in_flight.get(pid, 0) + 1
+            self._batches += batch
             CALLER.set(principal)
             return None
 
@@ -86,6 +97,7 @@ class Admission:
             n = self._in_flight.pop(pid) - 1
             if n:
                 self._in_flight[pid] = n
+            self._batches -= batch
 
         return _wrap(handler, parse, limit, method, enter, leave)
 
@@ -148,40 +160,8 @@ def _wrap(handler: Any, parse: Callable[[bytes], Any], limit: int, method: str,
         if error is not None:
             await abort(context, error)
 
-    if handler.request_streaming:
-        inner_stream = handler.stream_stream or handler.stream_unary
-
-        if handler.response_streaming:
-            async def streams(requests: Any, context: Any) -> AsyncIterator[Any]:
-                await start(None, context)
-                try:
-                    async for response in inner_stream(checked(requests), context):
-                        yield response
-                finally:
-                    leave()
-
-            return grpc.stream_stream_rpc_method_handler(streams, **kw)
-
-        async def stream_in(requests: Any, context: Any) -> Any:
-            await start(None, context)
-            try:
-                return await inner_stream(checked(requests), context)
-            finally:
-                leave()
-
-        return grpc.stream_unary_rpc_method_handler(stream_in, **kw)
-    if handler.response_streaming:
-        inner_out = handler.unary_stream
-
-        async def stream_out(request: Any, context: Any) -> AsyncIterator[Any]:
-            await start(request, context)
-            try:
-                async for response in inner_out(request, context):
-                    yield response
-            finally:
-                leave()
-
-        return grpc.unary_stream_rpc_method_handler(stream_out, **kw)
+    if handler.request_streaming or handler.response_streaming:
+        return _streaming(handler, kw, checked, start, leave)
     inner = handler.unary_unary
 
     async def unary(request: Any, context: Any) -> Any:  # the hot path: start() inlined
@@ -194,3 +174,36 @@ def _wrap(handler: Any, parse: Callable[[bytes], Any], limit: int, method: str,
             leave()
 
     return grpc.unary_unary_rpc_method_handler(unary, **kw)
+
+
+def _streaming(handler: Any, kw: dict[str, Any],
+               checked: Callable[[AsyncIterator[Any]], AsyncIterator[Any]],
+               start: Callable[[Any, Any], Awaitable[None]], leave: Callable[[], None]) -> Any:
+    """``_wrap`` for the streaming kinds. A behaviour is an async generator or a
+    coroutine writing with ``context.write`` (grpc tells them apart by their
+    function), so the wrapper is of the same sort as the one it wraps."""
+    inner = handler.unary_stream or handler.stream_unary or handler.stream_stream
+    streaming_in = handler.request_streaming
+
+    if inspect.isasyncgenfunction(inner):
+        async def behaviour(request: Any, context: Any) -> Any:
+            await start(None if streaming_in else request, context)
+            try:
+                async for response in inner(checked(request) if streaming_in else request,
+                                            context):
+                    yield response
+            finally:
+                leave()
+    else:
+        async def behaviour(request: Any, context: Any) -> Any:  # type: ignore[misc]
+            await start(None if streaming_in else request, context)
+            try:
+                return await inner(checked(request) if streaming_in else request, context)
+            finally:
+                leave()
+
+    if streaming_in and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(behaviour, **kw)
+    if streaming_in:
+        return grpc.stream_unary_rpc_method_handler(behaviour, **kw)
+    return grpc.unary_stream_rpc_method_handler(behaviour, **kw)

@@ -10,8 +10,9 @@ service hammering a revoked token writes one row per interval, not one per call.
 
 Everything is bounded. The tally holds at most ``tally_bytes``; once full, a
 decision with a new key is counted in a coarse record per (caller, outcome,
-code) without its request, and the flush writes an ``audit.overflow`` record
-saying how many decisions lost their detail. Records go to the store in
+code) without its request (those few records may pass the budget), and the
+flush writes an ``audit.overflow`` record saying how many decisions lost their
+detail. Records go to the store in
 transactions of at most ``rows_per_write`` rows on the replica's audit lane, so
 audit never holds the store's write lock long enough to delay a revocation.
 While the store refuses them, records wait in a backlog of at most ``backlog``;
@@ -185,15 +186,17 @@ class AuditLog:
                 "" if d.allowed else d.reason, d.chain, action=action, resource=resource,
                 presenter=presenter, count=e.count, last_at=e.last,
                 detail={"truncated": e.cut} if e.cut else {}))
-        if self._coarse or self._dropped:
-            events.append(AuditEvent(
-                self._clock(), "capgate", "audit.overflow", "", False, "audit_full",
-                "audit kept counts only", detail={"coarse_decisions": self._coarse,
-                                                  "dropped_records": self._dropped}))
-            log.warning("audit overflow: %d decisions counted without detail, %d records "
-                        "dropped", self._coarse, self._dropped)
-            self._coarse = self._dropped = 0
         return events
+
+    def _overflow(self) -> AuditEvent | None:
+        if not (self._coarse or self._dropped):
+            return None
+        log.warning("audit overflow: %d decisions counted without detail, %d records dropped",
+                    self._coarse, self._dropped)
+        return AuditEvent(self._clock(), "capgate", "audit.overflow", "", False, "audit_full",
+                          "audit kept counts only",
+                          detail={"coarse_decisions": self._coarse,
+                                  "dropped_records": self._dropped})
 
     async def flush(self) -> None:
         batch = self._drain()
@@ -206,9 +209,19 @@ class AuditLog:
                               len(batch) - start)
                 self._keep(batch[start:])
                 return
+        overflow = self._overflow()  # said once the store takes records again
+        if overflow is not None:
+            coarse, dropped = self._coarse, self._dropped
+            try:
+                await self._write([overflow])
+            except Exception:
+                log.exception("audit overflow record not written; will retry")
+                return
+            self._coarse -= coarse
+            self._dropped -= dropped
 
     def _keep(self, events: list[AuditEvent]) -> None:
-        self._backlog[:0] = events
+        self._backlog[:0] = [e.bounded() for e in events]  # as small as they will be stored
         excess = len(self._backlog) - self._backlog_limit
         if excess > 0:  # the store is gone for long: bound memory, and say so later
             del self._backlog[:excess]

@@ -88,7 +88,7 @@ class Authenticator(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 error = PermissionDeniedError(
                     f"{method.rsplit('/', 1)[-1]} is not open to the {principal.role} role")
             else:
-                error = self._admission.busy(principal)
+                error = self._admission.busy(principal, method)
         if error is not None:
             return self._admission.refuse(handler, error)
         assert principal is not None

@@ -23,7 +23,7 @@ class ResourceLimits:
     # -- bytes a request may bring (RESOURCE_EXHAUSTED beyond) -------------------------
     max_message: int = 64 * KIB  # any request message, each VerifyStream message included
     method_messages: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({
-        "/capgate.v1.VerifierService/VerifyBatch": 4 * MIB,
+        "/capgate.v1.VerifierService/VerifyBatch": 2 * MIB,
         "/grpc.health.v1.Health/Check": 1 * KIB,
         "/grpc.health.v1.Health/Watch": 1 * KIB,
     }))
@@ -35,6 +35,7 @@ class ResourceLimits:
     batches_per_principal: int = 2  # batches of one principal decided at once; others wait
     # -- calls in flight ---------------------------------------------------------------
     calls_per_principal: int = 64  # RPCs of one principal in flight (RESOURCE_EXHAUSTED)
+    batches_in_flight: int = 64  # VerifyBatch calls in flight in all (RESOURCE_EXHAUSTED)
     max_concurrent_rpcs: int = 256  # RPCs in flight in all (grpc answers RESOURCE_EXHAUSTED)
     streams_per_connection: int = 64  # HTTP/2 streams one connection may open at once
     health_watches: int = 32  # open grpc.health.v1.Health/Watch streams in all
@@ -45,7 +46,7 @@ class ResourceLimits:
     prefix_bytes: int = 8 * MIB  # verified delegation prefixes
     reply_bytes: int = 16 * MIB  # prebuilt allow replies
     audit_tally_bytes: int = 16 * MIB  # verify decisions waiting for the next audit flush
-    audit_backlog: int = 20_000  # audit records kept while the store refuses them
+    audit_backlog: int = 10_000  # audit records kept while the store refuses them
     audit_rows_per_write: int = 500  # rows per audit transaction (keeps each one short)
 
     def message_limit(self, method: str) -> int:

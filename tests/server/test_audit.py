@@ -43,3 +43,113 @@ def test_tally_folds_allows_and_denies_and_retries():
     assert len(denies) == 1 and denies[0].reason == "token t is revoked"
     assert denies[0].count == 2
     assert all(e.kind == "verify" and e.chain == ("a",) for e in written)
+
+
+def deny(resource: str = "/x", code: DenyCode = DenyCode.CAVEAT_FAILED) -> Decision:
+    return Decision(False, code, f"resource {resource!r} does not match", "resource /y",
+                    "t" * 32, ("a",))
+
+
+def test_the_tally_is_bounded_and_the_overflow_recorded():
+    written: list = []
+
+    async def write(events):
+        written.extend(events)
+
+    async def go():
+        log = AuditLog(write, tally_bytes=64 * 1024)
+        for i in range(10_000):  # every deny different: a new key each
+            log.decision("svc", deny(f"/r/{i}"), "read", f"/r/{i}", "a", 100.0 + i)
+            assert log._tally_bytes <= 65 * 1024  # the budget, and one coarse record
+        await log.flush()
+
+    asyncio.run(go())
+    detailed = [e for e in written if e.kind == "verify" and not e.detail.get("coarse")]
+    coarse = [e for e in written if e.detail.get("coarse")]
+    (overflow,) = [e for e in written if e.kind == "audit.overflow"]
+    assert 10 < len(detailed) < 200 and len(coarse) == 1
+    assert coarse[0].count == overflow.detail["coarse_decisions"] == 10_000 - len(detailed)
+    assert coarse[0].principal == "svc" and coarse[0].resource == "" and not coarse[0].ok
+    assert sum(e.count for e in detailed + coarse) == 10_000
+
+
+def test_a_deny_for_a_huge_request_is_kept_short():
+    written: list = []
+
+    async def write(events):
+        written.extend(events)
+
+    async def go():
+        log = AuditLog(write)
+        for _ in range(3):
+            log.decision("svc", deny(), "read", "/" + "x" * 1_000_000, "p" * 10_000, 100.0)
+        assert log._tally_bytes < 10_000
+        await log.flush()
+
+    asyncio.run(go())
+    (e,) = written
+    assert e.count == 3 and len(e.resource) == 1024 and len(e.presenter) == 64
+    assert e.detail == {"truncated": {"resource": 1_000_001, "presenter": 10_000}}
+
+
+def test_records_are_written_in_short_transactions():
+    sizes: list[int] = []
+
+    async def write(events):
+        sizes.append(len(events))
+
+    async def go():
+        log = AuditLog(write, rows_per_write=500)
+        for i in range(1200):
+            log.decision("svc", deny(f"/r/{i}"), "read", f"/r/{i}", "a", 100.0)
+        await log.flush()
+
+    asyncio.run(go())
+    assert sizes == [500, 500, 200]
+
+
+def test_the_backlog_is_bounded_while_the_store_refuses():
+    written: list = []
+    down = [True]
+
+    async def write(events):
+        if down[0]:
+            raise OSError("store down")
+        written.extend(events)
+
+    async def go():
+        log = AuditLog(write, backlog=2000)
+        for round_ in range(10):
+            for i in range(1000):
+                log.decision("svc", deny(f"/r/{i}"), "read", f"/r/{round_}/{i}", "a", 100.0)
+            await log.flush()
+            assert len(log._backlog) <= 2000
+        down[0] = False
+        await log.flush()
+
+    asyncio.run(go())
+    (overflow,) = [e for e in written if e.kind == "audit.overflow"]
+    assert overflow.detail["dropped_records"] == 8000
+    assert len(written) == 2001
+
+
+def test_retention_deletes_what_is_older(tmp_path):
+    from capgate_server.store import AuditEvent, AuditQuery, SqliteStore
+
+    store = SqliteStore(tmp_path / "a.db")
+    store.migrate()
+    store.append_audit([AuditEvent(1000.0 + i, "svc", "verify") for i in range(12_000)])
+    now = [1000.0 + 11_000 + 86400]
+
+    async def prune(before, limit):
+        return store.prune_audit(before, limit)
+
+    async def go():
+        log = AuditLog(lambda events: None, prune=prune, clock=lambda: now[0],
+                       retention=86400)
+        return await log.prune()  # everything last seen before now - 1 day
+
+    assert asyncio.run(go()) == 11_000
+    left = store.list_audit(AuditQuery(limit=1000))
+    assert len(left) == 1000 and left[0].at == 1000.0 + 11_000
+    store.close()
