@@ -36,6 +36,8 @@ _REGEX_BASE, _REGEX_PER_CHAR = 700, 20
 _ASCII_SEGMENT = re.compile(r"[!-~]+")  # printable ASCII without space
 # The common case in one regex: ASCII segments without '*', never '.' or '..'.
 _ASCII_RESOURCE = re.compile(r"(?:/(?!\.\.?(?:/|$))[!-)+-.0-~]+)+")
+# ... and for globs, whose segments may also be '*' or '**'.
+_ASCII_GLOB = re.compile(r"(?:/(?:\*\*?(?=/|$)|(?!\.\.?(?:/|$))[!-)+-.0-~]+))+")
 
 
 def _segment_problem(seg: str) -> str | None:
@@ -72,38 +74,41 @@ class Glob:
     """A resource pattern; ``*`` is one segment, ``**`` any number (including none).
 
     Globs come from tokens, so an attacker chooses them: parsing one costs a
-    split and a check per segment, never a regex compilation. Matching compares
-    segments; a glob that turns out to be hot (used ``_HOT_USES`` times) and short
-    (at most ``_REGEX_MAX`` characters) is compiled once into a regex, which is
-    faster per match. ``match(resource)`` is the hot-path matcher: truthy when it
-    matches, for a resource that ``resource_problem`` accepted; ``matches`` takes any
-    value. Immutable; equal when the patterns are.
+    split and a check per segment, never a regex compilation. A literal path is
+    matched by comparing strings, ``PREFIX/**`` by string operations, anything
+    else segment by segment; such a glob that turns out to be hot (used
+    ``_HOT_USES`` times) and short (at most ``_REGEX_MAX`` characters) is compiled
+    once into a regex, which is faster. Caches keep many globs, so one holds no
+    other object the garbage collector must trace, and no reference cycle.
+    ``match`` is the verifier's hot path, for a resource ``resource_problem``
+    accepted; ``matches`` takes any value. Immutable; equal when the patterns are.
     """
 
-    __slots__ = ("_deep", "_head", "_mid", "_tail", "_uses", "match", "pattern", "segments",
+    __slots__ = ("_below", "_blocks", "_kind", "_prefix", "_rx", "_uses", "pattern", "segments",
                  "size")
 
     pattern: str
     segments: tuple[str, ...]
-    match: Callable[[str], object]
     size: int  # estimated bytes held, for the caches that keep globs
 
     def __init__(self, pattern: str, segments: tuple[str, ...]) -> None:
         self.pattern = pattern
         self.segments = segments
         self._uses = 0
+        self._rx: Callable[[str], object] | None = None
+        self._blocks: list[_Block] | None = None  # made at the first segment match
         self.size = _GLOB_BASE + 2 * len(pattern) + _PER_SEGMENT * len(segments)
-        blocks = _split_deep(segments)
-        self._deep = len(blocks) - 1
-        self._head = _Block(blocks[0])
-        self._mid = _Block(blocks[1]) if self._deep == 2 else None
-        self._tail = _Block(blocks[-1]) if self._deep else None
-        if not self._deep and not self._head.stars:
-            self.match = pattern.__eq__  # a literal path: a string comparison
-        elif self._deep == 1 and not self._head.stars and not self._tail.n:  # type: ignore[union-attr]
-            self.match = _under(pattern[:-3])  # PREFIX/**: string operations only
+        self._prefix: str | None = None
+        self._below = ""
+        stars = pattern.count("*")
+        if not stars:
+            self._kind = _LITERAL
+        elif stars == 2 and pattern.endswith("/**"):
+            self._kind = _UNDER
+            self._prefix = pattern[:-3] or None  # '/**' never matches the empty string
+            self._below = pattern[:-2]
         else:
-            self.match = self._match_and_count
+            self._kind = _SEGMENTS
             if len(pattern) <= _REGEX_MAX:  # charged up front: it may be compiled later
                 self.size += _REGEX_BASE + _REGEX_PER_CHAR * len(pattern)
 
@@ -111,8 +116,20 @@ class Glob:
     def parse(cls, pattern: str) -> Glob:
         return _parse_glob(pattern)
 
+    def match(self, resource: str) -> bool:
+        kind = self._kind
+        if kind == _LITERAL:
+            return resource == self.pattern
+        if kind == _UNDER:
+            return resource == self._prefix or (resource.startswith(self._below)
+                                                and resource[-1] != "/" and "//" not in resource)
+        rx = self._rx
+        if rx is not None:
+            return rx(resource) is not None
+        return self._match_segments(resource)
+
     def matches(self, resource: str) -> bool:
-        return isinstance(resource, str) and bool(self.match(resource))
+        return isinstance(resource, str) and self.match(resource)
 
     def within(self, other: Glob) -> bool:
         """True only if every resource this glob matches, ``other`` matches too.
@@ -134,28 +151,28 @@ class Glob:
                 parts.append("/" + re.escape(seg))
         return "".join(parts)
 
-    def _match_and_count(self, resource: str) -> bool:
-        self._uses += 1
-        if self._uses >= _HOT_USES and len(self.pattern) <= _REGEX_MAX:
-            self.match = re.compile(self.regex()).fullmatch
-        return self._match_segments(resource)
-
     def _match_segments(self, resource: str) -> bool:
+        self._uses += 1
+        if self._uses == _HOT_USES and len(self.pattern) <= _REGEX_MAX:
+            self._rx = re.compile(self.regex()).fullmatch
         # every segment non-empty (as '[^/]+' would insist), then block by block
         if not resource.startswith("/") or "//" in resource or resource.endswith("/"):
             return False
-        segs = resource[1:].split("/")
-        head, tail = self._head, self._tail
-        if tail is None:
-            return len(segs) == head.n and head.at(segs, 0)
-        n = len(segs)
-        if n < head.n + tail.n or not head.at(segs, 0) or not tail.at(segs, n - tail.n):
+        segs = tuple(resource[1:].split("/"))
+        blocks = self._blocks
+        if blocks is None:
+            blocks = self._blocks = _split_deep(self.segments)
+        head = blocks[0]
+        if len(blocks) == 1:
+            return len(segs) == head[0] and _at(head, segs, 0)
+        tail, n = blocks[-1], len(segs)
+        if n < head[0] + tail[0] or not _at(head, segs, 0) or not _at(tail, segs, n - tail[0]):
             return False
-        mid = self._mid
-        if mid is None:
+        if len(blocks) == 2:
             return True
         # head ** mid ** tail: the leftmost place for mid is as good as any
-        return any(mid.at(segs, i) for i in range(head.n, n - tail.n - mid.n + 1))
+        mid = blocks[1]
+        return any(_at(mid, segs, i) for i in range(head[0], n - tail[0] - mid[0] + 1))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Glob) and other.pattern == self.pattern
@@ -170,44 +187,32 @@ class Glob:
         return self.pattern
 
 
-def _under(prefix: str) -> Callable[[str], bool]:
-    """The matcher of ``PREFIX/**``: PREFIX itself, or below it with no empty segment."""
-    below = prefix + "/"
-    itself = prefix or None  # '/**' matches every path, but never the empty string
-
-    def match(resource: str) -> bool:
-        return resource == itself or (resource.startswith(below) and resource[-1] != "/"
-                                      and "//" not in resource)
-
-    return match
+_LITERAL, _UNDER, _SEGMENTS = range(3)
+# A run of segments between '**'s, as tuples (which the collector stops tracing):
+# (length, the literals when there is no '*' else None, ((index, literal), ...)).
+_Block = tuple[int, tuple[str, ...] | None, tuple[tuple[int, str], ...]]
 
 
-class _Block:
-    """A run of segments between ``**``s: literals and ``*`` (one segment each)."""
-
-    __slots__ = ("fixed", "literals", "n", "stars")
-
-    def __init__(self, segs: list[str]) -> None:
-        self.n = len(segs)
-        self.stars = segs.count("*")
-        self.literals = segs  # compared as a whole when there is no '*'
-        self.fixed = [(i, s) for i, s in enumerate(segs) if s != "*"] if self.stars else []
-
-    def at(self, segs: list[str], i: int) -> bool:
-        """Does this block match ``segs[i:i + n]`` (which the caller made sure exist)?"""
-        if not self.stars:
-            return segs[i:i + self.n] == self.literals
-        return all(segs[i + j] == s for j, s in self.fixed)
+def _at(block: _Block, segs: tuple[str, ...], i: int) -> bool:
+    """Does ``block`` match ``segs[i:i + n]`` (which the caller made sure exist)?"""
+    n, literals, fixed = block
+    if literals is not None:
+        return segs[i:i + n] == literals
+    for j, s in fixed:
+        if segs[i + j] != s:
+            return False
+    return True
 
 
-def _split_deep(segments: tuple[str, ...]) -> list[list[str]]:
-    blocks: list[list[str]] = [[]]
+def _split_deep(segments: tuple[str, ...]) -> list[_Block]:
+    runs: list[list[str]] = [[]]
     for seg in segments:
         if seg == "**":
-            blocks.append([])
+            runs.append([])
         else:
-            blocks[-1].append(seg)
-    return blocks
+            runs[-1].append(seg)
+    return [(len(run), None, tuple((i, s) for i, s in enumerate(run) if s != "*"))
+            if "*" in run else (len(run), tuple(run), ()) for run in runs]
 
 
 def _parse_glob(pattern: str) -> Glob:
@@ -220,11 +225,13 @@ def _parse_glob(pattern: str) -> Glob:
         raise InvalidArgumentError(f"resource glob has more than {_MAX_SEGMENTS} segments")
     if segs.count("**") > _MAX_DEEP:  # each '**' multiplies the matcher's work
         raise InvalidArgumentError(f"resource glob {pattern!r} has more than {_MAX_DEEP} '**'")
-    for seg in segs:
-        if seg != "*" and seg != "**":
-            problem = _segment_problem(seg)
-            if problem is not None:
-                raise InvalidArgumentError(f"resource glob {pattern!r} {problem}", glob=pattern)
+    if _ASCII_GLOB.fullmatch(pattern) is None:  # else every segment is fine already
+        for seg in segs:
+            if seg != "*" and seg != "**":
+                problem = _segment_problem(seg)
+                if problem is not None:
+                    raise InvalidArgumentError(f"resource glob {pattern!r} {problem}",
+                                               glob=pattern)
     return Glob(pattern, segs)
 
 

@@ -31,7 +31,8 @@ class ResourceLimits:
     # -- work one call may cause -------------------------------------------------------
     new_caveats_per_call: int = 8192  # never-seen caveats one batch may bring; per second
     #                                   on a stream (RESOURCE_EXHAUSTED beyond)
-    slice_seconds: float = 0.002  # a batch yields the event loop after this much work
+    slice_seconds: float = 0.002  # a batch yields the event loop after this much work,
+    slice_pause: float = 0.001  # for this long (so a heavy batch gets 2/3 of the loop)
     batches_per_principal: int = 2  # batches of one principal decided at once; others wait
     # -- calls in flight ---------------------------------------------------------------
     calls_per_principal: int = 64  # RPCs of one principal in flight (RESOURCE_EXHAUSTED)

@@ -6,7 +6,9 @@ only for itself), fails closed when the replica is stale, writes the audit
 record, and records delegation hops it sees for the first time.
 
 It also keeps one caller from stalling the others. A batch is decided in time
-slices of ``slice_seconds``, yielding the event loop between them, so other
+slices of ``slice_seconds`` with a pause of ``slice_pause`` between them: a bare
+yield is not enough, since grpc's poller thread needs the GIL to hand the event
+loop other callers' messages, and it gets it while the loop sleeps. So other
 callers' verifies, the change feed and the freshness watch run in between; at
 most ``batches_per_principal`` batches of one principal are decided at once
 (the rest wait their turn), so a principal sending many cannot crowd out the
@@ -141,6 +143,7 @@ class Verification:
         limits = self._limits
         verifier, verify, clock = self.replica.verifier, self.verify, time.perf_counter
         budget, slice_seconds = limits.new_caveats_per_call, limits.slice_seconds
+        pause = limits.slice_pause
         out = []
         mark, used = verifier.compiled, 0
         end = clock() + slice_seconds
@@ -150,7 +153,7 @@ class Verification:
                 used += verifier.compiled - mark
                 if used > budget:
                     raise _too_many_new(budget, "in one batch")
-                await asyncio.sleep(0)
+                await asyncio.sleep(pause)
                 mark, end = verifier.compiled, clock() + slice_seconds
         return out
 
