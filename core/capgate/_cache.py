@@ -40,17 +40,28 @@ class BoundedCache(Generic[K, V]):
         self._young_bytes = 0
         self._old_bytes = 0
 
+    @property
+    def young(self) -> dict[K, V]:
+        """The young generation, for a hot loop's own first lookup (``recall`` on a miss)."""
+        return self._young
+
     def get(self, key: K) -> V | None:
         value = self._young.get(key)
-        if value is None and self._old:
-            value = self._old.pop(key, None)
-            if value is not None:  # still in use: back to the young generation
-                self._add(key, value, self._cost(key, value))
+        return value if value is not None else self.recall(key)
+
+    def recall(self, key: K) -> V | None:
+        """``get`` for a key the young generation has just been found not to hold."""
+        if not self._old:
+            return None
+        value = self._old.pop(key, None)
+        if value is not None:  # still in use: back to the young generation
+            self._add(key, value, self._cost(key, value))
         return value
 
-    def put(self, key: K, value: V) -> None:
-        """Remember ``value`` (the caller has just missed ``key``)."""
-        cost = self._cost(key, value)
+    def put(self, key: K, value: V, cost: int | None = None) -> None:
+        """Remember ``value`` (the caller has just missed ``key``); ``cost`` when known."""
+        if cost is None:
+            cost = self._cost(key, value)
         if cost <= self._half_bytes:
             self._add(key, value, cost)
 

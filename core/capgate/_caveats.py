@@ -77,7 +77,7 @@ class Request(NamedTuple):
 class Caveat:
     """A parsed caveat. ``check`` returns None when it holds, else why it does not."""
 
-    __slots__ = ("text",)
+    __slots__ = ("size", "text")
     key: ClassVar[str]
     needs_proof: ClassVar[bool] = False
     # How the verifier reads it: CHECK against each request, or part of the chain.
@@ -86,6 +86,7 @@ class Caveat:
 
     def __init__(self, text: str) -> None:
         self.text = text
+        self.size = _CAVEAT_BASE + 2 * len(text)  # estimated bytes held, for caches
 
     def check(self, request: Request, now: float) -> str | None:
         return None
@@ -121,6 +122,7 @@ class ActionCaveat(Caveat):
     def __init__(self, text: str, actions: frozenset[str]) -> None:
         super().__init__(text)
         self.actions = actions
+        self.size += _PER_VALUE * len(actions)
 
     def check(self, request: Request, now: float) -> str | None:
         if request.action in self.actions:
@@ -137,6 +139,7 @@ class ResourceCaveat(Caveat):
     def __init__(self, text: str, glob: Glob) -> None:
         super().__init__(text)
         self.glob = glob
+        self.size += glob.size
 
     def check(self, request: Request, now: float) -> str | None:
         if self.glob.matches(request.resource):
@@ -190,6 +193,7 @@ class CtxCaveat(Caveat):
         self.op = op
         self.values = values
         self.bound = bound
+        self.size += _PER_VALUE * len(values)
 
     def check(self, request: Request, now: float) -> str | None:
         value = request.ctx.get(self.name)
@@ -391,15 +395,7 @@ def parse_caveat(text: str) -> Caveat:
 
 def caveat_size(cav: Caveat) -> int:
     """Estimated bytes a parsed caveat holds (its text, its object, a glob's segments)."""
-    size = _CAVEAT_BASE + 2 * len(cav.text)
-    kind = type(cav)
-    if kind is ResourceCaveat:
-        size += cav.glob.size  # type: ignore[attr-defined]
-    elif kind is ActionCaveat:
-        size += _PER_VALUE * len(cav.actions)  # type: ignore[attr-defined]
-    elif kind is CtxCaveat:
-        size += _PER_VALUE * len(cav.values)  # type: ignore[attr-defined]
-    return size
+    return cav.size
 
 
 def cached_caveat_cost(cid: bytes, cav: Caveat) -> int:

@@ -39,7 +39,6 @@ from capgate._caveats import (
     Request,
     ResourceCaveat,
     cached_caveat_cost,
-    caveat_size,
     compile_new_caveat,
 )
 from capgate._clock import Clock, format_timestamp, system_clock
@@ -65,6 +64,7 @@ _PER_HOP = 250
 _MEMO_BASE = 500
 _PREFIX_BASE = 300
 _PER_CID = 80
+_CAVEAT_KEY = 40  # a caveat cache's key: the caveat's bytes
 _NO_CTX: Mapping[str, str] = MappingProxyType({})
 _MAX_CTX_ITEMS = 32
 _MAX_CTX_VALUE = 1024
@@ -155,7 +155,7 @@ class Chain:
     def fold(self) -> Chain:
         size = _CHAIN_BASE + 2 * len(self.text) + _PER_HOP * len(self.hops)
         for cav in self.checks:
-            size += caveat_size(cav)
+            size += cav.size
             kind = type(cav)
             if kind is ActionCaveat:
                 acts = cav.actions  # type: ignore[attr-defined]
@@ -335,8 +335,8 @@ class Verifier:
 
     def analyse(self, text: str) -> Chain | Decision:
         """The cached, request-independent half: a valid ``Chain`` or the deny."""
-        st = self._cache.get(text)
-        if st is not None:
+        st = self._cache.young.get(text)
+        if st is not None or (st := self._cache.recall(text)) is not None:
             return st
         if not isinstance(text, str):
             return _deny(DenyCode.MALFORMED, "token must be text")
@@ -349,7 +349,7 @@ class Verifier:
         # tokens of ordinary size, so the cache's memory stays bounded.
         if type(result) is Chain:
             if len(text) <= _CACHE_MAX_TEXT:
-                self._cache.put(text, result)
+                self._cache.put(text, result, result.size)
             if self.on_chain is not None:
                 self.on_chain(result)
         return result
@@ -411,7 +411,8 @@ class Verifier:
         # Only a fully verified chain vouches for its prefixes (and only one of
         # ordinary size, like the chain cache, so memory stays bounded).
         if type(chain) is Chain and len(text) <= _CACHE_MAX_TEXT:
-            self._remember_prefixes(identifier, cids, prefix, sig)
+            self._remember_prefixes(identifier, cids, prefix, sig, len(text),
+                                    len(chain.hops))
         return chain
 
     def _known_prefix(self, identifier: bytes, cids: list[bytes]) -> tuple[int, bytes]:
@@ -427,15 +428,12 @@ class Verifier:
         return 0, b""
 
     def _remember_prefixes(self, identifier: bytes, cids: list[bytes], prefix: list[bytes],
-                           final: bytes) -> None:
+                           final: bytes, size: int, hops: int) -> None:
         """Remember this verified chain, whole and up to each of its delegations."""
         known = self._prefixes
-        # each entry holds its own tuple of the caveats up to that point
-        cost = 0
-        for k in range(1, len(cids) + 1):
-            if k == len(cids) or (cids[k].startswith(b"delegate = ") and prefix[k]):
-                cost += _PREFIX_BASE + len(identifier) + sum(
-                    [_PER_CID + len(c) for c in cids[:k]])
+        # An entry per hop (the whole chain, and up to each delegation), each holding a
+        # tuple of the caveats up to its point: at most the token's bytes (< its text).
+        cost = hops * (_PREFIX_BASE + size + _PER_CID * len(cids))
         if self._prefix_bytes + cost > self._prefix_budget:
             known.clear()
             self._prefix_bytes = 0
@@ -443,9 +441,10 @@ class Verifier:
                 return
         self._prefix_bytes += cost
         known[(identifier, tuple(cids))] = final
-        for k in range(1, len(cids)):
-            if cids[k].startswith(b"delegate = ") and prefix[k]:
-                known[(identifier, tuple(cids[:k]))] = prefix[k]
+        if hops > 1:
+            for k in range(1, len(cids)):
+                if prefix[k] and cids[k].startswith(b"delegate = "):
+                    known[(identifier, tuple(cids[:k]))] = prefix[k]
 
     def _read_chain(self, text: str, ident: TokenIdentifier, root: bytes, cids: list[bytes],
                     prefix: list[bytes], verified: int = 0) -> Chain | Decision:
@@ -457,17 +456,19 @@ class Verifier:
         holder: str | None = None
         CHECK, HOLDER, DELEGATE = Caveat.CHECK, Caveat.HOLDER, Caveat.DELEGATE
         LINEAGE = Caveat.LINEAGE
-        cached = self._caveats.get
+        caveats = self._caveats
+        young = caveats.young
         for i, cid in enumerate(cids):
-            cav = cached(cid)
-            if cav is None:
+            cav = young.get(cid)
+            if cav is None and (cav := caveats.recall(cid)) is None:
                 self.compiled += 1
                 try:
                     cav = compile_new_caveat(cid)
                 except CaveatSyntaxError as e:
                     return _deny(DenyCode.BAD_CAVEAT, e.message,
                                  caveat=e.context.get("caveat"), token_id=tid)
-                self._caveats.put(cid, cav)
+                caveats.put(cid, cav, _CAVEAT_KEY + len(cid) + cav.size)
+                young = caveats.young  # it may have turned old
             role = cav.role
             if role == CHECK:
                 checks.append(cav)
