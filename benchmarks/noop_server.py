@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 
 from capgate_proto.v1 import verifier_pb2
-from capgate_server import CapgateServer, Settings
+from capgate_server import CapgateServer, ResourceLimits, Settings
 from capgate_server.store import Role
 
 NOOP = "capgate.bench.NoopVerifier"
@@ -44,7 +44,12 @@ def noop_handler() -> grpc.GenericRpcHandler:
 
 async def main(data_dir: Path, store: str | None) -> None:
     policy = {f"/{NOOP}/Verify": frozenset(Role), f"/{NOOP}/VerifyBatch": frozenset(Role)}
-    app = CapgateServer(Settings(data_dir=data_dir, listen="127.0.0.1:0", store_url=store),
+    limits = ResourceLimits()
+    twin = {f"/{NOOP}/VerifyBatch":  # the same message limit as the real VerifyBatch
+            limits.message_limit("/capgate.v1.VerifierService/VerifyBatch")}
+    limits = ResourceLimits(method_messages={**limits.method_messages, **twin})
+    app = CapgateServer(Settings(data_dir=data_dir, listen="127.0.0.1:0", store_url=store,
+                                 limits=limits),
                         extra_handlers=[noop_handler()], extra_policy=policy)
     await app.start()
     print(f"serving on 127.0.0.1:{app.port}", flush=True)

@@ -38,7 +38,7 @@ class ResourceLimits:
     calls_per_principal: int = 64  # RPCs of one principal in flight (RESOURCE_EXHAUSTED)
     batches_in_flight: int = 64  # VerifyBatch calls in flight in all (RESOURCE_EXHAUSTED)
     max_concurrent_rpcs: int = 256  # RPCs in flight in all (grpc answers RESOURCE_EXHAUSTED)
-    streams_per_connection: int = 64  # HTTP/2 streams one connection may open at once
+    streams_per_connection: int = 128  # HTTP/2 streams one connection may open at once
     health_watches: int = 32  # open grpc.health.v1.Health/Watch streams in all
     # -- memory ------------------------------------------------------------------------
     chain_cache_bytes: int = 64 * MIB  # verified chains (also capped at Settings.cache_size)
