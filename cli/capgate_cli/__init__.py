@@ -30,6 +30,8 @@ def _serve(args: argparse.Namespace) -> int:
         settings.max_ttl_cap = duration(args.max_ttl) or settings.max_ttl_cap
     if args.audit_retention is not None:  # "0" keeps every record
         settings.audit_retention = float(duration(args.audit_retention) or 0)
+    if args.limit:
+        settings.limits = settings.limits.with_settings(args.limit)
 
     def ready(app: object) -> None:
         from capgate_server import CapgateServer
@@ -68,6 +70,9 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="catch-up read of the change feed")
     p.add_argument("--audit-retention", metavar="DURATION",
                    help="delete audit records older than this (default 90d; 0 keeps all)")
+    p.add_argument("--limit", action="append", metavar="NAME=VALUE",
+                   help="change one resource limit (see docs/deployment.md), e.g. "
+                        "calls_per_principal=128")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(run=_serve)
 

@@ -86,3 +86,19 @@ def test_the_error_tree_is_one_tree():
         assert issubclass(cls, capgate.CapgateError)
     assert issubclass(capgate.MalformedTokenError, capgate.InvalidArgumentError)
     assert issubclass(capgate.CaveatSyntaxError, capgate.InvalidArgumentError)
+
+
+def test_grpc_s_own_resource_exhausted_is_a_resource_exhausted_error():
+    class FromGrpc(grpc.RpcError):  # e.g. "Received message larger than max", no trailer
+        def code(self):
+            return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        def details(self):
+            return "Concurrent RPC limit exceeded!"
+
+        def trailing_metadata(self):
+            return ()
+
+    error = from_rpc_error(FromGrpc())
+    assert type(error) is capgate.ResourceExhaustedError
+    assert status_for(capgate.ResourceExhaustedError("x")) is grpc.StatusCode.RESOURCE_EXHAUSTED
