@@ -8,11 +8,13 @@ identical when caller, token chain and request are; denies when caller, token
 id, code, failed caveat, chain and request are (the first reason is kept). A
 service hammering a revoked token writes one row per interval, not one per call.
 
-Everything is bounded. The tally holds at most ``tally_bytes``; once full, a
-decision with a new key is counted in a coarse record per (caller, outcome,
-code) without its request (those few records may pass the budget), and the
-flush writes an ``audit.overflow`` record saying how many decisions lost their
-detail. Records go to the store in
+Everything is bounded. The tally holds at most ``tally_bytes``, and one caller
+at most ``denies_per_caller`` distinct denies per interval (so a hostile call
+adds a bounded number of rows, however many different denies it provokes);
+beyond either, a decision with a new key is counted in a coarse record per
+(caller, outcome, code) without its request (those few records may pass the
+budget), and the flush writes an ``audit.overflow`` record saying how many
+decisions lost their detail. Records go to the store in
 transactions of at most ``rows_per_write`` rows on the replica's audit lane, so
 audit never holds the store's write lock long enough to delay a revocation.
 While the store refuses them, records wait in a backlog of at most ``backlog``;
@@ -61,7 +63,7 @@ class AuditLog:
                  prune: Callable[[float, int], Awaitable[int]] | None = None,
                  clock: Clock = system_clock, interval: float = 0.2,
                  retention: float = 0.0, tally_bytes: int = 16 << 20, backlog: int = 10_000,
-                 rows_per_write: int = 500) -> None:
+                 rows_per_write: int = 500, denies_per_caller: int = 100) -> None:
         self._write = write
         self._prune = prune
         self._clock = clock
@@ -73,6 +75,8 @@ class AuditLog:
         self._backlog: list[AuditEvent] = []  # records a failed flush must retry
         self._tally: dict[tuple[object, ...], _Entry] = {}
         self._tally_bytes = 0
+        self._denies_per_caller = denies_per_caller
+        self._denies: dict[str, int] = {}  # caller -> distinct denies in this interval
         self._coarse = 0  # decisions counted without their request since the last flush
         self._dropped = 0  # records dropped from a full backlog since the last flush
         self._wake = asyncio.Event()
@@ -120,7 +124,14 @@ class AuditLog:
     def _new(self, key: tuple[object, ...], d: Decision, now: float, size: int,
              cut: dict[str, int] | None) -> None:
         cost = _ENTRY_BYTES + size + (0 if d.allowed else len(d.reason))
-        if self._tally_bytes + cost > self._tally_budget:
+        over = self._tally_bytes + cost > self._tally_budget
+        if not d.allowed and not over:
+            caller = str(key[0])
+            n = self._denies.get(caller, 0)
+            over = n >= self._denies_per_caller
+            if not over:
+                self._denies[caller] = n + 1
+        if over:
             # full: count it without its request, in one record per caller and outcome
             self._coarse += 1
             key = (_COARSE, key[0], d.allowed, d.code)
@@ -171,6 +182,7 @@ class AuditLog:
         events, self._backlog = self._backlog, []
         tally, self._tally = self._tally, {}
         self._tally_bytes = 0
+        self._denies = {}
         for key, e in tally.items():
             d = e.decision
             if key[0] == _COARSE:

@@ -50,6 +50,8 @@ class ResourceLimits:
     prefix_bytes: int = 8 * MIB  # verified delegation prefixes
     reply_bytes: int = 16 * MIB  # prebuilt allow replies
     audit_tally_bytes: int = 16 * MIB  # verify decisions waiting for the next audit flush
+    audit_denies_per_principal: int = 100  # distinct deny records per principal per flush;
+    #                                        beyond, counted only
     audit_backlog: int = 10_000  # audit records kept while the store refuses them
     audit_rows_per_write: int = 500  # rows per audit transaction (keeps each one short)
     # other methods' own message limits (e.g. a benchmark's twin of VerifyBatch)

@@ -94,7 +94,8 @@ class Replica:
             self._write_audit, prune=self._prune_audit if settings.role == "full" else None,
             clock=clock, interval=settings.audit_interval, retention=settings.audit_retention,
             tally_bytes=limits.audit_tally_bytes, backlog=limits.audit_backlog,
-            rows_per_write=limits.audit_rows_per_write)
+            rows_per_write=limits.audit_rows_per_write,
+            denies_per_caller=limits.audit_denies_per_principal)
         self._principals: dict[str, Principal] = {}
         # Three lanes to the store, each a thread with its own connection, so a slow
         # or blocked write never stops the replica from reading the change feed, and

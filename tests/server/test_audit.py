@@ -57,7 +57,7 @@ def test_the_tally_is_bounded_and_the_overflow_recorded():
         written.extend(events)
 
     async def go():
-        log = AuditLog(write, tally_bytes=64 * 1024)
+        log = AuditLog(write, tally_bytes=64 * 1024, denies_per_caller=10**9)
         for i in range(10_000):  # every deny different: a new key each
             log.decision("svc", deny(f"/r/{i}"), "read", f"/r/{i}", "a", 100.0 + i)
             assert log._tally_bytes <= 65 * 1024  # the budget, and one coarse record
@@ -71,6 +71,29 @@ def test_the_tally_is_bounded_and_the_overflow_recorded():
     assert coarse[0].count == overflow.detail["coarse_decisions"] == 10_000 - len(detailed)
     assert coarse[0].principal == "svc" and coarse[0].resource == "" and not coarse[0].ok
     assert sum(e.count for e in detailed + coarse) == 10_000
+
+
+def test_one_caller_s_distinct_denies_add_a_bounded_number_of_rows():
+    written: list = []
+
+    async def write(events):
+        written.extend(events)
+
+    async def go():
+        log = AuditLog(write)  # 100 distinct denies per caller and interval
+        for i in range(5000):  # e.g. one batch of tokens that each fail differently
+            log.decision("mallory", deny(f"/r/{i}"), "read", f"/r/{i}", "a", 100.0)
+        for i in range(3):
+            log.decision("svc", deny(f"/s/{i}"), "read", f"/s/{i}", "a", 100.0)
+        await log.flush()
+
+    asyncio.run(go())
+    mallory = [e for e in written if e.principal == "mallory"]
+    assert len(mallory) == 101 and sum(e.count for e in mallory) == 5000
+    assert [e.count for e in mallory if e.detail.get("coarse")] == [4900]
+    assert len([e for e in written if e.principal == "svc"]) == 3  # others keep their detail
+    (overflow,) = [e for e in written if e.kind == "audit.overflow"]
+    assert overflow.detail["coarse_decisions"] == 4900
 
 
 def test_a_deny_for_a_huge_request_is_kept_short():
@@ -99,7 +122,7 @@ def test_records_are_written_in_short_transactions():
         sizes.append(len(events))
 
     async def go():
-        log = AuditLog(write, rows_per_write=500)
+        log = AuditLog(write, rows_per_write=500, denies_per_caller=10**9)
         for i in range(1200):
             log.decision("svc", deny(f"/r/{i}"), "read", f"/r/{i}", "a", 100.0)
         await log.flush()
@@ -118,7 +141,7 @@ def test_the_backlog_is_bounded_while_the_store_refuses():
         written.extend(events)
 
     async def go():
-        log = AuditLog(write, backlog=2000)
+        log = AuditLog(write, backlog=2000, denies_per_caller=10**9)
         for round_ in range(10):
             for i in range(1000):
                 log.decision("svc", deny(f"/r/{i}"), "read", f"/r/{round_}/{i}", "a", 100.0)
