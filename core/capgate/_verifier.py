@@ -193,6 +193,12 @@ def _chain_cost(text: str, chain: Chain) -> int:
     return chain.size
 
 
+def _prefix_cost(key: tuple[bytes, tuple[bytes, ...]], sig: bytes) -> int:
+    """An entry moved back from the old generation: charged for its own bytes."""
+    identifier, cids = key
+    return _PREFIX_BASE + len(identifier) + sum(map(len, cids)) + _PER_CID * len(cids)
+
+
 def _memo_cost(key: _MemoKey) -> int:
     token, action, resource, presenter = key
     return _MEMO_BASE + len(token) + len(action) + len(resource) + len(presenter or "")
@@ -222,7 +228,7 @@ class Verifier:
         cache_bytes: int = 64 << 20,
         memo_size: int = 0,
         memo_bytes: int = 48 << 20,
-        prefix_bytes: int = 8 << 20,
+        prefix_bytes: int = 16 << 20,
         caveat_bytes: int = 32 << 20,
         limits: Limits = DEFAULT_LIMITS,
         on_chain: Callable[[Chain], None] | None = None,
@@ -243,9 +249,8 @@ class Verifier:
         self._cache: BoundedCache[str, Chain] = BoundedCache(
             cache_bytes, _chain_cost, max_entries=cache_size)
         # (identifier, caveats) of verified chains -> the signature there
-        self._prefixes: dict[tuple[bytes, tuple[bytes, ...]], bytes] = {}
-        self._prefix_bytes = 0
-        self._prefix_budget = prefix_bytes
+        self._prefixes: BoundedCache[tuple[bytes, tuple[bytes, ...]], bytes] = BoundedCache(
+            prefix_bytes, _prefix_cost)
         # The decision memo: (token, action, resource, presenter) -> (state, since,
         # until, allow). An allow stays right while nothing changes and the clock stays
         # inside the token's window; any change of agents, revocations or keys moves
@@ -315,7 +320,6 @@ class Verifier:
         self._derived.clear()
         self._cache.clear()
         self._prefixes.clear()
-        self._prefix_bytes = 0
         self._memo.clear()
         self._memo_old.clear()
         self._memo_bytes = self._memo_old_bytes = 0
@@ -328,7 +332,7 @@ class Verifier:
     @property
     def cache_bytes(self) -> int:
         """Estimated bytes held by the chain, caveat and prefix caches and the memo."""
-        return (self._cache.nbytes + self._caveats.nbytes + self._prefix_bytes
+        return (self._cache.nbytes + self._caveats.nbytes + self._prefixes.nbytes
                 + self._memo_bytes + self._memo_old_bytes)
 
     # -- the static half: parse, signature, proofs --------------------------------------
@@ -418,7 +422,7 @@ class Verifier:
     def _known_prefix(self, identifier: bytes, cids: list[bytes]) -> tuple[int, bytes]:
         """The longest verified prefix ending just before a delegation: (length, sig)."""
         known = self._prefixes
-        if not known:
+        if not len(known):
             return 0, b""
         for k in range(len(cids) - 1, 0, -1):
             if cids[k].startswith(b"delegate = "):
@@ -431,20 +435,14 @@ class Verifier:
                            final: bytes, size: int, hops: int) -> None:
         """Remember this verified chain, whole and up to each of its delegations."""
         known = self._prefixes
-        # An entry per hop (the whole chain, and up to each delegation), each holding a
-        # tuple of the caveats up to its point: at most the token's bytes (< its text).
-        cost = hops * (_PREFIX_BASE + size + _PER_CID * len(cids))
-        if self._prefix_bytes + cost > self._prefix_budget:
-            known.clear()
-            self._prefix_bytes = 0
-            if cost > self._prefix_budget:
-                return
-        self._prefix_bytes += cost
-        known[(identifier, tuple(cids))] = final
+        # An entry per hop: the whole chain, and up to each delegation. They share the
+        # caveats' bytes (at most the token's, which are fewer than its text's), so the
+        # whole chain's entry is charged for them; the others for their own tuples.
+        known.put((identifier, tuple(cids)), final, _PREFIX_BASE + size + _PER_CID * len(cids))
         if hops > 1:
             for k in range(1, len(cids)):
                 if prefix[k] and cids[k].startswith(b"delegate = "):
-                    known[(identifier, tuple(cids[:k]))] = prefix[k]
+                    known.put((identifier, tuple(cids[:k])), prefix[k], _PREFIX_BASE + 8 * k)
 
     def _read_chain(self, text: str, ident: TokenIdentifier, root: bytes, cids: list[bytes],
                     prefix: list[bytes], verified: int = 0) -> Chain | Decision:

@@ -47,7 +47,7 @@ class ResourceLimits:
     chain_cache_bytes: int = 64 * MIB  # verified chains (also capped at Settings.cache_size)
     caveat_cache_bytes: int = 32 * MIB  # parsed caveats, shared by the chains above
     memo_bytes: int = 48 * MIB  # remembered allows (also capped at Settings.memo_size)
-    prefix_bytes: int = 8 * MIB  # verified delegation prefixes
+    prefix_bytes: int = 16 * MIB  # verified delegation prefixes
     reply_bytes: int = 16 * MIB  # prebuilt allow replies
     audit_tally_bytes: int = 16 * MIB  # verify decisions waiting for the next audit flush
     audit_denies_per_principal: int = 100  # distinct deny records per principal per flush;
