@@ -141,3 +141,29 @@ def test_one_principal_cannot_crowd_out_another(tmp_path):
         assert all(len(out[i].responses) == 256 for i in range(6))
     finally:
         s.stop()
+
+
+def test_a_stream_of_never_seen_tokens_is_cut_off(tmp_path):
+    # a stream may bring new_caveats_per_call never-seen caveats per second
+    server = ServerThread(tmp_path / "data", limits=ResourceLimits(new_caveats_per_call=500))
+    server.start()
+    cred, svc, root, good = world(server)
+    tokens = self_attenuated(root, 3000)  # 30,000 never-seen caveats, sent as fast as may be
+    requests = (verifier_pb2.VerifyRequest(token=t, action="read", resource="/data/x",
+                                           presenter="mallory") for t in tokens)
+    with grpc.insecure_channel(server.address) as ch:
+        stream = ch.stream_stream(
+            "/capgate.v1.VerifierService/VerifyStream",
+            request_serializer=verifier_pb2.VerifyRequest.SerializeToString,
+            response_deserializer=verifier_pb2.VerifyResponse.FromString)
+        answered = 0
+        with pytest.raises(grpc.RpcError) as e:
+            for reply in stream(requests, metadata=(("authorization", f"Bearer {cred}"),)):
+                assert not reply.allowed
+                answered += 1
+        assert e.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "per second on one stream" in e.value.details()
+        assert answered < 3000
+    with server.client(svc) as s:
+        assert s.verify(good, "read", "/data/x", presenter="alice").allowed
+    server.stop()
