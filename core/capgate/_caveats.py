@@ -42,7 +42,6 @@ __all__ = [
     "Request",
     "ResourceCaveat",
     "cached_caveat_cost",
-    "caveat_size",
     "compile_caveat",
     "compile_new_caveat",
     "parse_caveat",
@@ -393,14 +392,10 @@ def parse_caveat(text: str) -> Caveat:
     return compile_caveat(cid)
 
 
-def caveat_size(cav: Caveat) -> int:
-    """Estimated bytes a parsed caveat holds (its text, its object, a glob's segments)."""
-    return cav.size
-
-
 def cached_caveat_cost(cid: bytes, cav: Caveat) -> int:
-    """What a cache keyed by the caveat's bytes pays to keep it."""
-    return _KEY_BASE + len(cid) + caveat_size(cav)
+    """What a cache keyed by the caveat's bytes pays to keep it (``size``: the caveat's
+    text, its object, a glob's segments)."""
+    return _KEY_BASE + len(cid) + cav.size
 
 
 # Parsed caveats by their bytes: caveats repeat across tokens (the holder, the grant),

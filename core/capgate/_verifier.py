@@ -23,32 +23,26 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
 from types import MappingProxyType
 
 from capgate._agent import Agent, AgentStatus, Directory
 from capgate._cache import BoundedCache
 from capgate._caveats import (
-    ActionCaveat,
     Caveat,
     DelegateCaveat,
     DepthCaveat,
-    ExpiresCaveat,
-    NotBeforeCaveat,
     Request,
-    ResourceCaveat,
     cached_caveat_cost,
     compile_new_caveat,
 )
+from capgate._chain import Chain, Decision, DenyCode, Hop
 from capgate._clock import Clock, format_timestamp, system_clock
 from capgate._codec import DEFAULT_LIMITS, Limits, decode_text, unpack, unpack_first_party
 from capgate._delegation import proof_valid
 from capgate._errors import CaveatSyntaxError, MalformedTokenError
-from capgate._grants import Glob, resource_problem
+from capgate._requests import request_problem
 from capgate._revocation import RevocationSet
-from capgate._text import ACTION_RE, CTX_KEY_RE
-from capgate._token import Token, TokenIdentifier, derive_key, hmac_digest
+from capgate._token import TokenIdentifier, derive_key, hmac_digest
 
 __all__ = ["Chain", "Decision", "DenyCode", "Hop", "Verifier"]
 
@@ -57,132 +51,13 @@ _log = logging.getLogger("capgate.verifier")
 # How far ahead of this server's clock a token or hop may claim to have been made.
 CLOCK_SKEW_MS = 300_000
 _CACHE_MAX_TEXT = 4096
-# Estimated bytes held per cached chain, hop, memo entry and verified prefix (on top
-# of their text; measured with tracemalloc, and the tests check the bounds hold).
-_CHAIN_BASE = 1500
-_PER_HOP = 250
+# Estimated bytes held per memo entry and verified prefix (on top of their text;
+# measured with tracemalloc, and the tests check the bounds hold).
 _MEMO_BASE = 500
 _PREFIX_BASE = 300
 _PER_CID = 80
 _CAVEAT_KEY = 40  # a caveat cache's key: the caveat's bytes
 _NO_CTX: Mapping[str, str] = MappingProxyType({})
-_MAX_CTX_ITEMS = 32
-_MAX_CTX_VALUE = 1024
-
-
-class DenyCode(StrEnum):
-    """Why a verification ended as it did; ``ALLOWED`` is the one allow."""
-
-    ALLOWED = "allowed"
-    MALFORMED = "malformed_token"
-    UNSUPPORTED = "unsupported_token"
-    UNKNOWN_KEY = "unknown_key"
-    BAD_SIGNATURE = "bad_signature"
-    BAD_DELEGATION = "bad_delegation"
-    BAD_CAVEAT = "bad_caveat"
-    DEPTH = "depth_exceeded"
-    REVOKED = "revoked"
-    UNKNOWN_AGENT = "unknown_agent"
-    AGENT_SUSPENDED = "agent_suspended"
-    AGENT_REVOKED = "agent_tokens_revoked"
-    FUTURE = "issued_in_future"
-    NO_PRESENTER = "no_presenter"
-    NOT_HOLDER = "not_holder"
-    INVALID_REQUEST = "invalid_request"
-    CEILING = "beyond_ceiling"
-    CAVEAT_FAILED = "caveat_failed"
-    UNAVAILABLE = "unavailable"
-
-
-# Hop, Decision and Chain are built on the hot path: plain slotted dataclasses
-# (a frozen dataclass pays object.__setattr__ per field). Treat them as read-only.
-@dataclass(slots=True)
-class Hop:
-    """One holder in the chain: the agent, when it received the token, and the hop's id."""
-
-    agent: str
-    at_ms: int
-    did: str | None = None  # None for the issued-to agent (the token id names that hop)
-    offline: bool = False
-
-
-@dataclass(slots=True, eq=False)
-class Decision:
-    """The outcome. Hashed by identity: one allow object is shared by every request
-    a chain allows, so callers can key caches and tallies on it cheaply."""
-
-    allowed: bool
-    code: DenyCode
-    reason: str
-    caveat: str | None = None
-    token_id: str | None = None
-    chain: tuple[str, ...] = ()  # issued-to agent first, current holder last
-
-    @property
-    def holder(self) -> str | None:
-        return self.chain[-1] if self.chain else None
-
-
-@dataclass(slots=True)
-class Chain:
-    """A token whose signature and delegation proofs are valid: what it says, parsed.
-
-    Chains live in the verifier's cache, so they hold few objects the garbage
-    collector must trace: the token's text rather than its parsed form.
-    """
-
-    text: str
-    token_id: str
-    key_id: str
-    issued_ms: int
-    hops: tuple[Hop, ...]
-    lineage: tuple[str, ...]  # token id, then every did in order
-    checks: tuple[Caveat, ...]  # request- and clock-dependent caveats
-    lineage_keys: tuple[int, ...] = field(repr=False, default=())
-    agents: tuple[str, ...] = field(repr=False, default=())
-    latest_ms: int = 0
-    allowed: Decision | None = field(repr=False, default=None)  # shared by every allow
-    # The checks folded together (AND): actions intersected, the validity window,
-    # the resource globs, and whatever else (ctx). Only when one fails are the
-    # caveats walked one by one, to name the one that failed.
-    actions: frozenset[str] | None = field(repr=False, default=None)
-    not_before: float = float("-inf")
-    not_after: float = float("inf")
-    resources: tuple[Glob, ...] = field(repr=False, default=())
-    other: tuple[Caveat, ...] = field(repr=False, default=())
-    size: int = field(repr=False, default=0)  # estimated bytes held, for the cache
-
-    def fold(self) -> Chain:
-        size = _CHAIN_BASE + 2 * len(self.text) + _PER_HOP * len(self.hops)
-        for cav in self.checks:
-            size += cav.size
-            kind = type(cav)
-            if kind is ActionCaveat:
-                acts = cav.actions  # type: ignore[attr-defined]
-                self.actions = acts if self.actions is None else self.actions & acts
-            elif kind is ResourceCaveat:
-                self.resources += (cav.glob,)  # type: ignore[attr-defined]
-            elif kind is ExpiresCaveat:
-                self.not_after = min(self.not_after, cav.at)  # type: ignore[attr-defined]
-            elif kind is NotBeforeCaveat:
-                self.not_before = max(self.not_before, cav.at)  # type: ignore[attr-defined]
-            else:
-                self.other += (cav,)
-        self.size = size
-        return self
-
-    @property
-    def holder(self) -> str:
-        return self.hops[-1].agent
-
-    @property
-    def expires(self) -> float | None:
-        """The earliest ``expires`` caveat, or None when the token has none."""
-        return None if self.not_after == float("inf") else self.not_after
-
-    @property
-    def token(self) -> Token:
-        return Token.parse(self.text)
 
 
 _MemoKey = tuple[str, str, str, str | None]
@@ -577,7 +452,7 @@ class Verifier:
             return _deny(DenyCode.NOT_HOLDER,
                          f"token is held by agent {holder!r}, presented by {presenter!r}",
                          token_id=tid, chain=chain)
-        problem = _request_problem(request)
+        problem = request_problem(request)
         if problem is not None:
             return _deny(DenyCode.INVALID_REQUEST, f"invalid request: {problem}",
                          token_id=tid, chain=chain)
@@ -635,42 +510,3 @@ def _agent_denial(st: Chain, hop: Hop, a: Agent | None, below: int) -> Decision:
     return _deny(DenyCode.DEPTH,
                  f"agent {hop.agent!r} allows {a.max_depth} delegation(s) below it, "
                  f"the chain has {below}", token_id=tid, chain=chain)
-
-
-_VALID_ACTIONS: set[str] = set()
-_VALID_RESOURCES: set[str] = set()
-_MEMO_LIMIT = 100_000
-_ACTIONS_LIMIT = 10_000
-_VALID_RESOURCE_BYTES = 8 << 20
-_valid_resource_bytes = 0
-
-
-def _request_problem(request: Request) -> str | None:
-    action, resource, ctx = request.action, request.resource, request.ctx
-    # Requests repeat: remember what was already found valid (bounded).
-    if action not in _VALID_ACTIONS:
-        if not isinstance(action, str) or ACTION_RE.fullmatch(action) is None:
-            return f"action {action!r} is not a valid action name"
-        if len(_VALID_ACTIONS) > _ACTIONS_LIMIT:  # actions are a small vocabulary
-            _VALID_ACTIONS.clear()
-        _VALID_ACTIONS.add(action)
-    if resource not in _VALID_RESOURCES:
-        problem = resource_problem(resource)
-        if problem is not None:
-            return f"resource {resource!r} {problem}"
-        global _valid_resource_bytes
-        _valid_resource_bytes += 100 + len(resource)
-        if len(_VALID_RESOURCES) > _MEMO_LIMIT or _valid_resource_bytes > _VALID_RESOURCE_BYTES:
-            _VALID_RESOURCES.clear()
-            _valid_resource_bytes = 0
-        _VALID_RESOURCES.add(resource)
-    if ctx:
-        if len(ctx) > _MAX_CTX_ITEMS:
-            return f"more than {_MAX_CTX_ITEMS} context entries"
-        for k, v in ctx.items():
-            if not isinstance(k, str) or CTX_KEY_RE.fullmatch(k) is None:
-                return f"context key {k!r} is not valid"
-            if not isinstance(v, str) or len(v) > _MAX_CTX_VALUE:
-                return f"context value for {k!r} is not text of at most {_MAX_CTX_VALUE} chars"
-    return None
-
