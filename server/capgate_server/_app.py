@@ -14,6 +14,7 @@ import gc
 import ipaddress
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
@@ -82,7 +83,9 @@ class CapgateServer:
             _check_free(s.listen)
         except OSError:
             raise _cannot_listen(s.listen) from None
-        store = open_store(s.store_url, s.data_dir, s.db_timeouts)
+        if not s.replica_id:
+            s.replica_id = _replica_id(s.data_dir)
+        store = open_store(s.store_url, s.data_dir, s.db_timeouts, writer=s.replica_id)
         shared = bool(s.store_url) and not s.store_url.startswith("sqlite:")
         kek = load_kek(s.kek_file, None if shared else s.data_dir / "kek.key")
         self.replica = replica = Replica(store, kek, s, self.clock, self.monotonic)
@@ -186,6 +189,17 @@ class CapgateServer:
         if self.replica is not None:
             await self.replica.close()
             self.replica = None
+
+
+def _replica_id(data_dir: Path) -> str:
+    """This replica's name in the records it writes: made once, kept in the data dir."""
+    path = data_dir / "replica.id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        name = f"{socket.gethostname()[:40]}-{secrets.token_hex(3)}"
+        _write_secret(path, name)  # not secret, but private like everything there
+        return name
 
 
 def _cannot_listen(listen: str) -> UnavailableError:

@@ -61,10 +61,12 @@ class _Entry:
 class AuditLog:
     def __init__(self, write: Callable[[Sequence[AuditEvent]], Awaitable[None]], *,
                  prune: Callable[[float, int], Awaitable[int]] | None = None,
+                 on_written: Callable[[], None] | None = None,
                  clock: Clock = system_clock, interval: float = 0.2,
                  retention: float = 0.0, tally_bytes: int = 16 << 20, backlog: int = 10_000,
                  rows_per_write: int = 500, denies_per_caller: int = 100) -> None:
         self._write = write
+        self._on_written = on_written  # e.g. the ledger: new records to seal
         self._prune = prune
         self._clock = clock
         self._interval = interval
@@ -84,7 +86,7 @@ class AuditLog:
         self.decisions = 0  # verify decisions seen (for metrics)
 
     def decision(self, principal: str, d: Decision, action: str, resource: str,
-                 presenter: str, now: float) -> None:
+                 presenter: str, now: float, ctx_keys: tuple[str, ...] = ()) -> None:
         """Tally one verify decision (the hot path: a tuple and a dict lookup).
 
         The verifier shares one allow object per token chain, so allows are keyed by
@@ -92,13 +94,13 @@ class AuditLog:
         """
         self.decisions += 1
         if d.allowed:
-            key: tuple[object, ...] = (principal, d, action, resource, presenter)
+            key: tuple[object, ...] = (principal, d, action, resource, presenter, ctx_keys)
         else:
             if len(action) > _ACTION or len(resource) > _RESOURCE or len(presenter) > _PRESENTER:
-                self._new_cut(principal, d, action, resource, presenter, now)
+                self._new_cut(principal, d, action, resource, presenter, now, ctx_keys)
                 return
             key = (principal, d.token_id, d.code, d.caveat, d.chain, action, resource,
-                   presenter)
+                   presenter, ctx_keys)
         entry = self._tally.get(key)
         if entry is None:
             self._new(key, d, now, len(action) + len(resource) + len(presenter), None)
@@ -107,13 +109,14 @@ class AuditLog:
             entry.last = now
 
     def _new_cut(self, principal: str, d: Decision, action: str, resource: str,
-                 presenter: str, now: float) -> None:
+                 presenter: str, now: float, ctx_keys: tuple[str, ...]) -> None:
         """A deny for a request with oversized fields: keyed and kept by their prefixes."""
         cut = {name: len(value) for name, value, limit in (
             ("action", action, _ACTION), ("resource", resource, _RESOURCE),
             ("presenter", presenter, _PRESENTER)) if len(value) > limit}
         action, resource, presenter = action[:_ACTION], resource[:_RESOURCE], presenter[:_PRESENTER]
-        key = (principal, d.token_id, d.code, d.caveat, d.chain, action, resource, presenter)
+        key = (principal, d.token_id, d.code, d.caveat, d.chain, action, resource, presenter,
+               ctx_keys)
         entry = self._tally.get(key)
         if entry is None:
             self._new(key, d, now, len(action) + len(resource) + len(presenter), cut)
@@ -152,8 +155,9 @@ class AuditLog:
     async def _run(self) -> None:
         next_prune = 0.0
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+            with contextlib.suppress(TimeoutError):  # not wait_for: it can swallow a cancel
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
             self._wake.clear()
             await self.flush()
             if self._retention and self._prune is not None and self._clock() >= next_prune:
@@ -191,13 +195,13 @@ class AuditLog:
                     "" if d.allowed else "request detail dropped: audit tally full",
                     count=e.count, last_at=e.last, detail={"coarse": True}))
                 continue
-            principal, action, resource, presenter = (str(key[0]), str(key[-3]), str(key[-2]),
-                                                      str(key[-1]))
+            action, resource, presenter, ctx_keys = key[-4:]
             events.append(AuditEvent(
-                e.first, principal, "verify", d.token_id or "", d.allowed, str(d.code),
-                "" if d.allowed else d.reason, d.chain, action=action, resource=resource,
-                presenter=presenter, count=e.count, last_at=e.last,
-                detail={"truncated": e.cut} if e.cut else {}))
+                e.first, str(key[0]), "verify", d.token_id or "", d.allowed, str(d.code),
+                "" if d.allowed else d.reason, d.chain, action=str(action),
+                resource=str(resource), presenter=str(presenter), count=e.count,
+                last_at=e.last, detail={"truncated": e.cut} if e.cut else {},
+                caveat=d.caveat or "", ctx_keys=tuple(ctx_keys)))  # type: ignore[arg-type]
         return events
 
     def _overflow(self) -> AuditEvent | None:
@@ -221,6 +225,8 @@ class AuditLog:
                               len(batch) - start)
                 self._keep(batch[start:])
                 return
+        if batch and self._on_written is not None:
+            self._on_written()
         overflow = self._overflow()  # said once the store takes records again
         if overflow is not None:
             coarse, dropped = self._coarse, self._dropped

@@ -44,7 +44,8 @@ POLICY: Mapping[str, frozenset[Role]] = {
     "/capgate.v1.VerifierService/Verify": _VERIFIERS,
     "/capgate.v1.VerifierService/VerifyBatch": _VERIFIERS,
     "/capgate.v1.VerifierService/VerifyStream": _VERIFIERS,
-    "/capgate.v1.AuditService/ListEvents": _ADMIN,
+    **{f"/capgate.v1.AuditService/{m}": _ADMIN for m in (
+        "ListEvents", "WatchEvents", "VerifyLedger", "GetCheckpoint")},
     "/capgate.v1.KeyService/ListKeys": _ADMIN,
     "/capgate.v1.KeyService/RotateKey": _ADMIN,
     "/capgate.v1.KeyService/RetireKey": _ADMIN,

@@ -1,163 +1,242 @@
-"""The audit ledger's proof: every record hashed onto the one before, signed checkpoints.
+"""``AuditLedger``: the audit record made tamper-evident, verified, and followed live.
 
-The audit records form one chain in their sealed order (``pos`` 1, 2, 3…)::
+Every replica writes audit records unsealed; the ledger seals them (one replica
+at a time) into one hash chain, in an order every reader agrees on, and signs
+the new head with the store's Ed25519 ledger key. That key is made once, sealed
+under the key-encryption key and kept in the store, so every replica signs with
+the same one and nobody without the KEK can make a signature that verifies.
+A signed head is kept as a checkpoint at most every ``checkpoint_every`` seconds;
+retention leaves a signed checkpoint where it cuts.
 
-    digest(pos) = SHA-256("capgate-audit-v1" || digest(pos - 1) || canonical(record))
-
-with ``digest(0)`` all zeros, or the digest a retention cut left behind. A
-checkpoint states "the chain's head at ``pos`` is ``digest``" and is signed with
-the store's Ed25519 audit key, which only the servers hold (sealed under the KEK).
-An edit, a deletion, an insertion or a reordering anywhere before a checkpoint
-makes the recomputed chain miss it; the stored digests say where it first broke.
-Checkpoints exported off the machine (``capgate audit checkpoint --out``) prove
-that the record still extends what was exported, so a truncated tail is caught too.
+``verify`` walks the chain from its start (or a checkpoint) and names the first
+break; ``watch`` follows the sealed records by position, so a client resuming
+from its last position neither misses nor repeats one, whichever replica it asks.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
-import struct
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from capgate import Clock, FailedPreconditionError
+from capgate_server._keyring import KeyEncryptionKey
+from capgate_server.store import (
+    AuditEvent,
+    AuditQuery,
+    Break,
+    Checkpoint,
+    LedgerKey,
+    Store,
+    walk,
+)
 
-from capgate import public_key_id
+__all__ = ["AuditLedger", "LedgerReport"]
 
-__all__ = ["GENESIS", "Break", "Checkpoint", "LedgerKey", "canonical", "link", "walk"]
-
-GENESIS = bytes(32)
-_CONTEXT = b"capgate-audit-v1"
-_CHECKPOINT = b"capgate-audit-checkpoint-v1\n"
-
-Field = str | int | float | bool | None
-
-
-def canonical(fields: Sequence[Field]) -> bytes:
-    """A record's fields as bytes with one reading: each typed and length-prefixed."""
-    out = bytearray()
-    for value in fields:
-        if value is None:
-            out += b"n"
-        elif isinstance(value, bool):
-            out += b"b1" if value else b"b0"
-        elif isinstance(value, int):
-            out += b"i" + struct.pack(">q", value)
-        elif isinstance(value, float):
-            out += b"f" + struct.pack(">d", value)
-        else:
-            data = value.encode("utf-8", "surrogatepass")
-            out += b"s" + struct.pack(">I", len(data)) + data
-    return bytes(out)
-
-
-def link(previous: bytes, record: bytes) -> bytes:
-    """The digest of a record whose predecessor's digest is ``previous``."""
-    return hashlib.sha256(_CONTEXT + previous + record).digest()
+log = logging.getLogger("capgate.ledger")
+T = TypeVar("T")
+_KEY_ID = "audit-ledger"  # the sealed key's associated data
+_PAGE = 2000
 
 
 @dataclass(frozen=True)
-class Checkpoint:
-    """The chain's head at ``pos``, signed: a fact no one without the audit key can make."""
+class LedgerReport:
+    """What ``audit verify`` found."""
 
-    pos: int
-    digest: str  # hex
-    at: float
+    intact: bool
+    first_break: Break | None
+    start: int  # the position the walk started after
+    head: int  # the last position walked
+    records: int  # records checked
+    checkpoints: int  # signed checkpoints the walk met
     key_id: str
-    public_key: str  # base64 of the raw Ed25519 key, so an export can be checked alone
-    signature: str  # base64
-
-    def message(self) -> bytes:
-        return _CHECKPOINT + f"{self.pos}:{self.digest}:{self.at!r}".encode("ascii")
-
-    def valid(self, trusted: Iterable[str] | None = None) -> bool:
-        """Signed by its own key, and that key is one of ``trusted`` key ids (if given)."""
-        if trusted is not None and self.key_id not in set(trusted):
-            return False
-        try:
-            raw = base64.b64decode(self.public_key, validate=True)
-            if public_key_id(raw) != self.key_id:
-                return False
-            Ed25519PublicKey.from_public_bytes(raw).verify(
-                base64.b64decode(self.signature, validate=True), self.message())
-        except (InvalidSignature, ValueError):
-            return False
-        return True
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> Checkpoint:
-        data = json.loads(text)
-        return cls(int(data["pos"]), str(data["digest"]), float(data["at"]),
-                   str(data["key_id"]), str(data["public_key"]), str(data["signature"]))
+    against: Checkpoint | None = None  # an exported checkpoint the record still extends
 
 
-class LedgerKey:
-    """The Ed25519 key that signs checkpoints (held by the servers, sealed in the store)."""
+class AuditLedger:
+    def __init__(self, store: Store, kek: KeyEncryptionKey, clock: Clock, *,
+                 interval: float = 0.2, checkpoint_every: float = 60.0) -> None:
+        self._store = store
+        self._kek = kek
+        self._clock = clock
+        self._interval = interval
+        self._checkpoint_every = checkpoint_every
+        self._key: LedgerKey | None = None
+        self._kept_at = float("-inf")
+        self._sealed = asyncio.Event()  # set whenever this replica sealed records
+        self._wake = asyncio.Event()
+        # walks and watches read on their own thread (and connection): a long verify
+        # never holds up the change feed or the decision records
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capgate-ledger")
+        self._task: asyncio.Task[None] | None = None
+        self.sealed = 0  # records this replica sealed (for metrics)
 
-    def __init__(self, private: Ed25519PrivateKey) -> None:
-        self._private = private
-        raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        self.public_key = base64.b64encode(raw).decode("ascii")
-        self.key_id = public_key_id(raw)
+    async def _read(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
 
-    @classmethod
-    def generate(cls) -> LedgerKey:
-        return cls(Ed25519PrivateKey.generate())
+    @property
+    def key(self) -> LedgerKey:
+        if self._key is None:
+            raise FailedPreconditionError("the audit ledger has not started")
+        return self._key
 
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> LedgerKey:
-        return cls(Ed25519PrivateKey.from_private_bytes(raw))
+    async def start(self) -> None:
+        """Load the store's ledger key (making it on a first start), then seal on."""
+        mine = LedgerKey.generate()
+        sealed, public = await self._read(self._store.ledger_key,
+                                          self._kek.seal(_KEY_ID, mine.private_bytes()),
+                                          mine.public_key, self._clock())
+        key = LedgerKey.from_bytes(self._kek.open(_KEY_ID, sealed))
+        if key.public_key != public:
+            raise FailedPreconditionError("the audit ledger's key does not match its public "
+                                          "key: the store was altered")
+        self._key = key
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-seal")
 
-    def private_bytes(self) -> bytes:
-        from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._key is not None:
+            try:
+                await self.seal()  # what the last flush wrote
+            except Exception as e:  # the store is gone: the next start seals it
+                log.warning("final seal of the audit ledger failed: %s", e)
+        self._reader.shutdown(wait=True)
 
-        return self._private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    def wake(self) -> None:
+        """New records were written: seal soon."""
+        self._wake.set()
 
-    def sign(self, pos: int, digest: bytes, at: float) -> Checkpoint:
-        unsigned = Checkpoint(pos, digest.hex(), at, self.key_id, self.public_key, "")
-        signature = self._private.sign(unsigned.message())
-        return Checkpoint(pos, digest.hex(), at, self.key_id, self.public_key,
-                          base64.b64encode(signature).decode("ascii"))
+    async def _run(self) -> None:
+        while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel
+            # that lands as the wait ends, and this task would never stop
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                while await self.seal() >= _PAGE:  # a backlog: keep going
+                    await asyncio.sleep(0)
+            except Exception as e:  # the store is down: the records wait, nothing is lost
+                log.warning("cannot seal the audit ledger: %s", e)
 
+    def _sign(self, pos: int, digest: bytes, at: float) -> Checkpoint:
+        return self.key.sign(pos, digest, at)
 
-@dataclass(frozen=True)
-class Break:
-    """Where the record stops being the one that was written, and why."""
+    async def seal(self) -> int:
+        """Seal what can be sealed now; returns how many records."""
+        now = self._clock()
+        keep = now - self._kept_at >= self._checkpoint_every
+        n: int = await self._read(self._store.seal_audit, self._sign, now, keep, _PAGE)
+        if n:
+            self.sealed += n
+            if keep:
+                self._kept_at = now
+            self._sealed.set()
+        return n
 
-    pos: int
-    reason: str
+    async def prune(self, before: float, limit: int) -> int:
+        """Retention: delete sealed records older than ``before``, signing the cut."""
+        deleted: int = await self._read(self._store.prune_audit, before, self._sign, limit)
+        return deleted
 
+    # -- verifying ---------------------------------------------------------------------
 
-def walk(records: Iterable[tuple[int, bytes, bytes]], start_pos: int, start: bytes,
-         checkpoints: Sequence[Checkpoint]) -> tuple[Break | None, int, bytes]:
-    """Recompute the chain over ``(pos, canonical record, stored digest)`` in order,
-    from the digest ``start`` at ``start_pos``; check every checkpoint on the way.
+    async def checkpoint(self) -> Checkpoint | None:
+        """The signed head, to keep off the machine (``capgate audit checkpoint --out``)."""
+        await self.seal()
+        head: Checkpoint | None = await self._read(self._store.audit_head)
+        return head
 
-    Returns the first break (or None), the last position read and its digest.
-    """
-    marks = {c.pos: c for c in checkpoints if c.pos > start_pos}
-    pos, digest = start_pos, start
-    for got_pos, record, stored in records:
-        if got_pos != pos + 1:
-            return Break(pos + 1, f"record {pos + 1} is missing (the next is {got_pos})"), \
-                pos, digest
-        pos, digest = got_pos, link(digest, record)
-        if stored != digest:
-            return Break(pos, f"record {pos} is not the one that was written (its digest "
-                              "does not follow from the records before it)"), pos, digest
-        mark = marks.pop(pos, None)
-        if mark is not None and mark.digest != digest.hex():
-            return Break(pos, f"the record up to {pos} is not the one checkpoint {pos} "
-                              "signed"), pos, digest
-    if marks:
-        first = min(marks)
-        return Break(pos + 1, f"records {pos + 1} to {first} are gone: checkpoint {first} "
-                              f"covers them"), pos, digest
-    return None, pos, digest
+    async def verify(self, since: int = 0, against: Checkpoint | None = None) -> LedgerReport:
+        """Walk the ledger (from the kept checkpoint at or before ``since``) and name the
+        first break; ``against``: an exported checkpoint it must still extend."""
+        await self.seal()
+        report: LedgerReport = await self._read(self._verify, since, against)
+        return report
+
+    def _verify(self, since: int, against: Checkpoint | None) -> LedgerReport:
+        store, key_id = self._store, self.key.key_id
+        start_pos, start = store.audit_start()  # 0 and GENESIS, or the last retention cut
+        kept = store.audit_checkpoints(max(0, start_pos - 1))  # the cut itself, and on
+        head = store.audit_head()
+        marks = [*kept, *([head] if head is not None else [])]
+        if start_pos and not any(c.pos == start_pos for c in kept):
+            marks.append(Checkpoint(start_pos, start.hex(), 0.0, "", "", ""))  # unsigned cut
+        forged = next((c for c in marks if not c.valid([key_id])), None)
+        if forged is not None:
+            return LedgerReport(False, Break(forged.pos, f"checkpoint {forged.pos} is not "
+                                                         "signed by this store's ledger key"),
+                                start_pos, start_pos, 0, 0, key_id)
+        marks = [c for c in marks if c.pos > start_pos]
+        if against is not None:
+            problem = self._against(against, start_pos)
+            if problem is not None:
+                return LedgerReport(False, problem, start_pos, start_pos, 0, 0, key_id, against)
+            if against.pos > start_pos:
+                marks.append(against)
+        if since > start_pos:  # start at the last kept checkpoint at or before `since`
+            base = max((c for c in kept if c.pos <= since), key=lambda c: c.pos, default=None)
+            if base is not None:
+                start_pos, start = base.pos, bytes.fromhex(base.digest)
+        broke, pos, _ = walk(self._pages(start_pos), start_pos, start,
+                             [c for c in marks if c.pos > start_pos])
+        return LedgerReport(broke is None, broke, start_pos, pos, pos - start_pos,
+                            sum(1 for c in marks if start_pos < c.pos <= pos), key_id,
+                            against)
+
+    def _against(self, exported: Checkpoint, start_pos: int) -> Break | None:
+        if not exported.valid([self.key.key_id]):
+            return Break(exported.pos, "the exported checkpoint is not signed by this store's "
+                                       "ledger key")
+        if exported.pos <= start_pos:  # pruned since: only a kept cut can speak for it
+            same = [c for c in self._store.audit_checkpoints(exported.pos - 1)
+                    if c.pos == exported.pos]
+            if not same or same[0].digest != exported.digest:
+                return Break(exported.pos, f"the exported checkpoint at {exported.pos} is older "
+                                           f"than the retention cut at {start_pos}: it cannot "
+                                           "be checked")
+        return None
+
+    def _pages(self, after: int) -> Iterator[tuple[int, bytes, bytes]]:
+        while True:
+            page = self._store.audit_proof_page(after, _PAGE)
+            yield from page
+            if len(page) < _PAGE:
+                return
+            after = page[-1][0]
+
+    # -- following ---------------------------------------------------------------------
+
+    async def watch(self, after: int, query: AuditQuery | None, *, follow: bool = True,
+                    poll: float = 0.5) -> AsyncIterator[AuditEvent]:
+        """Sealed records after position ``after`` that match ``query``, in order; with
+        ``follow``, then each new one as it is sealed (here or at another replica)."""
+        while True:
+            self._sealed.clear()
+            head: Checkpoint | None = await self._read(self._store.audit_head)
+            page: list[AuditEvent] = await self._read(self._store.sealed_audit, after, 500,
+                                                      query)
+            for event in page:
+                yield event
+            if page:
+                after = page[-1].pos
+                continue
+            # nothing after `after` matched, up to the head read before the query: a
+            # filtered scan resumes there instead of walking the same records again
+            after = max(after, head.pos if head is not None else 0)
+            if not follow:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(poll):
+                    await self._sealed.wait()

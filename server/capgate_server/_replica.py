@@ -40,6 +40,7 @@ from capgate_server._clocks import TrustedClock
 from capgate_server._credentials import hash_credential, new_credential
 from capgate_server._hops import HopLedger
 from capgate_server._keyring import KeyEncryptionKey, RootKeys
+from capgate_server._ledger import AuditLedger
 from capgate_server._limits import ResourceLimits
 from capgate_server.store import (
     AuditEvent,
@@ -92,6 +93,8 @@ class Settings:
     db_timeouts: SessionTimeouts = field(default_factory=SessionTimeouts)
     shutdown_grace: float = 5.0  # SIGTERM: time to finish the calls already accepted
     limits: ResourceLimits = field(default_factory=ResourceLimits)
+    replica_id: str = ""  # names this replica in the records it writes (made at first start)
+    audit_checkpoint_every: float = 60.0  # seconds between kept checkpoints of the ledger
 
 
 class Replica:
@@ -117,8 +120,11 @@ class Replica:
                                  prefix_bytes=limits.prefix_bytes,
                                  caveat_bytes=limits.caveat_cache_bytes,
                                  on_first_allow=ledger)
+        self.ledger = AuditLedger(store, kek, clock, interval=settings.audit_interval,
+                                  checkpoint_every=settings.audit_checkpoint_every)
         self.audit = AuditLog(
-            self._write_audit, prune=self._prune_audit if settings.role == "full" else None,
+            self._write_audit, prune=self.ledger.prune if settings.role == "full" else None,
+            on_written=self.ledger.wake,
             clock=clock, interval=settings.audit_interval, retention=settings.audit_retention,
             tally_bytes=limits.audit_tally_bytes, backlog=limits.audit_backlog,
             rows_per_write=limits.audit_rows_per_write,
@@ -160,9 +166,6 @@ class Replica:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._auditor, self.store.append_audit, events)
 
-    async def _prune_audit(self, before: float, limit: int) -> int:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._auditor, self.store.prune_audit, before, limit)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -188,6 +191,7 @@ class Replica:
                                 AuditEvent(self.clock(), "capgate", "principal.create", "admin"))
             except AlreadyExistsError:  # another replica starting at the same moment won
                 credential = None
+        await self.ledger.start()
         self.audit.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._follow(), name="follow-store"))
@@ -211,6 +215,7 @@ class Replica:
                 await task
         self._tasks.clear()
         await self.audit.close()
+        await self.ledger.close()
         for lane in (self._executor, self._reader, self._auditor):
             lane.shutdown(wait=True)
         self.store.close()
@@ -282,8 +287,9 @@ class Replica:
 
     async def _follow(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+            with contextlib.suppress(TimeoutError):  # not wait_for: it can swallow a cancel
+                async with asyncio.timeout(self.settings.poll_interval):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.sync()

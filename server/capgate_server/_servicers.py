@@ -5,10 +5,8 @@ Nothing else happens here; errors become status codes in ``_status``.
 
 from __future__ import annotations
 
-import functools
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -18,7 +16,6 @@ from capgate import (
     CapgateError,
     Decision,
     InvalidArgumentError,
-    check_id,
     format_timestamp,
 )
 from capgate_proto.v1 import (
@@ -34,38 +31,19 @@ from capgate_proto.v1 import (
     verifier_pb2,
     verifier_pb2_grpc,
 )
+from capgate_server._audit_rpc import AuditServicer, AuditTrail
 from capgate_server._interceptor import CALLER
 from capgate_server._registry import AgentUpdate, Registry
 from capgate_server._replica import Replica
 from capgate_server._rotation import KeyRotation
+from capgate_server._rpc import rpc
 from capgate_server._status import abort
 from capgate_server._tokens import Issued, Tokens, TreeNode
 from capgate_server._verification import Verification
-from capgate_server.store import AuditQuery, Principal, RootKeyRecord
+from capgate_server.store import Principal, RootKeyRecord
 
 __all__ = ["register_all"]
 
-log = logging.getLogger("capgate.rpc")
-R = TypeVar("R")
-
-
-def rpc(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
-    """Run a servicer method; capgate errors become their status, anything else INTERNAL."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
-        try:
-            return await fn(self, request, context)
-        except CapgateError as e:
-            await abort(context, e)
-        except (grpc.aio.AbortError, grpc.aio.UsageError):
-            raise
-        except Exception:
-            log.exception("internal error in %s", fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-        raise AssertionError("unreachable")  # pragma: no cover - abort() raises
-
-    return wrapper
 
 
 # -- conversions --------------------------------------------------------------------------
@@ -337,35 +315,14 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):  # type: ignore[misc]
         return self._key(await self.rotation.retire(CALLER.get(), request.id))
 
 
-class AuditServicer(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc]
-    def __init__(self, replica: Replica) -> None:
-        self.replica = replica
-
-    @rpc
-    async def ListEvents(self, request: Any, context: Any) -> Any:
-        if request.limit < 0 or request.after_seq < 0:
-            raise InvalidArgumentError("limit and after_seq must not be negative")
-        for name in (request.principal, request.agent):
-            if name:
-                check_id(name, "principal or agent id")
-        await self.replica.audit.flush()  # include decisions still in the buffer
-        query = AuditQuery(request.principal, request.agent, request.kind, request.token_id,
-                           request.after_seq, request.limit or 100)
-        events = await self.replica.call(self.replica.store.list_audit, query)
-        return audit_pb2.ListEventsResponse(events=[
-            audit_pb2.AuditEvent(seq=e.seq, at=format_timestamp(e.at), principal=e.principal,
-                                 kind=e.kind, subject=e.subject, ok=e.ok, code=e.code,
-                                 reason=e.reason, chain=e.chain, detail=e.detail_json())
-            for e in events])
-
-
 def register_all(server: grpc.aio.Server, replica: Replica) -> list[str]:
     """Add every capgate service to ``server``; returns their full names."""
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(Registry(replica)), server)
     token_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(Tokens(replica)), server)
     verifier_pb2_grpc.add_VerifierServiceServicer_to_server(
         VerifierServicer(Verification(replica), replica.settings.limits.reply_bytes), server)
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(replica), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(AuditTrail(replica)),
+                                                      server)
     keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(KeyRotation(replica)), server)
     return [
         agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,

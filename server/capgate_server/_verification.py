@@ -100,7 +100,8 @@ class Verification:
                                 f"{replica.staleness():.1f}s; failing closed")
         else:
             decision = replica.verifier.check(token, action, resource, presenter, ctx)
-        replica.audit.decision(caller.id, decision, action, resource, presenter, replica.clock())
+        replica.audit.decision(caller.id, decision, action, resource, presenter, replica.clock(),
+                               tuple(sorted(ctx)) if ctx else ())
         return decision
 
     def verify_item(self, caller: Principal, r: VerifyItem,

@@ -157,15 +157,18 @@ def test_the_backlog_is_bounded_while_the_store_refuses():
 
 
 def test_retention_deletes_what_is_older(tmp_path):
-    from capgate_server.store import AuditEvent, AuditQuery, SqliteStore
+    from capgate_server.store import AuditEvent, AuditQuery, LedgerKey, SqliteStore
 
     store = SqliteStore(tmp_path / "a.db")
     store.migrate()
     store.append_audit([AuditEvent(1000.0 + i, "svc", "verify") for i in range(12_000)])
     now = [1000.0 + 11_000 + 86400]
+    sign = LedgerKey.generate().sign
+    while store.seal_audit(sign, now[0], keep=False):
+        pass
 
     async def prune(before, limit):
-        return store.prune_audit(before, limit)
+        return store.prune_audit(before, sign, limit)
 
     async def go():
         log = AuditLog(lambda events: None, prune=prune, clock=lambda: now[0],

@@ -26,6 +26,7 @@ from capgate_server.store import (
     Change,
     ChangeKind,
     DelegationRecord,
+    LedgerKey,
     PostgresStore,
     Principal,
     Role,
@@ -34,6 +35,7 @@ from capgate_server.store import (
     Store,
     TokenRecord,
     open_store,
+    walk,
 )
 
 T0 = 1_800_000_000.0
@@ -95,6 +97,10 @@ def store(backend: Backend) -> Store:
 
 
 # -- helpers -------------------------------------------------------------------------
+
+
+LEDGER = LedgerKey.generate()
+SIGN = LEDGER.sign
 
 
 def ev(kind: str = "test", principal: str = "admin", at: float = T0, **kw: object) -> AuditEvent:
@@ -681,11 +687,19 @@ def test_audit_fields_are_stored_bounded(store: Store, backend: Backend) -> None
 def test_audit_retention_deletes_the_oldest(store: Store) -> None:
     store.append_audit([ev("old", at=T0 + i, last_at=T0 + i + 0.5) for i in range(30)])
     store.append_audit([ev("new", at=T0 + 1000 + i) for i in range(5)])
-    assert store.prune_audit(T0 + 10, limit=100) == 10  # last seen before T0 + 10
-    assert store.prune_audit(T0 + 10, limit=100) == 0
-    assert store.prune_audit(T0 + 500, limit=8) == 8  # at most limit per call
-    assert store.prune_audit(T0 + 500, limit=100) == 12
+    assert store.prune_audit(T0 + 10, SIGN, limit=100) == 0  # nothing sealed: nothing goes
+    assert store.seal_audit(SIGN, T0 + 2000, keep=False) == 35
+    assert store.prune_audit(T0 + 10, SIGN, limit=100) == 10  # last seen before T0 + 10
+    assert store.prune_audit(T0 + 10, SIGN, limit=100) == 0
+    assert store.prune_audit(T0 + 500, SIGN, limit=8) == 8  # at most limit per call
+    assert store.prune_audit(T0 + 500, SIGN, limit=100) == 12
     assert [e.kind for e in store.list_audit(AuditQuery())] == ["new"] * 5
+    # what remains still proves itself from the signed cut
+    start, digest = store.audit_start()
+    cut = [c for c in store.audit_checkpoints(start - 1) if c.pos == start]
+    assert start == 30 and cut and cut[0].digest == digest.hex() and cut[0].valid()
+    broke, head, _ = walk(store.audit_proof_page(start, 100), start, digest, [])
+    assert broke is None and head == 35
 
 
 def test_audit_limit_is_clamped(store: Store) -> None:

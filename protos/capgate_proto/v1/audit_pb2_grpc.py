@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class AuditServiceStub:
-    """Reading the audit trail (admin).
+    """The audit trail (admin): every issue, delegation, revocation, change, decision,
+    refusal and failed login, attributed, in a tamper-evident ledger.
     """
 
     def __init__(self, channel):
@@ -40,14 +41,56 @@ class AuditServiceStub:
                 request_serializer=capgate__proto_dot_v1_dot_audit__pb2.ListEventsRequest.SerializeToString,
                 response_deserializer=capgate__proto_dot_v1_dot_audit__pb2.ListEventsResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/capgate.v1.AuditService/WatchEvents',
+                request_serializer=capgate__proto_dot_v1_dot_audit__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_audit__pb2.AuditEvent.FromString,
+                _registered_method=True)
+        self.VerifyLedger = channel.unary_unary(
+                '/capgate.v1.AuditService/VerifyLedger',
+                request_serializer=capgate__proto_dot_v1_dot_audit__pb2.VerifyLedgerRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_audit__pb2.VerifyLedgerResponse.FromString,
+                _registered_method=True)
+        self.GetCheckpoint = channel.unary_unary(
+                '/capgate.v1.AuditService/GetCheckpoint',
+                request_serializer=capgate__proto_dot_v1_dot_audit__pb2.GetCheckpointRequest.SerializeToString,
+                response_deserializer=capgate__proto_dot_v1_dot_audit__pb2.Checkpoint.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
-    """Reading the audit trail (admin).
+    """The audit trail (admin): every issue, delegation, revocation, change, decision,
+    refusal and failed login, attributed, in a tamper-evident ledger.
     """
 
     def ListEvents(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Records by their write order (seq), filtered; newest first if asked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchEvents(self, request, context):
+        """Sealed records by their place in the ledger (pos), filtered: those after the
+        cursor, then (with follow) each new one as it is sealed. Resume from the last
+        pos received: nothing is missed or repeated, whichever replica answers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyLedger(self, request, context):
+        """Walk the ledger and name the first break (an edit, deletion, insertion,
+        reordering or truncation); optionally prove it still extends an exported
+        checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCheckpoint(self, request, context):
+        """The ledger's signed head, to keep off the machine.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -60,6 +103,21 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     request_deserializer=capgate__proto_dot_v1_dot_audit__pb2.ListEventsRequest.FromString,
                     response_serializer=capgate__proto_dot_v1_dot_audit__pb2.ListEventsResponse.SerializeToString,
             ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=capgate__proto_dot_v1_dot_audit__pb2.WatchEventsRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_audit__pb2.AuditEvent.SerializeToString,
+            ),
+            'VerifyLedger': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyLedger,
+                    request_deserializer=capgate__proto_dot_v1_dot_audit__pb2.VerifyLedgerRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_audit__pb2.VerifyLedgerResponse.SerializeToString,
+            ),
+            'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpoint,
+                    request_deserializer=capgate__proto_dot_v1_dot_audit__pb2.GetCheckpointRequest.FromString,
+                    response_serializer=capgate__proto_dot_v1_dot_audit__pb2.Checkpoint.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'capgate.v1.AuditService', rpc_method_handlers)
@@ -69,7 +127,8 @@ def add_AuditServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AuditService:
-    """Reading the audit trail (admin).
+    """The audit trail (admin): every issue, delegation, revocation, change, decision,
+    refusal and failed login, attributed, in a tamper-evident ledger.
     """
 
     @staticmethod
@@ -89,6 +148,87 @@ class AuditService:
             '/capgate.v1.AuditService/ListEvents',
             capgate__proto_dot_v1_dot_audit__pb2.ListEventsRequest.SerializeToString,
             capgate__proto_dot_v1_dot_audit__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/capgate.v1.AuditService/WatchEvents',
+            capgate__proto_dot_v1_dot_audit__pb2.WatchEventsRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_audit__pb2.AuditEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyLedger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capgate.v1.AuditService/VerifyLedger',
+            capgate__proto_dot_v1_dot_audit__pb2.VerifyLedgerRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_audit__pb2.VerifyLedgerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capgate.v1.AuditService/GetCheckpoint',
+            capgate__proto_dot_v1_dot_audit__pb2.GetCheckpointRequest.SerializeToString,
+            capgate__proto_dot_v1_dot_audit__pb2.Checkpoint.FromString,
             options,
             channel_credentials,
             insecure,

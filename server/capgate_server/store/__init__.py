@@ -20,18 +20,31 @@ from capgate_server.store._base import (
     TokenRecord,
 )
 from capgate_server.store._postgres import PostgresStore, SessionTimeouts
+from capgate_server.store._proof import (
+    GENESIS,
+    Break,
+    Checkpoint,
+    LedgerKey,
+    canonical,
+    link,
+    walk,
+)
 from capgate_server.store._sql import MIGRATIONS
 from capgate_server.store._sqlite import SqliteStore
 
 __all__ = [
     "AUDIT_FIELD_LIMITS",
+    "GENESIS",
     "MIGRATIONS",
     "AgentPatch",
     "AuditEvent",
     "AuditQuery",
+    "Break",
     "Change",
     "ChangeKind",
+    "Checkpoint",
     "DelegationRecord",
+    "LedgerKey",
     "PostgresStore",
     "Principal",
     "Role",
@@ -40,19 +53,22 @@ __all__ = [
     "SqliteStore",
     "Store",
     "TokenRecord",
+    "canonical",
+    "link",
     "open_store",
+    "walk",
 ]
 
 
 def open_store(url: str | None, data_dir: Path,
-               timeouts: SessionTimeouts | None = None) -> Store:
+               timeouts: SessionTimeouts | None = None, *, writer: str = "") -> Store:
     """``None`` → SQLite in ``data_dir``; ``sqlite:///PATH``; ``postgresql://…`` (whose
-    sessions get ``timeouts``)."""
+    sessions get ``timeouts``). ``writer`` names the replica in the audit records."""
     if not url:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return SqliteStore(data_dir / "capgate.db")
+        return SqliteStore(data_dir / "capgate.db", writer=writer)
     if url.startswith("sqlite:///"):
-        return SqliteStore(url[len("sqlite:///"):])
+        return SqliteStore(url[len("sqlite:///"):], writer=writer)
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url, timeouts=timeouts)
+        return PostgresStore(url, timeouts=timeouts, writer=writer)
     raise InvalidArgumentError(f"unknown store URL {url!r} (sqlite:///PATH or postgresql://…)")

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from capgate import Agent, AgentStatus, Ceiling
+from capgate_server.store._proof import Checkpoint
+
+# a signature over the ledger's head: (pos, digest, at) -> checkpoint
+Signer = Callable[[int, bytes, float], Checkpoint]
 
 __all__ = [
     "AUDIT_FIELD_LIMITS",
@@ -29,6 +33,7 @@ __all__ = [
     "Principal",
     "Role",
     "RootKeyRecord",
+    "Signer",
     "Store",
     "TokenRecord",
 ]
@@ -126,8 +131,9 @@ class Change:
 # Valid actions, presenters and resources always fit; only bad requests are cut.
 AUDIT_FIELD_LIMITS: dict[str, int] = {
     "principal": 64, "subject": 128, "code": 64, "reason": 512, "action": 64,
-    "resource": 1024, "presenter": 64, "detail": 4096,
+    "resource": 1024, "presenter": 64, "detail": 4096, "caveat": 512, "replica": 64,
 }
+_CTX_KEYS = 32  # context keys a record names (each at most 64 characters)
 
 
 @dataclass(slots=True)
@@ -148,6 +154,12 @@ class AuditEvent:
     presenter: str = ""
     count: int = 1
     last_at: float | None = None
+    caveat: str = ""  # a deny: the caveat that failed
+    ctx_keys: tuple[str, ...] = ()  # the request context's keys (never its values)
+    replica: str = ""  # the replica that wrote it
+    # in the sealed ledger: its place and its digest (0 and b"" until sealed)
+    pos: int = 0
+    digest: bytes = b""
 
     def detail_json(self) -> str:
         return json.dumps(self.detail, sort_keys=True, separators=(",", ":")) if self.detail else ""
@@ -156,7 +168,8 @@ class AuditEvent:
         """This record as it is stored: every text field within ``AUDIT_FIELD_LIMITS``."""
         cut: dict[str, int] = {}
         values: dict[str, str] = {}
-        for name in ("principal", "subject", "code", "reason", "action", "resource", "presenter"):
+        for name in ("principal", "subject", "code", "reason", "action", "resource", "presenter",
+                     "caveat", "replica"):
             value: str = getattr(self, name)
             limit = AUDIT_FIELD_LIMITS[name]
             if len(value) > limit:
@@ -166,6 +179,10 @@ class AuditEvent:
         if len(chain) > 32 or any(len(a) > 64 for a in chain):
             cut["chain"] = len(chain)
             chain = tuple(a[:64] for a in chain[:32])
+        ctx_keys = self.ctx_keys
+        if len(ctx_keys) > _CTX_KEYS or any(len(k) > 64 for k in ctx_keys):
+            cut["ctx_keys"] = len(ctx_keys)
+            ctx_keys = tuple(k[:64] for k in ctx_keys[:_CTX_KEYS])
         detail = self.detail
         size = len(self.detail_json())
         if size > AUDIT_FIELD_LIMITS["detail"]:
@@ -178,17 +195,23 @@ class AuditEvent:
             values.get("subject", self.subject), self.ok, values.get("code", self.code),
             values.get("reason", self.reason), chain, {**detail, "truncated": cut}, self.seq,
             values.get("action", self.action), values.get("resource", self.resource),
-            values.get("presenter", self.presenter), self.count, self.last_at)
+            values.get("presenter", self.presenter), self.count, self.last_at,
+            values.get("caveat", self.caveat), ctx_keys, values.get("replica", self.replica))
 
 
 @dataclass(frozen=True, slots=True)
 class AuditQuery:
+    """Which records: by who acted, an agent of the chain, kind, token, outcome, code."""
+
     principal: str = ""
     agent: str = ""
     kind: str = ""
     token_id: str = ""
-    after_seq: int = 0
+    after_seq: int = 0  # newest_first: records before it (0: from the newest)
     limit: int = 100
+    code: str = ""
+    ok: bool | None = None  # True: allowed / done; False: denied / refused
+    newest_first: bool = False
 
 
 def encode_ceiling(ceiling: Ceiling) -> str:
@@ -355,6 +378,43 @@ class Store(ABC):
     def list_audit(self, query: AuditQuery) -> list[AuditEvent]: ...
 
     @abstractmethod
-    def prune_audit(self, before: float, limit: int = 5000) -> int:
-        """Delete up to ``limit`` of the oldest audit records last seen before ``before``;
-        returns how many (call again while it returns ``limit``)."""
+    def prune_audit(self, before: float, sign: Signer, limit: int = 5000) -> int:
+        """Delete up to ``limit`` of the oldest sealed audit records last seen before
+        ``before``, leaving a signed checkpoint at the cut (``sign``) so what remains
+        still verifies; returns how many (call again while it returns ``limit``)."""
+
+    # -- the sealed ledger (tamper evidence, the live stream) ---------------------------
+
+    @abstractmethod
+    def seal_audit(self, sign: Signer, now: float, keep: bool, limit: int = 2000) -> int:
+        """Give the next unsealed records (those no earlier transaction can still add
+        to) their places and digests, in one order every reader agrees on, and sign
+        the new head; with ``keep`` also keep that signature as a checkpoint. One
+        replica seals at a time (the others return 0). Returns how many were sealed."""
+
+    @abstractmethod
+    def sealed_audit(self, after_pos: int, limit: int,
+                     query: AuditQuery | None = None) -> list[AuditEvent]:
+        """Sealed records after ``after_pos`` in their order, filtered by ``query``."""
+
+    @abstractmethod
+    def audit_proof_page(self, after_pos: int, limit: int) -> list[tuple[int, bytes, bytes]]:
+        """``(pos, canonical record, stored digest)`` of sealed records after ``after_pos``."""
+
+    @abstractmethod
+    def audit_head(self) -> Checkpoint | None:
+        """The signed head of the ledger (None before anything was sealed)."""
+
+    @abstractmethod
+    def audit_checkpoints(self, after_pos: int = 0) -> list[Checkpoint]:
+        """Kept checkpoints after ``after_pos``, in order (cuts included)."""
+
+    @abstractmethod
+    def audit_start(self) -> tuple[int, bytes]:
+        """Where the remaining ledger starts: the position and digest before its first
+        record (0 and ``GENESIS``, or a retention cut's)."""
+
+    @abstractmethod
+    def ledger_key(self, sealed: bytes, public_key: str, at: float) -> tuple[bytes, str]:
+        """The ledger's signing key (sealed) and its public key: the one stored, or, when
+        there is none yet, the one given (every replica gets the same)."""

@@ -40,10 +40,13 @@ __all__ = ["PostgresStore", "SessionTimeouts"]
 
 log = logging.getLogger("capgate.store.postgres")
 _TYPES = {"blob": "BYTEA", "real": "DOUBLE PRECISION", "bigint": "BIGINT",
-          "serial": "BIGSERIAL PRIMARY KEY"}
+          "serial": "BIGSERIAL PRIMARY KEY",
+          # the writing transaction of an audit record, for the order the ledger seals in
+          "txid": "BIGINT DEFAULT ((pg_current_xact_id())::text)::bigint"}
 _CHANNEL = "capgate_changes"
 _CHANGES_LOCK = 0x63617067  # advisory lock ids ("capg", "capm")
 _MIGRATE_LOCK = 0x6361706D
+_SEAL_LOCK = 0x63617073  # ("caps"): one replica seals the audit ledger at a time
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,9 @@ class PostgresStore(SqlStore):
     placeholder = "%s"
 
     def __init__(self, url: str, *, connect_timeout: float = 5.0,
-                 timeouts: SessionTimeouts | None = None) -> None:
+                 timeouts: SessionTimeouts | None = None, writer: str = "") -> None:
         self.url = url
+        self.writer = writer
         self._timeout = connect_timeout
         self.timeouts = timeouts or SessionTimeouts()
         # one connection per calling thread: the server's lanes (writes, the change
@@ -139,6 +143,16 @@ class PostgresStore(SqlStore):
                     "INSERT INTO changes (kind, key, value) "
                     "SELECT %s::text, %s::text, %s::double precision FROM feed_lock",
                     (_CHANGES_LOCK, _CHANNEL, str(kind), key, value))
+
+    def _seal_lock(self, cur: Any) -> bool:
+        cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (_SEAL_LOCK,))
+        return bool(cur.fetchone()[0])
+
+    def _seal_order(self) -> tuple[str, str]:
+        # Only records of transactions older than every one still running: no record
+        # written from now on can come before them, so the order never changes.
+        return ("AND txid < (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint",
+                "txid, seq")
 
     def _store_clock(self, cur: Any) -> float | None:
         cur.execute("SELECT extract(epoch FROM clock_timestamp())::double precision")

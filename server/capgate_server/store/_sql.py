@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from capgate import Agent, AlreadyExistsError, NotFoundError
-from capgate_server.store._audit_sql import AuditRecords
+from capgate_server.store._audit_sql import LEDGER_MIGRATION, AuditRecords
 from capgate_server.store._base import (
     AUDIT_FIELD_LIMITS,
     AgentPatch,
@@ -88,6 +88,7 @@ MIGRATIONS: list[list[str]] = [
                OR (older.created_at = root_keys.created_at AND older.id <= root_keys.id))""",
         "CREATE INDEX delegations_to_agent ON delegations (to_agent)",
     ],
+    LEDGER_MIGRATION,  # the audit ledger: places, digests, checkpoints, its signing key
 ]
 
 _AGENT_COLS = ("id, owner, description, status, ceiling, max_ttl, max_depth, epoch, "

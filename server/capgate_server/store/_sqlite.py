@@ -19,7 +19,7 @@ from capgate import UnavailableError
 from capgate_server.store._sql import SqlStore
 
 _TYPES = {"blob": "BLOB", "real": "REAL", "bigint": "INTEGER",
-          "serial": "INTEGER PRIMARY KEY AUTOINCREMENT"}
+          "serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "txid": "INTEGER"}
 
 
 class SqliteStore(SqlStore):
@@ -30,8 +30,9 @@ class SqliteStore(SqlStore):
     returns (a revocation survives kill -9 and power loss alike).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, writer: str = "") -> None:
         self.path = str(path)
+        self.writer = writer
         if self.path == ":memory:":  # one database only if every thread shares it
             self.path = f"file:capgate-{id(self):x}?mode=memory&cache=shared"
         elif not self.path.startswith("file:"):  # credential hashes and sealed keys: owner only
@@ -91,6 +92,13 @@ class SqliteStore(SqlStore):
     def migrate(self) -> None:
         with self._tx() as cur:
             self._apply_migrations(cur, _TYPES)
+
+    def _seal_lock(self, cur: Any) -> bool:
+        """BEGIN IMMEDIATE already makes this the only writer."""
+        return True
+
+    def _seal_order(self) -> tuple[str, str]:
+        return "", "seq"  # one writer at a time: the write order is the commit order
 
     def ping(self) -> None:
         try:

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from capgate_server._ledger import GENESIS, Checkpoint, LedgerKey, canonical, link, walk
+from capgate_server.store import GENESIS, Checkpoint, LedgerKey, canonical, link, walk
 
 
 def chain(n: int) -> list[tuple[int, bytes, bytes]]:
