@@ -50,6 +50,9 @@ POLICY: Mapping[str, frozenset[Role]] = {
     "/capgate.v1.KeyService/ListKeys": _ADMIN,
     "/capgate.v1.KeyService/RotateKey": _ADMIN,
     "/capgate.v1.KeyService/RetireKey": _ADMIN,
+    # Envoy's ext_authz (served with --ext-authz): a proxy speaks for what it saw, like a
+    # service; an agent could put any peer principal in the request, so it may not
+    "/envoy.service.auth.v3.Authorization/Check": frozenset({Role.ADMIN, Role.SERVICE}),
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": _ANY,
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _ANY,
 }

@@ -40,6 +40,7 @@ from capgate_server._clocks import TrustedClock
 from capgate_server._credentials import hash_credential, new_credential
 from capgate_server._hops import HopLedger
 from capgate_server._keyring import KeyEncryptionKey, RootKeys
+from capgate_server._nonces import NonceLedger
 from capgate_server.store import (
     AuditEvent,
     Change,
@@ -88,6 +89,12 @@ class Settings:
     clock_check_interval: float = 10.0
     db_timeouts: SessionTimeouts = field(default_factory=SessionTimeouts)
     shutdown_grace: float = 5.0  # SIGTERM: time to finish the calls already accepted
+    require_proof: bool = False  # every token needs its holder's proof of possession
+    proof_window: float = 30.0  # a proof is accepted this long either side of its instant
+    # Envoy's ext_authz (envoy.service.auth.v3.Authorization/Check; needs capgate[envoy])
+    ext_authz: bool = False
+    ext_authz_header: str = "authorization"  # where the token is: "Capgate <token>"
+    spiffe_prefix: str = ""  # peer principal PREFIX+AGENT presents as AGENT; "": none does
 
 
 class Replica:
@@ -109,6 +116,7 @@ class Replica:
                                  clock=clock, cache_size=settings.cache_size,
                                  memo_size=settings.memo_size, on_first_allow=ledger)
         self.audit = AuditLog(self._write_audit, interval=settings.audit_interval)
+        self.nonces = NonceLedger(store, clock)  # proofs of possession, redeemed once
         self._principals: dict[str, Principal] = {}
         # Three lanes to the store, each a thread with its own connection, so a slow
         # or blocked write never stops the replica from reading the change feed, and
@@ -193,6 +201,7 @@ class Replica:
         await self.audit.close()
         for lane in (self._executor, self._reader, self._auditor):
             lane.shutdown(wait=True)
+        self.nonces.close()
         self.store.close()
 
     async def _load(self) -> None:

@@ -40,7 +40,7 @@ from capgate_server._replica import Replica
 from capgate_server._rotation import KeyRotation
 from capgate_server._status import ERROR_METADATA_KEY, status_for
 from capgate_server._tokens import Issued, Tokens, TreeNode
-from capgate_server._verification import Verification
+from capgate_server._verification import Presented, Verification
 from capgate_server.store import AuditQuery, Principal, Role, RootKeyRecord
 
 __all__ = ["register_all"]
@@ -88,6 +88,7 @@ def grants_from(pb: Any) -> list[str]:
 def agent_to_pb(a: Agent) -> common_pb2.Agent:
     return common_pb2.Agent(
         id=a.id, owner=a.owner, description=a.description, status=str(a.status),
+        require_proof=a.require_proof,
         ceiling=[common_pb2.Grant(actions=sorted(g.actions), resource=g.glob.pattern)
                  for g in a.ceiling.grants],
         max_ttl_seconds=a.max_ttl, max_depth=a.max_depth, epoch=a.epoch,
@@ -154,7 +155,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
             max_ttl=request.max_ttl_seconds or None,
             max_depth=None if request.max_depth < 0 else request.max_depth,
             owner=request.owner, description=request.description,
-            public_key=request.public_key or None)
+            public_key=request.public_key or None, require_proof=request.require_proof)
         return agent_pb2.CreateAgentResponse(agent=agent_to_pb(agent), credential=credential)
 
     @rpc
@@ -171,7 +172,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
             ceiling=grants_from(request.ceiling) if request.set_ceiling else None,
             max_ttl=request.max_ttl_seconds or None,
             max_depth=None if request.max_depth < 0 else request.max_depth,
-            description=request.description if request.set_description else None)
+            description=request.description if request.set_description else None,
+            require_proof=request.require_proof if request.set_require_proof else None)
         return agent_to_pb(await self.registry.update(CALLER.get(), request.id, update))
 
     @rpc
@@ -289,14 +291,16 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):  # type: igno
         self.verification = verification
         self._reply = _AllowedReplies()
 
-    def _one(self, caller: Any, r: Any) -> verifier_pb2.VerifyResponse:
+    async def _one(self, caller: Any, r: Any) -> verifier_pb2.VerifyResponse:
         v = self.verification
-        return self._reply(v.verify(caller, r.token, r.action, r.resource,
-                                    v.presenter_for(caller, r.presenter), r.ctx))
+        presenter = v.presenter_for(caller, r.presenter)
+        if r.proof.text:
+            return _proven_reply((await v.verify_proven(caller, [presented(r, presenter)]))[0])
+        return self._reply(v.verify(caller, r.token, r.action, r.resource, presenter, r.ctx))
 
     @rpc
     async def Verify(self, request: Any, context: Any) -> Any:
-        return self._one(CALLER.get(), request)
+        return await self._one(CALLER.get(), request)
 
     @rpc
     async def VerifyBatch(self, request: Any, context: Any) -> Any:
@@ -309,18 +313,42 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):  # type: igno
         else:
             items = [(r, r.presenter) for r in request.requests]
         verify = v.verify
-        return verifier_pb2.VerifyBatchResponse(responses=[
-            reply(verify(caller, r.token, r.action, r.resource, presenter, r.ctx))
-            for r, presenter in items])
+        proven = [(i, presented(r, presenter)) for i, (r, presenter) in enumerate(items)
+                  if r.proof.text]
+        if not proven:
+            return verifier_pb2.VerifyBatchResponse(responses=[
+                reply(verify(caller, r.token, r.action, r.resource, presenter, r.ctx))
+                for r, presenter in items])
+        responses: list[Any] = [None] * len(items)
+        decided = await v.verify_proven(caller, [p for _, p in proven])
+        for (i, _), d in zip(proven, decided, strict=True):
+            responses[i] = _proven_reply(d)
+        for i, (r, presenter) in enumerate(items):
+            if responses[i] is None:
+                responses[i] = reply(verify(caller, r.token, r.action, r.resource, presenter,
+                                            r.ctx))
+        return verifier_pb2.VerifyBatchResponse(responses=responses)
 
     async def VerifyStream(self, request_iterator: Any,
                            context: Any) -> AsyncIterator[verifier_pb2.VerifyResponse]:
         caller = CALLER.get()
         try:
             async for r in request_iterator:
-                yield self._one(caller, r)
+                yield await self._one(caller, r)
         except CapgateError as e:
             await _abort(context, e)
+
+
+def presented(r: Any, presenter: str) -> Presented:
+    """A VerifyRequest that carries a proof, as the service layer takes it."""
+    return Presented(r.token, r.action, r.resource, presenter, r.ctx, r.proof.text,
+                     r.proof.method, r.proof.target)
+
+
+def _proven_reply(d: Decision) -> verifier_pb2.VerifyResponse:
+    reply = decision_to_pb(d)
+    reply.proven = d.allowed  # an allow with a proof: the proof held
+    return reply
 
 
 class KeyServicer(keys_pb2_grpc.KeyServiceServicer):  # type: ignore[misc]

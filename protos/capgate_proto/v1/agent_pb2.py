@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from capgate_proto.v1 import common_pb2 as capgate__proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x61pgate_proto/v1/agent.proto\x12\ncapgate.v1\x1a\x1d\x63\x61pgate_proto/v1/common.proto\"\xa8\x01\n\x12\x43reateAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x07\x63\x65iling\x18\x02 \x03(\x0b\x32\x11.capgate.v1.Grant\x12\x17\n\x0fmax_ttl_seconds\x18\x03 \x01(\x03\x12\x11\n\tmax_depth\x18\x04 \x01(\x05\x12\r\n\x05owner\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x12\n\npublic_key\x18\x07 \x01(\x0c\"K\n\x13\x43reateAgentResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.capgate.v1.Agent\x12\x12\n\ncredential\x18\x02 \x01(\t\"\x1d\n\x0fGetAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x16\n\x08\x41gentRef\x12\n\n\x02id\x18\x01 \x01(\t\"\x13\n\x11ListAgentsRequest\"7\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.capgate.v1.Agent\"\xb3\x01\n\x12UpdateAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x07\x63\x65iling\x18\x02 \x03(\x0b\x32\x11.capgate.v1.Grant\x12\x13\n\x0bset_ceiling\x18\x03 \x01(\x08\x12\x17\n\x0fmax_ttl_seconds\x18\x04 \x01(\x03\x12\x11\n\tmax_depth\x18\x05 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x17\n\x0fset_description\x18\x07 \x01(\x08\"5\n\x13\x41\x64\x64PublicKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\"4\n\x16RemovePublicKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"2\n\x16\x43reatePrincipalRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\"G\n\x17\x43reatePrincipalResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x12\n\ncredential\x18\x03 \x01(\t\"\x15\n\x13\x44\x65leteAgentResponse\"\x1a\n\x0cPrincipalRef\x12\n\n\x02id\x18\x01 \x01(\t\"K\n\tPrincipal\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\t\x12\x10\n\x08\x64isabled\x18\x04 \x01(\x08\"\x17\n\x15ListPrincipalsRequest\"C\n\x16ListPrincipalsResponse\x12)\n\nprincipals\x18\x01 \x03(\x0b\x32\x15.capgate.v1.Principal2\xbb\x08\n\x0c\x41gentService\x12N\n\x0b\x43reateAgent\x12\x1e.capgate.v1.CreateAgentRequest\x1a\x1f.capgate.v1.CreateAgentResponse\x12:\n\x08GetAgent\x12\x1b.capgate.v1.GetAgentRequest\x1a\x11.capgate.v1.Agent\x12K\n\nListAgents\x12\x1d.capgate.v1.ListAgentsRequest\x1a\x1e.capgate.v1.ListAgentsResponse\x12@\n\x0bUpdateAgent\x12\x1e.capgate.v1.UpdateAgentRequest\x1a\x11.capgate.v1.Agent\x12\x37\n\x0cSuspendAgent\x12\x14.capgate.v1.AgentRef\x1a\x11.capgate.v1.Agent\x12\x36\n\x0bResumeAgent\x12\x14.capgate.v1.AgentRef\x1a\x11.capgate.v1.Agent\x12:\n\x0fRevokeAllTokens\x12\x14.capgate.v1.AgentRef\x1a\x11.capgate.v1.Agent\x12\x42\n\x0c\x41\x64\x64PublicKey\x12\x1f.capgate.v1.AddPublicKeyRequest\x1a\x11.capgate.v1.Agent\x12H\n\x0fRemovePublicKey\x12\".capgate.v1.RemovePublicKeyRequest\x1a\x11.capgate.v1.Agent\x12\x44\n\x0b\x44\x65leteAgent\x12\x14.capgate.v1.AgentRef\x1a\x1f.capgate.v1.DeleteAgentResponse\x12Z\n\x0f\x43reatePrincipal\x12\".capgate.v1.CreatePrincipalRequest\x1a#.capgate.v1.CreatePrincipalResponse\x12W\n\x0eListPrincipals\x12!.capgate.v1.ListPrincipalsRequest\x1a\".capgate.v1.ListPrincipalsResponse\x12\x43\n\x10\x44isablePrincipal\x12\x18.capgate.v1.PrincipalRef\x1a\x15.capgate.v1.Principal\x12\x42\n\x0f\x45nablePrincipal\x12\x18.capgate.v1.PrincipalRef\x1a\x15.capgate.v1.Principal\x12Q\n\x10RotateCredential\x12\x18.capgate.v1.PrincipalRef\x1a#.capgate.v1.CreatePrincipalResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x61pgate_proto/v1/agent.proto\x12\ncapgate.v1\x1a\x1d\x63\x61pgate_proto/v1/common.proto\"\xbf\x01\n\x12\x43reateAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x07\x63\x65iling\x18\x02 \x03(\x0b\x32\x11.capgate.v1.Grant\x12\x17\n\x0fmax_ttl_seconds\x18\x03 \x01(\x03\x12\x11\n\tmax_depth\x18\x04 \x01(\x05\x12\r\n\x05owner\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x12\n\npublic_key\x18\x07 \x01(\x0c\x12\x15\n\rrequire_proof\x18\x08 \x01(\x08\"K\n\x13\x43reateAgentResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.capgate.v1.Agent\x12\x12\n\ncredential\x18\x02 \x01(\t\"\x1d\n\x0fGetAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x16\n\x08\x41gentRef\x12\n\n\x02id\x18\x01 \x01(\t\"\x13\n\x11ListAgentsRequest\"7\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.capgate.v1.Agent\"\xe5\x01\n\x12UpdateAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x07\x63\x65iling\x18\x02 \x03(\x0b\x32\x11.capgate.v1.Grant\x12\x13\n\x0bset_ceiling\x18\x03 \x01(\x08\x12\x17\n\x0fmax_ttl_seconds\x18\x04 \x01(\x03\x12\x11\n\tmax_depth\x18\x05 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x17\n\x0fset_description\x18\x07 \x01(\x08\x12\x15\n\rrequire_proof\x18\x08 \x01(\x08\x12\x19\n\x11set_require_proof\x18\t \x01(\x08\"5\n\x13\x41\x64\x64PublicKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\"4\n\x16RemovePublicKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"2\n\x16\x43reatePrincipalRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\"G\n\x17\x43reatePrincipalResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x12\n\ncredential\x18\x03 \x01(\t\"\x15\n\x13\x44\x65leteAgentResponse\"\x1a\n\x0cPrincipalRef\x12\n\n\x02id\x18\x01 \x01(\t\"K\n\tPrincipal\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\t\x12\x10\n\x08\x64isabled\x18\x04 \x01(\x08\"\x17\n\x15ListPrincipalsRequest\"C\n\x16ListPrincipalsResponse\x12)\n\nprincipals\x18\x01 \x03(\x0b\x32\x15.capgate.v1.Principal2\xbb\x08\n\x0c\x41gentService\x12N\n\x0b\x43reateAgent\x12\x1e.capgate.v1.CreateAgentRequest\x1a\x1f.capgate.v1.CreateAgentResponse\x12:\n\x08GetAgent\x12\x1b.capgate.v1.GetAgentRequest\x1a\x11.capgate.v1.Agent\x12K\n\nListAgents\x12\x1d.capgate.v1.ListAgentsRequest\x1a\x1e.capgate.v1.ListAgentsResponse\x12@\n\x0bUpdateAgent\x12\x1e.capgate.v1.UpdateAgentRequest\x1a\x11.capgate.v1.Agent\x12\x37\n\x0cSuspendAgent\x12\x14.capgate.v1.AgentRef\x1a\x11.capgate.v1.Agent\x12\x36\n\x0bResumeAgent\x12\x14.capgate.v1.AgentRef\x1a\x11.capgate.v1.Agent\x12:\n\x0fRevokeAllTokens\x12\x14.capgate.v1.AgentRef\x1a\x11.capgate.v1.Agent\x12\x42\n\x0c\x41\x64\x64PublicKey\x12\x1f.capgate.v1.AddPublicKeyRequest\x1a\x11.capgate.v1.Agent\x12H\n\x0fRemovePublicKey\x12\".capgate.v1.RemovePublicKeyRequest\x1a\x11.capgate.v1.Agent\x12\x44\n\x0b\x44\x65leteAgent\x12\x14.capgate.v1.AgentRef\x1a\x1f.capgate.v1.DeleteAgentResponse\x12Z\n\x0f\x43reatePrincipal\x12\".capgate.v1.CreatePrincipalRequest\x1a#.capgate.v1.CreatePrincipalResponse\x12W\n\x0eListPrincipals\x12!.capgate.v1.ListPrincipalsRequest\x1a\".capgate.v1.ListPrincipalsResponse\x12\x43\n\x10\x44isablePrincipal\x12\x18.capgate.v1.PrincipalRef\x1a\x15.capgate.v1.Principal\x12\x42\n\x0f\x45nablePrincipal\x12\x18.capgate.v1.PrincipalRef\x1a\x15.capgate.v1.Principal\x12Q\n\x10RotateCredential\x12\x18.capgate.v1.PrincipalRef\x1a#.capgate.v1.CreatePrincipalResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,37 +33,37 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'capgate_proto.v1.agent_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREATEAGENTREQUEST']._serialized_start=76
-  _globals['_CREATEAGENTREQUEST']._serialized_end=244
-  _globals['_CREATEAGENTRESPONSE']._serialized_start=246
-  _globals['_CREATEAGENTRESPONSE']._serialized_end=321
-  _globals['_GETAGENTREQUEST']._serialized_start=323
-  _globals['_GETAGENTREQUEST']._serialized_end=352
-  _globals['_AGENTREF']._serialized_start=354
-  _globals['_AGENTREF']._serialized_end=376
-  _globals['_LISTAGENTSREQUEST']._serialized_start=378
-  _globals['_LISTAGENTSREQUEST']._serialized_end=397
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=399
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=454
-  _globals['_UPDATEAGENTREQUEST']._serialized_start=457
-  _globals['_UPDATEAGENTREQUEST']._serialized_end=636
-  _globals['_ADDPUBLICKEYREQUEST']._serialized_start=638
-  _globals['_ADDPUBLICKEYREQUEST']._serialized_end=691
-  _globals['_REMOVEPUBLICKEYREQUEST']._serialized_start=693
-  _globals['_REMOVEPUBLICKEYREQUEST']._serialized_end=745
-  _globals['_CREATEPRINCIPALREQUEST']._serialized_start=747
-  _globals['_CREATEPRINCIPALREQUEST']._serialized_end=797
-  _globals['_CREATEPRINCIPALRESPONSE']._serialized_start=799
-  _globals['_CREATEPRINCIPALRESPONSE']._serialized_end=870
-  _globals['_DELETEAGENTRESPONSE']._serialized_start=872
-  _globals['_DELETEAGENTRESPONSE']._serialized_end=893
-  _globals['_PRINCIPALREF']._serialized_start=895
-  _globals['_PRINCIPALREF']._serialized_end=921
-  _globals['_PRINCIPAL']._serialized_start=923
-  _globals['_PRINCIPAL']._serialized_end=998
-  _globals['_LISTPRINCIPALSREQUEST']._serialized_start=1000
-  _globals['_LISTPRINCIPALSREQUEST']._serialized_end=1023
-  _globals['_LISTPRINCIPALSRESPONSE']._serialized_start=1025
-  _globals['_LISTPRINCIPALSRESPONSE']._serialized_end=1092
-  _globals['_AGENTSERVICE']._serialized_start=1095
-  _globals['_AGENTSERVICE']._serialized_end=2178
+  _globals['_CREATEAGENTREQUEST']._serialized_end=267
+  _globals['_CREATEAGENTRESPONSE']._serialized_start=269
+  _globals['_CREATEAGENTRESPONSE']._serialized_end=344
+  _globals['_GETAGENTREQUEST']._serialized_start=346
+  _globals['_GETAGENTREQUEST']._serialized_end=375
+  _globals['_AGENTREF']._serialized_start=377
+  _globals['_AGENTREF']._serialized_end=399
+  _globals['_LISTAGENTSREQUEST']._serialized_start=401
+  _globals['_LISTAGENTSREQUEST']._serialized_end=420
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=422
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=477
+  _globals['_UPDATEAGENTREQUEST']._serialized_start=480
+  _globals['_UPDATEAGENTREQUEST']._serialized_end=709
+  _globals['_ADDPUBLICKEYREQUEST']._serialized_start=711
+  _globals['_ADDPUBLICKEYREQUEST']._serialized_end=764
+  _globals['_REMOVEPUBLICKEYREQUEST']._serialized_start=766
+  _globals['_REMOVEPUBLICKEYREQUEST']._serialized_end=818
+  _globals['_CREATEPRINCIPALREQUEST']._serialized_start=820
+  _globals['_CREATEPRINCIPALREQUEST']._serialized_end=870
+  _globals['_CREATEPRINCIPALRESPONSE']._serialized_start=872
+  _globals['_CREATEPRINCIPALRESPONSE']._serialized_end=943
+  _globals['_DELETEAGENTRESPONSE']._serialized_start=945
+  _globals['_DELETEAGENTRESPONSE']._serialized_end=966
+  _globals['_PRINCIPALREF']._serialized_start=968
+  _globals['_PRINCIPALREF']._serialized_end=994
+  _globals['_PRINCIPAL']._serialized_start=996
+  _globals['_PRINCIPAL']._serialized_end=1071
+  _globals['_LISTPRINCIPALSREQUEST']._serialized_start=1073
+  _globals['_LISTPRINCIPALSREQUEST']._serialized_end=1096
+  _globals['_LISTPRINCIPALSRESPONSE']._serialized_start=1098
+  _globals['_LISTPRINCIPALSRESPONSE']._serialized_end=1165
+  _globals['_AGENTSERVICE']._serialized_start=1168
+  _globals['_AGENTSERVICE']._serialized_end=2251
 # @@protoc_insertion_point(module_scope)
