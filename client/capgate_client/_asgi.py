@@ -31,6 +31,7 @@ from capgate_client._guard import (
     AsyncGuard,
     Presentation,
     deny,
+    settled,
 )
 from capgate_client._types import VerifyResult
 
@@ -81,7 +82,7 @@ class CapgateMiddleware:
                    else _refuse_websocket(receive, send))
             return
         scope.setdefault("state", {})["capgate"] = result
-        reset = _CURRENT.set(p)
+        reset = _CURRENT.set(settled(p, result) if p is not None else None)
         try:
             await self.app(scope, receive, send)
         finally:

@@ -33,6 +33,7 @@ from capgate_client._guard import (
     Presentation,
     Rule,
     deny,
+    settled,
 )
 from capgate_client._presenting import GRPC_METHOD
 from capgate_client._types import VerifyResult
@@ -80,10 +81,14 @@ class _Mapping:
     def unguarded(self, method: str) -> bool:
         return method.startswith(self._unguarded) if self._unguarded else False
 
-    def rule(self, method: str) -> Rule | None:
+    def rule(self, method: str) -> Rule | Exception | None:
         if isinstance(self._rules, Mapping):
             return self._rules.get(method)
-        return self._rules(method)
+        try:
+            return self._rules(method)
+        except Exception as e:  # a broken rule function: every call of the method denies
+            log.exception("rule function failed for %s", method)
+            return e
 
     def presentation(self, method: str, context: Any) -> Presentation:
         headers = {k: v for k, v in context.invocation_metadata() or ()
@@ -97,10 +102,13 @@ class _Mapping:
         return Presentation.from_headers(headers, GRPC_METHOD, method, presenter)
 
     @staticmethod
-    def access(method: str, rule: Rule | None, request: Any, streaming: bool) -> Any:
+    def access(method: str, rule: Rule | Exception | None, request: Any,
+               streaming: bool) -> Any:
         """The ``Access`` to check, or the guard's own deny."""
         if rule is None:
             return deny(NO_RULE, f"{method} has no rule in this service's guard")
+        if isinstance(rule, Exception):
+            return deny(INVALID_REQUEST, f"the guard's rule for {method} failed")
         if streaming and rule.fields:
             return deny(INVALID_REQUEST,
                         f"the rule for {method} reads the request, but it streams its requests")
@@ -159,7 +167,7 @@ class GrpcGuard(grpc.ServerInterceptor):
                 code, message, trailer = _status(result)
                 context.set_trailing_metadata(trailer)
                 context.abort(code, message)  # raises
-            return p
+            return settled(p, result)
 
         if handler.response_streaming:
             inner_stream = handler.stream_stream or handler.unary_stream
@@ -223,7 +231,7 @@ class AsyncGrpcGuard(grpc.aio.ServerInterceptor):
             if not result.allowed:
                 code, message, trailer = _status(result)
                 await context.abort(code, message, trailing_metadata=trailer)
-            return p
+            return settled(p, result)
 
         if handler.response_streaming:
             inner_stream = handler.stream_stream or handler.unary_stream

@@ -202,6 +202,16 @@ class Rule:
         return Access(self.action or action, resource, ctx)
 
 
+def settled(p: Presentation, result: VerifyResult) -> Presentation:
+    """The presentation for the rest of a request once the guard has allowed it. A proof
+    is good for one decision: once capgate has proven the presenter with it, checks
+    deeper in the request name that agent instead (where proof is required they deny:
+    there, one check per request, at the edge)."""
+    if result.proven and p.proof is not None and result.chain:
+        return Presentation(p.token, None, result.chain[-1])
+    return p
+
+
 def deny(code: str, reason: str) -> VerifyResult:
     """A deny the guard decides itself."""
     return VerifyResult(False, code, reason)

@@ -29,6 +29,7 @@ from capgate_client._guard import (
     Presentation,
     Rule,
     deny,
+    settled,
 )
 from capgate_client._presenting import MCP_METHOD, MCP_PROOF_KEY, MCP_TOKEN_KEY
 from capgate_client._types import Proof, VerifyResult
@@ -70,7 +71,7 @@ class ToolGuard:
                 content=[TextContent(type="text", text=(
                     f"denied by capgate ({result.code}): {result.reason}"))],
                 is_error=True)
-        reset = _CURRENT.set(p)
+        reset = _CURRENT.set(settled(p, result) if p is not None else None)
         try:
             return await call_next(ctx)
         finally:

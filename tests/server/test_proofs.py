@@ -19,25 +19,12 @@ from capgate import (
 )
 from capgate_client import Client, Presenter, Proof
 
-from harness import ServerThread, cli, wait_for
+from harness import KeyedAgent, ServerThread, cli, wait_for
 
 R = "/data/reports/q3"
 
 
-class World:
-    def __init__(self, server, agent="alice", require_proof=False):
-        self.server = server
-        self.admin = server.client()
-        pem, public = new_private_key_pem()
-        self.key = load_private_key(pem)
-        self.pem = pem
-        _, cred = self.admin.create_agent(agent, ["read,write:/data/**"], public_key=public,
-                                          require_proof=require_proof)
-        self.agent = server.client(cred)
-        self.agent_id = agent
-        self.token = self.agent.issue("read:/data/reports/*").token
-        self.svc = server.client(self.admin.create_principal("svc", "service").credential)
-
+class World(KeyedAgent):
     def proof(self, method="GET", target=R, token=None, **kw):
         return Proof(prove_possession(token or self.token, self.key, method, target, **kw),
                      method, target)
@@ -45,10 +32,6 @@ class World:
     def verify(self, proof=None, presenter="", token=None, action="read", resource=R):
         return self.svc.verify(token or self.token, action, resource, presenter=presenter,
                                proof=proof)
-
-    def close(self):
-        for c in (self.admin, self.agent, self.svc):
-            c.close()
 
 
 @pytest.fixture
