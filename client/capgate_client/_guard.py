@@ -64,7 +64,7 @@ NO_RULE = "no_rule"  # the guard has no rule for the request
 INVALID_REQUEST = str(DenyCode.INVALID_REQUEST)
 UNAVAILABLE = str(DenyCode.UNAVAILABLE)
 
-_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\}")
+_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)(\*?)\}")
 _MAX_FIELD = 1024
 
 
@@ -117,17 +117,24 @@ class Access:
     ctx: Mapping[str, str] = field(default_factory=dict)
 
 
-def _lookup(source: Any, path: str) -> Any:
+_ABSENT = object()
+
+
+def _lookup(source: Any, path: str, absent: Any = None) -> Any:
+    """A field of the request (a mapping's key, or an attribute; dotted for nested ones).
+    A missing field is ``absent`` when given, else an error."""
     value = source
     for part in path.split("."):
         if isinstance(value, Mapping):
-            if part not in value:
-                raise InvalidArgumentError(f"the request has no {path!r}")
-            value = value[part]
+            found = part in value
+            value = value[part] if found else None
         else:
-            if part.startswith("_") or not hasattr(value, part):
-                raise InvalidArgumentError(f"the request has no {path!r}")
-            value = getattr(value, part)
+            found = not part.startswith("_") and hasattr(value, part)
+            value = getattr(value, part) if found else None
+        if not found:
+            if absent is not None:
+                return absent
+            raise InvalidArgumentError(f"the request has no {path!r}")
     return value
 
 
@@ -149,11 +156,17 @@ def _text(value: Any, path: str) -> str:
     return text
 
 
-def _segment(value: Any, path: str) -> str:
+def _segments(value: Any, path: str, several: bool) -> str:
+    """A field as one path segment, or (``{field*}``) as one or more joined by '/'; no
+    segment may be empty, '.' or '..', so no argument walks the resource elsewhere."""
     text = _text(value, path)
-    if text in ("", ".", "..") or "/" in text or "\\" in text or not text.isprintable():
-        raise InvalidArgumentError(
-            f"{path!r} must be one path segment (not empty, '.', '..', or with '/')")
+    parts = text.split("/") if several else [text]
+    for part in parts:
+        if part in ("", ".", "..") or "/" in part or "\\" in part or not part.isprintable():
+            what = "path segments" if several else "one path segment"
+            raise InvalidArgumentError(
+                f"{path!r} must be {what} (none empty, '.' or '..'; no '\\')"
+                + ("" if several else "; no '/'"))
     return text
 
 
@@ -163,9 +176,11 @@ class Rule:
 
     ``resource`` is a template whose ``{field}`` (or ``{field.sub}``) parts are filled
     from the request (a message's fields, a function's arguments, a tool's arguments);
-    each must be one path segment, so no argument can walk the resource elsewhere. Or
-    a callable of the request. ``ctx`` maps context keys to request fields (or is a
-    callable). ``action`` "" means the tool's name (MCP only).
+    each must be one path segment (``{field*}``: one or more), never empty, '.' or '..',
+    so no argument can walk the resource elsewhere. Or a callable of the request.
+    ``ctx`` maps context keys to request fields (or is a callable); a field the request
+    leaves out is left out of the context, so a ``ctx`` caveat on it denies. ``action``
+    "" means the tool's name (MCP only).
     """
 
     action: str
@@ -192,13 +207,13 @@ class Rule:
         if callable(self.resource):
             resource = self.resource(request)
         else:
-            resource = _FIELD.sub(lambda m: _segment(_lookup(request, m.group(1)), m.group(1)),
-                                  self.resource)
+            resource = _FIELD.sub(lambda m: _segments(_lookup(request, m.group(1)), m.group(1),
+                                                      bool(m.group(2))), self.resource)
         if callable(self.ctx):
             ctx = dict(self.ctx(request))
-        else:
-            ctx = {key: _text(_lookup(request, path), path)
-                   for key, path in (self.ctx or {}).items()}
+        else:  # a field the request leaves out is left out (a ctx caveat on it denies)
+            ctx = {key: _text(value, path) for key, path in (self.ctx or {}).items()
+                   if (value := _lookup(request, path, _ABSENT)) is not _ABSENT}
         return Access(self.action or action, resource, ctx)
 
 
