@@ -26,6 +26,7 @@ import functools
 import inspect
 import math
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -233,13 +234,15 @@ def deny(code: str, reason: str) -> VerifyResult:
 
 
 class _Cache:
-    """Allows, for ``ttl`` seconds on the monotonic clock; bounded in entries."""
+    """Allows, for ``ttl`` seconds on the monotonic clock; bounded in entries. Safe to
+    share between the threads of a sync server."""
 
     def __init__(self, ttl: float, size: int, monotonic: Callable[[], float]) -> None:
         self._ttl = ttl
         self._size = size
         self._monotonic = monotonic
         self._entries: dict[tuple[Any, ...], tuple[float, VerifyResult]] = {}
+        self._lock = threading.Lock()
 
     @staticmethod
     def key(p: Presentation, access: Access) -> tuple[Any, ...] | None:
@@ -255,7 +258,8 @@ class _Cache:
         if hit is None:
             return None
         if self._monotonic() >= hit[0]:
-            del self._entries[key]
+            with self._lock:
+                self._entries.pop(key, None)
             return None
         return hit[1]
 
@@ -263,12 +267,13 @@ class _Cache:
         if key is None or self._ttl <= 0 or not result.allowed:
             return
         now = self._monotonic()
-        if len(self._entries) >= self._size:
-            for k in [k for k, (until, _) in self._entries.items() if until <= now]:
-                del self._entries[k]
+        with self._lock:
             if len(self._entries) >= self._size:
-                self._entries.clear()
-        self._entries[key] = (now + self._ttl, result)
+                for k in [k for k, (until, _) in self._entries.items() if until <= now]:
+                    self._entries.pop(k, None)
+                if len(self._entries) >= self._size:
+                    self._entries.clear()
+            self._entries[key] = (now + self._ttl, result)
 
 
 _NO_TOKEN = "no capgate token: send 'authorization: Capgate <token>'"  # noqa: S105

@@ -256,3 +256,32 @@ def test_protect_on_coroutines_and_failing_closed(alice):
             assert e.value.context["code"] == "unavailable"
 
     asyncio.run(run())
+
+
+def test_the_cache_is_bounded_and_safe_to_share_between_threads(alice):
+    import threading
+
+    clock = [0.0]
+    with Client(alice.server.address, alice.service_credential) as client:
+        guard = Guard(client, cache_ttl=1.0, cache_size=8, monotonic=lambda: clock[0])
+        owner = Presentation(alice.token, presenter="alice")
+        errors = []
+
+        def hammer(n):
+            try:
+                for i in range(40):
+                    r = guard.check(owner, Access("read", f"/data/reports/t{n}-{i % 12}"))
+                    assert r.allowed
+                    clock[0] += 0.05
+            except Exception as e:  # pragma: no cover - what the test looks for
+                errors.append(e)
+
+        threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert len(guard._cache._entries) <= 8
+    with pytest.raises(Exception, match="cache_ttl"):
+        Guard(client, cache_ttl=-1)
