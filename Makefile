@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test bench protos check-protos lint typecheck clean lock
+.PHONY: serve test test-fast bench protos check-protos lint typecheck clean lock
 
 # The venv is rebuilt only when the pinned requirements or the project metadata change.
 # requirements.lock pins every package (server and development tools included) with
@@ -17,7 +17,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 lock: $(STAMP)
 	$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --no-emit-index-url \
-	    --no-emit-find-links --strip-extras --extra server --extra dev \
+	    --no-emit-find-links --strip-extras --extra server --extra plot --extra dev \
 	    --output-file requirements.lock pyproject.toml
 
 serve: $(STAMP)
@@ -25,6 +25,11 @@ serve: $(STAMP)
 
 test: $(STAMP) check-protos lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The core's unit tests in seconds, while you work (the property tests and every
+# server test run in `make test`).
+test-fast: $(STAMP)
+	$(PY) -m pytest tests/core --ignore-glob='*test_prop_*' $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks -p no:randomly --benchmark-only --benchmark-columns=min,median,mean,ops,rounds $(PYTEST_ARGS)
@@ -43,4 +48,5 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) .capgate
+	@test -x $(PY) && $(PY) tools/drop_walkthrough_schemas.py || true
+	rm -rf $(VENV) .capgate .walkthrough

@@ -1,130 +1,58 @@
-"""The ``capgate`` command: ``serve`` and the client commands of DESIGN §6."""
+"""The ``capgate`` command: ``serve`` and the client commands of DESIGN §6.
+
+Each command group lives in its own module and adds its parsers here; every
+command prints one line on stderr and exits 2 on an error, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import difflib
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from typing import NoReturn
 
 from capgate import CapgateError, InvalidArgumentError, __version__
-from capgate_cli import _agents, _bench, _keys, _principals, _tokens
-from capgate_cli._common import EXIT_ERROR, EXIT_OK, common_options, duration, fail, store_url
+from capgate_cli import _agents, _bench, _keys, _principals, _serve, _tokens
+from capgate_cli._common import EXIT_ERROR, EXIT_OK, common_options, fail
 
 __all__ = ["main"]
 
-
-def _serve(args: argparse.Namespace) -> int:
-    from capgate_server import Settings, serve
-    from capgate_server.store import SessionTimeouts
-
-    settings = Settings(
-        data_dir=args.data_dir, listen=args.listen, store_url=store_url(args),
-        kek_file=args.kek_file,
-        role=args.role, tls_cert=args.tls_cert, tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca, insecure=args.insecure,
-        stale_after=args.stale_after, poll_interval=args.poll_interval,
-        prune_margin=args.prune_margin, max_clock_skew=args.max_clock_skew,
-        shutdown_grace=args.shutdown_grace,
-        require_proof=args.require_proof, proof_window=args.proof_window,
-        ext_authz=args.ext_authz, ext_authz_header=args.ext_authz_header,
-        spiffe_prefix=args.spiffe_prefix,
-        db_timeouts=SessionTimeouts(statement=args.db_statement_timeout,
-                                    lock=args.db_lock_timeout,
-                                    idle_in_transaction=args.db_idle_timeout),
-    )
-    if args.max_ttl:
-        settings.max_ttl_cap = duration(args.max_ttl) or settings.max_ttl_cap
-
-    def ready(app: object) -> None:
-        from capgate_server import CapgateServer
-
-        assert isinstance(app, CapgateServer)
-        where = app.admin_credential_path
-        print(f"capgate {__version__} serving on {app.address}"
-              + (f"; admin credential written to {where}" if where else ""), flush=True)
-
-    asyncio.run(serve(settings, on_ready=ready))
-    return EXIT_OK
+_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
 
 
-def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="run the capgate server")
-    env = os.environ.get
-    p.add_argument("--data-dir", type=Path, default=Path(env("CAPGATE_DATA_DIR", ".capgate")),
-                   help="where the embedded store, the KEK and admin.credential live")
-    p.add_argument("--listen", default=env("CAPGATE_LISTEN", "127.0.0.1:50051"),
-                   metavar="HOST:PORT")
-    p.add_argument("--store", default=argparse.SUPPRESS, metavar="URL",
-                   help="postgresql://… to share state between replicas (default: SQLite; "
-                        "or env CAPGATE_STORE)")
-    p.add_argument("--store-file", type=Path, default=argparse.SUPPRESS, metavar="F",
-                   help="a file holding the store URL (keeps a password out of `ps`)")
-    p.add_argument("--role", choices=["full", "verifier"], default="full",
-                   help="verifier: serve Verify and health only")
-    p.add_argument("--kek-file", type=Path, metavar="F",
-                   help="key-encryption key for the root keys (or env CAPGATE_KEK)")
-    p.add_argument("--tls-cert", type=Path, metavar="PEM")
-    p.add_argument("--tls-key", type=Path, metavar="PEM")
-    p.add_argument("--tls-client-ca", type=Path, metavar="PEM", help="require client certs (mTLS)")
-    p.add_argument("--insecure", action="store_true",
-                   help="allow a non-loopback address without TLS")
-    p.add_argument("--max-ttl", metavar="DURATION", help="cap on any token's lifetime (30d)")
-    p.add_argument("--stale-after", type=float, default=10.0, metavar="S",
-                   help="fail closed after this long without the store")
-    p.add_argument("--poll-interval", type=float, default=1.0, metavar="S",
-                   help="catch-up read of the change feed")
-    p.add_argument("--prune-margin", type=float, default=3600.0, metavar="S",
-                   help="keep a revocation this long after its tokens have expired")
-    p.add_argument("--max-clock-skew", type=float, default=2.0, metavar="S",
-                   help="warn (log, health capgate.clock) while this replica's clock is "
-                        "further than this from the store's")
-    p.add_argument("--shutdown-grace", type=float, default=5.0, metavar="S",
-                   help="SIGTERM: time to finish the calls already accepted")
-    pop = p.add_argument_group("how agents present tokens (docs/integrations.md)")
-    pop.add_argument("--require-proof", action="store_true",
-                     help="every token needs its holder's proof of possession (an agent "
-                          "can also require it for itself: agent update --require-proof)")
-    pop.add_argument("--proof-window", type=float, default=30.0, metavar="S",
-                     help="accept a proof this long either side of its instant")
-    pop.add_argument("--ext-authz", action="store_true",
-                     help="serve Envoy's ext_authz Check (needs capgate[envoy])")
-    pop.add_argument("--ext-authz-header", default="authorization", metavar="NAME",
-                     help="the request header that carries the token")
-    pop.add_argument("--spiffe-prefix", default="", metavar="PREFIX",
-                     help="a peer principal PREFIX+AGENT (mTLS, e.g. spiffe://example.org/"
-                          "agent/) presents as AGENT in Check")
-    db = p.add_argument_group("PostgreSQL session timeouts (0 turns one off)")
-    db.add_argument("--db-statement-timeout", type=float, default=15.0, metavar="S")
-    db.add_argument("--db-lock-timeout", type=float, default=8.0, metavar="S",
-                    help="keep it above --db-idle-timeout")
-    db.add_argument("--db-idle-timeout", type=float, default=5.0, metavar="S",
-                    help="end a session idle inside a transaction (a replica cut off "
-                         "mid-write) so it lets go of its locks")
-    p.add_argument("-v", "--verbose", action="store_true")
-    p.set_defaults(run=_serve)
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistyped command gets the closest one suggested."""
+
+    def error(self, message: str) -> NoReturn:
+        m = _INVALID_CHOICE.search(message)
+        if m is not None:
+            choices = re.findall(r"'([^']*)'", m.group(2))
+            close = difflib.get_close_matches(m.group(1), choices, n=1, cutoff=0.5)
+            if close:
+                message += f"; did you mean '{close[0]}'?"
+        super().error(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = common_options()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="capgate", parents=[common],
         description="Identity-based access control for AI agents.",
-        epilog="Exit status: 0 ok/allowed, 1 denied, 2 error.")
+        epilog="Exit status: 0 ok/allowed, 1 denied, 2 error. "
+               "Every command takes --json for one JSON object on stdout.")
     parser.add_argument("--version", action="version", version=f"capgate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _serve_parser(sub)
+    _serve.add_parsers(sub, common)
     _agents.add_parsers(sub, common)
     _tokens.add_parsers(sub, common)
     _keys.add_parsers(sub, common)
     _principals.add_parsers(sub, common)
     _bench.add_parsers(sub, common)
     return parser
-
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except CapgateError as e:
         return fail(args, e)
+    except BrokenPipeError:  # `capgate … | head`: the reader has all it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes
+        return EXIT_OK
     except OSError as e:
         return fail(args, InvalidArgumentError(f"{e.strerror or e}: {e.filename or ''}".strip()))
     except KeyboardInterrupt:

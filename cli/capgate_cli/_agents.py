@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,9 +23,10 @@ from capgate_cli._common import (
     credential_shown,
     duration,
     emit,
+    safe,
     save_credential,
 )
-from capgate_client import AgentInfo
+from capgate_client import AgentInfo, Client
 
 
 def _agent_obj(a: AgentInfo) -> dict[str, Any]:
@@ -51,10 +54,34 @@ def _public_key(path: Path | None) -> bytes | None:
     return load_public_key(path.read_bytes())
 
 
+# Actions a grant may name without a second look; anything else must already be in
+# some agent's ceiling, or the operator is warned (a typo like `reed` grants nothing).
+_COMMON_ACTIONS = frozenset((
+    "read", "write", "list", "get", "put", "post", "create", "update", "delete", "search",
+    "fetch", "query", "execute", "run", "call", "invoke", "send", "pay", "approve"))
+
+
+def _warn_unknown_actions(c: Client, agent_id: str, grants: list[str]) -> None:
+    """One line on stderr for each action in ``grants`` that no other agent's ceiling,
+    nor the common vocabulary, has: it may be a typo."""
+    known = set(_COMMON_ACTIONS)
+    for other in c.list_agents():
+        if other.id != agent_id:
+            known.update(a for g in other.ceiling for a in g.split(":", 1)[0].split(","))
+    for grant in grants:
+        for action in grant.split(":", 1)[0].split(","):
+            if action and action not in known:
+                close = difflib.get_close_matches(action, sorted(known), n=1, cutoff=0.7)
+                hint = f"; did you mean '{close[0]}'?" if close else " (a typo?)"
+                print(f"capgate: warning: action {safe(action)!r} is in no other agent's "
+                      f"ceiling{hint}", file=sys.stderr)
+
+
 def create(args: argparse.Namespace) -> int:
     if args.credential_out is not None and args.credential_out.exists():
         raise InvalidArgumentError(f"{args.credential_out} exists; not overwriting it")
     with client(args) as c:
+        _warn_unknown_actions(c, args.id, args.grant)
         agent, credential = c.create_agent(
             args.id, args.grant, max_ttl=duration(args.max_ttl), max_depth=args.max_depth,
             owner=args.owner or "", description=args.description or "",
@@ -86,6 +113,8 @@ def update(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("nothing to update: give --grant, --max-ttl, --max-depth, "
                                    "--description or --[no-]require-proof")
     with client(args) as c:
+        if args.grant:
+            _warn_unknown_actions(c, args.id, args.grant)
         agent = c.update_agent(args.id, grants=args.grant, max_ttl=duration(args.max_ttl),
                                max_depth=args.max_depth, description=args.description,
                                require_proof=args.require_proof)
@@ -160,14 +189,18 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     agent = sub.add_parser("agent", help="register and control agents (admin)")
     cmds = agent.add_subparsers(dest="agent_command", required=True, metavar="COMMAND")
 
-    p = cmds.add_parser("create", parents=[common], help="register an agent")
-    p.add_argument("id")
+    p = cmds.add_parser(
+        "create", parents=[common], help="register an agent",
+        epilog="example: capgate agent create reporter --grant 'read,write:/data/reports/**' "
+               "--max-ttl 1h --credential-out reporter.cred")
+    p.add_argument("id", help="the agent's id (1-64 of A-Z a-z 0-9 . _ -)")
     p.add_argument("--grant", action="append", required=True, metavar="ACTIONS:GLOB",
                    help="a grant of its ceiling, e.g. read,write:/data/** (repeatable)")
-    p.add_argument("--max-ttl", metavar="DURATION", help="longest token it may get (e.g. 1h)")
-    p.add_argument("--max-depth", type=int, help="delegations allowed below it")
-    p.add_argument("--owner")
-    p.add_argument("--description")
+    p.add_argument("--max-ttl", metavar="DURATION",
+                   help="longest token it may get, with a unit (e.g. 15m, 1h)")
+    p.add_argument("--max-depth", type=int, help="delegations allowed below it (0-16)")
+    p.add_argument("--owner", help="who answers for it (default: you)")
+    p.add_argument("--description", help="what it is for")
     p.add_argument("--public-key", type=Path, metavar="FILE",
                    help="Ed25519 public key for offline delegation")
     p.add_argument("--credential-out", type=Path, metavar="FILE",
@@ -176,19 +209,23 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="its tokens pass only with a proof of possession signed by its key")
     p.set_defaults(run=create)
 
-    p = cmds.add_parser("list", parents=[common], help="list agents")
+    p = cmds.add_parser("list", parents=[common], help="list agents",
+                        epilog="example: capgate agent list --json")
     p.set_defaults(run=list_)
-    p = cmds.add_parser("show", parents=[common], help="show one agent")
-    p.add_argument("id")
+    p = cmds.add_parser("show", parents=[common], help="show one agent",
+                        epilog="example: capgate agent show reporter")
+    p.add_argument("id", help="the agent")
     p.set_defaults(run=show)
 
-    p = cmds.add_parser("update", parents=[common], help="change ceiling or limits (live)")
-    p.add_argument("id")
+    p = cmds.add_parser("update", parents=[common], help="change ceiling or limits (live)",
+                        epilog="example: capgate agent update reporter "
+                               "--grant 'read:/data/reports/**'")
+    p.add_argument("id", help="the agent")
     p.add_argument("--grant", action="append", metavar="ACTIONS:GLOB",
                    help="the new ceiling (replaces the old one; repeatable)")
-    p.add_argument("--max-ttl", metavar="DURATION")
-    p.add_argument("--max-depth", type=int)
-    p.add_argument("--description")
+    p.add_argument("--max-ttl", metavar="DURATION", help="longest token it may get (e.g. 1h)")
+    p.add_argument("--max-depth", type=int, help="delegations allowed below it (0-16)")
+    p.add_argument("--description", help="what it is for")
     p.add_argument("--require-proof", action=argparse.BooleanOptionalAction, default=None,
                    help="whether its tokens pass only with a proof of possession")
     p.set_defaults(run=update)
@@ -198,37 +235,47 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
             ("resume", "resume_agent", "resumed", "undo suspend"),
             ("revoke-all", "revoke_all", "had all its tokens revoked",
              "bump the epoch: every token issued to or delegated through it so far denies")):
-        p = cmds.add_parser(name, parents=[common], help=text)
-        p.add_argument("id")
+        p = cmds.add_parser(name, parents=[common], help=text,
+                            epilog=f"example: capgate agent {name} reporter")
+        p.add_argument("id", help="the agent")
         p.set_defaults(run=_simple(method, done))
 
     p = cmds.add_parser(
         "delete", parents=[common],
         help="delete an agent: its credential and keys go; every token it holds or passed "
-             "on denies for good, even if the id is registered again")
-    p.add_argument("id")
+             "on denies for good, even if the id is registered again",
+        epilog="example: capgate agent delete reporter")
+    p.add_argument("id", help="the agent")
     p.set_defaults(run=delete)
 
     key = cmds.add_parser("key", help="Ed25519 keys for offline delegation")
     kcmds = key.add_subparsers(dest="key_command", required=True, metavar="COMMAND")
-    p = kcmds.add_parser("add", parents=[common], help="register a public key")
-    p.add_argument("id")
-    p.add_argument("--public-key", type=Path, required=True, metavar="FILE")
+    p = kcmds.add_parser("add", parents=[common], help="register a public key",
+                         epilog="example: capgate agent key add archivist "
+                                "--public-key archivist.key.pub")
+    p.add_argument("id", help="the agent that will sign with it")
+    p.add_argument("--public-key", type=Path, required=True, metavar="FILE",
+                   help="the public key (PEM, OpenSSH, or base64 of the raw 32 bytes)")
     p.set_defaults(run=key_add)
-    p = kcmds.add_parser("remove", parents=[common], help="retire a key (its delegations deny)")
-    p.add_argument("id")
-    p.add_argument("key_id")
+    p = kcmds.add_parser("remove", parents=[common], help="retire a key (its delegations deny)",
+                         epilog="example: capgate agent key remove archivist 3f2a9c0d1e2b4a5c")
+    p.add_argument("id", help="the agent")
+    p.add_argument("key_id", help="the key's id (16 hex digits; see agent show)")
     p.set_defaults(run=key_remove)
-    p = kcmds.add_parser("generate", parents=[common], help="make a key pair (offline)")
+    p = kcmds.add_parser("generate", parents=[common], help="make a key pair (offline)",
+                         epilog="example: capgate agent key generate --out archivist.key")
     p.add_argument("--out", type=Path, required=True, metavar="FILE",
                    help="private key file (FILE.pub gets the public key)")
     p.set_defaults(run=keygen)
 
     svc = sub.add_parser("service", help="principals for resource services (admin)")
     scmds = svc.add_subparsers(dest="service_command", required=True, metavar="COMMAND")
-    p = scmds.add_parser("create", parents=[common], help="a principal that may verify")
-    p.add_argument("id")
-    p.add_argument("--role", choices=["service", "admin"], default="service")
+    p = scmds.add_parser("create", parents=[common], help="a principal that may verify",
+                         epilog="example: capgate service create files-api "
+                                "--credential-out files-api.cred")
+    p.add_argument("id", help="the principal's id")
+    p.add_argument("--role", choices=["service", "admin"], default="service",
+                   help="service (verifies tokens; the default) or admin")
     p.add_argument("--credential-out", type=Path, metavar="FILE",
                    help="write the new credential to FILE (mode 0600) instead of the screen")
     p.set_defaults(run=service_create)

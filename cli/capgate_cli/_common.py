@@ -133,7 +133,14 @@ def read_token(value: str) -> str:
 
 
 def duration(value: str | None) -> int | None:
-    return None if value is None else parse_duration(value)
+    """``15m``, ``1h30m``, ``7d``: a unit is required (a bare ``15`` is refused, not
+    silently taken as seconds)."""
+    if value is None:
+        return None
+    if value.strip().isdigit():
+        raise InvalidArgumentError(
+            f"duration {value!r} needs a unit: {value}s, {value}m, {value}h or {value}d")
+    return parse_duration(value)
 
 
 def pairs(values: list[str] | None, what: str = "--ctx") -> dict[str, str]:

@@ -78,19 +78,25 @@ def health(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("health", parents=[common], help="is the server serving? (exit 0/1)")
+    p = sub.add_parser("health", parents=[common], help="is the server serving? (exit 0/1)",
+                       epilog="example: capgate --server 127.0.0.1:50051 health")
     p.add_argument("--service", default="", help="a service name (default: the server)")
     p.set_defaults(run=health)
 
     keys = sub.add_parser("keys", help="root keys: rotate, retire (admin)")
     cmds = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
-    p = cmds.add_parser("list", parents=[common], help="the root keys and which one signs")
+    p = cmds.add_parser("list", parents=[common], help="the root keys and which one signs",
+                        epilog="example: capgate keys list")
     p.set_defaults(run=list_)
-    p = cmds.add_parser("rotate", parents=[common], help="add a new signing key")
+    p = cmds.add_parser("rotate", parents=[common], help="add a new signing key",
+                        epilog="example: capgate keys rotate")
     p.set_defaults(run=rotate)
-    p = cmds.add_parser("retire", parents=[common], help="retire a key: its tokens deny")
-    p.add_argument("id")
+    p = cmds.add_parser("retire", parents=[common], help="retire a key: its tokens deny",
+                        epilog="example: capgate keys retire k1a2b3c4d")
+    p.add_argument("id", help="the key's id (see keys list)")
     p.set_defaults(run=retire)
-    p = cmds.add_parser("new-kek", parents=[common], help="make a key-encryption key (offline)")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE")
+    p = cmds.add_parser("new-kek", parents=[common], help="make a key-encryption key (offline)",
+                        epilog="example: capgate keys new-kek --out /etc/capgate/kek")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="where to write it (mode 0600; never overwritten)")
     p.set_defaults(run=new_kek)

@@ -14,6 +14,7 @@ from capgate import (
     describe,
     format_timestamp,
     load_private_key,
+    parse_timestamp,
     restriction_caveats,
 )
 from capgate_cli._common import (
@@ -112,13 +113,15 @@ def inspect(args: argparse.Namespace) -> int:
                        "revoked": h.revoked, "agent_status": h.agent_status} for h in r.chain]}
     else:
         obj = _hops_offline(Token.parse(text))
+    obj["expired"] = bool(obj["expires"]) and parse_timestamp(obj["expires"]) <= time.time()
     emit(args, obj, _inspect_text(obj))
     return EXIT_OK
 
 
 def _inspect_text(obj: dict[str, Any]) -> str:
     lines = [f"token id:  {obj['token_id']}", f"root key:  {obj['key_id']}",
-             f"issued:    {obj['issued_at']}", f"expires:   {obj['expires'] or 'never'}"]
+             f"issued:    {obj['issued_at']}",
+             f"expires:   {obj['expires'] or 'never'}" + ("  <EXPIRED>" if obj["expired"] else "")]
     if "status" in obj:
         lines.append(f"status:    {safe(obj['status'])}   "
                      f"signature valid: {obj['signature_valid']}")
@@ -220,26 +223,34 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     token = sub.add_parser("token", help="capability tokens")
     cmds = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
 
-    p = cmds.add_parser("issue", parents=[common], help="get a token (as an agent)")
-    p.add_argument("--grant", required=True, metavar="ACTIONS:GLOB")
+    p = cmds.add_parser("issue", parents=[common], help="get a token (as an agent)",
+                        epilog="example: capgate --credential-file reporter.cred token issue "
+                               "--grant 'read:/data/reports/*' --ttl 15m")
+    p.add_argument("--grant", required=True, metavar="ACTIONS:GLOB",
+                   help="what the token allows, within the agent's ceiling")
     p.add_argument("--ttl", metavar="DURATION", help="lifetime (default: the agent's max TTL)")
     p.add_argument("--caveat", action="append", metavar="TEXT", help="a further caveat")
     p.set_defaults(run=issue)
 
-    p = cmds.add_parser("attenuate", parents=[common], help="narrow a token (offline)")
+    p = cmds.add_parser("attenuate", parents=[common], help="narrow a token (offline)",
+                        epilog="example: capgate token attenuate \"$TOKEN\" "
+                               "--resource /data/reports/q3 --ttl 5m")
     p.add_argument("token", help="the token, or - for stdin")
     _add_restrictions(p)
     p.set_defaults(run=attenuate)
 
-    p = cmds.add_parser("delegate", parents=[common], help="hand a token to a sub-agent")
+    p = cmds.add_parser("delegate", parents=[common], help="hand a token to a sub-agent",
+                        epilog="example: capgate --credential-file orchestrator.cred token "
+                               "delegate \"$ROOT\" --to researcher --action read")
     p.add_argument("token", help="the token, or - for stdin")
-    p.add_argument("--to", required=True, metavar="AGENT")
+    p.add_argument("--to", required=True, metavar="AGENT", help="the sub-agent to hand it to")
     p.add_argument("--offline", action="store_true", help="sign with --key, no server call")
     p.add_argument("--key", metavar="FILE", help="the holder's Ed25519 private key (--offline)")
     _add_restrictions(p)
     p.set_defaults(run=delegate)
 
-    p = cmds.add_parser("inspect", parents=[common], help="show caveats, chain and expiry")
+    p = cmds.add_parser("inspect", parents=[common], help="show caveats, chain and expiry",
+                        epilog="example: capgate token inspect \"$TOKEN\" --online")
     p.add_argument("token", help="the token, or - for stdin")
     p.add_argument("--online", action="store_true",
                    help="ask the server too (signature, revoked hops, agent status)")
@@ -257,28 +268,36 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="v1: libmacaroons V1 packets; v2: macaroon V2 binary")
     p.set_defaults(run=convert)
 
-    p = cmds.add_parser("verify", parents=[common], help="may this presenter do this?")
+    p = cmds.add_parser("verify", parents=[common], help="may this presenter do this?",
+                        epilog="example: capgate --credential-file files-api.cred token verify "
+                               "\"$TOKEN\" --action read --resource /data/reports/q3 "
+                               "--agent reporter")
     p.add_argument("token", help="the token, or - for stdin")
-    p.add_argument("--action", required=True)
-    p.add_argument("--resource", required=True)
+    p.add_argument("--action", required=True, help="what the presenter wants to do")
+    p.add_argument("--resource", required=True, help="the path it wants to do it to")
     p.add_argument("--agent", metavar="ID", help="the presenting agent")
     p.add_argument("--ctx", action="append", metavar="KEY=VALUE", help="request context")
     p.set_defaults(run=verify)
 
-    p = cmds.add_parser("revoke", parents=[common], help="revoke a token or an id")
+    p = cmds.add_parser("revoke", parents=[common], help="revoke a token or an id",
+                        epilog="example: capgate token revoke \"$TOKEN\" "
+                               "--reason \"task finished\"")
     p.add_argument("target", metavar="TOKEN|ID", help="a token (or -), a token id or a did")
-    p.add_argument("--reason")
+    p.add_argument("--reason", help="why, for the audit trail")
     p.set_defaults(run=revoke)
 
-    p = cmds.add_parser("tree", parents=[common], help="the delegation tree of a token")
+    p = cmds.add_parser("tree", parents=[common], help="the delegation tree of a token",
+                        epilog="example: capgate token tree \"$ROOT\"")
     p.add_argument("id", metavar="TOKEN|ID", help="a token (or -), a token id or a did")
     p.set_defaults(run=tree)
 
-    p = sub.add_parser("audit", parents=[common], help="read the audit trail (admin)")
-    p.add_argument("--principal")
+    p = sub.add_parser("audit", parents=[common], help="read the audit trail (admin)",
+                       epilog="example: capgate audit --agent reporter --kind verify")
+    p.add_argument("--principal", help="events made by this principal")
     p.add_argument("--agent", help="events where this agent is in the chain")
     p.add_argument("--kind", help="verify, issue, delegate, revoke, agent.create, …")
-    p.add_argument("--token-id")
-    p.add_argument("--after", type=int, default=0, metavar="SEQ")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--token-id", help="events about this token or delegation id")
+    p.add_argument("--after", type=int, default=0, metavar="SEQ",
+                   help="only events after this sequence number")
+    p.add_argument("--limit", type=int, default=100, help="at most this many events")
     p.set_defaults(run=audit)

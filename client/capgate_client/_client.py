@@ -89,7 +89,7 @@ class Client(_Base):
         try:
             reply = method(call.request, timeout=timeout or self.timeout, metadata=self._metadata)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise from_rpc_error(e, self.target) from None
         return call.convert(reply)
 
     # -- agents and principals (admin) ---------------------------------------------------
@@ -212,7 +212,7 @@ class Client(_Base):
             for reply in self._stubs["verify"].VerifyStream(requests, metadata=self._metadata):
                 yield verify_result(reply)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise from_rpc_error(e, self.target) from None
 
     # -- root keys and audit (admin) ----------------------------------------------------
 
@@ -277,7 +277,7 @@ class AsyncClient(_Base):
             reply = await method(call.request, timeout=timeout or self.timeout,
                                  metadata=self._metadata)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise from_rpc_error(e, self.target) from None
         return call.convert(reply)
 
     # -- agents and principals (admin) ---------------------------------------------------
@@ -406,7 +406,7 @@ class AsyncClient(_Base):
             async for reply in call:
                 yield verify_result(reply)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise from_rpc_error(e, self.target) from None
 
     # -- root keys and audit (admin) ----------------------------------------------------
 

@@ -36,9 +36,10 @@ _BY_CODE: dict[grpc.StatusCode, type[CapgateError]] = {
 }
 
 
-def from_rpc_error(error: grpc.RpcError) -> CapgateError:
+def from_rpc_error(error: grpc.RpcError, target: str | None = None) -> CapgateError:
     """The capgate exception a failed call stands for: the one the server named in the
-    ``capgate-error`` trailer, else the nearest one for the status code."""
+    ``capgate-error`` trailer, else the nearest one for the status code. A server that
+    cannot be reached at all (``target``) is said so in plain words."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = (error.details() if hasattr(error, "details") else None) or str(code)
     name = ""
@@ -48,4 +49,13 @@ def from_rpc_error(error: grpc.RpcError) -> CapgateError:
         if key == "capgate-error" and isinstance(value, str):
             name = value
     cls = _BY_NAME.get(name) or _BY_CODE.get(code, CapgateError)
+    if not name and code is grpc.StatusCode.UNAVAILABLE and _UNREACHABLE in details:
+        why = "connection refused" if "refused" in details else details.rsplit(": ", 1)[-1]
+        where = f" at {target}" if target else ""
+        return UnavailableError(f"cannot reach the capgate server{where} ({why}): is it running? "
+                                "(choose another with --server or CAPGATE_SERVER)",
+                                status=code.name, detail=details)
     return cls(details, status=code.name if code else "UNKNOWN")
+
+
+_UNREACHABLE = "failed to connect to all addresses"

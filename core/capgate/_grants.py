@@ -151,6 +151,11 @@ class Grant:
         actions, sep, pattern = text.partition(":")
         if not sep:
             raise InvalidArgumentError(f"grant {text!r} is not ACTIONS:RESOURCE", grant=text)
+        if ",/" in pattern:  # 'read:/a/**,/b/**': a list where one glob belongs
+            raise InvalidArgumentError(
+                f"grant {text!r} names several resources; a grant has one resource pattern: "
+                f"give one grant per pattern (e.g. {actions}:{pattern.split(',')[0]})",
+                grant=text)
         return cls(parse_actions(actions), Glob.parse(pattern))
 
     def allows(self, action: str, resource: str) -> bool:

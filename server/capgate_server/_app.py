@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from capgate import Clock, InvalidArgumentError, system_clock
+from capgate import CapgateError, Clock, InvalidArgumentError, UnavailableError, system_clock
 from capgate_server._intake import Intake
 from capgate_server._interceptor import POLICY, Authenticator
 from capgate_server._keyring import load_kek
@@ -77,6 +78,10 @@ class CapgateServer:
             raise InvalidArgumentError(
                 f"refusing to listen on {s.listen} without TLS: pass --tls-cert/--tls-key, "
                 "or --insecure if the network is trusted")
+        try:  # before the store is opened or anything written: a taken port is said at once
+            _check_free(s.listen)
+        except OSError:
+            raise _cannot_listen(s.listen) from None
         store = open_store(s.store_url, s.data_dir, s.db_timeouts)
         shared = bool(s.store_url) and not s.store_url.startswith("sqlite:")
         kek = load_kek(s.kek_file, None if shared else s.data_dir / "kek.key")
@@ -85,6 +90,10 @@ class CapgateServer:
         if credential is not None:
             self.admin_credential_path = _write_secret(s.data_dir / "admin.credential", credential)
             log.warning("first start: admin credential written to %s", self.admin_credential_path)
+        elif s.role == "full" and not (s.data_dir / "admin.credential").exists():
+            log.warning("the store already has an admin (it was set up before, perhaps by "
+                        "another replica): no admin credential written here; use the one "
+                        "written then, or make a new one with `capgate admin recover`")
 
         refuse = None
         if s.role == "verifier":
@@ -107,7 +116,12 @@ class CapgateServer:
             server.add_generic_rpc_handlers(self._extra)
         reflection.enable_server_reflection(
             [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-        self.port = self._bind(server)
+        try:
+            self.port = self._bind(server)
+        except CapgateError:  # nothing was served: close the store cleanly and say why
+            self.server, self.replica = None, None
+            await replica.close()
+            raise
         await server.start()
         await self._set_health(replica.fresh())
         await self._set_clock_health(replica.trusted.agrees)
@@ -132,11 +146,13 @@ class CapgateServer:
             creds = grpc.ssl_server_credentials(
                 [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
                 root_certificates=ca, require_client_auth=ca is not None)
-            port = server.add_secure_port(s.listen, creds)
-        else:
-            port = server.add_insecure_port(s.listen)
+        try:
+            port = (server.add_secure_port(s.listen, creds) if s.tls_cert is not None
+                    else server.add_insecure_port(s.listen))
+        except RuntimeError:  # grpc's "failed to bind": taken since start() checked
+            port = 0
         if port == 0:
-            raise InvalidArgumentError(f"cannot listen on {s.listen}")
+            raise _cannot_listen(s.listen)
         return port
 
     async def _set_health(self, fresh: bool) -> None:
@@ -177,6 +193,24 @@ def _ext_authz(server: grpc.aio.Server, replica: Replica) -> str:
             f"--ext-authz needs the Envoy stubs ({e.name} is missing): "
             "pip install 'capgate[envoy]'") from None
     return register_ext_authz(server, Verification(replica), replica.settings)
+
+
+def _cannot_listen(listen: str) -> UnavailableError:
+    return UnavailableError(f"cannot listen on {listen}: the address is in use or not "
+                            "available (is another capgate serving there? choose another "
+                            "with --listen)", listen=listen)
+
+
+def _check_free(listen: str) -> None:
+    """Raise ``OSError`` when ``HOST:PORT`` cannot be bound (port 0 always can)."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - only a probe, closed at once
+    if not port.isdigit() or int(port) == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, int(port)))
 
 
 def _write_secret(path: Path, secret: str) -> Path:

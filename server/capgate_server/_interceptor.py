@@ -1,7 +1,7 @@
 """Authentication, principal state and role checks for every RPC, as one interceptor.
 
 The credential travels as ``authorization: Bearer <credential>`` metadata. Only
-the standard health service answers without one. A disabled principal is
+the standard health and reflection services answer without one. A disabled principal is
 refused everything; a suspended agent may only read its own record. The
 principal is handed to the servicer through ``CALLER`` (a context variable set
 for the call).
@@ -56,7 +56,16 @@ POLICY: Mapping[str, frozenset[Role]] = {
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": _ANY,
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _ANY,
 }
-_OPEN_PREFIX = "/grpc.health.v1.Health/"
+# Open without a credential: health (for load balancers) and reflection, which tells
+# only what the shipped .proto files already say (for grpcurl and other tools).
+_OPEN_PREFIX = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# what to do instead, for the refusals people meet first
+_HINTS = {
+    "/capgate.v1.TokenService/IssueToken": ": tokens are issued to agents; use an agent's "
+    "credential (e.g. --credential-file AGENT.cred)",
+    "/capgate.v1.TokenService/DelegateToken": ": the holder delegates; use the holding "
+    "agent's credential",
+}
 # A suspended agent keeps its credential, but may only read its own record (to see why).
 _WHILE_SUSPENDED = frozenset({"/capgate.v1.AgentService/GetAgent"})
 
@@ -96,7 +105,8 @@ class Authenticator(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 error = AuthenticationError(f"the credential of {principal.id!r} is disabled")
             elif roles is not None and principal.role not in roles:
                 error = PermissionDeniedError(
-                    f"{method.rsplit('/', 1)[-1]} is not open to the {principal.role} role")
+                    f"{method.rsplit('/', 1)[-1]} is not open to the {principal.role} role"
+                    + _HINTS.get(method, ""))
             elif principal.role is Role.AGENT and method not in _WHILE_SUSPENDED:
                 agent = self._replica.agents.get(principal.id)
                 if agent is None or agent.status is not AgentStatus.ACTIVE:

@@ -113,3 +113,14 @@ def test_the_error_tree_is_one_tree():
         assert issubclass(cls, capgate.CapgateError)
     assert issubclass(capgate.MalformedTokenError, capgate.InvalidArgumentError)
     assert issubclass(capgate.CaveatSyntaxError, capgate.InvalidArgumentError)
+
+
+def test_every_deny_code_is_documented_in_the_api():
+    """Services written elsewhere read the codes from verifier.proto, not from Python."""
+    from pathlib import Path
+
+    proto = (Path(__file__).resolve().parents[2] / "protos" / "capgate_proto" / "v1"
+             / "verifier.proto").read_text()
+    missing = [c.value for c in capgate.DenyCode
+               if c is not capgate.DenyCode.ALLOWED and f"//   {c.value} " not in proto]
+    assert not missing, missing

@@ -218,3 +218,21 @@ def test_attacker_text_never_reaches_the_terminal_raw(proc):
         assert "\u202e" not in r.stdout + r.stderr
     shown = run(proc, "token", "inspect", evil).stdout
     assert "\\x1b[2J" in shown
+
+
+def test_bench_from_several_processes_streams_cold_tokens_and_plots(proc, tmp_path):
+    name, cred = new_agent(proc)
+    token = jrun(proc, "token", "issue", "--grant", "read:/data/*", credential=cred)["token"]
+    svc = jrun(proc, "service", "create", "svc-" + secrets.token_hex(3))["credential"]
+    png = tmp_path / "load.png"
+    r = jrun(proc, "bench", token, "--action", "read", "--resource", "/data/x", "--agent", name,
+             "--mode", "stream", "--batch", "8", "--clients", "1,2", "--concurrency", "2",
+             "--duration", "0.5", "--cold", "0.5", "--plot", str(png), credential=svc)
+    assert [run["clients"] for run in r["runs"]] == [1, 2]
+    assert all(run["checks"] > 0 and run["allowed"] == run["checks"] and run["errors"] == 0
+               and run["p99_ms"] >= run["p50_ms"] > 0 for run in r["runs"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    human = run(proc, "bench", token, "--action", "read", "--resource", "/data/x",
+                "--agent", name, "--duration", "0.3", "--clients", "1", credential=svc).stdout
+    assert human.splitlines()[0].split() == ["mode", "clients", "checks/s", "calls/s", "p50",
+                                              "ms", "p99", "ms", "allowed", "errors"]

@@ -270,6 +270,49 @@ def test_principals(store: Store) -> None:
     assert store.list_audit(AuditQuery(kind="principal.create")) == []
 
 
+def test_principals_are_listed_disabled_and_given_new_credentials(store: Store) -> None:
+    store.create_principal(Principal("admin", Role.ADMIN, T0), "h-admin")
+    store.create_principal(Principal("svc", Role.SERVICE, T0 + 1), "h-svc")
+    store.create_agent(make_agent("alice"), "h-alice", ev("agent.create", subject="alice"))
+    assert [(p.id, p.role, p.disabled) for p in store.list_principals()] == [
+        ("admin", Role.ADMIN, False), ("alice", Role.AGENT, False), ("svc", Role.SERVICE, False)]
+    before = store.last_change()
+    store.set_principal_disabled("svc", True, ev("principal.disable", subject="svc"))
+    got = store.principal_by_credential("h-svc")
+    assert got is not None and got.disabled
+    assert [(c.kind, c.key) for c in store.changes_since(before)] == [
+        (ChangeKind.PRINCIPAL, "svc")]
+    store.set_principal_disabled("svc", False, ev("principal.enable", subject="svc"))
+    store.set_credential("svc", "h-svc-2", ev("principal.rotate", subject="svc"))
+    assert store.principal_by_credential("h-svc") is None
+    assert store.principal_by_credential("h-svc-2") == Principal("svc", Role.SERVICE, T0 + 1)
+    for change in (lambda: store.set_principal_disabled("nobody", True, ev()),
+                   lambda: store.set_credential("nobody", "h-x", ev())):
+        with pytest.raises(NotFoundError):
+            change()
+    kinds = [e.kind for e in store.list_audit(AuditQuery())]
+    assert kinds[-3:] == ["principal.disable", "principal.enable", "principal.rotate"]
+
+
+def test_a_deleted_agent_leaves_a_tombstone_and_may_come_back(store: Store) -> None:
+    store.create_agent(make_agent("alice"), "h-alice", ev("agent.create", subject="alice"))
+    store.delete_agent("alice", 1_800_000_500_000, ev("agent.delete", subject="alice"))
+    gone = store.get_agent("alice")
+    assert gone is not None and gone.status is AgentStatus.DELETED
+    assert gone.revoked_before_ms == 1_800_000_500_000 and dict(gone.public_keys) == {}
+    assert store.principal_by_credential("h-alice") is None
+    assert "alice" not in [p.id for p in store.list_principals()]
+    with pytest.raises(NotFoundError):
+        store.delete_agent("alice", 1, ev())
+    again = make_agent("alice", created_at=T0 + 600)
+    store.create_agent(again, "h-alice-2", ev("agent.create", subject="alice"))
+    back = store.get_agent("alice")
+    assert back is not None and back.status is AgentStatus.ACTIVE
+    assert back.revoked_before_ms == 1_800_000_500_000  # nothing old passes for the new one
+    assert store.principal_by_credential("h-alice-2") == Principal("alice", Role.AGENT,
+                                                                    T0 + 600)
+
+
 def test_duplicate_credential_hash_is_refused(store: Store) -> None:
     store.create_principal(Principal("a", Role.SERVICE, T0), "h-same")
     with pytest.raises(AlreadyExistsError):
@@ -450,8 +493,12 @@ def test_delegations(store: Store) -> None:
     assert store.get_delegation("d1") == d1
 
     assert store.delegations_of("t1") == [d1, d2, d3, hop("d4", T0 + 40, parent="d3")]
+    assert store.delegations_of("t1", limit=2) == [d1, d2]  # oldest first, bounded
     assert store.delegations_of("t9") == [other]
     assert store.delegations_of("nope") == []
+    # a delegation and its audit record commit together
+    store.record_delegations([hop("d5", T0 + 50, parent="d4")], ev("delegate", subject="d5"))
+    assert [e.subject for e in store.list_audit(AuditQuery(kind="delegate"))] == ["d5"]
 
 
 # -- revocations ---------------------------------------------------------------------

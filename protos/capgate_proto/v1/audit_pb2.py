@@ -24,13 +24,14 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x61pgate_proto/v1/audit.proto\x12\ncapgate.v1\"w\n\x11ListEventsRequest\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x10\n\x08token_id\x18\x04 \x01(\t\x12\x11\n\tafter_seq\x18\x05 \x01(\x03\x12\r\n\x05limit\x18\x06 \x01(\x05\"\xa0\x01\n\nAuditEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\n\n\x02\x61t\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\n\n\x02ok\x18\x06 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\r\n\x05\x63hain\x18\t \x03(\t\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\"<\n\x12ListEventsResponse\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.capgate.v1.AuditEvent2[\n\x0c\x41uditService\x12K\n\nListEvents\x12\x1d.capgate.v1.ListEventsRequest\x1a\x1e.capgate.v1.ListEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x61pgate_proto/v1/audit.proto\x12\ncapgate.v1\"w\n\x11ListEventsRequest\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x10\n\x08token_id\x18\x04 \x01(\t\x12\x11\n\tafter_seq\x18\x05 \x01(\x03\x12\r\n\x05limit\x18\x06 \x01(\x05\"\xa0\x01\n\nAuditEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\n\n\x02\x61t\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\n\n\x02ok\x18\x06 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\r\n\x05\x63hain\x18\t \x03(\t\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\"<\n\x12ListEventsResponse\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.capgate.v1.AuditEvent2[\n\x0c\x41uditService\x12K\n\nListEvents\x12\x1d.capgate.v1.ListEventsRequest\x1a\x1e.capgate.v1.ListEventsResponseB7\n\x0e\x64\x65v.capgate.v1P\x01Z#capgate/gen/go/capgate/v1;capgatev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'capgate_proto.v1.audit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.capgate.v1P\001Z#capgate/gen/go/capgate/v1;capgatev1'
   _globals['_LISTEVENTSREQUEST']._serialized_start=44
   _globals['_LISTEVENTSREQUEST']._serialized_end=163
   _globals['_AUDITEVENT']._serialized_start=166

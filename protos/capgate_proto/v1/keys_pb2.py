@@ -24,13 +24,14 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63\x61pgate_proto/v1/keys.proto\x12\ncapgate.v1\"N\n\x07RootKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\t\x12\x12\n\nretired_at\x18\x03 \x01(\t\x12\x0f\n\x07signing\x18\x04 \x01(\x08\"\x11\n\x0fListKeysRequest\"5\n\x10ListKeysResponse\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.capgate.v1.RootKey\"\x12\n\x10RotateKeyRequest\"\x1e\n\x10RetireKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t2\xd3\x01\n\nKeyService\x12\x45\n\x08ListKeys\x12\x1b.capgate.v1.ListKeysRequest\x1a\x1c.capgate.v1.ListKeysResponse\x12>\n\tRotateKey\x12\x1c.capgate.v1.RotateKeyRequest\x1a\x13.capgate.v1.RootKey\x12>\n\tRetireKey\x12\x1c.capgate.v1.RetireKeyRequest\x1a\x13.capgate.v1.RootKeyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63\x61pgate_proto/v1/keys.proto\x12\ncapgate.v1\"N\n\x07RootKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\t\x12\x12\n\nretired_at\x18\x03 \x01(\t\x12\x0f\n\x07signing\x18\x04 \x01(\x08\"\x11\n\x0fListKeysRequest\"5\n\x10ListKeysResponse\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.capgate.v1.RootKey\"\x12\n\x10RotateKeyRequest\"\x1e\n\x10RetireKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t2\xd3\x01\n\nKeyService\x12\x45\n\x08ListKeys\x12\x1b.capgate.v1.ListKeysRequest\x1a\x1c.capgate.v1.ListKeysResponse\x12>\n\tRotateKey\x12\x1c.capgate.v1.RotateKeyRequest\x1a\x13.capgate.v1.RootKey\x12>\n\tRetireKey\x12\x1c.capgate.v1.RetireKeyRequest\x1a\x13.capgate.v1.RootKeyB7\n\x0e\x64\x65v.capgate.v1P\x01Z#capgate/gen/go/capgate/v1;capgatev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'capgate_proto.v1.keys_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.capgate.v1P\001Z#capgate/gen/go/capgate/v1;capgatev1'
   _globals['_ROOTKEY']._serialized_start=43
   _globals['_ROOTKEY']._serialized_end=121
   _globals['_LISTKEYSREQUEST']._serialized_start=123

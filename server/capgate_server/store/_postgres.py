@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import psycopg.sql
 
 from capgate import UnavailableError
 from capgate_server.store._base import ChangeKind
@@ -150,7 +151,18 @@ class PostgresStore(SqlStore):
             cur.execute("SET LOCAL lock_timeout = 0")
             cur.execute("SET LOCAL statement_timeout = 0")
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+            self._create_own_schema(cur)
             self._apply_migrations(cur, _TYPES)
+
+    @staticmethod
+    def _create_own_schema(cur: Any) -> None:
+        """Create the schema ``search_path`` names first (``?options=-csearch_path=X``),
+        so capgate can be given a schema of its own without a separate setup step."""
+        cur.execute("SELECT current_setting('search_path')")
+        first = cur.fetchone()[0].split(",")[0].strip().strip('"')
+        if first and first not in ("$user", "public", "pg_catalog"):
+            cur.execute(psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                psycopg.sql.Identifier(first)))
 
     def ping(self) -> None:
         with self._read() as cur:

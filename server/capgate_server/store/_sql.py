@@ -181,8 +181,8 @@ class SqlStore(Store):
     def list_principals(self) -> list[Principal]:
         with self._read() as cur:
             rows = self._x(cur, f"SELECT {self._PRINCIPAL_COLS} FROM principals "
-                                "WHERE credential_hash NOT LIKE 'deleted:%' "
-                                "ORDER BY id").fetchall()
+                                "WHERE credential_hash NOT LIKE ? ORDER BY id",
+                           ("deleted:%",)).fetchall()
         return [self._principal(r) for r in rows]
 
     def set_principal_disabled(self, principal_id: str, disabled: bool,
