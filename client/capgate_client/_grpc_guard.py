@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from capgate import DENY_HEADER, check_id
+from capgate import DENY_HEADER, PROOF_HEADER, TOKEN_HEADER, check_id
 from capgate_client._guard import (
     _CURRENT,
     INVALID_REQUEST,
@@ -90,9 +90,13 @@ class _Mapping:
             log.exception("rule function failed for %s", method)
             return e
 
-    def presentation(self, method: str, context: Any) -> Presentation:
-        headers = {k: v for k, v in context.invocation_metadata() or ()
-                   if isinstance(v, str)}
+    def presentation(self, method: str, context: Any) -> Presentation | VerifyResult:
+        """What the call brought, or a deny when it brought a token or proof twice."""
+        pairs = [(k, v) for k, v in context.invocation_metadata() or () if isinstance(v, str)]
+        for name in (TOKEN_HEADER, PROOF_HEADER):
+            if sum(k == name for k, _ in pairs) > 1:
+                return deny(INVALID_REQUEST, f"more than one {name!r} in the call's metadata")
+        headers = dict(pairs)
         presenter = ""
         if self._presenter is not None:
             try:
@@ -159,14 +163,20 @@ class GrpcGuard(grpc.ServerInterceptor):
         rule = self._map.rule(method)
         streaming_in = handler.request_streaming
 
+        def refuse(context: Any, result: VerifyResult) -> None:
+            code, message, trailer = _status(result)
+            context.set_trailing_metadata(trailer)
+            context.abort(code, message)  # raises
+
         def gate(request: Any, context: Any) -> Presentation:
             p = self._map.presentation(method, context)
+            if isinstance(p, VerifyResult):
+                refuse(context, p)
+                raise AssertionError("unreachable")  # pragma: no cover - abort raises
             access = self._map.access(method, rule, request, streaming_in)
             result = access if isinstance(access, VerifyResult) else self._guard.check(p, access)
             if not result.allowed:
-                code, message, trailer = _status(result)
-                context.set_trailing_metadata(trailer)
-                context.abort(code, message)  # raises
+                refuse(context, result)
             return settled(p, result)
 
         if handler.response_streaming:
@@ -223,14 +233,20 @@ class AsyncGrpcGuard(grpc.aio.ServerInterceptor):
         rule = self._map.rule(method)
         streaming_in = handler.request_streaming
 
+        async def refuse(context: Any, result: VerifyResult) -> None:
+            code, message, trailer = _status(result)
+            await context.abort(code, message, trailing_metadata=trailer)  # raises
+
         async def gate(request: Any, context: Any) -> Presentation:
             p = self._map.presentation(method, context)
+            if isinstance(p, VerifyResult):
+                await refuse(context, p)
+                raise AssertionError("unreachable")  # pragma: no cover - abort raises
             access = self._map.access(method, rule, request, streaming_in)
             result = (access if isinstance(access, VerifyResult)
                       else await self._guard.check(p, access))
             if not result.allowed:
-                code, message, trailer = _status(result)
-                await context.abort(code, message, trailing_metadata=trailer)
+                await refuse(context, result)
             return settled(p, result)
 
         if handler.response_streaming:

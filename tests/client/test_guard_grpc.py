@@ -257,6 +257,12 @@ def test_denies_abort_with_permission_denied_and_the_code(service, alice):
         code, trailer, _ = denied(lambda md=md, call=call: call({"name": "q3"}, metadata=md))
         assert code is grpc.StatusCode.PERMISSION_DENIED
         assert trailer in ("missing_token", "malformed_token")
+    # a token or a proof twice: which one would count? neither
+    md = alice.presenter().grpc_metadata(f"/{SERVICE}/Read")
+    for twice in ([*md, md[0]], [*md, md[1]]):
+        code, trailer, _ = denied(lambda twice=twice, call=call: call({"name": "q3"},
+                                                                      metadata=twice))
+        assert (code, trailer) == (grpc.StatusCode.PERMISSION_DENIED, "invalid_request")
     c.close()
     bare.close()
 
