@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 
 from capgate_proto.v1 import verifier_pb2
-from capgate_server import CapgateServer, Settings
+from capgate_server import CapgateServer, ResourceLimits, Settings
 from capgate_server.store import Role
 
 NOOP = "capgate.bench.NoopVerifier"
@@ -44,7 +44,10 @@ def noop_handler() -> grpc.GenericRpcHandler:
 
 async def main(data_dir: Path, store: str | None) -> None:
     policy = {f"/{NOOP}/Verify": frozenset(Role), f"/{NOOP}/VerifyBatch": frozenset(Role)}
-    app = CapgateServer(Settings(data_dir=data_dir, listen="127.0.0.1:0", store_url=store),
+    # the twin of VerifyBatch takes messages as large as the real one
+    limits = ResourceLimits(method_messages={f"/{NOOP}/VerifyBatch": ResourceLimits.batch_message})
+    app = CapgateServer(Settings(data_dir=data_dir, listen="127.0.0.1:0", store_url=store,
+                                 limits=limits),
                         extra_handlers=[noop_handler()], extra_policy=policy)
     await app.start()
     print(f"serving on 127.0.0.1:{app.port}", flush=True)

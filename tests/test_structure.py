@@ -31,7 +31,7 @@ INTERNAL_TESTS = {
     "tests/core/test_delegation.py": {"capgate._token"},
     "tests/core/test_verifier.py": {"capgate._verifier"},
     "tests/server/test_server.py": {"capgate_server._replica"},
-    "tests/server/test_ledger.py": {"capgate_server._ledger"},  # not exported until wired
+    "tests/server/test_ledger.py": {"capgate_server._ledger"},
 }
 
 

@@ -37,6 +37,11 @@ def serve(args: argparse.Namespace) -> int:
     )
     if args.max_ttl:
         settings.max_ttl_cap = duration(args.max_ttl) or settings.max_ttl_cap
+    if args.audit_retention is not None:  # "0" keeps every record
+        settings.audit_retention = (0.0 if args.audit_retention.strip() == "0"
+                                    else float(duration(args.audit_retention) or 0))
+    if args.limit:
+        settings.limits = settings.limits.with_settings(args.limit)
 
     def ready(app: object) -> None:
         from capgate_server import CapgateServer
@@ -78,6 +83,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="fail closed after this long without the store")
     p.add_argument("--poll-interval", type=float, default=1.0, metavar="S",
                    help="catch-up read of the change feed")
+    p.add_argument("--audit-retention", metavar="DURATION",
+                   help="delete audit records older than this (default 90d; 0 keeps all)")
+    p.add_argument("--limit", action="append", metavar="NAME=VALUE",
+                   help="change one resource limit (see docs/deployment.md), e.g. "
+                        "calls_per_principal=128")
     p.add_argument("--prune-margin", type=float, default=3600.0, metavar="S",
                    help="keep a revocation this long after its tokens have expired")
     p.add_argument("--max-clock-skew", type=float, default=2.0, metavar="S",

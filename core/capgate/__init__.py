@@ -50,6 +50,7 @@ from capgate._errors import (
     MalformedTokenError,
     NotFoundError,
     PermissionDeniedError,
+    ResourceExhaustedError,
     UnavailableError,
 )
 from capgate._grants import Ceiling, Glob, Grant, resource_problem
@@ -117,6 +118,7 @@ __all__ = [
     "RawMacaroon",
     "Request",
     "ResourceCaveat",
+    "ResourceExhaustedError",
     "RevocationSet",
     "Token",
     "TokenDescription",

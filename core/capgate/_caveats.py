@@ -18,16 +18,18 @@ import base64
 import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from functools import lru_cache
 from types import MappingProxyType
 from typing import ClassVar, NamedTuple
 
+from capgate._cache import BoundedCache
 from capgate._clock import format_timestamp, parse_timestamp
 from capgate._errors import CaveatSyntaxError, InvalidArgumentError
 from capgate._grants import Glob, parse_actions
 from capgate._text import CTX_KEY_RE, ID_RE, safe_text_problem
 
 __all__ = [
+    "CAVEATS",
+    "CAVEAT_CACHE_BYTES",
     "ActionCaveat",
     "AgentCaveat",
     "Caveat",
@@ -39,7 +41,9 @@ __all__ = [
     "NotBeforeCaveat",
     "Request",
     "ResourceCaveat",
+    "cached_caveat_cost",
     "compile_caveat",
+    "compile_new_caveat",
     "parse_caveat",
 ]
 
@@ -51,6 +55,10 @@ _DEPTH_LIMIT = re.compile(r"[0-9]{1,2}")  # ASCII digits only: "²".isdigit() is
 _NUMBER = re.compile(r"-?[0-9]{1,18}(?:\.[0-9]{1,18})?")
 _HEX128 = re.compile(r"[0-9a-f]{32}")
 _MAX_CTX_VALUE = 1024
+CAVEAT_CACHE_BYTES = 8 << 20  # parse_caveat's cache; a Verifier keeps its own
+_CAVEAT_BASE = 400  # a caveat object and its fields (measured; the tests check)
+_KEY_BASE = 40  # the cache's key, a bytes object
+_PER_VALUE = 100  # one name in a caveat's set of actions or values
 
 
 class Request(NamedTuple):
@@ -68,7 +76,7 @@ class Request(NamedTuple):
 class Caveat:
     """A parsed caveat. ``check`` returns None when it holds, else why it does not."""
 
-    __slots__ = ("text",)
+    __slots__ = ("size", "text")
     key: ClassVar[str]
     needs_proof: ClassVar[bool] = False
     # How the verifier reads it: CHECK against each request, or part of the chain.
@@ -77,6 +85,7 @@ class Caveat:
 
     def __init__(self, text: str) -> None:
         self.text = text
+        self.size = _CAVEAT_BASE + 2 * len(text)  # estimated bytes held, for caches
 
     def check(self, request: Request, now: float) -> str | None:
         return None
@@ -112,6 +121,7 @@ class ActionCaveat(Caveat):
     def __init__(self, text: str, actions: frozenset[str]) -> None:
         super().__init__(text)
         self.actions = actions
+        self.size += _PER_VALUE * len(actions)
 
     def check(self, request: Request, now: float) -> str | None:
         if request.action in self.actions:
@@ -128,6 +138,7 @@ class ResourceCaveat(Caveat):
     def __init__(self, text: str, glob: Glob) -> None:
         super().__init__(text)
         self.glob = glob
+        self.size += glob.size
 
     def check(self, request: Request, now: float) -> str | None:
         if self.glob.matches(request.resource):
@@ -181,6 +192,7 @@ class CtxCaveat(Caveat):
         self.op = op
         self.values = values
         self.bound = bound
+        self.size += _PER_VALUE * len(values)
 
     def check(self, request: Request, now: float) -> str | None:
         value = request.ctx.get(self.name)
@@ -373,19 +385,37 @@ def parse_caveat(text: str) -> Caveat:
     """Parse one caveat's text; raises ``CaveatSyntaxError``."""
     if not isinstance(text, str):
         raise CaveatSyntaxError("caveat must be text", type=type(text).__name__)
-    return _compile_text(text)
+    try:
+        cid = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CaveatSyntaxError("caveat is not valid Unicode text", caveat=repr(text)) from None
+    return compile_caveat(cid)
 
 
-@lru_cache(maxsize=16384)
-def _compile_text(text: str) -> Caveat:
-    return _parse(text)
+def cached_caveat_cost(cid: bytes, cav: Caveat) -> int:
+    """What a cache keyed by the caveat's bytes pays to keep it (``size``: the caveat's
+    text, its object, a glob's segments)."""
+    return _KEY_BASE + len(cid) + cav.size
 
 
-@lru_cache(maxsize=16384)
+# Parsed caveats by their bytes: caveats repeat across tokens (the holder, the grant),
+# so each is parsed once. Bounded in bytes, since a token's caveats are the sender's.
+CAVEATS: BoundedCache[bytes, Caveat] = BoundedCache(CAVEAT_CACHE_BYTES, cached_caveat_cost)
+
+
 def compile_caveat(cid: bytes) -> Caveat:
     """Parse a caveat as it appears in a token (UTF-8 bytes); cached, caveats repeat."""
+    cav = CAVEATS.get(cid)
+    if cav is None:
+        cav = compile_new_caveat(cid)
+        CAVEATS.put(cid, cav)
+    return cav
+
+
+def compile_new_caveat(cid: bytes) -> Caveat:
+    """Parse a caveat from its bytes, without looking in or filling any cache."""
     try:
         text = cid.decode("utf-8")
     except UnicodeDecodeError:
         raise CaveatSyntaxError("caveat is not UTF-8 text", caveat=repr(cid)) from None
-    return _compile_text(text)
+    return _parse(text)

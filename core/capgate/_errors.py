@@ -12,6 +12,7 @@ Every error a caller can see is one of these; each carries structured context
     ├── NotFoundError             no such agent, token or key
     ├── AlreadyExistsError        an id is taken
     ├── FailedPreconditionError   the request is valid but the state forbids it
+    ├── ResourceExhaustedError    a bound on size, work or concurrency was reached
     └── UnavailableError          the store is unreachable or the replica is stale
 
 A *deny* from the verifier is not an exception: it is a ``Decision`` with a reason.
@@ -31,6 +32,7 @@ __all__ = [
     "MalformedTokenError",
     "NotFoundError",
     "PermissionDeniedError",
+    "ResourceExhaustedError",
     "UnavailableError",
 ]
 
@@ -77,6 +79,12 @@ class AlreadyExistsError(CapgateError):
 
 class FailedPreconditionError(CapgateError):
     """The request is valid, but the current state does not allow it."""
+
+
+class ResourceExhaustedError(CapgateError):
+    """A bound on what one request or principal may cost was reached: message bytes,
+    new caveats in one call, calls or streams in flight. Retrying later, or with a
+    smaller request, can succeed; ``context`` names the limit."""
 
 
 class UnavailableError(CapgateError):

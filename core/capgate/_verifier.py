@@ -8,41 +8,41 @@ every delegator above it) allows the request, 7. every caveat holds for the
 request and the clock.
 
 Steps 1–2 depend neither on the request nor on the clock, so their result (a
-valid ``Chain``) is cached per token text in a bounded LRU. Whatever
-the keys or agent keys they used change, call ``invalidate()``.
+valid ``Chain``) is cached per token text. Whatever the keys or agent keys they
+used change, call ``invalidate()``.
+
+Everything the verifier remembers (chains, verified prefixes, the decision
+memo, parsed caveats) is bounded in bytes as well as entries: an attacker
+chooses the tokens, so an entry can be large. ``compiled`` counts the caveats
+parsed afresh, the expensive part of a never-seen token, so a server can bound
+that work per request.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-import re
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
 from types import MappingProxyType
 
 from capgate._agent import Agent, AgentStatus, Directory
+from capgate._cache import BoundedCache
 from capgate._caveats import (
-    ActionCaveat,
     Caveat,
     DelegateCaveat,
     DepthCaveat,
-    ExpiresCaveat,
-    NotBeforeCaveat,
     Request,
-    ResourceCaveat,
-    compile_caveat,
+    cached_caveat_cost,
+    compile_new_caveat,
 )
+from capgate._chain import Chain, Decision, DenyCode, Hop
 from capgate._clock import Clock, format_timestamp, system_clock
 from capgate._codec import DEFAULT_LIMITS, Limits, decode_text, unpack, unpack_first_party
 from capgate._delegation import did_valid, proof_valid
 from capgate._errors import CaveatSyntaxError, MalformedTokenError
-from capgate._grants import resource_problem
+from capgate._requests import request_problem
 from capgate._revocation import RevocationSet
-from capgate._text import ACTION_RE, CTX_KEY_RE
-from capgate._token import Token, TokenIdentifier, derive_key, hmac_digest
+from capgate._token import TokenIdentifier, derive_key, hmac_digest
 
 __all__ = ["Chain", "Decision", "DenyCode", "Hop", "Verifier"]
 
@@ -51,125 +51,32 @@ _log = logging.getLogger("capgate.verifier")
 # How far ahead of this server's clock a token or hop may claim to have been made.
 CLOCK_SKEW_MS = 300_000
 _CACHE_MAX_TEXT = 4096
+# Estimated bytes held per memo entry and verified prefix (on top of their text;
+# measured with tracemalloc, and the tests check the bounds hold).
+_MEMO_BASE = 500
+_PREFIX_BASE = 300
+_PER_CID = 80
+_CAVEAT_KEY = 40  # a caveat cache's key: the caveat's bytes
 _NO_CTX: Mapping[str, str] = MappingProxyType({})
-_MAX_CTX_ITEMS = 32
-_MAX_CTX_VALUE = 1024
 
 
-class DenyCode(StrEnum):
-    """Why a verification ended as it did; ``ALLOWED`` is the one allow."""
-
-    ALLOWED = "allowed"
-    MALFORMED = "malformed_token"
-    UNSUPPORTED = "unsupported_token"
-    UNKNOWN_KEY = "unknown_key"
-    BAD_SIGNATURE = "bad_signature"
-    BAD_DELEGATION = "bad_delegation"
-    BAD_CAVEAT = "bad_caveat"
-    DEPTH = "depth_exceeded"
-    REVOKED = "revoked"
-    UNKNOWN_AGENT = "unknown_agent"
-    AGENT_SUSPENDED = "agent_suspended"
-    AGENT_REVOKED = "agent_tokens_revoked"
-    FUTURE = "issued_in_future"
-    NO_PRESENTER = "no_presenter"
-    NOT_HOLDER = "not_holder"
-    INVALID_REQUEST = "invalid_request"
-    CEILING = "beyond_ceiling"
-    CAVEAT_FAILED = "caveat_failed"
-    UNAVAILABLE = "unavailable"
-    # how a token was presented (``capgate._presentation``): decided around the verifier
-    MISSING_TOKEN = "missing_token"  # noqa: S105 - the request brought no token at all
-    PROOF_REQUIRED = "proof_required"
-    BAD_PROOF = "bad_proof"
-    PROOF_REPLAYED = "proof_replayed"
+_MemoKey = tuple[str, str, str, str | None]
+_MemoEntry = tuple[int, float, float, Decision]
 
 
-# Hop, Decision and Chain are built on the hot path: plain slotted dataclasses
-# (a frozen dataclass pays object.__setattr__ per field). Treat them as read-only.
-@dataclass(slots=True)
-class Hop:
-    """One holder in the chain: the agent, when it received the token, and the hop's id."""
-
-    agent: str
-    at_ms: int
-    did: str | None = None  # None for the issued-to agent (the token id names that hop)
-    offline: bool = False
+def _chain_cost(text: str, chain: Chain) -> int:
+    return chain.size
 
 
-@dataclass(slots=True, eq=False)
-class Decision:
-    """The outcome. Hashed by identity: one allow object is shared by every request
-    a chain allows, so callers can key caches and tallies on it cheaply."""
-
-    allowed: bool
-    code: DenyCode
-    reason: str
-    caveat: str | None = None
-    token_id: str | None = None
-    chain: tuple[str, ...] = ()  # issued-to agent first, current holder last
-
-    @property
-    def holder(self) -> str | None:
-        return self.chain[-1] if self.chain else None
+def _prefix_cost(key: tuple[bytes, tuple[bytes, ...]], sig: bytes) -> int:
+    """An entry moved back from the old generation: charged for its own bytes."""
+    identifier, cids = key
+    return _PREFIX_BASE + len(identifier) + sum(map(len, cids)) + _PER_CID * len(cids)
 
 
-@dataclass(slots=True)
-class Chain:
-    """A token whose signature and delegation proofs are valid: what it says, parsed.
-
-    Chains live in the verifier's cache, so they hold few objects the garbage
-    collector must trace: the token's text rather than its parsed form.
-    """
-
-    text: str
-    token_id: str
-    key_id: str
-    issued_ms: int
-    hops: tuple[Hop, ...]
-    lineage: tuple[str, ...]  # token id, then every did in order
-    checks: tuple[Caveat, ...]  # request- and clock-dependent caveats
-    lineage_keys: tuple[int, ...] = field(repr=False, default=())
-    agents: tuple[str, ...] = field(repr=False, default=())
-    latest_ms: int = 0
-    allowed: Decision | None = field(repr=False, default=None)  # shared by every allow
-    # The checks folded together (AND): actions intersected, the validity window,
-    # the resource globs, and whatever else (ctx). Only when one fails are the
-    # caveats walked one by one, to name the one that failed.
-    actions: frozenset[str] | None = field(repr=False, default=None)
-    not_before: float = float("-inf")
-    not_after: float = float("inf")
-    resources: tuple[re.Pattern[str], ...] = field(repr=False, default=())
-    other: tuple[Caveat, ...] = field(repr=False, default=())
-
-    def fold(self) -> Chain:
-        for cav in self.checks:
-            kind = type(cav)
-            if kind is ActionCaveat:
-                acts = cav.actions  # type: ignore[attr-defined]
-                self.actions = acts if self.actions is None else self.actions & acts
-            elif kind is ResourceCaveat:
-                self.resources += (cav.glob._regex,)  # type: ignore[attr-defined]
-            elif kind is ExpiresCaveat:
-                self.not_after = min(self.not_after, cav.at)  # type: ignore[attr-defined]
-            elif kind is NotBeforeCaveat:
-                self.not_before = max(self.not_before, cav.at)  # type: ignore[attr-defined]
-            else:
-                self.other += (cav,)
-        return self
-
-    @property
-    def holder(self) -> str:
-        return self.hops[-1].agent
-
-    @property
-    def expires(self) -> float | None:
-        """The earliest ``expires`` caveat, or None when the token has none."""
-        return None if self.not_after == float("inf") else self.not_after
-
-    @property
-    def token(self) -> Token:
-        return Token.parse(self.text)
+def _memo_cost(key: _MemoKey) -> int:
+    token, action, resource, presenter = key
+    return _MEMO_BASE + len(token) + len(action) + len(resource) + len(presenter or "")
 
 
 def _deny(code: DenyCode, reason: str, caveat: str | None = None,
@@ -193,7 +100,11 @@ class Verifier:
         *,
         clock: Clock = system_clock,
         cache_size: int = 32768,
+        cache_bytes: int = 64 << 20,
         memo_size: int = 0,
+        memo_bytes: int = 48 << 20,
+        prefix_bytes: int = 16 << 20,
+        caveat_bytes: int = 32 << 20,
         limits: Limits = DEFAULT_LIMITS,
         on_first_allow: Callable[[Chain], None] | None = None,
         location: str = "capgate",
@@ -207,17 +118,25 @@ class Verifier:
         self._clock = clock
         self._limits = limits
         self._derived: dict[str, tuple[bytes, bytes]] = {}
-        self._cache: OrderedDict[str, Chain] = OrderedDict()
-        self._cache_size = cache_size
+        # parsed caveats by their bytes: a token's caveats are mostly ones seen before
+        self._caveats: BoundedCache[bytes, Caveat] = BoundedCache(
+            caveat_bytes, cached_caveat_cost)
+        self._cache: BoundedCache[str, Chain] = BoundedCache(
+            cache_bytes, _chain_cost, max_entries=cache_size)
         # (identifier, caveats) of verified chains -> the signature there
-        self._prefixes: dict[tuple[bytes, tuple[bytes, ...]], bytes] = {}
-        # The decision memo: (token, action, resource, presenter) -> (state, until, allow).
-        # An allow stays right while nothing changes and the clock stays inside the
-        # token's window; any change of agents, revocations or keys moves ``state``.
-        self._memo: dict[tuple[str, str, str, str | None],
-                         tuple[int, float, float, Decision]] = {}
+        self._prefixes: BoundedCache[tuple[bytes, tuple[bytes, ...]], bytes] = BoundedCache(
+            prefix_bytes, _prefix_cost)
+        # The decision memo: (token, action, resource, presenter) -> (state, since,
+        # until, allow). An allow stays right while nothing changes and the clock stays
+        # inside the token's window; any change of agents, revocations or keys moves
+        # ``state``. Two generations, like ``BoundedCache``, inline for the hot path.
+        self._memo: dict[_MemoKey, _MemoEntry] = {}
+        self._memo_old: dict[_MemoKey, _MemoEntry] = {}
         self._memo_size = memo_size
+        self._memo_half = (max(1, memo_size // 2), max(1, memo_bytes // 2))
+        self._memo_bytes = self._memo_old_bytes = 0
         self._key_version = 0
+        self.compiled = 0  # caveats parsed afresh (not found in the caveat cache)
         # told of a chain the first time it allows a request (a denied chain never is)
         self._on_first_allow = on_first_allow
 
@@ -234,6 +153,8 @@ class Verifier:
         if memo:
             key = (token, action, resource, presenter)
             hit = self._memo.get(key)
+            if hit is None and self._memo_old:
+                hit = self._memo_recall(key)
             if hit is not None and hit[0] == (
                     self._agents.version + self._revocations.version  # type: ignore[attr-defined]
                     + self._key_version) and hit[1] < self._clock() < hit[2]:
@@ -248,12 +169,25 @@ class Verifier:
         state = self._state()
         decision = self.decide(st, request)
         if decision.allowed and len(token) <= _CACHE_MAX_TEXT:
-            if len(self._memo) >= self._memo_size:
-                self._memo.clear()
             # valid while the clock stays inside the token's window (either way)
             since = max(st.not_before, (st.latest_ms - CLOCK_SKEW_MS) / 1000)
-            self._memo[key] = (state, since, st.not_after, decision)
+            self._memo_put(key, (state, since, st.not_after, decision))
         return decision
+
+    def _memo_recall(self, key: _MemoKey) -> _MemoEntry | None:
+        hit = self._memo_old.pop(key, None)
+        if hit is not None:
+            self._memo_put(key, hit)
+        return hit
+
+    def _memo_put(self, key: _MemoKey, entry: _MemoEntry) -> None:
+        memo = self._memo
+        memo[key] = entry
+        self._memo_bytes += _memo_cost(key)
+        entries, nbytes = self._memo_half
+        if len(memo) > entries or self._memo_bytes > nbytes:
+            self._memo_old, self._memo = memo, {}
+            self._memo_old_bytes, self._memo_bytes = self._memo_bytes, 0
 
     # -- cache ------------------------------------------------------------------------
 
@@ -263,20 +197,26 @@ class Verifier:
         self._cache.clear()
         self._prefixes.clear()
         self._memo.clear()
+        self._memo_old.clear()
+        self._memo_bytes = self._memo_old_bytes = 0
         self._key_version += 1
 
     @property
     def cached(self) -> int:
         return len(self._cache)
 
+    @property
+    def cache_bytes(self) -> int:
+        """Estimated bytes held by the chain, caveat and prefix caches and the memo."""
+        return (self._cache.nbytes + self._caveats.nbytes + self._prefixes.nbytes
+                + self._memo_bytes + self._memo_old_bytes)
+
     # -- the static half: parse, signature, proofs --------------------------------------
 
     def analyse(self, text: str) -> Chain | Decision:
         """The cached, request-independent half: a valid ``Chain`` or the deny."""
-        cache = self._cache
-        st = cache.get(text)
-        if st is not None:
-            cache.move_to_end(text)
+        st = self._cache.young.get(text)
+        if st is not None or (st := self._cache.recall(text)) is not None:
             return st
         if not isinstance(text, str):
             return _deny(DenyCode.MALFORMED, "token must be text")
@@ -289,9 +229,7 @@ class Verifier:
         # tokens of ordinary size, so the cache's memory stays bounded.
         if type(result) is Chain:
             if len(text) <= _CACHE_MAX_TEXT:
-                cache[text] = result
-                if len(cache) > self._cache_size:
-                    cache.popitem(last=False)
+                self._cache.put(text, result, result.size)
         return result
 
     def _root_key(self, kid: str) -> tuple[bytes, bytes] | None:
@@ -351,13 +289,14 @@ class Verifier:
         # Only a fully verified chain vouches for its prefixes (and only one of
         # ordinary size, like the chain cache, so memory stays bounded).
         if type(chain) is Chain and len(text) <= _CACHE_MAX_TEXT:
-            self._remember_prefixes(identifier, cids, prefix, sig)
+            self._remember_prefixes(identifier, cids, prefix, sig, len(text),
+                                    len(chain.hops))
         return chain
 
     def _known_prefix(self, identifier: bytes, cids: list[bytes]) -> tuple[int, bytes]:
         """The longest verified prefix ending just before a delegation: (length, sig)."""
         known = self._prefixes
-        if not known:
+        if not len(known):
             return 0, b""
         for k in range(len(cids) - 1, 0, -1):
             if cids[k].startswith(b"delegate = "):
@@ -367,15 +306,17 @@ class Verifier:
         return 0, b""
 
     def _remember_prefixes(self, identifier: bytes, cids: list[bytes], prefix: list[bytes],
-                           final: bytes) -> None:
+                           final: bytes, size: int, hops: int) -> None:
         """Remember this verified chain, whole and up to each of its delegations."""
         known = self._prefixes
-        if len(known) > self._cache_size:
-            known.clear()
-        known[(identifier, tuple(cids))] = final
-        for k in range(1, len(cids)):
-            if cids[k].startswith(b"delegate = ") and prefix[k]:
-                known[(identifier, tuple(cids[:k]))] = prefix[k]
+        # An entry per hop: the whole chain, and up to each delegation. They share the
+        # caveats' bytes (at most the token's, which are fewer than its text's), so the
+        # whole chain's entry is charged for them; the others for their own tuples.
+        known.put((identifier, tuple(cids)), final, _PREFIX_BASE + size + _PER_CID * len(cids))
+        if hops > 1:
+            for k in range(1, len(cids)):
+                if prefix[k] and cids[k].startswith(b"delegate = "):
+                    known.put((identifier, tuple(cids[:k])), prefix[k], _PREFIX_BASE + 8 * k)
 
     def _read_chain(self, text: str, ident: TokenIdentifier, root: bytes, cids: list[bytes],
                     prefix: list[bytes], verified: int = 0) -> Chain | Decision:
@@ -387,12 +328,19 @@ class Verifier:
         holder: str | None = None
         CHECK, HOLDER, DELEGATE = Caveat.CHECK, Caveat.HOLDER, Caveat.DELEGATE
         LINEAGE = Caveat.LINEAGE
+        caveats = self._caveats
+        young = caveats.young
         for i, cid in enumerate(cids):
-            try:
-                cav = compile_caveat(cid)
-            except CaveatSyntaxError as e:
-                return _deny(DenyCode.BAD_CAVEAT, e.message, caveat=e.context.get("caveat"),
-                             token_id=tid)
+            cav = young.get(cid)
+            if cav is None and (cav := caveats.recall(cid)) is None:
+                self.compiled += 1
+                try:
+                    cav = compile_new_caveat(cid)
+                except CaveatSyntaxError as e:
+                    return _deny(DenyCode.BAD_CAVEAT, e.message,
+                                 caveat=e.context.get("caveat"), token_id=tid)
+                caveats.put(cid, cav, _CAVEAT_KEY + len(cid) + cav.size)
+                young = caveats.young  # it may have turned old
             role = cav.role
             if role == CHECK:
                 checks.append(cav)
@@ -510,7 +458,7 @@ class Verifier:
             return _deny(DenyCode.NOT_HOLDER,
                          f"token is held by agent {holder!r}, presented by {presenter!r}",
                          token_id=tid, chain=chain)
-        problem = _request_problem(request)
+        problem = request_problem(request)
         if problem is not None:
             return _deny(DenyCode.INVALID_REQUEST, f"invalid request: {problem}",
                          token_id=tid, chain=chain)
@@ -530,8 +478,8 @@ class Verifier:
         acts = st.actions
         passed = (acts is None or action in acts) and st.not_before < now < st.not_after
         if passed:
-            for rx in st.resources:
-                if rx.fullmatch(resource) is None:
+            for glob in st.resources:
+                if not glob.match(resource):
                     passed = False
                     break
         if passed:
@@ -573,36 +521,3 @@ def _agent_denial(st: Chain, hop: Hop, a: Agent | None, below: int) -> Decision:
     return _deny(DenyCode.DEPTH,
                  f"agent {hop.agent!r} allows {a.max_depth} delegation(s) below it, "
                  f"the chain has {below}", token_id=tid, chain=chain)
-
-
-_VALID_ACTIONS: set[str] = set()
-_VALID_RESOURCES: set[str] = set()
-_MEMO_LIMIT = 100_000
-
-
-def _request_problem(request: Request) -> str | None:
-    action, resource, ctx = request.action, request.resource, request.ctx
-    # Requests repeat: remember what was already found valid (bounded).
-    if action not in _VALID_ACTIONS:
-        if not isinstance(action, str) or ACTION_RE.fullmatch(action) is None:
-            return f"action {action!r} is not a valid action name"
-        if len(_VALID_ACTIONS) > _MEMO_LIMIT:
-            _VALID_ACTIONS.clear()
-        _VALID_ACTIONS.add(action)
-    if resource not in _VALID_RESOURCES:
-        problem = resource_problem(resource)
-        if problem is not None:
-            return f"resource {resource!r} {problem}"
-        if len(_VALID_RESOURCES) > _MEMO_LIMIT:
-            _VALID_RESOURCES.clear()
-        _VALID_RESOURCES.add(resource)
-    if ctx:
-        if len(ctx) > _MAX_CTX_ITEMS:
-            return f"more than {_MAX_CTX_ITEMS} context entries"
-        for k, v in ctx.items():
-            if not isinstance(k, str) or CTX_KEY_RE.fullmatch(k) is None:
-                return f"context key {k!r} is not valid"
-            if not isinstance(v, str) or len(v) > _MAX_CTX_VALUE:
-                return f"context value for {k!r} is not text of at most {_MAX_CTX_VALUE} chars"
-    return None
-

@@ -10,6 +10,7 @@ from capgate_server._audit import AuditLog
 from capgate_server._credentials import recover_admin
 from capgate_server._interceptor import POLICY
 from capgate_server._keyring import KeyEncryptionKey, load_kek, new_kek_text
+from capgate_server._limits import ResourceLimits
 from capgate_server._replica import Replica, Settings
 from capgate_server._status import ERROR_METADATA_KEY, status_for
 
@@ -21,6 +22,7 @@ __all__ = [
     "CapgateServer",
     "KeyEncryptionKey",
     "Replica",
+    "ResourceLimits",
     "Settings",
     "load_kek",
     "new_kek_text",

@@ -1,13 +1,26 @@
-"""``AuditLog``: every decision and change, attributed to a principal.
+"""``AuditLog``: every decision and change, attributed to a principal, in bounded space.
 
 Changes (issue, revoke, delegate, admin actions) are written in the same
 transaction as the change itself. Verify decisions are tallied in memory and
 group-committed every ``interval`` seconds: identical decisions in one interval
-(same caller, token, chain, request and outcome) become one record with a
-``count`` and the first and last instants, so a verifier answering a hot token
-a hundred thousand times a second writes a row per distinct decision, not per
-call. A crash can lose at most the last interval of verify records; SIGTERM
-flushes them.
+become one record with a ``count`` and the first and last instants. Allows are
+identical when caller, token chain and request are; denies when caller, token
+id, code, failed caveat, chain and request are (the first reason is kept). A
+service hammering a revoked token writes one row per interval, not one per call.
+
+Everything is bounded. The tally holds at most ``tally_bytes``, and one caller
+at most ``denies_per_caller`` distinct denies per interval (so a hostile call
+adds a bounded number of rows, however many different denies it provokes);
+beyond either, a decision with a new key is counted in a coarse record per
+(caller, outcome, code) without its request (those few records may pass the
+budget), and the flush writes an ``audit.overflow`` record saying how many
+decisions lost their detail. Records go to the store in
+transactions of at most ``rows_per_write`` rows on the replica's audit lane, so
+audit never holds the store's write lock long enough to delay a revocation.
+While the store refuses them, records wait in a backlog of at most ``backlog``;
+beyond that the oldest are dropped and counted in the next overflow record.
+Records older than ``retention`` seconds are deleted. A crash can lose the last
+interval of verify records; SIGTERM flushes them.
 """
 
 from __future__ import annotations
@@ -17,26 +30,55 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from capgate import Decision
-from capgate_server.store import AuditEvent
+from capgate import Clock, Decision, system_clock
+from capgate_server.store import AUDIT_FIELD_LIMITS, AuditEvent
 
 __all__ = ["AuditLog"]
 
 log = logging.getLogger("capgate.audit")
 
-_MAX_BACKLOG = 1_000_000
-# (principal, decision, action, resource, presenter)
-_Key = tuple[str, Decision, str, str, str]
+_ACTION = AUDIT_FIELD_LIMITS["action"]
+_RESOURCE = AUDIT_FIELD_LIMITS["resource"]
+_PRESENTER = AUDIT_FIELD_LIMITS["presenter"]
+_ENTRY_BYTES = 600  # a tally entry: its key tuple, the counters, the dict slot
+_PRUNE_EVERY = 600.0  # seconds between retention passes
+_PRUNE_CHUNK = 5000  # records deleted per transaction
+_COARSE = "coarse"  # first element of the key of a record whose request was left out
+
+
+class _Entry:
+    """One record in the making: how many identical decisions, first and last seen."""
+
+    __slots__ = ("count", "cut", "decision", "first", "last")
+
+    def __init__(self, d: Decision, now: float, cut: dict[str, int] | None) -> None:
+        self.count = 1
+        self.first = self.last = now
+        self.decision = d
+        self.cut = cut  # the original lengths of fields cut to their stored size
 
 
 class AuditLog:
     def __init__(self, write: Callable[[Sequence[AuditEvent]], Awaitable[None]], *,
-                 interval: float = 0.2, max_pending: int = 50_000) -> None:
+                 prune: Callable[[float, int], Awaitable[int]] | None = None,
+                 clock: Clock = system_clock, interval: float = 0.2,
+                 retention: float = 0.0, tally_bytes: int = 16 << 20, backlog: int = 10_000,
+                 rows_per_write: int = 500, denies_per_caller: int = 100) -> None:
         self._write = write
+        self._prune = prune
+        self._clock = clock
         self._interval = interval
-        self._max_pending = max_pending
+        self._retention = retention  # seconds; 0 keeps every record
+        self._tally_budget = tally_bytes
+        self._backlog_limit = backlog
+        self._rows = max(1, rows_per_write)
         self._backlog: list[AuditEvent] = []  # records a failed flush must retry
-        self._tally: dict[_Key, list[float]] = {}  # key -> [count, first_at, last_at]
+        self._tally: dict[tuple[object, ...], _Entry] = {}
+        self._tally_bytes = 0
+        self._denies_per_caller = denies_per_caller
+        self._denies: dict[str, int] = {}  # caller -> distinct denies in this interval
+        self._coarse = 0  # decisions counted without their request since the last flush
+        self._dropped = 0  # records dropped from a full backlog since the last flush
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.decisions = 0  # verify decisions seen (for metrics)
@@ -45,53 +87,158 @@ class AuditLog:
                  presenter: str, now: float) -> None:
         """Tally one verify decision (the hot path: a tuple and a dict lookup).
 
-        Decisions are keyed by identity: the verifier shares one allow object per
-        token chain, so identical allows fold into one record; each deny is its own.
+        The verifier shares one allow object per token chain, so allows are keyed by
+        it; denies are built per call, so they are keyed by what they say.
         """
-        key = (principal, d, action, resource, presenter)
         self.decisions += 1
+        if d.allowed:
+            key: tuple[object, ...] = (principal, d, action, resource, presenter)
+        else:
+            if len(action) > _ACTION or len(resource) > _RESOURCE or len(presenter) > _PRESENTER:
+                self._new_cut(principal, d, action, resource, presenter, now)
+                return
+            key = (principal, d.token_id, d.code, d.caveat, d.chain, action, resource,
+                   presenter)
         entry = self._tally.get(key)
         if entry is None:
-            self._tally[key] = [1, now, now]
-            if len(self._tally) >= self._max_pending:
-                self._wake.set()
+            self._new(key, d, now, len(action) + len(resource) + len(presenter), None)
         else:
-            entry[0] += 1
-            entry[2] = now
+            entry.count += 1
+            entry.last = now
+
+    def _new_cut(self, principal: str, d: Decision, action: str, resource: str,
+                 presenter: str, now: float) -> None:
+        """A deny for a request with oversized fields: keyed and kept by their prefixes."""
+        cut = {name: len(value) for name, value, limit in (
+            ("action", action, _ACTION), ("resource", resource, _RESOURCE),
+            ("presenter", presenter, _PRESENTER)) if len(value) > limit}
+        action, resource, presenter = action[:_ACTION], resource[:_RESOURCE], presenter[:_PRESENTER]
+        key = (principal, d.token_id, d.code, d.caveat, d.chain, action, resource, presenter)
+        entry = self._tally.get(key)
+        if entry is None:
+            self._new(key, d, now, len(action) + len(resource) + len(presenter), cut)
+        else:
+            entry.count += 1
+            entry.last = now
+
+    def _new(self, key: tuple[object, ...], d: Decision, now: float, size: int,
+             cut: dict[str, int] | None) -> None:
+        cost = _ENTRY_BYTES + size + (0 if d.allowed else len(d.reason))
+        over = self._tally_bytes + cost > self._tally_budget
+        if not d.allowed and not over:
+            caller = str(key[0])
+            n = self._denies.get(caller, 0)
+            over = n >= self._denies_per_caller
+            if not over:
+                self._denies[caller] = n + 1
+        if over:
+            # full: count it without its request, in one record per caller and outcome
+            self._coarse += 1
+            key = (_COARSE, key[0], d.allowed, d.code)
+            entry = self._tally.get(key)
+            if entry is not None:
+                entry.count += 1
+                entry.last = now
+                return
+            cost, cut = _ENTRY_BYTES, None
+        self._tally[key] = _Entry(d, now, cut)
+        self._tally_bytes += cost
+        if self._tally_bytes > self._tally_budget // 2:
+            self._wake.set()  # flush early rather than fill up
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-flush")
 
     async def _run(self) -> None:
+        next_prune = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
             await self.flush()
+            if self._retention and self._prune is not None and self._clock() >= next_prune:
+                next_prune = self._clock() + _PRUNE_EVERY
+                try:
+                    await self.prune()
+                except Exception as e:  # the store is down: next time
+                    log.warning("audit retention pass failed: %s", e)
+
+    async def prune(self) -> int:
+        """Delete records older than the retention period; returns how many."""
+        if not self._retention or self._prune is None:
+            return 0
+        before, total = self._clock() - self._retention, 0
+        while True:
+            deleted = await self._prune(before, _PRUNE_CHUNK)
+            total += deleted
+            if deleted < _PRUNE_CHUNK:
+                break
+        if total:
+            log.info("deleted %d audit records older than %.0f days", total,
+                     self._retention / 86400)
+        return total
 
     def _drain(self) -> list[AuditEvent]:
         events, self._backlog = self._backlog, []
         tally, self._tally = self._tally, {}
-        for (principal, d, action, resource, presenter), (count, first, last) in tally.items():
+        self._tally_bytes = 0
+        self._denies = {}
+        for key, e in tally.items():
+            d = e.decision
+            if key[0] == _COARSE:
+                events.append(AuditEvent(
+                    e.first, str(key[1]), "verify", "", d.allowed, str(d.code),
+                    "" if d.allowed else "request detail dropped: audit tally full",
+                    count=e.count, last_at=e.last, detail={"coarse": True}))
+                continue
+            principal, action, resource, presenter = (str(key[0]), str(key[-3]), str(key[-2]),
+                                                      str(key[-1]))
             events.append(AuditEvent(
-                first, principal, "verify", d.token_id or "", d.allowed, str(d.code),
+                e.first, principal, "verify", d.token_id or "", d.allowed, str(d.code),
                 "" if d.allowed else d.reason, d.chain, action=action, resource=resource,
-                presenter=presenter, count=int(count), last_at=last))
+                presenter=presenter, count=e.count, last_at=e.last,
+                detail={"truncated": e.cut} if e.cut else {}))
         return events
+
+    def _overflow(self) -> AuditEvent | None:
+        if not (self._coarse or self._dropped):
+            return None
+        log.warning("audit overflow: %d decisions counted without detail, %d records dropped",
+                    self._coarse, self._dropped)
+        return AuditEvent(self._clock(), "capgate", "audit.overflow", "", False, "audit_full",
+                          "audit kept counts only",
+                          detail={"coarse_decisions": self._coarse,
+                                  "dropped_records": self._dropped})
 
     async def flush(self) -> None:
         batch = self._drain()
-        if not batch:
-            return
-        try:
-            await self._write(batch)
-        except Exception:  # keep serving; the records go back for the next attempt
-            log.exception("audit flush of %d records failed; will retry", len(batch))
-            self._backlog[:0] = batch
-            if len(self._backlog) > _MAX_BACKLOG:  # the store is gone for long: bound memory
-                dropped = len(self._backlog) - _MAX_BACKLOG
-                del self._backlog[:dropped]
-                log.error("audit backlog full: dropped the %d oldest records", dropped)
+        rows = self._rows
+        for start in range(0, len(batch), rows):
+            try:
+                await self._write(batch[start:start + rows])
+            except Exception:  # keep serving; the records go back for the next attempt
+                log.exception("audit flush of %d records failed; will retry",
+                              len(batch) - start)
+                self._keep(batch[start:])
+                return
+        overflow = self._overflow()  # said once the store takes records again
+        if overflow is not None:
+            coarse, dropped = self._coarse, self._dropped
+            try:
+                await self._write([overflow])
+            except Exception:
+                log.exception("audit overflow record not written; will retry")
+                return
+            self._coarse -= coarse
+            self._dropped -= dropped
+
+    def _keep(self, events: list[AuditEvent]) -> None:
+        self._backlog[:0] = [e.bounded() for e in events]  # as small as they will be stored
+        excess = len(self._backlog) - self._backlog_limit
+        if excess > 0:  # the store is gone for long: bound memory, and say so later
+            del self._backlog[:excess]
+            self._dropped += excess
+            log.error("audit backlog full: dropped the %d oldest records", excess)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -15,7 +15,7 @@ from capgate_server.store import DelegationRecord
 
 __all__ = ["HopLedger"]
 
-_SEEN_LIMIT = 1_000_000
+_SEEN_LIMIT = 100_000  # delegation ids already recorded (32 characters each)
 
 
 class HopLedger:

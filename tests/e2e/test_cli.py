@@ -236,3 +236,20 @@ def test_bench_from_several_processes_streams_cold_tokens_and_plots(proc, tmp_pa
                 "--agent", name, "--duration", "0.3", "--clients", "1", credential=svc).stdout
     assert human.splitlines()[0].split() == ["mode", "clients", "checks/s", "calls/s", "p50",
                                               "ms", "p99", "ms", "allowed", "errors"]
+
+
+def test_serve_takes_limits_and_audit_retention(tmp_path):
+    for bad, words in ((["--limit", "nope=1"], "--limit takes NAME=VALUE"),
+                       (["--limit", "calls_per_principal=-3"], "must be positive"),
+                       (["--audit-retention", "soon"], "not a duration")):
+        r = cli("serve", "--data-dir", str(tmp_path / "x"), "--listen", "127.0.0.1:0", *bad)
+        assert r.returncode == 2 and words in r.stderr, r.stderr
+    p = ServerProcess(tmp_path / "data", ["--limit", "max_message=2048", "--limit",
+                                          "calls_per_principal=8", "--audit-retention", "7d"])
+    p.start()
+    try:
+        r = cli("--json", "token", "verify", "A" * 4000, "--action", "read", "--resource", "/x",
+                server=p.address, credential=p.admin_credential)
+        assert r.returncode == 2 and "ResourceExhaustedError" in r.stdout  # over 2 KiB
+    finally:
+        p.stop()

@@ -659,6 +659,35 @@ def test_audit_agent_filter_treats_underscore_literally(store: Store) -> None:
     assert [e.subject for e in store.list_audit(AuditQuery(agent="abc"))] == ["t1"]
 
 
+def test_audit_fields_are_stored_bounded(store: Store, backend: Backend) -> None:
+    # a bad request's fields can be as long as its message: a record stays small
+    store.append_audit([ev("verify", subject="t" * 300, ok=False, code="invalid_request",
+                           reason="r" * 10_000, action="a" * 5000, resource="/" + "x" * 60_000,
+                           presenter="p" * 900, chain=("c" * 100,) * 50,
+                           detail={"why": "w" * 9000})])
+    (e,) = store.list_audit(AuditQuery())
+    assert (len(e.subject), len(e.reason), len(e.action), len(e.resource), len(e.presenter)) == (
+        128, 512, 64, 1024, 64)
+    assert len(e.chain) == 32 and all(len(a) == 64 for a in e.chain)
+    assert e.detail["truncated"] == {"subject": 300, "reason": 10_000, "action": 5000,
+                                     "resource": 60_001, "presenter": 900, "chain": 50,
+                                     "detail": len('{"why":"' + "w" * 9000 + '"}')}
+    assert len(e.detail_json()) < 2048
+    # the revocation's own reason is bounded the same way
+    store.revoke("t1", T0, T0 + 600, "admin", "z" * 100_000, ev("revoke"))
+    assert backend.query("SELECT LENGTH(reason) FROM revocations") == [(512,)]
+
+
+def test_audit_retention_deletes_the_oldest(store: Store) -> None:
+    store.append_audit([ev("old", at=T0 + i, last_at=T0 + i + 0.5) for i in range(30)])
+    store.append_audit([ev("new", at=T0 + 1000 + i) for i in range(5)])
+    assert store.prune_audit(T0 + 10, limit=100) == 10  # last seen before T0 + 10
+    assert store.prune_audit(T0 + 10, limit=100) == 0
+    assert store.prune_audit(T0 + 500, limit=8) == 8  # at most limit per call
+    assert store.prune_audit(T0 + 500, limit=100) == 12
+    assert [e.kind for e in store.list_audit(AuditQuery())] == ["new"] * 5
+
+
 def test_audit_limit_is_clamped(store: Store) -> None:
     store.append_audit([ev("bulk", at=T0 + i, subject=f"s{i}") for i in range(1005)])
     assert len(store.list_audit(AuditQuery(kind="bulk", limit=5000))) == 1000

@@ -7,7 +7,7 @@ import random
 import grpc
 import pytest
 
-from capgate import InvalidArgumentError, Token, TokenIdentifier
+from capgate import InvalidArgumentError, ResourceExhaustedError, Token, TokenIdentifier
 from capgate_proto.v1 import verifier_pb2
 
 
@@ -34,7 +34,7 @@ def test_garbage_tokens_deny(setup):
         "random": "".join(rnd.choice("abcXYZ019-_+/=!é ") for _ in range(200)),
         "truncated": token[: len(token) // 2],
         "empty": "",
-        "ten megabytes": "A" * (10 * 1024 * 1024),
+        "twenty kilobytes": "A" * (20 * 1024),
         "tampered": token[:40] + ("B" if token[40] != "B" else "C") + token[41:],
         "unknown caveat": Token.parse(token).append_raw(b"budget <= 5").to_text(),
         "non-utf8 caveat": Token.parse(token).append_raw(b"\xff\xfe").to_text(),
@@ -45,7 +45,7 @@ def test_garbage_tokens_deny(setup):
         "unicode": "ＡｇＥＴ" * 20,
     }
     expected = {"random": "malformed_token", "truncated": "malformed_token",
-                "empty": "malformed_token", "ten megabytes": "malformed_token",
+                "empty": "malformed_token", "twenty kilobytes": "malformed_token",
                 "tampered": None, "unknown caveat": "bad_caveat",
                 "non-utf8 caveat": "bad_caveat", "wrong key id": "unknown_key",
                 "foreign macaroon": "unsupported_token", "null bytes": "malformed_token",
@@ -56,6 +56,14 @@ def test_garbage_tokens_deny(setup):
         if expected[name]:
             assert d.code == expected[name], (name, d)
         assert d.reason, name
+    still_serving(svc, token)
+
+
+def test_a_message_over_its_method_limit_is_refused_unparsed(setup):
+    _, _, _, svc, token = setup
+    for size in (100 * 1024, 10 * 1024 * 1024):  # over Verify's 64 KiB; over every limit
+        with pytest.raises(ResourceExhaustedError):
+            svc.verify("A" * size, "read", "/data/x", presenter="alice")
     still_serving(svc, token)
 
 

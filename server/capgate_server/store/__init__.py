@@ -6,6 +6,7 @@ from pathlib import Path
 
 from capgate import InvalidArgumentError
 from capgate_server.store._base import (
+    AUDIT_FIELD_LIMITS,
     AgentPatch,
     AuditEvent,
     AuditQuery,
@@ -23,6 +24,7 @@ from capgate_server.store._sql import MIGRATIONS
 from capgate_server.store._sqlite import SqliteStore
 
 __all__ = [
+    "AUDIT_FIELD_LIMITS",
     "MIGRATIONS",
     "AgentPatch",
     "AuditEvent",

@@ -19,6 +19,7 @@ from enum import StrEnum
 from capgate import Agent, AgentStatus, Ceiling
 
 __all__ = [
+    "AUDIT_FIELD_LIMITS",
     "AgentPatch",
     "AuditEvent",
     "AuditQuery",
@@ -121,6 +122,15 @@ class Change:
     value: float | None = None  # revocations: when the entry may be forgotten
 
 
+# The most characters stored per audit field: anything longer is cut, and the
+# original length kept in ``detail["truncated"]`` (a record's size is bounded).
+# Valid actions, presenters and resources always fit; only bad requests are cut.
+AUDIT_FIELD_LIMITS: dict[str, int] = {
+    "principal": 64, "subject": 128, "code": 64, "reason": 512, "action": 64,
+    "resource": 1024, "presenter": 64, "detail": 4096,
+}
+
+
 @dataclass(slots=True)
 class AuditEvent:
     at: float
@@ -142,6 +152,34 @@ class AuditEvent:
 
     def detail_json(self) -> str:
         return json.dumps(self.detail, sort_keys=True, separators=(",", ":")) if self.detail else ""
+
+    def bounded(self) -> AuditEvent:
+        """This record as it is stored: every text field within ``AUDIT_FIELD_LIMITS``."""
+        cut: dict[str, int] = {}
+        values: dict[str, str] = {}
+        for name in ("principal", "subject", "code", "reason", "action", "resource", "presenter"):
+            value: str = getattr(self, name)
+            limit = AUDIT_FIELD_LIMITS[name]
+            if len(value) > limit:
+                cut[name] = len(value)
+                values[name] = value[:limit]
+        chain = self.chain
+        if len(chain) > 32 or any(len(a) > 64 for a in chain):
+            cut["chain"] = len(chain)
+            chain = tuple(a[:64] for a in chain[:32])
+        detail = self.detail
+        size = len(self.detail_json())
+        if size > AUDIT_FIELD_LIMITS["detail"]:
+            detail = {"truncated_json": self.detail_json()[:1024]}
+            cut["detail"] = size
+        if not cut:
+            return self
+        return AuditEvent(
+            self.at, values.get("principal", self.principal), self.kind,
+            values.get("subject", self.subject), self.ok, values.get("code", self.code),
+            values.get("reason", self.reason), chain, {**detail, "truncated": cut}, self.seq,
+            values.get("action", self.action), values.get("resource", self.resource),
+            values.get("presenter", self.presenter), self.count, self.last_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,3 +364,8 @@ class Store(ABC):
 
     @abstractmethod
     def list_audit(self, query: AuditQuery) -> list[AuditEvent]: ...
+
+    @abstractmethod
+    def prune_audit(self, before: float, limit: int = 5000) -> int:
+        """Delete up to ``limit`` of the oldest audit records last seen before ``before``;
+        returns how many (call again while it returns ``limit``)."""

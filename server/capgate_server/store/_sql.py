@@ -16,10 +16,11 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from capgate import Agent, AlreadyExistsError, NotFoundError
+from capgate_server.store._audit_sql import AuditRecords
 from capgate_server.store._base import (
+    AUDIT_FIELD_LIMITS,
     AgentPatch,
     AuditEvent,
-    AuditQuery,
     Change,
     ChangeKind,
     DelegationRecord,
@@ -100,12 +101,9 @@ _AGENT_COLS = ("id, owner, description, status, ceiling, max_ttl, max_depth, epo
                "revoked_before, created_at, require_proof")
 _AGENT_MARKS = ", ".join("?" * 11)
 _NONCE_ROWS = 200  # nonces per INSERT statement (3 parameters each)
-_AUDIT_COLS = ("at, last_at, count, principal, kind, subject, ok, code, reason, chain, action, "
-               "resource, presenter, detail")
-_AUDIT_MARKS = ", ".join("?" * 14)
 
 
-class SqlStore(Store):
+class SqlStore(AuditRecords, Store):
     """Shared statements; subclasses provide ``_tx`` and ``_read``."""
 
     placeholder = "?"
@@ -133,16 +131,6 @@ class SqlStore(Store):
         """Append to the change feed: the last statement of the transaction."""
         self._x(cur, "INSERT INTO changes (kind, key, value) VALUES (?, ?, ?)",
                 (str(kind), key, value))
-
-    def _audit(self, cur: Any, events: Sequence[AuditEvent]) -> None:
-        if not events:
-            return
-        cur.executemany(
-            self._sql(f"INSERT INTO audit ({_AUDIT_COLS}) VALUES ({_AUDIT_MARKS})"),
-            [(e.at, e.at if e.last_at is None else e.last_at, e.count, e.principal, e.kind,
-              e.subject, int(e.ok), e.code, e.reason, " ".join(e.chain), e.action, e.resource,
-              e.presenter, e.detail_json()) for e in events],
-        )
 
     # -- principals and agents -------------------------------------------------------
 
@@ -436,7 +424,8 @@ class SqlStore(Store):
             if row is None:
                 self._x(cur, "INSERT INTO revocations (id, revoked_at, expires_at, revoked_by,"
                              " reason) VALUES (?, ?, ?, ?, ?)",
-                        (lineage_id, revoked_at, expires_at, by, reason))
+                        (lineage_id, revoked_at, expires_at, by,
+                         reason[:AUDIT_FIELD_LIMITS["reason"]]))
                 self._change(cur, ChangeKind.REVOCATION, lineage_id, expires_at)
             elif expires_at > row[0]:  # kept as long as the longest-lived token it may name
                 self._x(cur, "UPDATE revocations SET expires_at = ? WHERE id = ?",
@@ -482,7 +471,7 @@ class SqlStore(Store):
             seen.add(key)
         return out
 
-    # -- change feed and audit ---------------------------------------------------------
+    # -- change feed ---------------------------------------------------------
 
     def changes_since(self, seq: int, limit: int = 10000) -> list[Change]:
         with self._read() as cur:
@@ -498,34 +487,6 @@ class SqlStore(Store):
         with self._read() as cur:
             row = self._x(cur, "SELECT MAX(seq) FROM changes").fetchone()
         return int(row[0] or 0)
-
-    def append_audit(self, events: Sequence[AuditEvent]) -> None:
-        with self._tx() as cur:
-            self._audit(cur, events)
-
-    def list_audit(self, query: AuditQuery) -> list[AuditEvent]:
-        where, params = ["seq > ?"], [query.after_seq]
-        for column, value in (("principal", query.principal), ("kind", query.kind),
-                              ("subject", query.token_id)):
-            if value:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if query.agent:
-            # the chain column is space-separated; pad so ids match whole words, and
-            # escape LIKE's wildcards ('_' is legal in ids)
-            agent = query.agent.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            where.append("(' ' || chain || ' ') LIKE ? ESCAPE '\\'")
-            params.append(f"% {agent} %")
-        params.append(max(1, min(query.limit, 1000)))
-        sql = (f"SELECT seq, {_AUDIT_COLS} "
-               f"FROM audit WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?")
-        with self._read() as cur:
-            rows = self._x(cur, sql, params).fetchall()
-        return [AuditEvent(at=r[1], last_at=r[2], count=r[3], principal=r[4], kind=r[5],
-                           subject=r[6], ok=bool(r[7]), code=r[8], reason=r[9],
-                           chain=tuple(r[10].split()), action=r[11], resource=r[12],
-                           presenter=r[13], detail=json.loads(r[14]) if r[14] else {}, seq=r[0])
-                for r in rows]
 
     # -- migrations --------------------------------------------------------------------
 

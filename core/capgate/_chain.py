@@ -1,0 +1,149 @@
+"""The verifier's values: a verified token as a ``Chain`` of ``Hop``s, and the
+``Decision`` on a request, with its ``DenyCode``.
+
+A chain is what the static half of verification (parse, signature, proofs)
+found, cached per token text; it carries an estimate of the bytes it holds, so
+the cache that keeps it is bounded in bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from capgate._caveats import (
+    ActionCaveat,
+    Caveat,
+    ExpiresCaveat,
+    NotBeforeCaveat,
+    ResourceCaveat,
+)
+from capgate._grants import Glob
+from capgate._token import Token
+
+__all__ = ["Chain", "Decision", "DenyCode", "Hop"]
+
+# Estimated bytes a cached chain and each of its hops hold, on top of its text and
+# its caveats (measured with tracemalloc; tests/core/test_bounds.py checks them).
+_CHAIN_BASE = 1500
+_PER_HOP = 250
+
+
+class DenyCode(StrEnum):
+    """Why a verification ended as it did; ``ALLOWED`` is the one allow."""
+
+    ALLOWED = "allowed"
+    MALFORMED = "malformed_token"
+    UNSUPPORTED = "unsupported_token"
+    UNKNOWN_KEY = "unknown_key"
+    BAD_SIGNATURE = "bad_signature"
+    BAD_DELEGATION = "bad_delegation"
+    BAD_CAVEAT = "bad_caveat"
+    DEPTH = "depth_exceeded"
+    REVOKED = "revoked"
+    UNKNOWN_AGENT = "unknown_agent"
+    AGENT_SUSPENDED = "agent_suspended"
+    AGENT_REVOKED = "agent_tokens_revoked"
+    FUTURE = "issued_in_future"
+    NO_PRESENTER = "no_presenter"
+    NOT_HOLDER = "not_holder"
+    INVALID_REQUEST = "invalid_request"
+    CEILING = "beyond_ceiling"
+    CAVEAT_FAILED = "caveat_failed"
+    UNAVAILABLE = "unavailable"
+    # how a token was presented (``capgate._presentation``): decided around the verifier
+    MISSING_TOKEN = "missing_token"  # noqa: S105 - the request brought no token at all
+    PROOF_REQUIRED = "proof_required"
+    BAD_PROOF = "bad_proof"
+    PROOF_REPLAYED = "proof_replayed"
+
+
+# Hop, Decision and Chain are built on the hot path: plain slotted dataclasses
+# (a frozen dataclass pays object.__setattr__ per field). Treat them as read-only.
+@dataclass(slots=True)
+class Hop:
+    """One holder in the chain: the agent, when it received the token, and the hop's id."""
+
+    agent: str
+    at_ms: int
+    did: str | None = None  # None for the issued-to agent (the token id names that hop)
+    offline: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class Decision:
+    """The outcome. Hashed by identity: one allow object is shared by every request
+    a chain allows, so callers can key caches and tallies on it cheaply."""
+
+    allowed: bool
+    code: DenyCode
+    reason: str
+    caveat: str | None = None
+    token_id: str | None = None
+    chain: tuple[str, ...] = ()  # issued-to agent first, current holder last
+
+    @property
+    def holder(self) -> str | None:
+        return self.chain[-1] if self.chain else None
+
+
+@dataclass(slots=True)
+class Chain:
+    """A token whose signature and delegation proofs are valid: what it says, parsed.
+
+    Chains live in the verifier's cache, so they hold few objects the garbage
+    collector must trace: the token's text rather than its parsed form.
+    """
+
+    text: str
+    token_id: str
+    key_id: str
+    issued_ms: int
+    hops: tuple[Hop, ...]
+    lineage: tuple[str, ...]  # token id, then every did in order
+    checks: tuple[Caveat, ...]  # request- and clock-dependent caveats
+    lineage_keys: tuple[int, ...] = field(repr=False, default=())
+    agents: tuple[str, ...] = field(repr=False, default=())
+    latest_ms: int = 0
+    allowed: Decision | None = field(repr=False, default=None)  # shared by every allow
+    # The checks folded together (AND): actions intersected, the validity window,
+    # the resource globs, and whatever else (ctx). Only when one fails are the
+    # caveats walked one by one, to name the one that failed.
+    actions: frozenset[str] | None = field(repr=False, default=None)
+    not_before: float = float("-inf")
+    not_after: float = float("inf")
+    resources: tuple[Glob, ...] = field(repr=False, default=())
+    other: tuple[Caveat, ...] = field(repr=False, default=())
+    size: int = field(repr=False, default=0)  # estimated bytes held, for the cache
+
+    def fold(self) -> Chain:
+        size = _CHAIN_BASE + 2 * len(self.text) + _PER_HOP * len(self.hops)
+        for cav in self.checks:
+            size += cav.size
+            kind = type(cav)
+            if kind is ActionCaveat:
+                acts = cav.actions  # type: ignore[attr-defined]
+                self.actions = acts if self.actions is None else self.actions & acts
+            elif kind is ResourceCaveat:
+                self.resources += (cav.glob,)  # type: ignore[attr-defined]
+            elif kind is ExpiresCaveat:
+                self.not_after = min(self.not_after, cav.at)  # type: ignore[attr-defined]
+            elif kind is NotBeforeCaveat:
+                self.not_before = max(self.not_before, cav.at)  # type: ignore[attr-defined]
+            else:
+                self.other += (cav,)
+        self.size = size
+        return self
+
+    @property
+    def holder(self) -> str:
+        return self.hops[-1].agent
+
+    @property
+    def expires(self) -> float | None:
+        """The earliest ``expires`` caveat, or None when the token has none."""
+        return None if self.not_after == float("inf") else self.not_after
+
+    @property
+    def token(self) -> Token:
+        return Token.parse(self.text)
