@@ -42,7 +42,7 @@ check-protos: $(STAMP)
 	$(PY) tools/gen_protos.py --check
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check core client server cli tests benchmarks tools
+	$(VENV)/bin/ruff check core client server cli tests benchmarks tools examples
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -304,3 +304,114 @@ class TcpProxy:
         self._released.set()
         self.cut()
         self._server.close()
+
+
+class KeyedAgent:
+    """On a real server: agent ``alice`` with an Ed25519 key, a token of hers, and a
+    service principal (``svc``) that verifies; ``presenter()`` is her side of it all."""
+
+    def __init__(self, server: Any, agent: str = "alice", *, grants: Sequence[str] = (
+            "read,write:/data/**",), token_grant: str = "read:/data/reports/*",
+                 require_proof: bool = False) -> None:
+        from capgate import load_private_key, new_private_key_pem
+
+        self.server = server
+        self.id = agent
+        self.admin = server.client()
+        self.pem, public = new_private_key_pem()
+        self.key = load_private_key(self.pem)
+        _, self.credential = self.admin.create_agent(agent, list(grants), public_key=public,
+                                                     require_proof=require_proof)
+        self.agent = server.client(self.credential)
+        self.token = self.agent.issue(token_grant).token
+        self.service_credential = self.admin.create_principal(
+            f"svc-{secrets.token_hex(3)}", "service").credential
+        self.svc = server.client(self.service_credential)
+
+    def presenter(self, token: str | None = None, *, key: bool = True) -> Any:
+        from capgate_client import Presenter
+
+        return Presenter(token or self.token, self.key if key else None)
+
+    def close(self) -> None:
+        for c in (self.admin, self.agent, self.svc):
+            c.close()
+
+
+def make_pki(folder: Path, client_uri: str) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1/localhost, and a client certificate whose
+    URI SAN is ``client_uri`` (a SPIFFE id); returns the PEM files by name."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(cn: str, key: Any, issuer: Any, issuer_key: Any, sans: list[Any] | None,
+             usage: Any | None) -> Any:
+        b = (x509.CertificateBuilder()
+             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+             .issuer_name(issuer).public_key(key.public_key())
+             .serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5))
+             .not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=sans is None, path_length=None),
+                            critical=True))
+        if sans is not None:
+            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "guard test CA")])
+    pems: dict[str, bytes] = {"ca.crt": cert("guard test CA", ca_key, ca_name, ca_key, None,
+                                             None).public_bytes(serialization.Encoding.PEM)}
+    for name, sans, usage in (
+            ("server", [x509.DNSName("localhost"),
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+             ExtendedKeyUsageOID.SERVER_AUTH),
+            ("client", [x509.UniformResourceIdentifier(client_uri)],
+             ExtendedKeyUsageOID.CLIENT_AUTH)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        pems[f"{name}.crt"] = cert(name, key, ca_name, ca_key, sans, usage).public_bytes(
+            serialization.Encoding.PEM)
+        pems[f"{name}.key"] = key.private_bytes(serialization.Encoding.PEM,
+                                                serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption())
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name, data in pems.items():
+        (folder / name).write_bytes(data)
+        out[name] = folder / name
+    return out
+
+
+class AsgiServer:
+    """An ASGI app served by uvicorn on 127.0.0.1, port 0, in a background thread."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                lifespan="off")
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, daemon=True)
+        self.port = 0
+
+    def start(self) -> AsgiServer:
+        self._thread.start()
+        wait_for(lambda: self.server.started, timeout=15)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(10)

@@ -43,6 +43,8 @@ def _agent_text(a: AgentInfo) -> str:
         f"epoch: {a.epoch}",
         *([f"description: {a.description}"] if a.description else []),
         *([f"public keys: {' '.join(a.public_keys)}"] if a.public_keys else []),
+        *(["proof:       required (its tokens pass only with a proof of possession)"]
+          if a.require_proof else []),
     ])
 
 
@@ -83,7 +85,7 @@ def create(args: argparse.Namespace) -> int:
         agent, credential = c.create_agent(
             args.id, args.grant, max_ttl=duration(args.max_ttl), max_depth=args.max_depth,
             owner=args.owner or "", description=args.description or "",
-            public_key=_public_key(args.public_key))
+            public_key=_public_key(args.public_key), require_proof=args.require_proof)
     save_credential(args.credential_out, credential)
     emit(args, {"agent": agent.id, "credential": credential},
          credential_shown(args, f"agent {agent.id}", credential))
@@ -106,14 +108,16 @@ def list_(args: argparse.Namespace) -> int:
 
 
 def update(args: argparse.Namespace) -> int:
-    if not (args.grant or args.max_ttl or args.max_depth is not None or args.description):
-        raise InvalidArgumentError("nothing to update: give --grant, --max-ttl, --max-depth "
-                                   "or --description")
+    if not (args.grant or args.max_ttl or args.max_depth is not None or args.description
+            or args.require_proof is not None):
+        raise InvalidArgumentError("nothing to update: give --grant, --max-ttl, --max-depth, "
+                                   "--description or --[no-]require-proof")
     with client(args) as c:
         if args.grant:
             _warn_unknown_actions(c, args.id, args.grant)
         agent = c.update_agent(args.id, grants=args.grant, max_ttl=duration(args.max_ttl),
-                               max_depth=args.max_depth, description=args.description)
+                               max_depth=args.max_depth, description=args.description,
+                               require_proof=args.require_proof)
     emit(args, _agent_obj(agent), _agent_text(agent))
     return EXIT_OK
 
@@ -201,6 +205,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="Ed25519 public key for offline delegation")
     p.add_argument("--credential-out", type=Path, metavar="FILE",
                    help="write the new credential to FILE (mode 0600) instead of the screen")
+    p.add_argument("--require-proof", action="store_true",
+                   help="its tokens pass only with a proof of possession signed by its key")
     p.set_defaults(run=create)
 
     p = cmds.add_parser("list", parents=[common], help="list agents",
@@ -220,6 +226,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--max-ttl", metavar="DURATION", help="longest token it may get (e.g. 1h)")
     p.add_argument("--max-depth", type=int, help="delegations allowed below it (0-16)")
     p.add_argument("--description", help="what it is for")
+    p.add_argument("--require-proof", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether its tokens pass only with a proof of possession")
     p.set_defaults(run=update)
 
     for name, method, done, text in (

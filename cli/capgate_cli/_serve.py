@@ -28,6 +28,9 @@ def serve(args: argparse.Namespace) -> int:
         stale_after=args.stale_after, poll_interval=args.poll_interval,
         prune_margin=args.prune_margin, max_clock_skew=args.max_clock_skew,
         shutdown_grace=args.shutdown_grace,
+        require_proof=args.require_proof, proof_window=args.proof_window,
+        ext_authz=args.ext_authz, ext_authz_header=args.ext_authz_header,
+        spiffe_prefix=args.spiffe_prefix,
         db_timeouts=SessionTimeouts(statement=args.db_statement_timeout,
                                     lock=args.db_lock_timeout,
                                     idle_in_transaction=args.db_idle_timeout),
@@ -92,6 +95,19 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                         "further than this from the store's")
     p.add_argument("--shutdown-grace", type=float, default=5.0, metavar="S",
                    help="SIGTERM: time to finish the calls already accepted")
+    pop = p.add_argument_group("how agents present tokens (docs/integrations.md)")
+    pop.add_argument("--require-proof", action="store_true",
+                     help="every token needs its holder's proof of possession (an agent "
+                          "can also require it for itself: agent update --require-proof)")
+    pop.add_argument("--proof-window", type=float, default=30.0, metavar="S",
+                     help="accept a proof this long either side of its instant")
+    pop.add_argument("--ext-authz", action="store_true",
+                     help="serve Envoy's ext_authz Check (needs capgate[envoy])")
+    pop.add_argument("--ext-authz-header", default="authorization", metavar="NAME",
+                     help="the request header that carries the token")
+    pop.add_argument("--spiffe-prefix", default="", metavar="PREFIX",
+                     help="a peer principal PREFIX+AGENT (mTLS, e.g. spiffe://example.org/"
+                          "agent/) presents as AGENT in Check")
     db = p.add_argument_group("PostgreSQL session timeouts (0 turns one off)")
     db.add_argument("--db-statement-timeout", type=float, default=15.0, metavar="S",
                     help="end a statement that runs longer")

@@ -1,13 +1,28 @@
-"""capgate client SDK: typed blocking and asyncio clients over the gRPC API.
+"""capgate client SDK: typed blocking and asyncio clients over the gRPC API, the
+agent's side of presenting a token (``Presenter``), and guards that put capgate in
+front of a service (gRPC interceptors, ASGI middleware, a decorator; the MCP tool
+guard is ``capgate_client.mcp``).
 
 Offline work (attenuating, delegating with an Ed25519 key, inspecting) needs
 no server: use the ``capgate`` core package (re-exported here for convenience).
 """
 
 from capgate import Token, delegate_offline
+from capgate_client._asgi import CapgateMiddleware
 from capgate_client._calls import TLS
 from capgate_client._client import AsyncClient, Client, VerifyItem
 from capgate_client._errors import from_rpc_error
+from capgate_client._grpc_guard import AsyncGrpcGuard, GrpcGuard, mtls_presenter
+from capgate_client._guard import (
+    Access,
+    AsyncGuard,
+    Guard,
+    Presentation,
+    Rule,
+    current_presentation,
+    presenting,
+)
+from capgate_client._presenting import Presenter
 from capgate_client._types import (
     AgentInfo,
     AuditRecord,
@@ -17,6 +32,7 @@ from capgate_client._types import (
     IssuedToken,
     KeyInfo,
     PrincipalInfo,
+    Proof,
     RevokeResult,
     TreeNode,
     VerifyResult,
@@ -24,21 +40,34 @@ from capgate_client._types import (
 
 __all__ = [
     "TLS",
+    "Access",
     "AgentInfo",
     "AsyncClient",
+    "AsyncGrpcGuard",
+    "AsyncGuard",
     "AuditRecord",
+    "CapgateMiddleware",
     "Client",
     "Credential",
+    "GrpcGuard",
+    "Guard",
     "HopStatus",
     "InspectResult",
     "IssuedToken",
     "KeyInfo",
+    "Presentation",
+    "Presenter",
     "PrincipalInfo",
+    "Proof",
     "RevokeResult",
+    "Rule",
     "Token",
     "TreeNode",
     "VerifyItem",
     "VerifyResult",
+    "current_presentation",
     "delegate_offline",
     "from_rpc_error",
+    "mtls_presenter",
+    "presenting",
 ]

@@ -22,6 +22,7 @@ from capgate_client._types import (
     IssuedToken,
     KeyInfo,
     PrincipalInfo,
+    Proof,
     RevokeResult,
     TreeNode,
     VerifyResult,
@@ -98,7 +99,7 @@ def _agent(pb: Any) -> AgentInfo:
         ceiling=tuple(f"{','.join(g.actions)}:{g.resource}" for g in pb.ceiling),
         max_ttl=pb.max_ttl_seconds, max_depth=pb.max_depth, epoch=pb.epoch,
         revoked_before=pb.revoked_before, public_keys=tuple(k.key_id for k in pb.public_keys),
-        created_at=pb.created_at)
+        created_at=pb.created_at, require_proof=pb.require_proof)
 
 
 def _issued(pb: Any) -> IssuedToken:
@@ -106,7 +107,8 @@ def _issued(pb: Any) -> IssuedToken:
 
 
 def verify_result(pb: Any) -> VerifyResult:
-    return VerifyResult(pb.allowed, pb.code, pb.reason, pb.caveat, pb.token_id, tuple(pb.chain))
+    return VerifyResult(pb.allowed, pb.code, pb.reason, pb.caveat, pb.token_id, tuple(pb.chain),
+                        pb.proven)
 
 
 def _tree(pb: Any) -> TreeNode:
@@ -128,20 +130,25 @@ def _audit(pb: Any) -> list[AuditRecord]:
 
 
 def verify_request(token: str, action: str, resource: str, presenter: str = "",
-                   ctx: Mapping[str, str] | None = None) -> verifier_pb2.VerifyRequest:
-    return verifier_pb2.VerifyRequest(token=token, action=action, resource=resource,
-                                      presenter=presenter, ctx=dict(ctx or {}))
+                   ctx: Mapping[str, str] | None = None,
+                   proof: Proof | None = None) -> verifier_pb2.VerifyRequest:
+    req = verifier_pb2.VerifyRequest(token=token, action=action, resource=resource,
+                                     presenter=presenter, ctx=dict(ctx or {}))
+    if proof is not None:
+        req.proof.text, req.proof.method, req.proof.target = proof.text, proof.method, proof.target
+    return req
 
 
 # -- the calls -------------------------------------------------------------------------------
 
 def create_agent(agent_id: str, grants: Sequence[str], max_ttl: int | None,
                  max_depth: int | None, owner: str, description: str,
-                 public_key: bytes | None) -> Call[tuple[AgentInfo, str]]:
+                 public_key: bytes | None,
+                 require_proof: bool = False) -> Call[tuple[AgentInfo, str]]:
     req = agent_pb2.CreateAgentRequest(
         id=agent_id, ceiling=[_grant_pb(g) for g in grants], max_ttl_seconds=max_ttl or 0,
         max_depth=-1 if max_depth is None else max_depth, owner=owner, description=description,
-        public_key=public_key or b"")
+        public_key=public_key or b"", require_proof=require_proof)
     return Call("agent", "CreateAgent", req,
                 lambda pb: (_agent(pb.agent), pb.credential))
 
@@ -156,11 +163,13 @@ def list_agents() -> Call[list[AgentInfo]]:
 
 
 def update_agent(agent_id: str, grants: Sequence[str] | None, max_ttl: int | None,
-                 max_depth: int | None, description: str | None) -> Call[AgentInfo]:
+                 max_depth: int | None, description: str | None,
+                 require_proof: bool | None = None) -> Call[AgentInfo]:
     req = agent_pb2.UpdateAgentRequest(
         id=agent_id, ceiling=[_grant_pb(g) for g in grants or ()], set_ceiling=grants is not None,
         max_ttl_seconds=max_ttl or 0, max_depth=-1 if max_depth is None else max_depth,
-        description=description or "", set_description=description is not None)
+        description=description or "", set_description=description is not None,
+        require_proof=bool(require_proof), set_require_proof=require_proof is not None)
     return Call("agent", "UpdateAgent", req, _agent)
 
 
@@ -244,9 +253,9 @@ def tree(node_id: str) -> Call[TreeNode]:
 
 
 def verify(token: str, action: str, resource: str, presenter: str,
-           ctx: Mapping[str, str] | None) -> Call[VerifyResult]:
-    return Call("verify", "Verify", verify_request(token, action, resource, presenter, ctx),
-                verify_result)
+           ctx: Mapping[str, str] | None, proof: Proof | None = None) -> Call[VerifyResult]:
+    return Call("verify", "Verify",
+                verify_request(token, action, resource, presenter, ctx, proof), verify_result)
 
 
 def verify_batch(requests: Sequence[verifier_pb2.VerifyRequest]) -> Call[list[VerifyResult]]:

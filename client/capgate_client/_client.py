@@ -26,6 +26,7 @@ from capgate_client._types import (
     IssuedToken,
     KeyInfo,
     PrincipalInfo,
+    Proof,
     RevokeResult,
     TreeNode,
     VerifyResult,
@@ -37,8 +38,9 @@ T = TypeVar("T")
 _OPTIONS = [("grpc.max_receive_message_length", 16 * 1024 * 1024),
             ("grpc.max_send_message_length", 16 * 1024 * 1024)]
 
-VerifyItem = tuple[str, str, str, str, Mapping[str, str] | None]
-"""One check of a batch or stream: (token, action, resource, presenter, ctx)."""
+VerifyItem = (tuple[str, str, str, str, Mapping[str, str] | None]
+              | tuple[str, str, str, str, Mapping[str, str] | None, Proof | None])
+"""One check of a batch or stream: (token, action, resource, presenter, ctx[, proof])."""
 
 
 class _Base:
@@ -94,11 +96,12 @@ class Client(_Base):
 
     def create_agent(self, agent_id: str, grants: Sequence[str], *, max_ttl: int | None = None,
                      max_depth: int | None = None, owner: str = "", description: str = "",
-                     public_key: bytes | None = None) -> tuple[AgentInfo, str]:
+                     public_key: bytes | None = None,
+                     require_proof: bool = False) -> tuple[AgentInfo, str]:
         """Register an agent with a ceiling of ``grants``; returns it and its credential
-        (shown once)."""
+        (shown once). ``require_proof``: its tokens pass only with a proof of possession."""
         return self._run(calls.create_agent(agent_id, grants, max_ttl, max_depth, owner,
-                                            description, public_key))
+                                            description, public_key, require_proof))
 
     def get_agent(self, agent_id: str) -> AgentInfo:
         """One agent (an agent may read only itself)."""
@@ -110,9 +113,12 @@ class Client(_Base):
 
     def update_agent(self, agent_id: str, *, grants: Sequence[str] | None = None,
                      max_ttl: int | None = None, max_depth: int | None = None,
-                     description: str | None = None) -> AgentInfo:
-        """Change a ceiling or limits; live tokens follow at their next verification."""
-        return self._run(calls.update_agent(agent_id, grants, max_ttl, max_depth, description))
+                     description: str | None = None,
+                     require_proof: bool | None = None) -> AgentInfo:
+        """Change a ceiling, limits or whether proof is required; live tokens follow at
+        their next verification."""
+        return self._run(calls.update_agent(agent_id, grants, max_ttl, max_depth, description,
+                                            require_proof))
 
     def suspend_agent(self, agent_id: str) -> AgentInfo:
         """Deny every token the agent appears in, until resumed."""
@@ -188,10 +194,12 @@ class Client(_Base):
     # -- verification -------------------------------------------------------------------
 
     def verify(self, token: str, action: str, resource: str, *, presenter: str = "",
-               ctx: Mapping[str, str] | None = None) -> VerifyResult:
+               ctx: Mapping[str, str] | None = None, proof: Proof | None = None) -> VerifyResult:
         """May ``presenter`` do ``action`` on ``resource`` with ``token``? A deny is a
-        result (``allowed=False`` and the reason), not an exception."""
-        return self._run(calls.verify(token, action, resource, presenter, ctx))
+        result (``allowed=False`` and the reason), not an exception. With ``proof`` (the
+        agent's proof of possession) the server checks who presents; ``presenter`` may
+        then be left empty."""
+        return self._run(calls.verify(token, action, resource, presenter, ctx, proof))
 
     def verify_batch(self, items: Sequence[VerifyItem]) -> list[VerifyResult]:
         """Many checks in one call, answered in order."""
@@ -277,10 +285,11 @@ class AsyncClient(_Base):
     async def create_agent(self, agent_id: str, grants: Sequence[str], *,
                            max_ttl: int | None = None, max_depth: int | None = None,
                            owner: str = "", description: str = "",
-                           public_key: bytes | None = None) -> tuple[AgentInfo, str]:
+                           public_key: bytes | None = None,
+                           require_proof: bool = False) -> tuple[AgentInfo, str]:
         """See ``Client.create_agent``."""
         return await self._run(calls.create_agent(agent_id, grants, max_ttl, max_depth, owner,
-                                                  description, public_key))
+                                                  description, public_key, require_proof))
 
     async def get_agent(self, agent_id: str) -> AgentInfo:
         """See ``Client.get_agent``."""
@@ -292,10 +301,11 @@ class AsyncClient(_Base):
 
     async def update_agent(self, agent_id: str, *, grants: Sequence[str] | None = None,
                            max_ttl: int | None = None, max_depth: int | None = None,
-                           description: str | None = None) -> AgentInfo:
+                           description: str | None = None,
+                           require_proof: bool | None = None) -> AgentInfo:
         """See ``Client.update_agent``."""
         return await self._run(calls.update_agent(agent_id, grants, max_ttl, max_depth,
-                                                  description))
+                                                  description, require_proof))
 
     async def suspend_agent(self, agent_id: str) -> AgentInfo:
         """See ``Client.suspend_agent``."""
@@ -371,9 +381,10 @@ class AsyncClient(_Base):
     # -- verification -------------------------------------------------------------------
 
     async def verify(self, token: str, action: str, resource: str, *, presenter: str = "",
-                     ctx: Mapping[str, str] | None = None) -> VerifyResult:
+                     ctx: Mapping[str, str] | None = None,
+                     proof: Proof | None = None) -> VerifyResult:
         """See ``Client.verify``."""
-        return await self._run(calls.verify(token, action, resource, presenter, ctx))
+        return await self._run(calls.verify(token, action, resource, presenter, ctx, proof))
 
     async def verify_batch(self, items: Sequence[VerifyItem]) -> list[VerifyResult]:
         """See ``Client.verify_batch``."""

@@ -13,6 +13,7 @@ __all__ = [
     "IssuedToken",
     "KeyInfo",
     "PrincipalInfo",
+    "Proof",
     "RevokeResult",
     "TreeNode",
     "VerifyResult",
@@ -32,6 +33,7 @@ class AgentInfo:
     revoked_before: str
     public_keys: tuple[str, ...]
     created_at: str
+    require_proof: bool = False  # its tokens need a proof of possession
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,18 @@ class IssuedToken:
 
 
 @dataclass(frozen=True)
+class Proof:
+    """A proof of possession as a service received it: the ``capgate-proof`` value and
+    the request it came with, as the service saw it (``method``: the HTTP method, "POST"
+    for gRPC, "tools/call" for MCP; ``target``: the path with query, the gRPC method,
+    the MCP tool)."""
+
+    text: str
+    method: str
+    target: str
+
+
+@dataclass(frozen=True)
 class VerifyResult:
     allowed: bool
     code: str
@@ -67,6 +81,7 @@ class VerifyResult:
     caveat: str = ""
     token_id: str = ""
     chain: tuple[str, ...] = ()
+    proven: bool = False  # allowed, and the presenter proved possession of its key
 
     def __bool__(self) -> bool:
         return self.allowed

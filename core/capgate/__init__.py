@@ -55,6 +55,19 @@ from capgate._errors import (
 )
 from capgate._grants import Ceiling, Glob, Grant, resource_problem
 from capgate._inspect import HopInfo, TokenDescription, describe, hop_expiry
+from capgate._presentation import (
+    DENY_HEADER,
+    PROOF_HEADER,
+    PROOF_WINDOW,
+    TOKEN_HEADER,
+    TOKEN_SCHEME,
+    PossessionProof,
+    http_action,
+    presented_token,
+    proof_message,
+    prove_possession,
+    token_header,
+)
 from capgate._revocation import RevocationSet
 from capgate._token import Token, TokenIdentifier, new_token_id
 from capgate._verifier import Chain, Decision, DenyCode, Hop, Verifier
@@ -63,7 +76,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "DENY_HEADER",
     "MAX_DEPTH",
+    "PROOF_HEADER",
+    "PROOF_WINDOW",
+    "TOKEN_HEADER",
+    "TOKEN_SCHEME",
     "ActionCaveat",
     "Agent",
     "AgentCaveat",
@@ -95,6 +113,7 @@ __all__ = [
     "NotBeforeCaveat",
     "NotFoundError",
     "PermissionDeniedError",
+    "PossessionProof",
     "RawCaveat",
     "RawMacaroon",
     "Request",
@@ -116,6 +135,7 @@ __all__ = [
     "format_duration",
     "format_timestamp",
     "hop_expiry",
+    "http_action",
     "load_private_key",
     "load_public_key",
     "new_private_key_pem",
@@ -123,9 +143,13 @@ __all__ = [
     "parse_caveat",
     "parse_duration",
     "parse_timestamp",
+    "presented_token",
+    "proof_message",
+    "prove_possession",
     "public_key_id",
     "resource_problem",
     "restriction_caveats",
     "server_proof",
     "system_clock",
+    "token_header",
 ]

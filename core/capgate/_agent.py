@@ -37,7 +37,9 @@ class Agent:
     ``revoked_before_ms``: tokens issued to, or delegated through, this agent at
     or before this instant deny (``capgate agent revoke-all`` moves it to now and
     bumps ``epoch``). ``public_keys``: Ed25519 keys (key id → raw bytes) that may
-    sign offline delegations made by this agent.
+    sign offline delegations made by this agent, and its proofs of possession.
+    ``require_proof``: a token held by this agent is accepted only with a proof
+    of possession (a presenter the service merely names is not enough).
     """
 
     id: str
@@ -51,6 +53,7 @@ class Agent:
     revoked_before_ms: int = 0
     public_keys: MappingProxyType[str, bytes] = field(default_factory=lambda: MappingProxyType({}))
     created_at: float = 0.0
+    require_proof: bool = False
 
     @property
     def active(self) -> bool:

@@ -51,6 +51,11 @@ class DenyCode(StrEnum):
     CEILING = "beyond_ceiling"
     CAVEAT_FAILED = "caveat_failed"
     UNAVAILABLE = "unavailable"
+    # how a token was presented (``capgate._presentation``): decided around the verifier
+    MISSING_TOKEN = "missing_token"  # noqa: S105 - the request brought no token at all
+    PROOF_REQUIRED = "proof_required"
+    BAD_PROOF = "bad_proof"
+    PROOF_REPLAYED = "proof_replayed"
 
 
 # Hop, Decision and Chain are built on the hot path: plain slotted dataclasses

@@ -33,13 +33,15 @@ from capgate_server._interceptor import POLICY, Authenticator
 from capgate_server._keyring import load_kek
 from capgate_server._replica import Replica, Settings
 from capgate_server._servicers import register_all
+from capgate_server._verification import Verification
 from capgate_server.store import Role, open_store
 
 __all__ = ["CLOCK_HEALTH", "CapgateServer", "serve"]
 
 log = logging.getLogger("capgate.server")
 MAX_SEND = 16 * 1024 * 1024  # replies: a batch of 1,024 verdicts, a page of audit records
-_VERIFIER_OK = ("/capgate.v1.VerifierService/", "/grpc.reflection.")
+_VERIFIER_OK = ("/capgate.v1.VerifierService/", "/envoy.service.auth.v3.Authorization/",
+                "/grpc.reflection.")
 CLOCK_HEALTH = "capgate.clock"  # health name: NOT_SERVING while the clock is off
 
 
@@ -118,6 +120,8 @@ class CapgateServer:
             maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
         self._services = names = register_all(server, replica)
+        if s.ext_authz:
+            names.append(_ext_authz(server, replica))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self._extra:
             server.add_generic_rpc_handlers(self._extra)
@@ -197,9 +201,21 @@ def _replica_id(data_dir: Path) -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         name = f"{socket.gethostname()[:40]}-{secrets.token_hex(3)}"
         _write_secret(path, name)  # not secret, but private like everything there
         return name
+
+
+def _ext_authz(server: grpc.aio.Server, replica: Replica) -> str:
+    """Serve Envoy's Check (loaded only when asked for: it needs the Envoy stubs)."""
+    try:
+        from capgate_server._ext_authz import register_ext_authz
+    except ImportError as e:
+        raise InvalidArgumentError(
+            f"--ext-authz needs the Envoy stubs ({e.name} is missing): "
+            "pip install 'capgate[envoy]'") from None
+    return register_ext_authz(server, Verification(replica), replica.settings)
 
 
 def _cannot_listen(listen: str) -> UnavailableError:

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from capgate import AgentStatus, AuthenticationError, PermissionDeniedError
+from capgate import AgentStatus, AuthenticationError, CapgateError, PermissionDeniedError
 from capgate_server._admission import CALLER, Admission
 from capgate_server._replica import Replica
 from capgate_server.store import Role
@@ -49,6 +49,9 @@ POLICY: Mapping[str, frozenset[Role]] = {
     "/capgate.v1.KeyService/ListKeys": _ADMIN,
     "/capgate.v1.KeyService/RotateKey": _ADMIN,
     "/capgate.v1.KeyService/RetireKey": _ADMIN,
+    # Envoy's ext_authz (served with --ext-authz): a proxy speaks for what it saw, like a
+    # service; an agent could put any peer principal in the request, so it may not
+    "/envoy.service.auth.v3.Authorization/Check": frozenset({Role.ADMIN, Role.SERVICE}),
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": _ANY,
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _ANY,
 }
@@ -96,8 +99,14 @@ class Authenticator(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             for key, value in details.invocation_metadata or ():
                 if key == "authorization":
                     credential = value.removeprefix("Bearer ").strip()
-            principal = await self._replica.authenticate(credential) if credential else None
-            if principal is None:
+            try:
+                principal = (await self._replica.authenticate(credential) if credential
+                             else None)
+            except CapgateError as e:  # the store cannot say who this is: fail closed, say why
+                principal, error = None, e
+            if error is not None:
+                pass
+            elif principal is None:
                 error = AuthenticationError("missing or unknown credential")
             elif principal.disabled:
                 error = AuthenticationError(f"the credential of {principal.id!r} is disabled")

@@ -38,6 +38,7 @@ class AgentUpdate:
     max_ttl: int | None = None
     max_depth: int | None = None
     description: str | None = None
+    require_proof: bool | None = None
 
 
 class Registry:
@@ -81,7 +82,8 @@ class Registry:
     async def create_agent(self, caller: Principal, agent_id: str, grants: Sequence[str], *,
                            max_ttl: int | None = None, max_depth: int | None = None,
                            owner: str = "", description: str = "",
-                           public_key: bytes | None = None) -> tuple[Agent, str]:
+                           public_key: bytes | None = None,
+                           require_proof: bool = False) -> tuple[Agent, str]:
         check_id(agent_id, "agent id")
         keys = {}
         if public_key:
@@ -94,11 +96,12 @@ class Registry:
             max_ttl=self._ttl(max_ttl),
             max_depth=self._depth(self.replica.settings.default_max_depth
                                   if max_depth is None else max_depth),
-            created_at=self.replica.clock(),
+            created_at=self.replica.clock(), require_proof=require_proof,
         ).with_changes(public_keys=keys)
         credential = new_credential()
         event = self._event(caller, "agent.create", agent_id, ceiling=str(agent.ceiling),
-                            max_ttl=agent.max_ttl, max_depth=agent.max_depth)
+                            max_ttl=agent.max_ttl, max_depth=agent.max_depth,
+                            **({"require_proof": True} if require_proof else {}))
         await self.replica.call(self.replica.store.create_agent, agent,
                                 hash_credential(credential), event)
         await self.replica.sync()
@@ -142,10 +145,13 @@ class Registry:
             max_ttl=None if update.max_ttl is None else self._ttl(update.max_ttl),
             max_depth=None if update.max_depth is None else self._depth(update.max_depth),
             description=None if update.description is None
-            else self._text(update.description, "description", 1024))
+            else self._text(update.description, "description", 1024),
+            require_proof=update.require_proof)
         detail = {k: str(v) for k, v in (("ceiling", patch.ceiling), ("max_ttl", patch.max_ttl),
                                           ("max_depth", patch.max_depth),
-                                          ("description", patch.description)) if v is not None}
+                                          ("description", patch.description),
+                                          ("require_proof", patch.require_proof))
+                  if v is not None}
         if not detail:
             raise InvalidArgumentError("nothing to update")
         return await self._patch(caller, agent_id, "agent.update", detail, patch)

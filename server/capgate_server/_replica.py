@@ -42,6 +42,7 @@ from capgate_server._hops import HopLedger
 from capgate_server._keyring import KeyEncryptionKey, RootKeys
 from capgate_server._ledger import AuditLedger
 from capgate_server._limits import ResourceLimits
+from capgate_server._nonces import NonceLedger
 from capgate_server.store import (
     AuditEvent,
     Change,
@@ -95,6 +96,12 @@ class Settings:
     limits: ResourceLimits = field(default_factory=ResourceLimits)
     replica_id: str = ""  # names this replica in the records it writes (made at first start)
     audit_checkpoint_every: float = 60.0  # seconds between kept checkpoints of the ledger
+    require_proof: bool = False  # every token needs its holder's proof of possession
+    proof_window: float = 30.0  # a proof is accepted this long either side of its instant
+    # Envoy's ext_authz (envoy.service.auth.v3.Authorization/Check; needs capgate[envoy])
+    ext_authz: bool = False
+    ext_authz_header: str = "authorization"  # where the token is: "Capgate <token>"
+    spiffe_prefix: str = ""  # peer principal PREFIX+AGENT presents as AGENT; "": none does
 
 
 class Replica:
@@ -129,6 +136,7 @@ class Replica:
             tally_bytes=limits.audit_tally_bytes, backlog=limits.audit_backlog,
             rows_per_write=limits.audit_rows_per_write,
             denies_per_caller=limits.audit_denies_per_principal)
+        self.nonces = NonceLedger(store, clock)  # proofs of possession, redeemed once
         self._principals: dict[str, Principal] = {}
         # Three lanes to the store, each a thread with its own connection, so a slow
         # or blocked write never stops the replica from reading the change feed, and
@@ -218,6 +226,7 @@ class Replica:
         await self.ledger.close()
         for lane in (self._executor, self._reader, self._auditor):
             lane.shutdown(wait=True)
+        self.nonces.close()
         self.store.close()
 
     async def _load(self) -> None:

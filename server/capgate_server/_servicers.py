@@ -60,6 +60,7 @@ def grants_from(pb: Any) -> list[str]:
 def agent_to_pb(a: Agent) -> common_pb2.Agent:
     return common_pb2.Agent(
         id=a.id, owner=a.owner, description=a.description, status=str(a.status),
+        require_proof=a.require_proof,
         ceiling=[common_pb2.Grant(actions=sorted(g.actions), resource=g.glob.pattern)
                  for g in a.ceiling.grants],
         max_ttl_seconds=a.max_ttl, max_depth=a.max_depth, epoch=a.epoch,
@@ -136,7 +137,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
             max_ttl=request.max_ttl_seconds or None,
             max_depth=None if request.max_depth < 0 else request.max_depth,
             owner=request.owner, description=request.description,
-            public_key=request.public_key or None)
+            public_key=request.public_key or None, require_proof=request.require_proof)
         return agent_pb2.CreateAgentResponse(agent=agent_to_pb(agent), credential=credential)
 
     @rpc
@@ -153,7 +154,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
             ceiling=grants_from(request.ceiling) if request.set_ceiling else None,
             max_ttl=request.max_ttl_seconds or None,
             max_depth=None if request.max_depth < 0 else request.max_depth,
-            description=request.description if request.set_description else None)
+            description=request.description if request.set_description else None,
+            require_proof=request.require_proof if request.set_require_proof else None)
         return agent_to_pb(await self.registry.update(CALLER.get(), request.id, update))
 
     @rpc
@@ -271,23 +273,31 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):  # type: igno
         self.verification = verification
         self._reply = _AllowedReplies(reply_bytes)
 
+    def _answer(self, r: Any, d: Decision) -> verifier_pb2.VerifyResponse:
+        if r.proof.text:  # an allow with a proof: the proof held (built apart: allows are shared)
+            reply = decision_to_pb(d)
+            reply.proven = d.allowed
+            return reply
+        return self._reply(d)
+
     @rpc
     async def Verify(self, request: Any, context: Any) -> Any:
-        return self._reply(self.verification.verify_item(CALLER.get(), request))
+        return self._answer(request, await self.verification.verify_item(CALLER.get(), request))
 
     @rpc
     async def VerifyBatch(self, request: Any, context: Any) -> Any:
         decisions = await self.verification.verify_batch(CALLER.get(), request.requests)
-        reply = self._reply
-        return verifier_pb2.VerifyBatchResponse(responses=[reply(d) for d in decisions])
+        answer = self._answer
+        return verifier_pb2.VerifyBatchResponse(
+            responses=[answer(r, d) for r, d in zip(request.requests, decisions, strict=True)])
 
     async def VerifyStream(self, request_iterator: Any,
                            context: Any) -> AsyncIterator[verifier_pb2.VerifyResponse]:
-        caller, v, reply = CALLER.get(), self.verification, self._reply
+        caller, v = CALLER.get(), self.verification
         budget = v.stream_budget()
         try:
             async for r in request_iterator:
-                yield reply(v.verify_item(caller, r, budget))
+                yield self._answer(r, await v.verify_item(caller, r, budget))
         except CapgateError as e:
             await abort(context, e)
 

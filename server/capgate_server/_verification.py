@@ -5,6 +5,14 @@ adds who asked (a service speaks for the presenter it authenticated; an agent
 only for itself), fails closed when the replica is stale, writes the audit
 record.
 
+It also decides proofs of possession (``capgate.PossessionProof``). With a
+proof the presenter is not the caller's word: the proof must verify with a
+key the token's holder registered, for the request the service saw, within the
+proof window, and its nonce must not have been redeemed anywhere in the fleet.
+Where proof is required (``require_proof`` on the server, or on the holder) a
+token presented without one is denied ``proof_required``. An agent verifying
+for itself has proven who it is with its own credential.
+
 It also keeps one caller from stalling the others. A batch is decided in time
 slices of ``slice_seconds`` with a pause of ``slice_pause`` between them: a bare
 yield is not enough, since grpc's poller thread needs the GIL to hand the event
@@ -23,19 +31,26 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from capgate import (
     Decision,
     DenyCode,
     InvalidArgumentError,
+    MalformedTokenError,
     PermissionDeniedError,
+    PossessionProof,
     ResourceExhaustedError,
+    Token,
 )
+from capgate_server._nonces import NONCE_MARGIN
 from capgate_server._replica import Replica
 from capgate_server.store import Principal, Role
 
-__all__ = ["NewCaveatBudget", "Verification", "VerifyItem"]
+__all__ = ["NewCaveatBudget", "Presented", "Verification", "VerifyItem", "presented"]
+
+Claim = tuple[str, str, float]  # a proof's nonce to redeem: (holder, nonce, keep until)
 
 class VerifyItem(Protocol):
     """One request of a batch or stream, as the wire delivers it."""
@@ -45,6 +60,28 @@ class VerifyItem(Protocol):
     resource: str
     presenter: str
     ctx: Mapping[str, str]
+    proof: Any  # capgate.v1.Proof: text, method, target ("" text: none)
+
+
+@dataclass(frozen=True, slots=True)
+class Presented:
+    """One request that came with a proof: the check, and the request as the service saw it
+    (``method``, ``target``) with the ``capgate-proof`` value (``proof``)."""
+
+    token: str
+    action: str
+    resource: str
+    presenter: str
+    ctx: Mapping[str, str]
+    proof: str
+    method: str
+    target: str
+
+
+def presented(r: VerifyItem, presenter: str) -> Presented:
+    """A wire request that carries a proof, as this layer takes it."""
+    return Presented(r.token, r.action, r.resource, presenter, r.ctx, r.proof.text,
+                     r.proof.method, r.proof.target)
 
 
 class NewCaveatBudget:
@@ -82,6 +119,8 @@ class Verification:
         self.replica = replica
         self._limits = replica.settings.limits
         self._turns: dict[str, _Turn] = {}
+        self._require_all = replica.settings.require_proof
+        self._window = replica.settings.proof_window
 
     def presenter_for(self, caller: Principal, presenter: str) -> str:
         if caller.role is Role.AGENT:
@@ -90,30 +129,120 @@ class Verification:
             return caller.id
         return presenter
 
-    def verify(self, caller: Principal, token: str, action: str, resource: str,
-               presenter: str, ctx: Mapping[str, str]) -> Decision:
-        """One decision; ``presenter`` must already have gone through ``presenter_for``."""
+    def _stale(self) -> Decision | None:
         replica = self.replica
         if time.monotonic() > replica.fresh_until:
-            decision = Decision(False, DenyCode.UNAVAILABLE,
-                                f"replica out of touch with the store for "
-                                f"{replica.staleness():.1f}s; failing closed")
-        else:
+            return Decision(False, DenyCode.UNAVAILABLE,
+                            f"replica out of touch with the store for "
+                            f"{replica.staleness():.1f}s; failing closed")
+        return None
+
+    def verify(self, caller: Principal, token: str, action: str, resource: str,
+               presenter: str, ctx: Mapping[str, str]) -> Decision:
+        """One decision without a proof; ``presenter`` must already have gone through
+        ``presenter_for``."""
+        replica = self.replica
+        decision = self._stale()
+        if decision is None:
             decision = replica.verifier.check(token, action, resource, presenter, ctx)
+            if decision.allowed and caller.role is not Role.AGENT and self._needs_proof(decision):
+                decision = Decision(
+                    False, DenyCode.PROOF_REQUIRED,
+                    f"agent {decision.chain[-1]!r} must prove possession of its key "
+                    f"(a 'capgate-proof' with the request); the presenter was only asserted",
+                    None, decision.token_id, decision.chain)
         replica.audit.decision(caller.id, decision, action, resource, presenter, replica.clock(),
                                tuple(sorted(ctx)) if ctx else ())
         return decision
 
-    def verify_item(self, caller: Principal, r: VerifyItem,
-                    budget: NewCaveatBudget | None = None) -> Decision:
+    def _needs_proof(self, allowed: Decision) -> bool:
+        if self._require_all:
+            return True
+        agent = self.replica.agents.get(allowed.chain[-1])
+        return agent is None or agent.require_proof
+
+    async def verify_item(self, caller: Principal, r: VerifyItem,
+                          budget: NewCaveatBudget | None = None) -> Decision:
         """One request of a stream (or a unary call), charged to ``budget``."""
         verifier = self.replica.verifier
         before = verifier.compiled
-        d = self.verify(caller, r.token, r.action, r.resource,
-                        self.presenter_for(caller, r.presenter), r.ctx)
+        presenter = self.presenter_for(caller, r.presenter)
+        if r.proof.text:
+            d = (await self.verify_proven(caller, [presented(r, presenter)]))[0]
+        else:
+            d = self.verify(caller, r.token, r.action, r.resource, presenter, r.ctx)
         if budget is not None and verifier.compiled != before:
             budget.spend(verifier.compiled - before)
         return d
+
+    async def verify_proven(self, caller: Principal,
+                            requests: Sequence[Presented]) -> list[Decision]:
+        """Decisions for requests that carry proofs, in order. Every proof that verifies
+        has its nonce redeemed, allowed or not: a proof is good for one request."""
+        decisions: list[Decision] = []
+        pending: list[tuple[int, Presented, Claim | None]] = []
+        for i, p in enumerate(requests):
+            decision, claim = self._decide_proven(p)
+            decisions.append(decision)
+            pending.append((i, p, claim))
+        await self._settle(caller, decisions, pending)
+        return decisions
+
+    async def _settle(self, caller: Principal, decisions: list[Decision],
+                      pending: Sequence[tuple[int, Presented, Claim | None]]) -> None:
+        """Redeem the nonces of the proofs that verified (one group commit), turn the
+        decisions of replays into denies, and audit them all."""
+        replica = self.replica
+        claims = [(i, claim) for i, _, claim in pending if claim is not None]
+        if claims:
+            redeemed = await replica.nonces.redeem([c for _, c in claims])
+            for (i, claim), ok in zip(claims, redeemed, strict=True):
+                if ok is True:
+                    continue
+                d = decisions[i]
+                if ok is False:
+                    decisions[i] = Decision(
+                        False, DenyCode.PROOF_REPLAYED,
+                        f"proof nonce {claim[1]} was already used: a proof is good for one "
+                        "request", None, d.token_id, d.chain)
+                else:
+                    decisions[i] = Decision(
+                        False, DenyCode.UNAVAILABLE,
+                        f"cannot redeem the proof's nonce ({ok}); failing closed",
+                        None, d.token_id, d.chain)
+        now = replica.clock()
+        for i, p, claim in pending:  # the presenter audited: the holder once its proof held
+            replica.audit.decision(caller.id, decisions[i], p.action, p.resource,
+                                   p.presenter if claim is None else claim[0], now,
+                                   tuple(sorted(p.ctx)) if p.ctx else ())
+
+    def _decide_proven(self, p: Presented) -> tuple[Decision, Claim | None]:
+        """The decision for a request with a proof, and the nonce to redeem if it held."""
+        stale = self._stale()
+        if stale is not None:
+            return stale, None
+        verifier = self.replica.verifier
+        try:
+            proof = PossessionProof.parse(p.proof)
+        except InvalidArgumentError as e:
+            return Decision(False, DenyCode.BAD_PROOF, f"bad proof: {e.message}"), None
+        chain = verifier.analyse(p.token)
+        if isinstance(chain, Decision):  # an invalid token denies as such
+            return chain, None
+        holder = chain.holder
+        if p.presenter and p.presenter != holder:  # the service knows someone else: not_holder
+            return verifier.check(p.token, p.action, p.resource, p.presenter, p.ctx), None
+        agent = self.replica.agents.get(holder)
+        key = agent.public_keys.get(proof.key_id) if agent is not None else None
+        problem = (f"key {proof.key_id} is not registered for agent {holder!r}" if key is None
+                   else proof.check(key, p.method, p.target, _signature(chain.text),
+                                    self.replica.clock(), self._window))
+        if problem is not None:
+            return Decision(False, DenyCode.BAD_PROOF, f"bad proof: {problem}", None,
+                            chain.token_id, chain.agents), None
+        keep_until = proof.at_ms / 1000 + self._window + NONCE_MARGIN
+        decision = verifier.check(p.token, p.action, p.resource, holder, p.ctx)
+        return decision, (holder, proof.nonce, keep_until)
 
     def stream_budget(self) -> NewCaveatBudget:
         return NewCaveatBudget(self._limits.new_caveats_per_call)
@@ -137,17 +266,26 @@ class Verification:
         verifier, verify, clock = self.replica.verifier, self.verify, time.perf_counter
         budget, slice_seconds = limits.new_caveats_per_call, limits.slice_seconds
         pause = limits.slice_pause
-        out = []
+        out: list[Decision] = []
+        proven: list[tuple[int, Presented, Claim | None]] = []  # settled at the end
         mark, used = verifier.compiled, 0
         end = clock() + slice_seconds
         for r, presenter in zip(requests, presenters, strict=True):
-            out.append(verify(caller, r.token, r.action, r.resource, presenter, r.ctx))
+            if r.proof.text:
+                p = presented(r, presenter)
+                d, claim = self._decide_proven(p)
+                proven.append((len(out), p, claim))
+                out.append(d)
+            else:
+                out.append(verify(caller, r.token, r.action, r.resource, presenter, r.ctx))
             if clock() > end:  # this slice is spent: let everyone else run
                 used += verifier.compiled - mark
                 if used > budget:
                     raise _too_many_new(budget, "in one batch")
                 await asyncio.sleep(pause)
                 mark, end = verifier.compiled, clock() + slice_seconds
+        if proven:
+            await self._settle(caller, out, proven)
         return out
 
     @contextlib.asynccontextmanager
@@ -164,3 +302,10 @@ class Verification:
             turn.users -= 1
             if not turn.users:
                 del self._turns[who]
+
+
+def _signature(text: str) -> bytes:
+    try:
+        return Token.parse(text).signature
+    except MalformedTokenError:  # pragma: no cover - the verifier has read this token already
+        return b""

@@ -15,21 +15,22 @@ from capgate_server import status_for
 
 def test_core_public_api_is_pinned():
     assert sorted(capgate.__all__) == sorted([
-        "DEFAULT_LIMITS", "MAX_DEPTH", "ActionCaveat", "Agent", "AgentCaveat", "AgentStatus",
+        "DEFAULT_LIMITS", "DENY_HEADER", "MAX_DEPTH", "PROOF_HEADER", "PROOF_WINDOW", "TOKEN_HEADER",
+        "TOKEN_SCHEME", "ActionCaveat", "Agent", "AgentCaveat", "AgentStatus",
         "AlreadyExistsError", "AuthenticationError", "CapgateError", "Caveat",
         "CaveatSyntaxError", "Ceiling", "Chain", "Clock", "CtxCaveat", "Decision",
         "DelegateCaveat", "DenyCode", "DepthCaveat", "DidCaveat", "Directory", "ExpiresCaveat",
         "FailedPreconditionError", "Glob", "Grant", "Hop", "HopInfo", "InvalidArgumentError",
         "Limits", "MalformedTokenError", "NotBeforeCaveat", "NotFoundError",
-        "PermissionDeniedError", "RawCaveat", "RawMacaroon", "Request", "ResourceCaveat",
-        "ResourceExhaustedError", "RevocationSet", "Token", "TokenDescription",
-        "TokenIdentifier", "UnavailableError", "Verifier", "__version__",
+        "PermissionDeniedError", "PossessionProof", "RawCaveat", "RawMacaroon", "Request",
+        "ResourceCaveat", "ResourceExhaustedError", "RevocationSet", "Token",
+        "TokenDescription", "TokenIdentifier", "UnavailableError", "Verifier", "__version__",
         "append_server_delegation", "check_id", "delegate_offline", "delegation_id",
         "delegation_message", "describe", "format_duration", "format_timestamp", "hop_expiry",
-        "load_private_key",
-        "load_public_key", "new_private_key_pem", "new_token_id", "parse_caveat",
-        "parse_duration", "parse_timestamp", "public_key_id", "resource_problem",
-        "restriction_caveats", "server_proof", "system_clock"])
+        "http_action", "load_private_key", "load_public_key", "new_private_key_pem",
+        "new_token_id", "parse_caveat", "parse_duration", "parse_timestamp", "presented_token",
+        "proof_message", "prove_possession", "public_key_id", "resource_problem",
+        "restriction_caveats", "server_proof", "system_clock", "token_header"])
     for name in capgate.__all__:
         assert hasattr(capgate, name), name
 
@@ -43,9 +44,10 @@ def test_server_public_api_is_pinned():
         "KeyEncryptionKey", "Replica", "ResourceLimits", "Settings", "load_kek", "new_kek_text",
         "recover_admin", "serve", "status_for"])
     assert sorted(capgate_server.store.__all__) == sorted([
-        "AUDIT_FIELD_LIMITS", "MIGRATIONS", "AgentPatch", "AuditEvent", "AuditQuery", "Change", "ChangeKind",
-        "DelegationRecord", "PostgresStore", "Principal", "Role", "RootKeyRecord",
-        "SessionTimeouts", "SqliteStore", "Store", "TokenRecord", "open_store"])
+        "AUDIT_FIELD_LIMITS", "GENESIS", "MIGRATIONS", "AgentPatch", "AuditEvent", "AuditQuery",
+        "Break", "Change", "ChangeKind", "Checkpoint", "DelegationRecord", "LedgerKey",
+        "PostgresStore", "Principal", "Role", "RootKeyRecord", "SessionTimeouts", "Signer",
+        "SqliteStore", "Store", "TokenRecord", "canonical", "link", "open_store", "walk"])
     for module in (capgate_server, capgate_server.store):
         for name in module.__all__:
             assert hasattr(module, name), name
@@ -55,7 +57,29 @@ def test_client_public_api_is_pinned():
     assert sorted(capgate_client.__all__) == sorted([
         "TLS", "AgentInfo", "AsyncClient", "AuditRecord", "Client", "Credential", "HopStatus",
         "InspectResult", "IssuedToken", "KeyInfo", "PrincipalInfo", "RevokeResult", "Token", "TreeNode",
-        "VerifyItem", "VerifyResult", "delegate_offline", "from_rpc_error"])
+        "VerifyItem", "VerifyResult", "delegate_offline", "from_rpc_error",
+        # presenting tokens, and guarding services
+        "Access", "AsyncGrpcGuard", "AsyncGuard", "CapgateMiddleware",
+        "GrpcGuard", "Guard", "Presentation", "Presenter", "Proof", "Rule",
+        "current_presentation", "mtls_presenter", "presenting"])
+    for name in capgate_client.__all__:
+        assert hasattr(capgate_client, name), name
+
+
+def test_the_mcp_guard_is_its_own_public_face_and_the_sdk_needs_no_mcp():
+    import subprocess
+    import sys
+
+    import capgate_client.mcp
+
+    assert sorted(capgate_client.mcp.__all__) == ["Rule", "ToolGuard"]
+    # importing the SDK (and every guard but the MCP one) loads no optional package
+    code = ("import sys, capgate_client; "
+            "print(sorted(m for m in ('mcp', 'starlette', 'uvicorn', 'httpx', 'envoy') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
 
 
 Metadatum = collections.namedtuple("Metadatum", ["key", "value"])  # what grpc hands back

@@ -781,3 +781,46 @@ def test_patches_from_two_replicas_compose(backend: Backend) -> None:
     assert first.last_change() == seq  # nothing half-written
     second.patch_agent("alice", AgentPatch(remove_key="k" * 16), ev("agent.key-remove"))
     assert "k" * 16 not in first.get_agent("alice").public_keys
+
+
+# -- proof of possession ----------------------------------------------------------------
+
+
+def test_require_proof_round_trips_and_patches(store: Store) -> None:
+    from capgate_server.store import AgentPatch
+
+    store.create_agent(make_agent(require_proof=True), "h-alice", ev("agent.create"))
+    store.create_agent(make_agent("bob"), "h-bob", ev("agent.create"))
+    assert store.get_agent("alice").require_proof  # type: ignore[union-attr]
+    assert not store.get_agent("bob").require_proof  # type: ignore[union-attr]
+    store.patch_agent("bob", AgentPatch(require_proof=True), ev("agent.update"))
+    store.patch_agent("alice", AgentPatch(require_proof=False), ev("agent.update"))
+    assert [a.require_proof for a in store.list_agents()] == [False, True]
+    store.update_agent(make_agent(require_proof=True), ev("agent.update"))
+    assert store.get_agent("alice").require_proof  # type: ignore[union-attr]
+
+
+def test_a_nonce_is_redeemed_once_by_any_store_object(backend: Backend) -> None:
+    first, second = backend.open(), backend.open()  # two replicas on one database
+    first.migrate()
+    until = T0 + 90
+    assert first.redeem_nonces([("alice", "n1", until), ("alice", "n2", until)]) == [True, True]
+    # the same nonce again: at the other replica, twice in one call, or for another agent
+    assert second.redeem_nonces([("alice", "n1", until), ("bob", "n1", until),
+                                 ("bob", "n3", until), ("bob", "n3", until)]) == [
+        False, True, True, False]
+    assert first.redeem_nonces([]) == []
+    # many at once (more than one statement's worth)
+    many = [("carol", f"m{i}", until) for i in range(450)]
+    assert first.redeem_nonces(many) == [True] * 450
+    assert second.redeem_nonces(many[::50]) == [False] * 9
+
+
+def test_nonces_are_forgotten_only_after_they_expire(backend: Backend, store: Store) -> None:
+    store.redeem_nonces([("alice", "old", P0 + 10), ("alice", "new", P0 + 1000)])
+    store.redeem_nonces([("alice", "x", P0 + 1000)], forget_before=P0 + 100)
+    left = sorted(r[0] for r in backend.query("SELECT nonce FROM proof_nonces"))
+    assert left == ["new", "x"]
+    # forgotten, a nonce could be redeemed again; by then its proof is long out of its window
+    assert store.redeem_nonces([("alice", "old", P0 + 10), ("alice", "new", P0 + 1000)]) == [
+        True, False]

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("token", "action", "resource", "presenter", "ctx")
+    __slots__ = ("token", "action", "resource", "presenter", "ctx", "proof")
     class CtxEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -20,28 +20,42 @@ class VerifyRequest(_message.Message):
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     PRESENTER_FIELD_NUMBER: _ClassVar[int]
     CTX_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     token: str
     action: str
     resource: str
     presenter: str
     ctx: _containers.ScalarMap[str, str]
-    def __init__(self, token: _Optional[str] = ..., action: _Optional[str] = ..., resource: _Optional[str] = ..., presenter: _Optional[str] = ..., ctx: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    proof: Proof
+    def __init__(self, token: _Optional[str] = ..., action: _Optional[str] = ..., resource: _Optional[str] = ..., presenter: _Optional[str] = ..., ctx: _Optional[_Mapping[str, str]] = ..., proof: _Optional[_Union[Proof, _Mapping]] = ...) -> None: ...
+
+class Proof(_message.Message):
+    __slots__ = ("text", "method", "target")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    method: str
+    target: str
+    def __init__(self, text: _Optional[str] = ..., method: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
-    __slots__ = ("allowed", "code", "reason", "caveat", "token_id", "chain")
+    __slots__ = ("allowed", "code", "reason", "caveat", "token_id", "chain", "proven")
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CAVEAT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
+    PROVEN_FIELD_NUMBER: _ClassVar[int]
     allowed: bool
     code: str
     reason: str
     caveat: str
     token_id: str
     chain: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, allowed: _Optional[bool] = ..., code: _Optional[str] = ..., reason: _Optional[str] = ..., caveat: _Optional[str] = ..., token_id: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ...) -> None: ...
+    proven: bool
+    def __init__(self, allowed: _Optional[bool] = ..., code: _Optional[str] = ..., reason: _Optional[str] = ..., caveat: _Optional[str] = ..., token_id: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ..., proven: _Optional[bool] = ...) -> None: ...
 
 class VerifyBatchRequest(_message.Message):
     __slots__ = ("requests",)

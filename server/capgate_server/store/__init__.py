@@ -16,6 +16,7 @@ from capgate_server.store._base import (
     Principal,
     Role,
     RootKeyRecord,
+    Signer,
     Store,
     TokenRecord,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "Role",
     "RootKeyRecord",
     "SessionTimeouts",
+    "Signer",
     "SqliteStore",
     "Store",
     "TokenRecord",

@@ -109,6 +109,7 @@ class AgentPatch:
     revoke_before_ms: int | None = None
     add_key: tuple[str, bytes] | None = None
     remove_key: str | None = None
+    require_proof: bool | None = None
 
 
 class ChangeKind(StrEnum):
@@ -224,12 +225,12 @@ def decode_ceiling(text: str) -> Ceiling:
 
 def agent_from_row(row: Sequence[object], keys: dict[str, bytes]) -> Agent:
     (aid, owner, description, status, ceiling, max_ttl, max_depth, epoch, revoked_before,
-     created_at) = row
+     created_at, require_proof) = row
     return Agent(
         id=str(aid), ceiling=decode_ceiling(str(ceiling)), status=AgentStatus(str(status)),
         owner=str(owner), description=str(description), max_ttl=int(max_ttl),  # type: ignore[call-overload]
         max_depth=int(max_depth), epoch=int(epoch), revoked_before_ms=int(revoked_before),  # type: ignore[call-overload]
-        created_at=float(created_at),  # type: ignore[arg-type]
+        created_at=float(created_at), require_proof=bool(require_proof),  # type: ignore[arg-type]
     ).with_changes(public_keys=keys)
 
 
@@ -362,6 +363,16 @@ class Store(ABC):
     def prune_revocations(self, now: float, margin: float) -> int:
         """Delete revocations that expired more than ``margin`` seconds ago, by the
         earlier of ``now`` and the store's own clock; returns how many."""
+
+    # -- proof nonces ------------------------------------------------------------------
+
+    @abstractmethod
+    def redeem_nonces(self, claims: Sequence[tuple[str, str, float]],
+                      forget_before: float | None = None) -> list[bool]:
+        """Redeem proof-of-possession nonces, each ``(agent, nonce, keep_until)``: True for
+        one redeemed now, False for one already redeemed (by any replica sharing the
+        store, or earlier in ``claims``). With ``forget_before``, first forget nonces kept
+        until before it (by the earlier of it and the store's own clock)."""
 
     # -- change feed and audit ----------------------------------------------------------
 

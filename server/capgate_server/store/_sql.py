@@ -88,12 +88,20 @@ MIGRATIONS: list[list[str]] = [
                OR (older.created_at = root_keys.created_at AND older.id <= root_keys.id))""",
         "CREATE INDEX delegations_to_agent ON delegations (to_agent)",
     ],
+    [  # proof of possession: agents that require it, and the nonces redeemed fleet-wide
+        "ALTER TABLE agents ADD COLUMN require_proof {bigint} NOT NULL DEFAULT 0",
+        """CREATE TABLE proof_nonces (
+            agent TEXT NOT NULL, nonce TEXT NOT NULL, expires_at {real} NOT NULL,
+            PRIMARY KEY (agent, nonce))""",
+        "CREATE INDEX proof_nonces_expiry ON proof_nonces (expires_at)",
+    ],
     LEDGER_MIGRATION,  # the audit ledger: places, digests, checkpoints, its signing key
 ]
 
 _AGENT_COLS = ("id, owner, description, status, ceiling, max_ttl, max_depth, epoch, "
-               "revoked_before, created_at")
-_AGENT_MARKS = ", ".join("?" * 10)
+               "revoked_before, created_at, require_proof")
+_AGENT_MARKS = ", ".join("?" * 11)
+_NONCE_ROWS = 200  # nonces per INSERT statement (3 parameters each)
 
 
 class SqlStore(AuditRecords, Store):
@@ -202,7 +210,7 @@ class SqlStore(AuditRecords, Store):
                         (credential_hash, agent.created_at, agent.id))
                 self._x(cur, "UPDATE agents SET owner = ?, description = ?, status = ?, "
                              "ceiling = ?, max_ttl = ?, max_depth = ?, epoch = ?, "
-                             "revoked_before = ?, created_at = ? WHERE id = ?",
+                             "revoked_before = ?, created_at = ?, require_proof = ? WHERE id = ?",
                         (*self._agent_values(agent)[1:], agent.id))
             self._write_keys(cur, agent)
             self._audit(cur, [audit])
@@ -229,7 +237,8 @@ class SqlStore(AuditRecords, Store):
     @staticmethod
     def _agent_values(a: Agent) -> tuple[object, ...]:
         return (a.id, a.owner, a.description, str(a.status), encode_ceiling(a.ceiling),
-                a.max_ttl, a.max_depth, a.epoch, a.revoked_before_ms, a.created_at)
+                a.max_ttl, a.max_depth, a.epoch, a.revoked_before_ms, a.created_at,
+                int(a.require_proof))
 
     def _write_keys(self, cur: Any, agent: Agent) -> None:
         self._x(cur, "DELETE FROM agent_keys WHERE agent = ?", (agent.id,))
@@ -268,8 +277,9 @@ class SqlStore(AuditRecords, Store):
         with self._tx() as cur:
             values = self._agent_values(agent)
             self._x(cur, "UPDATE agents SET owner = ?, description = ?, status = ?, ceiling = ?, "
-                         "max_ttl = ?, max_depth = ?, epoch = ?, revoked_before = ? WHERE id = ?",
-                    (*values[1:9], agent.id))
+                         "max_ttl = ?, max_depth = ?, epoch = ?, revoked_before = ?, "
+                         "require_proof = ? WHERE id = ?",
+                    (*values[1:9], values[10], agent.id))
             if cur.rowcount != 1:
                 raise NotFoundError(f"agent {agent.id!r} not found", id=agent.id)
             self._write_keys(cur, agent)
@@ -285,6 +295,9 @@ class SqlStore(AuditRecords, Store):
             if value is not None:
                 sets.append(f"{column} = ?")
                 params.append(str(value) if column == "status" else value)
+        if patch.require_proof is not None:
+            sets.append("require_proof = ?")
+            params.append(int(patch.require_proof))
         if patch.ceiling is not None:
             sets.append("ceiling = ?")
             params.append(encode_ceiling(patch.ceiling))
@@ -433,6 +446,31 @@ class SqlStore(AuditRecords, Store):
             horizon = (now if store_now is None else min(now, store_now)) - margin
             self._x(cur, "DELETE FROM revocations WHERE expires_at <= ?", (horizon,))
             return int(cur.rowcount)
+
+    # -- proof nonces ------------------------------------------------------------------
+
+    def redeem_nonces(self, claims: Sequence[tuple[str, str, float]],
+                      forget_before: float | None = None) -> list[bool]:
+        seen: set[tuple[str, str]] = set()
+        taken: set[tuple[str, str]] = set()
+        with self._tx() as cur:
+            if forget_before is not None:
+                store_now = self._store_clock(cur)
+                horizon = forget_before if store_now is None else min(forget_before, store_now)
+                self._x(cur, "DELETE FROM proof_nonces WHERE expires_at < ?", (horizon,))
+            for start in range(0, len(claims), _NONCE_ROWS):
+                chunk = claims[start:start + _NONCE_ROWS]
+                rows = self._x(cur, "INSERT INTO proof_nonces (agent, nonce, expires_at) VALUES "
+                                    + ", ".join(["(?, ?, ?)"] * len(chunk))
+                                    + " ON CONFLICT DO NOTHING RETURNING agent, nonce",
+                               [value for claim in chunk for value in claim]).fetchall()
+                taken.update((r[0], r[1]) for r in rows)
+        out = []
+        for agent, nonce, _ in claims:  # a nonce twice in one call: the first one redeems it
+            key = (agent, nonce)
+            out.append(key in taken and key not in seen)
+            seen.add(key)
+        return out
 
     # -- change feed ---------------------------------------------------------
 
