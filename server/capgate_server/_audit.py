@@ -44,6 +44,7 @@ _ENTRY_BYTES = 600  # a tally entry: its key tuple, the counters, the dict slot
 _PRUNE_EVERY = 600.0  # seconds between retention passes
 _PRUNE_CHUNK = 5000  # records deleted per transaction
 _COARSE = "coarse"  # first element of the key of a record whose request was left out
+_REFUSALS = 1000  # distinct refused calls kept apart per flush interval
 
 
 class _Entry:
@@ -79,6 +80,8 @@ class AuditLog:
         self._tally_bytes = 0
         self._denies_per_caller = denies_per_caller
         self._denies: dict[str, int] = {}  # caller -> distinct denies in this interval
+        # refused calls: (kind, principal, subject, code, reason) -> [count, first, last]
+        self._refusals: dict[tuple[str, str, str, str, str], list[float]] = {}
         self._coarse = 0  # decisions counted without their request since the last flush
         self._dropped = 0  # records dropped from a full backlog since the last flush
         self._wake = asyncio.Event()
@@ -107,6 +110,23 @@ class AuditLog:
         else:
             entry.count += 1
             entry.last = now
+
+    def refusal(self, kind: str, principal: str, subject: str, code: str, reason: str,
+                now: float) -> None:
+        """Tally one refused call that changed nothing (a failed login, a refused issue
+        or delegation): identical ones in an interval fold into one record, and at
+        most ``_REFUSALS`` distinct ones are kept per interval (beyond, per kind)."""
+        key = (kind, principal[:64], subject[:128], code, reason[:256])
+        entry = self._refusals.get(key)
+        if entry is None:
+            if len(self._refusals) >= _REFUSALS:
+                key = (kind, "*", "", code, "more refusals than the audit keeps apart")
+                entry = self._refusals.get(key)
+            if entry is None:
+                self._refusals[key] = [1, now, now]
+                return
+        entry[0] += 1
+        entry[2] = now
 
     def _new_cut(self, principal: str, d: Decision, action: str, resource: str,
                  presenter: str, now: float, ctx_keys: tuple[str, ...]) -> None:
@@ -187,6 +207,10 @@ class AuditLog:
         tally, self._tally = self._tally, {}
         self._tally_bytes = 0
         self._denies = {}
+        refusals, self._refusals = self._refusals, {}
+        for (kind, principal, subject, code, reason), (count, first, last) in refusals.items():
+            events.append(AuditEvent(first, principal, kind, subject, False, code, reason,
+                                     count=int(count), last_at=last))
         for key, e in tally.items():
             d = e.decision
             if key[0] == _COARSE:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from capgate import (
     AgentStatus,
+    CapgateError,
     Chain,
     Decision,
     DenyCode,
@@ -33,6 +34,8 @@ from capgate_server.store import AuditEvent, DelegationRecord, Principal, Role, 
 __all__ = ["HopStatus", "Inspection", "Issued", "Tokens", "TreeNode"]
 
 _MAX_EXTRA_CAVEATS = 32
+# refusals of an issue or a delegation that the audit records (bad input is not one)
+_REFUSALS = (PermissionDeniedError, FailedPreconditionError, NotFoundError)
 MAX_TREE_DEPTH = 32  # levels of a returned tree; a valid chain has at most MAX_DEPTH + 1
 
 
@@ -112,6 +115,20 @@ class Tokens:
 
     async def issue(self, caller: Principal, grant_text: str, ttl: int | None,
                     caveats: Sequence[str] = ()) -> Issued:
+        """A token for ``grant_text`` bound to the calling agent; a refusal is audited."""
+        try:
+            return await self._issue(caller, grant_text, ttl, caveats)
+        except _REFUSALS as e:
+            self._refused("issue.refused", caller, grant_text, e)
+            raise
+
+    def _refused(self, kind: str, caller: Principal, subject: str, e: CapgateError) -> None:
+        code = str(e.context.get("code") or type(e).__name__)
+        self.replica.audit.refusal(kind, caller.id, subject, code, e.message,
+                                   self.replica.clock())
+
+    async def _issue(self, caller: Principal, grant_text: str, ttl: int | None,
+                     caveats: Sequence[str] = ()) -> Issued:
         self._active_agent(caller)
         self.replica.require_fresh()
         agent = self.replica.agents[caller.id]
@@ -220,6 +237,15 @@ class Tokens:
 
     async def delegate(self, caller: Principal, text: str, to: str,
                        caveats: Sequence[str] = ()) -> Issued:
+        """Hand the caller's token to agent ``to``; a refusal is audited."""
+        try:
+            return await self._delegate(caller, text, to, caveats)
+        except _REFUSALS as e:
+            self._refused("delegate.refused", caller, to, e)
+            raise
+
+    async def _delegate(self, caller: Principal, text: str, to: str,
+                        caveats: Sequence[str] = ()) -> Issued:
         self._active_agent(caller)
         self.replica.require_fresh()
         check_id(to, "agent id")
