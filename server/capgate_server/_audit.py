@@ -87,6 +87,7 @@ class AuditLog:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.decisions = 0  # verify decisions seen (for metrics)
+        self.decided: dict[str, int] = {}  # verify decisions by code, as they are written
 
     def decision(self, principal: str, d: Decision, action: str, resource: str,
                  presenter: str, now: float, ctx_keys: tuple[str, ...] = ()) -> None:
@@ -213,6 +214,8 @@ class AuditLog:
                                      count=int(count), last_at=last))
         for key, e in tally.items():
             d = e.decision
+            code = str(d.code)
+            self.decided[code] = self.decided.get(code, 0) + e.count
             if key[0] == _COARSE:
                 events.append(AuditEvent(
                     e.first, str(key[1]), "verify", "", d.allowed, str(d.code),
@@ -227,6 +230,16 @@ class AuditLog:
                 last_at=e.last, detail={"truncated": e.cut} if e.cut else {},
                 caveat=d.caveat or "", ctx_keys=tuple(ctx_keys)))  # type: ignore[arg-type]
         return events
+
+    @property
+    def pending(self) -> int:
+        """Records not written yet (in the tally and the backlog)."""
+        return len(self._tally) + len(self._refusals) + len(self._backlog)
+
+    def lag(self) -> float:
+        """Age in seconds of the oldest record not written yet (0 when none waits)."""
+        firsts = [e.first for e in self._tally.values()] + [e.at for e in self._backlog[:1]]
+        return max(0.0, self._clock() - min(firsts)) if firsts else 0.0
 
     def _overflow(self) -> AuditEvent | None:
         if not (self._coarse or self._dropped):
