@@ -31,6 +31,9 @@ INTERNAL_TESTS = {
     "tests/core/test_delegation.py": {"capgate._token"},
     "tests/core/test_verifier.py": {"capgate._verifier"},
     "tests/server/test_server.py": {"capgate_server._replica"},
+    # the budget counter alone, and the server's decision layer measured without the network
+    "tests/server/test_budgets.py": {"capgate_server._budgets"},
+    "benchmarks/test_budgets.py": {"capgate_server._verification"},
 }
 
 

@@ -45,6 +45,8 @@ def _agent_text(a: AgentInfo) -> str:
         *([f"public keys: {' '.join(a.public_keys)}"] if a.public_keys else []),
         *(["proof:       required (its tokens pass only with a proof of possession)"]
           if a.require_proof else []),
+        *([f"rate:        at most {a.rate} allowed requests (tokens it holds or delegated)"]
+          if a.rate else []),
     ])
 
 
@@ -85,7 +87,8 @@ def create(args: argparse.Namespace) -> int:
         agent, credential = c.create_agent(
             args.id, args.grant, max_ttl=duration(args.max_ttl), max_depth=args.max_depth,
             owner=args.owner or "", description=args.description or "",
-            public_key=_public_key(args.public_key), require_proof=args.require_proof)
+            public_key=_public_key(args.public_key), require_proof=args.require_proof,
+            rate=args.rate or "")
     save_credential(args.credential_out, credential)
     emit(args, {"agent": agent.id, "credential": credential},
          credential_shown(args, f"agent {agent.id}", credential))
@@ -109,15 +112,17 @@ def list_(args: argparse.Namespace) -> int:
 
 def update(args: argparse.Namespace) -> int:
     if not (args.grant or args.max_ttl or args.max_depth is not None or args.description
-            or args.require_proof is not None):
+            or args.require_proof is not None or args.rate is not None):
         raise InvalidArgumentError("nothing to update: give --grant, --max-ttl, --max-depth, "
-                                   "--description or --[no-]require-proof")
+                                   "--description, --[no-]require-proof or --rate")
     with client(args) as c:
         if args.grant:
             _warn_unknown_actions(c, args.id, args.grant)
         agent = c.update_agent(args.id, grants=args.grant, max_ttl=duration(args.max_ttl),
                                max_depth=args.max_depth, description=args.description,
-                               require_proof=args.require_proof)
+                               require_proof=args.require_proof,
+                               rate=None if args.rate is None
+                               else "" if args.rate == "none" else args.rate)
     emit(args, _agent_obj(agent), _agent_text(agent))
     return EXIT_OK
 
@@ -207,6 +212,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="write the new credential to FILE (mode 0600) instead of the screen")
     p.add_argument("--require-proof", action="store_true",
                    help="its tokens pass only with a proof of possession signed by its key")
+    p.add_argument("--rate", metavar="N/PERIOD",
+                   help="at most N allowed requests per period, e.g. 100/1m, on tokens it "
+                        "holds or delegated (counted fleet-wide)")
     p.set_defaults(run=create)
 
     p = cmds.add_parser("list", parents=[common], help="list agents",
@@ -219,7 +227,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = cmds.add_parser("update", parents=[common], help="change ceiling or limits (live)",
                         epilog="example: capgate agent update reporter "
-                               "--grant 'read:/data/reports/**'")
+                               "--grant 'read:/data/reports/**' --rate 10/1m")
     p.add_argument("id", help="the agent")
     p.add_argument("--grant", action="append", metavar="ACTIONS:GLOB",
                    help="the new ceiling (replaces the old one; repeatable)")
@@ -228,6 +236,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--description", help="what it is for")
     p.add_argument("--require-proof", action=argparse.BooleanOptionalAction, default=None,
                    help="whether its tokens pass only with a proof of possession")
+    p.add_argument("--rate", metavar="N/PERIOD",
+                   help="at most N allowed requests per period (e.g. 100/1m); 'none' lifts it")
     p.set_defaults(run=update)
 
     for name, method, done, text in (

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from capgate import __version__
+from capgate import InvalidArgumentError, __version__
 from capgate_cli._common import EXIT_OK, duration, store_url
 
 
@@ -27,7 +27,7 @@ def serve(args: argparse.Namespace) -> int:
         tls_client_ca=args.tls_client_ca, insecure=args.insecure,
         stale_after=args.stale_after, poll_interval=args.poll_interval,
         prune_margin=args.prune_margin, max_clock_skew=args.max_clock_skew,
-        shutdown_grace=args.shutdown_grace,
+        shutdown_grace=args.shutdown_grace, budget_block=args.budget_block,
         require_proof=args.require_proof, proof_window=args.proof_window,
         ext_authz=args.ext_authz, ext_authz_header=args.ext_authz_header,
         spiffe_prefix=args.spiffe_prefix, metrics_listen=args.metrics_listen or "",
@@ -42,6 +42,8 @@ def serve(args: argparse.Namespace) -> int:
                                     else float(duration(args.audit_retention) or 0))
     if args.limit:
         settings.limits = settings.limits.with_settings(args.limit)
+    if args.budget_block < 1:
+        raise InvalidArgumentError("--budget-block takes a whole number from 1")
 
     def ready(app: object) -> None:
         from capgate_server import CapgateServer
@@ -99,6 +101,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                         "further than this from the store's")
     p.add_argument("--shutdown-grace", type=float, default=5.0, metavar="S",
                    help="SIGTERM: time to finish the calls already accepted")
+    p.add_argument("--budget-block", type=int, default=256, metavar="N",
+                   help="most uses of one budget ('uses', 'rate') a replica leases at once: "
+                        "fewer store writes, more uses a replica may hold that others lack "
+                        "(docs/design.md, Budgets)")
     pop = p.add_argument_group("how agents present tokens (docs/integrations.md)")
     pop.add_argument("--require-proof", action="store_true",
                      help="every token needs its holder's proof of possession (an agent "

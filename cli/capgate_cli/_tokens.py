@@ -34,8 +34,11 @@ def _restrictions(args: argparse.Namespace) -> list[str]:
     actions = None
     if args.action:
         actions = [a for item in args.action for a in item.split(",")]
+    budgets = ([f"uses <= {args.uses}"] if args.uses is not None else []) + \
+        ([f"rate <= {args.rate}"] if args.rate is not None else [])
     return restriction_caveats(actions=actions, resource=args.resource, ttl=duration(args.ttl),
-                               ctx=pairs(args.ctx), extra=args.caveat or (), now=time.time())
+                               ctx=pairs(args.ctx), extra=[*budgets, *(args.caveat or ())],
+                               now=time.time())
 
 
 def _add_restrictions(p: argparse.ArgumentParser) -> None:
@@ -44,6 +47,9 @@ def _add_restrictions(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ttl", metavar="DURATION", help="expire after DURATION (e.g. 10m)")
     p.add_argument("--ctx", action="append", metavar="KEY=VALUE",
                    help="require request context KEY to equal VALUE")
+    p.add_argument("--uses", metavar="N", help="allow N requests in all (counted by the server, "
+                                               "shared with every token made from this one)")
+    p.add_argument("--rate", metavar="N/PERIOD", help="allow N requests per period, e.g. 10/1m")
     p.add_argument("--caveat", action="append", metavar="TEXT", help="any further caveat")
 
 
@@ -58,8 +64,8 @@ def attenuate(args: argparse.Namespace) -> int:
     token = Token.parse(read_token(args.token))
     caveats = _restrictions(args)
     if not caveats:
-        raise InvalidArgumentError("nothing to add: give --action, --resource, --ttl, --ctx "
-                                   "or --caveat")
+        raise InvalidArgumentError("nothing to add: give --action, --resource, --ttl, --ctx, "
+                                   "--uses, --rate or --caveat")
     for caveat in caveats:
         token = token.attenuate(caveat)
     d = describe(token)

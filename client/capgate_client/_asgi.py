@@ -9,10 +9,11 @@ By default a request is checked as its method's action (``capgate.http_action``:
 GET reads, POST writes…) on its path; ``rule`` maps a request (the ASGI scope)
 to another ``Access``. The token and proof come from the headers; the proof is
 checked for the method and the path with its query as received. A deny answers
-403 (503 when capgate could not decide) with the code in a ``capgate-deny``
-header and a JSON body; a WebSocket handshake is refused the same way (403). An
-allowed request runs with its ``Presentation`` current and capgate's result at
-``scope["state"]["capgate"]`` (Starlette: ``request.state.capgate``).
+403 (503 when capgate could not decide, 429 when a budget is spent) with the
+code in a ``capgate-deny`` header and a JSON body; a WebSocket handshake is
+refused the same way (403). An allowed request runs with its ``Presentation``
+current and capgate's result at ``scope["state"]["capgate"]`` (Starlette:
+``request.state.capgate``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 from capgate import DENY_HEADER, PROOF_HEADER, TOKEN_HEADER, http_action
 from capgate_client._guard import (
     _CURRENT,
+    BUDGET_EXHAUSTED,
     INVALID_REQUEST,
     UNAVAILABLE,
     Access,
@@ -117,12 +119,15 @@ class CapgateMiddleware:
         return p, await self._guard.check(p, access)
 
 
+_HTTP_STATUS = {UNAVAILABLE: 503, BUDGET_EXHAUSTED: 429}  # every other deny: 403
+
+
 async def _refuse_http(send: Send, result: VerifyResult) -> None:
     body = json.dumps({"error": "denied", "code": result.code,
                        "reason": result.reason}).encode("utf-8")
     code = result.code.encode("ascii", "replace")
     await send({"type": "http.response.start",
-                "status": 503 if result.code == UNAVAILABLE else 403,
+                "status": _HTTP_STATUS.get(result.code, 403),
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode("ascii")),
                             (DENY_HEADER.encode("ascii"), code)]})

@@ -101,7 +101,7 @@ def _agent(pb: Any) -> AgentInfo:
         ceiling=tuple(f"{','.join(g.actions)}:{g.resource}" for g in pb.ceiling),
         max_ttl=pb.max_ttl_seconds, max_depth=pb.max_depth, epoch=pb.epoch,
         revoked_before=pb.revoked_before, public_keys=tuple(k.key_id for k in pb.public_keys),
-        created_at=pb.created_at, require_proof=pb.require_proof)
+        created_at=pb.created_at, require_proof=pb.require_proof, rate=pb.rate)
 
 
 def _issued(pb: Any) -> IssuedToken:
@@ -110,7 +110,7 @@ def _issued(pb: Any) -> IssuedToken:
 
 def verify_result(pb: Any) -> VerifyResult:
     return VerifyResult(pb.allowed, pb.code, pb.reason, pb.caveat, pb.token_id, tuple(pb.chain),
-                        pb.proven)
+                        pb.proven, pb.counted)
 
 
 def _tree(pb: Any) -> TreeNode:
@@ -154,12 +154,12 @@ def verify_request(token: str, action: str, resource: str, presenter: str = "",
 
 def create_agent(agent_id: str, grants: Sequence[str], max_ttl: int | None,
                  max_depth: int | None, owner: str, description: str,
-                 public_key: bytes | None,
-                 require_proof: bool = False) -> Call[tuple[AgentInfo, str]]:
+                 public_key: bytes | None, require_proof: bool = False,
+                 rate: str = "") -> Call[tuple[AgentInfo, str]]:
     req = agent_pb2.CreateAgentRequest(
         id=agent_id, ceiling=[_grant_pb(g) for g in grants], max_ttl_seconds=max_ttl or 0,
         max_depth=-1 if max_depth is None else max_depth, owner=owner, description=description,
-        public_key=public_key or b"", require_proof=require_proof)
+        public_key=public_key or b"", require_proof=require_proof, rate=rate)
     return Call("agent", "CreateAgent", req,
                 lambda pb: (_agent(pb.agent), pb.credential))
 
@@ -175,12 +175,14 @@ def list_agents() -> Call[list[AgentInfo]]:
 
 def update_agent(agent_id: str, grants: Sequence[str] | None, max_ttl: int | None,
                  max_depth: int | None, description: str | None,
-                 require_proof: bool | None = None) -> Call[AgentInfo]:
+                 require_proof: bool | None = None,
+                 rate: str | None = None) -> Call[AgentInfo]:
     req = agent_pb2.UpdateAgentRequest(
         id=agent_id, ceiling=[_grant_pb(g) for g in grants or ()], set_ceiling=grants is not None,
         max_ttl_seconds=max_ttl or 0, max_depth=-1 if max_depth is None else max_depth,
         description=description or "", set_description=description is not None,
-        require_proof=bool(require_proof), set_require_proof=require_proof is not None)
+        require_proof=bool(require_proof), set_require_proof=require_proof is not None,
+        rate=rate or "", set_rate=rate is not None)
     return Call("agent", "UpdateAgent", req, _agent)
 
 

@@ -96,12 +96,14 @@ class Client(AuditCalls, _Base):
 
     def create_agent(self, agent_id: str, grants: Sequence[str], *, max_ttl: int | None = None,
                      max_depth: int | None = None, owner: str = "", description: str = "",
-                     public_key: bytes | None = None,
-                     require_proof: bool = False) -> tuple[AgentInfo, str]:
+                     public_key: bytes | None = None, require_proof: bool = False,
+                     rate: str = "") -> tuple[AgentInfo, str]:
         """Register an agent with a ceiling of ``grants``; returns it and its credential
-        (shown once). ``require_proof``: its tokens pass only with a proof of possession."""
+        (shown once). ``require_proof``: its tokens pass only with a proof of possession.
+        ``rate``: at most N allowed requests per period (``"100/1m"``) on tokens it
+        holds or delegated."""
         return self._run(calls.create_agent(agent_id, grants, max_ttl, max_depth, owner,
-                                            description, public_key, require_proof))
+                                            description, public_key, require_proof, rate))
 
     def get_agent(self, agent_id: str) -> AgentInfo:
         """One agent (an agent may read only itself)."""
@@ -114,11 +116,12 @@ class Client(AuditCalls, _Base):
     def update_agent(self, agent_id: str, *, grants: Sequence[str] | None = None,
                      max_ttl: int | None = None, max_depth: int | None = None,
                      description: str | None = None,
-                     require_proof: bool | None = None) -> AgentInfo:
-        """Change a ceiling, limits or whether proof is required; live tokens follow at
-        their next verification."""
+                     require_proof: bool | None = None,
+                     rate: str | None = None) -> AgentInfo:
+        """Change a ceiling, limits, whether proof is required or the rate (``""``: no
+        limit); live tokens follow at their next verification."""
         return self._run(calls.update_agent(agent_id, grants, max_ttl, max_depth, description,
-                                            require_proof))
+                                            require_proof, rate))
 
     def suspend_agent(self, agent_id: str) -> AgentInfo:
         """Deny every token the agent appears in, until resumed."""
@@ -281,11 +284,12 @@ class AsyncClient(AsyncAuditCalls, _Base):
     async def create_agent(self, agent_id: str, grants: Sequence[str], *,
                            max_ttl: int | None = None, max_depth: int | None = None,
                            owner: str = "", description: str = "",
-                           public_key: bytes | None = None,
-                           require_proof: bool = False) -> tuple[AgentInfo, str]:
+                           public_key: bytes | None = None, require_proof: bool = False,
+                           rate: str = "") -> tuple[AgentInfo, str]:
         """See ``Client.create_agent``."""
         return await self._run(calls.create_agent(agent_id, grants, max_ttl, max_depth, owner,
-                                                  description, public_key, require_proof))
+                                                  description, public_key, require_proof,
+                                                  rate))
 
     async def get_agent(self, agent_id: str) -> AgentInfo:
         """See ``Client.get_agent``."""
@@ -298,10 +302,11 @@ class AsyncClient(AsyncAuditCalls, _Base):
     async def update_agent(self, agent_id: str, *, grants: Sequence[str] | None = None,
                            max_ttl: int | None = None, max_depth: int | None = None,
                            description: str | None = None,
-                           require_proof: bool | None = None) -> AgentInfo:
+                           require_proof: bool | None = None,
+                           rate: str | None = None) -> AgentInfo:
         """See ``Client.update_agent``."""
         return await self._run(calls.update_agent(agent_id, grants, max_ttl, max_depth,
-                                                  description, require_proof))
+                                                  description, require_proof, rate))
 
     async def suspend_agent(self, agent_id: str) -> AgentInfo:
         """See ``Client.suspend_agent``."""

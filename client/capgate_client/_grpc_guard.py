@@ -8,9 +8,9 @@ them; a streaming-request method is checked once, before its first message,
 against a static rule. The token and proof come from the call's metadata
 (``authorization: Capgate <token>``, ``capgate-proof`` signed for ``POST`` and
 the method name). A deny aborts the call with PERMISSION_DENIED (UNAVAILABLE
-when capgate could not decide) and the deny code in the ``capgate-deny``
-trailer; an allowed call runs with its ``Presentation`` current, so
-``protect``ed functions inside it see it.
+when capgate could not decide, RESOURCE_EXHAUSTED when a budget is spent) and
+the deny code in the ``capgate-deny`` trailer; an allowed call runs with its
+``Presentation`` current, so ``protect``ed functions inside it see it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import grpc
 from capgate import DENY_HEADER, PROOF_HEADER, TOKEN_HEADER, check_id
 from capgate_client._guard import (
     _CURRENT,
+    BUDGET_EXHAUSTED,
     INVALID_REQUEST,
     NO_RULE,
     UNAVAILABLE,
@@ -122,9 +123,12 @@ class _Mapping:
             return deny(INVALID_REQUEST, f"invalid request: {getattr(e, 'message', e)}")
 
 
+_STATUS = {UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+           BUDGET_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED}  # else PERMISSION_DENIED
+
+
 def _status(result: VerifyResult) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
-    code = (grpc.StatusCode.UNAVAILABLE if result.code == UNAVAILABLE
-            else grpc.StatusCode.PERMISSION_DENIED)
+    code = _STATUS.get(result.code, grpc.StatusCode.PERMISSION_DENIED)
     return code, f"capgate: {result.code}: {result.reason}", ((DENY_HEADER, result.code),)
 
 

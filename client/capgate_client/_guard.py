@@ -13,7 +13,8 @@ tool guard, the ``protect`` decorator):
 
 The cache keeps allows only, for ``cache_ttl`` seconds (default 1 s) measured
 on the monotonic clock, and never for a request with a proof (each proof is
-single-use and only capgate can redeem it). So a revocation, suspension,
+single-use and only capgate can redeem it) nor one counted against a budget
+(``uses``, ``rate``: each request must be counted). So a revocation, suspension,
 ceiling change or expiry reaches a guard at most ``cache_ttl`` after the
 replica it asks has applied it.
 """
@@ -64,6 +65,7 @@ MISSING_TOKEN = str(DenyCode.MISSING_TOKEN)
 NO_RULE = "no_rule"  # the guard has no rule for the request
 INVALID_REQUEST = str(DenyCode.INVALID_REQUEST)
 UNAVAILABLE = str(DenyCode.UNAVAILABLE)
+BUDGET_EXHAUSTED = str(DenyCode.BUDGET_EXHAUSTED)  # try later: 429, RESOURCE_EXHAUSTED
 
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)(\*?)\}")
 _MAX_FIELD = 1024
@@ -264,8 +266,8 @@ class _Cache:
         return hit[1]
 
     def put(self, key: tuple[Any, ...] | None, result: VerifyResult) -> None:
-        if key is None or self._ttl <= 0 or not result.allowed:
-            return
+        if key is None or self._ttl <= 0 or not result.allowed or result.counted:
+            return  # a budgeted allow is good for one request: each must be counted
         now = self._monotonic()
         with self._lock:
             if len(self._entries) >= self._size:

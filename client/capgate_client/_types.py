@@ -36,6 +36,7 @@ class AgentInfo:
     public_keys: tuple[str, ...]
     created_at: str
     require_proof: bool = False  # its tokens need a proof of possession
+    rate: str = ""  # "N/PERIOD": allowed requests it takes part in, per period; "": no limit
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class VerifyResult:
     token_id: str = ""
     chain: tuple[str, ...] = ()
     proven: bool = False  # allowed, and the presenter proved possession of its key
+    counted: bool = False  # allowed, and counted against a budget: not to be reused
 
     def __bool__(self) -> bool:
         return self.allowed

@@ -8,6 +8,7 @@ from capgate._attenuation import restriction_caveats
 from capgate._caveats import (
     ActionCaveat,
     AgentCaveat,
+    BudgetCaveat,
     Caveat,
     CtxCaveat,
     DelegateCaveat,
@@ -19,6 +20,7 @@ from capgate._caveats import (
     ResourceCaveat,
     parse_caveat,
 )
+from capgate._chain import Budget
 from capgate._clock import (
     Clock,
     format_duration,
@@ -88,6 +90,8 @@ __all__ = [
     "AgentStatus",
     "AlreadyExistsError",
     "AuthenticationError",
+    "Budget",
+    "BudgetCaveat",
     "CapgateError",
     "Caveat",
     "CaveatSyntaxError",

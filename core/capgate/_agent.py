@@ -40,6 +40,9 @@ class Agent:
     sign offline delegations made by this agent, and its proofs of possession.
     ``require_proof``: a token held by this agent is accepted only with a proof
     of possession (a presenter the service merely names is not enough).
+    ``rate``: ``N/PERIOD`` (like ``100/1m``), at most N allowed requests per period on
+    tokens it holds or that were delegated through it, counted by the server; ""
+    for no limit.
     """
 
     id: str
@@ -54,6 +57,7 @@ class Agent:
     public_keys: MappingProxyType[str, bytes] = field(default_factory=lambda: MappingProxyType({}))
     created_at: float = 0.0
     require_proof: bool = False
+    rate: str = ""
 
     @property
     def active(self) -> bool:

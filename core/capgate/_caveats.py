@@ -32,6 +32,7 @@ __all__ = [
     "CAVEAT_CACHE_BYTES",
     "ActionCaveat",
     "AgentCaveat",
+    "BudgetCaveat",
     "Caveat",
     "CtxCaveat",
     "DelegateCaveat",
@@ -80,7 +81,7 @@ class Caveat:
     key: ClassVar[str]
     needs_proof: ClassVar[bool] = False
     # How the verifier reads it: CHECK against each request, or part of the chain.
-    CHECK, HOLDER, DELEGATE, LINEAGE, DEPTH = range(5)
+    CHECK, HOLDER, DELEGATE, LINEAGE, DEPTH, BUDGET = range(6)
     role: ClassVar[int] = CHECK
 
     def __init__(self, text: str) -> None:
@@ -258,6 +259,43 @@ class DepthCaveat(Caveat):
         self.limit = limit
 
 
+class BudgetCaveat(Caveat):
+    """``uses <= N`` (N uses in all) or ``rate <= N/PERIOD`` (N per period): a budget
+    shared by every token derived from the one it was added to, counted by the server."""
+
+    __slots__ = ("limit", "period")
+    key = "budget"
+    role = Caveat.BUDGET
+
+    def __init__(self, text: str, limit: int, period: float) -> None:
+        super().__init__(text)
+        self.limit = limit
+        self.period = period  # seconds; 0 for a total number of uses
+
+
+_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_COUNT = re.compile(r"[0-9]{1,12}")
+_PERIOD = re.compile(r"([0-9]{0,6})([smhd])")
+
+
+def _parse_budget(text: str, parts: list[str]) -> BudgetCaveat:
+    if len(parts) != 3 or parts[1] != "<=":
+        raise _syntax(text, f"expected '{parts[0]} <= N'"
+                            + ("" if parts[0] == "uses" else " with N like 100/1m"))
+    if parts[0] == "uses":
+        if _COUNT.fullmatch(parts[2]) is None or int(parts[2]) < 1:
+            raise _syntax(text, "uses <= N takes a whole number from 1")
+        return BudgetCaveat(text, int(parts[2]), 0.0)
+    count, sep, period = parts[2].partition("/")
+    m = _PERIOD.fullmatch(period)
+    if not sep or _COUNT.fullmatch(count) is None or int(count) < 1 or m is None:
+        raise _syntax(text, "rate <= N/PERIOD takes N from 1 and a period like 1s, 10m, 1h, 1d")
+    seconds = int(m.group(1) or 1) * _PERIODS[m.group(2)]
+    if seconds < 1:
+        raise _syntax(text, "a rate's period is at least 1s")
+    return BudgetCaveat(text, int(count), float(seconds))
+
+
 def parse_delegation_caveat(text: str, parts: list[str]) -> Caveat | None:
     """The delegation part of the grammar; None when ``text`` is not one of its caveats."""
     key = parts[0]
@@ -353,6 +391,10 @@ def _parse(text: str) -> Caveat:
             return DidCaveat(text, parts[2])
         if key == "ctx":
             return _parse_ctx(text, parts)
+        if key in ("uses", "rate"):
+            return _parse_budget(text, parts)
+    except CaveatSyntaxError:
+        raise
     except InvalidArgumentError as e:
         raise _syntax(text, e.message) from None
     cav = parse_delegation_caveat(text, parts)

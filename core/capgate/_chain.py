@@ -8,8 +8,11 @@ the cache that keeps it is bounded in bytes.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 from capgate._caveats import (
     ActionCaveat,
@@ -21,7 +24,7 @@ from capgate._caveats import (
 from capgate._grants import Glob
 from capgate._token import Token
 
-__all__ = ["Chain", "Decision", "DenyCode", "Hop"]
+__all__ = ["Budget", "Chain", "Decision", "DenyCode", "Hop", "budget_id"]
 
 # Estimated bytes a cached chain and each of its hops hold, on top of its text and
 # its caveats (measured with tracemalloc; tests/core/test_bounds.py checks them).
@@ -56,6 +59,31 @@ class DenyCode(StrEnum):
     PROOF_REQUIRED = "proof_required"
     BAD_PROOF = "bad_proof"
     PROOF_REPLAYED = "proof_replayed"
+    # stateful budgets (``uses``, ``rate``, an agent's rate): counted by the server
+    BUDGET_EXHAUSTED = "budget_exhausted"
+
+
+class Budget(NamedTuple):
+    """A budget a token carries: ``limit`` uses in all (``period`` 0) or per ``period``
+    seconds. ``id`` names it for every token derived from the one it was added to
+    (a digest of the identifier and the caveats up to it), so they share the count."""
+
+    id: str
+    caveat: str
+    limit: int
+    period: float  # seconds; 0 for a number of uses in all
+    until: float = float("inf")  # after this the count matters no more (the token expired)
+
+
+def budget_id(token_id: str, cids: Sequence[bytes]) -> str:
+    """The id of the budget whose caveat ends ``cids``: a digest of the token id and the
+    caveats up to it, so every token derived from the one it was added to shares it,
+    and no other token does. (Not the chain's signature there: that attenuates.)"""
+    h = hashlib.sha256(token_id.encode("ascii"))
+    for cid in cids:
+        h.update(len(cid).to_bytes(4, "big"))
+        h.update(cid)
+    return h.hexdigest()[:32]
 
 
 # Hop, Decision and Chain are built on the hot path: plain slotted dataclasses
@@ -81,6 +109,7 @@ class Decision:
     caveat: str | None = None
     token_id: str | None = None
     chain: tuple[str, ...] = ()  # issued-to agent first, current holder last
+    budgets: tuple[Budget, ...] = ()  # an allow: the budgets it must be counted against
 
     @property
     def holder(self) -> str | None:
@@ -105,6 +134,7 @@ class Chain:
     lineage_keys: tuple[int, ...] = field(repr=False, default=())
     agents: tuple[str, ...] = field(repr=False, default=())
     latest_ms: int = 0
+    budgets: tuple[Budget, ...] = field(repr=False, default=())
     allowed: Decision | None = field(repr=False, default=None)  # shared by every allow
     # The checks folded together (AND): actions intersected, the validity window,
     # the resource globs, and whatever else (ctx). Only when one fails are the

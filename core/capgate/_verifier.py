@@ -28,6 +28,7 @@ from types import MappingProxyType
 from capgate._agent import Agent, AgentStatus, Directory
 from capgate._cache import BoundedCache
 from capgate._caveats import (
+    BudgetCaveat,
     Caveat,
     DelegateCaveat,
     DepthCaveat,
@@ -35,7 +36,7 @@ from capgate._caveats import (
     cached_caveat_cost,
     compile_new_caveat,
 )
-from capgate._chain import Chain, Decision, DenyCode, Hop
+from capgate._chain import Budget, Chain, Decision, DenyCode, Hop, budget_id
 from capgate._clock import Clock, format_timestamp, system_clock
 from capgate._codec import DEFAULT_LIMITS, Limits, decode_text, unpack, unpack_first_party
 from capgate._delegation import did_valid, proof_valid
@@ -108,6 +109,7 @@ class Verifier:
         limits: Limits = DEFAULT_LIMITS,
         on_first_allow: Callable[[Chain], None] | None = None,
         location: str = "capgate",
+        counts_budgets: bool = False,
     ) -> None:
         if memo_size and not isinstance(agents, Directory):
             raise TypeError("a decision memo needs agents in a Directory (it tracks changes)")
@@ -142,6 +144,9 @@ class Verifier:
         self.memo_misses = 0  # memo-eligible checks that had to be decided
         # told of a chain the first time it allows a request (a denied chain never is)
         self._on_first_allow = on_first_allow
+        # A budget ('uses <= N', 'rate <= N/P') is counted by whoever holds the counts;
+        # a verifier that does not (``counts_budgets`` False) denies such tokens.
+        self._counts_budgets = counts_budgets
 
     def _state(self) -> int:
         agents_version: int = getattr(self._agents, "version", 0)
@@ -330,9 +335,10 @@ class Verifier:
         lineage = [tid]
         checks: list[Caveat] = []
         depth_caps: list[tuple[int, DepthCaveat]] = []
+        budgets: list[tuple[int, BudgetCaveat]] = []
         holder: str | None = None
         CHECK, HOLDER, DELEGATE = Caveat.CHECK, Caveat.HOLDER, Caveat.DELEGATE
-        LINEAGE = Caveat.LINEAGE
+        LINEAGE, BUDGET = Caveat.LINEAGE, Caveat.BUDGET
         caveats = self._caveats
         young = caveats.young
         for i, cid in enumerate(cids):
@@ -372,6 +378,14 @@ class Verifier:
                 lineage.append(cav.did)
             elif role == LINEAGE:
                 lineage.append(cav.did)  # type: ignore[attr-defined]
+            elif role == BUDGET:
+                assert isinstance(cav, BudgetCaveat)
+                if not self._counts_budgets:
+                    return _deny(DenyCode.UNSUPPORTED,
+                                 f"caveat {cav.text!r} is a budget, and this verifier keeps "
+                                 "no counts (verify with the server)",
+                                 caveat=cav.text, token_id=tid)
+                budgets.append((i, cav))
             else:
                 assert isinstance(cav, DepthCaveat)
                 depth_caps.append((len(hops), cav))
@@ -393,9 +407,14 @@ class Verifier:
         else:
             agents = tuple([h.agent for h in hops])
             latest = max([h.at_ms for h in hops])
-        return Chain(text, tid, ident.key_id, ident.issued_ms, tuple(hops), tuple(lineage),
-                     tuple(checks), tuple([int(x, 16) for x in lineage]), agents,
-                     latest).fold()
+        chain = Chain(text, tid, ident.key_id, ident.issued_ms, tuple(hops), tuple(lineage),
+                      tuple(checks), tuple([int(x, 16) for x in lineage]), agents,
+                      latest).fold()
+        if budgets:
+            chain.budgets = tuple([
+                Budget(budget_id(tid, cids[:i + 1]), cav.text, cav.limit, cav.period,
+                       chain.not_after) for i, cav in budgets])
+        return chain
 
     def _check_delegation(self, cav: DelegateCaveat, holder: str | None, prefix_sig: bytes,
                           root: bytes, tid: str) -> Decision | None:
@@ -501,7 +520,8 @@ class Verifier:
             raise AssertionError("folded checks and caveats disagree")  # pragma: no cover
         allowed = st.allowed
         if allowed is None:
-            allowed = st.allowed = Decision(True, DenyCode.ALLOWED, "allowed", None, tid, chain)
+            allowed = st.allowed = Decision(True, DenyCode.ALLOWED, "allowed", None, tid, chain,
+                                            st.budgets)
             if self._on_first_allow is not None:
                 self._on_first_allow(st)
         return allowed

@@ -15,8 +15,9 @@ for the purpose:
 
 An allow lets the request through with ``capgate-agent`` (the holder) set on
 it, replacing whatever the client sent under that name. A deny answers 403
-with the code in ``capgate-deny``; a replica that cannot vouch for its state
-(stale, or its store unreachable for a proof) answers 503. Both fail closed.
+with the code in ``capgate-deny`` (429 for a spent budget); a replica that
+cannot vouch for its state (stale, or its store unreachable for a proof)
+answers 503. Both fail closed.
 This module needs the published Envoy stubs (``xds-protos``: ``capgate[envoy]``).
 """
 
@@ -71,12 +72,14 @@ def _headers(http: Any) -> dict[str, str]:
 
 
 def deny_response(d: Decision) -> external_auth_pb2.CheckResponse:
-    unavailable = d.code is DenyCode.UNAVAILABLE
-    status = (http_status_pb2.StatusCode.ServiceUnavailable if unavailable
-              else http_status_pb2.StatusCode.Forbidden)
+    if d.code is DenyCode.UNAVAILABLE:
+        status, code = http_status_pb2.StatusCode.ServiceUnavailable, code_pb2.UNAVAILABLE
+    elif d.code is DenyCode.BUDGET_EXHAUSTED:
+        status, code = http_status_pb2.StatusCode.TooManyRequests, code_pb2.RESOURCE_EXHAUSTED
+    else:
+        status, code = http_status_pb2.StatusCode.Forbidden, code_pb2.PERMISSION_DENIED
     return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=code_pb2.UNAVAILABLE if unavailable
-                                 else code_pb2.PERMISSION_DENIED, message=d.reason),
+        status=status_pb2.Status(code=code, message=d.reason),
         denied_response=external_auth_pb2.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=status),
             headers=[_header(DENY_HEADER, str(d.code)),
@@ -133,7 +136,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
                                                           {}, proof, http.method,
                                                           http.path)]))[0]
         else:
-            d = v.verify(caller, token, action, resource, presenter, {})
+            d = await v.verify(caller, token, action, resource, presenter, {})
         return allow_response(d) if d.allowed else deny_response(d)
 
 

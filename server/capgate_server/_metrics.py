@@ -80,7 +80,11 @@ class Metrics:
                  "Memo-eligible checks decided afresh (not in the decision memo)"),
                 ("capgate_caveats_compiled", v.compiled, "Caveats parsed afresh"),
                 ("capgate_audit_sealed", r.ledger.sealed,
-                 "Audit records this replica sealed into the ledger")):
+                 "Audit records this replica sealed into the ledger"),
+                ("capgate_budget_leases", r.budgets.leased,
+                 "Leases of budget uses this replica took from the store"),
+                ("capgate_budget_leased_uses", r.budgets.leased_uses,
+                 "Budget uses this replica leased from the store")):
             c = CounterMetricFamily(name, text)
             c.add_metric([], value)
             yield c
@@ -112,6 +116,10 @@ class Metrics:
                  "Audit records waiting to be written"),
                 ("capgate_audit_write_lag_seconds", r.audit.lag(),
                  "Age of the oldest audit record not written yet"),
+                ("capgate_budgets_held", r.budgets.held,
+                 "Budgets this replica holds a lease of"),
+                ("capgate_budget_unspent_uses", r.budgets.unspent(),
+                 "Leased budget uses this replica has not spent yet"),
                 ("capgate_clock_agrees", float(r.trusted.agrees),
                  "1 while this replica's clock agrees with the store's"),
                 ("capgate_workers", self._workers(), "Worker processes serving")):

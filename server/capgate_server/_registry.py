@@ -16,6 +16,7 @@ from capgate import (
     MAX_DEPTH,
     Agent,
     AgentStatus,
+    CaveatSyntaxError,
     Ceiling,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -23,6 +24,7 @@ from capgate import (
     PermissionDeniedError,
     check_id,
     load_public_key,
+    parse_caveat,
     public_key_id,
 )
 from capgate_server._credentials import hash_credential, new_credential
@@ -39,6 +41,7 @@ class AgentUpdate:
     max_depth: int | None = None
     description: str | None = None
     require_proof: bool | None = None
+    rate: str | None = None  # "" removes the limit
 
 
 class Registry:
@@ -53,6 +56,19 @@ class Registry:
         if len(grants) > 256:
             raise InvalidArgumentError("a ceiling holds at most 256 grants")
         return Ceiling.parse(grants)
+
+    @staticmethod
+    def _rate(rate: str) -> str:
+        """An agent's rate as stored: 'N/PERIOD' (like 100/1m), or '' for none."""
+        rate = rate.strip()
+        if rate:
+            try:
+                parse_caveat(f"rate <= {rate}")
+            except CaveatSyntaxError:
+                raise InvalidArgumentError(
+                    f"rate {rate!r}: want N/PERIOD, N from 1 and a period like 1s, 10m, 1h, "
+                    "1d (e.g. 100/1m)", rate=rate) from None
+        return rate
 
     def _ttl(self, ttl: int | None) -> int:
         cap = self.replica.settings.max_ttl_cap
@@ -83,7 +99,7 @@ class Registry:
                            max_ttl: int | None = None, max_depth: int | None = None,
                            owner: str = "", description: str = "",
                            public_key: bytes | None = None,
-                           require_proof: bool = False) -> tuple[Agent, str]:
+                           require_proof: bool = False, rate: str = "") -> tuple[Agent, str]:
         check_id(agent_id, "agent id")
         keys = {}
         if public_key:
@@ -97,11 +113,13 @@ class Registry:
             max_depth=self._depth(self.replica.settings.default_max_depth
                                   if max_depth is None else max_depth),
             created_at=self.replica.clock(), require_proof=require_proof,
+            rate=self._rate(rate),
         ).with_changes(public_keys=keys)
         credential = new_credential()
         event = self._event(caller, "agent.create", agent_id, ceiling=str(agent.ceiling),
                             max_ttl=agent.max_ttl, max_depth=agent.max_depth,
-                            **({"require_proof": True} if require_proof else {}))
+                            **({"require_proof": True} if require_proof else {}),
+                            **({"rate": agent.rate} if agent.rate else {}))
         await self.replica.call(self.replica.store.create_agent, agent,
                                 hash_credential(credential), event)
         await self.replica.sync()
@@ -146,11 +164,13 @@ class Registry:
             max_depth=None if update.max_depth is None else self._depth(update.max_depth),
             description=None if update.description is None
             else self._text(update.description, "description", 1024),
-            require_proof=update.require_proof)
+            require_proof=update.require_proof,
+            rate=None if update.rate is None else self._rate(update.rate))
         detail = {k: str(v) for k, v in (("ceiling", patch.ceiling), ("max_ttl", patch.max_ttl),
                                           ("max_depth", patch.max_depth),
                                           ("description", patch.description),
-                                          ("require_proof", patch.require_proof))
+                                          ("require_proof", patch.require_proof),
+                                          ("rate", patch.rate))
                   if v is not None}
         if not detail:
             raise InvalidArgumentError("nothing to update")

@@ -36,6 +36,7 @@ from capgate import (
     system_clock,
 )
 from capgate_server._audit import AuditLog
+from capgate_server._budgets import Budgets
 from capgate_server._clocks import TrustedClock
 from capgate_server._credentials import hash_credential, new_credential
 from capgate_server._hops import HopLedger
@@ -98,6 +99,8 @@ class Settings:
     replica_id: str = ""  # names this replica in the records it writes (made at first start)
     audit_checkpoint_every: float = 60.0  # seconds between kept checkpoints of the ledger
     require_proof: bool = False  # every token needs its holder's proof of possession
+    budget_block: int = 256  # most uses of one budget a replica leases at once
+    budget_idle: float = 5.0  # seconds before a replica gives back uses it has not spent
     proof_window: float = 30.0  # a proof is accepted this long either side of its instant
     # Envoy's ext_authz (envoy.service.auth.v3.Authorization/Check; needs capgate[envoy])
     ext_authz: bool = False
@@ -127,7 +130,7 @@ class Replica:
                                  memo_size=settings.memo_size, memo_bytes=limits.memo_bytes,
                                  prefix_bytes=limits.prefix_bytes,
                                  caveat_bytes=limits.caveat_cache_bytes,
-                                 on_first_allow=ledger)
+                                 on_first_allow=ledger, counts_budgets=True)
         self.ledger = AuditLedger(store, kek, clock, interval=settings.audit_interval,
                                   checkpoint_every=settings.audit_checkpoint_every)
         self.audit = AuditLog(
@@ -138,6 +141,9 @@ class Replica:
             rows_per_write=limits.audit_rows_per_write,
             denies_per_caller=limits.audit_denies_per_principal)
         self.nonces = NonceLedger(store, clock)  # proofs of possession, redeemed once
+        # 'uses' and 'rate' caveats and agents' rates, counted fleet-wide in leased blocks
+        self.budgets = Budgets(store, self.trusted.now, block=settings.budget_block,
+                               idle=settings.budget_idle)
         self._principals: dict[str, Principal] = {}
         # Three lanes to the store, each a thread with its own connection, so a slow
         # or blocked write never stops the replica from reading the change feed, and
@@ -207,6 +213,7 @@ class Replica:
         self._tasks.append(loop.create_task(self._watch(), name="freshness"))
         self._tasks.append(loop.create_task(self._prune(), name="prune-revocations"))
         self._tasks.append(loop.create_task(self._watch_clock(), name="clock"))
+        self._tasks.append(loop.create_task(self.budgets.run(), name="budgets"))
         listen = getattr(self.store, "listen", None)
         if listen is not None:  # the backend pushes changes: wake at once
             self._listener = threading.Thread(
@@ -228,6 +235,7 @@ class Replica:
         for lane in (self._executor, self._reader, self._auditor):
             lane.shutdown(wait=True)
         self.nonces.close()
+        self.budgets.close()
         self.store.close()
 
     async def _load(self) -> None:

@@ -60,7 +60,7 @@ def grants_from(pb: Any) -> list[str]:
 def agent_to_pb(a: Agent) -> common_pb2.Agent:
     return common_pb2.Agent(
         id=a.id, owner=a.owner, description=a.description, status=str(a.status),
-        require_proof=a.require_proof,
+        require_proof=a.require_proof, rate=a.rate,
         ceiling=[common_pb2.Grant(actions=sorted(g.actions), resource=g.glob.pattern)
                  for g in a.ceiling.grants],
         max_ttl_seconds=a.max_ttl, max_depth=a.max_depth, epoch=a.epoch,
@@ -79,7 +79,7 @@ def principal_to_pb(p: Principal) -> agent_pb2.Principal:
 def decision_to_pb(d: Decision) -> verifier_pb2.VerifyResponse:
     return verifier_pb2.VerifyResponse(
         allowed=d.allowed, code=d.code, reason=d.reason, caveat=d.caveat or "",
-        token_id=d.token_id or "", chain=d.chain)
+        token_id=d.token_id or "", chain=d.chain, counted=d.allowed and bool(d.budgets))
 
 
 class _AllowedReplies:
@@ -137,7 +137,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
             max_ttl=request.max_ttl_seconds or None,
             max_depth=None if request.max_depth < 0 else request.max_depth,
             owner=request.owner, description=request.description,
-            public_key=request.public_key or None, require_proof=request.require_proof)
+            public_key=request.public_key or None, require_proof=request.require_proof,
+            rate=request.rate)
         return agent_pb2.CreateAgentResponse(agent=agent_to_pb(agent), credential=credential)
 
     @rpc
@@ -155,7 +156,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
             max_ttl=request.max_ttl_seconds or None,
             max_depth=None if request.max_depth < 0 else request.max_depth,
             description=request.description if request.set_description else None,
-            require_proof=request.require_proof if request.set_require_proof else None)
+            require_proof=request.require_proof if request.set_require_proof else None,
+            rate=request.rate if request.set_rate else None)
         return agent_to_pb(await self.registry.update(CALLER.get(), request.id, update))
 
     @rpc

@@ -29,12 +29,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from capgate import (
+    Agent,
+    Budget,
+    Ceiling,
     Decision,
     DenyCode,
     InvalidArgumentError,
@@ -43,7 +47,9 @@ from capgate import (
     PossessionProof,
     ResourceExhaustedError,
     Token,
+    format_duration,
 )
+from capgate_server._budgets import AGENT_RATE_PREFIX, agent_budget
 from capgate_server._nonces import NONCE_MARGIN
 from capgate_server._replica import Replica
 from capgate_server.store import Principal, Role
@@ -137,23 +143,51 @@ class Verification:
                             f"{replica.staleness():.1f}s; failing closed")
         return None
 
-    def verify(self, caller: Principal, token: str, action: str, resource: str,
-               presenter: str, ctx: Mapping[str, str]) -> Decision:
+    async def verify(self, caller: Principal, token: str, action: str, resource: str,
+                     presenter: str, ctx: Mapping[str, str]) -> Decision:
         """One decision without a proof; ``presenter`` must already have gone through
         ``presenter_for``."""
         replica = self.replica
         decision = self._stale()
         if decision is None:
             decision = replica.verifier.check(token, action, resource, presenter, ctx)
-            if decision.allowed and caller.role is not Role.AGENT and self._needs_proof(decision):
-                decision = Decision(
-                    False, DenyCode.PROOF_REQUIRED,
-                    f"agent {decision.chain[-1]!r} must prove possession of its key "
-                    f"(a 'capgate-proof' with the request); the presenter was only asserted",
-                    None, decision.token_id, decision.chain)
+            if decision.allowed:
+                if caller.role is not Role.AGENT and self._needs_proof(decision):
+                    decision = Decision(
+                        False, DenyCode.PROOF_REQUIRED,
+                        f"agent {decision.chain[-1]!r} must prove possession of its key "
+                        f"(a 'capgate-proof' with the request); the presenter was only "
+                        f"asserted", None, decision.token_id, decision.chain)
+                else:
+                    decision = await self._count(decision)
         replica.audit.decision(caller.id, decision, action, resource, presenter, replica.clock(),
                                tuple(sorted(ctx)) if ctx else ())
         return decision
+
+    async def _count(self, allowed: Decision) -> Decision:
+        """The allow, once counted against every budget it is under (its token's, and
+        the rate of each agent in its chain); else the deny of the one that is spent.
+        Every allow passes here, the decision memo's too."""
+        budgets = allowed.budgets
+        agents = self.replica.agents
+        for name in allowed.chain:
+            a = agents.get(name)
+            if a is not None and a.rate:
+                budgets += (_agent_budget(a.id, a.rate),)
+        counter = self.replica.budgets
+        if not budgets:
+            return allowed
+        if counter.take_now(budgets):
+            return _with(allowed, budgets)
+        try:
+            spent = await counter.take(budgets)
+        except Exception as e:
+            return Decision(False, DenyCode.UNAVAILABLE,
+                            f"cannot count the token's budget ({e}); failing closed",
+                            None, allowed.token_id, allowed.chain)
+        if spent is None:
+            return _with(allowed, budgets)
+        return _spent(spent, allowed, self.replica.trusted.now())
 
     def _needs_proof(self, allowed: Decision) -> bool:
         if self._require_all:
@@ -170,7 +204,7 @@ class Verification:
         if r.proof.text:
             d = (await self.verify_proven(caller, [presented(r, presenter)]))[0]
         else:
-            d = self.verify(caller, r.token, r.action, r.resource, presenter, r.ctx)
+            d = await self.verify(caller, r.token, r.action, r.resource, presenter, r.ctx)
         if budget is not None and verifier.compiled != before:
             budget.spend(verifier.compiled - before)
         return d
@@ -210,6 +244,9 @@ class Verification:
                         False, DenyCode.UNAVAILABLE,
                         f"cannot redeem the proof's nonce ({ok}); failing closed",
                         None, d.token_id, d.chain)
+        for i, _, claim in pending:  # counted only once the proof's nonce was redeemed
+            if claim is not None and decisions[i].allowed:
+                decisions[i] = await self._count(decisions[i])
         now = replica.clock()
         for i, p, claim in pending:  # the presenter audited: the holder once its proof held
             replica.audit.decision(caller.id, decisions[i], p.action, p.resource,
@@ -277,7 +314,7 @@ class Verification:
                 proven.append((len(out), p, claim))
                 out.append(d)
             else:
-                out.append(verify(caller, r.token, r.action, r.resource, presenter, r.ctx))
+                out.append(await verify(caller, r.token, r.action, r.resource, presenter, r.ctx))
             if clock() > end:  # this slice is spent: let everyone else run
                 used += verifier.compiled - mark
                 if used > budget:
@@ -302,6 +339,36 @@ class Verification:
             turn.users -= 1
             if not turn.users:
                 del self._turns[who]
+
+
+@functools.lru_cache(maxsize=4096)
+def _agent_budget(agent_id: str, rate: str) -> Budget:
+    budget = agent_budget(Agent(agent_id, Ceiling(), rate=rate))
+    assert budget is not None
+    return budget
+
+
+def _with(allowed: Decision, budgets: tuple[Budget, ...]) -> Decision:
+    """The allow, naming every budget it was counted against (an agent's rate too)."""
+    if budgets is allowed.budgets:
+        return allowed
+    return Decision(True, DenyCode.ALLOWED, "allowed", None, allowed.token_id, allowed.chain,
+                    budgets)
+
+
+def _spent(b: Budget, allowed: Decision, now: float) -> Decision:
+    """The deny for an allow whose budget ``b`` is spent, naming it."""
+    if b.id.startswith(AGENT_RATE_PREFIX):
+        caveat, what = None, f"{b.caveat} is spent"
+    else:
+        caveat, what = b.caveat, f"budget {b.caveat!r} is spent"
+    if b.period:
+        wait = (int(now // b.period) + 1) * b.period - now
+        why = f"{what}: {b.limit} per {format_duration(int(b.period))}, a new window in {wait:.0f}s"
+    else:
+        why = f"{what}: {b.limit} uses in all, every one taken"
+    return Decision(False, DenyCode.BUDGET_EXHAUSTED, why, caveat, allowed.token_id,
+                    allowed.chain)
 
 
 def _signature(text: str) -> bytes:

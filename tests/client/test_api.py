@@ -17,7 +17,8 @@ def test_core_public_api_is_pinned():
     assert sorted(capgate.__all__) == sorted([
         "DEFAULT_LIMITS", "DENY_HEADER", "MAX_DEPTH", "PROOF_HEADER", "PROOF_WINDOW", "TOKEN_HEADER",
         "TOKEN_SCHEME", "ActionCaveat", "Agent", "AgentCaveat", "AgentStatus",
-        "AlreadyExistsError", "AuthenticationError", "CapgateError", "Caveat",
+        "AlreadyExistsError", "AuthenticationError", "Budget", "BudgetCaveat", "CapgateError",
+        "Caveat",
         "CaveatSyntaxError", "Ceiling", "Chain", "Clock", "CtxCaveat", "Decision",
         "DelegateCaveat", "DenyCode", "DepthCaveat", "DidCaveat", "Directory", "ExpiresCaveat",
         "FailedPreconditionError", "Glob", "Grant", "Hop", "HopInfo", "InvalidArgumentError",
@@ -45,7 +46,8 @@ def test_server_public_api_is_pinned():
         "recover_admin", "serve", "status_for"])
     assert sorted(capgate_server.store.__all__) == sorted([
         "AUDIT_FIELD_LIMITS", "GENESIS", "MIGRATIONS", "AgentPatch", "AuditEvent", "AuditQuery",
-        "Break", "Change", "ChangeKind", "Checkpoint", "DelegationRecord", "LedgerKey",
+        "Break", "BudgetLease", "Change", "ChangeKind", "Checkpoint", "DelegationRecord",
+        "LedgerKey",
         "PostgresStore", "Principal", "Role", "RootKeyRecord", "SessionTimeouts", "Signer",
         "SqliteStore", "Store", "TokenRecord", "canonical", "link", "open_store", "walk"])
     for module in (capgate_server, capgate_server.store):

@@ -285,3 +285,20 @@ def test_the_cache_is_bounded_and_safe_to_share_between_threads(alice):
         assert len(guard._cache._entries) <= 8
     with pytest.raises(Exception, match="cache_ttl"):
         Guard(client, cache_ttl=-1)
+
+
+def test_a_spent_budget_answers_429(alice):
+    """Each request under a budget is counted (never answered from the cache); a spent
+    one answers 429 Too Many Requests, so a client knows to wait, not to give up."""
+    from capgate import Token
+
+    limited = Token.parse(alice.token).attenuate("uses <= 2").to_text()
+    s = AsgiServer(make_app(alice.server.address, alice.service_credential, 60)).start()
+    try:
+        with httpx.Client(base_url=s.url, auth=alice.presenter(limited)) as http:
+            got = [http.get("/data/reports/q3") for _ in range(3)]
+        assert [r.status_code for r in got] == [200, 200, 429]
+        assert got[2].headers["capgate-deny"] == "budget_exhausted"
+        assert "uses <= 2" in got[2].json()["reason"]
+    finally:
+        s.stop()

@@ -424,3 +424,15 @@ def test_an_mtls_presenter_names_the_agent_from_its_certificate(alice, tmp_path)
     c.close()
     with pytest.raises(ValueError):
         mtls_presenter("")
+
+
+def test_a_spent_budget_aborts_with_resource_exhausted(sync_service, alice):
+    from capgate import Token
+
+    limited = Token.parse(alice.token).attenuate("uses <= 1").to_text()
+    c = Caller(sync_service.port, alice.presenter(limited))
+    assert c.unary("Read", {"name": "q3"})["content"] == "report q3"
+    code, trailer, details = denied(lambda: c.unary("Read", {"name": "q3"}))
+    assert (code, trailer) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "budget_exhausted")
+    assert "uses <= 1" in details
+    c.close()

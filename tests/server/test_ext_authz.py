@@ -166,6 +166,18 @@ def test_a_stale_replica_answers_503(mesh):
     assert r.status.code == 14  # UNAVAILABLE
 
 
+def test_a_spent_budget_answers_429(mesh):
+    from capgate import Token
+
+    _, alice, envoy = mesh
+    limited = Token.parse(alice.token).attenuate("uses <= 1").to_text()
+    req = check_request(token=limited, principal=PREFIX + "alice")
+    assert verdict(envoy.check(req)) == (200, "alice")
+    r = envoy.check(req)
+    assert verdict(r) == (429, "budget_exhausted")
+    assert r.status.code == 8  # RESOURCE_EXHAUSTED
+
+
 def test_only_services_and_admins_may_call_check(mesh):
     s, alice, _ = mesh
     as_agent = Envoy(s.address, alice.credential)

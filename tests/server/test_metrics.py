@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 import urllib.request
 
+from capgate import Token
+
 from harness import ServerThread
 
 
@@ -40,23 +42,30 @@ def test_metrics_are_scraped_and_move_with_traffic(tmp_path):
             for _ in range(5):
                 service.verify(token, "read", "/m/x", presenter="metered")
             service.verify(token, "write", "/m/x", presenter="metered")
+            budgeted = Token.parse(token).attenuate("uses <= 1").to_text()
+            for _ in range(2):
+                service.verify(budgeted, "read", "/m/x", presenter="metered")
             with server.client() as admin:
                 admin.revoke(token)
             service.verify(token, "read", "/m/x", presenter="metered")
         server.run(server.app.replica.audit.flush())
         after = scrape(port)
-        assert after['capgate_decisions_total{code="allowed"}'] == 5
+        assert after['capgate_decisions_total{code="allowed"}'] == 6
         assert after['capgate_decisions_total{code="beyond_ceiling"}'] == 1
         assert after['capgate_decisions_total{code="revoked"}'] == 1
-        assert after["capgate_verify_checks_total"] == 7
+        assert after['capgate_decisions_total{code="budget_exhausted"}'] == 1
+        assert after["capgate_budget_leases_total"] == 1  # one use leased, then none left
+        assert after["capgate_budget_leased_uses_total"] == 1
+        assert after["capgate_budgets_held"] == 1 and after["capgate_budget_unspent_uses"] == 0
+        assert after["capgate_verify_checks_total"] == 9
         assert after["capgate_revocations"] == before["capgate_revocations"] + 1
         assert after["capgate_memo_misses_total"] >= 1
         assert after["capgate_change_feed_position"] > before["capgate_change_feed_position"]
-        assert after['capgate_rpcs_total{method="Verify",status="OK"}'] == 7
+        assert after['capgate_rpcs_total{method="Verify",status="OK"}'] == 9
         buckets = {k: v for k, v in after.items()
                    if re.match(r'capgate_rpc_seconds_bucket\{.*method="Verify"', k)}
-        assert buckets and max(buckets.values()) == 7  # the +Inf bucket holds every call
-        assert after['capgate_rpc_seconds_count{method="Verify"}'] == 7
+        assert buckets and max(buckets.values()) == 9  # the +Inf bucket holds every call
+        assert after['capgate_rpc_seconds_count{method="Verify"}'] == 9
     finally:
         server.stop()
 

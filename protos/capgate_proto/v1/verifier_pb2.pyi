@@ -40,7 +40,7 @@ class Proof(_message.Message):
     def __init__(self, text: _Optional[str] = ..., method: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
-    __slots__ = ("allowed", "code", "reason", "caveat", "token_id", "chain", "proven")
+    __slots__ = ("allowed", "code", "reason", "caveat", "token_id", "chain", "proven", "counted")
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class VerifyResponse(_message.Message):
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     PROVEN_FIELD_NUMBER: _ClassVar[int]
+    COUNTED_FIELD_NUMBER: _ClassVar[int]
     allowed: bool
     code: str
     reason: str
@@ -55,7 +56,8 @@ class VerifyResponse(_message.Message):
     token_id: str
     chain: _containers.RepeatedScalarFieldContainer[str]
     proven: bool
-    def __init__(self, allowed: _Optional[bool] = ..., code: _Optional[str] = ..., reason: _Optional[str] = ..., caveat: _Optional[str] = ..., token_id: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ..., proven: _Optional[bool] = ...) -> None: ...
+    counted: bool
+    def __init__(self, allowed: _Optional[bool] = ..., code: _Optional[str] = ..., reason: _Optional[str] = ..., caveat: _Optional[str] = ..., token_id: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ..., proven: _Optional[bool] = ..., counted: _Optional[bool] = ...) -> None: ...
 
 class VerifyBatchRequest(_message.Message):
     __slots__ = ("requests",)

@@ -27,6 +27,7 @@ __all__ = [
     "AgentPatch",
     "AuditEvent",
     "AuditQuery",
+    "BudgetLease",
     "Change",
     "ChangeKind",
     "DelegationRecord",
@@ -110,6 +111,20 @@ class AgentPatch:
     add_key: tuple[str, bytes] | None = None
     remove_key: str | None = None
     require_proof: bool | None = None
+    rate: str | None = None  # "N/PERIOD", or "" for none
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLease:
+    """A replica asks for up to ``want`` uses of budget ``id`` in ``slot`` (its window;
+    0 for a budget of uses in all) that allows ``limit``; the row may go after
+    ``expires_at``."""
+
+    id: str
+    slot: int
+    limit: int
+    want: int
+    expires_at: float
 
 
 class ChangeKind(StrEnum):
@@ -226,12 +241,13 @@ def decode_ceiling(text: str) -> Ceiling:
 
 def agent_from_row(row: Sequence[object], keys: dict[str, bytes]) -> Agent:
     (aid, owner, description, status, ceiling, max_ttl, max_depth, epoch, revoked_before,
-     created_at, require_proof) = row
+     created_at, require_proof, rate) = row
     return Agent(
         id=str(aid), ceiling=decode_ceiling(str(ceiling)), status=AgentStatus(str(status)),
         owner=str(owner), description=str(description), max_ttl=int(max_ttl),  # type: ignore[call-overload]
         max_depth=int(max_depth), epoch=int(epoch), revoked_before_ms=int(revoked_before),  # type: ignore[call-overload]
         created_at=float(created_at), require_proof=bool(require_proof),  # type: ignore[arg-type]
+        rate=str(rate),
     ).with_changes(public_keys=keys)
 
 
@@ -374,6 +390,23 @@ class Store(ABC):
         one redeemed now, False for one already redeemed (by any replica sharing the
         store, or earlier in ``claims``). With ``forget_before``, first forget nonces kept
         until before it (by the earlier of it and the store's own clock)."""
+
+    # -- budgets -------------------------------------------------------------------------
+
+    @abstractmethod
+    def lease_budgets(self, leases: Sequence[BudgetLease],
+                      forget_before: float | None = None) -> list[int]:
+        """Take uses for each lease, atomically: as many as it wants, or as remain of its
+        limit (0: the budget is spent). With ``forget_before``, first drop the rows that
+        expired before it (by the earlier of it and the store's own clock)."""
+
+    @abstractmethod
+    def return_budgets(self, returns: Sequence[tuple[str, int, int]]) -> None:
+        """Give back uses leased and never spent, each ``(id, slot, count)``."""
+
+    @abstractmethod
+    def budget_used(self, budget_id: str, slot: int = 0) -> int:
+        """Uses of a budget taken (leased) so far in ``slot``."""
 
     # -- change feed and audit ----------------------------------------------------------
 

@@ -71,6 +71,7 @@ class SessionTimeouts:
 
 class PostgresStore(SqlStore):
     placeholder = "%s"
+    _lock_row = " FOR UPDATE"
 
     def __init__(self, url: str, *, connect_timeout: float = 5.0,
                  timeouts: SessionTimeouts | None = None, writer: str = "") -> None:

@@ -21,6 +21,7 @@ from capgate_server.store._base import (
     AUDIT_FIELD_LIMITS,
     AgentPatch,
     AuditEvent,
+    BudgetLease,
     Change,
     ChangeKind,
     DelegationRecord,
@@ -96,11 +97,18 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX proof_nonces_expiry ON proof_nonces (expires_at)",
     ],
     LEDGER_MIGRATION,  # the audit ledger: places, digests, checkpoints, its signing key
+    [  # budgets: the uses counted fleet-wide (leased to replicas in blocks), agents' rates
+        "ALTER TABLE agents ADD COLUMN rate TEXT NOT NULL DEFAULT ''",
+        """CREATE TABLE budgets (
+            id TEXT NOT NULL, slot {bigint} NOT NULL, used {bigint} NOT NULL,
+            expires_at {real} NOT NULL, PRIMARY KEY (id, slot))""",
+        "CREATE INDEX budgets_expiry ON budgets (expires_at)",
+    ],
 ]
 
 _AGENT_COLS = ("id, owner, description, status, ceiling, max_ttl, max_depth, epoch, "
-               "revoked_before, created_at, require_proof")
-_AGENT_MARKS = ", ".join("?" * 11)
+               "revoked_before, created_at, require_proof, rate")
+_AGENT_MARKS = ", ".join("?" * 12)
 _NONCE_ROWS = 200  # nonces per INSERT statement (3 parameters each)
 
 
@@ -210,7 +218,8 @@ class SqlStore(AuditRecords, Store):
                         (credential_hash, agent.created_at, agent.id))
                 self._x(cur, "UPDATE agents SET owner = ?, description = ?, status = ?, "
                              "ceiling = ?, max_ttl = ?, max_depth = ?, epoch = ?, "
-                             "revoked_before = ?, created_at = ?, require_proof = ? WHERE id = ?",
+                             "revoked_before = ?, created_at = ?, require_proof = ?, rate = ? "
+                             "WHERE id = ?",
                         (*self._agent_values(agent)[1:], agent.id))
             self._write_keys(cur, agent)
             self._audit(cur, [audit])
@@ -238,7 +247,7 @@ class SqlStore(AuditRecords, Store):
     def _agent_values(a: Agent) -> tuple[object, ...]:
         return (a.id, a.owner, a.description, str(a.status), encode_ceiling(a.ceiling),
                 a.max_ttl, a.max_depth, a.epoch, a.revoked_before_ms, a.created_at,
-                int(a.require_proof))
+                int(a.require_proof), a.rate)
 
     def _write_keys(self, cur: Any, agent: Agent) -> None:
         self._x(cur, "DELETE FROM agent_keys WHERE agent = ?", (agent.id,))
@@ -278,8 +287,8 @@ class SqlStore(AuditRecords, Store):
             values = self._agent_values(agent)
             self._x(cur, "UPDATE agents SET owner = ?, description = ?, status = ?, ceiling = ?, "
                          "max_ttl = ?, max_depth = ?, epoch = ?, revoked_before = ?, "
-                         "require_proof = ? WHERE id = ?",
-                    (*values[1:9], values[10], agent.id))
+                         "require_proof = ?, rate = ? WHERE id = ?",
+                    (*values[1:9], *values[10:], agent.id))
             if cur.rowcount != 1:
                 raise NotFoundError(f"agent {agent.id!r} not found", id=agent.id)
             self._write_keys(cur, agent)
@@ -291,7 +300,7 @@ class SqlStore(AuditRecords, Store):
         params: list[object] = []
         for column, value in (("status", patch.status), ("max_ttl", patch.max_ttl),
                               ("max_depth", patch.max_depth),
-                              ("description", patch.description)):
+                              ("description", patch.description), ("rate", patch.rate)):
             if value is not None:
                 sets.append(f"{column} = ?")
                 params.append(str(value) if column == "status" else value)
@@ -471,6 +480,51 @@ class SqlStore(AuditRecords, Store):
             out.append(key in taken and key not in seen)
             seen.add(key)
         return out
+
+    # -- budgets -------------------------------------------------------------------------
+
+    _lock_row = ""  # what makes a SELECT hold the row to the commit, where it must be said
+
+    def lease_budgets(self, leases: Sequence[BudgetLease],
+                      forget_before: float | None = None) -> list[int]:
+        granted: dict[tuple[str, int], int] = {}
+        with self._tx() as cur:
+            if forget_before is not None:
+                store_now = self._store_clock(cur)
+                horizon = forget_before if store_now is None else min(forget_before, store_now)
+                self._x(cur, "DELETE FROM budgets WHERE expires_at < ?", (horizon,))
+            # one order for every replica: two leasing the same budgets never deadlock
+            for lease in sorted(leases, key=lambda x: (x.id, x.slot)):
+                key = (lease.id, lease.slot)
+                self._x(cur, "INSERT INTO budgets (id, slot, used, expires_at) "
+                             "VALUES (?, ?, 0, ?) ON CONFLICT DO NOTHING",
+                        (lease.id, lease.slot, lease.expires_at))
+                used = int(self._x(cur, "SELECT used FROM budgets WHERE id = ? AND slot = ?"
+                                        + self._lock_row, key).fetchone()[0])
+                grant = max(0, min(lease.want, lease.limit - used))
+                if grant:
+                    self._x(cur, "UPDATE budgets SET used = used + ? WHERE id = ? AND slot = ?",
+                            (grant, *key))
+                granted[key] = granted.get(key, 0) + grant
+        out = []
+        for lease in leases:  # the same budget twice in one call: the first takes it all
+            key = (lease.id, lease.slot)
+            take = min(lease.want, granted.get(key, 0))
+            granted[key] = granted.get(key, 0) - take
+            out.append(take)
+        return out
+
+    def return_budgets(self, returns: Sequence[tuple[str, int, int]]) -> None:
+        with self._tx() as cur:
+            for bid, slot, n in sorted(returns):
+                self._x(cur, "UPDATE budgets SET used = used - ? "
+                             "WHERE id = ? AND slot = ? AND used >= ?", (n, bid, slot, n))
+
+    def budget_used(self, budget_id: str, slot: int = 0) -> int:
+        with self._read() as cur:
+            row = self._x(cur, "SELECT used FROM budgets WHERE id = ? AND slot = ?",
+                          (budget_id, slot)).fetchone()
+        return 0 if row is None else int(row[0])
 
     # -- change feed ---------------------------------------------------------
 
