@@ -44,6 +44,9 @@ AGENT_RATE_PREFIX = "agent:"
 _MAX_PER_COMMIT = 500
 _RECHECK = 1.0  # seconds a spent budget is refused from memory before asking again
 _FORGET_EVERY = 60.0  # seconds between sweeps of expired rows in the store
+# A row is kept this long after its token expired or its window ended: a replica whose
+# clock is behind may still count in it, and must not find it gone (and start at 0).
+_KEEP = 3600.0
 
 
 class _Lease:
@@ -191,7 +194,7 @@ class Budgets:
             batch = self._pending[:_MAX_PER_COMMIT]
             del self._pending[:_MAX_PER_COMMIT]
             now = self._clock()
-            forget = now if now - self._forgot_at >= _FORGET_EVERY else None
+            forget = now - _KEEP if now - self._forgot_at >= _FORGET_EVERY else None
             try:
                 granted = await loop.run_in_executor(
                     self._lane, self._store.lease_budgets, [r for r, _ in batch], forget)

@@ -20,6 +20,11 @@ class KeyRotation:
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
 
+    @property
+    def signing_id(self) -> str | None:
+        """The root key that signs new tokens (the newest active one)."""
+        return self.replica.root_keys.signing_id
+
     async def keys(self) -> list[RootKeyRecord]:
         await self.replica.sync()
         return await self.replica.call(self.replica.store.root_keys)

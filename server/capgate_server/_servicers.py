@@ -312,7 +312,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):  # type: ignore[misc]
         return keys_pb2.RootKey(
             id=r.id, created_at=format_timestamp(r.created_at),
             retired_at=format_timestamp(r.retired_at) if r.retired_at is not None else "",
-            signing=r.id == self.rotation.replica.root_keys.signing_id)
+            signing=r.id == self.rotation.signing_id)
 
     @rpc
     async def ListKeys(self, request: Any, context: Any) -> Any:
