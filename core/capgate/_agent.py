@@ -7,6 +7,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from capgate._approval import ApprovalRule
 from capgate._errors import InvalidArgumentError
 from capgate._grants import Ceiling
 from capgate._text import ID_RE
@@ -40,6 +41,8 @@ class Agent:
     sign offline delegations made by this agent, and its proofs of possession.
     ``require_proof``: a token held by this agent is accepted only with a proof
     of possession (a presenter the service merely names is not enough).
+    ``approvals``: standing rules (requests meeting a condition need a person's
+    approval); every token it appears in must carry an approval caveat for each.
     """
 
     id: str
@@ -54,6 +57,7 @@ class Agent:
     public_keys: MappingProxyType[str, bytes] = field(default_factory=lambda: MappingProxyType({}))
     created_at: float = 0.0
     require_proof: bool = False
+    approvals: tuple[ApprovalRule, ...] = ()
 
     @property
     def active(self) -> bool:

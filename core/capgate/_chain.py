@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from capgate._approval import ApprovalCaveat
 from capgate._caveats import (
     ActionCaveat,
     Caveat,
@@ -56,6 +57,11 @@ class DenyCode(StrEnum):
     PROOF_REQUIRED = "proof_required"
     BAD_PROOF = "bad_proof"
     PROOF_REPLAYED = "proof_replayed"
+    # approval caveats (``capgate._approval``): the discharges a request brought
+    APPROVAL_REQUIRED = "approval_required"
+    APPROVAL_INVALID = "approval_invalid"
+    APPROVAL_EXPIRED = "approval_expired"
+    APPROVAL_USED = "approval_used"  # the store's redemption: decided around the verifier
 
 
 # Hop, Decision and Chain are built on the hot path: plain slotted dataclasses
@@ -73,7 +79,11 @@ class Hop:
 @dataclass(slots=True, eq=False)
 class Decision:
     """The outcome. Hashed by identity: one allow object is shared by every request
-    a chain allows, so callers can key caches and tallies on it cheaply."""
+    a chain allows, so callers can key caches and tallies on it cheaply.
+
+    ``approvals``: an allow that rests on approvals names them; it stands only once
+    the caller has redeemed each (an approval is good for its uses, fleet-wide: the
+    server's store does it). A verifier alone cannot count uses."""
 
     allowed: bool
     code: DenyCode
@@ -81,6 +91,7 @@ class Decision:
     caveat: str | None = None
     token_id: str | None = None
     chain: tuple[str, ...] = ()  # issued-to agent first, current holder last
+    approvals: tuple[str, ...] = ()
 
     @property
     def holder(self) -> str | None:
@@ -115,9 +126,15 @@ class Chain:
     resources: tuple[Glob, ...] = field(repr=False, default=())
     other: tuple[Caveat, ...] = field(repr=False, default=())
     size: int = field(repr=False, default=0)  # estimated bytes held, for the cache
+    # approval caveats, the key of each (from the signature before it), and the
+    # token's signature (discharges are bound to it); empty for most tokens
+    approvals: tuple[ApprovalCaveat, ...] = field(repr=False, default=())
+    approval_keys: tuple[bytes, ...] = field(repr=False, default=())
+    signature: bytes = field(repr=False, default=b"")
 
     def fold(self) -> Chain:
         size = _CHAIN_BASE + 2 * len(self.text) + _PER_HOP * len(self.hops)
+        size += sum([a.size for a in self.approvals])
         for cav in self.checks:
             size += cav.size
             kind = type(cav)

@@ -410,7 +410,9 @@ NEAR_MISSES = (
     "ctx 1tool = x",
     "ctx tool == x",
     "ctx tool != x",
-    "ctx tool < 5",
+    "ctx tool < x",
+    "ctx tool =< 5",
+    "ctx tool <> 5",
     "ctx tool <= x",
     "ctx tool >= 1e3",
     "ctx tool <= +5",
@@ -448,7 +450,8 @@ def _mutations(text: str) -> list[str]:
 
 
 CHECK_KINDS = ("action", "resource", "expires", "not-before", "ctx-eq", "ctx-in", "ctx-le",
-               "ctx-ge")
+               "ctx-ge", "ctx-lt", "ctx-gt")
+NUMERIC_CTX = {"ctx-le": "<=", "ctx-ge": ">=", "ctx-lt": "<", "ctx-gt": ">"}
 VALID_KINDS = ("agent", *CHECK_KINDS, "did", "depth")
 INVALID_KINDS = ("delegate-bogus", "unknown-key", "malformed", "garbage-text", "garbage-bytes")
 ALL_KINDS = VALID_KINDS + INVALID_KINDS
@@ -462,6 +465,8 @@ EXPECTED_CLASS = {
     "ctx-in": CtxCaveat,
     "ctx-le": CtxCaveat,
     "ctx-ge": CtxCaveat,
+    "ctx-lt": CtxCaveat,
+    "ctx-gt": CtxCaveat,
     "did": DidCaveat,
     "depth": DepthCaveat,
     "delegate-bogus": DelegateCaveat,  # well formed; only its proof is wrong
@@ -510,12 +515,20 @@ def caveats(draw: st.DrawFn, kind: str, req: Request, holder: str) -> Cav:
             return Cav(kind, f"ctx {key} in {','.join(vals)}",
                        lambda r, h: r.ctx.get(key) in one_of)
         bound_text = current if numeric(current) is not None else draw(number_texts)
+        op = NUMERIC_CTX[kind]
+        if op in ("<", ">") and numeric(current) is not None and draw(st.booleans()):
+            # strict: a bound a step past the value holds, the value itself does not
+            step = draw(st.sampled_from(("1", "0.001", "0")))
+            moved = numeric(current) + (Decimal(step) if op == "<" else -Decimal(step))
+            if numeric(str(moved)) is not None:
+                bound_text = str(moved)
         bound = Decimal(bound_text)
-        op = "<=" if kind == "ctx-le" else ">="
+        compare = {"<=": Decimal.__le__, ">=": Decimal.__ge__, "<": Decimal.__lt__,
+                   ">": Decimal.__gt__}[op]
 
         def holds(r: Request, h: str) -> bool:
             n = numeric(r.ctx.get(key))
-            return n is not None and (n <= bound if op == "<=" else n >= bound)
+            return n is not None and compare(n, bound)
 
         return Cav(kind, f"ctx {key} {op} {bound_text}", holds)
     if kind == "did":
