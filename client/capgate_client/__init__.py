@@ -25,6 +25,8 @@ from capgate_client._guard import (
 from capgate_client._presenting import Presenter
 from capgate_client._types import (
     AgentInfo,
+    ApprovalInfo,
+    ApprovalVoteInfo,
     AuditRecord,
     Credential,
     HopStatus,
@@ -42,6 +44,8 @@ __all__ = [
     "TLS",
     "Access",
     "AgentInfo",
+    "ApprovalInfo",
+    "ApprovalVoteInfo",
     "AsyncClient",
     "AsyncGrpcGuard",
     "AsyncGuard",

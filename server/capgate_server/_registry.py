@@ -16,6 +16,7 @@ from capgate import (
     MAX_DEPTH,
     Agent,
     AgentStatus,
+    ApprovalRule,
     Ceiling,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -39,6 +40,16 @@ class AgentUpdate:
     max_depth: int | None = None
     description: str | None = None
     require_proof: bool | None = None
+    approvals: Sequence[ApprovalRule] | None = None  # replaces the agent's approval rules
+
+
+_MAX_RULES = 16  # standing approval rules per agent (each adds a caveat to its tokens)
+
+
+def _rules(rules: Sequence[ApprovalRule]) -> tuple[ApprovalRule, ...]:
+    if len(rules) > _MAX_RULES:
+        raise InvalidArgumentError(f"an agent has at most {_MAX_RULES} approval rules")
+    return tuple(rules)
 
 
 class Registry:
@@ -82,8 +93,8 @@ class Registry:
     async def create_agent(self, caller: Principal, agent_id: str, grants: Sequence[str], *,
                            max_ttl: int | None = None, max_depth: int | None = None,
                            owner: str = "", description: str = "",
-                           public_key: bytes | None = None,
-                           require_proof: bool = False) -> tuple[Agent, str]:
+                           public_key: bytes | None = None, require_proof: bool = False,
+                           approvals: Sequence[ApprovalRule] = ()) -> tuple[Agent, str]:
         check_id(agent_id, "agent id")
         keys = {}
         if public_key:
@@ -97,11 +108,13 @@ class Registry:
             max_depth=self._depth(self.replica.settings.default_max_depth
                                   if max_depth is None else max_depth),
             created_at=self.replica.clock(), require_proof=require_proof,
+            approvals=_rules(approvals),
         ).with_changes(public_keys=keys)
         credential = new_credential()
         event = self._event(caller, "agent.create", agent_id, ceiling=str(agent.ceiling),
                             max_ttl=agent.max_ttl, max_depth=agent.max_depth,
-                            **({"require_proof": True} if require_proof else {}))
+                            **({"require_proof": True} if require_proof else {}),
+                            **({"approvals": [str(r) for r in approvals]} if approvals else {}))
         await self.replica.call(self.replica.store.create_agent, agent,
                                 hash_credential(credential), event)
         await self.replica.sync()
@@ -146,12 +159,15 @@ class Registry:
             max_depth=None if update.max_depth is None else self._depth(update.max_depth),
             description=None if update.description is None
             else self._text(update.description, "description", 1024),
-            require_proof=update.require_proof)
+            require_proof=update.require_proof,
+            approvals=None if update.approvals is None else _rules(update.approvals))
         detail = {k: str(v) for k, v in (("ceiling", patch.ceiling), ("max_ttl", patch.max_ttl),
                                           ("max_depth", patch.max_depth),
                                           ("description", patch.description),
                                           ("require_proof", patch.require_proof))
                   if v is not None}
+        if patch.approvals is not None:
+            detail["approvals"] = "; ".join(str(r) for r in patch.approvals) or "none"
         if not detail:
             raise InvalidArgumentError("nothing to update")
         return await self._patch(caller, agent_id, "agent.update", detail, patch)
@@ -195,8 +211,9 @@ class Registry:
     async def create_principal(self, caller: Principal, principal_id: str,
                                role: str) -> tuple[Principal, str]:
         check_id(principal_id, "principal id")
-        if role not in (Role.SERVICE, Role.ADMIN):
-            raise InvalidArgumentError("role must be 'service' or 'admin' (agents: create-agent)")
+        if role not in (Role.SERVICE, Role.ADMIN, Role.APPROVER):
+            raise InvalidArgumentError("role must be 'service', 'approver' or 'admin' "
+                                       "(agents: create-agent)")
         principal = Principal(principal_id, Role(role), self.replica.clock())
         credential = new_credential()
         await self.replica.call(self.replica.store.create_principal, principal,

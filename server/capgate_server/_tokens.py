@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from capgate import (
     AgentStatus,
+    ApprovalRule,
     Chain,
     Decision,
     DenyCode,
@@ -33,6 +34,7 @@ from capgate_server.store import AuditEvent, DelegationRecord, Principal, Role, 
 __all__ = ["HopStatus", "Inspection", "Issued", "Tokens", "TreeNode"]
 
 _MAX_EXTRA_CAVEATS = 32
+_MAX_APPROVALS = 32  # a caller's and the receiving agent's rules together
 MAX_TREE_DEPTH = 32  # levels of a returned tree; a valid chain has at most MAX_DEPTH + 1
 
 
@@ -89,6 +91,19 @@ def _extra_caveats(caveats: Sequence[str]) -> list[str]:
     return list(caveats)
 
 
+def _with_approvals(token: Token, rules: Sequence[ApprovalRule]) -> Token:
+    """``token`` with an approval caveat for each rule (at most 16 at once)."""
+    if len(rules) > _MAX_APPROVALS:
+        raise InvalidArgumentError(f"at most {_MAX_APPROVALS} approval caveats at once")
+    for rule in rules:
+        token = token.require_approval(rule.condition, rule.approvers)
+    return token
+
+
+def _approvals_detail(rules: Sequence[ApprovalRule]) -> dict[str, object]:
+    return {"approvals": [str(r) for r in rules]} if rules else {}
+
+
 def _hop_time(now: float, revoked_before_ms: int) -> int:
     """When a new hop into an agent is dated (ms): now, but always after the agent's
     cut-off, so a replica whose clock lags never mints a token born revoked."""
@@ -140,23 +155,28 @@ class Tokens:
         token = Token.mint(root, TokenIdentifier(kid, tid, issued_ms).encode())
         for text in texts:
             token = token.append_raw(text.encode("utf-8"))
+        token = _with_approvals(token, agent.approvals)  # its standing rules, after the rest
+        texts += [c for _, c in token.third_party_caveats]
         event = AuditEvent(now, caller.id, "issue", tid, chain=(agent.id,),
-                           detail={"grant": str(grant), "ttl": ttl, "caveats": extra})
+                           detail={"grant": str(grant), "ttl": ttl, "caveats": extra,
+                                   **_approvals_detail(agent.approvals)})
         await self.replica.call(self.replica.store.record_token,
                                 TokenRecord(tid, agent.id, kid, now, expires, tuple(texts)), event)
         return Issued(token.to_text(), tid, expires)
 
     # -- attenuate (the same as offline) -----------------------------------------------------
 
-    def attenuate(self, caller: Principal, text: str, caveats: Sequence[str]) -> Issued:
+    def attenuate(self, caller: Principal, text: str, caveats: Sequence[str],
+                  approvals: Sequence[ApprovalRule] = ()) -> Issued:
         """The same as attenuating offline; an agent only from its own live place in a chain."""
         token = Token.parse(text)  # MalformedTokenError: INVALID_ARGUMENT
-        if not caveats:
+        if not caveats and not approvals:
             raise InvalidArgumentError("no caveats to add")
         if caller.role is Role.AGENT:
             self._standing(caller, self._verified(text))
         for caveat in caveats:
             token = token.attenuate(caveat)
+        token = _with_approvals(token, approvals)
         d = describe(token)
         return Issued(token.to_text(), d.token_id or "", d.expires or 0.0)
 
@@ -219,7 +239,8 @@ class Tokens:
         return None
 
     async def delegate(self, caller: Principal, text: str, to: str,
-                       caveats: Sequence[str] = ()) -> Issued:
+                       caveats: Sequence[str] = (),
+                       approvals: Sequence[ApprovalRule] = ()) -> Issued:
         self._active_agent(caller)
         self.replica.require_fresh()
         check_id(to, "agent id")
@@ -247,6 +268,8 @@ class Tokens:
         token, did = append_server_delegation(st.token, root, to, at_ms)
         for caveat in extra:
             token = token.attenuate(caveat)
+        # the caller's approval caveats, then the receiving agent's standing rules
+        token = _with_approvals(token, (*approvals, *target.approvals))
         out = token.to_text()
         check = self.replica.verifier.analyse(out)
         if isinstance(check, Decision):  # e.g. a depth caveat the new hop breaks
@@ -256,7 +279,8 @@ class Tokens:
         record = DelegationRecord(did, st.token_id, st.hops[-1].did or st.token_id, caller.id,
                                   to, now, st.expires, False, tuple(extra))
         event = AuditEvent(now, caller.id, "delegate", did, chain=check.agents,
-                           detail={"token_id": st.token_id, "to": to, "caveats": extra})
+                           detail={"token_id": st.token_id, "to": to, "caveats": extra,
+                                   **_approvals_detail((*approvals, *target.approvals))})
         await self.replica.call(self.replica.store.record_delegations, [record], event)
         return Issued(out, st.token_id, check.expires or 0.0, did)
 

@@ -5,6 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from capgate import InvalidArgumentError
+from capgate_server.store._approvals import (
+    ApprovalRecord,
+    ApprovalStatus,
+    ApprovalStore,
+    ApprovalVote,
+    Redemption,
+)
 from capgate_server.store._base import (
     AUDIT_FIELD_LIMITS,
     AgentPatch,
@@ -38,6 +45,10 @@ __all__ = [
     "GENESIS",
     "MIGRATIONS",
     "AgentPatch",
+    "ApprovalRecord",
+    "ApprovalStatus",
+    "ApprovalStore",
+    "ApprovalVote",
     "AuditEvent",
     "AuditQuery",
     "Break",
@@ -48,6 +59,7 @@ __all__ = [
     "LedgerKey",
     "PostgresStore",
     "Principal",
+    "Redemption",
     "Role",
     "RootKeyRecord",
     "SessionTimeouts",

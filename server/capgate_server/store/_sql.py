@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from capgate import Agent, AlreadyExistsError, NotFoundError
+from capgate_server.store._approval_sql import APPROVAL_MIGRATION, ApprovalRows
 from capgate_server.store._audit_sql import LEDGER_MIGRATION, AuditRecords
 from capgate_server.store._base import (
     AUDIT_FIELD_LIMITS,
@@ -30,6 +31,7 @@ from capgate_server.store._base import (
     Store,
     TokenRecord,
     agent_from_row,
+    encode_approval_rules,
     encode_ceiling,
 )
 
@@ -96,15 +98,16 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX proof_nonces_expiry ON proof_nonces (expires_at)",
     ],
     LEDGER_MIGRATION,  # the audit ledger: places, digests, checkpoints, its signing key
+    APPROVAL_MIGRATION,  # approval requests, their votes, agents' standing approval rules
 ]
 
 _AGENT_COLS = ("id, owner, description, status, ceiling, max_ttl, max_depth, epoch, "
-               "revoked_before, created_at, require_proof")
-_AGENT_MARKS = ", ".join("?" * 11)
+               "revoked_before, created_at, require_proof, approvals")
+_AGENT_MARKS = ", ".join("?" * 12)
 _NONCE_ROWS = 200  # nonces per INSERT statement (3 parameters each)
 
 
-class SqlStore(AuditRecords, Store):
+class SqlStore(ApprovalRows, AuditRecords, Store):
     """Shared statements; subclasses provide ``_tx`` and ``_read``."""
 
     placeholder = "?"
@@ -210,7 +213,8 @@ class SqlStore(AuditRecords, Store):
                         (credential_hash, agent.created_at, agent.id))
                 self._x(cur, "UPDATE agents SET owner = ?, description = ?, status = ?, "
                              "ceiling = ?, max_ttl = ?, max_depth = ?, epoch = ?, "
-                             "revoked_before = ?, created_at = ?, require_proof = ? WHERE id = ?",
+                             "revoked_before = ?, created_at = ?, require_proof = ?, "
+                             "approvals = ? WHERE id = ?",
                         (*self._agent_values(agent)[1:], agent.id))
             self._write_keys(cur, agent)
             self._audit(cur, [audit])
@@ -238,7 +242,7 @@ class SqlStore(AuditRecords, Store):
     def _agent_values(a: Agent) -> tuple[object, ...]:
         return (a.id, a.owner, a.description, str(a.status), encode_ceiling(a.ceiling),
                 a.max_ttl, a.max_depth, a.epoch, a.revoked_before_ms, a.created_at,
-                int(a.require_proof))
+                int(a.require_proof), encode_approval_rules(a.approvals))
 
     def _write_keys(self, cur: Any, agent: Agent) -> None:
         self._x(cur, "DELETE FROM agent_keys WHERE agent = ?", (agent.id,))
@@ -278,8 +282,8 @@ class SqlStore(AuditRecords, Store):
             values = self._agent_values(agent)
             self._x(cur, "UPDATE agents SET owner = ?, description = ?, status = ?, ceiling = ?, "
                          "max_ttl = ?, max_depth = ?, epoch = ?, revoked_before = ?, "
-                         "require_proof = ? WHERE id = ?",
-                    (*values[1:9], values[10], agent.id))
+                         "require_proof = ?, approvals = ? WHERE id = ?",
+                    (*values[1:9], values[10], values[11], agent.id))
             if cur.rowcount != 1:
                 raise NotFoundError(f"agent {agent.id!r} not found", id=agent.id)
             self._write_keys(cur, agent)
@@ -301,6 +305,9 @@ class SqlStore(AuditRecords, Store):
         if patch.ceiling is not None:
             sets.append("ceiling = ?")
             params.append(encode_ceiling(patch.ceiling))
+        if patch.approvals is not None:
+            sets.append("approvals = ?")
+            params.append(encode_approval_rules(patch.approvals))
         if patch.revoke_before_ms is not None:
             sets.append("epoch = epoch + 1, revoked_before = CASE WHEN revoked_before > ? "
                         "THEN revoked_before ELSE ? END")
