@@ -149,40 +149,54 @@ def check_discharges(needed: Sequence[tuple[ApprovalCaveat, bytes]], discharges:
         first = needed[0][0].text if needed else ""
         return DischargeProblem("approval_invalid",
                                 f"at most {MAX_DISCHARGES} discharges per request", first)
-    raws: dict[bytes, RawMacaroon] = {}
+    raws: dict[bytes, list[RawMacaroon]] = {}
     for text in discharges:
         try:
             raw = Token.parse(text, limits=limits).raw
         except CapgateError as e:
             first = needed[0][0].text if needed else ""
             return DischargeProblem("approval_invalid", f"a discharge is malformed: {e}", first)
-        raws.setdefault(raw.identifier, raw)
+        raws.setdefault(raw.identifier, []).append(raw)
     digest = request_digest(request.action, request.resource, request.presenter or "",
                             request.ctx)
     ids: list[str] = []
     for caveat, key in needed:
         found = raws.get(caveat.cid)
-        who = "an approver" if caveat.approvers == 1 else f"{caveat.approvers} approvers"
-        if found is None:
+        if not found:
+            who = "an approver" if caveat.approvers == 1 else f"{caveat.approvers} approvers"
             return DischargeProblem(
                 "approval_required",
                 f"this request needs approval by {who} (approval caveat {caveat.text!r}); "
                 "no discharge for it came with the request", caveat.text)
-        reading = _read(found, key, token_signature)
-        if isinstance(reading, str):
-            return DischargeProblem("approval_invalid", f"the discharge is not valid: {reading}",
-                                    caveat.text)
-        if not hmac.compare_digest(reading.digest, digest):
-            return DischargeProblem(
-                "approval_invalid", f"approval {reading.approval_id} is for another request "
-                "(action, resource, presenter or context differ)", caveat.text)
-        if now >= reading.expires:
-            return DischargeProblem(
-                "approval_expired", f"approval {reading.approval_id} expired at "
-                f"{format_timestamp(reading.expires)}", caveat.text)
-        if reading.approval_id not in ids:
-            ids.append(reading.approval_id)
+        # several for one caveat (an old one kept beside a new one): the first that holds
+        results = [_approval_of(raw, key, token_signature, digest, now, caveat)
+                   for raw in found]
+        good = [r for r in results if isinstance(r, str)]
+        if not good:
+            problem = results[0]
+            assert isinstance(problem, DischargeProblem)
+            return problem
+        if good[0] not in ids:
+            ids.append(good[0])
     return tuple(ids)
+
+
+def _approval_of(raw: RawMacaroon, key: bytes, token_signature: bytes, digest: str, now: float,
+                caveat: ApprovalCaveat) -> str | DischargeProblem:
+    """The approval id one discharge stands for, or why it does not discharge ``caveat``."""
+    reading = _read(raw, key, token_signature)
+    if isinstance(reading, str):
+        return DischargeProblem("approval_invalid", f"the discharge is not valid: {reading}",
+                                caveat.text)
+    if not hmac.compare_digest(reading.digest, digest):
+        return DischargeProblem(
+            "approval_invalid", f"approval {reading.approval_id} is for another request "
+            "(action, resource, presenter or context differ)", caveat.text)
+    if now >= reading.expires:
+        return DischargeProblem(
+            "approval_expired", f"approval {reading.approval_id} expired at "
+            f"{format_timestamp(reading.expires)}", caveat.text)
+    return reading.approval_id
 
 
 def approval_decision(st: Chain, request: Request, discharges: Sequence[str], ruled: bool,
