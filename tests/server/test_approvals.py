@@ -236,7 +236,7 @@ def test_only_requests_an_approval_can_help_are_taken(world):
     w = world
     with pytest.raises(FailedPreconditionError, match="needs no approval"):
         w.ask(SMALL)
-    with pytest.raises(FailedPreconditionError, match="beyond_ceiling|caveat_failed"):
+    with pytest.raises(FailedPreconditionError, match=r"beyond_ceiling|caveat_failed"):
         w.ask(resource="/payroll/march")
     with pytest.raises(FailedPreconditionError, match="caveat_failed"):
         w.agent.request_approval(w.token, "read", "/invoices/a/b", ctx=BIG)
