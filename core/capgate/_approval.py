@@ -29,8 +29,10 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from capgate._caveats import (
+    _COMPARE,
     ActionCaveat,
     Caveat,
     CtxCaveat,
@@ -107,12 +109,20 @@ def parse_condition(text: str) -> tuple[Caveat, ...]:
 
 
 def condition_met(cav: Caveat, request: Request) -> bool:
-    """Whether the request meets one condition; undecidable counts as met."""
+    """Whether the request meets one condition; undecidable counts as met. (Not the
+    caveat's ``check``: that words a reason for every miss, and this runs per verify.)"""
     if isinstance(cav, CtxCaveat):
         value = request.ctx.get(cav.name)
-        if value is None or (cav.bound is not None and _NUMBER.fullmatch(value) is None):
+        if value is None:
             return True
-    return cav.check(request, 0.0) is None
+        if cav.bound is None:
+            return value in cav.values
+        if _NUMBER.fullmatch(value) is None:
+            return True
+        return _COMPARE[cav.op](Decimal(value), cav.bound)
+    if isinstance(cav, ActionCaveat):
+        return request.action in cav.actions
+    return cav.check(request, 0.0) is None  # a resource: a glob match, no words on a hit
 
 
 def _check_approvers(n: int) -> int:

@@ -207,8 +207,11 @@ def approval_decision(st: Chain, request: Request, discharges: Sequence[str], ru
     is needed). ``ruled``: an agent of the chain has standing approval rules, which
     the token must carry a caveat for (one asking at least as many approvers)."""
     tid, chain = st.token_id, st.agents
-    needed = [(a, k) for a, k in zip(st.approvals, st.approval_keys, strict=True)
-              if a.needed(request)]
+    needed = []
+    keys = st.approval_keys
+    for i, a in enumerate(st.approvals):
+        if a.needed(request):
+            needed.append((a, keys[i]))
     if ruled:
         asked = max([a.approvers for a, _ in needed], default=0)
         for name in reversed(chain):
