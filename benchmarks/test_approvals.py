@@ -86,3 +86,47 @@ def test_verify_warm_with_discharge(benchmark, tokens):
     assert v.verify(text, BIG, ds).allowed
     benchmark.pedantic(lambda: v.verify(text, BIG, ds), rounds=200, iterations=200)
     record(benchmark, "verify warm, approval met, with its discharge")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from harness import ServerThread
+
+    s = ServerThread(tmp_path_factory.mktemp("approvals") / "data").start()
+    yield s
+    s.stop()
+
+
+@pytest.mark.parametrize("approval", [False, True], ids=["plain", "discharge"])
+def test_verify_rpc(benchmark, server, approval):
+    """A unary Verify on the embedded store: with a discharge, one use is spent (an
+    UPDATE and its audit row, committed) on every call."""
+    from capgate import ApprovalRule
+
+    admin = server.client()
+    name = f"payer-{approval:d}"
+    _, cred = admin.create_agent(name, ["pay:/invoices/**"],
+                                 approvals=[ApprovalRule("ctx amount > 1000")])
+    svc = server.client(admin.create_principal(f"svc-{name}", "service").credential)
+    carol = server.client(admin.create_principal(f"carol-{name}", "approver").credential)
+    agent = server.client(cred)
+    token = agent.issue("pay:/invoices/*", ttl=3600).token
+    ctx = {"amount": "4200" if approval else "250"}
+    discharges: list[str] = []
+
+    def setup() -> None:  # a fresh approval of 100 uses whenever the last is spent
+        if approval:
+            a = agent.request_approval(token, "pay", "/invoices/q3", ctx=ctx)
+            carol.approve(a.id, "bench", uses=100, ttl=3600)
+            discharges[:] = agent.get_approval(a.id, token=token).discharges
+
+    def call() -> None:
+        for _ in range(100):
+            assert svc.verify(token, "pay", "/invoices/q3", presenter=name, ctx=ctx,
+                              discharges=discharges).allowed
+
+    benchmark.pedantic(call, setup=setup, rounds=8, iterations=1)
+    record(benchmark, f"Verify RPC (SQLite), {'with discharge' if approval else 'plain'}",
+           ops_per_round=100)
+    for c in (admin, svc, carol, agent):
+        c.close()
