@@ -30,7 +30,7 @@ def serve(args: argparse.Namespace) -> int:
         shutdown_grace=args.shutdown_grace,
         require_proof=args.require_proof, proof_window=args.proof_window,
         ext_authz=args.ext_authz, ext_authz_header=args.ext_authz_header,
-        spiffe_prefix=args.spiffe_prefix,
+        spiffe_prefix=args.spiffe_prefix, metrics_listen=args.metrics_listen or "",
         db_timeouts=SessionTimeouts(statement=args.db_statement_timeout,
                                     lock=args.db_lock_timeout,
                                     idle_in_transaction=args.db_idle_timeout),
@@ -89,6 +89,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="fail closed after this long without the store")
     p.add_argument("--poll-interval", type=float, default=1.0, metavar="S",
                    help="catch-up read of the change feed")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   default=env("CAPGATE_METRICS_LISTEN", ""),
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default; "
+                        "e.g. 127.0.0.1:9464); TLS when the server has --tls-cert")
     p.add_argument("--audit-retention", metavar="DURATION",
                    help="delete audit records older than this (default 90d; 0 keeps all)")
     p.add_argument("--limit", action="append", metavar="NAME=VALUE",

@@ -222,21 +222,6 @@ def tree(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def audit(args: argparse.Namespace) -> int:
-    with client(args) as c:
-        events = c.audit(principal=args.principal or "", agent=args.agent or "",
-                         kind=args.kind or "", token_id=args.token_id or "",
-                         after_seq=args.after, limit=args.limit)
-    rows = [{"seq": e.seq, "at": e.at, "principal": e.principal, "kind": e.kind,
-             "subject": e.subject, "ok": e.ok, "code": e.code, "reason": e.reason,
-             "chain": list(e.chain), "detail": e.detail} for e in events]
-    human = "\n".join(f"{e.seq:>6} {e.at} {safe(e.principal):12} {safe(e.kind):16} "
-                      f"{'ok ' if e.ok else 'DENY'} {safe(e.subject)} "
-                      f"{safe(' > '.join(e.chain))} {safe(e.reason)}".rstrip() for e in events)
-    emit(args, {"events": rows}, human or "(no events)")
-    return EXIT_OK
-
-
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     token = sub.add_parser("token", help="capability tokens")
     cmds = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
@@ -311,14 +296,3 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                         epilog="example: capgate token tree \"$ROOT\"")
     p.add_argument("id", metavar="TOKEN|ID", help="a token (or -), a token id or a did")
     p.set_defaults(run=tree)
-
-    p = sub.add_parser("audit", parents=[common], help="read the audit trail (admin)",
-                       epilog="example: capgate audit --agent reporter --kind verify")
-    p.add_argument("--principal", help="events made by this principal")
-    p.add_argument("--agent", help="events where this agent is in the chain")
-    p.add_argument("--kind", help="verify, issue, delegate, revoke, agent.create, …")
-    p.add_argument("--token-id", help="events about this token or delegation id")
-    p.add_argument("--after", type=int, default=0, metavar="SEQ",
-                   help="only events after this sequence number")
-    p.add_argument("--limit", type=int, default=100, help="at most this many events")
-    p.set_defaults(run=audit)

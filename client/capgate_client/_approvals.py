@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
@@ -18,8 +18,6 @@ from capgate_client._types import ApprovalInfo, ApprovalVoteInfo
 from capgate_proto.v1 import approval_pb2
 
 __all__ = ["ApprovalMethods", "AsyncApprovalMethods"]
-
-T = TypeVar("T")
 
 
 def approval_info(pb: Any) -> ApprovalInfo:
@@ -61,27 +59,29 @@ class ApprovalMethods:
     """The approval methods of ``Client``."""
 
     target: str
-    _metadata: tuple[tuple[str, str], ...]
+    _metadata: tuple[tuple[str, str]]
     _stubs: dict[str, Any]
-
-    def _run(self, call: Call[T], timeout: float | None = None) -> T:  # pragma: no cover
-        raise NotImplementedError  # Client's
+    _run: Callable[..., Any]
 
     def request_approval(self, token: str, action: str, resource: str, *, presenter: str = "",
                          ctx: Mapping[str, str] | None = None, note: str = "") -> ApprovalInfo:
         """Ask for a person's approval of this one request under ``token`` (as the agent,
         or a service naming the ``presenter``); ``ctx`` exactly as it will be verified."""
-        return self._run(request_approval(token, action, resource, presenter, ctx, note))
+        got: ApprovalInfo = self._run(request_approval(token, action, resource, presenter, ctx,
+                                                        note))
+        return got
 
     def get_approval(self, approval_id: str, *, token: str = "") -> ApprovalInfo:
         """A request for approval and its votes; with the token it is for, once approved,
         its ``discharges``."""
-        return self._run(get_approval(approval_id, token))
+        got: ApprovalInfo = self._run(get_approval(approval_id, token))
+        return got
 
     def list_approvals(self, *, status: str = "pending", limit: int = 100) -> list[ApprovalInfo]:
         """Requests for approval (approvers and admins: all; others: their own), oldest
         first; ``status``: pending, approved, denied, expired, used or all."""
-        return self._run(list_approvals(status, limit))
+        got: list[ApprovalInfo] = self._run(list_approvals(status, limit))
+        return got
 
     def watch_approvals(self) -> Iterator[ApprovalInfo]:
         """Approvers and admins: the pending requests, then each new one as it is made."""
@@ -96,39 +96,41 @@ class ApprovalMethods:
                 uses: int | None = None) -> ApprovalInfo:
         """Approvers and admins: say yes (``ttl`` seconds once granted, ``uses`` uses;
         the server's defaults are 5 minutes and one)."""
-        return self._run(decide_approval(approval_id, True, reason, ttl, uses))
+        got: ApprovalInfo = self._run(decide_approval(approval_id, True, reason, ttl, uses))
+        return got
 
     def deny(self, approval_id: str, reason: str) -> ApprovalInfo:
         """Approvers and admins: say no; the request is denied."""
-        return self._run(decide_approval(approval_id, False, reason, None, None))
+        got: ApprovalInfo = self._run(decide_approval(approval_id, False, reason, None, None))
+        return got
 
 
 class AsyncApprovalMethods:
     """The approval methods of ``AsyncClient`` (see ``ApprovalMethods``)."""
 
     target: str
-    _metadata: tuple[tuple[str, str], ...]
-
-    async def _run(self, call: Call[T], timeout: float | None = None) -> T:  # pragma: no cover
-        raise NotImplementedError  # AsyncClient's
-
-    def _stubs_here(self) -> dict[str, Any]:  # pragma: no cover
-        raise NotImplementedError  # AsyncClient's
+    _metadata: tuple[tuple[str, str]]
+    _run: Callable[..., Any]
+    _stubs_here: Callable[[], dict[str, Any]]
 
     async def request_approval(self, token: str, action: str, resource: str, *,
                                presenter: str = "", ctx: Mapping[str, str] | None = None,
                                note: str = "") -> ApprovalInfo:
         """See ``Client.request_approval``."""
-        return await self._run(request_approval(token, action, resource, presenter, ctx, note))
+        got: ApprovalInfo = await self._run(request_approval(token, action, resource, presenter,
+                                                              ctx, note))
+        return got
 
     async def get_approval(self, approval_id: str, *, token: str = "") -> ApprovalInfo:
         """See ``Client.get_approval``."""
-        return await self._run(get_approval(approval_id, token))
+        got: ApprovalInfo = await self._run(get_approval(approval_id, token))
+        return got
 
     async def list_approvals(self, *, status: str = "pending",
                              limit: int = 100) -> list[ApprovalInfo]:
         """See ``Client.list_approvals``."""
-        return await self._run(list_approvals(status, limit))
+        got: list[ApprovalInfo] = await self._run(list_approvals(status, limit))
+        return got
 
     async def watch_approvals(self) -> AsyncIterator[ApprovalInfo]:
         """See ``Client.watch_approvals``."""
@@ -143,8 +145,11 @@ class AsyncApprovalMethods:
     async def approve(self, approval_id: str, reason: str, *, ttl: int | None = None,
                       uses: int | None = None) -> ApprovalInfo:
         """See ``Client.approve``."""
-        return await self._run(decide_approval(approval_id, True, reason, ttl, uses))
+        got: ApprovalInfo = await self._run(decide_approval(approval_id, True, reason, ttl, uses))
+        return got
 
     async def deny(self, approval_id: str, reason: str) -> ApprovalInfo:
         """See ``Client.deny``."""
-        return await self._run(decide_approval(approval_id, False, reason, None, None))
+        got: ApprovalInfo = await self._run(decide_approval(approval_id, False, reason, None,
+                                                             None))
+        return got

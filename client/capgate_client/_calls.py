@@ -15,12 +15,14 @@ import grpc
 from capgate import ApprovalRule, Grant, InvalidArgumentError
 from capgate_client._types import (
     AgentInfo,
+    AuditCheckpoint,
     AuditRecord,
     Credential,
     HopStatus,
     InspectResult,
     IssuedToken,
     KeyInfo,
+    LedgerCheck,
     PrincipalInfo,
     Proof,
     RevokeResult,
@@ -132,9 +134,18 @@ def _inspect(pb: Any) -> InspectResult:
         pb.signature_valid, pb.revoked, pb.status)
 
 
+def audit_record(e: Any) -> AuditRecord:
+    return AuditRecord(e.seq, e.at, e.principal, e.kind, e.subject, e.ok, e.code, e.reason,
+                       tuple(e.chain), e.detail, e.action, e.resource, e.presenter, e.count,
+                       e.last_at, e.caveat, tuple(e.ctx_keys), e.replica, e.pos, e.digest)
+
+
 def _audit(pb: Any) -> list[AuditRecord]:
-    return [AuditRecord(e.seq, e.at, e.principal, e.kind, e.subject, e.ok, e.code, e.reason,
-                        tuple(e.chain), e.detail) for e in pb.events]
+    return [audit_record(e) for e in pb.events]
+
+
+_OUTCOME = {None: audit_pb2.OUTCOME_ANY, True: audit_pb2.OUTCOME_OK,
+            False: audit_pb2.OUTCOME_REFUSED}
 
 
 def verify_request(token: str, action: str, resource: str, presenter: str = "",
@@ -283,11 +294,41 @@ def verify_batch(requests: Sequence[verifier_pb2.VerifyRequest]) -> Call[list[Ve
 
 
 def audit(principal: str, agent: str, kind: str, token_id: str, after_seq: int,
-          limit: int) -> Call[list[AuditRecord]]:
+          limit: int, newest_first: bool = False, code: str = "",
+          ok: bool | None = None) -> Call[list[AuditRecord]]:
     return Call("audit", "ListEvents",
                 audit_pb2.ListEventsRequest(principal=principal, agent=agent, kind=kind,
-                                            token_id=token_id, after_seq=after_seq, limit=limit),
+                                            token_id=token_id, after_seq=after_seq, limit=limit,
+                                            newest_first=newest_first, code=code,
+                                            outcome=_OUTCOME[ok]),
                 _audit)
+
+
+def watch_request(after_pos: int, follow: bool, principal: str, agent: str, kind: str,
+                  code: str, ok: bool | None, since: float = 0.0
+                  ) -> audit_pb2.WatchEventsRequest:
+    return audit_pb2.WatchEventsRequest(after_pos=after_pos, follow=follow,
+                                        principal=principal, agent=agent, kind=kind, code=code,
+                                        outcome=_OUTCOME[ok], since=since)
+
+
+def _checkpoint(pb: Any) -> AuditCheckpoint:
+    return AuditCheckpoint(pb.pos, pb.digest, pb.at, pb.key_id, pb.public_key, pb.signature)
+
+
+def audit_checkpoint() -> Call[AuditCheckpoint]:
+    return Call("audit", "GetCheckpoint", audit_pb2.GetCheckpointRequest(), _checkpoint)
+
+
+def verify_ledger(since: int, against: AuditCheckpoint | None) -> Call[LedgerCheck]:
+    req = audit_pb2.VerifyLedgerRequest(since=since)
+    if against is not None:
+        req.against.CopyFrom(audit_pb2.Checkpoint(
+            pos=against.pos, digest=against.digest, at=against.at, key_id=against.key_id,
+            public_key=against.public_key, signature=against.signature))
+    return Call("audit", "VerifyLedger", req,
+                lambda pb: LedgerCheck(pb.intact, pb.break_pos, pb.reason, pb.start, pb.head,
+                                       pb.records, pb.checkpoints, pb.key_id))
 
 
 def _key(pb: Any) -> KeyInfo:

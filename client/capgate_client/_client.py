@@ -17,11 +17,11 @@ import grpc
 from capgate import ApprovalRule, InvalidArgumentError
 from capgate_client import _calls as calls
 from capgate_client._approvals import ApprovalMethods, AsyncApprovalMethods
+from capgate_client._audit_client import AsyncAuditCalls, AuditCalls
 from capgate_client._calls import TLS, Call, stubs_for, verify_request, verify_result
 from capgate_client._errors import from_rpc_error
 from capgate_client._types import (
     AgentInfo,
-    AuditRecord,
     Credential,
     InspectResult,
     IssuedToken,
@@ -56,15 +56,14 @@ class _Base:
             raise InvalidArgumentError("a credential is required")
         self.target = target
         self.timeout = timeout
-        self._metadata: tuple[tuple[str, str], ...] = (
-            ("authorization", f"Bearer {credential.strip()}"),)
+        self._metadata = (("authorization", f"Bearer {credential.strip()}"),)
         self._tls = tls
 
     def _options(self) -> list[tuple[str, Any]]:
         return _OPTIONS + (self._tls.options() if self._tls else [])
 
 
-class Client(_Base, ApprovalMethods):
+class Client(AuditCalls, ApprovalMethods, _Base):
     """Blocking client for one capgate server (or load balancer).
 
     ``target`` is ``HOST:PORT``; ``credential`` the principal's (admin, service or
@@ -241,13 +240,9 @@ class Client(_Base, ApprovalMethods):
         """Retire a root key: every token signed with it denies."""
         return self._run(calls.retire_key(key_id))
 
-    def audit(self, *, principal: str = "", agent: str = "", kind: str = "", token_id: str = "",
-              after_seq: int = 0, limit: int = 100) -> list[AuditRecord]:
-        """Audit records after ``after_seq``, oldest first, filtered."""
-        return self._run(calls.audit(principal, agent, kind, token_id, after_seq, limit))
 
 
-class AsyncClient(_Base, AsyncApprovalMethods):
+class AsyncClient(AsyncAuditCalls, AsyncApprovalMethods, _Base):
     """asyncio client with the methods of ``Client``: ``await c.verify(...)``.
 
     The channel is opened on first use, in the event loop that uses it, so a
@@ -440,8 +435,3 @@ class AsyncClient(_Base, AsyncApprovalMethods):
         """See ``Client.retire_key``."""
         return await self._run(calls.retire_key(key_id))
 
-    async def audit(self, *, principal: str = "", agent: str = "", kind: str = "",
-                    token_id: str = "", after_seq: int = 0,
-                    limit: int = 100) -> list[AuditRecord]:
-        """See ``Client.audit``."""
-        return await self._run(calls.audit(principal, agent, kind, token_id, after_seq, limit))

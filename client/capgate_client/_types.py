@@ -11,12 +11,14 @@ __all__ = [
     "AgentInfo",
     "ApprovalInfo",
     "ApprovalVoteInfo",
+    "AuditCheckpoint",
     "AuditRecord",
     "Credential",
     "HopStatus",
     "InspectResult",
     "IssuedToken",
     "KeyInfo",
+    "LedgerCheck",
     "PrincipalInfo",
     "Proof",
     "RevokeResult",
@@ -139,6 +141,8 @@ class TreeNode:
 
 @dataclass(frozen=True)
 class AuditRecord:
+    """One audit record; a verify record stands for ``count`` identical decisions."""
+
     seq: int
     at: str
     principal: str
@@ -149,6 +153,55 @@ class AuditRecord:
     reason: str
     chain: tuple[str, ...]
     detail: str
+    action: str = ""
+    resource: str = ""
+    presenter: str = ""
+    count: int = 1
+    last_at: str = ""
+    caveat: str = ""
+    ctx_keys: tuple[str, ...] = ()
+    replica: str = ""
+    pos: int = 0  # its place in the sealed ledger (0: not sealed yet)
+    digest: str = ""
+
+
+@dataclass(frozen=True)
+class AuditCheckpoint:
+    """The ledger's head at ``pos``, signed; keep it off the machine as JSON."""
+
+    pos: int
+    digest: str
+    at: float
+    key_id: str
+    public_key: str
+    signature: str
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps(self.__dict__, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> AuditCheckpoint:
+        import json
+
+        d = json.loads(text)
+        return cls(int(d["pos"]), str(d["digest"]), float(d["at"]), str(d["key_id"]),
+                   str(d["public_key"]), str(d["signature"]))
+
+
+@dataclass(frozen=True)
+class LedgerCheck:
+    """What verifying the ledger found: intact, or where it first breaks and why."""
+
+    intact: bool
+    break_pos: int
+    reason: str
+    start: int
+    head: int
+    records: int
+    checkpoints: int
+    key_id: str
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,10 @@ class Verifier:
         self._memo_half = (max(1, memo_size // 2), max(1, memo_bytes // 2))
         self._memo_bytes = self._memo_old_bytes = 0
         self._key_version = 0
+        # counters for metrics: misses only, so a hit costs nothing
         self.compiled = 0  # caveats parsed afresh (not found in the caveat cache)
+        self.cache_misses = 0  # tokens analysed afresh (not found in the chain cache)
+        self.memo_misses = 0  # memo-eligible checks that had to be decided
         # told of a chain the first time it allows a request (a denied chain never is)
         self._on_first_allow = on_first_allow
 
@@ -162,6 +165,7 @@ class Verifier:
                     self._agents.version + self._revocations.version  # type: ignore[attr-defined]
                     + self._key_version) and hit[1] < self._clock() < hit[2]:
                 return hit[3]
+            self.memo_misses += 1
         st = self.analyse(token)
         if isinstance(st, Decision):
             return st
@@ -223,6 +227,7 @@ class Verifier:
             return st
         if not isinstance(text, str):
             return _deny(DenyCode.MALFORMED, "token must be text")
+        self.cache_misses += 1
         try:
             result = self._analyse(text)
         except Exception as e:  # a bug must deny, never crash a verifier (fail closed)

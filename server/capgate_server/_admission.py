@@ -29,6 +29,7 @@ import grpc
 
 from capgate import CapgateError, ResourceExhaustedError
 from capgate_server._limits import ResourceLimits
+from capgate_server._metrics import CallMeter
 from capgate_server._status import abort
 from capgate_server.store import Principal
 
@@ -49,8 +50,9 @@ class _Oversize:
 
 
 class Admission:
-    def __init__(self, limits: ResourceLimits) -> None:
+    def __init__(self, limits: ResourceLimits, meter: CallMeter | None = None) -> None:
         self._limits = limits
+        self._meter = meter  # calls timed and counted for metrics
         self._in_flight: dict[str, int] = {}  # principal id -> calls being served
         self._batches = 0
         self._watches = 0
@@ -83,6 +85,7 @@ class Admission:
         limit = self._limits.message_limit(method)
         parse = _bounded(handler.request_deserializer, limit, method)
         pid, batch = principal.id, method == _BATCH
+        meter, name, started = self._meter, method.rsplit("/", 1)[-1], [0.0]
 
         def enter() -> CapgateError | None:
             error = self.busy(principal, method)
@@ -91,13 +94,17 @@ class Admission:
             self._in_flight[pid] = self._in_flight.get(pid, 0) + 1
             self._batches += batch
             CALLER.set(principal)
+            if meter is not None:
+                started[0] = meter.clock()
             return None
 
-        def leave() -> None:
+        def leave(context: Any) -> None:
             n = self._in_flight.pop(pid) - 1
             if n:
                 self._in_flight[pid] = n
             self._batches -= batch
+            if meter is not None:
+                meter.observe(name, _status(context), meter.clock() - started[0])
 
         return _wrap(handler, parse, limit, method, enter, leave)
 
@@ -106,7 +113,7 @@ class Admission:
         limit = self._limits.message_limit(method)
         parse = _bounded(handler.request_deserializer, limit, method)
         if method != _WATCH:
-            return _wrap(handler, parse, limit, method, _nothing, _nothing)
+            return _wrap(handler, parse, limit, method, _nothing, _left)
 
         def enter() -> CapgateError | None:
             cap = self._limits.health_watches
@@ -117,7 +124,7 @@ class Admission:
             self._watches += 1
             return None
 
-        def leave() -> None:
+        def leave(context: Any) -> None:
             self._watches -= 1
 
         return _wrap(handler, parse, limit, method, enter, leave)
@@ -143,8 +150,17 @@ def _too_large(method: str, size: int, limit: int) -> ResourceExhaustedError:
         f"{limit}", limit="message_bytes", value=limit, size=size)
 
 
+def _status(context: Any) -> str:
+    code = context.code()
+    return "OK" if code is None else getattr(code, "name", str(code))
+
+
+def _left(context: Any) -> None:
+    """Nothing to undo when a call ends."""
+
+
 def _wrap(handler: Any, parse: Callable[[bytes], Any], limit: int, method: str,
-          enter: Callable[[], CapgateError | None], leave: Callable[[], None]) -> Any:
+          enter: Callable[[], CapgateError | None], leave: Callable[[Any], None]) -> Any:
     """The same kind of handler, with ``enter``/``leave`` around its behaviour and every
     request message checked against ``limit`` before the behaviour sees it."""
     kw = {"request_deserializer": parse, "response_serializer": handler.response_serializer}
@@ -171,14 +187,14 @@ def _wrap(handler: Any, parse: Callable[[bytes], Any], limit: int, method: str,
         try:
             return await inner(request, context)
         finally:
-            leave()
+            leave(context)
 
     return grpc.unary_unary_rpc_method_handler(unary, **kw)
 
 
 def _streaming(handler: Any, kw: dict[str, Any],
                checked: Callable[[AsyncIterator[Any]], AsyncIterator[Any]],
-               start: Callable[[Any, Any], Awaitable[None]], leave: Callable[[], None]) -> Any:
+               start: Callable[[Any, Any], Awaitable[None]], leave: Callable[[Any], None]) -> Any:
     """``_wrap`` for the streaming kinds. A behaviour is an async generator or a
     coroutine writing with ``context.write`` (grpc tells them apart by their
     function), so the wrapper is of the same sort as the one it wraps."""
@@ -193,14 +209,14 @@ def _streaming(handler: Any, kw: dict[str, Any],
                                             context):
                     yield response
             finally:
-                leave()
+                leave(context)
     else:
         async def behaviour(request: Any, context: Any) -> Any:  # type: ignore[misc]
             await start(None if streaming_in else request, context)
             try:
                 return await inner(checked(request) if streaming_in else request, context)
             finally:
-                leave()
+                leave(context)
 
     if streaming_in and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(behaviour, **kw)

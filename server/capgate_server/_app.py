@@ -31,6 +31,7 @@ from capgate_server._admission import Admission
 from capgate_server._intake import Intake
 from capgate_server._interceptor import POLICY, Authenticator
 from capgate_server._keyring import load_kek
+from capgate_server._metrics import CallMeter, Metrics, start_metrics
 from capgate_server._replica import Replica, Settings
 from capgate_server._servicers import register_all
 from capgate_server._verification import Verification
@@ -73,6 +74,9 @@ class CapgateServer:
         self.intake = Intake()
         self._services: list[str] = []
         self.port = 0
+        self.calls = CallMeter()  # every call timed, for metrics
+        self._metrics: Any = None
+        self.metrics_port = 0
         self.admin_credential_path: Path | None = None
 
     async def start(self) -> int:
@@ -109,7 +113,7 @@ class CapgateServer:
 
         limits = s.limits
         self.server = server = grpc.aio.server(
-            interceptors=[Authenticator(replica, Admission(limits), self._policy,
+            interceptors=[Authenticator(replica, Admission(limits, self.calls), self._policy,
                                         refuse=refuse), self.intake],
             # grpc reads no message past the largest method limit; Admission applies
             # each method's own, and caps calls in flight per principal
@@ -141,6 +145,13 @@ class CapgateServer:
             lambda agrees: asyncio.ensure_future(self._set_clock_health(agrees)))
         log.info("capgate listening on %s (%s store, role %s)", self.address,
                  "PostgreSQL" if shared else "SQLite", s.role)
+        if s.metrics_listen:
+            self._metrics, self.metrics_port = start_metrics(
+                s.metrics_listen, Metrics(replica, self.calls),
+                certfile=str(s.tls_cert) if s.tls_cert else None,
+                keyfile=str(s.tls_key) if s.tls_key else None)
+            log.info("metrics on %s:%d/metrics", s.metrics_listen.rpartition(":")[0],
+                     self.metrics_port)
         return self.port
 
     @property
@@ -190,6 +201,9 @@ class CapgateServer:
                 log.warning("calls still running after %.1fs of grace: cancelling them", grace)
             await self.server.stop(max(0.0, deadline - time.monotonic()))
             self.server = None
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics = None
         if self.replica is not None:
             await self.replica.close()
             self.replica = None

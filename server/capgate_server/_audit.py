@@ -44,6 +44,7 @@ _ENTRY_BYTES = 600  # a tally entry: its key tuple, the counters, the dict slot
 _PRUNE_EVERY = 600.0  # seconds between retention passes
 _PRUNE_CHUNK = 5000  # records deleted per transaction
 _COARSE = "coarse"  # first element of the key of a record whose request was left out
+_REFUSALS = 1000  # distinct refused calls kept apart per flush interval
 
 
 class _Entry:
@@ -79,11 +80,14 @@ class AuditLog:
         self._tally_bytes = 0
         self._denies_per_caller = denies_per_caller
         self._denies: dict[str, int] = {}  # caller -> distinct denies in this interval
+        # refused calls: (kind, principal, subject, code, reason) -> [count, first, last]
+        self._refusals: dict[tuple[str, str, str, str, str], list[float]] = {}
         self._coarse = 0  # decisions counted without their request since the last flush
         self._dropped = 0  # records dropped from a full backlog since the last flush
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.decisions = 0  # verify decisions seen (for metrics)
+        self.decided: dict[str, int] = {}  # verify decisions by code, as they are written
 
     def decision(self, principal: str, d: Decision, action: str, resource: str,
                  presenter: str, now: float, ctx_keys: tuple[str, ...] = ()) -> None:
@@ -107,6 +111,23 @@ class AuditLog:
         else:
             entry.count += 1
             entry.last = now
+
+    def refusal(self, kind: str, principal: str, subject: str, code: str, reason: str,
+                now: float) -> None:
+        """Tally one refused call that changed nothing (a failed login, a refused issue
+        or delegation): identical ones in an interval fold into one record, and at
+        most ``_REFUSALS`` distinct ones are kept per interval (beyond, per kind)."""
+        key = (kind, principal[:64], subject[:128], code, reason[:256])
+        entry = self._refusals.get(key)
+        if entry is None:
+            if len(self._refusals) >= _REFUSALS:
+                key = (kind, "*", "", code, "more refusals than the audit keeps apart")
+                entry = self._refusals.get(key)
+            if entry is None:
+                self._refusals[key] = [1, now, now]
+                return
+        entry[0] += 1
+        entry[2] = now
 
     def _new_cut(self, principal: str, d: Decision, action: str, resource: str,
                  presenter: str, now: float, ctx_keys: tuple[str, ...]) -> None:
@@ -187,8 +208,14 @@ class AuditLog:
         tally, self._tally = self._tally, {}
         self._tally_bytes = 0
         self._denies = {}
+        refusals, self._refusals = self._refusals, {}
+        for (kind, principal, subject, code, reason), (count, first, last) in refusals.items():
+            events.append(AuditEvent(first, principal, kind, subject, False, code, reason,
+                                     count=int(count), last_at=last))
         for key, e in tally.items():
             d = e.decision
+            code = str(d.code)
+            self.decided[code] = self.decided.get(code, 0) + e.count
             if key[0] == _COARSE:
                 events.append(AuditEvent(
                     e.first, str(key[1]), "verify", "", d.allowed, str(d.code),
@@ -203,6 +230,16 @@ class AuditLog:
                 last_at=e.last, detail={"truncated": e.cut} if e.cut else {},
                 caveat=d.caveat or "", ctx_keys=tuple(ctx_keys)))  # type: ignore[arg-type]
         return events
+
+    @property
+    def pending(self) -> int:
+        """Records not written yet (in the tally and the backlog)."""
+        return len(self._tally) + len(self._refusals) + len(self._backlog)
+
+    def lag(self) -> float:
+        """Age in seconds of the oldest record not written yet (0 when none waits)."""
+        firsts = [e.first for e in self._tally.values()] + [e.at for e in self._backlog[:1]]
+        return max(0.0, self._clock() - min(firsts)) if firsts else 0.0
 
     def _overflow(self) -> AuditEvent | None:
         if not (self._coarse or self._dropped):

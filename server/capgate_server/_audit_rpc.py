@@ -35,8 +35,14 @@ class AuditTrail:
                                                             query)
         return events
 
-    def watch(self, after: int, query: AuditQuery, follow: bool) -> AsyncIterator[AuditEvent]:
-        return self._replica.ledger.watch(after, query, follow=follow)
+    async def watch(self, after: int, query: AuditQuery,
+                    follow: bool) -> AsyncIterator[AuditEvent]:
+        """Sealed records after ``after``; everything this replica knows of is sealed
+        first, so an export ends at "now", not at the last seal."""
+        await self._replica.audit.flush()
+        await self._replica.ledger.seal()
+        async for event in self._replica.ledger.watch(after, query, follow=follow):
+            yield event
 
     async def verify(self, since: int, against: Checkpoint | None) -> LedgerReport:
         await self._replica.audit.flush()
@@ -47,15 +53,15 @@ class AuditTrail:
         return await self._replica.ledger.checkpoint()
 
 
-def _query(request: Any, *, limit: int = 0, after_seq: int = 0,
-           newest_first: bool = False, token_id: str = "") -> AuditQuery:
+def _query(request: Any, *, limit: int = 0, after_seq: int = 0, newest_first: bool = False,
+           token_id: str = "", since: float = 0.0) -> AuditQuery:
     for name in (request.principal, request.agent):
         if name:
             check_id(name, "principal or agent id")
     if request.outcome not in _OUTCOMES:
         raise InvalidArgumentError("unknown outcome")
     return AuditQuery(request.principal, request.agent, request.kind, token_id, after_seq,
-                      limit, request.code, _OUTCOMES[request.outcome], newest_first)
+                      limit, request.code, _OUTCOMES[request.outcome], newest_first, since)
 
 
 def event_to_pb(e: AuditEvent) -> audit_pb2.AuditEvent:
@@ -90,7 +96,8 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc]
     async def WatchEvents(self, request: Any, context: Any) -> AsyncIterator[Any]:
         if request.after_pos < 0:
             raise InvalidArgumentError("after_pos must not be negative")
-        async for event in self.trail.watch(request.after_pos, _query(request), request.follow):
+        query = _query(request, since=max(0.0, request.since))
+        async for event in self.trail.watch(request.after_pos, query, request.follow):
             yield event_to_pb(event)
 
     @rpc

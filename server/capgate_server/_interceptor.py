@@ -130,6 +130,10 @@ class Authenticator(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     f"agent {principal.id!r} is {state}: it may call nothing but GetAgent")
             else:
                 error = self._admission.busy(principal, method)
+        if isinstance(error, AuthenticationError):  # failed logins are audited (tallied)
+            who = principal.id if principal is not None else "unknown"
+            self._replica.audit.refusal("auth.failed", who, method.rsplit("/", 1)[-1],
+                                        "unauthenticated", error.message, self._replica.clock())
         if error is not None:
             return self._admission.refuse(handler, error)
         assert principal is not None

@@ -95,6 +95,7 @@ class Settings:
     db_timeouts: SessionTimeouts = field(default_factory=SessionTimeouts)
     shutdown_grace: float = 5.0  # SIGTERM: time to finish the calls already accepted
     limits: ResourceLimits = field(default_factory=ResourceLimits)
+    metrics_listen: str = ""  # HOST:PORT for Prometheus' /metrics; "" serves none
     replica_id: str = ""  # names this replica in the records it writes (made at first start)
     audit_checkpoint_every: float = 60.0  # seconds between kept checkpoints of the ledger
     require_proof: bool = False  # every token needs its holder's proof of possession
@@ -370,6 +371,11 @@ class Replica:
         self.last_contact = self.monotonic()
         self.fresh_until = self.last_contact + self.settings.stale_after
         self._check_fresh()
+
+    @property
+    def applied_seq(self) -> int:
+        """The last change of the store's feed applied here."""
+        return self._seq
 
     def staleness(self) -> float:
         """Seconds since this replica last heard from the store."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from capgate import (
     AgentStatus,
     ApprovalRule,
+    CapgateError,
     Chain,
     Decision,
     DenyCode,
@@ -35,6 +36,8 @@ __all__ = ["HopStatus", "Inspection", "Issued", "Tokens", "TreeNode"]
 
 _MAX_EXTRA_CAVEATS = 32
 _MAX_APPROVALS = 32  # a caller's and the receiving agent's rules together
+# refusals of an issue or a delegation that the audit records (bad input is not one)
+_REFUSALS = (PermissionDeniedError, FailedPreconditionError, NotFoundError)
 MAX_TREE_DEPTH = 32  # levels of a returned tree; a valid chain has at most MAX_DEPTH + 1
 
 
@@ -127,6 +130,20 @@ class Tokens:
 
     async def issue(self, caller: Principal, grant_text: str, ttl: int | None,
                     caveats: Sequence[str] = ()) -> Issued:
+        """A token for ``grant_text`` bound to the calling agent; a refusal is audited."""
+        try:
+            return await self._issue(caller, grant_text, ttl, caveats)
+        except _REFUSALS as e:
+            self._refused("issue.refused", caller, grant_text, e)
+            raise
+
+    def _refused(self, kind: str, caller: Principal, subject: str, e: CapgateError) -> None:
+        code = str(e.context.get("code") or type(e).__name__)
+        self.replica.audit.refusal(kind, caller.id, subject, code, e.message,
+                                   self.replica.clock())
+
+    async def _issue(self, caller: Principal, grant_text: str, ttl: int | None,
+                     caveats: Sequence[str] = ()) -> Issued:
         self._active_agent(caller)
         self.replica.require_fresh()
         agent = self.replica.agents[caller.id]
@@ -241,6 +258,16 @@ class Tokens:
     async def delegate(self, caller: Principal, text: str, to: str,
                        caveats: Sequence[str] = (),
                        approvals: Sequence[ApprovalRule] = ()) -> Issued:
+        """Hand the caller's token to agent ``to``; a refusal is audited."""
+        try:
+            return await self._delegate(caller, text, to, caveats, approvals)
+        except _REFUSALS as e:
+            self._refused("delegate.refused", caller, to, e)
+            raise
+
+    async def _delegate(self, caller: Principal, text: str, to: str,
+                        caveats: Sequence[str] = (),
+                        approvals: Sequence[ApprovalRule] = ()) -> Issued:
         self._active_agent(caller)
         self.replica.require_fresh()
         check_id(to, "agent id")

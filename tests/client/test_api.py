@@ -61,8 +61,9 @@ def test_server_public_api_is_pinned():
 def test_client_public_api_is_pinned():
     assert sorted(capgate_client.__all__) == sorted([
         "ApprovalInfo", "ApprovalVoteInfo",
-        "TLS", "AgentInfo", "AsyncClient", "AuditRecord", "Client", "Credential", "HopStatus",
-        "InspectResult", "IssuedToken", "KeyInfo", "PrincipalInfo", "RevokeResult", "Token", "TreeNode",
+        "TLS", "AgentInfo", "AsyncClient", "AuditCheckpoint", "AuditRecord", "Client",
+        "Credential", "HopStatus", "InspectResult", "IssuedToken", "KeyInfo", "LedgerCheck",
+        "PrincipalInfo", "RevokeResult", "Token", "TreeNode",
         "VerifyItem", "VerifyResult", "delegate_offline", "from_rpc_error",
         # presenting tokens, and guarding services
         "Access", "AsyncGrpcGuard", "AsyncGuard", "CapgateMiddleware",

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x61pgate_proto/v1/audit.proto\x12\ncapgate.v1\"\xc1\x01\n\x11ListEventsRequest\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x10\n\x08token_id\x18\x04 \x01(\t\x12\x11\n\tafter_seq\x18\x05 \x01(\x03\x12\r\n\x05limit\x18\x06 \x01(\x05\x12\x14\n\x0cnewest_first\x18\x07 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x08 \x01(\t\x12$\n\x07outcome\x18\t \x01(\x0e\x32\x13.capgate.v1.Outcome\"\xc5\x02\n\nAuditEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\n\n\x02\x61t\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\n\n\x02ok\x18\x06 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\r\n\x05\x63hain\x18\t \x03(\t\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x0b \x01(\t\x12\x10\n\x08resource\x18\x0c \x01(\t\x12\x11\n\tpresenter\x18\r \x01(\t\x12\r\n\x05\x63ount\x18\x0e \x01(\x03\x12\x0f\n\x07last_at\x18\x0f \x01(\t\x12\x0e\n\x06\x63\x61veat\x18\x10 \x01(\t\x12\x10\n\x08\x63tx_keys\x18\x11 \x03(\t\x12\x0f\n\x07replica\x18\x12 \x01(\t\x12\x0b\n\x03pos\x18\x13 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x14 \x01(\t\"<\n\x12ListEventsResponse\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.capgate.v1.AuditEvent\"\x9b\x01\n\x12WatchEventsRequest\x12\x11\n\tafter_pos\x18\x01 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\r\n\x05\x61gent\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0c\n\x04\x63ode\x18\x06 \x01(\t\x12$\n\x07outcome\x18\x07 \x01(\x0e\x32\x13.capgate.v1.Outcome\"l\n\nCheckpoint\x12\x0b\n\x03pos\x18\x01 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\n\n\x02\x61t\x18\x03 \x01(\x01\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x12\n\npublic_key\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x06 \x01(\t\"\x16\n\x14GetCheckpointRequest\"M\n\x13VerifyLedgerRequest\x12\r\n\x05since\x18\x01 \x01(\x03\x12\'\n\x07\x61gainst\x18\x02 \x01(\x0b\x32\x16.capgate.v1.Checkpoint\"\x9c\x01\n\x14VerifyLedgerResponse\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x11\n\tbreak_pos\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05start\x18\x04 \x01(\x03\x12\x0c\n\x04head\x18\x05 \x01(\x03\x12\x0f\n\x07records\x18\x06 \x01(\x03\x12\x13\n\x0b\x63heckpoints\x18\x07 \x01(\x03\x12\x0e\n\x06key_id\x18\x08 \x01(\t*?\n\x07Outcome\x12\x0f\n\x0bOUTCOME_ANY\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x13\n\x0fOUTCOME_REFUSED\x10\x02\x32\xc2\x02\n\x0c\x41uditService\x12K\n\nListEvents\x12\x1d.capgate.v1.ListEventsRequest\x1a\x1e.capgate.v1.ListEventsResponse\x12G\n\x0bWatchEvents\x12\x1e.capgate.v1.WatchEventsRequest\x1a\x16.capgate.v1.AuditEvent0\x01\x12Q\n\x0cVerifyLedger\x12\x1f.capgate.v1.VerifyLedgerRequest\x1a .capgate.v1.VerifyLedgerResponse\x12I\n\rGetCheckpoint\x12 .capgate.v1.GetCheckpointRequest\x1a\x16.capgate.v1.CheckpointB7\n\x0e\x64\x65v.capgate.v1P\x01Z#capgate/gen/go/capgate/v1;capgatev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x61pgate_proto/v1/audit.proto\x12\ncapgate.v1\"\xc1\x01\n\x11ListEventsRequest\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x10\n\x08token_id\x18\x04 \x01(\t\x12\x11\n\tafter_seq\x18\x05 \x01(\x03\x12\r\n\x05limit\x18\x06 \x01(\x05\x12\x14\n\x0cnewest_first\x18\x07 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x08 \x01(\t\x12$\n\x07outcome\x18\t \x01(\x0e\x32\x13.capgate.v1.Outcome\"\xc5\x02\n\nAuditEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\n\n\x02\x61t\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\n\n\x02ok\x18\x06 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\r\n\x05\x63hain\x18\t \x03(\t\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x0b \x01(\t\x12\x10\n\x08resource\x18\x0c \x01(\t\x12\x11\n\tpresenter\x18\r \x01(\t\x12\r\n\x05\x63ount\x18\x0e \x01(\x03\x12\x0f\n\x07last_at\x18\x0f \x01(\t\x12\x0e\n\x06\x63\x61veat\x18\x10 \x01(\t\x12\x10\n\x08\x63tx_keys\x18\x11 \x03(\t\x12\x0f\n\x07replica\x18\x12 \x01(\t\x12\x0b\n\x03pos\x18\x13 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x14 \x01(\t\"<\n\x12ListEventsResponse\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.capgate.v1.AuditEvent\"\xaa\x01\n\x12WatchEventsRequest\x12\x11\n\tafter_pos\x18\x01 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\r\n\x05\x61gent\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0c\n\x04\x63ode\x18\x06 \x01(\t\x12$\n\x07outcome\x18\x07 \x01(\x0e\x32\x13.capgate.v1.Outcome\x12\r\n\x05since\x18\x08 \x01(\x01\"l\n\nCheckpoint\x12\x0b\n\x03pos\x18\x01 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\n\n\x02\x61t\x18\x03 \x01(\x01\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x12\n\npublic_key\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x06 \x01(\t\"\x16\n\x14GetCheckpointRequest\"M\n\x13VerifyLedgerRequest\x12\r\n\x05since\x18\x01 \x01(\x03\x12\'\n\x07\x61gainst\x18\x02 \x01(\x0b\x32\x16.capgate.v1.Checkpoint\"\x9c\x01\n\x14VerifyLedgerResponse\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x11\n\tbreak_pos\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05start\x18\x04 \x01(\x03\x12\x0c\n\x04head\x18\x05 \x01(\x03\x12\x0f\n\x07records\x18\x06 \x01(\x03\x12\x13\n\x0b\x63heckpoints\x18\x07 \x01(\x03\x12\x0e\n\x06key_id\x18\x08 \x01(\t*?\n\x07Outcome\x12\x0f\n\x0bOUTCOME_ANY\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x13\n\x0fOUTCOME_REFUSED\x10\x02\x32\xc2\x02\n\x0c\x41uditService\x12K\n\nListEvents\x12\x1d.capgate.v1.ListEventsRequest\x1a\x1e.capgate.v1.ListEventsResponse\x12G\n\x0bWatchEvents\x12\x1e.capgate.v1.WatchEventsRequest\x1a\x16.capgate.v1.AuditEvent0\x01\x12Q\n\x0cVerifyLedger\x12\x1f.capgate.v1.VerifyLedgerRequest\x1a .capgate.v1.VerifyLedgerResponse\x12I\n\rGetCheckpoint\x12 .capgate.v1.GetCheckpointRequest\x1a\x16.capgate.v1.CheckpointB7\n\x0e\x64\x65v.capgate.v1P\x01Z#capgate/gen/go/capgate/v1;capgatev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,8 +32,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'capgate_proto.v1.audit_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.capgate.v1P\001Z#capgate/gen/go/capgate/v1;capgatev1'
-  _globals['_OUTCOME']._serialized_start=1160
-  _globals['_OUTCOME']._serialized_end=1223
+  _globals['_OUTCOME']._serialized_start=1175
+  _globals['_OUTCOME']._serialized_end=1238
   _globals['_LISTEVENTSREQUEST']._serialized_start=45
   _globals['_LISTEVENTSREQUEST']._serialized_end=238
   _globals['_AUDITEVENT']._serialized_start=241
@@ -41,15 +41,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTEVENTSRESPONSE']._serialized_start=568
   _globals['_LISTEVENTSRESPONSE']._serialized_end=628
   _globals['_WATCHEVENTSREQUEST']._serialized_start=631
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=786
-  _globals['_CHECKPOINT']._serialized_start=788
-  _globals['_CHECKPOINT']._serialized_end=896
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=898
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=920
-  _globals['_VERIFYLEDGERREQUEST']._serialized_start=922
-  _globals['_VERIFYLEDGERREQUEST']._serialized_end=999
-  _globals['_VERIFYLEDGERRESPONSE']._serialized_start=1002
-  _globals['_VERIFYLEDGERRESPONSE']._serialized_end=1158
-  _globals['_AUDITSERVICE']._serialized_start=1226
-  _globals['_AUDITSERVICE']._serialized_end=1548
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=801
+  _globals['_CHECKPOINT']._serialized_start=803
+  _globals['_CHECKPOINT']._serialized_end=911
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=913
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=935
+  _globals['_VERIFYLEDGERREQUEST']._serialized_start=937
+  _globals['_VERIFYLEDGERREQUEST']._serialized_end=1014
+  _globals['_VERIFYLEDGERRESPONSE']._serialized_start=1017
+  _globals['_VERIFYLEDGERRESPONSE']._serialized_end=1173
+  _globals['_AUDITSERVICE']._serialized_start=1241
+  _globals['_AUDITSERVICE']._serialized_end=1563
 # @@protoc_insertion_point(module_scope)

@@ -89,7 +89,7 @@ class ListEventsResponse(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[AuditEvent, _Mapping]]] = ...) -> None: ...
 
 class WatchEventsRequest(_message.Message):
-    __slots__ = ("after_pos", "follow", "principal", "agent", "kind", "code", "outcome")
+    __slots__ = ("after_pos", "follow", "principal", "agent", "kind", "code", "outcome", "since")
     AFTER_POS_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class WatchEventsRequest(_message.Message):
     KIND_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
     after_pos: int
     follow: bool
     principal: str
@@ -104,7 +105,8 @@ class WatchEventsRequest(_message.Message):
     kind: str
     code: str
     outcome: Outcome
-    def __init__(self, after_pos: _Optional[int] = ..., follow: _Optional[bool] = ..., principal: _Optional[str] = ..., agent: _Optional[str] = ..., kind: _Optional[str] = ..., code: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ...) -> None: ...
+    since: float
+    def __init__(self, after_pos: _Optional[int] = ..., follow: _Optional[bool] = ..., principal: _Optional[str] = ..., agent: _Optional[str] = ..., kind: _Optional[str] = ..., code: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., since: _Optional[float] = ...) -> None: ...
 
 class Checkpoint(_message.Message):
     __slots__ = ("pos", "digest", "at", "key_id", "public_key", "signature")

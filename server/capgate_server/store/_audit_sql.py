@@ -120,6 +120,9 @@ class AuditRecords:
         if query.ok is not None:
             where.append("ok = ?")
             params.append(int(query.ok))
+        if query.since:
+            where.append("last_at >= ?")
+            params.append(query.since)
         if query.agent:
             # the chain column is space-separated; pad so ids match whole words, and
             # escape LIKE's wildcards ('_' is legal in ids)

@@ -217,6 +217,7 @@ class AuditQuery:
     code: str = ""
     ok: bool | None = None  # True: allowed / done; False: denied / refused
     newest_first: bool = False
+    since: float = 0.0  # only records last seen at or after this instant
 
 
 def encode_ceiling(ceiling: Ceiling) -> str:
