@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from capgate import CapgateError, InvalidArgumentError, __version__
-from capgate_cli import _agents, _audit, _bench, _keys, _principals, _serve, _tokens
+from capgate_cli import _agents, _approvals, _audit, _bench, _keys, _principals, _serve, _tokens
 from capgate_cli._common import EXIT_ERROR, EXIT_OK, common_options, fail
 
 __all__ = ["main"]
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     _audit.add_parsers(sub, common)
     _keys.add_parsers(sub, common)
     _principals.add_parsers(sub, common)
+    _approvals.add_parsers(sub, common)
     _bench.add_parsers(sub, common)
     return parser
 

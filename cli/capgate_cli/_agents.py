@@ -17,6 +17,7 @@ from capgate import (
     new_private_key_pem,
     public_key_id,
 )
+from capgate_cli._approvals import rules
 from capgate_cli._common import (
     EXIT_OK,
     client,
@@ -26,12 +27,16 @@ from capgate_cli._common import (
     safe,
     save_credential,
 )
+from capgate_cli._tokens import add_approval_options
 from capgate_client import AgentInfo, Client
 
 
 def _agent_obj(a: AgentInfo) -> dict[str, Any]:
-    return {"agent": a.id, **{k: (list(v) if isinstance(v, tuple) else v)
-                              for k, v in asdict(a).items() if k != "id"}}
+    obj = {"agent": a.id, **{k: (list(v) if isinstance(v, tuple) else v)
+                             for k, v in asdict(a).items() if k not in ("id", "approvals")}}
+    obj["approvals"] = [{"condition": r.condition, "approvers": r.approvers}
+                        for r in a.approvals]
+    return obj
 
 
 def _agent_text(a: AgentInfo) -> str:
@@ -47,6 +52,7 @@ def _agent_text(a: AgentInfo) -> str:
           if a.require_proof else []),
         *([f"rate:        at most {a.rate} allowed requests (tokens it holds or delegated)"]
           if a.rate else []),
+        *(f"approval:    {r}" for r in a.approvals),
     ])
 
 
@@ -88,7 +94,7 @@ def create(args: argparse.Namespace) -> int:
             args.id, args.grant, max_ttl=duration(args.max_ttl), max_depth=args.max_depth,
             owner=args.owner or "", description=args.description or "",
             public_key=_public_key(args.public_key), require_proof=args.require_proof,
-            rate=args.rate or "")
+            approvals=rules(args.approval, args.approvers), rate=args.rate or "")
     save_credential(args.credential_out, credential)
     emit(args, {"agent": agent.id, "credential": credential},
          credential_shown(args, f"agent {agent.id}", credential))
@@ -111,16 +117,21 @@ def list_(args: argparse.Namespace) -> int:
 
 
 def update(args: argparse.Namespace) -> int:
+    if args.no_approvals and args.approval:
+        raise InvalidArgumentError("--approval and --no-approvals do not go together")
+    approvals = [] if args.no_approvals else rules(args.approval, args.approvers) or None
     if not (args.grant or args.max_ttl or args.max_depth is not None or args.description
-            or args.require_proof is not None or args.rate is not None):
+            or args.require_proof is not None or approvals is not None
+            or args.rate is not None):
         raise InvalidArgumentError("nothing to update: give --grant, --max-ttl, --max-depth, "
-                                   "--description, --[no-]require-proof or --rate")
+                                   "--description, --[no-]require-proof, --rate, --approval "
+                                   "or --no-approvals")
     with client(args) as c:
         if args.grant:
             _warn_unknown_actions(c, args.id, args.grant)
         agent = c.update_agent(args.id, grants=args.grant, max_ttl=duration(args.max_ttl),
                                max_depth=args.max_depth, description=args.description,
-                               require_proof=args.require_proof,
+                               require_proof=args.require_proof, approvals=approvals,
                                rate=None if args.rate is None
                                else "" if args.rate == "none" else args.rate)
     emit(args, _agent_obj(agent), _agent_text(agent))
@@ -215,6 +226,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", metavar="N/PERIOD",
                    help="at most N allowed requests per period, e.g. 100/1m, on tokens it "
                         "holds or delegated (counted fleet-wide)")
+    add_approval_options(p, "its requests meeting CONDITION need a person's approval (e.g. "
+                            "'ctx amount > 1000'; 'always'); repeatable")
     p.set_defaults(run=create)
 
     p = cmds.add_parser("list", parents=[common], help="list agents",
@@ -238,6 +251,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="whether its tokens pass only with a proof of possession")
     p.add_argument("--rate", metavar="N/PERIOD",
                    help="at most N allowed requests per period (e.g. 100/1m); 'none' lifts it")
+    add_approval_options(p, "the new approval rules (replace the old ones; repeatable)")
+    p.add_argument("--no-approvals", action="store_true", help="remove every approval rule")
     p.set_defaults(run=update)
 
     for name, method, done, text in (
@@ -284,8 +299,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                          epilog="example: capgate service create files-api "
                                 "--credential-out files-api.cred")
     p.add_argument("id", help="the principal's id")
-    p.add_argument("--role", choices=["service", "admin"], default="service",
-                   help="service (verifies tokens; the default) or admin")
+    p.add_argument("--role", choices=["service", "approver", "admin"], default="service",
+                   help="service (verifies tokens; the default), approver (approves or denies "
+                        "requests for approval) or admin")
     p.add_argument("--credential-out", type=Path, metavar="FILE",
                    help="write the new credential to FILE (mode 0600) instead of the screen")
     p.set_defaults(run=service_create)

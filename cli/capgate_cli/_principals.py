@@ -35,6 +35,17 @@ def _line(p: PrincipalInfo) -> str:
     return f"{safe(p.id):24} {p.role:8} {state:9} created {p.created_at}"
 
 
+def create(args: argparse.Namespace) -> int:
+    if args.credential_out is not None and args.credential_out.exists():
+        raise InvalidArgumentError(f"{args.credential_out} exists; not overwriting it")
+    with client(args) as c:
+        cred = c.create_principal(args.id, args.role)
+    save_credential(args.credential_out, cred.credential)
+    emit(args, {"principal": cred.principal, "role": cred.role, "credential": cred.credential},
+         credential_shown(args, f"{cred.role} {safe(cred.principal)}", cred.credential))
+    return EXIT_OK
+
+
 def list_(args: argparse.Namespace) -> int:
     with client(args) as c:
         principals = c.list_principals()
@@ -91,9 +102,22 @@ def recover(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    principal = sub.add_parser("principal", help="admins, services and agents: list, disable, "
-                                                 "enable, rotate credentials (admin)")
+    principal = sub.add_parser("principal", help="admins, services, approvers and agents: "
+                                                 "create, list, disable, enable, rotate "
+                                                 "credentials (admin)")
     cmds = principal.add_subparsers(dest="principal_command", required=True, metavar="COMMAND")
+    p = cmds.add_parser(
+        "create", parents=[common], help="a service, an approver or another admin",
+        description="Services verify tokens; approvers approve or deny requests for approval "
+                    "(and nothing else); admins administer. Agents: capgate agent create.",
+        epilog="example: capgate principal create carol --role approver "
+               "--credential-out carol.cred")
+    p.add_argument("id", help="the principal's id (1-64 of A-Z a-z 0-9 . _ -)")
+    p.add_argument("--role", required=True, choices=["service", "approver", "admin"],
+                   help="what it may do")
+    p.add_argument("--credential-out", type=Path, metavar="FILE",
+                   help="write the new credential to FILE (mode 0600) instead of the screen")
+    p.set_defaults(run=create)
     p = cmds.add_parser("list", parents=[common], help="every principal and its state",
                         epilog="example: capgate principal list --json")
     p.set_defaults(run=list_)

@@ -44,6 +44,12 @@ def serve(args: argparse.Namespace) -> int:
         settings.limits = settings.limits.with_settings(args.limit)
     if args.budget_block < 1:
         raise InvalidArgumentError("--budget-block takes a whole number from 1")
+    for name in ("approval_ttl", "approval_max_ttl", "approval_wait"):
+        value = duration(getattr(args, name))
+        if value is not None:
+            setattr(settings, name, float(value))
+    if settings.approval_ttl > settings.approval_max_ttl:
+        raise InvalidArgumentError("--approval-ttl is longer than --approval-max-ttl")
 
     def ready(app: object) -> None:
         from capgate_server import CapgateServer
@@ -118,6 +124,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     pop.add_argument("--spiffe-prefix", default="", metavar="PREFIX",
                      help="a peer principal PREFIX+AGENT (mTLS, e.g. spiffe://example.org/"
                           "agent/) presents as AGENT in Check")
+    ap = p.add_argument_group("approvals (docs/caveats.md, \"Approval caveats\")")
+    ap.add_argument("--approval-ttl", metavar="DURATION",
+                    help="how long an approval lasts once granted, unless the approver says "
+                         "(5m)")
+    ap.add_argument("--approval-max-ttl", metavar="DURATION",
+                    help="the longest an approver may grant (1h)")
+    ap.add_argument("--approval-wait", metavar="DURATION",
+                    help="how long a request waits for approvers before it lapses (1h)")
     db = p.add_argument_group("PostgreSQL session timeouts (0 turns one off)")
     db.add_argument("--db-statement-timeout", type=float, default=15.0, metavar="S",
                     help="end a statement that runs longer")

@@ -17,6 +17,7 @@ from capgate import (
     parse_timestamp,
     restriction_caveats,
 )
+from capgate_cli._approvals import rules
 from capgate_cli._common import (
     EXIT_DENIED,
     EXIT_OK,
@@ -51,6 +52,14 @@ def _add_restrictions(p: argparse.ArgumentParser) -> None:
                                                "shared with every token made from this one)")
     p.add_argument("--rate", metavar="N/PERIOD", help="allow N requests per period, e.g. 10/1m")
     p.add_argument("--caveat", action="append", metavar="TEXT", help="any further caveat")
+    add_approval_options(p, "requests meeting CONDITION need a person's approval (e.g. "
+                            "'ctx amount > 1000'; 'always': every request)")
+
+
+def add_approval_options(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--approval", action="append", metavar="CONDITION", help=text)
+    p.add_argument("--approvers", type=int, metavar="N",
+                   help="distinct approvers each --approval takes (1-9, default 1)")
 
 
 def issue(args: argparse.Namespace) -> int:
@@ -63,13 +72,18 @@ def issue(args: argparse.Namespace) -> int:
 def attenuate(args: argparse.Namespace) -> int:
     token = Token.parse(read_token(args.token))
     caveats = _restrictions(args)
-    if not caveats:
+    approvals = rules(args.approval, args.approvers)
+    if not caveats and not approvals:
         raise InvalidArgumentError("nothing to add: give --action, --resource, --ttl, --ctx, "
-                                   "--uses, --rate or --caveat")
+                                   "--uses, --rate, --caveat or --approval")
     for caveat in caveats:
         token = token.attenuate(caveat)
+    for rule in approvals:
+        token = token.require_approval(rule.condition, rule.approvers)
     d = describe(token)
-    emit(args, {"token": token.to_text(), "token_id": d.token_id, "added": caveats},
+    added = [*caveats, *(c for _, c in token.third_party_caveats[-len(approvals):]
+                         if approvals)]
+    emit(args, {"token": token.to_text(), "token_id": d.token_id, "added": added},
          token.to_text())
     return EXIT_OK
 
@@ -77,6 +91,7 @@ def attenuate(args: argparse.Namespace) -> int:
 def delegate(args: argparse.Namespace) -> int:
     text = read_token(args.token)
     caveats = _restrictions(args)
+    approvals = rules(args.approval, args.approvers)
     if args.offline:
         if args.key is None:
             raise InvalidArgumentError("--offline needs --key FILE (the holder's private key)")
@@ -84,10 +99,12 @@ def delegate(args: argparse.Namespace) -> int:
         token, did = delegate_offline(Token.parse(text), key, args.to, int(time.time() * 1000))
         for caveat in caveats:
             token = token.attenuate(caveat)
+        for rule in approvals:
+            token = token.require_approval(rule.condition, rule.approvers)
         out, token_id = token.to_text(), describe(token).token_id
     else:
         with client(args) as c:
-            t = c.delegate(text, args.to, caveats)
+            t = c.delegate(text, args.to, caveats, approvals)
         out, token_id, did = t.token, t.token_id, t.delegation_id
     emit(args, {"token": out, "token_id": token_id, "delegation_id": did, "to": args.to}, out)
     return EXIT_OK
@@ -159,9 +176,10 @@ def convert(args: argparse.Namespace) -> int:
 
 def verify(args: argparse.Namespace) -> int:
     text = read_token(args.token)
+    discharges = [d for item in args.discharge or () for d in item.split()]
     with client(args) as c:
         r = c.verify(text, args.action, args.resource, presenter=args.agent or "",
-                     ctx=pairs(args.ctx))
+                     ctx=pairs(args.ctx), discharges=discharges)
     emit(args, {"allowed": r.allowed, "reason": r.reason, "code": r.code, "caveat": r.caveat,
                 "token_id": r.token_id, "chain": list(r.chain)},
          "allowed" if r.allowed else f"denied: {r.reason}")
@@ -268,6 +286,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--resource", required=True, help="the path it wants to do it to")
     p.add_argument("--agent", metavar="ID", help="the presenting agent")
     p.add_argument("--ctx", action="append", metavar="KEY=VALUE", help="request context")
+    p.add_argument("--discharge", action="append", metavar="DISCHARGE",
+                   help="a discharge of the token's approval caveat (capgate approvals "
+                        "discharge; several may come whitespace-separated)")
     p.set_defaults(run=verify)
 
     p = cmds.add_parser("revoke", parents=[common], help="revoke a token or an id",

@@ -25,6 +25,8 @@ from capgate_client._guard import (
 from capgate_client._presenting import Presenter
 from capgate_client._types import (
     AgentInfo,
+    ApprovalInfo,
+    ApprovalVoteInfo,
     AuditCheckpoint,
     AuditRecord,
     Credential,
@@ -44,6 +46,8 @@ __all__ = [
     "TLS",
     "Access",
     "AgentInfo",
+    "ApprovalInfo",
+    "ApprovalVoteInfo",
     "AsyncClient",
     "AsyncGrpcGuard",
     "AsyncGuard",

@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
-from capgate import Grant, InvalidArgumentError
+from capgate import ApprovalRule, Grant, InvalidArgumentError
 from capgate_client._types import (
     AgentInfo,
     AuditCheckpoint,
@@ -32,6 +32,7 @@ from capgate_client._types import (
 from capgate_proto.v1 import (
     agent_pb2,
     agent_pb2_grpc,
+    approval_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
     common_pb2,
@@ -85,6 +86,7 @@ def stubs_for(channel: Any) -> dict[str, Any]:
         "verify": verifier_pb2_grpc.VerifierServiceStub(channel),
         "audit": audit_pb2_grpc.AuditServiceStub(channel),
         "keys": keys_pb2_grpc.KeyServiceStub(channel),
+        "approval": approval_pb2_grpc.ApprovalServiceStub(channel),
     }
 
 
@@ -95,13 +97,19 @@ def _grant_pb(text: str) -> common_pb2.Grant:
     return common_pb2.Grant(actions=sorted(g.actions), resource=g.glob.pattern)
 
 
+def _rules_pb(rules: Sequence[ApprovalRule]) -> list[common_pb2.ApprovalRule]:
+    return [common_pb2.ApprovalRule(condition=r.condition, approvers=r.approvers)
+            for r in rules]
+
+
 def _agent(pb: Any) -> AgentInfo:
     return AgentInfo(
         id=pb.id, owner=pb.owner, description=pb.description, status=pb.status,
         ceiling=tuple(f"{','.join(g.actions)}:{g.resource}" for g in pb.ceiling),
         max_ttl=pb.max_ttl_seconds, max_depth=pb.max_depth, epoch=pb.epoch,
         revoked_before=pb.revoked_before, public_keys=tuple(k.key_id for k in pb.public_keys),
-        created_at=pb.created_at, require_proof=pb.require_proof, rate=pb.rate)
+        created_at=pb.created_at, require_proof=pb.require_proof, rate=pb.rate,
+        approvals=tuple(ApprovalRule(r.condition, r.approvers or 1) for r in pb.approvals))
 
 
 def _issued(pb: Any) -> IssuedToken:
@@ -141,10 +149,13 @@ _OUTCOME = {None: audit_pb2.OUTCOME_ANY, True: audit_pb2.OUTCOME_OK,
 
 
 def verify_request(token: str, action: str, resource: str, presenter: str = "",
-                   ctx: Mapping[str, str] | None = None,
-                   proof: Proof | None = None) -> verifier_pb2.VerifyRequest:
+                   ctx: Mapping[str, str] | None = None, proof: Proof | None = None,
+                   discharges: Sequence[str] = ()) -> verifier_pb2.VerifyRequest:
+    if isinstance(discharges, str):
+        raise InvalidArgumentError("discharges are a list of discharge macaroons")
     req = verifier_pb2.VerifyRequest(token=token, action=action, resource=resource,
-                                     presenter=presenter, ctx=dict(ctx or {}))
+                                     presenter=presenter, ctx=dict(ctx or {}),
+                                     discharges=list(discharges))
     if proof is not None:
         req.proof.text, req.proof.method, req.proof.target = proof.text, proof.method, proof.target
     return req
@@ -155,11 +166,13 @@ def verify_request(token: str, action: str, resource: str, presenter: str = "",
 def create_agent(agent_id: str, grants: Sequence[str], max_ttl: int | None,
                  max_depth: int | None, owner: str, description: str,
                  public_key: bytes | None, require_proof: bool = False,
+                 approvals: Sequence[ApprovalRule] = (),
                  rate: str = "") -> Call[tuple[AgentInfo, str]]:
     req = agent_pb2.CreateAgentRequest(
         id=agent_id, ceiling=[_grant_pb(g) for g in grants], max_ttl_seconds=max_ttl or 0,
         max_depth=-1 if max_depth is None else max_depth, owner=owner, description=description,
-        public_key=public_key or b"", require_proof=require_proof, rate=rate)
+        public_key=public_key or b"", require_proof=require_proof, approvals=_rules_pb(approvals),
+        rate=rate)
     return Call("agent", "CreateAgent", req,
                 lambda pb: (_agent(pb.agent), pb.credential))
 
@@ -176,12 +189,14 @@ def list_agents() -> Call[list[AgentInfo]]:
 def update_agent(agent_id: str, grants: Sequence[str] | None, max_ttl: int | None,
                  max_depth: int | None, description: str | None,
                  require_proof: bool | None = None,
+                 approvals: Sequence[ApprovalRule] | None = None,
                  rate: str | None = None) -> Call[AgentInfo]:
     req = agent_pb2.UpdateAgentRequest(
         id=agent_id, ceiling=[_grant_pb(g) for g in grants or ()], set_ceiling=grants is not None,
         max_ttl_seconds=max_ttl or 0, max_depth=-1 if max_depth is None else max_depth,
         description=description or "", set_description=description is not None,
         require_proof=bool(require_proof), set_require_proof=require_proof is not None,
+        approvals=_rules_pb(approvals or ()), set_approvals=approvals is not None,
         rate=rate or "", set_rate=rate is not None)
     return Call("agent", "UpdateAgent", req, _agent)
 
@@ -236,14 +251,18 @@ def issue(grant: str, ttl: int | None, caveats: Iterable[str]) -> Call[IssuedTok
                                             caveats=list(caveats)), _issued)
 
 
-def attenuate(token: str, caveats: Iterable[str]) -> Call[IssuedToken]:
+def attenuate(token: str, caveats: Iterable[str],
+              approvals: Sequence[ApprovalRule] = ()) -> Call[IssuedToken]:
     return Call("token", "AttenuateToken",
-                token_pb2.AttenuateTokenRequest(token=token, caveats=list(caveats)), _issued)
+                token_pb2.AttenuateTokenRequest(token=token, caveats=list(caveats),
+                                                approvals=_rules_pb(approvals)), _issued)
 
 
-def delegate(token: str, to: str, caveats: Iterable[str]) -> Call[IssuedToken]:
+def delegate(token: str, to: str, caveats: Iterable[str],
+             approvals: Sequence[ApprovalRule] = ()) -> Call[IssuedToken]:
     return Call("token", "DelegateToken",
-                token_pb2.DelegateTokenRequest(token=token, to=to, caveats=list(caveats)), _issued)
+                token_pb2.DelegateTokenRequest(token=token, to=to, caveats=list(caveats),
+                                               approvals=_rules_pb(approvals)), _issued)
 
 
 def inspect(token: str) -> Call[InspectResult]:
@@ -266,9 +285,11 @@ def tree(node_id: str) -> Call[TreeNode]:
 
 
 def verify(token: str, action: str, resource: str, presenter: str,
-           ctx: Mapping[str, str] | None, proof: Proof | None = None) -> Call[VerifyResult]:
+           ctx: Mapping[str, str] | None, proof: Proof | None = None,
+           discharges: Sequence[str] = ()) -> Call[VerifyResult]:
     return Call("verify", "Verify",
-                verify_request(token, action, resource, presenter, ctx, proof), verify_result)
+                verify_request(token, action, resource, presenter, ctx, proof, discharges),
+                verify_result)
 
 
 def verify_batch(requests: Sequence[verifier_pb2.VerifyRequest]) -> Call[list[VerifyResult]]:

@@ -14,8 +14,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from capgate import InvalidArgumentError
+from capgate import ApprovalRule, InvalidArgumentError
 from capgate_client import _calls as calls
+from capgate_client._approvals import ApprovalMethods, AsyncApprovalMethods
 from capgate_client._audit_client import AsyncAuditCalls, AuditCalls
 from capgate_client._calls import TLS, Call, stubs_for, verify_request, verify_result
 from capgate_client._errors import from_rpc_error
@@ -39,8 +40,11 @@ _OPTIONS = [("grpc.max_receive_message_length", 16 * 1024 * 1024),
             ("grpc.max_send_message_length", 16 * 1024 * 1024)]
 
 VerifyItem = (tuple[str, str, str, str, Mapping[str, str] | None]
-              | tuple[str, str, str, str, Mapping[str, str] | None, Proof | None])
-"""One check of a batch or stream: (token, action, resource, presenter, ctx[, proof])."""
+              | tuple[str, str, str, str, Mapping[str, str] | None, Proof | None]
+              | tuple[str, str, str, str, Mapping[str, str] | None, Proof | None,
+                      Sequence[str]])
+"""One check of a batch or stream: (token, action, resource, presenter, ctx[, proof[,
+discharges]])."""
 
 
 class _Base:
@@ -59,7 +63,7 @@ class _Base:
         return _OPTIONS + (self._tls.options() if self._tls else [])
 
 
-class Client(AuditCalls, _Base):
+class Client(AuditCalls, ApprovalMethods, _Base):
     """Blocking client for one capgate server (or load balancer).
 
     ``target`` is ``HOST:PORT``; ``credential`` the principal's (admin, service or
@@ -97,13 +101,15 @@ class Client(AuditCalls, _Base):
     def create_agent(self, agent_id: str, grants: Sequence[str], *, max_ttl: int | None = None,
                      max_depth: int | None = None, owner: str = "", description: str = "",
                      public_key: bytes | None = None, require_proof: bool = False,
+                     approvals: Sequence[ApprovalRule] = (),
                      rate: str = "") -> tuple[AgentInfo, str]:
         """Register an agent with a ceiling of ``grants``; returns it and its credential
-        (shown once). ``require_proof``: its tokens pass only with a proof of possession.
-        ``rate``: at most N allowed requests per period (``"100/1m"``) on tokens it
-        holds or delegated."""
+        (shown once). ``require_proof``: its tokens pass only with a proof of possession;
+        ``approvals``: requests that need a person's approval; ``rate``: at most N
+        allowed requests per period (``"100/1m"``) on tokens it holds or delegated."""
         return self._run(calls.create_agent(agent_id, grants, max_ttl, max_depth, owner,
-                                            description, public_key, require_proof, rate))
+                                            description, public_key, require_proof, approvals,
+                                            rate))
 
     def get_agent(self, agent_id: str) -> AgentInfo:
         """One agent (an agent may read only itself)."""
@@ -115,13 +121,14 @@ class Client(AuditCalls, _Base):
 
     def update_agent(self, agent_id: str, *, grants: Sequence[str] | None = None,
                      max_ttl: int | None = None, max_depth: int | None = None,
-                     description: str | None = None,
-                     require_proof: bool | None = None,
+                     description: str | None = None, require_proof: bool | None = None,
+                     approvals: Sequence[ApprovalRule] | None = None,
                      rate: str | None = None) -> AgentInfo:
-        """Change a ceiling, limits, whether proof is required or the rate (``""``: no
-        limit); live tokens follow at their next verification."""
+        """Change a ceiling, limits, whether proof is required, the approval rules
+        (``()`` clears them) or the rate (``""`` lifts it); live tokens follow at their
+        next verification."""
         return self._run(calls.update_agent(agent_id, grants, max_ttl, max_depth, description,
-                                            require_proof, rate))
+                                            require_proof, approvals, rate))
 
     def suspend_agent(self, agent_id: str) -> AgentInfo:
         """Deny every token the agent appears in, until resumed."""
@@ -174,13 +181,17 @@ class Client(AuditCalls, _Base):
         """As an agent: a token for ``grant`` (``ACTIONS:GLOB``) within its ceiling."""
         return self._run(calls.issue(grant, ttl, caveats))
 
-    def attenuate(self, token: str, caveats: Iterable[str]) -> IssuedToken:
-        """Append caveats (the same as ``Token.attenuate`` offline)."""
-        return self._run(calls.attenuate(token, caveats))
+    def attenuate(self, token: str, caveats: Iterable[str],
+                  approvals: Sequence[ApprovalRule] = ()) -> IssuedToken:
+        """Append caveats, then approval caveats (the same as ``Token.attenuate`` and
+        ``Token.require_approval`` offline)."""
+        return self._run(calls.attenuate(token, caveats, approvals))
 
-    def delegate(self, token: str, to: str, caveats: Iterable[str] = ()) -> IssuedToken:
-        """As the holder: hand the token to agent ``to``, narrowed by ``caveats``."""
-        return self._run(calls.delegate(token, to, caveats))
+    def delegate(self, token: str, to: str, caveats: Iterable[str] = (),
+                 approvals: Sequence[ApprovalRule] = ()) -> IssuedToken:
+        """As the holder: hand the token to agent ``to``, narrowed by ``caveats`` and
+        ``approvals`` (the server adds the agent's own approval rules too)."""
+        return self._run(calls.delegate(token, to, caveats, approvals))
 
     def inspect(self, token: str) -> InspectResult:
         """What the server knows of a valid token (an invalid one: just "invalid")."""
@@ -197,12 +208,15 @@ class Client(AuditCalls, _Base):
     # -- verification -------------------------------------------------------------------
 
     def verify(self, token: str, action: str, resource: str, *, presenter: str = "",
-               ctx: Mapping[str, str] | None = None, proof: Proof | None = None) -> VerifyResult:
+               ctx: Mapping[str, str] | None = None, proof: Proof | None = None,
+               discharges: Sequence[str] = ()) -> VerifyResult:
         """May ``presenter`` do ``action`` on ``resource`` with ``token``? A deny is a
         result (``allowed=False`` and the reason), not an exception. With ``proof`` (the
         agent's proof of possession) the server checks who presents; ``presenter`` may
-        then be left empty."""
-        return self._run(calls.verify(token, action, resource, presenter, ctx, proof))
+        then be left empty. ``discharges``: of the token's approval caveats, for
+        exactly this request (an allow then spends one of the approval's uses)."""
+        return self._run(calls.verify(token, action, resource, presenter, ctx, proof,
+                                      discharges))
 
     def verify_batch(self, items: Sequence[VerifyItem]) -> list[VerifyResult]:
         """Many checks in one call, answered in order."""
@@ -233,7 +247,7 @@ class Client(AuditCalls, _Base):
 
 
 
-class AsyncClient(AsyncAuditCalls, _Base):
+class AsyncClient(AsyncAuditCalls, AsyncApprovalMethods, _Base):
     """asyncio client with the methods of ``Client``: ``await c.verify(...)``.
 
     The channel is opened on first use, in the event loop that uses it, so a
@@ -285,11 +299,12 @@ class AsyncClient(AsyncAuditCalls, _Base):
                            max_ttl: int | None = None, max_depth: int | None = None,
                            owner: str = "", description: str = "",
                            public_key: bytes | None = None, require_proof: bool = False,
+                           approvals: Sequence[ApprovalRule] = (),
                            rate: str = "") -> tuple[AgentInfo, str]:
         """See ``Client.create_agent``."""
         return await self._run(calls.create_agent(agent_id, grants, max_ttl, max_depth, owner,
                                                   description, public_key, require_proof,
-                                                  rate))
+                                                  approvals, rate))
 
     async def get_agent(self, agent_id: str) -> AgentInfo:
         """See ``Client.get_agent``."""
@@ -303,10 +318,11 @@ class AsyncClient(AsyncAuditCalls, _Base):
                            max_ttl: int | None = None, max_depth: int | None = None,
                            description: str | None = None,
                            require_proof: bool | None = None,
+                           approvals: Sequence[ApprovalRule] | None = None,
                            rate: str | None = None) -> AgentInfo:
         """See ``Client.update_agent``."""
         return await self._run(calls.update_agent(agent_id, grants, max_ttl, max_depth,
-                                                  description, require_proof, rate))
+                                                  description, require_proof, approvals, rate))
 
     async def suspend_agent(self, agent_id: str) -> AgentInfo:
         """See ``Client.suspend_agent``."""
@@ -359,13 +375,15 @@ class AsyncClient(AsyncAuditCalls, _Base):
         """See ``Client.issue``."""
         return await self._run(calls.issue(grant, ttl, caveats))
 
-    async def attenuate(self, token: str, caveats: Iterable[str]) -> IssuedToken:
+    async def attenuate(self, token: str, caveats: Iterable[str],
+                        approvals: Sequence[ApprovalRule] = ()) -> IssuedToken:
         """See ``Client.attenuate``."""
-        return await self._run(calls.attenuate(token, caveats))
+        return await self._run(calls.attenuate(token, caveats, approvals))
 
-    async def delegate(self, token: str, to: str, caveats: Iterable[str] = ()) -> IssuedToken:
+    async def delegate(self, token: str, to: str, caveats: Iterable[str] = (),
+                       approvals: Sequence[ApprovalRule] = ()) -> IssuedToken:
         """See ``Client.delegate``."""
-        return await self._run(calls.delegate(token, to, caveats))
+        return await self._run(calls.delegate(token, to, caveats, approvals))
 
     async def inspect(self, token: str) -> InspectResult:
         """See ``Client.inspect``."""
@@ -382,10 +400,11 @@ class AsyncClient(AsyncAuditCalls, _Base):
     # -- verification -------------------------------------------------------------------
 
     async def verify(self, token: str, action: str, resource: str, *, presenter: str = "",
-                     ctx: Mapping[str, str] | None = None,
-                     proof: Proof | None = None) -> VerifyResult:
+                     ctx: Mapping[str, str] | None = None, proof: Proof | None = None,
+                     discharges: Sequence[str] = ()) -> VerifyResult:
         """See ``Client.verify``."""
-        return await self._run(calls.verify(token, action, resource, presenter, ctx, proof))
+        return await self._run(calls.verify(token, action, resource, presenter, ctx, proof,
+                                            discharges))
 
     async def verify_batch(self, items: Sequence[VerifyItem]) -> list[VerifyResult]:
         """See ``Client.verify_batch``."""

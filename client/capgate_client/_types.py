@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from capgate import ApprovalRule
 
 __all__ = [
     "AgentInfo",
+    "ApprovalInfo",
+    "ApprovalVoteInfo",
     "AuditCheckpoint",
     "AuditRecord",
     "Credential",
@@ -37,6 +42,7 @@ class AgentInfo:
     created_at: str
     require_proof: bool = False  # its tokens need a proof of possession
     rate: str = ""  # "N/PERIOD": allowed requests it takes part in, per period; "": no limit
+    approvals: tuple[ApprovalRule, ...] = ()  # requests that need a person's approval
 
 
 @dataclass(frozen=True)
@@ -206,3 +212,40 @@ class KeyInfo:
     created_at: str
     retired_at: str
     signing: bool
+
+
+@dataclass(frozen=True)
+class ApprovalVoteInfo:
+    approver: str
+    approve: bool
+    reason: str
+    at: str
+
+
+@dataclass(frozen=True)
+class ApprovalInfo:
+    """A request for approval and where it stands (``status``: pending, approved, denied,
+    expired or used). ``discharges``: fetched with the token it is for, once approved;
+    pass them to ``verify`` with that token, for exactly this request."""
+
+    id: str
+    status: str
+    token_id: str
+    chain: tuple[str, ...]
+    requested_by: str
+    presenter: str
+    action: str
+    resource: str
+    ctx: Mapping[str, str]
+    request_digest: str
+    conditions: tuple[str, ...]
+    approvals_needed: int
+    votes: tuple[ApprovalVoteInfo, ...]
+    note: str
+    created_at: str
+    wait_until: str
+    expires: str
+    uses: int
+    used: int
+    reason: str = ""
+    discharges: tuple[str, ...] = field(default=())

@@ -4,6 +4,14 @@ Parsing, attenuation, delegation and verification; no network, no storage.
 """
 
 from capgate._agent import Agent, AgentStatus, Directory, check_id
+from capgate._approval import (
+    APPROVAL_LOCATION,
+    MAX_APPROVERS,
+    ApprovalCaveat,
+    ApprovalRule,
+    parse_approval_caveat,
+    parse_condition,
+)
 from capgate._attenuation import restriction_caveats
 from capgate._caveats import (
     ActionCaveat,
@@ -42,6 +50,7 @@ from capgate._delegation import (
     public_key_id,
     server_proof,
 )
+from capgate._discharge import bind_signature, mint_discharge, request_digest, token_digest
 from capgate._errors import (
     AlreadyExistsError,
     AuthenticationError,
@@ -77,8 +86,10 @@ from capgate._verifier import Chain, Decision, DenyCode, Hop, Verifier
 __version__ = "0.1.0"
 
 __all__ = [
+    "APPROVAL_LOCATION",
     "DEFAULT_LIMITS",
     "DENY_HEADER",
+    "MAX_APPROVERS",
     "MAX_DEPTH",
     "PROOF_HEADER",
     "PROOF_WINDOW",
@@ -89,6 +100,8 @@ __all__ = [
     "AgentCaveat",
     "AgentStatus",
     "AlreadyExistsError",
+    "ApprovalCaveat",
+    "ApprovalRule",
     "AuthenticationError",
     "Budget",
     "BudgetCaveat",
@@ -131,6 +144,7 @@ __all__ = [
     "Verifier",
     "__version__",
     "append_server_delegation",
+    "bind_signature",
     "check_id",
     "delegate_offline",
     "delegation_id",
@@ -142,18 +156,23 @@ __all__ = [
     "http_action",
     "load_private_key",
     "load_public_key",
+    "mint_discharge",
     "new_private_key_pem",
     "new_token_id",
+    "parse_approval_caveat",
     "parse_caveat",
+    "parse_condition",
     "parse_duration",
     "parse_timestamp",
     "presented_token",
     "proof_message",
     "prove_possession",
     "public_key_id",
+    "request_digest",
     "resource_problem",
     "restriction_caveats",
     "server_proof",
     "system_clock",
+    "token_digest",
     "token_header",
 ]

@@ -7,6 +7,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from capgate._approval import ApprovalRule
 from capgate._errors import InvalidArgumentError
 from capgate._grants import Ceiling
 from capgate._text import ID_RE
@@ -43,6 +44,8 @@ class Agent:
     ``rate``: ``N/PERIOD`` (like ``100/1m``), at most N allowed requests per period on
     tokens it holds or that were delegated through it, counted by the server; ""
     for no limit.
+    ``approvals``: standing rules (requests meeting a condition need a person's
+    approval); every token it appears in must carry an approval caveat for each.
     """
 
     id: str
@@ -58,6 +61,7 @@ class Agent:
     created_at: float = 0.0
     require_proof: bool = False
     rate: str = ""
+    approvals: tuple[ApprovalRule, ...] = ()
 
     @property
     def active(self) -> bool:

@@ -56,6 +56,7 @@ _DEPTH_LIMIT = re.compile(r"[0-9]{1,2}")  # ASCII digits only: "²".isdigit() is
 _NUMBER = re.compile(r"-?[0-9]{1,18}(?:\.[0-9]{1,18})?")
 _HEX128 = re.compile(r"[0-9a-f]{32}")
 _MAX_CTX_VALUE = 1024
+_COMPARE = {"<=": Decimal.__le__, ">=": Decimal.__ge__, "<": Decimal.__lt__, ">": Decimal.__gt__}
 CAVEAT_CACHE_BYTES = 8 << 20  # parse_caveat's cache; a Verifier keeps its own
 _CAVEAT_BASE = 400  # a caveat object and its fields (measured; the tests check)
 _KEY_BASE = 40  # the cache's key, a bytes object
@@ -180,7 +181,7 @@ class NotBeforeCaveat(Caveat):
 
 
 class CtxCaveat(Caveat):
-    """``ctx KEY = v`` | ``ctx KEY in v1,v2`` | ``ctx KEY <= n`` | ``ctx KEY >= n``."""
+    """``ctx KEY = v`` | ``ctx KEY in v1,v2`` | ``ctx KEY OP n`` with OP one of ``<= >= < >``."""
 
     __slots__ = ("bound", "name", "op", "values")
     key = "ctx"
@@ -205,8 +206,7 @@ class CtxCaveat(Caveat):
             return f"ctx {self.name}={value!r} is not one of {','.join(sorted(self.values))}"
         if not isinstance(value, str) or _NUMBER.fullmatch(value) is None:
             return f"ctx {self.name}={value!r} is not a number"
-        n = Decimal(value)
-        if (n <= self.bound) if self.op == "<=" else (n >= self.bound):
+        if _COMPARE[self.op](Decimal(value), self.bound):
             return None
         return f"ctx {self.name}={value} is not {self.op} {self.bound}"
 
@@ -413,14 +413,14 @@ def _parse_ctx(text: str, parts: list[str]) -> CtxCaveat:
         return CtxCaveat(text, name, op, frozenset((raw,)), None)
     if op == "in":
         return CtxCaveat(text, name, op, _values(text, raw), None)
-    if op in ("<=", ">="):
+    if op in _COMPARE:
         if _NUMBER.fullmatch(raw) is None:
             raise _syntax(text, f"{raw!r} is not a decimal number")
         try:
             return CtxCaveat(text, name, op, frozenset(), Decimal(raw))
         except InvalidOperation:  # pragma: no cover - the regex admits only numbers
             raise _syntax(text, f"{raw!r} is not a decimal number") from None
-    raise _syntax(text, f"unknown ctx operator {op!r} (use =, in, <=, >=)")
+    raise _syntax(text, f"unknown ctx operator {op!r} (use =, in, <, <=, >, >=)")
 
 
 def parse_caveat(text: str) -> Caveat:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
+from capgate._approval import ApprovalCaveat
 from capgate._caveats import (
     ActionCaveat,
     Caveat,
@@ -61,6 +62,11 @@ class DenyCode(StrEnum):
     PROOF_REPLAYED = "proof_replayed"
     # stateful budgets (``uses``, ``rate``, an agent's rate): counted by the server
     BUDGET_EXHAUSTED = "budget_exhausted"
+    # approval caveats (``capgate._approval``): the discharges a request brought
+    APPROVAL_REQUIRED = "approval_required"
+    APPROVAL_INVALID = "approval_invalid"
+    APPROVAL_EXPIRED = "approval_expired"
+    APPROVAL_USED = "approval_used"  # the store's redemption: decided around the verifier
 
 
 class Budget(NamedTuple):
@@ -101,7 +107,11 @@ class Hop:
 @dataclass(slots=True, eq=False)
 class Decision:
     """The outcome. Hashed by identity: one allow object is shared by every request
-    a chain allows, so callers can key caches and tallies on it cheaply."""
+    a chain allows, so callers can key caches and tallies on it cheaply.
+
+    ``approvals``: an allow that rests on approvals names them; it stands only once
+    the caller has redeemed each (an approval is good for its uses, fleet-wide: the
+    server's store does it). A verifier alone cannot count uses."""
 
     allowed: bool
     code: DenyCode
@@ -110,6 +120,7 @@ class Decision:
     token_id: str | None = None
     chain: tuple[str, ...] = ()  # issued-to agent first, current holder last
     budgets: tuple[Budget, ...] = ()  # an allow: the budgets it must be counted against
+    approvals: tuple[str, ...] = ()
 
     @property
     def holder(self) -> str | None:
@@ -145,9 +156,15 @@ class Chain:
     resources: tuple[Glob, ...] = field(repr=False, default=())
     other: tuple[Caveat, ...] = field(repr=False, default=())
     size: int = field(repr=False, default=0)  # estimated bytes held, for the cache
+    # approval caveats, the key of each (from the signature before it), and the
+    # token's signature (discharges are bound to it); empty for most tokens
+    approvals: tuple[ApprovalCaveat, ...] = field(repr=False, default=())
+    approval_keys: tuple[bytes, ...] = field(repr=False, default=())
+    signature: bytes = field(repr=False, default=b"")
 
     def fold(self) -> Chain:
         size = _CHAIN_BASE + 2 * len(self.text) + _PER_HOP * len(self.hops)
+        size += sum([a.size for a in self.approvals])
         for cav in self.checks:
             size += cav.size
             kind = type(cav)

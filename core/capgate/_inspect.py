@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from capgate._approval import APPROVAL_LOCATION, parse_approval_caveat
 from capgate._caveats import Caveat, DelegateCaveat, ExpiresCaveat, compile_caveat
 from capgate._errors import CapgateError
 from capgate._token import Token, TokenIdentifier
 
 __all__ = ["HopInfo", "TokenDescription", "describe", "hop_expiry"]
+
+_APPROVAL_LOCATION = APPROVAL_LOCATION.encode()
 
 
 @dataclass(slots=True)
@@ -30,7 +33,7 @@ class TokenDescription:
     key_id: str | None
     issued_ms: int | None
     expires: float | None
-    caveats: tuple[str, ...]
+    caveats: tuple[str, ...]  # every caveat's text in order (an approval caveat: its id)
     lineage: list[str]
     hops: list[HopInfo]
     problems: list[str]  # caveats that do not parse, foreign identifier…
@@ -48,7 +51,18 @@ def describe(token: Token) -> TokenDescription:
     for raw in token.raw.caveats:
         text = raw.cid.decode("utf-8", "backslashreplace")
         if raw.vid is not None:
-            problems.append(f"third-party caveat {text!r} (not supported)")
+            if raw.location != _APPROVAL_LOCATION:
+                problems.append(f"third-party caveat {text!r} at {raw.location!r} "
+                                "(only capgate's approvals are supported)")
+                continue
+            try:
+                parse_approval_caveat(raw.cid)
+            except CapgateError as e:
+                problems.append(e.message)
+            if hops:  # an approval caveat reads as its id: "approval n=1 … when …"
+                hops[-1].restrictions.append(text)
+            else:
+                problems.append(f"caveat {text!r} comes before the holder is named")
             continue
         try:
             cav: Caveat = compile_caveat(raw.cid)
@@ -74,7 +88,9 @@ def describe(token: Token) -> TokenDescription:
             problems.append(f"caveat {text!r} comes before the holder is named")
     return TokenDescription(
         ident.token_id if ident else None, ident.key_id if ident else None,
-        ident.issued_ms if ident else None, expires, token.caveats, lineage, hops, problems,
+        ident.issued_ms if ident else None, expires,
+        tuple(c.cid.decode("utf-8", "surrogateescape") for c in token.raw.caveats),
+        lineage, hops, problems,
     )
 
 

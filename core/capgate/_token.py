@@ -33,7 +33,8 @@ from capgate._codec import pack as _pack
 from capgate._codec import unpack as _unpack
 from capgate._errors import CaveatSyntaxError, InvalidArgumentError, MalformedTokenError
 
-__all__ = ["Token", "TokenIdentifier", "chain_signature", "derive_key", "new_token_id"]
+__all__ = ["Token", "TokenIdentifier", "chain_signature", "derive_key", "new_token_id",
+           "third_party_signature"]
 
 _KEY_GENERATOR = b"macaroons-key-generator"
 _new_tuple = tuple.__new__
@@ -65,8 +66,14 @@ def chain_signature(derived_key: bytes, identifier: bytes, caveats: Iterable[Raw
         if c.vid is None:
             sig = digest(sig, c.cid, "sha256")
         else:
-            sig = digest(sig, digest(sig, c.vid, "sha256") + digest(sig, c.cid, "sha256"), "sha256")
+            sig = third_party_signature(sig, c.vid, c.cid)
     return sig
+
+
+def third_party_signature(sig: bytes, vid: bytes, cid: bytes) -> bytes:
+    """The chain's next signature over a third-party caveat."""
+    digest = hmac_digest
+    return digest(sig, digest(sig, vid, "sha256") + digest(sig, cid, "sha256"), "sha256")
 
 
 def new_token_id() -> str:
@@ -164,6 +171,16 @@ class Token:
     def has_third_party_caveats(self) -> bool:
         return any(c.vid is not None for c in self._raw.caveats)
 
+    @property
+    def third_party_caveats(self) -> tuple[tuple[str, str], ...]:
+        """``(location, caveat id)`` of each third-party caveat, in order (text escaped
+        like ``caveats``); capgate's own are approval caveats (``require_approval``)."""
+        return tuple(
+            ((c.location or b"").decode("utf-8", "replace"),
+             c.cid.decode("utf-8", "surrogateescape"))
+            for c in self._raw.caveats if c.vid is not None
+        )
+
     def capgate_identifier(self) -> TokenIdentifier:
         """The decoded capgate identifier; ``MalformedTokenError`` for foreign tokens."""
         return TokenIdentifier.decode(self._raw.identifier)
@@ -182,6 +199,31 @@ class Token:
                 f"'{cav.key}' caveats carry a proof; use delegate() to add one", caveat=caveat
             )
         return self.append_raw(caveat.encode("utf-8"), limits=limits)
+
+    def require_approval(self, condition: str = "", approvers: int = 1, *,
+                         limits: Limits = DEFAULT_LIMITS) -> Token:
+        """A new token whose requests meeting ``condition`` (``ctx amount > 1000``,
+        ``action in pay and resource /prod/**``; ``""``: every request) are allowed only
+        with a discharge approved by ``approvers`` distinct approvers. Offline; it can
+        only allow less (docs/caveats.md, "Approval caveats")."""
+        from capgate._approval import require_approval
+
+        return require_approval(self, condition, approvers, limits=limits)
+
+    def append_third_party(self, cid: bytes, vid: bytes, location: str, *,
+                           limits: Limits = DEFAULT_LIMITS) -> Token:
+        """Append a standard third-party caveat (caveat id, verification id, location)."""
+        loc = location.encode("utf-8")
+        if len(cid) > limits.max_caveat or len(vid) > limits.max_caveat:
+            raise CaveatSyntaxError(f"caveat is over {limits.max_caveat} bytes")
+        if not cid or len(loc) > limits.max_location:
+            raise CaveatSyntaxError("caveat id is empty, or its location is too long")
+        if len(self._raw.caveats) >= limits.max_caveats:
+            raise CaveatSyntaxError(f"token already has {limits.max_caveats} caveats")
+        raw = self._raw
+        sig = third_party_signature(raw.signature, vid, cid)
+        return Token(RawMacaroon(raw.location, raw.identifier,
+                                 (*raw.caveats, RawCaveat(cid, vid, loc)), sig))
 
     def append_raw(self, cid: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Token:
         """Append a first-party caveat without grammar checks (for proofs and interop)."""

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 
 from capgate._agent import Agent, AgentStatus, Directory
+from capgate._approval import APPROVAL_LOCATION, ApprovalCaveat, approval_key, parse_approval_caveat
 from capgate._cache import BoundedCache
 from capgate._caveats import (
     BudgetCaveat,
@@ -40,10 +41,11 @@ from capgate._chain import Budget, Chain, Decision, DenyCode, Hop, budget_id
 from capgate._clock import Clock, format_timestamp, system_clock
 from capgate._codec import DEFAULT_LIMITS, Limits, decode_text, unpack, unpack_first_party
 from capgate._delegation import did_valid, proof_valid
+from capgate._discharge import approval_decision
 from capgate._errors import CaveatSyntaxError, MalformedTokenError
 from capgate._requests import request_problem
 from capgate._revocation import RevocationSet
-from capgate._token import TokenIdentifier, derive_key, hmac_digest
+from capgate._token import TokenIdentifier, derive_key, hmac_digest, third_party_signature
 
 __all__ = ["Chain", "Decision", "DenyCode", "Hop", "Verifier"]
 
@@ -114,6 +116,7 @@ class Verifier:
         if memo_size and not isinstance(agents, Directory):
             raise TypeError("a decision memo needs agents in a Directory (it tracks changes)")
         self._location = location.encode("utf-8")
+        self._approvals = APPROVAL_LOCATION.encode("utf-8")
         self._keys = keys
         self._agents = agents
         self._revocations = revocations
@@ -154,10 +157,10 @@ class Verifier:
 
     def check(self, token: str, action: str, resource: str, presenter: str | None,
               ctx: Mapping[str, str] | None = None, *,
-              request: Request | None = None) -> Decision:
+              request: Request | None = None, discharges: Sequence[str] = ()) -> Decision:
         """``verify`` with the request given field by field (the servers' hot path);
         ``request``, when the caller already has it built, saves building it again."""
-        memo = self._memo_size and not ctx
+        memo = self._memo_size and not ctx and not discharges
         if memo:
             key = (token, action, resource, presenter)
             hit = self._memo.get(key)
@@ -174,7 +177,7 @@ class Verifier:
         if request is None:
             request = Request(action, resource, presenter, ctx or _NO_CTX)
         if not memo:
-            return self.decide(st, request)
+            return self.decide(st, request, discharges)
         state = self._state()
         decision = self.decide(st, request)
         if decision.allowed and len(token) <= _CACHE_MAX_TEXT:
@@ -254,15 +257,21 @@ class Verifier:
 
     def _analyse(self, text: str) -> Chain | Decision:
         limits = self._limits
+        vids: list[bytes | None] | None = None  # only for a token with third-party caveats
         try:
             data = decode_text(text, limits)
             parts = unpack_first_party(data, limits)
             if parts is None:  # unusual or invalid: the strict parser says what is wrong
                 raw = unpack(data, limits)
+                for c in raw.caveats:
+                    if c.vid is None and c.location is not None:
+                        return _deny(DenyCode.UNSUPPORTED, "caveat locations are not supported")
+                    if c.vid is not None and c.location != self._approvals:
+                        return _deny(DenyCode.UNSUPPORTED,
+                                     f"third-party caveat located at {c.location!r}: only "
+                                     f"capgate's approvals ({self._approvals!r}) are supported")
                 if any(c.vid is not None for c in raw.caveats):
-                    return _deny(DenyCode.UNSUPPORTED, "third-party caveats are not supported")
-                if any(c.location is not None for c in raw.caveats):
-                    return _deny(DenyCode.UNSUPPORTED, "caveat locations are not supported")
+                    vids = [c.vid for c in raw.caveats]
                 parts = raw.location, raw.identifier, [c.cid for c in raw.caveats], raw.signature
         except MalformedTokenError as e:
             return _deny(DenyCode.MALFORMED, f"malformed token: {e.message}")
@@ -284,21 +293,29 @@ class Verifier:
         # A delegated child's chain starts where its parent's (verified) chain ended:
         # only the caveats added since cost HMACs, and the parent's proofs are not redone.
         start, sig = 0, b""
-        if len(cids) > 1:
+        if len(cids) > 1 and vids is None:  # approval keys need every prefix: no shortcut
             start, sig = self._known_prefix(identifier, cids)
         if not start:
             sig = hmac_digest(derived, identifier, "sha256")
         digest = hmac_digest
         prefix: list[bytes] = [b""] * start  # signatures before each caveat, for proofs
-        for cid in cids[start:] if start else cids:
-            prefix.append(sig)
-            sig = digest(sig, cid, "sha256")
+        if vids is None:
+            for cid in cids[start:] if start else cids:
+                prefix.append(sig)
+                sig = digest(sig, cid, "sha256")
+        else:
+            for cid, vid in zip(cids, vids, strict=True):
+                prefix.append(sig)
+                sig = (digest(sig, cid, "sha256") if vid is None
+                       else third_party_signature(sig, vid, cid))
         if not hmac.compare_digest(sig, signature):
             return _deny(DenyCode.BAD_SIGNATURE, "signature does not match", token_id=tid)
-        chain = self._read_chain(text, ident, root, cids, prefix, start)
+        chain = self._read_chain(text, ident, root, cids, prefix, start, vids)
+        if vids is not None and type(chain) is Chain:
+            chain.signature = signature
         # Only a fully verified chain vouches for its prefixes (and only one of
         # ordinary size, like the chain cache, so memory stays bounded).
-        if type(chain) is Chain and len(text) <= _CACHE_MAX_TEXT:
+        if type(chain) is Chain and len(text) <= _CACHE_MAX_TEXT and vids is None:
             self._remember_prefixes(identifier, cids, prefix, sig, len(text),
                                     len(chain.hops))
         return chain
@@ -329,19 +346,35 @@ class Verifier:
                     known.put((identifier, tuple(cids[:k])), prefix[k], _PREFIX_BASE + 8 * k)
 
     def _read_chain(self, text: str, ident: TokenIdentifier, root: bytes, cids: list[bytes],
-                    prefix: list[bytes], verified: int = 0) -> Chain | Decision:
+                    prefix: list[bytes], verified: int = 0,
+                    vids: list[bytes | None] | None = None) -> Chain | Decision:
         tid = ident.token_id
         hops: list[Hop] = []
         lineage = [tid]
         checks: list[Caveat] = []
         depth_caps: list[tuple[int, DepthCaveat]] = []
         budgets: list[tuple[int, BudgetCaveat]] = []
+        approvals: list[ApprovalCaveat] = []
+        approval_keys: list[bytes] = []
         holder: str | None = None
         CHECK, HOLDER, DELEGATE = Caveat.CHECK, Caveat.HOLDER, Caveat.DELEGATE
         LINEAGE, BUDGET = Caveat.LINEAGE, Caveat.BUDGET
         caveats = self._caveats
         young = caveats.young
         for i, cid in enumerate(cids):
+            if vids is not None and vids[i] is not None:  # an approval caveat
+                self.compiled += 1
+                try:
+                    approval = parse_approval_caveat(cid)
+                except CaveatSyntaxError as e:
+                    return _deny(DenyCode.BAD_CAVEAT, e.message,
+                                 caveat=cid.decode("utf-8", "replace")[:512], token_id=tid)
+                if any(a.cid == cid for a in approvals):
+                    return _deny(DenyCode.MALFORMED, "token names an approval caveat twice",
+                                 token_id=tid)
+                approvals.append(approval)
+                approval_keys.append(approval_key(prefix[i], cid))
+                continue
             cav = young.get(cid)
             if cav is None and (cav := caveats.recall(cid)) is None:
                 self.compiled += 1
@@ -408,8 +441,10 @@ class Verifier:
             agents = tuple([h.agent for h in hops])
             latest = max([h.at_ms for h in hops])
         chain = Chain(text, tid, ident.key_id, ident.issued_ms, tuple(hops), tuple(lineage),
-                      tuple(checks), tuple([int(x, 16) for x in lineage]), agents,
-                      latest).fold()
+                      tuple(checks), tuple([int(x, 16) for x in lineage]), agents, latest)
+        if approvals:
+            chain.approvals, chain.approval_keys = tuple(approvals), tuple(approval_keys)
+        chain.fold()
         if budgets:
             chain.budgets = tuple([
                 Budget(budget_id(tid, cids[:i + 1]), cav.text, cav.limit, cav.period,
@@ -442,10 +477,11 @@ class Verifier:
 
     # -- the dynamic half ---------------------------------------------------------------
 
-    def verify(self, token: str, request: Request) -> Decision:
-        """Allow or deny ``request`` under ``token``, with the precise reason."""
+    def verify(self, token: str, request: Request, discharges: Sequence[str] = ()) -> Decision:
+        """Allow or deny ``request`` under ``token`` (with the ``discharges`` of its
+        approval caveats, if any), with the precise reason."""
         return self.check(token, request.action, request.resource, request.presenter,
-                          request.ctx, request=request)
+                          request.ctx, request=request, discharges=discharges)
 
     def decide_state(self, st: Chain) -> Decision | None:
         """Steps 3–4: the deny that the chain's current state gives, or None."""
@@ -465,8 +501,8 @@ class Verifier:
                 return _agent_denial(st, hop, a, last - i)
         return None
 
-    def decide(self, st: Chain, request: Request) -> Decision:
-        """Steps 3–7 for an already analysed chain."""
+    def decide(self, st: Chain, request: Request, discharges: Sequence[str] = ()) -> Decision:
+        """Steps 3–7 (and the approvals) for an already analysed chain."""
         denied = self.decide_state(st)
         if denied is not None:
             return denied
@@ -489,12 +525,16 @@ class Verifier:
         # Authority flows down the chain: every agent's current ceiling bounds it,
         # the holder's first (the usual reason), then each delegator's.
         action, resource = request.action, request.resource
+        ruled = False  # an agent of the chain has standing approval rules
         for name in (holder, *chain[:-1]) if len(chain) > 1 else (holder,):
-            if not agents[name].ceiling.allows(action, resource):
+            a = agents[name]
+            if not a.ceiling.allows(action, resource):
                 whose = "its" if name == holder else f"delegator {name!r}'s"
                 return _deny(DenyCode.CEILING,
                              f"agent {holder!r} may not {action} {resource} "
                              f"(beyond {whose} ceiling)", token_id=tid, chain=chain)
+            if a.approvals:
+                ruled = True
         now = self._clock()
         if st.latest_ms > now * 1000 + CLOCK_SKEW_MS:
             return _deny(DenyCode.FUTURE, "token or delegation is dated in the future",
@@ -524,6 +564,9 @@ class Verifier:
                                             st.budgets)
             if self._on_first_allow is not None:
                 self._on_first_allow(st)
+        if st.approvals or ruled:
+            return approval_decision(st, request, discharges, ruled, agents, now,
+                                     self._limits) or allowed
         return allowed
 
 

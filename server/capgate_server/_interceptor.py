@@ -24,8 +24,9 @@ __all__ = ["CALLER", "POLICY", "Authenticator"]
 
 _ADMIN = frozenset({Role.ADMIN})
 _AGENT = frozenset({Role.AGENT})
-_ANY = frozenset(Role)
-_VERIFIERS = frozenset(Role)  # agents may verify, but only on their own behalf
+_ANY = frozenset({Role.ADMIN, Role.SERVICE, Role.AGENT})  # approvers: approvals only
+_VERIFIERS = _ANY  # agents may verify, but only on their own behalf
+_APPROVERS = frozenset({Role.ADMIN, Role.APPROVER})
 
 # Who may call what; a method missing here is refused (fail closed).
 POLICY: Mapping[str, frozenset[Role]] = {
@@ -52,8 +53,15 @@ POLICY: Mapping[str, frozenset[Role]] = {
     # Envoy's ext_authz (served with --ext-authz): a proxy speaks for what it saw, like a
     # service; an agent could put any peer principal in the request, so it may not
     "/envoy.service.auth.v3.Authorization/Check": frozenset({Role.ADMIN, Role.SERVICE}),
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": _ANY,
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _ANY,
+    # approvals: agents ask for themselves, services and admins for the presenter they
+    # name; approvers and admins decide; each reads what it may (``Approvals``)
+    "/capgate.v1.ApprovalService/RequestApproval": _ANY,
+    "/capgate.v1.ApprovalService/GetApproval": frozenset(Role),
+    "/capgate.v1.ApprovalService/ListApprovals": frozenset(Role),
+    "/capgate.v1.ApprovalService/WatchApprovals": _APPROVERS,
+    "/capgate.v1.ApprovalService/DecideApproval": _APPROVERS,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": frozenset(Role),
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": frozenset(Role),
 }
 # Open without a credential: health (for load balancers) and reflection, which tells
 # only what the shipped .proto files already say (for grpcurl and other tools).

@@ -54,6 +54,9 @@ class ResourceLimits:
     #                                        beyond, counted only
     audit_backlog: int = 10_000  # audit records kept while the store refuses them
     audit_rows_per_write: int = 500  # rows per audit transaction (keeps each one short)
+    # -- rows ---------------------------------------------------------------------------
+    approvals_pending_per_principal: int = 100  # requests for approval one principal may
+    #                                             have waiting (RESOURCE_EXHAUSTED beyond)
     # other methods' own message limits (e.g. a benchmark's twin of VerifyBatch)
     method_messages: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 

@@ -16,6 +16,7 @@ from capgate import (
     MAX_DEPTH,
     Agent,
     AgentStatus,
+    ApprovalRule,
     CaveatSyntaxError,
     Ceiling,
     FailedPreconditionError,
@@ -42,6 +43,16 @@ class AgentUpdate:
     description: str | None = None
     require_proof: bool | None = None
     rate: str | None = None  # "" removes the limit
+    approvals: Sequence[ApprovalRule] | None = None  # replaces the agent's approval rules
+
+
+_MAX_RULES = 16  # standing approval rules per agent (each adds a caveat to its tokens)
+
+
+def _rules(rules: Sequence[ApprovalRule]) -> tuple[ApprovalRule, ...]:
+    if len(rules) > _MAX_RULES:
+        raise InvalidArgumentError(f"an agent has at most {_MAX_RULES} approval rules")
+    return tuple(rules)
 
 
 class Registry:
@@ -98,8 +109,9 @@ class Registry:
     async def create_agent(self, caller: Principal, agent_id: str, grants: Sequence[str], *,
                            max_ttl: int | None = None, max_depth: int | None = None,
                            owner: str = "", description: str = "",
-                           public_key: bytes | None = None,
-                           require_proof: bool = False, rate: str = "") -> tuple[Agent, str]:
+                           public_key: bytes | None = None, require_proof: bool = False,
+                           approvals: Sequence[ApprovalRule] = (),
+                           rate: str = "") -> tuple[Agent, str]:
         check_id(agent_id, "agent id")
         keys = {}
         if public_key:
@@ -113,13 +125,14 @@ class Registry:
             max_depth=self._depth(self.replica.settings.default_max_depth
                                   if max_depth is None else max_depth),
             created_at=self.replica.clock(), require_proof=require_proof,
-            rate=self._rate(rate),
+            approvals=_rules(approvals), rate=self._rate(rate),
         ).with_changes(public_keys=keys)
         credential = new_credential()
         event = self._event(caller, "agent.create", agent_id, ceiling=str(agent.ceiling),
                             max_ttl=agent.max_ttl, max_depth=agent.max_depth,
                             **({"require_proof": True} if require_proof else {}),
-                            **({"rate": agent.rate} if agent.rate else {}))
+                            **({"rate": agent.rate} if agent.rate else {}),
+                            **({"approvals": [str(r) for r in approvals]} if approvals else {}))
         await self.replica.call(self.replica.store.create_agent, agent,
                                 hash_credential(credential), event)
         await self.replica.sync()
@@ -165,6 +178,7 @@ class Registry:
             description=None if update.description is None
             else self._text(update.description, "description", 1024),
             require_proof=update.require_proof,
+            approvals=None if update.approvals is None else _rules(update.approvals),
             rate=None if update.rate is None else self._rate(update.rate))
         detail = {k: str(v) for k, v in (("ceiling", patch.ceiling), ("max_ttl", patch.max_ttl),
                                           ("max_depth", patch.max_depth),
@@ -172,6 +186,8 @@ class Registry:
                                           ("require_proof", patch.require_proof),
                                           ("rate", patch.rate))
                   if v is not None}
+        if patch.approvals is not None:
+            detail["approvals"] = "; ".join(str(r) for r in patch.approvals) or "none"
         if not detail:
             raise InvalidArgumentError("nothing to update")
         return await self._patch(caller, agent_id, "agent.update", detail, patch)
@@ -215,8 +231,9 @@ class Registry:
     async def create_principal(self, caller: Principal, principal_id: str,
                                role: str) -> tuple[Principal, str]:
         check_id(principal_id, "principal id")
-        if role not in (Role.SERVICE, Role.ADMIN):
-            raise InvalidArgumentError("role must be 'service' or 'admin' (agents: create-agent)")
+        if role not in (Role.SERVICE, Role.ADMIN, Role.APPROVER):
+            raise InvalidArgumentError("role must be 'service', 'approver' or 'admin' "
+                                       "(agents: create-agent)")
         principal = Principal(principal_id, Role(role), self.replica.clock())
         credential = new_credential()
         await self.replica.call(self.replica.store.create_principal, principal,

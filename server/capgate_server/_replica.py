@@ -59,6 +59,7 @@ __all__ = ["Replica", "Settings"]
 log = logging.getLogger("capgate.replica")
 _PAGE = 5000  # changes read per query while catching up
 _AUTH_LOOKUPS = 2  # unknown credentials looked up in the store at once (the feed's lane)
+APPROVAL_KEEP = 7 * 86400.0  # seconds a lapsed approval request is kept for listing
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -102,6 +103,9 @@ class Settings:
     budget_block: int = 256  # most uses of one budget a replica leases at once
     budget_idle: float = 5.0  # seconds before a replica gives back uses it has not spent
     proof_window: float = 30.0  # a proof is accepted this long either side of its instant
+    approval_ttl: float = 300.0  # an approval lasts this long once granted (approvers may
+    approval_max_ttl: float = 3600.0  # choose, up to this)
+    approval_wait: float = 3600.0  # a request for approval waits this long for approvers
     # Envoy's ext_authz (envoy.service.auth.v3.Authorization/Check; needs capgate[envoy])
     ext_authz: bool = False
     ext_authz_header: str = "authorization"  # where the token is: "Capgate <token>"
@@ -161,6 +165,7 @@ class Replica:
         self.last_contact = monotonic()
         self.fresh_until = self.last_contact + settings.stale_after  # monotonic deadline
         self.on_freshness: list[Callable[[bool], None]] = []
+        self.on_approvals: list[Callable[[], None]] = []  # a request was made or decided
         self._fresh = True
         self._stop = threading.Event()
         self._listener: threading.Thread | None = None
@@ -281,7 +286,7 @@ class Replica:
         return changes, payload
 
     def _apply(self, changes: list[Change], payload: dict[tuple[ChangeKind, str], Any]) -> None:
-        invalidate = False
+        invalidate = approvals = False
         for c in changes:
             if c.kind is ChangeKind.REVOCATION:
                 self.revocations.add(c.key, c.value if c.value is not None else
@@ -299,9 +304,14 @@ class Replica:
                 invalidate |= self.root_keys.load(payload[(c.kind, "")])
             elif c.kind is ChangeKind.PRINCIPAL:
                 self._principals = {h: p for h, p in self._principals.items() if p.id != c.key}
+            elif c.kind is ChangeKind.APPROVAL:
+                approvals = True
             self._seq = max(self._seq, c.seq)
         if invalidate:
             self.verifier.invalidate()
+        if approvals:
+            for callback in self.on_approvals:
+                callback()
 
     async def _follow(self) -> None:
         while True:
@@ -341,6 +351,8 @@ class Replica:
         dropped = self.revocations.prune(now - self.settings.prune_margin)
         if self.settings.role == "full":
             await self.call(self.store.prune_revocations, now, self.settings.prune_margin)
+            # approvals that lapsed a while ago (the audit trail keeps their story)
+            await self.call(self.store.prune_approvals, now - APPROVAL_KEEP)
         if dropped:
             log.info("forgot %d revocations of expired tokens", dropped)
         return dropped

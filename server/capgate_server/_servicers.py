@@ -13,6 +13,7 @@ import grpc
 from capgate import (
     Agent,
     AgentStatus,
+    ApprovalRule,
     CapgateError,
     Decision,
     InvalidArgumentError,
@@ -21,6 +22,8 @@ from capgate import (
 from capgate_proto.v1 import (
     agent_pb2,
     agent_pb2_grpc,
+    approval_pb2,
+    approval_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
     common_pb2,
@@ -31,6 +34,8 @@ from capgate_proto.v1 import (
     verifier_pb2,
     verifier_pb2_grpc,
 )
+from capgate_server._approvals import Approvals
+from capgate_server._approvals_rpc import ApprovalServicer
 from capgate_server._audit_rpc import AuditServicer, AuditTrail
 from capgate_server._interceptor import CALLER
 from capgate_server._registry import AgentUpdate, Registry
@@ -57,6 +62,16 @@ def grants_from(pb: Any) -> list[str]:
     return out
 
 
+def rules_from(pb: Any) -> list[ApprovalRule]:
+    """Approval rules from the wire (a bad condition is INVALID_ARGUMENT)."""
+    return [ApprovalRule(r.condition, r.approvers or 1) for r in pb]
+
+
+def rules_to_pb(rules: Any) -> list[common_pb2.ApprovalRule]:
+    return [common_pb2.ApprovalRule(condition=r.condition, approvers=r.approvers)
+            for r in rules]
+
+
 def agent_to_pb(a: Agent) -> common_pb2.Agent:
     return common_pb2.Agent(
         id=a.id, owner=a.owner, description=a.description, status=str(a.status),
@@ -67,7 +82,7 @@ def agent_to_pb(a: Agent) -> common_pb2.Agent:
         revoked_before=format_timestamp(a.revoked_before_ms / 1000) if a.revoked_before_ms else "",
         public_keys=[common_pb2.PublicKey(key_id=k, public_key=v) for k, v in
                      sorted(a.public_keys.items())],
-        created_at=format_timestamp(a.created_at),
+        created_at=format_timestamp(a.created_at), approvals=rules_to_pb(a.approvals),
     )
 
 
@@ -138,7 +153,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
             max_depth=None if request.max_depth < 0 else request.max_depth,
             owner=request.owner, description=request.description,
             public_key=request.public_key or None, require_proof=request.require_proof,
-            rate=request.rate)
+            approvals=rules_from(request.approvals), rate=request.rate)
         return agent_pb2.CreateAgentResponse(agent=agent_to_pb(agent), credential=credential)
 
     @rpc
@@ -157,6 +172,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
             max_depth=None if request.max_depth < 0 else request.max_depth,
             description=request.description if request.set_description else None,
             require_proof=request.require_proof if request.set_require_proof else None,
+            approvals=rules_from(request.approvals) if request.set_approvals else None,
             rate=request.rate if request.set_rate else None)
         return agent_to_pb(await self.registry.update(CALLER.get(), request.id, update))
 
@@ -230,12 +246,13 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):  # type: ignore[misc]
     @rpc
     async def AttenuateToken(self, request: Any, context: Any) -> Any:
         return issued_to_pb(self.tokens.attenuate(CALLER.get(), request.token,
-                                                  list(request.caveats)))
+                                                  list(request.caveats),
+                                                  rules_from(request.approvals)))
 
     @rpc
     async def DelegateToken(self, request: Any, context: Any) -> Any:
         issued = await self.tokens.delegate(CALLER.get(), request.token, request.to,
-                                            list(request.caveats))
+                                            list(request.caveats), rules_from(request.approvals))
         return issued_to_pb(issued)
 
     @rpc
@@ -329,10 +346,13 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):  # type: ignore[misc]
 
 def register_all(server: grpc.aio.Server, replica: Replica) -> list[str]:
     """Add every capgate service to ``server``; returns their full names."""
+    approvals = Approvals(replica)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(Registry(replica)), server)
     token_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(Tokens(replica)), server)
     verifier_pb2_grpc.add_VerifierServiceServicer_to_server(
-        VerifierServicer(Verification(replica), replica.settings.limits.reply_bytes), server)
+        VerifierServicer(Verification(replica, approvals), replica.settings.limits.reply_bytes),
+        server)
+    approval_pb2_grpc.add_ApprovalServiceServicer_to_server(ApprovalServicer(approvals), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(AuditTrail(replica)),
                                                       server)
     keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(KeyRotation(replica)), server)
@@ -342,4 +362,5 @@ def register_all(server: grpc.aio.Server, replica: Replica) -> list[str]:
         verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name,
         audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
         keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
+        approval_pb2.DESCRIPTOR.services_by_name["ApprovalService"].full_name,
     ]

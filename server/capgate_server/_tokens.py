@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from capgate import (
     AgentStatus,
+    ApprovalRule,
     CapgateError,
     Chain,
     Decision,
@@ -34,6 +35,7 @@ from capgate_server.store import AuditEvent, DelegationRecord, Principal, Role, 
 __all__ = ["HopStatus", "Inspection", "Issued", "Tokens", "TreeNode"]
 
 _MAX_EXTRA_CAVEATS = 32
+_MAX_APPROVALS = 32  # a caller's and the receiving agent's rules together
 # refusals of an issue or a delegation that the audit records (bad input is not one)
 _REFUSALS = (PermissionDeniedError, FailedPreconditionError, NotFoundError)
 MAX_TREE_DEPTH = 32  # levels of a returned tree; a valid chain has at most MAX_DEPTH + 1
@@ -90,6 +92,19 @@ def _extra_caveats(caveats: Sequence[str]) -> list[str]:
         if parse_caveat(text).needs_proof:
             raise InvalidArgumentError(f"caveat {text!r} needs a proof; use DelegateToken")
     return list(caveats)
+
+
+def _with_approvals(token: Token, rules: Sequence[ApprovalRule]) -> Token:
+    """``token`` with an approval caveat for each rule (at most 16 at once)."""
+    if len(rules) > _MAX_APPROVALS:
+        raise InvalidArgumentError(f"at most {_MAX_APPROVALS} approval caveats at once")
+    for rule in rules:
+        token = token.require_approval(rule.condition, rule.approvers)
+    return token
+
+
+def _approvals_detail(rules: Sequence[ApprovalRule]) -> dict[str, object]:
+    return {"approvals": [str(r) for r in rules]} if rules else {}
 
 
 def _hop_time(now: float, revoked_before_ms: int) -> int:
@@ -157,23 +172,28 @@ class Tokens:
         token = Token.mint(root, TokenIdentifier(kid, tid, issued_ms).encode())
         for text in texts:
             token = token.append_raw(text.encode("utf-8"))
+        token = _with_approvals(token, agent.approvals)  # its standing rules, after the rest
+        texts += [c for _, c in token.third_party_caveats]
         event = AuditEvent(now, caller.id, "issue", tid, chain=(agent.id,),
-                           detail={"grant": str(grant), "ttl": ttl, "caveats": extra})
+                           detail={"grant": str(grant), "ttl": ttl, "caveats": extra,
+                                   **_approvals_detail(agent.approvals)})
         await self.replica.call(self.replica.store.record_token,
                                 TokenRecord(tid, agent.id, kid, now, expires, tuple(texts)), event)
         return Issued(token.to_text(), tid, expires)
 
     # -- attenuate (the same as offline) -----------------------------------------------------
 
-    def attenuate(self, caller: Principal, text: str, caveats: Sequence[str]) -> Issued:
+    def attenuate(self, caller: Principal, text: str, caveats: Sequence[str],
+                  approvals: Sequence[ApprovalRule] = ()) -> Issued:
         """The same as attenuating offline; an agent only from its own live place in a chain."""
         token = Token.parse(text)  # MalformedTokenError: INVALID_ARGUMENT
-        if not caveats:
+        if not caveats and not approvals:
             raise InvalidArgumentError("no caveats to add")
         if caller.role is Role.AGENT:
             self._standing(caller, self._verified(text))
         for caveat in caveats:
             token = token.attenuate(caveat)
+        token = _with_approvals(token, approvals)
         d = describe(token)
         return Issued(token.to_text(), d.token_id or "", d.expires or 0.0)
 
@@ -236,16 +256,18 @@ class Tokens:
         return None
 
     async def delegate(self, caller: Principal, text: str, to: str,
-                       caveats: Sequence[str] = ()) -> Issued:
+                       caveats: Sequence[str] = (),
+                       approvals: Sequence[ApprovalRule] = ()) -> Issued:
         """Hand the caller's token to agent ``to``; a refusal is audited."""
         try:
-            return await self._delegate(caller, text, to, caveats)
+            return await self._delegate(caller, text, to, caveats, approvals)
         except _REFUSALS as e:
             self._refused("delegate.refused", caller, to, e)
             raise
 
     async def _delegate(self, caller: Principal, text: str, to: str,
-                        caveats: Sequence[str] = ()) -> Issued:
+                        caveats: Sequence[str] = (),
+                        approvals: Sequence[ApprovalRule] = ()) -> Issued:
         self._active_agent(caller)
         self.replica.require_fresh()
         check_id(to, "agent id")
@@ -273,6 +295,8 @@ class Tokens:
         token, did = append_server_delegation(st.token, root, to, at_ms)
         for caveat in extra:
             token = token.attenuate(caveat)
+        # the caller's approval caveats, then the receiving agent's standing rules
+        token = _with_approvals(token, (*approvals, *target.approvals))
         out = token.to_text()
         check = self.replica.verifier.analyse(out)
         if isinstance(check, Decision):  # e.g. a depth caveat the new hop breaks
@@ -282,7 +306,8 @@ class Tokens:
         record = DelegationRecord(did, st.token_id, st.hops[-1].did or st.token_id, caller.id,
                                   to, now, st.expires, False, tuple(extra))
         event = AuditEvent(now, caller.id, "delegate", did, chain=check.agents,
-                           detail={"token_id": st.token_id, "to": to, "caveats": extra})
+                           detail={"token_id": st.token_id, "to": to, "caveats": extra,
+                                   **_approvals_detail((*approvals, *target.approvals))})
         await self.replica.call(self.replica.store.record_delegations, [record], event)
         return Issued(out, st.token_id, check.expires or 0.0, did)
 

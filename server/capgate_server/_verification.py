@@ -13,6 +13,11 @@ Where proof is required (``require_proof`` on the server, or on the holder) a
 token presented without one is denied ``proof_required``. An agent verifying
 for itself has proven who it is with its own credential.
 
+And it settles approvals: an allow that rests on approvals (the request came with
+discharges of the token's approval caveats) stands only once ``Approvals.use``
+has spent one use of each in the store; otherwise it becomes the deny that says
+why (``approval_used``, ``approval_expired``…).
+
 It also keeps one caller from stalling the others. A batch is decided in time
 slices of ``slice_seconds`` with a pause of ``slice_pause`` between them: a bare
 yield is not enough, since grpc's poller thread needs the GIL to hand the event
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -45,10 +51,12 @@ from capgate import (
     MalformedTokenError,
     PermissionDeniedError,
     PossessionProof,
+    Request,
     ResourceExhaustedError,
     Token,
     format_duration,
 )
+from capgate_server._approvals import Approvals
 from capgate_server._budgets import AGENT_RATE_PREFIX, agent_budget
 from capgate_server._nonces import NONCE_MARGIN
 from capgate_server._replica import Replica
@@ -67,12 +75,14 @@ class VerifyItem(Protocol):
     presenter: str
     ctx: Mapping[str, str]
     proof: Any  # capgate.v1.Proof: text, method, target ("" text: none)
+    discharges: Sequence[str]  # of the token's approval caveats
 
 
 @dataclass(frozen=True, slots=True)
 class Presented:
-    """One request that came with a proof: the check, and the request as the service saw it
-    (``method``, ``target``) with the ``capgate-proof`` value (``proof``)."""
+    """One request settled after its decision: it came with a proof (the check, and the
+    request as the service saw it, ``method`` and ``target``, with the ``capgate-proof``
+    value ``proof``), or with discharges, or both."""
 
     token: str
     action: str
@@ -82,12 +92,13 @@ class Presented:
     proof: str
     method: str
     target: str
+    discharges: tuple[str, ...] = ()
 
 
 def presented(r: VerifyItem, presenter: str) -> Presented:
-    """A wire request that carries a proof, as this layer takes it."""
+    """A wire request that carries a proof or discharges, as this layer takes it."""
     return Presented(r.token, r.action, r.resource, presenter, r.ctx, r.proof.text,
-                     r.proof.method, r.proof.target)
+                     r.proof.method, r.proof.target, tuple(r.discharges))
 
 
 class NewCaveatBudget:
@@ -121,8 +132,9 @@ class _Turn:
 
 
 class Verification:
-    def __init__(self, replica: Replica) -> None:
+    def __init__(self, replica: Replica, approvals: Approvals | None = None) -> None:
         self.replica = replica
+        self.approvals = approvals or Approvals(replica)
         self._limits = replica.settings.limits
         self._turns: dict[str, _Turn] = {}
         self._require_all = replica.settings.require_proof
@@ -148,20 +160,28 @@ class Verification:
         """One decision without a proof; ``presenter`` must already have gone through
         ``presenter_for``."""
         replica = self.replica
-        decision = self._stale()
-        if decision is None:
-            decision = replica.verifier.check(token, action, resource, presenter, ctx)
-            if decision.allowed:
-                if caller.role is not Role.AGENT and self._needs_proof(decision):
-                    decision = Decision(
-                        False, DenyCode.PROOF_REQUIRED,
-                        f"agent {decision.chain[-1]!r} must prove possession of its key "
-                        f"(a 'capgate-proof' with the request); the presenter was only "
-                        f"asserted", None, decision.token_id, decision.chain)
-                else:
-                    decision = await self._count(decision)
+        decision = self._decide_asserted(caller, token, action, resource, presenter, ctx)
+        if decision.allowed:
+            decision = await self._count(decision)
         replica.audit.decision(caller.id, decision, action, resource, presenter, replica.clock(),
                                tuple(sorted(ctx)) if ctx else ())
+        return decision
+
+    def _decide_asserted(self, caller: Principal, token: str, action: str, resource: str,
+                         presenter: str, ctx: Mapping[str, str],
+                         discharges: Sequence[str] = ()) -> Decision:
+        """The decision for a presenter the caller asserts (no proof); not audited. An
+        allow that rests on approvals stands only once they are used (``_settle``)."""
+        decision = self._stale()
+        if decision is None:
+            decision = self.replica.verifier.check(token, action, resource, presenter, ctx,
+                                                   discharges=discharges)
+            if decision.allowed and caller.role is not Role.AGENT and self._needs_proof(decision):
+                decision = Decision(
+                    False, DenyCode.PROOF_REQUIRED,
+                    f"agent {decision.chain[-1]!r} must prove possession of its key "
+                    f"(a 'capgate-proof' with the request); the presenter was only asserted",
+                    None, decision.token_id, decision.chain)
         return decision
 
     async def _count(self, allowed: Decision) -> Decision:
@@ -201,7 +221,7 @@ class Verification:
         verifier = self.replica.verifier
         before = verifier.compiled
         presenter = self.presenter_for(caller, r.presenter)
-        if r.proof.text:
+        if r.proof.text or r.discharges:
             d = (await self.verify_proven(caller, [presented(r, presenter)]))[0]
         else:
             d = await self.verify(caller, r.token, r.action, r.resource, presenter, r.ctx)
@@ -211,16 +231,23 @@ class Verification:
 
     async def verify_proven(self, caller: Principal,
                             requests: Sequence[Presented]) -> list[Decision]:
-        """Decisions for requests that carry proofs, in order. Every proof that verifies
-        has its nonce redeemed, allowed or not: a proof is good for one request."""
+        """Decisions for requests that carry proofs or discharges, in order. Every proof
+        that verifies has its nonce redeemed, allowed or not: a proof is good for one
+        request; every allow that rests on approvals spends one of their uses."""
         decisions: list[Decision] = []
         pending: list[tuple[int, Presented, Claim | None]] = []
         for i, p in enumerate(requests):
-            decision, claim = self._decide_proven(p)
+            decision, claim = self._decide_settled(caller, p)
             decisions.append(decision)
             pending.append((i, p, claim))
         await self._settle(caller, decisions, pending)
         return decisions
+
+    def _decide_settled(self, caller: Principal, p: Presented) -> tuple[Decision, Claim | None]:
+        if p.proof:
+            return self._decide_proven(p)
+        return self._decide_asserted(caller, p.token, p.action, p.resource, p.presenter,
+                                     p.ctx, p.discharges), None
 
     async def _settle(self, caller: Principal, decisions: list[Decision],
                       pending: Sequence[tuple[int, Presented, Claim | None]]) -> None:
@@ -244,9 +271,15 @@ class Verification:
                         False, DenyCode.UNAVAILABLE,
                         f"cannot redeem the proof's nonce ({ok}); failing closed",
                         None, d.token_id, d.chain)
-        for i, _, claim in pending:  # counted only once the proof's nonce was redeemed
-            if claim is not None and decisions[i].allowed:
+        for i, _, _ in pending:  # counted once the proof's nonce was redeemed
+            if decisions[i].allowed:
                 decisions[i] = await self._count(decisions[i])
+        for i, p, claim in pending:  # allows that rest on approvals: spend one use each
+            d = decisions[i]  # (after the budgets: an approval's use is the scarcer)
+            if d.allowed and d.approvals:
+                holder = p.presenter if claim is None else claim[0]
+                decisions[i] = await self.approvals.use(
+                    caller, d, p.token, Request(p.action, p.resource, holder, p.ctx))
         now = replica.clock()
         for i, p, claim in pending:  # the presenter audited: the holder once its proof held
             replica.audit.decision(caller.id, decisions[i], p.action, p.resource,
@@ -268,7 +301,8 @@ class Verification:
             return chain, None
         holder = chain.holder
         if p.presenter and p.presenter != holder:  # the service knows someone else: not_holder
-            return verifier.check(p.token, p.action, p.resource, p.presenter, p.ctx), None
+            return verifier.check(p.token, p.action, p.resource, p.presenter, p.ctx,
+                                  discharges=p.discharges), None
         agent = self.replica.agents.get(holder)
         key = agent.public_keys.get(proof.key_id) if agent is not None else None
         problem = (f"key {proof.key_id} is not registered for agent {holder!r}" if key is None
@@ -278,7 +312,8 @@ class Verification:
             return Decision(False, DenyCode.BAD_PROOF, f"bad proof: {problem}", None,
                             chain.token_id, chain.agents), None
         keep_until = proof.at_ms / 1000 + self._window + NONCE_MARGIN
-        decision = verifier.check(p.token, p.action, p.resource, holder, p.ctx)
+        decision = verifier.check(p.token, p.action, p.resource, holder, p.ctx,
+                                  discharges=p.discharges)
         return decision, (holder, proof.nonce, keep_until)
 
     def stream_budget(self) -> NewCaveatBudget:
@@ -308,9 +343,9 @@ class Verification:
         mark, used = verifier.compiled, 0
         end = clock() + slice_seconds
         for r, presenter in zip(requests, presenters, strict=True):
-            if r.proof.text:
+            if r.proof.text or r.discharges:
                 p = presented(r, presenter)
-                d, claim = self._decide_proven(p)
+                d, claim = self._decide_settled(caller, p)
                 proven.append((len(out), p, claim))
                 out.append(d)
             else:
@@ -352,8 +387,7 @@ def _with(allowed: Decision, budgets: tuple[Budget, ...]) -> Decision:
     """The allow, naming every budget it was counted against (an agent's rate too)."""
     if budgets is allowed.budgets:
         return allowed
-    return Decision(True, DenyCode.ALLOWED, "allowed", None, allowed.token_id, allowed.chain,
-                    budgets)
+    return dataclasses.replace(allowed, budgets=budgets)
 
 
 def _spent(b: Budget, allowed: Decision, now: float) -> Decision:

@@ -15,6 +15,10 @@ from capgate_server import status_for
 
 def test_core_public_api_is_pinned():
     assert sorted(capgate.__all__) == sorted([
+        # approval caveats and their discharges
+        "APPROVAL_LOCATION", "MAX_APPROVERS", "ApprovalCaveat", "ApprovalRule",
+        "bind_signature", "mint_discharge", "parse_approval_caveat", "parse_condition",
+        "request_digest", "token_digest",
         "DEFAULT_LIMITS", "DENY_HEADER", "MAX_DEPTH", "PROOF_HEADER", "PROOF_WINDOW", "TOKEN_HEADER",
         "TOKEN_SCHEME", "ActionCaveat", "Agent", "AgentCaveat", "AgentStatus",
         "AlreadyExistsError", "AuthenticationError", "Budget", "BudgetCaveat", "CapgateError",
@@ -45,6 +49,7 @@ def test_server_public_api_is_pinned():
         "KeyEncryptionKey", "Replica", "ResourceLimits", "Settings", "load_kek", "new_kek_text",
         "recover_admin", "serve", "status_for"])
     assert sorted(capgate_server.store.__all__) == sorted([
+        "ApprovalRecord", "ApprovalStatus", "ApprovalStore", "ApprovalVote", "Redemption",
         "AUDIT_FIELD_LIMITS", "GENESIS", "MIGRATIONS", "AgentPatch", "AuditEvent", "AuditQuery",
         "Break", "BudgetLease", "Change", "ChangeKind", "Checkpoint", "DelegationRecord",
         "LedgerKey",
@@ -57,6 +62,7 @@ def test_server_public_api_is_pinned():
 
 def test_client_public_api_is_pinned():
     assert sorted(capgate_client.__all__) == sorted([
+        "ApprovalInfo", "ApprovalVoteInfo",
         "TLS", "AgentInfo", "AsyncClient", "AuditCheckpoint", "AuditRecord", "Client",
         "Credential", "HopStatus", "InspectResult", "IssuedToken", "KeyInfo", "LedgerCheck",
         "PrincipalInfo", "RevokeResult", "Token", "TreeNode",

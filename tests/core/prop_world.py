@@ -420,7 +420,9 @@ NEAR_MISSES = (
     "ctx 1tool = x",
     "ctx tool == x",
     "ctx tool != x",
-    "ctx tool < 5",
+    "ctx tool < x",
+    "ctx tool =< 5",
+    "ctx tool <> 5",
     "ctx tool <= x",
     "ctx tool >= 1e3",
     "ctx tool <= +5",
@@ -458,7 +460,8 @@ def _mutations(text: str) -> list[str]:
 
 
 CHECK_KINDS = ("action", "resource", "expires", "not-before", "ctx-eq", "ctx-in", "ctx-le",
-               "ctx-ge")
+               "ctx-ge", "ctx-lt", "ctx-gt")
+NUMERIC_CTX = {"ctx-le": "<=", "ctx-ge": ">=", "ctx-lt": "<", "ctx-gt": ">"}
 VALID_KINDS = ("agent", *CHECK_KINDS, "did", "depth")
 # A budget needs a counter: the core verifier here keeps none, so it refuses them
 # (tests/server/test_budgets.py has the property with one).
@@ -475,6 +478,8 @@ EXPECTED_CLASS = {
     "ctx-in": CtxCaveat,
     "ctx-le": CtxCaveat,
     "ctx-ge": CtxCaveat,
+    "ctx-lt": CtxCaveat,
+    "ctx-gt": CtxCaveat,
     "did": DidCaveat,
     "depth": DepthCaveat,
     "delegate-bogus": DelegateCaveat,  # well formed; only its proof is wrong
@@ -524,12 +529,20 @@ def caveats(draw: st.DrawFn, kind: str, req: Request, holder: str) -> Cav:
             return Cav(kind, f"ctx {key} in {','.join(vals)}",
                        lambda r, h: r.ctx.get(key) in one_of)
         bound_text = current if numeric(current) is not None else draw(number_texts)
+        op = NUMERIC_CTX[kind]
+        if op in ("<", ">") and numeric(current) is not None and draw(st.integers(0, 3)):
+            # strict: a bound a step past the value holds, the value itself does not
+            step = draw(st.sampled_from(("1", "0.001", "1", "0")))
+            moved = numeric(current) + (Decimal(step) if op == "<" else -Decimal(step))
+            if numeric(str(moved)) is not None:
+                bound_text = str(moved)
         bound = Decimal(bound_text)
-        op = "<=" if kind == "ctx-le" else ">="
+        compare = {"<=": Decimal.__le__, ">=": Decimal.__ge__, "<": Decimal.__lt__,
+                   ">": Decimal.__gt__}[op]
 
         def holds(r: Request, h: str) -> bool:
             n = numeric(r.ctx.get(key))
-            return n is not None and (n <= bound if op == "<=" else n >= bound)
+            return n is not None and compare(n, bound)
 
         return Cav(kind, f"ctx {key} {op} {bound_text}", holds)
     if kind == "did":

@@ -74,7 +74,15 @@ def delegated(i: int) -> str:
     return t.to_text()
 
 
-SHAPES = [long_globs, many_short_globs, action_lists, ctx_lists, delegated]
+def approvals(i: int) -> str:
+    t = token(i)
+    for _ in range(6):  # approval caveats, each with conditions as long as fits
+        t = t.require_approval("ctx tool in " + ",".join(hex_(3) for _ in range(60))
+                               + " and resource /data/*/" + hex_(8))
+    return t.to_text()
+
+
+SHAPES = [long_globs, many_short_globs, action_lists, ctx_lists, delegated, approvals]
 
 
 def world(**budgets: int) -> Verifier:

@@ -22,6 +22,7 @@ from prop_world import (
     FIRST_UTC,
     LAST_UTC,
     NOW_DEC,
+    NUMERIC_CTX,
     OFFSETS,
     VALID_KINDS,
     VERIFIER,
@@ -54,7 +55,7 @@ def scenarios(draw: st.DrawFn, kind: str) -> Scenario:
     req = draw(requests)
     if kind.startswith("ctx-") and draw(st.booleans()):  # give the ctx caveat a value to test
         key = draw(st.sampled_from(CTX_KEYS))
-        value = draw(number_texts if kind in ("ctx-le", "ctx-ge") else ctx_values)
+        value = draw(number_texts if kind in NUMERIC_CTX else ctx_values)
         req = Request(req.action, req.resource, None, {**req.ctx, key: value})
     holder = draw(st.sampled_from(AGENT_IDS))
     token = mint(holder, draw(hex32))

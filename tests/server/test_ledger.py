@@ -175,8 +175,9 @@ def test_retention_leaves_a_signed_cut_and_the_rest_still_verifies(tmp_path):
         clock.advance(2 * 86400)
         busy(server, 2, prefix="later")
         head = sealed(server)
+        # the retention loop may have cut already; either way the cut is at ``old``
         deleted = server.run(server.app.replica.audit.prune())
-        assert deleted == old
+        assert deleted in (0, old)
         r = check(server)
         assert r.intact and r.start == old and r.head == head
     finally:

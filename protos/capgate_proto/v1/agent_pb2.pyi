@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateAgentRequest(_message.Message):
-    __slots__ = ("id", "ceiling", "max_ttl_seconds", "max_depth", "owner", "description", "public_key", "require_proof", "rate")
+    __slots__ = ("id", "ceiling", "max_ttl_seconds", "max_depth", "owner", "description", "public_key", "require_proof", "approvals", "rate")
     ID_FIELD_NUMBER: _ClassVar[int]
     CEILING_FIELD_NUMBER: _ClassVar[int]
     MAX_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class CreateAgentRequest(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     REQUIRE_PROOF_FIELD_NUMBER: _ClassVar[int]
+    APPROVALS_FIELD_NUMBER: _ClassVar[int]
     RATE_FIELD_NUMBER: _ClassVar[int]
     id: str
     ceiling: _containers.RepeatedCompositeFieldContainer[_common_pb2.Grant]
@@ -26,8 +27,9 @@ class CreateAgentRequest(_message.Message):
     description: str
     public_key: bytes
     require_proof: bool
+    approvals: _containers.RepeatedCompositeFieldContainer[_common_pb2.ApprovalRule]
     rate: str
-    def __init__(self, id: _Optional[str] = ..., ceiling: _Optional[_Iterable[_Union[_common_pb2.Grant, _Mapping]]] = ..., max_ttl_seconds: _Optional[int] = ..., max_depth: _Optional[int] = ..., owner: _Optional[str] = ..., description: _Optional[str] = ..., public_key: _Optional[bytes] = ..., require_proof: _Optional[bool] = ..., rate: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., ceiling: _Optional[_Iterable[_Union[_common_pb2.Grant, _Mapping]]] = ..., max_ttl_seconds: _Optional[int] = ..., max_depth: _Optional[int] = ..., owner: _Optional[str] = ..., description: _Optional[str] = ..., public_key: _Optional[bytes] = ..., require_proof: _Optional[bool] = ..., approvals: _Optional[_Iterable[_Union[_common_pb2.ApprovalRule, _Mapping]]] = ..., rate: _Optional[str] = ...) -> None: ...
 
 class CreateAgentResponse(_message.Message):
     __slots__ = ("agent", "credential")
@@ -60,7 +62,7 @@ class ListAgentsResponse(_message.Message):
     def __init__(self, agents: _Optional[_Iterable[_Union[_common_pb2.Agent, _Mapping]]] = ...) -> None: ...
 
 class UpdateAgentRequest(_message.Message):
-    __slots__ = ("id", "ceiling", "set_ceiling", "max_ttl_seconds", "max_depth", "description", "set_description", "require_proof", "set_require_proof", "rate", "set_rate")
+    __slots__ = ("id", "ceiling", "set_ceiling", "max_ttl_seconds", "max_depth", "description", "set_description", "require_proof", "set_require_proof", "approvals", "set_approvals", "rate", "set_rate")
     ID_FIELD_NUMBER: _ClassVar[int]
     CEILING_FIELD_NUMBER: _ClassVar[int]
     SET_CEILING_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +72,8 @@ class UpdateAgentRequest(_message.Message):
     SET_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     REQUIRE_PROOF_FIELD_NUMBER: _ClassVar[int]
     SET_REQUIRE_PROOF_FIELD_NUMBER: _ClassVar[int]
+    APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    SET_APPROVALS_FIELD_NUMBER: _ClassVar[int]
     RATE_FIELD_NUMBER: _ClassVar[int]
     SET_RATE_FIELD_NUMBER: _ClassVar[int]
     id: str
@@ -81,9 +85,11 @@ class UpdateAgentRequest(_message.Message):
     set_description: bool
     require_proof: bool
     set_require_proof: bool
+    approvals: _containers.RepeatedCompositeFieldContainer[_common_pb2.ApprovalRule]
+    set_approvals: bool
     rate: str
     set_rate: bool
-    def __init__(self, id: _Optional[str] = ..., ceiling: _Optional[_Iterable[_Union[_common_pb2.Grant, _Mapping]]] = ..., set_ceiling: _Optional[bool] = ..., max_ttl_seconds: _Optional[int] = ..., max_depth: _Optional[int] = ..., description: _Optional[str] = ..., set_description: _Optional[bool] = ..., require_proof: _Optional[bool] = ..., set_require_proof: _Optional[bool] = ..., rate: _Optional[str] = ..., set_rate: _Optional[bool] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., ceiling: _Optional[_Iterable[_Union[_common_pb2.Grant, _Mapping]]] = ..., set_ceiling: _Optional[bool] = ..., max_ttl_seconds: _Optional[int] = ..., max_depth: _Optional[int] = ..., description: _Optional[str] = ..., set_description: _Optional[bool] = ..., require_proof: _Optional[bool] = ..., set_require_proof: _Optional[bool] = ..., approvals: _Optional[_Iterable[_Union[_common_pb2.ApprovalRule, _Mapping]]] = ..., set_approvals: _Optional[bool] = ..., rate: _Optional[str] = ..., set_rate: _Optional[bool] = ...) -> None: ...
 
 class AddPublicKeyRequest(_message.Message):
     __slots__ = ("id", "public_key")

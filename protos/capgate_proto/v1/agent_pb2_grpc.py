@@ -181,7 +181,8 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreatePrincipal(self, request, context):
-        """Non-agent principals: services (may verify) and further admins.
+        """Non-agent principals: services (may verify), approvers (approve or deny requests
+        for approval) and further admins.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63\x61pgate_proto/v1/common.proto\x12\ncapgate.v1\"*\n\x05Grant\x12\x0f\n\x07\x61\x63tions\x18\x01 \x03(\t\x12\x10\n\x08resource\x18\x02 \x01(\t\"\xa3\x02\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\"\n\x07\x63\x65iling\x18\x05 \x03(\x0b\x32\x11.capgate.v1.Grant\x12\x17\n\x0fmax_ttl_seconds\x18\x06 \x01(\x03\x12\x11\n\tmax_depth\x18\x07 \x01(\x05\x12\r\n\x05\x65poch\x18\x08 \x01(\x03\x12\x16\n\x0erevoked_before\x18\t \x01(\t\x12*\n\x0bpublic_keys\x18\n \x03(\x0b\x32\x15.capgate.v1.PublicKey\x12\x12\n\ncreated_at\x18\x0b \x01(\t\x12\x15\n\rrequire_proof\x18\x0c \x01(\x08\x12\x0c\n\x04rate\x18\r \x01(\t\"C\n\tPublicKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x12\n\ncreated_at\x18\x03 \x01(\tB7\n\x0e\x64\x65v.capgate.v1P\x01Z#capgate/gen/go/capgate/v1;capgatev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63\x61pgate_proto/v1/common.proto\x12\ncapgate.v1\"*\n\x05Grant\x12\x0f\n\x07\x61\x63tions\x18\x01 \x03(\t\x12\x10\n\x08resource\x18\x02 \x01(\t\"\xd0\x02\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\"\n\x07\x63\x65iling\x18\x05 \x03(\x0b\x32\x11.capgate.v1.Grant\x12\x17\n\x0fmax_ttl_seconds\x18\x06 \x01(\x03\x12\x11\n\tmax_depth\x18\x07 \x01(\x05\x12\r\n\x05\x65poch\x18\x08 \x01(\x03\x12\x16\n\x0erevoked_before\x18\t \x01(\t\x12*\n\x0bpublic_keys\x18\n \x03(\x0b\x32\x15.capgate.v1.PublicKey\x12\x12\n\ncreated_at\x18\x0b \x01(\t\x12\x15\n\rrequire_proof\x18\x0c \x01(\x08\x12+\n\tapprovals\x18\r \x03(\x0b\x32\x18.capgate.v1.ApprovalRule\x12\x0c\n\x04rate\x18\x0e \x01(\t\"4\n\x0c\x41pprovalRule\x12\x11\n\tcondition\x18\x01 \x01(\t\x12\x11\n\tapprovers\x18\x02 \x01(\x05\"C\n\tPublicKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x12\n\ncreated_at\x18\x03 \x01(\tB7\n\x0e\x64\x65v.capgate.v1P\x01Z#capgate/gen/go/capgate/v1;capgatev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GRANT']._serialized_start=45
   _globals['_GRANT']._serialized_end=87
   _globals['_AGENT']._serialized_start=90
-  _globals['_AGENT']._serialized_end=381
-  _globals['_PUBLICKEY']._serialized_start=383
-  _globals['_PUBLICKEY']._serialized_end=450
+  _globals['_AGENT']._serialized_end=426
+  _globals['_APPROVALRULE']._serialized_start=428
+  _globals['_APPROVALRULE']._serialized_end=480
+  _globals['_PUBLICKEY']._serialized_start=482
+  _globals['_PUBLICKEY']._serialized_end=549
 # @@protoc_insertion_point(module_scope)

@@ -15,7 +15,7 @@ class Grant(_message.Message):
     def __init__(self, actions: _Optional[_Iterable[str]] = ..., resource: _Optional[str] = ...) -> None: ...
 
 class Agent(_message.Message):
-    __slots__ = ("id", "owner", "description", "status", "ceiling", "max_ttl_seconds", "max_depth", "epoch", "revoked_before", "public_keys", "created_at", "require_proof", "rate")
+    __slots__ = ("id", "owner", "description", "status", "ceiling", "max_ttl_seconds", "max_depth", "epoch", "revoked_before", "public_keys", "created_at", "require_proof", "approvals", "rate")
     ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class Agent(_message.Message):
     PUBLIC_KEYS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     REQUIRE_PROOF_FIELD_NUMBER: _ClassVar[int]
+    APPROVALS_FIELD_NUMBER: _ClassVar[int]
     RATE_FIELD_NUMBER: _ClassVar[int]
     id: str
     owner: str
@@ -41,8 +42,17 @@ class Agent(_message.Message):
     public_keys: _containers.RepeatedCompositeFieldContainer[PublicKey]
     created_at: str
     require_proof: bool
+    approvals: _containers.RepeatedCompositeFieldContainer[ApprovalRule]
     rate: str
-    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., description: _Optional[str] = ..., status: _Optional[str] = ..., ceiling: _Optional[_Iterable[_Union[Grant, _Mapping]]] = ..., max_ttl_seconds: _Optional[int] = ..., max_depth: _Optional[int] = ..., epoch: _Optional[int] = ..., revoked_before: _Optional[str] = ..., public_keys: _Optional[_Iterable[_Union[PublicKey, _Mapping]]] = ..., created_at: _Optional[str] = ..., require_proof: _Optional[bool] = ..., rate: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., description: _Optional[str] = ..., status: _Optional[str] = ..., ceiling: _Optional[_Iterable[_Union[Grant, _Mapping]]] = ..., max_ttl_seconds: _Optional[int] = ..., max_depth: _Optional[int] = ..., epoch: _Optional[int] = ..., revoked_before: _Optional[str] = ..., public_keys: _Optional[_Iterable[_Union[PublicKey, _Mapping]]] = ..., created_at: _Optional[str] = ..., require_proof: _Optional[bool] = ..., approvals: _Optional[_Iterable[_Union[ApprovalRule, _Mapping]]] = ..., rate: _Optional[str] = ...) -> None: ...
+
+class ApprovalRule(_message.Message):
+    __slots__ = ("condition", "approvers")
+    CONDITION_FIELD_NUMBER: _ClassVar[int]
+    APPROVERS_FIELD_NUMBER: _ClassVar[int]
+    condition: str
+    approvers: int
+    def __init__(self, condition: _Optional[str] = ..., approvers: _Optional[int] = ...) -> None: ...
 
 class PublicKey(_message.Message):
     __slots__ = ("key_id", "public_key", "created_at")

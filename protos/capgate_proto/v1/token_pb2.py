@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from capgate_proto.v1 import common_pb2 as capgate__proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x61pgate_proto/v1/token.proto\x12\ncapgate.v1\x1a\x1d\x63\x61pgate_proto/v1/common.proto\"[\n\x11IssueTokenRequest\x12 \n\x05grant\x18\x01 \x01(\x0b\x32\x11.capgate.v1.Grant\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\x12\x0f\n\x07\x63\x61veats\x18\x03 \x03(\t\"X\n\rTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\x12\x0f\n\x07\x65xpires\x18\x03 \x01(\t\x12\x15\n\rdelegation_id\x18\x04 \x01(\t\"7\n\x15\x41ttenuateTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61veats\x18\x02 \x03(\t\"B\n\x14\x44\x65legateTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61veats\x18\x03 \x03(\t\"$\n\x13InspectTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x85\x01\n\x03Hop\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x15\n\rdelegation_id\x18\x02 \x01(\t\x12\n\n\x02\x61t\x18\x03 \x01(\t\x12\x0f\n\x07offline\x18\x04 \x01(\x08\x12\x14\n\x0crestrictions\x18\x05 \x03(\t\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\x12\x14\n\x0c\x61gent_status\x18\x07 \x01(\t\"\xd8\x01\n\x14InspectTokenResponse\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x11\n\tissued_at\x18\x03 \x01(\t\x12\x0f\n\x07\x65xpires\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61veats\x18\x05 \x03(\t\x12\x0f\n\x07lineage\x18\x06 \x03(\t\x12\x1e\n\x05\x63hain\x18\x07 \x03(\x0b\x32\x0f.capgate.v1.Hop\x12\x17\n\x0fsignature_valid\x18\x08 \x01(\x08\x12\x0f\n\x07revoked\x18\t \x01(\x08\x12\x0e\n\x06status\x18\n \x01(\t\"?\n\x12RevokeTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"I\n\x13RevokeTokenResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rnewly_revoked\x18\x02 \x01(\x08\x12\x0f\n\x07\x65xpires\x18\x03 \x01(\t\"!\n\x13GetTokenTreeRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xa8\x01\n\tTokenTree\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x11\n\tissued_by\x18\x03 \x01(\t\x12\n\n\x02\x61t\x18\x04 \x01(\t\x12\x0f\n\x07revoked\x18\x05 \x01(\x08\x12\x14\n\x0crestrictions\x18\x06 \x03(\t\x12\'\n\x08\x63hildren\x18\x07 \x03(\x0b\x32\x15.capgate.v1.TokenTree\x12\x11\n\ttruncated\x18\x08 \x01(\x08\x32\xdf\x03\n\x0cTokenService\x12\x46\n\nIssueToken\x12\x1d.capgate.v1.IssueTokenRequest\x1a\x19.capgate.v1.TokenResponse\x12N\n\x0e\x41ttenuateToken\x12!.capgate.v1.AttenuateTokenRequest\x1a\x19.capgate.v1.TokenResponse\x12L\n\rDelegateToken\x12 .capgate.v1.DelegateTokenRequest\x1a\x19.capgate.v1.TokenResponse\x12Q\n\x0cInspectToken\x12\x1f.capgate.v1.InspectTokenRequest\x1a .capgate.v1.InspectTokenResponse\x12N\n\x0bRevokeToken\x12\x1e.capgate.v1.RevokeTokenRequest\x1a\x1f.capgate.v1.RevokeTokenResponse\x12\x46\n\x0cGetTokenTree\x12\x1f.capgate.v1.GetTokenTreeRequest\x1a\x15.capgate.v1.TokenTreeB7\n\x0e\x64\x65v.capgate.v1P\x01Z#capgate/gen/go/capgate/v1;capgatev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x61pgate_proto/v1/token.proto\x12\ncapgate.v1\x1a\x1d\x63\x61pgate_proto/v1/common.proto\"[\n\x11IssueTokenRequest\x12 \n\x05grant\x18\x01 \x01(\x0b\x32\x11.capgate.v1.Grant\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\x12\x0f\n\x07\x63\x61veats\x18\x03 \x03(\t\"X\n\rTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\x12\x0f\n\x07\x65xpires\x18\x03 \x01(\t\x12\x15\n\rdelegation_id\x18\x04 \x01(\t\"d\n\x15\x41ttenuateTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61veats\x18\x02 \x03(\t\x12+\n\tapprovals\x18\x03 \x03(\x0b\x32\x18.capgate.v1.ApprovalRule\"o\n\x14\x44\x65legateTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61veats\x18\x03 \x03(\t\x12+\n\tapprovals\x18\x04 \x03(\x0b\x32\x18.capgate.v1.ApprovalRule\"$\n\x13InspectTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x85\x01\n\x03Hop\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x15\n\rdelegation_id\x18\x02 \x01(\t\x12\n\n\x02\x61t\x18\x03 \x01(\t\x12\x0f\n\x07offline\x18\x04 \x01(\x08\x12\x14\n\x0crestrictions\x18\x05 \x03(\t\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\x12\x14\n\x0c\x61gent_status\x18\x07 \x01(\t\"\xd8\x01\n\x14InspectTokenResponse\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x11\n\tissued_at\x18\x03 \x01(\t\x12\x0f\n\x07\x65xpires\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61veats\x18\x05 \x03(\t\x12\x0f\n\x07lineage\x18\x06 \x03(\t\x12\x1e\n\x05\x63hain\x18\x07 \x03(\x0b\x32\x0f.capgate.v1.Hop\x12\x17\n\x0fsignature_valid\x18\x08 \x01(\x08\x12\x0f\n\x07revoked\x18\t \x01(\x08\x12\x0e\n\x06status\x18\n \x01(\t\"?\n\x12RevokeTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"I\n\x13RevokeTokenResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rnewly_revoked\x18\x02 \x01(\x08\x12\x0f\n\x07\x65xpires\x18\x03 \x01(\t\"!\n\x13GetTokenTreeRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xa8\x01\n\tTokenTree\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x11\n\tissued_by\x18\x03 \x01(\t\x12\n\n\x02\x61t\x18\x04 \x01(\t\x12\x0f\n\x07revoked\x18\x05 \x01(\x08\x12\x14\n\x0crestrictions\x18\x06 \x03(\t\x12\'\n\x08\x63hildren\x18\x07 \x03(\x0b\x32\x15.capgate.v1.TokenTree\x12\x11\n\ttruncated\x18\x08 \x01(\x08\x32\xdf\x03\n\x0cTokenService\x12\x46\n\nIssueToken\x12\x1d.capgate.v1.IssueTokenRequest\x1a\x19.capgate.v1.TokenResponse\x12N\n\x0e\x41ttenuateToken\x12!.capgate.v1.AttenuateTokenRequest\x1a\x19.capgate.v1.TokenResponse\x12L\n\rDelegateToken\x12 .capgate.v1.DelegateTokenRequest\x1a\x19.capgate.v1.TokenResponse\x12Q\n\x0cInspectToken\x12\x1f.capgate.v1.InspectTokenRequest\x1a .capgate.v1.InspectTokenResponse\x12N\n\x0bRevokeToken\x12\x1e.capgate.v1.RevokeTokenRequest\x1a\x1f.capgate.v1.RevokeTokenResponse\x12\x46\n\x0cGetTokenTree\x12\x1f.capgate.v1.GetTokenTreeRequest\x1a\x15.capgate.v1.TokenTreeB7\n\x0e\x64\x65v.capgate.v1P\x01Z#capgate/gen/go/capgate/v1;capgatev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,23 +38,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENRESPONSE']._serialized_start=168
   _globals['_TOKENRESPONSE']._serialized_end=256
   _globals['_ATTENUATETOKENREQUEST']._serialized_start=258
-  _globals['_ATTENUATETOKENREQUEST']._serialized_end=313
-  _globals['_DELEGATETOKENREQUEST']._serialized_start=315
-  _globals['_DELEGATETOKENREQUEST']._serialized_end=381
-  _globals['_INSPECTTOKENREQUEST']._serialized_start=383
-  _globals['_INSPECTTOKENREQUEST']._serialized_end=419
-  _globals['_HOP']._serialized_start=422
-  _globals['_HOP']._serialized_end=555
-  _globals['_INSPECTTOKENRESPONSE']._serialized_start=558
-  _globals['_INSPECTTOKENRESPONSE']._serialized_end=774
-  _globals['_REVOKETOKENREQUEST']._serialized_start=776
-  _globals['_REVOKETOKENREQUEST']._serialized_end=839
-  _globals['_REVOKETOKENRESPONSE']._serialized_start=841
-  _globals['_REVOKETOKENRESPONSE']._serialized_end=914
-  _globals['_GETTOKENTREEREQUEST']._serialized_start=916
-  _globals['_GETTOKENTREEREQUEST']._serialized_end=949
-  _globals['_TOKENTREE']._serialized_start=952
-  _globals['_TOKENTREE']._serialized_end=1120
-  _globals['_TOKENSERVICE']._serialized_start=1123
-  _globals['_TOKENSERVICE']._serialized_end=1602
+  _globals['_ATTENUATETOKENREQUEST']._serialized_end=358
+  _globals['_DELEGATETOKENREQUEST']._serialized_start=360
+  _globals['_DELEGATETOKENREQUEST']._serialized_end=471
+  _globals['_INSPECTTOKENREQUEST']._serialized_start=473
+  _globals['_INSPECTTOKENREQUEST']._serialized_end=509
+  _globals['_HOP']._serialized_start=512
+  _globals['_HOP']._serialized_end=645
+  _globals['_INSPECTTOKENRESPONSE']._serialized_start=648
+  _globals['_INSPECTTOKENRESPONSE']._serialized_end=864
+  _globals['_REVOKETOKENREQUEST']._serialized_start=866
+  _globals['_REVOKETOKENREQUEST']._serialized_end=929
+  _globals['_REVOKETOKENRESPONSE']._serialized_start=931
+  _globals['_REVOKETOKENRESPONSE']._serialized_end=1004
+  _globals['_GETTOKENTREEREQUEST']._serialized_start=1006
+  _globals['_GETTOKENTREEREQUEST']._serialized_end=1039
+  _globals['_TOKENTREE']._serialized_start=1042
+  _globals['_TOKENTREE']._serialized_end=1210
+  _globals['_TOKENSERVICE']._serialized_start=1213
+  _globals['_TOKENSERVICE']._serialized_end=1692
 # @@protoc_insertion_point(module_scope)

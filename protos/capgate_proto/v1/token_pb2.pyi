@@ -30,22 +30,26 @@ class TokenResponse(_message.Message):
     def __init__(self, token: _Optional[str] = ..., token_id: _Optional[str] = ..., expires: _Optional[str] = ..., delegation_id: _Optional[str] = ...) -> None: ...
 
 class AttenuateTokenRequest(_message.Message):
-    __slots__ = ("token", "caveats")
+    __slots__ = ("token", "caveats", "approvals")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     CAVEATS_FIELD_NUMBER: _ClassVar[int]
+    APPROVALS_FIELD_NUMBER: _ClassVar[int]
     token: str
     caveats: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, token: _Optional[str] = ..., caveats: _Optional[_Iterable[str]] = ...) -> None: ...
+    approvals: _containers.RepeatedCompositeFieldContainer[_common_pb2.ApprovalRule]
+    def __init__(self, token: _Optional[str] = ..., caveats: _Optional[_Iterable[str]] = ..., approvals: _Optional[_Iterable[_Union[_common_pb2.ApprovalRule, _Mapping]]] = ...) -> None: ...
 
 class DelegateTokenRequest(_message.Message):
-    __slots__ = ("token", "to", "caveats")
+    __slots__ = ("token", "to", "caveats", "approvals")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     TO_FIELD_NUMBER: _ClassVar[int]
     CAVEATS_FIELD_NUMBER: _ClassVar[int]
+    APPROVALS_FIELD_NUMBER: _ClassVar[int]
     token: str
     to: str
     caveats: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, token: _Optional[str] = ..., to: _Optional[str] = ..., caveats: _Optional[_Iterable[str]] = ...) -> None: ...
+    approvals: _containers.RepeatedCompositeFieldContainer[_common_pb2.ApprovalRule]
+    def __init__(self, token: _Optional[str] = ..., to: _Optional[str] = ..., caveats: _Optional[_Iterable[str]] = ..., approvals: _Optional[_Iterable[_Union[_common_pb2.ApprovalRule, _Mapping]]] = ...) -> None: ...
 
 class InspectTokenRequest(_message.Message):
     __slots__ = ("token",)

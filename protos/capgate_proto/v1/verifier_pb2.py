@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63\x61pgate_proto/v1/verifier.proto\x12\ncapgate.v1\"\xd2\x01\n\rVerifyRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x10\n\x08resource\x18\x03 \x01(\t\x12\x11\n\tpresenter\x18\x04 \x01(\t\x12/\n\x03\x63tx\x18\x05 \x03(\x0b\x32\".capgate.v1.VerifyRequest.CtxEntry\x12 \n\x05proof\x18\x06 \x01(\x0b\x32\x11.capgate.v1.Proof\x1a*\n\x08\x43txEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\x05Proof\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\"\x91\x01\n\x0eVerifyResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61veat\x18\x04 \x01(\t\x12\x10\n\x08token_id\x18\x05 \x01(\t\x12\r\n\x05\x63hain\x18\x06 \x03(\t\x12\x0e\n\x06proven\x18\x07 \x01(\x08\x12\x0f\n\x07\x63ounted\x18\x08 \x01(\x08\"A\n\x12VerifyBatchRequest\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.capgate.v1.VerifyRequest\"D\n\x13VerifyBatchResponse\x12-\n\tresponses\x18\x01 \x03(\x0b\x32\x1a.capgate.v1.VerifyResponse2\xed\x01\n\x0fVerifierService\x12?\n\x06Verify\x12\x19.capgate.v1.VerifyRequest\x1a\x1a.capgate.v1.VerifyResponse\x12N\n\x0bVerifyBatch\x12\x1e.capgate.v1.VerifyBatchRequest\x1a\x1f.capgate.v1.VerifyBatchResponse\x12I\n\x0cVerifyStream\x12\x19.capgate.v1.VerifyRequest\x1a\x1a.capgate.v1.VerifyResponse(\x01\x30\x01\x42\x37\n\x0e\x64\x65v.capgate.v1P\x01Z#capgate/gen/go/capgate/v1;capgatev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63\x61pgate_proto/v1/verifier.proto\x12\ncapgate.v1\"\xe6\x01\n\rVerifyRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x10\n\x08resource\x18\x03 \x01(\t\x12\x11\n\tpresenter\x18\x04 \x01(\t\x12/\n\x03\x63tx\x18\x05 \x03(\x0b\x32\".capgate.v1.VerifyRequest.CtxEntry\x12 \n\x05proof\x18\x06 \x01(\x0b\x32\x11.capgate.v1.Proof\x12\x12\n\ndischarges\x18\x07 \x03(\t\x1a*\n\x08\x43txEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\x05Proof\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\"\x91\x01\n\x0eVerifyResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61veat\x18\x04 \x01(\t\x12\x10\n\x08token_id\x18\x05 \x01(\t\x12\r\n\x05\x63hain\x18\x06 \x03(\t\x12\x0e\n\x06proven\x18\x07 \x01(\x08\x12\x0f\n\x07\x63ounted\x18\x08 \x01(\x08\"A\n\x12VerifyBatchRequest\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.capgate.v1.VerifyRequest\"D\n\x13VerifyBatchResponse\x12-\n\tresponses\x18\x01 \x03(\x0b\x32\x1a.capgate.v1.VerifyResponse2\xed\x01\n\x0fVerifierService\x12?\n\x06Verify\x12\x19.capgate.v1.VerifyRequest\x1a\x1a.capgate.v1.VerifyResponse\x12N\n\x0bVerifyBatch\x12\x1e.capgate.v1.VerifyBatchRequest\x1a\x1f.capgate.v1.VerifyBatchResponse\x12I\n\x0cVerifyStream\x12\x19.capgate.v1.VerifyRequest\x1a\x1a.capgate.v1.VerifyResponse(\x01\x30\x01\x42\x37\n\x0e\x64\x65v.capgate.v1P\x01Z#capgate/gen/go/capgate/v1;capgatev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,17 +35,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERIFYREQUEST_CTXENTRY']._loaded_options = None
   _globals['_VERIFYREQUEST_CTXENTRY']._serialized_options = b'8\001'
   _globals['_VERIFYREQUEST']._serialized_start=48
-  _globals['_VERIFYREQUEST']._serialized_end=258
-  _globals['_VERIFYREQUEST_CTXENTRY']._serialized_start=216
-  _globals['_VERIFYREQUEST_CTXENTRY']._serialized_end=258
-  _globals['_PROOF']._serialized_start=260
-  _globals['_PROOF']._serialized_end=313
-  _globals['_VERIFYRESPONSE']._serialized_start=316
-  _globals['_VERIFYRESPONSE']._serialized_end=461
-  _globals['_VERIFYBATCHREQUEST']._serialized_start=463
-  _globals['_VERIFYBATCHREQUEST']._serialized_end=528
-  _globals['_VERIFYBATCHRESPONSE']._serialized_start=530
-  _globals['_VERIFYBATCHRESPONSE']._serialized_end=598
-  _globals['_VERIFIERSERVICE']._serialized_start=601
-  _globals['_VERIFIERSERVICE']._serialized_end=838
+  _globals['_VERIFYREQUEST']._serialized_end=278
+  _globals['_VERIFYREQUEST_CTXENTRY']._serialized_start=236
+  _globals['_VERIFYREQUEST_CTXENTRY']._serialized_end=278
+  _globals['_PROOF']._serialized_start=280
+  _globals['_PROOF']._serialized_end=333
+  _globals['_VERIFYRESPONSE']._serialized_start=336
+  _globals['_VERIFYRESPONSE']._serialized_end=481
+  _globals['_VERIFYBATCHREQUEST']._serialized_start=483
+  _globals['_VERIFYBATCHREQUEST']._serialized_end=548
+  _globals['_VERIFYBATCHRESPONSE']._serialized_start=550
+  _globals['_VERIFYBATCHRESPONSE']._serialized_end=618
+  _globals['_VERIFIERSERVICE']._serialized_start=621
+  _globals['_VERIFIERSERVICE']._serialized_end=858
 # @@protoc_insertion_point(module_scope)

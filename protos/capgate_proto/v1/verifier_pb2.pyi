@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("token", "action", "resource", "presenter", "ctx", "proof")
+    __slots__ = ("token", "action", "resource", "presenter", "ctx", "proof", "discharges")
     class CtxEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -21,13 +21,15 @@ class VerifyRequest(_message.Message):
     PRESENTER_FIELD_NUMBER: _ClassVar[int]
     CTX_FIELD_NUMBER: _ClassVar[int]
     PROOF_FIELD_NUMBER: _ClassVar[int]
+    DISCHARGES_FIELD_NUMBER: _ClassVar[int]
     token: str
     action: str
     resource: str
     presenter: str
     ctx: _containers.ScalarMap[str, str]
     proof: Proof
-    def __init__(self, token: _Optional[str] = ..., action: _Optional[str] = ..., resource: _Optional[str] = ..., presenter: _Optional[str] = ..., ctx: _Optional[_Mapping[str, str]] = ..., proof: _Optional[_Union[Proof, _Mapping]] = ...) -> None: ...
+    discharges: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, token: _Optional[str] = ..., action: _Optional[str] = ..., resource: _Optional[str] = ..., presenter: _Optional[str] = ..., ctx: _Optional[_Mapping[str, str]] = ..., proof: _Optional[_Union[Proof, _Mapping]] = ..., discharges: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Proof(_message.Message):
     __slots__ = ("text", "method", "target")

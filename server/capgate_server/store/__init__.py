@@ -5,6 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from capgate import InvalidArgumentError
+from capgate_server.store._approvals import (
+    ApprovalRecord,
+    ApprovalStatus,
+    ApprovalStore,
+    ApprovalVote,
+    Redemption,
+)
 from capgate_server.store._base import (
     AUDIT_FIELD_LIMITS,
     AgentPatch,
@@ -39,6 +46,10 @@ __all__ = [
     "GENESIS",
     "MIGRATIONS",
     "AgentPatch",
+    "ApprovalRecord",
+    "ApprovalStatus",
+    "ApprovalStore",
+    "ApprovalVote",
     "AuditEvent",
     "AuditQuery",
     "Break",
@@ -50,6 +61,7 @@ __all__ = [
     "LedgerKey",
     "PostgresStore",
     "Principal",
+    "Redemption",
     "Role",
     "RootKeyRecord",
     "SessionTimeouts",

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from capgate import Agent, AgentStatus, Ceiling
+from capgate import Agent, AgentStatus, ApprovalRule, Ceiling
+from capgate_server.store._approvals import ApprovalStore
 from capgate_server.store._proof import Checkpoint
 
 # a signature over the ledger's head: (pos, digest, at) -> checkpoint
@@ -44,6 +45,7 @@ class Role(StrEnum):
     ADMIN = "admin"
     SERVICE = "service"
     AGENT = "agent"
+    APPROVER = "approver"  # a person who approves or denies requests (admins may too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,7 @@ class AgentPatch:
     remove_key: str | None = None
     require_proof: bool | None = None
     rate: str | None = None  # "N/PERIOD", or "" for none
+    approvals: tuple[ApprovalRule, ...] | None = None  # the agent's standing approval rules
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,7 @@ class ChangeKind(StrEnum):
     PRINCIPAL = "principal"
     ROOT_KEY = "root_key"
     REVOCATION = "revocation"
+    APPROVAL = "approval"  # an approval request was made or decided (for watchers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,19 +243,27 @@ def decode_ceiling(text: str) -> Ceiling:
     return Ceiling.parse(text.split()) if text else Ceiling()
 
 
+def encode_approval_rules(rules: Sequence[ApprovalRule]) -> str:
+    return json.dumps([[r.condition, r.approvers] for r in rules]) if rules else ""
+
+
+def decode_approval_rules(text: str) -> tuple[ApprovalRule, ...]:
+    return tuple(ApprovalRule(c, int(n)) for c, n in json.loads(text)) if text else ()
+
+
 def agent_from_row(row: Sequence[object], keys: dict[str, bytes]) -> Agent:
     (aid, owner, description, status, ceiling, max_ttl, max_depth, epoch, revoked_before,
-     created_at, require_proof, rate) = row
+     created_at, require_proof, approvals, rate) = row
     return Agent(
         id=str(aid), ceiling=decode_ceiling(str(ceiling)), status=AgentStatus(str(status)),
         owner=str(owner), description=str(description), max_ttl=int(max_ttl),  # type: ignore[call-overload]
         max_depth=int(max_depth), epoch=int(epoch), revoked_before_ms=int(revoked_before),  # type: ignore[call-overload]
         created_at=float(created_at), require_proof=bool(require_proof),  # type: ignore[arg-type]
-        rate=str(rate),
+        approvals=decode_approval_rules(str(approvals)), rate=str(rate),
     ).with_changes(public_keys=keys)
 
 
-class Store(ABC):
+class Store(ApprovalStore, ABC):
     """Durable state. Methods are blocking; the server calls them off the event loop."""
 
     # -- lifecycle ------------------------------------------------------------------

@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from capgate import Agent, AlreadyExistsError, NotFoundError
+from capgate_server.store._approval_sql import APPROVAL_MIGRATION, ApprovalRows
 from capgate_server.store._audit_sql import LEDGER_MIGRATION, AuditRecords
 from capgate_server.store._base import (
     AUDIT_FIELD_LIMITS,
@@ -31,6 +32,7 @@ from capgate_server.store._base import (
     Store,
     TokenRecord,
     agent_from_row,
+    encode_approval_rules,
     encode_ceiling,
 )
 
@@ -97,6 +99,7 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX proof_nonces_expiry ON proof_nonces (expires_at)",
     ],
     LEDGER_MIGRATION,  # the audit ledger: places, digests, checkpoints, its signing key
+    APPROVAL_MIGRATION,  # approval requests, their votes, agents' standing approval rules
     [  # budgets: the uses counted fleet-wide (leased to replicas in blocks), agents' rates
         "ALTER TABLE agents ADD COLUMN rate TEXT NOT NULL DEFAULT ''",
         """CREATE TABLE budgets (
@@ -107,12 +110,12 @@ MIGRATIONS: list[list[str]] = [
 ]
 
 _AGENT_COLS = ("id, owner, description, status, ceiling, max_ttl, max_depth, epoch, "
-               "revoked_before, created_at, require_proof, rate")
-_AGENT_MARKS = ", ".join("?" * 12)
+               "revoked_before, created_at, require_proof, approvals, rate")
+_AGENT_MARKS = ", ".join("?" * 13)
 _NONCE_ROWS = 200  # nonces per INSERT statement (3 parameters each)
 
 
-class SqlStore(AuditRecords, Store):
+class SqlStore(ApprovalRows, AuditRecords, Store):
     """Shared statements; subclasses provide ``_tx`` and ``_read``."""
 
     placeholder = "?"
@@ -218,8 +221,8 @@ class SqlStore(AuditRecords, Store):
                         (credential_hash, agent.created_at, agent.id))
                 self._x(cur, "UPDATE agents SET owner = ?, description = ?, status = ?, "
                              "ceiling = ?, max_ttl = ?, max_depth = ?, epoch = ?, "
-                             "revoked_before = ?, created_at = ?, require_proof = ?, rate = ? "
-                             "WHERE id = ?",
+                             "revoked_before = ?, created_at = ?, require_proof = ?, "
+                             "approvals = ?, rate = ? WHERE id = ?",
                         (*self._agent_values(agent)[1:], agent.id))
             self._write_keys(cur, agent)
             self._audit(cur, [audit])
@@ -247,7 +250,7 @@ class SqlStore(AuditRecords, Store):
     def _agent_values(a: Agent) -> tuple[object, ...]:
         return (a.id, a.owner, a.description, str(a.status), encode_ceiling(a.ceiling),
                 a.max_ttl, a.max_depth, a.epoch, a.revoked_before_ms, a.created_at,
-                int(a.require_proof), a.rate)
+                int(a.require_proof), encode_approval_rules(a.approvals), a.rate)
 
     def _write_keys(self, cur: Any, agent: Agent) -> None:
         self._x(cur, "DELETE FROM agent_keys WHERE agent = ?", (agent.id,))
@@ -287,7 +290,7 @@ class SqlStore(AuditRecords, Store):
             values = self._agent_values(agent)
             self._x(cur, "UPDATE agents SET owner = ?, description = ?, status = ?, ceiling = ?, "
                          "max_ttl = ?, max_depth = ?, epoch = ?, revoked_before = ?, "
-                         "require_proof = ?, rate = ? WHERE id = ?",
+                         "require_proof = ?, approvals = ?, rate = ? WHERE id = ?",
                     (*values[1:9], *values[10:], agent.id))
             if cur.rowcount != 1:
                 raise NotFoundError(f"agent {agent.id!r} not found", id=agent.id)
@@ -310,6 +313,9 @@ class SqlStore(AuditRecords, Store):
         if patch.ceiling is not None:
             sets.append("ceiling = ?")
             params.append(encode_ceiling(patch.ceiling))
+        if patch.approvals is not None:
+            sets.append("approvals = ?")
+            params.append(encode_approval_rules(patch.approvals))
         if patch.revoke_before_ms is not None:
             sets.append("epoch = epoch + 1, revoked_before = CASE WHEN revoked_before > ? "
                         "THEN revoked_before ELSE ? END")
