@@ -66,7 +66,8 @@ def health(args: argparse.Namespace) -> int:
                else grpc.insecure_channel(target))
     try:
         with channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
+            stub: Any = health_pb2_grpc.HealthStub(channel)  # the stubs' typing lacks Check
+            reply = stub.Check(
                 health_pb2.HealthCheckRequest(service=args.service),
                 timeout=opt(args, "timeout") or 3.0)
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

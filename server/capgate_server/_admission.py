@@ -74,7 +74,7 @@ class Admission:
     def refuse(self, handler: Any, error: CapgateError) -> Any:
         """A handler answering ``error`` at once, without reading the request."""
 
-        async def refuse(request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        async def refuse(request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             await abort(context, error)
 
         return grpc.stream_stream_rpc_method_handler(
@@ -171,7 +171,7 @@ def _wrap(handler: Any, parse: Callable[[bytes], Any], limit: int, method: str,
                 raise _too_large(method, r.size, limit)
             yield r
 
-    async def start(request: Any, context: grpc.aio.ServicerContext) -> None:
+    async def start(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         error = _too_large(method, request.size, limit) if type(request) is _Oversize else enter()
         if error is not None:
             await abort(context, error)

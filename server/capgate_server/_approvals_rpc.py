@@ -32,7 +32,7 @@ def approval_to_pb(f: Fetched) -> approval_pb2.Approval:
         used=r.used, reason=r.reason, discharges=f.discharges)
 
 
-class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):  # type: ignore[misc]
+class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
     def __init__(self, approvals: Approvals) -> None:
         self.approvals = approvals
 

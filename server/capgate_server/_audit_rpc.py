@@ -79,7 +79,7 @@ def checkpoint_to_pb(c: Checkpoint) -> audit_pb2.Checkpoint:
                                 public_key=c.public_key, signature=c.signature)
 
 
-class AuditServicer(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc]
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     def __init__(self, trail: AuditTrail) -> None:
         self.trail = trail
 

@@ -43,7 +43,7 @@ from capgate import (
 )
 from capgate_server._interceptor import CALLER
 from capgate_server._replica import Settings
-from capgate_server._servicers import rpc
+from capgate_server._rpc import rpc
 from capgate_server._verification import Presented, Verification
 
 __all__ = ["ACTION_EXTENSION", "AGENT_HEADER", "register_ext_authz"]

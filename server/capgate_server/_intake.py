@@ -31,7 +31,7 @@ _ALWAYS = "/grpc.health.v1.Health/"
 _QUIET = 0.1  # seconds without a new call before the transport may be shut
 
 
-class Intake(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class Intake(grpc.aio.ServerInterceptor):
     """Counts running calls; once closed, refuses new ones as not executed."""
 
     def __init__(self) -> None:
@@ -107,7 +107,7 @@ class Intake(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return _same_kind(handler, unary)
 
 
-async def _refuse(context: grpc.aio.ServicerContext) -> None:
+async def _refuse(context: grpc.aio.ServicerContext[Any, Any]) -> None:
     error = UnavailableError(NOT_EXECUTED)
     await context.abort(status_for(error), error.message,
                         trailing_metadata=((ERROR_METADATA_KEY, type(error).__name__),))

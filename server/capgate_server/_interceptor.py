@@ -77,7 +77,7 @@ _HINTS = {
 _WHILE_SUSPENDED = frozenset({"/capgate.v1.AgentService/GetAgent"})
 
 
-class Authenticator(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class Authenticator(grpc.aio.ServerInterceptor):
     def __init__(self, replica: Replica, admission: Admission,
                  policy: Mapping[str, frozenset[Role]] = POLICY,
                  refuse: Callable[[str], str | None] | None = None) -> None:
@@ -95,7 +95,7 @@ class Authenticator(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return None
         if method.startswith(_OPEN_PREFIX):
             return self._admission.open(handler, method)
-        error = None
+        error: CapgateError | None = None
         if self._refuse is not None and (why := self._refuse(method)) is not None:
             error = PermissionDeniedError(why)
         roles = self._policy.get(method)

@@ -96,14 +96,14 @@ class Metrics:
         latency = HistogramMetricFamily("capgate_rpc_seconds", "RPC latency, by method",
                                         labels=["method"])
         for method, counts in sorted(self._calls.buckets.copy().items()):
-            running, points = 0, []
+            running, points = 0.0, []
             for edge, n in zip((*BUCKETS, float("inf")), list(counts), strict=True):
                 running += n
                 points.append(("+Inf" if edge == float("inf") else repr(edge), running))
             latency.add_metric([method], points, self._calls.sums.get(method, 0.0))
         yield latency
         for name, value, text in (
-                ("capgate_revocations", len(r.revocations),
+                ("capgate_revocations", float(len(r.revocations)),
                  "Revoked ids this replica holds in memory"),
                 ("capgate_agents", len(r.agents), "Agents this replica knows"),
                 ("capgate_replica_staleness_seconds", r.staleness(),
@@ -134,7 +134,7 @@ def start_metrics(listen: str, metrics: Metrics, *, certfile: str | None = None,
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(metrics)  # type: ignore[arg-type]
+    registry.register(metrics)
     host, _, port = listen.rpartition(":")
     server, _thread = start_http_server(int(port), host.strip("[]") or "127.0.0.1",
                                         registry=registry, certfile=certfile, keyfile=keyfile)

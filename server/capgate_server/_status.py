@@ -7,7 +7,7 @@ maps it back in ``_errors.py``).
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 
@@ -46,13 +46,13 @@ _CODES: dict[type[CapgateError], grpc.StatusCode] = {
 def status_for(error: CapgateError) -> grpc.StatusCode:
     """The status code for ``error`` (its nearest mapped class; INTERNAL if none)."""
     for cls in type(error).__mro__:
-        code = _CODES.get(cls)  # type: ignore[arg-type]
+        code = _CODES.get(cls)
         if code is not None:
             return code
     return grpc.StatusCode.INTERNAL
 
 
-async def abort(context: grpc.aio.ServicerContext, error: CapgateError) -> NoReturn:
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: CapgateError) -> NoReturn:
     """End the call with ``error``'s status, message and name (for the SDK)."""
     await context.abort(status_for(error), error.message,
                         trailing_metadata=((ERROR_METADATA_KEY, type(error).__name__),))

@@ -129,7 +129,8 @@ class ApprovalRows(ApprovalStore):
 
     def list_approvals(self, now: float, status: ApprovalStatus | None = None,
                        limit: int = 100, requested_by: str = "") -> list[ApprovalRecord]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[object] = []
         if requested_by:
             where.append("requested_by = ?")
             params.append(requested_by)
