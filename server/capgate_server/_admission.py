@@ -74,7 +74,8 @@ class Admission:
     def refuse(self, handler: Any, error: CapgateError) -> Any:
         """A handler answering ``error`` at once, without reading the request."""
 
-        async def refuse(request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        async def refuse(request_iterator: Any,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> None:
             await abort(context, error)
 
         return grpc.stream_stream_rpc_method_handler(

@@ -102,8 +102,8 @@ class Metrics:
                 points.append(("+Inf" if edge == float("inf") else repr(edge), running))
             latency.add_metric([method], points, self._calls.sums.get(method, 0.0))
         yield latency
-        for name, value, text in (
-                ("capgate_revocations", float(len(r.revocations)),
+        gauges: tuple[tuple[str, float, str], ...] = (
+                ("capgate_revocations", len(r.revocations),
                  "Revoked ids this replica holds in memory"),
                 ("capgate_agents", len(r.agents), "Agents this replica knows"),
                 ("capgate_replica_staleness_seconds", r.staleness(),
@@ -122,7 +122,8 @@ class Metrics:
                  "Leased budget uses this replica has not spent yet"),
                 ("capgate_clock_agrees", float(r.trusted.agrees),
                  "1 while this replica's clock agrees with the store's"),
-                ("capgate_workers", self._workers(), "Worker processes serving")):
+                ("capgate_workers", self._workers(), "Worker processes serving"))
+        for name, value, text in gauges:
             g = GaugeMetricFamily(name, text)
             g.add_metric([], value)
             yield g
