@@ -123,9 +123,9 @@ class Metrics:
                 ("capgate_clock_agrees", float(r.trusted.agrees),
                  "1 while this replica's clock agrees with the store's"),
                 ("capgate_workers", self._workers(), "Worker processes serving"))
-        for name, value, text in gauges:
+        for name, level, text in gauges:
             g = GaugeMetricFamily(name, text)
-            g.add_metric([], value)
+            g.add_metric([], level)
             yield g
 
 
