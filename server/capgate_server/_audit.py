@@ -85,6 +85,7 @@ class AuditLog:
         self._coarse = 0  # decisions counted without their request since the last flush
         self._dropped = 0  # records dropped from a full backlog since the last flush
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()  # one flush at a time: a flush waits for the one under way
         self._task: asyncio.Task[None] | None = None
         self.decisions = 0  # verify decisions seen (for metrics)
         self.decided: dict[str, int] = {}  # verify decisions by code, as they are written
@@ -252,6 +253,12 @@ class AuditLog:
                                   "dropped_records": self._dropped})
 
     async def flush(self) -> None:
+        """Write every decision tallied so far; returns once they are in the store (or
+        back in the backlog), after any flush already under way."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         batch = self._drain()
         rows = self._rows
         for start in range(0, len(batch), rows):
@@ -285,7 +292,8 @@ class AuditLog:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
+            async with self._flushing:  # never cancel a flush halfway through its batch
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None

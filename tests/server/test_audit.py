@@ -179,3 +179,32 @@ def test_retention_deletes_what_is_older(tmp_path):
     left = store.list_audit(AuditQuery(limit=1000))
     assert len(left) == 1000 and left[0].at == 1000.0 + 11_000
     store.close()
+
+
+def test_a_flush_returns_only_once_the_flush_under_way_has_written():
+    """The background flush may be writing when someone asks for a flush (a test, a
+    shutdown): the asked-for flush waits for it, so every decision seen before the call
+    is in the store when it returns."""
+    written: list[int] = []
+    gate = asyncio.Event()
+
+    async def write(events):
+        await gate.wait()
+        written.extend(e.count for e in events)
+
+    async def scenario():
+        log = AuditLog(write)
+        deny = Decision(False, DenyCode.REVOKED, "revoked", None, "t1", ("a",))
+        for _ in range(5):
+            log.decision("svc", deny, "read", "/x", "a", 1.0)
+        under_way = asyncio.create_task(log.flush())  # drains, then blocks in its write
+        await asyncio.sleep(0)
+        asked = asyncio.create_task(log.flush())
+        await asyncio.sleep(0.05)
+        assert not asked.done()  # still waiting for the write under way
+        gate.set()
+        await asked
+        assert sum(written) == 5
+        await under_way
+
+    asyncio.run(scenario())
