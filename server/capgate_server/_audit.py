@@ -63,11 +63,13 @@ class AuditLog:
     def __init__(self, write: Callable[[Sequence[AuditEvent]], Awaitable[None]], *,
                  prune: Callable[[float, int], Awaitable[int]] | None = None,
                  on_written: Callable[[], None] | None = None,
+                 observe: Callable[[Sequence[AuditEvent]], None] | None = None,
                  clock: Clock = system_clock, interval: float = 0.2,
                  retention: float = 0.0, tally_bytes: int = 16 << 20, backlog: int = 10_000,
                  rows_per_write: int = 500, denies_per_caller: int = 100) -> None:
         self._write = write
         self._on_written = on_written  # e.g. the ledger: new records to seal
+        self._observe = observe  # e.g. governance: each interval's new records, once
         self._prune = prune
         self._clock = clock
         self._interval = interval
@@ -205,7 +207,8 @@ class AuditLog:
         return total
 
     def _drain(self) -> list[AuditEvent]:
-        events, self._backlog = self._backlog, []
+        backlog, self._backlog = self._backlog, []
+        events: list[AuditEvent] = []
         tally, self._tally = self._tally, {}
         self._tally_bytes = 0
         self._denies = {}
@@ -230,7 +233,9 @@ class AuditLog:
                 resource=str(resource), presenter=str(presenter), count=e.count,
                 last_at=e.last, detail={"truncated": e.cut} if e.cut else {},
                 caveat=d.caveat or "", ctx_keys=tuple(ctx_keys)))  # type: ignore[arg-type]
-        return events
+        if self._observe is not None and events:
+            self._observe(events)
+        return backlog + events
 
     @property
     def pending(self) -> int:

@@ -18,6 +18,7 @@ from enum import StrEnum
 
 from capgate import Agent, AgentStatus, ApprovalRule, Ceiling
 from capgate_server.store._approvals import ApprovalStore
+from capgate_server.store._governance import GovernanceStore
 from capgate_server.store._proof import Checkpoint
 
 # a signature over the ledger's head: (pos, digest, at) -> checkpoint
@@ -263,7 +264,7 @@ def agent_from_row(row: Sequence[object], keys: dict[str, bytes]) -> Agent:
     ).with_changes(public_keys=keys)
 
 
-class Store(ApprovalStore, ABC):
+class Store(ApprovalStore, GovernanceStore, ABC):
     """Durable state. Methods are blocking; the server calls them off the event loop."""
 
     # -- lifecycle ------------------------------------------------------------------

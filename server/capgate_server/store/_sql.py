@@ -35,6 +35,7 @@ from capgate_server.store._base import (
     encode_approval_rules,
     encode_ceiling,
 )
+from capgate_server.store._governance_sql import GOVERNANCE_MIGRATION, GovernanceRows
 
 # Each migration is a list of statements; {blob} {real} {bigint} {serial} are
 # filled in per backend. Append new migrations; never edit a released one.
@@ -107,6 +108,7 @@ MIGRATIONS: list[list[str]] = [
             expires_at {real} NOT NULL, PRIMARY KEY (id, slot))""",
         "CREATE INDEX budgets_expiry ON budgets (expires_at)",
     ],
+    GOVERNANCE_MIGRATION,  # usage per agent, deviation alerts, containment policies
 ]
 
 _AGENT_COLS = ("id, owner, description, status, ceiling, max_ttl, max_depth, epoch, "
@@ -115,7 +117,7 @@ _AGENT_MARKS = ", ".join("?" * 13)
 _NONCE_ROWS = 200  # nonces per INSERT statement (3 parameters each)
 
 
-class SqlStore(ApprovalRows, AuditRecords, Store):
+class SqlStore(ApprovalRows, GovernanceRows, AuditRecords, Store):
     """Shared statements; subclasses provide ``_tx`` and ``_read``."""
 
     placeholder = "?"

@@ -1,0 +1,248 @@
+"""``Governance``: usage, deviation alerts and containment, fed by the audit tally.
+
+The verify path does nothing new: the ``AuditLog`` hands each flush's records
+(every ``audit_interval``, 0.2 s by default) to ``observe``, which only queues
+them. A task then, per batch: finds deviations (``Baselines``) and raises each
+as an alert, once fleet-wide (the store's unique key), applying the agent's
+containment policy when this replica's insert won; and adds the batch's usage
+rows to the store (``fold_usage``: one upsert per distinct thing seen).
+
+Containment goes through the same store call as an operator's change (an agent
+patch with its audit record, then the change feed carries it to every replica),
+attributed to the principal ``capgate`` with the alert that caused it; an
+operator undoes it as any change (``agent resume``, ``agent update --grant``).
+``narrow`` drops the grants that allowed a first-seen resource; where that would
+leave the ceiling empty, or the deviation is not about a resource, it suspends.
+
+Each replica learns from the decisions it sees, and every ``refresh`` seconds
+from the usage rows the fleet wrote (so a prefix one replica saw is not news to
+another), and re-reads the policies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from capgate import (
+    Agent,
+    AgentStatus,
+    Ceiling,
+    Clock,
+    InvalidArgumentError,
+    NotFoundError,
+    check_id,
+)
+from capgate_server._baselines import Baselines, Deviation
+from capgate_server._usage import fold_usage
+from capgate_server.store import (
+    AgentPatch,
+    AlertRecord,
+    AuditEvent,
+    Containment,
+    GovernancePolicy,
+    Store,
+    UsageRow,
+)
+
+__all__ = ["Governance"]
+
+log = logging.getLogger("capgate.governance")
+_QUEUE = 200_000  # records waiting for the task at most (beyond, the oldest are dropped)
+_SYSTEM = "capgate"  # the principal of the system's own actions
+
+Lane = Callable[..., Awaitable[Any]]
+
+
+class Governance:
+    def __init__(self, store: Store, agents: Mapping[str, Agent], clock: Clock, *,
+                 read: Lane, write: Lane, after_change: Callable[[], Awaitable[None]],
+                 warmup: float = 86400.0, refresh: float = 5.0,
+                 baselines: Baselines | None = None) -> None:
+        self._store = store
+        self._agents = agents
+        self._clock = clock
+        self._read = read
+        self._write = write
+        self._after_change = after_change
+        self.warmup = warmup
+        self._refresh = refresh
+        self.baselines = baselines or Baselines()
+        self._queue: list[AuditEvent] = []
+        self._wake = asyncio.Event()
+        self._alerted = asyncio.Event()  # replaced at each alert: wakes the watchers
+        self._policies: dict[str, GovernancePolicy] = {}
+        self._learnt_until = 0.0  # usage rows read up to this last_at
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self.alerts: dict[str, int] = {}  # raised here, by kind (metrics)
+        self.containments: dict[str, int] = {}  # applied here, by containment
+
+    # -- fed by the audit log ---------------------------------------------------------
+
+    def observe(self, events: Sequence[AuditEvent]) -> None:
+        """A flush's records (called on the event loop; only queues them)."""
+        if not events:
+            return
+        self._queue.extend(events)
+        excess = len(self._queue) - _QUEUE
+        if excess > 0:
+            del self._queue[:excess]
+            self.dropped += excess
+        self._wake.set()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self._catch_up()
+        except Exception as e:  # the store is down: learn as it comes back
+            log.warning("cannot read usage and policies yet: %s", e)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="governance")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self.step()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_refresh = loop.time() + self._refresh
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, next_refresh - loop.time())):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.step()
+                if loop.time() >= next_refresh:
+                    next_refresh = loop.time() + self._refresh
+                    await self._catch_up()
+            except Exception as e:  # the store is down: the next batch tries again
+                log.warning("governance pass failed: %s", e)
+
+    async def _catch_up(self) -> None:
+        since = max(0.0, self._learnt_until - 60.0)
+        rows: list[UsageRow] = await self._read(self._store.usage, "", since)
+        self.baselines.learn(rows)
+        if rows:
+            self._learnt_until = max(self._learnt_until, max(r.last_at for r in rows))
+        self._policies = {p.agent: p for p in await self._read(self._store.policies)}
+
+    async def step(self) -> None:
+        """Detect in the queued records, raise and contain; then write their usage."""
+        events, self._queue = self._queue, []
+        if not events:
+            return
+        for d in self.baselines.observe(events, self.policy, self._warm):
+            try:
+                await self._raise(d)
+            except Exception as e:
+                log.error("cannot raise the alert %r: %s", d.key, e)
+        rows = fold_usage(events)
+        if rows:
+            await self._write(self._store.record_usage, rows)
+
+    # -- policies ---------------------------------------------------------------------
+
+    def policy(self, agent_id: str) -> GovernancePolicy:
+        return self._policies.get(agent_id) or GovernancePolicy(agent_id)
+
+    def _warm(self, agent_id: str, at: float, policy: GovernancePolicy) -> bool:
+        agent = self._agents.get(agent_id)
+        if agent is None or agent.status is not AgentStatus.ACTIVE:
+            return False
+        warmup = policy.warmup if policy.warmup >= 0 else self.warmup
+        return at - agent.created_at >= warmup
+
+    async def set_policy(self, caller: str, agent_id: str, containment: str,
+                         sensitivity: float, warmup: float) -> GovernancePolicy:
+        check_id(agent_id, "agent id")
+        agent = self._agents.get(agent_id)
+        if agent is None or agent.status is AgentStatus.DELETED:
+            raise NotFoundError(f"agent {agent_id!r} not found", id=agent_id)
+        try:
+            mode = Containment(containment or "alert")
+        except ValueError:
+            raise InvalidArgumentError("containment must be 'alert', 'narrow' or 'suspend'",
+                                       containment=containment) from None
+        if not 0.01 <= sensitivity <= 100:
+            raise InvalidArgumentError("sensitivity must be between 0.01 and 100")
+        policy = GovernancePolicy(agent_id, mode, sensitivity, warmup)
+        await self._write(self._store.set_policy, policy, AuditEvent(
+            self._clock(), caller, "governance.policy", agent_id,
+            detail={"containment": str(mode), "sensitivity": sensitivity, "warmup": warmup}))
+        self._policies[agent_id] = policy
+        return policy
+
+    # -- alerts and containment ----------------------------------------------------------
+
+    async def _raise(self, d: Deviation) -> None:
+        policy = self.policy(d.agent)
+        record = AlertRecord(key=d.key[:512], agent=d.agent, at=d.at, kind=d.kind,
+                             reason=d.reason[:1024],
+                             detail={**d.detail, "action": d.action, "resource": d.resource},
+                             containment=str(policy.containment))
+        audit = AuditEvent(self._clock(), _SYSTEM, "governance.alert", d.agent, True, d.kind,
+                           d.reason, detail={"containment": str(policy.containment)})
+        stored: AlertRecord | None = await self._write(self._store.raise_alert, record, audit)
+        if stored is None:  # another replica raised it
+            return
+        log.warning("alert %d: %s (containment: %s)", stored.seq, stored.reason,
+                    stored.containment)
+        self.alerts[d.kind] = self.alerts.get(d.kind, 0) + 1
+        if policy.containment is not Containment.ALERT:
+            await self._contain(stored, d, policy.containment)
+        woken, self._alerted = self._alerted, asyncio.Event()
+        woken.set()
+
+    async def _contain(self, alert: AlertRecord, d: Deviation, mode: Containment) -> None:
+        agent = self._agents.get(d.agent)
+        if agent is None or agent.status is not AgentStatus.ACTIVE:
+            return
+        patch, done = AgentPatch(status=AgentStatus.SUSPENDED), "suspend"
+        if mode is Containment.NARROW and d.kind == "new-resource" and d.resource:
+            kept = tuple(g for g in agent.ceiling.grants if not g.allows(d.action, d.resource))
+            if len(kept) == len(agent.ceiling.grants):
+                return  # no grant allowed it: the ceiling already denies it
+            if kept:
+                patch, done = AgentPatch(ceiling=Ceiling(kept)), "narrow"
+        detail: dict[str, object] = {"alert": alert.seq, "containment": done,
+                                     "reason": alert.reason}
+        if patch.ceiling is not None:
+            detail["ceiling"] = str(patch.ceiling)
+        await self._write(self._store.patch_agent, d.agent, patch, AuditEvent(
+            self._clock(), _SYSTEM, "governance.contain", d.agent, detail=detail))
+        self.containments[done] = self.containments.get(done, 0) + 1
+        log.warning("contained %s (%s) after alert %d", d.agent, done, alert.seq)
+        await self._after_change()
+
+    async def list_alerts(self, after_seq: int = 0, agent: str = "", limit: int = 100
+                          ) -> list[AlertRecord]:
+        if not 1 <= limit <= 1000:
+            raise InvalidArgumentError("limit must be between 1 and 1000")
+        found: list[AlertRecord] = await self._read(self._store.alerts, after_seq, agent, limit)
+        return found
+
+    async def watch(self, after_seq: int = 0, agent: str = "",
+                    poll: float = 0.5) -> AsyncIterator[AlertRecord]:
+        """Alerts after ``after_seq`` as they are raised anywhere in the fleet."""
+        while True:
+            waiting = self._alerted
+            for a in await self.list_alerts(after_seq, agent, 100):
+                after_seq = a.seq
+                yield a
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(poll):
+                    await waiting.wait()
+
+    async def usage(self, agent: str = "", since: float = 0.0) -> list[UsageRow]:
+        rows: list[UsageRow] = await self._read(self._store.usage, agent, since)
+        return rows
