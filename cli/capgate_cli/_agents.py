@@ -27,6 +27,7 @@ from capgate_cli._common import (
     safe,
     save_credential,
 )
+from capgate_cli._governance import add_agent_parsers
 from capgate_cli._tokens import add_approval_options
 from capgate_client import AgentInfo, Client
 
@@ -272,6 +273,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         epilog="example: capgate agent delete reporter")
     p.add_argument("id", help="the agent")
     p.set_defaults(run=delete)
+
+    add_agent_parsers(cmds, common)  # usage, policy
 
     key = cmds.add_parser("key", help="Ed25519 keys for offline delegation")
     kcmds = key.add_subparsers(dest="key_command", required=True, metavar="COMMAND")
