@@ -199,9 +199,9 @@ class Baselines:
             if count >= max(floor / s, mean + threshold * max(dev, 1.0), self.ratio * mean):
                 pace.flagged = True
                 noun = "denied calls" if what == "denies" else "calls"
-                times = count / max(mean, 0.1)
-                reason = (f"{agent_id}: {count} {noun} in {self.bucket:.0f} s, "
-                          f"{times:.0f}× its usual ({mean:.1f})")
+                usual = (f"{count / mean:.0f}× its usual ({mean:.1f})" if mean >= 0.5
+                         else f"where it usually has {'none' if mean < 0.05 else 'almost none'}")
+                reason = f"{agent_id}: {count} {noun} in {self.bucket:.0f} s, {usual}"
                 return [Deviation(agent_id, what, f"{agent_id}|{what}|{bucket}", reason, e.at,
                                   e.action, e.resource,
                                   {"count": count, "usual": round(mean, 2),

@@ -6,7 +6,8 @@ first grant of the ceiling that allows it. Then per grant:
 * never used → dropped;
 * actions never used → left out;
 * used only under a few prefixes of its pattern → replaced by one grant per
-  prefix, each the deepest directory holding all of that prefix's uses
+  prefix, with the actions used there, on the deepest directory holding all of
+  that prefix's uses
   (``/data/**`` used only under ``/data/reports/2026`` → ``/data/reports/2026/**``),
   provided the result lies within the original pattern (a proposal never widens).
 
@@ -78,14 +79,16 @@ def _narrow(grant: Grant, rows: list[UsageRow]) -> tuple[str, ...]:
     if not rows:
         return ()
     actions = ",".join(sorted({r.action for r in rows}))
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, list[UsageRow]] = {}
     for r in rows:
-        groups.setdefault(prefix_of(r.subject), []).append(r.subject)
+        groups.setdefault(prefix_of(r.subject), []).append(r)
     same = (f"{actions}:{grant.glob.pattern}",)
     if len(groups) > _MAX_SPLIT:
         return same
     out: list[str] = []
-    for resources in groups.values():
+    for group in groups.values():
+        resources = [r.subject for r in group]
+        acts = ",".join(sorted({r.action for r in group}))
         distinct = sorted(set(resources))
         base = _common(distinct)
         pattern = distinct[0] if len(distinct) == 1 and not base else f"{base}/**"
@@ -97,7 +100,7 @@ def _narrow(grant: Grant, rows: list[UsageRow]) -> tuple[str, ...]:
             return same
         if not glob.within(grant.glob) or not all(glob.matches(r) for r in distinct):
             return same
-        out.append(f"{actions}:{pattern}")
+        out.append(f"{acts}:{pattern}")
     if any(Glob.parse(p.split(":", 1)[1]).pattern == grant.glob.pattern for p in out):
         return same
     return tuple(sorted(out))
