@@ -77,6 +77,7 @@ class Governance:
         self._policies: dict[str, GovernancePolicy] = {}
         self._learnt_until = 0.0  # usage rows read up to this last_at
         self._task: asyncio.Task[None] | None = None
+        self._stepping = asyncio.Lock()  # one pass at a time: a pass waits for the one under way
         self.dropped = 0
         self.alerts: dict[str, int] = {}  # raised here, by kind (metrics)
         self.containments: dict[str, int] = {}  # applied here, by containment
@@ -137,7 +138,12 @@ class Governance:
         self._policies = {p.agent: p for p in await self._read(self._store.policies)}
 
     async def step(self) -> None:
-        """Detect in the queued records, raise and contain; then write their usage."""
+        """Detect in the queued records, raise and contain; then write their usage.
+        Returns once every record queued before the call is done with."""
+        async with self._stepping:
+            await self._step()
+
+    async def _step(self) -> None:
         events, self._queue = self._queue, []
         if not events:
             return

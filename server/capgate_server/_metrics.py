@@ -88,6 +88,16 @@ class Metrics:
             c = CounterMetricFamily(name, text)
             c.add_metric([], value)
             yield c
+        g = r.governance
+        for name, counts, label, text in (
+                ("capgate_governance_alerts", g.alerts, "kind",
+                 "Deviation alerts this replica raised, by kind"),
+                ("capgate_governance_containments", g.containments, "containment",
+                 "Containments this replica applied, by what it did")):
+            c = CounterMetricFamily(name, text, labels=[label])
+            for key, n in sorted(counts.copy().items()):
+                c.add_metric([key], n)
+            yield c
         calls = CounterMetricFamily("capgate_rpcs", "RPCs answered, by method and status",
                                     labels=["method", "status"])
         for (method, status), n in sorted(self._calls.calls.copy().items()):

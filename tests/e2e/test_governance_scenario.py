@@ -5,7 +5,7 @@ makes it live; then each injected deviation (a prompt-injected researcher readin
 /secrets and handing its token on, a leaked token used by someone else, a slow creep
 into new directories, a burst of denied calls) is flagged, and under ``suspend`` the
 agent is contained, its next decision denied. ``CAPGATE_SCENARIO_DAYS`` sets the length
-(default 2: one day of warm-up, one watched); ``benchmarks/scenario_figures.py`` runs
+(default 7: a day of warm-up, six watched); ``benchmarks/scenario_figures.py`` runs
 the week and writes the figures into benchmarks/README.md."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from harness import ServerThread, cli
 from scenario import DAY, WORKERS, Fleet
 
-DAYS = int(os.environ.get("CAPGATE_SCENARIO_DAYS", "2"))
+DAYS = int(os.environ.get("CAPGATE_SCENARIO_DAYS", "7"))
 
 
 @pytest.fixture
