@@ -25,6 +25,8 @@ from typing import Any
 
 from capgate_client import Alert, Client
 
+from harness import wait_for
+
 DAY = 86400.0
 TICK = 600.0
 TTL = 9 * 86400
@@ -73,8 +75,8 @@ def rhythm(at: float) -> float:
 class Injection:
     name: str
     flagged: bool
-    contained: bool
-    decisions: int  # deviating decisions until it was flagged (or contained, under suspend)
+    contained: bool  # suspended (False where its policy only alerts)
+    decisions: int  # deviating decisions until contained (``suspend``) or flagged (``alert``)
     allowed: int  # of them, how many were allowed
     ms: float  # from the first deviating decision until then
     alerts: list[Alert] = field(default_factory=list)
@@ -153,7 +155,7 @@ class Fleet:
     # -- injections ------------------------------------------------------------------
 
     def _until(self, name: str, attempt: Callable[[int], bool], done: Callable[[], bool],
-               limit: float = 20.0) -> Injection:
+               limit: float = 20.0, *, contains: bool = True) -> Injection:
         """Repeat one deviating decision (``attempt`` says whether it was allowed) until
         ``done``; in real time, the server's own flushes doing the work."""
         after = max((a.seq for a in self.admin.alerts(limit=1000)), default=0)
@@ -165,7 +167,7 @@ class Fleet:
         ms = (time.perf_counter() - start) * 1000
         self.settle()  # what the last decisions raised
         alerts = self.admin.alerts(after=after, limit=1000)
-        return Injection(name, bool(alerts), done(), decisions, allowed, ms, alerts)
+        return Injection(name, bool(alerts), contains and done(), decisions, allowed, ms, alerts)
 
     def suspended(self, agent: str) -> Callable[[], bool]:
         return lambda: self.admin.get_agent(agent).status == "suspended"
@@ -208,7 +210,8 @@ class Fleet:
 
         mark = max((a.seq for a in self.admin.alerts(limit=1000)), default=0)
         return self._until("slow creep", attempt,
-                           lambda: bool(self.admin.alerts("summariser", after=mark)))
+                           lambda: bool(self.admin.alerts("summariser", after=mark)),
+                           contains=False)
 
     def inject_deny_burst(self) -> Injection:
         """The orchestrator, confused or hijacked, hammers what its ceiling refuses."""
@@ -220,7 +223,8 @@ class Fleet:
                                        presenter="orchestrator").allowed
 
         return self._until("deny burst", attempt,
-                           lambda: bool(self.admin.alerts("orchestrator", after=mark)))
+                           lambda: bool(self.admin.alerts("orchestrator", after=mark)),
+                           contains=False)
 
 
 def _poisson(rng: random.Random, mean: float) -> int:
@@ -232,3 +236,49 @@ def _poisson(rng: random.Random, mean: float) -> int:
         if p <= limit:
             return n
         n += 1
+
+
+def contain_across(a_address: str, b_address: str, admin_cred: str,
+                   agent_id: str = "researcher") -> dict[str, float]:
+    """The injected researcher of the scenario on two replicas sharing a store: its usual
+    work at both, then reads of /secrets alternately at B and A until both deny.
+    Returns the figures: decisions made and allowed until then, the milliseconds from
+    the first deviating decision until each replica denied, the alerts raised."""
+    with Client(a_address, admin_cred) as admin:
+        _, cred = admin.create_agent(agent_id, ["read:/**"], max_ttl=3600)
+        svc_cred = admin.create_principal(f"{agent_id}-api", "service").credential
+    with Client(a_address, cred) as agent:
+        token = agent.issue("read:/**", ttl=3600).token
+    sa, sb = Client(a_address, svc_cred), Client(b_address, svc_cred)
+    admin_a, admin_b = Client(a_address, admin_cred), Client(b_address, admin_cred)
+    try:
+        wait_for(lambda: sb.verify(token, "read", "/data/papers/0",
+                                   presenter=agent_id).allowed, timeout=10)
+        for i in range(20):  # its usual work, at both replicas (learnt in its warm-up)
+            for s in (sa, sb):
+                assert s.verify(token, "read", f"/data/papers/{i}",
+                                presenter=agent_id).allowed
+        wait_for(lambda: sum(u.count for u in admin_a.usage(agent_id)
+                             if u.kind == "use") >= 41, timeout=10)
+        admin_a.set_policy(agent_id, containment="suspend", warmup=0)
+        wait_for(lambda: admin_b.get_policy(agent_id).containment == "suspend",
+                 timeout=15)
+        start = time.perf_counter()
+        decisions = allowed = 0
+        denied: dict[str, float] = {}
+        while len(denied) < 2 and time.perf_counter() - start < 15:
+            for name, s in (("b", sb), ("a", sa)):
+                ok = s.verify(token, "read", f"/secrets/db/{decisions}",
+                              presenter=agent_id).allowed
+                decisions += 1
+                allowed += ok
+                if not ok and name not in denied:
+                    denied[name] = (time.perf_counter() - start) * 1000
+        alerts = admin_a.alerts(agent_id)
+        return {"decisions": decisions, "allowed": allowed, "alerts": len(alerts),
+                "contained_a_ms": denied.get("a", -1.0), "contained_b_ms": denied.get("b", -1.0),
+                "status_a": admin_a.get_agent(agent_id).status == "suspended",
+                "status_b": admin_b.get_agent(agent_id).status == "suspended"}
+    finally:
+        for c in (sa, sb, admin_a, admin_b):
+            c.close()
