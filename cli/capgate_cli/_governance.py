@@ -115,6 +115,40 @@ def alerts(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def set_mode(args: argparse.Namespace, approvals: Any) -> int:
+    """``agent update --mode shadow --grant …`` watches a ceiling; ``--mode enforce``
+    makes the watched one (or ``--grant``) the ceiling and ends shadow mode."""
+    with client(args) as c:
+        current = c.get_policy(args.id)
+        others = dict(max_ttl=duration(args.max_ttl), max_depth=args.max_depth,
+                      description=args.description, require_proof=args.require_proof,
+                      approvals=approvals,
+                      rate=None if args.rate is None else "" if args.rate == "none"
+                      else args.rate)
+        if args.mode == "shadow":
+            if not args.grant:
+                raise InvalidArgumentError("--mode shadow needs the --grant ceiling to watch")
+            if any(v is not None for v in others.values()):
+                c.update_agent(args.id, **others)  # type: ignore[arg-type]
+            p = c.set_policy(args.id, containment=current.containment,
+                             sensitivity=current.sensitivity, warmup=current.warmup,
+                             shadow=args.grant)
+            emit(args, asdict(p), f"{p.agent}: shadow ceiling {' '.join(p.shadow)} (watched, "
+                                  "not enforced: what it would deny is recorded and alerted "
+                                  "on, and allowed)")
+            return EXIT_OK
+        grants = args.grant or list(current.shadow) or None
+        if grants is None and all(v is None for v in others.values()):
+            raise InvalidArgumentError(f"{args.id} is not in shadow mode: give --grant")
+        info = c.update_agent(args.id, grants=grants, **others)  # type: ignore[arg-type]
+        if current.shadow:
+            c.set_policy(args.id, containment=current.containment,
+                         sensitivity=current.sensitivity, warmup=current.warmup)
+    emit(args, {"agent": info.id, "ceiling": list(info.ceiling), "mode": "enforce"},
+         f"{info.id}: ceiling {' '.join(info.ceiling)} (enforced)")
+    return EXIT_OK
+
+
 def policy(args: argparse.Namespace) -> int:
     with client(args) as c:
         if args.containment is None and args.sensitivity is None and args.warmup is None:
@@ -125,10 +159,11 @@ def policy(args: argparse.Namespace) -> int:
                 parse_duration(args.warmup) if args.warmup != "default" else -1)
             p = c.set_policy(args.id, containment=args.containment or current.containment,
                              sensitivity=args.sensitivity or current.sensitivity,
-                             warmup=warmup)
+                             warmup=warmup, shadow=current.shadow)
     warm = "server default" if p.warmup < 0 else f"{p.warmup:.0f}s"
+    shadow = f"; shadow ceiling {' '.join(p.shadow)}" if p.shadow else ""
     emit(args, asdict(p), f"{p.agent}: on deviation {p.containment}; sensitivity "
-                          f"{p.sensitivity:g}; warm-up {warm}")
+                          f"{p.sensitivity:g}; warm-up {warm}{shadow}")
     return EXIT_OK
 
 

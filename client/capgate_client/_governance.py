@@ -8,7 +8,7 @@ Admins only.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +94,7 @@ class GovernancePolicyInfo:
     containment: str
     sensitivity: float
     warmup: float  # seconds; negative: the server's default
+    shadow: tuple[str, ...] = ()  # the shadow ceiling (empty: not in shadow mode)
 
 
 def _usage(pb: Any) -> UsageInfo:
@@ -116,7 +117,8 @@ def alert_info(pb: Any) -> Alert:
 
 
 def _policy(pb: Any) -> GovernancePolicyInfo:
-    return GovernancePolicyInfo(pb.agent, pb.containment, pb.sensitivity, pb.warmup_seconds)
+    return GovernancePolicyInfo(pb.agent, pb.containment, pb.sensitivity, pb.warmup_seconds,
+                                tuple(pb.shadow_ceiling))
 
 
 def usage(agent: str, since: int) -> Call[list[UsageInfo]]:
@@ -137,11 +139,11 @@ def list_alerts(agent: str, after: int, limit: int) -> Call[list[Alert]]:
                 lambda pb: [alert_info(a) for a in pb.alerts])
 
 
-def set_policy(agent: str, containment: str, sensitivity: float,
-               warmup: float) -> Call[GovernancePolicyInfo]:
+def set_policy(agent: str, containment: str, sensitivity: float, warmup: float,
+               shadow: Sequence[str]) -> Call[GovernancePolicyInfo]:
     return Call("governance", "SetPolicy", governance_pb2.GovernancePolicy(
-        agent=agent, containment=containment, sensitivity=sensitivity, warmup_seconds=warmup),
-        _policy)
+        agent=agent, containment=containment, sensitivity=sensitivity, warmup_seconds=warmup,
+        shadow_ceiling=list(shadow)), _policy)
 
 
 def get_policy(agent: str) -> Call[GovernancePolicyInfo]:
@@ -186,11 +188,14 @@ class GovernanceMethods:
             raise from_rpc_error(e, self.target) from None
 
     def set_policy(self, agent: str, *, containment: str = "alert", sensitivity: float = 1.0,
-                   warmup: float = -1.0) -> GovernancePolicyInfo:
+                   warmup: float = -1.0, shadow: Sequence[str] = ()) -> GovernancePolicyInfo:
         """What an alert about ``agent`` does (alert, narrow, suspend), how sensitive
-        detection is, and its warm-up in seconds (negative: the server's default)."""
+        detection is, its warm-up in seconds (negative: the server's default), and its
+        shadow ceiling: grants checked beside the ceiling and never enforced, what they
+        would deny recorded and alerted on (empty: not in shadow mode). Replaces the
+        whole policy."""
         got: GovernancePolicyInfo = self._run(set_policy(agent, containment, sensitivity,
-                                                         warmup))
+                                                         warmup, shadow))
         return got
 
     def get_policy(self, agent: str) -> GovernancePolicyInfo:
@@ -230,10 +235,10 @@ class AsyncGovernanceMethods:
             raise from_rpc_error(e, self.target) from None
 
     async def set_policy(self, agent: str, *, containment: str = "alert",
-                         sensitivity: float = 1.0, warmup: float = -1.0
-                         ) -> GovernancePolicyInfo:
+                         sensitivity: float = 1.0, warmup: float = -1.0,
+                         shadow: Sequence[str] = ()) -> GovernancePolicyInfo:
         got: GovernancePolicyInfo = await self._run(set_policy(agent, containment, sensitivity,
-                                                               warmup))
+                                                               warmup, shadow))
         return got
 
     async def get_policy(self, agent: str) -> GovernancePolicyInfo:

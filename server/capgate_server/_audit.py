@@ -21,6 +21,10 @@ While the store refuses them, records wait in a backlog of at most ``backlog``;
 beyond that the oldest are dropped and counted in the next overflow record.
 Records older than ``retention`` seconds are deleted. A crash can lose the last
 interval of verify records; SIGTERM flushes them.
+
+An allow for an agent in shadow mode (``shadow``: its shadow ceiling) that the
+shadow ceiling would deny is tallied a second time, as a ``verify.shadow``
+record with the deny's code and reason; the allow is untouched.
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from capgate import Clock, Decision, system_clock
+from capgate import Ceiling, Clock, Decision, DenyCode, system_clock
 from capgate_server.store import AUDIT_FIELD_LIMITS, AuditEvent
 
 __all__ = ["AuditLog"]
@@ -44,6 +48,7 @@ _ENTRY_BYTES = 600  # a tally entry: its key tuple, the counters, the dict slot
 _PRUNE_EVERY = 600.0  # seconds between retention passes
 _PRUNE_CHUNK = 5000  # records deleted per transaction
 _COARSE = "coarse"  # first element of the key of a record whose request was left out
+_SHADOW = "shadow"  # last element of the key of a shadow deny
 _REFUSALS = 1000  # distinct refused calls kept apart per flush interval
 
 
@@ -64,12 +69,15 @@ class AuditLog:
                  prune: Callable[[float, int], Awaitable[int]] | None = None,
                  on_written: Callable[[], None] | None = None,
                  observe: Callable[[Sequence[AuditEvent]], None] | None = None,
+                 shadow: Mapping[str, Ceiling] | None = None,
                  clock: Clock = system_clock, interval: float = 0.2,
                  retention: float = 0.0, tally_bytes: int = 16 << 20, backlog: int = 10_000,
                  rows_per_write: int = 500, denies_per_caller: int = 100) -> None:
         self._write = write
         self._on_written = on_written  # e.g. the ledger: new records to seal
         self._observe = observe  # e.g. governance: each interval's new records, once
+        # agent -> shadow ceiling: an allow it would deny is recorded as verify.shadow
+        self._shadow = shadow if shadow is not None else {}
         self._prune = prune
         self._clock = clock
         self._interval = interval
@@ -101,6 +109,8 @@ class AuditLog:
         """
         self.decisions += 1
         if d.allowed:
+            if self._shadow and d.chain:  # some agent is in shadow mode (else: one check)
+                self._shadow_check(principal, d, action, resource, presenter, now, ctx_keys)
             key: tuple[object, ...] = (principal, d, action, resource, presenter, ctx_keys)
         else:
             if len(action) > _ACTION or len(resource) > _RESOURCE or len(presenter) > _PRESENTER:
@@ -114,6 +124,19 @@ class AuditLog:
         else:
             entry.count += 1
             entry.last = now
+
+    def _shadow_check(self, principal: str, d: Decision, action: str, resource: str,
+                      presenter: str, now: float, ctx_keys: tuple[str, ...]) -> None:
+        """Record what the holder's shadow ceiling would deny (the allow stands)."""
+        holder = d.chain[-1]
+        ceiling = self._shadow.get(holder)
+        if ceiling is None or ceiling.allows(action, resource):
+            return
+        would = Decision(False, DenyCode.CEILING,
+                         f"beyond the shadow ceiling of {holder!r} ({ceiling}); allowed: "
+                         "shadow mode", None, d.token_id, d.chain)
+        self._new_cut(principal, would, action[:_ACTION], resource[:_RESOURCE],
+                      presenter[:_PRESENTER], now, ctx_keys, shadow=True)
 
     def refusal(self, kind: str, principal: str, subject: str, code: str, reason: str,
                 now: float) -> None:
@@ -133,14 +156,16 @@ class AuditLog:
         entry[2] = now
 
     def _new_cut(self, principal: str, d: Decision, action: str, resource: str,
-                 presenter: str, now: float, ctx_keys: tuple[str, ...]) -> None:
-        """A deny for a request with oversized fields: keyed and kept by their prefixes."""
+                 presenter: str, now: float, ctx_keys: tuple[str, ...],
+                 shadow: bool = False) -> None:
+        """A deny for a request with oversized fields: keyed and kept by their prefixes
+        (and a shadow deny, keyed apart from real ones)."""
         cut = {name: len(value) for name, value, limit in (
             ("action", action, _ACTION), ("resource", resource, _RESOURCE),
             ("presenter", presenter, _PRESENTER)) if len(value) > limit}
         action, resource, presenter = action[:_ACTION], resource[:_RESOURCE], presenter[:_PRESENTER]
         key = (principal, d.token_id, d.code, d.caveat, d.chain, action, resource, presenter,
-               ctx_keys)
+               ctx_keys, *((_SHADOW,) if shadow else ()))
         entry = self._tally.get(key)
         if entry is None:
             self._new(key, d, now, len(action) + len(resource) + len(presenter), cut)
@@ -159,8 +184,10 @@ class AuditLog:
             if not over:
                 self._denies[caller] = n + 1
         if over:
-            # full: count it without its request, in one record per caller and outcome
             self._coarse += 1
+            if key[-1] == _SHADOW:  # never a coarse record: it would read as a real deny
+                return
+            # full: count it without its request, in one record per caller and outcome
             key = (_COARSE, key[0], d.allowed, d.code)
             entry = self._tally.get(key)
             if entry is not None:
@@ -219,16 +246,19 @@ class AuditLog:
         for key, e in tally.items():
             d = e.decision
             code = str(d.code)
-            self.decided[code] = self.decided.get(code, 0) + e.count
+            shadow = key[-1] == _SHADOW
+            if not shadow:  # a shadow deny's decision was an allow, counted as such
+                self.decided[code] = self.decided.get(code, 0) + e.count
             if key[0] == _COARSE:
                 events.append(AuditEvent(
                     e.first, str(key[1]), "verify", "", d.allowed, str(d.code),
                     "" if d.allowed else "request detail dropped: audit tally full",
                     count=e.count, last_at=e.last, detail={"coarse": True}))
                 continue
-            action, resource, presenter, ctx_keys = key[-4:]
+            action, resource, presenter, ctx_keys = key[-5:-1] if shadow else key[-4:]
             events.append(AuditEvent(
-                e.first, str(key[0]), "verify", d.token_id or "", d.allowed, str(d.code),
+                e.first, str(key[0]), "verify.shadow" if shadow else "verify",
+                d.token_id or "", d.allowed, str(d.code),
                 "" if d.allowed else d.reason, d.chain, action=str(action),
                 resource=str(resource), presenter=str(presenter), count=e.count,
                 last_at=e.last, detail={"truncated": e.cut} if e.cut else {},

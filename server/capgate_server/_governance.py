@@ -11,6 +11,11 @@ Containment goes through the same store call as an operator's change (an agent
 patch with its audit record, then the change feed carries it to every replica),
 attributed to the principal ``capgate`` with the alert that caused it; an
 operator undoes it as any change (``agent resume``, ``agent update --grant``).
+
+Shadow mode: an agent's policy may carry a shadow ceiling (``shadow``), shared
+with the audit log, which records each allow it would deny as ``verify.shadow``;
+each (agent, action, prefix) of those raises one ``shadow-deny`` alert, never
+contained. The decision itself is always the enforced ceiling's.
 ``narrow`` drops the grants that allowed a first-seen resource; where that would
 leave the ceiling empty, or the deviation is not about a resource, it suspends.
 
@@ -37,7 +42,7 @@ from capgate import (
     check_id,
 )
 from capgate_server._baselines import Baselines, Deviation
-from capgate_server._usage import fold_usage
+from capgate_server._usage import fold_usage, prefix_of
 from capgate_server.store import (
     AgentPatch,
     AlertRecord,
@@ -75,6 +80,8 @@ class Governance:
         self._wake = asyncio.Event()
         self._alerted = asyncio.Event()  # replaced at each alert: wakes the watchers
         self._policies: dict[str, GovernancePolicy] = {}
+        # agent -> shadow ceiling, shared with the audit log (changed in place)
+        self.shadow: dict[str, Ceiling] = {}
         self._learnt_until = 0.0  # usage rows read up to this last_at
         self._task: asyncio.Task[None] | None = None
         self._stepping = asyncio.Lock()  # one pass at a time: a pass waits for the one under way
@@ -135,7 +142,20 @@ class Governance:
         self.baselines.learn(rows)
         if rows:
             self._learnt_until = max(self._learnt_until, max(r.last_at for r in rows))
-        self._policies = {p.agent: p for p in await self._read(self._store.policies)}
+        self._use_policies(await self._read(self._store.policies))
+
+    def _use_policies(self, policies: Sequence[GovernancePolicy]) -> None:
+        self._policies = {p.agent: p for p in policies}
+        shadow = {}
+        for p in policies:
+            if p.shadow:
+                try:
+                    shadow[p.agent] = Ceiling.parse(p.shadow)
+                except Exception as e:  # stored by an older version: say so, keep going
+                    log.error("the shadow ceiling of %s does not parse: %s", p.agent, e)
+        for gone in set(self.shadow) - set(shadow):
+            del self.shadow[gone]
+        self.shadow.update(shadow)
 
     async def step(self) -> None:
         """Detect in the queued records, raise and contain; then write their usage.
@@ -147,7 +167,8 @@ class Governance:
         events, self._queue = self._queue, []
         if not events:
             return
-        for d in self.baselines.observe(events, self.policy, self._warm):
+        for d in [*self.baselines.observe(events, self.policy, self._warm),
+                  *self._shadow_denies(events)]:
             try:
                 await self._raise(d)
             except Exception as e:
@@ -155,6 +176,22 @@ class Governance:
         rows = fold_usage(events)
         if rows:
             await self._write(self._store.record_usage, rows)
+
+    def _shadow_denies(self, events: Sequence[AuditEvent]) -> list[Deviation]:
+        """Each (agent, action, prefix) the shadow ceiling would deny: one alert."""
+        out: dict[str, Deviation] = {}
+        for e in events:
+            if e.kind != "verify.shadow" or not e.chain:
+                continue
+            agent, prefix = e.chain[-1], prefix_of(e.resource)
+            key = f"{agent}|shadow-deny|{e.action}|{prefix}"
+            if key not in out:
+                out[key] = Deviation(
+                    agent, "shadow-deny", key,
+                    f"{agent} would be denied {e.action} on {prefix}/** by its shadow ceiling "
+                    "(allowed: shadow mode)", e.at, e.action, e.resource,
+                    {"code": e.code, "presenter": e.presenter, "chain": list(e.chain)})
+        return list(out.values())
 
     # -- policies ---------------------------------------------------------------------
 
@@ -169,7 +206,8 @@ class Governance:
         return at - agent.created_at >= warmup
 
     async def set_policy(self, caller: str, agent_id: str, containment: str,
-                         sensitivity: float, warmup: float) -> GovernancePolicy:
+                         sensitivity: float, warmup: float,
+                         shadow: Sequence[str] = ()) -> GovernancePolicy:
         check_id(agent_id, "agent id")
         agent = self._agents.get(agent_id)
         if agent is None or agent.status is AgentStatus.DELETED:
@@ -181,17 +219,25 @@ class Governance:
                                        containment=containment) from None
         if not 0.01 <= sensitivity <= 100:
             raise InvalidArgumentError("sensitivity must be between 0.01 and 100")
-        policy = GovernancePolicy(agent_id, mode, sensitivity, warmup)
+        if len(shadow) > 256:
+            raise InvalidArgumentError("a shadow ceiling holds at most 256 grants")
+        ceiling = Ceiling.parse(shadow) if shadow else None  # a bad grant: a clear error
+        policy = GovernancePolicy(agent_id, mode, sensitivity, warmup,
+                                  tuple(str(g) for g in ceiling.grants) if ceiling else ())
         await self._write(self._store.set_policy, policy, AuditEvent(
             self._clock(), caller, "governance.policy", agent_id,
-            detail={"containment": str(mode), "sensitivity": sensitivity, "warmup": warmup}))
-        self._policies[agent_id] = policy
+            detail={"containment": str(mode), "sensitivity": sensitivity, "warmup": warmup,
+                    "shadow": " ".join(policy.shadow)}))
+        self._use_policies([*(p for p in self._policies.values() if p.agent != agent_id),
+                            policy])
         return policy
 
     # -- alerts and containment ----------------------------------------------------------
 
     async def _raise(self, d: Deviation) -> None:
         policy = self.policy(d.agent)
+        if d.kind == "shadow-deny":  # what shadow mode is for: watch, never act
+            policy = GovernancePolicy(d.agent)
         record = AlertRecord(key=d.key[:512], agent=d.agent, at=d.at, kind=d.kind,
                              reason=d.reason[:1024],
                              detail={**d.detail, "action": d.action, "resource": d.resource},

@@ -44,7 +44,8 @@ def review_to_pb(r: AgentReview) -> governance_pb2.AgentReview:
 
 def policy_to_pb(p: GovernancePolicy) -> governance_pb2.GovernancePolicy:
     return governance_pb2.GovernancePolicy(agent=p.agent, containment=str(p.containment),
-                                           sensitivity=p.sensitivity, warmup_seconds=p.warmup)
+                                           sensitivity=p.sensitivity, warmup_seconds=p.warmup,
+                                           shadow_ceiling=p.shadow)
 
 
 def _window(seconds: int, default: int = 0) -> int:
@@ -105,7 +106,7 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
     async def SetPolicy(self, request: Any, context: Any) -> Any:
         policy = await self.governance.set_policy(
             CALLER.get().id, request.agent, request.containment,
-            request.sensitivity or 1.0, request.warmup_seconds)
+            request.sensitivity or 1.0, request.warmup_seconds, list(request.shadow_ceiling))
         return policy_to_pb(policy)
 
     @rpc

@@ -147,6 +147,7 @@ class Replica:
         self.audit = AuditLog(
             self._write_audit,
             observe=self.governance.observe if settings.governance else None,
+            shadow=self.governance.shadow,
             prune=self.ledger.prune if settings.role == "full" else None,
             on_written=self.ledger.wake,
             clock=clock, interval=settings.audit_interval, retention=settings.audit_retention,

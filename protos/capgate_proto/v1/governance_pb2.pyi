@@ -133,16 +133,18 @@ class ListAlertsResponse(_message.Message):
     def __init__(self, alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ...) -> None: ...
 
 class GovernancePolicy(_message.Message):
-    __slots__ = ("agent", "containment", "sensitivity", "warmup_seconds")
+    __slots__ = ("agent", "containment", "sensitivity", "warmup_seconds", "shadow_ceiling")
     AGENT_FIELD_NUMBER: _ClassVar[int]
     CONTAINMENT_FIELD_NUMBER: _ClassVar[int]
     SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
     WARMUP_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_CEILING_FIELD_NUMBER: _ClassVar[int]
     agent: str
     containment: str
     sensitivity: float
     warmup_seconds: float
-    def __init__(self, agent: _Optional[str] = ..., containment: _Optional[str] = ..., sensitivity: _Optional[float] = ..., warmup_seconds: _Optional[float] = ...) -> None: ...
+    shadow_ceiling: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, agent: _Optional[str] = ..., containment: _Optional[str] = ..., sensitivity: _Optional[float] = ..., warmup_seconds: _Optional[float] = ..., shadow_ceiling: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetPolicyRequest(_message.Message):
     __slots__ = ("agent",)

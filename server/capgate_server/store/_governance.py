@@ -10,7 +10,7 @@
   (``key`` is unique: the replica whose insert wins contains, the others see it
   exists), with the containment applied.
 * **Policies**: per agent, what an alert does (``alert``, ``narrow``,
-  ``suspend``), how sensitive detection is, and the enforcement mode.
+  ``suspend``), how sensitive detection is, its warm-up, and its shadow ceiling.
 """
 
 from __future__ import annotations
@@ -78,6 +78,9 @@ class GovernancePolicy:
     containment: Containment = Containment.ALERT
     sensitivity: float = 1.0  # >1 flags smaller deviations; <1 only larger ones
     warmup: float = -1.0  # seconds of learning before alerting; <0: the server's default
+    # shadow mode: grants evaluated beside the ceiling on every allow, never enforced;
+    # what they would deny is recorded and alerted on (empty: not in shadow mode)
+    shadow: tuple[str, ...] = ()
 
 
 class GovernanceStore(ABC):

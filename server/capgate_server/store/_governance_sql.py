@@ -38,7 +38,7 @@ GOVERNANCE_MIGRATION = [
     "CREATE INDEX governance_alerts_agent ON governance_alerts (agent, seq)",
     """CREATE TABLE governance_policies (
         agent TEXT PRIMARY KEY, containment TEXT NOT NULL, sensitivity {real} NOT NULL,
-        warmup {real} NOT NULL)""",
+        warmup {real} NOT NULL, shadow TEXT NOT NULL)""",
 ]
 
 _ALERT_COLS = "seq, key, agent, at, kind, reason, detail, containment"
@@ -120,15 +120,17 @@ class GovernanceRows(GovernanceStore):
         p = policy
         with self._tx() as cur:
             self._x(cur, "INSERT INTO governance_policies (agent, containment, sensitivity, "
-                         "warmup) VALUES (?, ?, ?, ?) ON CONFLICT (agent) DO UPDATE SET "
-                         "containment = excluded.containment, "
-                         "sensitivity = excluded.sensitivity, warmup = excluded.warmup",
-                    (p.agent, str(p.containment), p.sensitivity, p.warmup))
+                         "warmup, shadow) VALUES (?, ?, ?, ?, ?) ON CONFLICT (agent) DO UPDATE "
+                         "SET containment = excluded.containment, "
+                         "sensitivity = excluded.sensitivity, warmup = excluded.warmup, "
+                         "shadow = excluded.shadow",
+                    (p.agent, str(p.containment), p.sensitivity, p.warmup, json.dumps(p.shadow)))
             self._audit(cur, [audit])
 
     def policies(self) -> list[GovernancePolicy]:
         with self._read() as cur:
-            rows = self._x(cur, "SELECT agent, containment, sensitivity, warmup "
+            rows = self._x(cur, "SELECT agent, containment, sensitivity, warmup, shadow "
                                 "FROM governance_policies ORDER BY agent").fetchall()
-        return [GovernancePolicy(r[0], Containment(r[1]), float(r[2]), float(r[3]))
+        return [GovernancePolicy(r[0], Containment(r[1]), float(r[2]), float(r[3]),
+                                 tuple(json.loads(r[4])) if r[4] else ())
                 for r in rows]
