@@ -21,7 +21,8 @@ leave the ceiling empty, or the deviation is not about a resource, it suspends.
 
 Each replica learns from the decisions it sees, and every ``refresh`` seconds
 from the usage rows the fleet wrote (so a prefix one replica saw is not news to
-another), and re-reads the policies.
+another), and re-reads the policies. Usage not seen for ``retention`` seconds (the
+audit's retention) is forgotten by the full replicas every 10 minutes.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ __all__ = ["Governance"]
 log = logging.getLogger("capgate.governance")
 _QUEUE = 200_000  # records waiting for the task at most (beyond, the oldest are dropped)
 _SYSTEM = "capgate"  # the principal of the system's own actions
+_PRUNE_EVERY = 600.0  # seconds between passes forgetting old usage
+_PRUNE_CHUNK = 5000  # usage rows deleted per transaction
 
 Lane = Callable[..., Awaitable[Any]]
 
@@ -65,7 +68,7 @@ Lane = Callable[..., Awaitable[Any]]
 class Governance:
     def __init__(self, store: Store, agents: Mapping[str, Agent], clock: Clock, *,
                  read: Lane, write: Lane, after_change: Callable[[], Awaitable[None]],
-                 warmup: float = 86400.0, refresh: float = 5.0,
+                 warmup: float = 86400.0, refresh: float = 5.0, retention: float = 0.0,
                  baselines: Baselines | None = None) -> None:
         self._store = store
         self._agents = agents
@@ -75,6 +78,7 @@ class Governance:
         self._after_change = after_change
         self.warmup = warmup
         self._refresh = refresh
+        self._retention = retention  # seconds usage rows are kept since last seen; 0: always
         self.baselines = baselines or Baselines()
         self._queue: list[AuditEvent] = []
         self._wake = asyncio.Event()
@@ -123,6 +127,7 @@ class Governance:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         next_refresh = loop.time() + self._refresh
+        next_prune = loop.time()
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, next_refresh - loop.time())):
@@ -133,8 +138,20 @@ class Governance:
                 if loop.time() >= next_refresh:
                     next_refresh = loop.time() + self._refresh
                     await self._catch_up()
+                if self._retention and loop.time() >= next_prune:
+                    next_prune = loop.time() + _PRUNE_EVERY
+                    await self.prune()
             except Exception as e:  # the store is down: the next batch tries again
                 log.warning("governance pass failed: %s", e)
+
+    async def prune(self) -> int:
+        """Forget usage not seen for the retention period (as audit records are)."""
+        before, total = self._clock() - self._retention, 0
+        while True:
+            n: int = await self._write(self._store.prune_usage, before, _PRUNE_CHUNK)
+            total += n
+            if n < _PRUNE_CHUNK:
+                return total
 
     async def _catch_up(self) -> None:
         since = max(0.0, self._learnt_until - 60.0)

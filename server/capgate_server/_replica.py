@@ -143,7 +143,9 @@ class Replica:
         # usage, baselines and containment, fed by the audit tally's flushes
         self.governance = Governance(store, self.agents, clock, read=self.read,
                                      write=self._on_audit_lane, after_change=self.sync,
-                                     warmup=settings.governance_warmup)
+                                     warmup=settings.governance_warmup,
+                                     retention=settings.audit_retention
+                                     if settings.role == "full" else 0.0)
         self.audit = AuditLog(
             self._write_audit,
             observe=self.governance.observe if settings.governance else None,

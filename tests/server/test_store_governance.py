@@ -66,6 +66,15 @@ def test_usage_adds_up_across_writers_and_widens_its_instants(opener):
     assert stores[0].usage("nobody") == []
 
 
+def test_usage_not_seen_since_is_pruned_in_chunks(opener):
+    s = opener()
+    s.record_usage([_row(1, T0, T0 + i, f"/data/{i}") for i in range(12)])
+    assert s.prune_usage(T0 + 10, limit=5) == 5
+    assert s.prune_usage(T0 + 10, limit=5) == 5
+    assert s.prune_usage(T0 + 10, limit=5) == 0
+    assert [r.subject for r in s.usage("reader")] == ["/data/11", "/data/10"]
+
+
 def test_an_alert_is_raised_once_however_many_race_for_it(opener):
     stores = [opener() for _ in range(4)]
     alert = AlertRecord("reader|new-resource|read|/secrets", "reader", T0, "new-resource",

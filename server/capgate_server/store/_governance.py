@@ -94,7 +94,12 @@ class GovernanceStore(ABC):
     @abstractmethod
     def usage(self, agent: str = "", since: float = 0.0, limit: int = 100_000
               ) -> list[UsageRow]:
-        """Usage rows last seen at or after ``since`` (every agent's, or one's)."""
+        """Usage rows last seen at or after ``since`` (every agent's, or one's), the most
+        recently seen first."""
+
+    @abstractmethod
+    def prune_usage(self, before: float, limit: int = 5000) -> int:
+        """Delete at most ``limit`` usage rows last seen before ``before``; how many."""
 
     @abstractmethod
     def raise_alert(self, alert: AlertRecord, audit: AuditEvent) -> AlertRecord | None:

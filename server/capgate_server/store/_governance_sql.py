@@ -84,10 +84,18 @@ class GovernanceRows(GovernanceStore):
             sql += " AND agent = ?"
             params.append(agent)
         with self._read() as cur:
-            rows = self._x(cur, sql + " ORDER BY agent, kind, action, subject LIMIT ?",
-                           (*params, limit)).fetchall()
+            # newest first: at the limit, what is kept is what was used last
+            rows = self._x(cur, sql + " ORDER BY last_at DESC, agent, kind, action, subject "
+                                      "LIMIT ?", (*params, limit)).fetchall()
         return [UsageRow(r[0], UsageKind(r[1]), r[2], r[3], int(r[4]), float(r[5]), float(r[6]))
                 for r in rows]
+
+    def prune_usage(self, before: float, limit: int = 5000) -> int:
+        with self._tx() as cur:
+            self._x(cur, "DELETE FROM agent_usage WHERE (agent, kind, action, subject) IN "
+                         "(SELECT agent, kind, action, subject FROM agent_usage "
+                         "WHERE last_at < ? LIMIT ?)", (before, limit))
+            return int(cur.rowcount)
 
     def raise_alert(self, alert: AlertRecord, audit: AuditEvent) -> AlertRecord | None:
         a = alert
