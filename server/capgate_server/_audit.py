@@ -25,6 +25,10 @@ interval of verify records; SIGTERM flushes them.
 An allow for an agent in shadow mode (``shadow``: its shadow ceiling) that the
 shadow ceiling would deny is tallied a second time, as a ``verify.shadow``
 record with the deny's code and reason; the allow is untouched.
+
+``observe`` (governance) is handed each interval's new records once, when they
+are drained: by the flush, or, while a slow write holds the flush, by a stager
+that moves them to the backlog for the next write.
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ class AuditLog:
         self._wake = asyncio.Event()
         self._flushing = asyncio.Lock()  # one flush at a time: a flush waits for the one under way
         self._task: asyncio.Task[None] | None = None
+        self._stager: asyncio.Task[None] | None = None
         self.decisions = 0  # verify decisions seen (for metrics)
         self.decided: dict[str, int] = {}  # verify decisions by code, as they are written
 
@@ -201,7 +206,19 @@ class AuditLog:
             self._wake.set()  # flush early rather than fill up
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-flush")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="audit-flush")
+        if self._observe is not None:
+            self._stager = loop.create_task(self._stage_while_writing(), name="audit-stage")
+
+    async def _stage_while_writing(self) -> None:
+        """While a write is slow, still hand each interval's new records to ``observe``
+        (they wait in the backlog for the next write): detection never waits for the
+        store."""
+        while True:
+            await asyncio.sleep(self._interval)
+            if self._flushing.locked() and (self._tally or self._refusals):
+                self._keep(self._drain())
 
     async def _run(self) -> None:
         next_prune = 0.0
@@ -326,6 +343,11 @@ class AuditLog:
             log.error("audit backlog full: dropped the %d oldest records", excess)
 
     async def close(self) -> None:
+        if self._stager is not None:
+            self._stager.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stager
+            self._stager = None
         if self._task is not None:
             async with self._flushing:  # never cancel a flush halfway through its batch
                 self._task.cancel()

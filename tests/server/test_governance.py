@@ -129,3 +129,41 @@ def test_grpc_status_of_a_bad_window(world):
             stub.Review(governance_pb2.ReviewRequest(since_seconds=-1),
                         metadata=(("authorization", f"Bearer {server.admin_credential}"),))
     assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_detection_does_not_wait_for_a_slow_audit_write():
+    """While one write hangs, each interval's new decisions still reach ``observe``, and
+    once the store answers they are written, none lost, none twice."""
+    import asyncio
+
+    from capgate import Decision, DenyCode
+    from capgate_server import AuditLog
+
+    async def scenario() -> tuple[list[int], int, int]:
+        release = asyncio.Event()
+        written: list[int] = []
+        observed: list[int] = []
+
+        async def write(events) -> None:
+            if not written:
+                await release.wait()  # the first write hangs until released
+            written.extend(e.count for e in events)
+
+        log = AuditLog(write, observe=lambda events: observed.extend(e.count for e in events),
+                       interval=0.01)
+        log.start()
+        deny = Decision(False, DenyCode.REVOKED, "revoked", None, "t1", ("a",))
+        log.decision("svc", deny, "read", "/x", "a", 1.0)
+        while not observed:  # the first flush took it and hangs in write
+            await asyncio.sleep(0.005)
+        for i in range(3):
+            log.decision("svc", deny, "read", f"/y{i}", "a", 2.0)
+        while len(observed) < 4:  # handed on while the write still hangs
+            await asyncio.sleep(0.005)
+        pending = len(written)
+        release.set()
+        await log.close()
+        return observed, pending, len(written)
+
+    observed, pending_while_hung, written = asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert observed == [1, 1, 1, 1] and pending_while_hung == 0 and written == 4
