@@ -67,14 +67,16 @@ Lane = Callable[..., Awaitable[Any]]
 
 class Governance:
     def __init__(self, store: Store, agents: Mapping[str, Agent], clock: Clock, *,
-                 read: Lane, write: Lane, after_change: Callable[[], Awaitable[None]],
+                 read: Lane, write: Lane, bulk: Lane,
+                 after_change: Callable[[], Awaitable[None]],
                  warmup: float = 86400.0, refresh: float = 5.0, retention: float = 0.0,
                  baselines: Baselines | None = None) -> None:
         self._store = store
         self._agents = agents
         self._clock = clock
         self._read = read
-        self._write = write
+        self._write = write  # alerts, containment, policies: the lane of operators' changes
+        self._bulk = bulk  # usage rows: the audit's lane, never ahead of a change
         self._after_change = after_change
         self.warmup = warmup
         self._refresh = refresh
@@ -148,7 +150,7 @@ class Governance:
         """Forget usage not seen for the retention period (as audit records are)."""
         before, total = self._clock() - self._retention, 0
         while True:
-            n: int = await self._write(self._store.prune_usage, before, _PRUNE_CHUNK)
+            n: int = await self._bulk(self._store.prune_usage, before, _PRUNE_CHUNK)
             total += n
             if n < _PRUNE_CHUNK:
                 return total
@@ -192,7 +194,7 @@ class Governance:
                 log.error("cannot raise the alert %r: %s", d.key, e)
         rows = fold_usage(events)
         if rows:
-            await self._write(self._store.record_usage, rows)
+            await self._bulk(self._store.record_usage, rows)
 
     def _shadow_denies(self, events: Sequence[AuditEvent]) -> list[Deviation]:
         """Each (agent, action, prefix) the shadow ceiling would deny: one alert."""

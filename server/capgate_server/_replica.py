@@ -142,7 +142,8 @@ class Replica:
                                   checkpoint_every=settings.audit_checkpoint_every)
         # usage, baselines and containment, fed by the audit tally's flushes
         self.governance = Governance(store, self.agents, clock, read=self.read,
-                                     write=self._on_audit_lane, after_change=self.sync,
+                                     write=self.call, bulk=self._on_audit_lane,
+                                     after_change=self.sync,
                                      warmup=settings.governance_warmup,
                                      retention=settings.audit_retention
                                      if settings.role == "full" else 0.0)
@@ -199,7 +200,7 @@ class Replica:
         await loop.run_in_executor(self._auditor, self.store.append_audit, events)
 
     async def _on_audit_lane(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run a governance write on the audit lane: never ahead of a revocation."""
+        """Run a bulk governance write (usage) on the audit lane: never ahead of a change."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._auditor, lambda: fn(*args, **kwargs))
 
