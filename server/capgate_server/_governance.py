@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -59,6 +60,8 @@ __all__ = ["Governance"]
 log = logging.getLogger("capgate.governance")
 _QUEUE = 200_000  # records waiting for the task at most (beyond, the oldest are dropped)
 _SYSTEM = "capgate"  # the principal of the system's own actions
+_ALERTS_PER_AGENT = 20  # alerts one replica raises about one agent per window, at most
+_ALERT_WINDOW = 600.0  # seconds (monotonic)
 _PRUNE_EVERY = 600.0  # seconds between passes forgetting old usage
 _PRUNE_CHUNK = 5000  # usage rows deleted per transaction
 
@@ -70,7 +73,8 @@ class Governance:
                  read: Lane, write: Lane, bulk: Lane,
                  after_change: Callable[[], Awaitable[None]],
                  warmup: float = 86400.0, refresh: float = 5.0, retention: float = 0.0,
-                 baselines: Baselines | None = None) -> None:
+                 baselines: Baselines | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._agents = agents
         self._clock = clock
@@ -89,6 +93,8 @@ class Governance:
         # agent -> shadow ceiling, shared with the audit log (changed in place)
         self.shadow: dict[str, Ceiling] = {}
         self._learnt_until = 0.0  # usage rows read up to this last_at
+        self._monotonic = monotonic
+        self._raised: dict[str, list[float]] = {}  # agent -> [window start, alerts in it]
         self._task: asyncio.Task[None] | None = None
         self._stepping = asyncio.Lock()  # one pass at a time: a pass waits for the one under way
         self.dropped = 0
@@ -253,7 +259,29 @@ class Governance:
 
     # -- alerts and containment ----------------------------------------------------------
 
+    def _room(self, agent_id: str) -> bool:
+        """Whether another alert about the agent may be raised now: an agent (or whoever
+        presents its tokens) probing thousands of new resources raises a bounded number."""
+        now = self._monotonic()
+        window = self._raised.get(agent_id)
+        if window is None or now - window[0] >= _ALERT_WINDOW:
+            if len(self._raised) > 10_000:
+                self._raised.clear()
+            window = self._raised[agent_id] = [now, 0.0]
+        if window[1] >= _ALERTS_PER_AGENT:
+            if window[1] == _ALERTS_PER_AGENT:
+                log.warning("more than %d alerts about %s in %.0fs: the rest of the window's "
+                            "are not raised (the audit keeps every decision)",
+                            _ALERTS_PER_AGENT, agent_id, _ALERT_WINDOW)
+            window[1] += 1
+            self.alerts["suppressed"] = self.alerts.get("suppressed", 0) + 1
+            return False
+        window[1] += 1
+        return True
+
     async def _raise(self, d: Deviation) -> None:
+        if not self._room(d.agent):
+            return
         policy = self.policy(d.agent)
         if d.kind == "shadow-deny":  # what shadow mode is for: watch, never act
             policy = GovernancePolicy(d.agent)

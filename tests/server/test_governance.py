@@ -167,3 +167,14 @@ def test_detection_does_not_wait_for_a_slow_audit_write():
 
     observed, pending_while_hung, written = asyncio.run(asyncio.wait_for(scenario(), 20))
     assert observed == [1, 1, 1, 1] and pending_while_hung == 0 and written == 4
+
+
+def test_a_flood_of_new_things_raises_a_bounded_number_of_alerts(world, clock):
+    server, admin, svc, (token, secrets), settle, _ = world
+    clock.advance(2 * DAY)
+    for i in range(60):  # a token presented by sixty strangers
+        svc.verify(token, "read", "/reports/q1", presenter=f"stranger-{i}")
+    settle()
+    alerts = admin.alerts("reporter", limit=1000)
+    assert 1 <= len(alerts) <= 20
+    assert {a.kind for a in alerts} <= {"new-presenter", "new-resource"}
