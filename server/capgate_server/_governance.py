@@ -342,6 +342,8 @@ class Governance:
                 async with asyncio.timeout(poll):
                     await waiting.wait()
 
-    async def usage(self, agent: str = "", since: float = 0.0) -> list[UsageRow]:
-        rows: list[UsageRow] = await self._read(self._store.usage, agent, since)
+    async def usage(self, agent: str = "", since: float = 0.0, limit: int = 100_000
+                    ) -> list[UsageRow]:
+        """Usage rows, the most recently seen first, at most ``limit``."""
+        rows: list[UsageRow] = await self._read(self._store.usage, agent, since, limit)
         return rows

@@ -17,6 +17,7 @@ from capgate_server.store import AlertRecord, GovernancePolicy
 __all__ = ["GovernanceServicer"]
 
 _DEFAULT_WINDOW = 30 * 86400
+_USAGE_REPLY = 10_000  # usage rows one GetUsage returns at most (the most recent)
 
 
 def _when(ts: float) -> str:
@@ -66,7 +67,8 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
     @rpc
     async def GetUsage(self, request: Any, context: Any) -> Any:
         rows = await self.governance.usage(request.agent,
-                                           self._since(_window(request.since_seconds)))
+                                           self._since(_window(request.since_seconds)),
+                                           _USAGE_REPLY)
         return governance_pb2.UsageResponse(rows=[governance_pb2.UsageRow(
             agent=r.agent, kind=str(r.kind), action=r.action, subject=r.subject, count=r.count,
             first_seen=format_timestamp(r.first_at), last_seen=format_timestamp(r.last_at))

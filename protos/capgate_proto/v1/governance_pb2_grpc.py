@@ -76,7 +76,8 @@ class GovernanceServiceServicer:
     """
 
     def GetUsage(self, request, context):
-        """The usage rows of one agent (or all) last seen within the window.
+        """The usage rows of one agent (or all) last seen within the window, the most
+        recently seen first, at most 10,000.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
