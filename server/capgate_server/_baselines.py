@@ -173,7 +173,7 @@ class Baselines:
                     out.append(Deviation(
                         s.agent, kind, f"{s.agent}|{kind}|{what}", reason, s.at, e.action,
                         e.resource, {"code": e.code, "presenter": e.presenter,
-                                     "chain": list(e.chain)}))
+                                     "chain": list(e.chain), "token_id": e.subject}))
             if e.code in _QUIET_CODES:
                 continue
             holder = e.chain[-1]

@@ -16,8 +16,9 @@ Shadow mode: an agent's policy may carry a shadow ceiling (``shadow``), shared
 with the audit log, which records each allow it would deny as ``verify.shadow``;
 each (agent, action, prefix) of those raises one ``shadow-deny`` alert, never
 contained. The decision itself is always the enforced ceiling's.
-``narrow`` drops the grants that allowed a first-seen resource; where that would
-leave the ceiling empty, or the deviation is not about a resource, it suspends.
+``narrow`` drops the grants that allowed a first-seen resource, and revokes a
+token a stranger presented (its whole lineage); where that would leave the
+ceiling empty, or the deviation is neither, it suspends.
 
 Each replica learns from the decisions it sees, and every ``refresh`` seconds
 from the usage rows the fleet wrote (so a prefix one replica saw is not news to
@@ -73,7 +74,7 @@ class Governance:
                  read: Lane, write: Lane, bulk: Lane,
                  after_change: Callable[[], Awaitable[None]],
                  warmup: float = 86400.0, refresh: float = 5.0, retention: float = 0.0,
-                 baselines: Baselines | None = None,
+                 baselines: Baselines | None = None, revoke_for: float = 30 * 86400.0,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._agents = agents
@@ -94,6 +95,7 @@ class Governance:
         self.shadow: dict[str, Ceiling] = {}
         self._learnt_until = 0.0  # usage rows read up to this last_at
         self._monotonic = monotonic
+        self._revoke_for = revoke_for  # a revocation is kept this long (the longest token)
         self._raised: dict[str, list[float]] = {}  # agent -> [window start, alerts in it]
         self._task: asyncio.Task[None] | None = None
         self._stepping = asyncio.Lock()  # one pass at a time: a pass waits for the one under way
@@ -307,6 +309,10 @@ class Governance:
         if agent is None or agent.status is not AgentStatus.ACTIVE:
             return
         patch, done = AgentPatch(status=AgentStatus.SUSPENDED), "suspend"
+        token_id = str(d.detail.get("token_id", ""))
+        if mode is Containment.NARROW and d.kind == "new-presenter" and token_id:
+            await self._revoke(alert, d, token_id)
+            return
         if mode is Containment.NARROW and d.kind == "new-resource" and d.resource:
             kept = tuple(g for g in agent.ceiling.grants if not g.allows(d.action, d.resource))
             if len(kept) == len(agent.ceiling.grants):
@@ -321,6 +327,25 @@ class Governance:
             self._clock(), _SYSTEM, "governance.contain", d.agent, detail=detail))
         self.containments[done] = self.containments.get(done, 0) + 1
         log.warning("contained %s (%s) after alert %d", d.agent, done, alert.seq)
+        await self._after_change()
+
+    async def _revoke(self, alert: AlertRecord, d: Deviation, token_id: str) -> None:
+        """A token presented by a stranger: revoke its lineage (everything derived from
+        the token), not the agent."""
+        now = self._clock()
+        reason = f"governance alert {alert.seq}: {alert.reason}"[:512]
+        chain = d.detail.get("chain")
+        await self._write(self._store.revoke, token_id, now, now + self._revoke_for, _SYSTEM,
+                          reason, AuditEvent(
+                              now, _SYSTEM, "revoke", token_id,
+                              chain=tuple(str(a) for a in chain) if isinstance(chain, list)
+                              else (), detail={"reason": reason, "alert": alert.seq}))
+        await self._write(self._store.append_audit, [AuditEvent(
+            now, _SYSTEM, "governance.contain", d.agent,
+            detail={"alert": alert.seq, "containment": "revoke", "token_id": token_id,
+                    "reason": alert.reason})])
+        self.containments["revoke"] = self.containments.get("revoke", 0) + 1
+        log.warning("revoked token %s of %s after alert %d", token_id, d.agent, alert.seq)
         await self._after_change()
 
     async def list_alerts(self, after_seq: int = 0, agent: str = "", limit: int = 100

@@ -146,7 +146,8 @@ class Replica:
                                      after_change=self.sync,
                                      warmup=settings.governance_warmup,
                                      retention=settings.audit_retention
-                                     if settings.role == "full" else 0.0)
+                                     if settings.role == "full" else 0.0,
+                                     revoke_for=settings.max_ttl_cap)
         self.audit = AuditLog(
             self._write_audit,
             observe=self.governance.observe if settings.governance else None,

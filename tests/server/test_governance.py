@@ -178,3 +178,21 @@ def test_a_flood_of_new_things_raises_a_bounded_number_of_alerts(world, clock):
     alerts = admin.alerts("reporter", limit=1000)
     assert 1 <= len(alerts) <= 20
     assert {a.kind for a in alerts} <= {"new-presenter", "new-resource"}
+
+
+def test_narrow_revokes_a_token_a_stranger_presented_and_spares_the_agent(world, clock):
+    server, admin, svc, (token, secrets), settle, _ = world
+    assert svc.verify(token, "read", "/reports/q1", presenter="reporter").allowed
+    assert svc.verify(secrets, "read", "/secrets/a", presenter="reporter").allowed
+    settle()
+    admin.set_policy("reporter", containment="narrow")
+    clock.advance(2 * DAY)
+    assert not svc.verify(token, "read", "/reports/q1", presenter="intruder").allowed
+    settle()
+    [alert] = admin.alerts("reporter")
+    assert alert.kind == "new-presenter"
+    assert svc.verify(token, "read", "/reports/q1", presenter="reporter").code == "revoked"
+    assert svc.verify(secrets, "read", "/secrets/a", presenter="reporter").allowed
+    assert admin.get_agent("reporter").status == "active"
+    [contained] = admin.audit(kind="governance.contain")
+    assert contained.principal == "capgate" and '"revoke"' in contained.detail
