@@ -257,15 +257,15 @@ class Verification:
         claims = [(i, claim) for i, _, claim in pending if claim is not None]
         if claims:
             redeemed = await replica.nonces.redeem([c for _, c in claims])
-            for (i, claim), ok in zip(claims, redeemed, strict=True):
+            for (i, redeemed_claim), ok in zip(claims, redeemed, strict=True):
                 if ok is True:
                     continue
                 d = decisions[i]
                 if ok is False:
                     decisions[i] = Decision(
                         False, DenyCode.PROOF_REPLAYED,
-                        f"proof nonce {claim[1]} was already used: a proof is good for one "
-                        "request", None, d.token_id, d.chain)
+                        f"proof nonce {redeemed_claim[1]} was already used: a proof is good "
+                        "for one request", None, d.token_id, d.chain)
                 else:
                     decisions[i] = Decision(
                         False, DenyCode.UNAVAILABLE,
