@@ -151,6 +151,21 @@ class Budgets:
             if len(leases) > self._max_leases:
                 self.give_back(idle=0.0)
 
+    def refund(self, budgets: Sequence[Budget]) -> None:
+        """Give back the use ``take`` counted against each of ``budgets``, for an allow
+        that turned into a deny after it was counted (an approval already spent): a deny
+        spends nothing. A window that has ended since keeps its use."""
+        now = 0.0
+        for b in budgets:
+            lease = self._leases.get(b.id)
+            if lease is None:
+                continue
+            if b.period:
+                now = now or self._clock()
+                if lease.slot != int(now // b.period):
+                    continue
+            lease.left += 1
+
     def _refill(self, b: Budget, slot: int) -> asyncio.Future[int]:
         """Lease more uses of ``b`` in ``slot``, one request at a time per budget: callers
         that need it meanwhile share the answer."""

@@ -280,6 +280,8 @@ class Verification:
                 holder = p.presenter if claim is None else claim[0]
                 decisions[i] = await self.approvals.use(
                     caller, d, p.token, Request(p.action, p.resource, holder, p.ctx))
+                if not decisions[i].allowed:  # a deny spends nothing: the budgets' use back
+                    replica.budgets.refund(d.budgets)
         now = replica.clock()
         for i, p, claim in pending:  # the presenter audited: the holder once its proof held
             replica.audit.decision(caller.id, decisions[i], p.action, p.resource,

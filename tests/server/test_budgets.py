@@ -17,7 +17,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from capgate import Budget, DenyCode, Directory, InvalidArgumentError, Request, Verifier
+from capgate import (
+    Budget,
+    DenyCode,
+    Directory,
+    InvalidArgumentError,
+    Request,
+    Verifier,
+    format_timestamp,
+)
 from capgate_client import Client
 from capgate_server._budgets import Budgets
 from capgate_server.store import PostgresStore, SqliteStore
@@ -146,6 +154,20 @@ def test_a_verifier_without_counts_refuses_budgets():
             assert [b.caveat for b in d.budgets] == ["uses <= 3"]
         else:
             assert d.caveat == "uses <= 3"
+
+
+def test_a_budget_lives_as_long_as_the_token_it_was_added_to():
+    """A holder who shortens its copy must not shorten the count: the store forgets a
+    budget an hour after its ``until``, so an ``until`` taken from a short-lived copy
+    would let the budget start again from zero while the real token still lives."""
+    v = Verifier({KID: KEY}, registry(), revocations(), clock=clock, counts_budgets=True)
+    lives = clock() + 3600
+    token = (mint("a", secrets.token_hex(16)).attenuate(f"expires < {format_timestamp(lives)}")
+             .attenuate("uses <= 2"))
+    short = token.attenuate(f"expires < {format_timestamp(clock() + 5)}")
+    untils = {v.verify(t.to_text(), Request("read", "/data/x", "a")).budgets[0].until
+              for t in (token, short)}
+    assert untils == {lives}  # both name the expiry of the token the budget was added to
 
 
 # -- the property: budgets only narrow, and every derived token shares them ---------------
