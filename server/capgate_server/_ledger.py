@@ -130,8 +130,8 @@ class AuditLedger:
             except Exception as e:  # the store is down: the records wait, nothing is lost
                 log.warning("cannot seal the audit ledger: %s", e)
 
-    def _sign(self, pos: int, digest: bytes, at: float) -> Checkpoint:
-        return self.key.sign(pos, digest, at)
+    def _sign(self, pos: int, digest: bytes, at: float, cut: bool = False) -> Checkpoint:
+        return self.key.sign(pos, digest, at, cut)
 
     async def seal(self) -> int:
         """Seal what can be sealed now; returns how many records."""
@@ -172,10 +172,11 @@ class AuditLedger:
         head = store.audit_head()
         marks = [*kept, *([head] if head is not None else [])]
         if start_pos and not any(c.pos == start_pos for c in kept):
-            marks.append(Checkpoint(start_pos, start.hex(), 0.0, "", "", ""))  # unsigned cut
+            marks.append(Checkpoint(start_pos, start.hex(), 0.0, "", "", "", True))  # unsigned
         forged = next((c for c in marks if not c.valid([key_id])), None)
-        if forged is not None:
-            return LedgerReport(False, Break(forged.pos, f"checkpoint {forged.pos} is not "
+        if forged is not None:  # a cut must be signed as one: a checkpoint relabelled
+            what = "a retention cut" if forged.cut else "a checkpoint"  # a cut fails here
+            return LedgerReport(False, Break(forged.pos, f"{what} at {forged.pos} is not "
                                                          "signed by this store's ledger key"),
                                 start_pos, start_pos, 0, 0, key_id)
         marks = [c for c in marks if c.pos > start_pos]

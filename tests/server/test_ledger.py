@@ -241,3 +241,33 @@ def test_records_carry_refusals_failed_logins_and_the_request_shape(tmp_path):
             server.settings.replica_id
     finally:
         server.stop()
+
+
+def test_a_checkpoint_relabelled_as_a_retention_cut_does_not_pass(tmp_path):
+    """Someone with write access to the store marks a kept checkpoint as a retention cut
+    and deletes every record before it: a cut is signed as one, so this is found, with
+    or without an exported checkpoint."""
+    from conftest import FakeClock
+
+    clock = FakeClock()
+    server = ServerThread(tmp_path / "data", clock=clock, audit_checkpoint_every=60).start()
+    try:
+        busy(server, 2)
+        with server.client() as admin:
+            exported = admin.audit_checkpoint()
+        for prefix in ("backdoor", "after"):
+            clock.advance(120)  # each seal now keeps its checkpoint
+            busy(server, 2, prefix=prefix)
+            head = sealed(server)
+        db = sqlite3.connect(server.settings.data_dir / "capgate.db", isolation_level=None)
+        kept = [r[0] for r in db.execute("SELECT pos FROM audit_checkpoints WHERE pos < ?",
+                                         (head,))]
+        x = max(kept)
+        db.execute("UPDATE audit_checkpoints SET cut = 1 WHERE pos = ?", (x,))
+        db.execute("DELETE FROM audit WHERE pos <= ?", (x,))
+        db.close()
+        for kw in ({}, {"against": exported}):
+            r = check(server, **kw)
+            assert not r.intact and r.break_pos == x and "retention cut" in r.reason, r
+    finally:
+        server.stop()

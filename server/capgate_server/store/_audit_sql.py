@@ -67,7 +67,8 @@ def _record_bytes(r: Sequence[Any]) -> bytes:
 
 
 def _checkpoint(r: Sequence[Any]) -> Checkpoint:
-    return Checkpoint(int(r[0]), str(r[1]), float(r[2]), str(r[3]), str(r[4]), str(r[5]))
+    return Checkpoint(int(r[0]), str(r[1]), float(r[2]), str(r[3]), str(r[4]), str(r[5]),
+                      len(r) > 6 and bool(r[6]))
 
 
 class AuditRecords:
@@ -216,7 +217,7 @@ class AuditRecords:
 
     def audit_checkpoints(self, after_pos: int = 0) -> list[Checkpoint]:
         with self._read() as cur:
-            rows = self._x(cur, f"SELECT {_CHECKPOINT_COLS} FROM audit_checkpoints "
+            rows = self._x(cur, f"SELECT {_CHECKPOINT_COLS}, cut FROM audit_checkpoints "
                                 "WHERE pos > ? ORDER BY pos", (after_pos,)).fetchall()
         return [_checkpoint(r) for r in rows]
 
@@ -243,9 +244,11 @@ class AuditRecords:
                 cut = (int(pos), bytes(digest))
             if cut is None:
                 return 0
-            signed = sign(cut[0], cut[1], before)
+            signed = sign(cut[0], cut[1], before, cut=True)
             self._x(cur, f"INSERT INTO audit_checkpoints ({_CHECKPOINT_COLS}, cut) "
-                         "VALUES (?, ?, ?, ?, ?, ?, 1) ON CONFLICT (pos) DO UPDATE SET cut = 1",
+                         "VALUES (?, ?, ?, ?, ?, ?, 1) ON CONFLICT (pos) DO UPDATE SET cut = 1, "
+                         "at = excluded.at, key_id = excluded.key_id, "
+                         "public_key = excluded.public_key, signature = excluded.signature",
                     (signed.pos, signed.digest, signed.at, signed.key_id, signed.public_key,
                      signed.signature))
             self._x(cur, "DELETE FROM audit WHERE pos IS NOT NULL AND pos <= ?", (cut[0],))

@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from capgate import Agent, AgentStatus, ApprovalRule, Ceiling
 from capgate_server.store._approvals import ApprovalStore
 from capgate_server.store._proof import Checkpoint
 
+
 # a signature over the ledger's head: (pos, digest, at) -> checkpoint
-Signer = Callable[[int, bytes, float], Checkpoint]
+class Signer(Protocol):
+    """Signs the chain's head (``LedgerKey.sign``), or with ``cut`` a retention cut."""
+
+    def __call__(self, pos: int, digest: bytes, at: float, cut: bool = False) -> Checkpoint: ...
 
 __all__ = [
     "AUDIT_FIELD_LIMITS",

@@ -33,6 +33,7 @@ __all__ = ["GENESIS", "Break", "Checkpoint", "LedgerKey", "canonical", "link", "
 GENESIS = bytes(32)
 _CONTEXT = b"capgate-audit-v1"
 _CHECKPOINT = b"capgate-audit-checkpoint-v1\n"
+_CUT = b"capgate-audit-cut-v1\n"  # a retention cut: what is before it was deleted on purpose
 
 Field = str | int | float | bool | None
 
@@ -70,9 +71,11 @@ class Checkpoint:
     key_id: str
     public_key: str  # base64 of the raw Ed25519 key, so an export can be checked alone
     signature: str  # base64
+    cut: bool = False  # a retention cut: signed as one, so no other checkpoint passes for it
 
     def message(self) -> bytes:
-        return _CHECKPOINT + f"{self.pos}:{self.digest}:{self.at!r}".encode("ascii")
+        return ((_CUT if self.cut else _CHECKPOINT)
+                + f"{self.pos}:{self.digest}:{self.at!r}".encode("ascii"))
 
     def valid(self, trusted: Iterable[str] | None = None) -> bool:
         """Signed by its own key, and that key is one of ``trusted`` key ids (if given)."""
@@ -95,7 +98,8 @@ class Checkpoint:
     def from_json(cls, text: str) -> Checkpoint:
         data = json.loads(text)
         return cls(int(data["pos"]), str(data["digest"]), float(data["at"]),
-                   str(data["key_id"]), str(data["public_key"]), str(data["signature"]))
+                   str(data["key_id"]), str(data["public_key"]), str(data["signature"]),
+                   data.get("cut") is True)
 
 
 class LedgerKey:
@@ -120,11 +124,13 @@ class LedgerKey:
 
         return self._private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
-    def sign(self, pos: int, digest: bytes, at: float) -> Checkpoint:
-        unsigned = Checkpoint(pos, digest.hex(), at, self.key_id, self.public_key, "")
+    def sign(self, pos: int, digest: bytes, at: float, cut: bool = False) -> Checkpoint:
+        """The head at ``pos``; with ``cut``, a retention cut there (``at``: the instant
+        before which records were deleted)."""
+        unsigned = Checkpoint(pos, digest.hex(), at, self.key_id, self.public_key, "", cut)
         signature = self._private.sign(unsigned.message())
         return Checkpoint(pos, digest.hex(), at, self.key_id, self.public_key,
-                          base64.b64encode(signature).decode("ascii"))
+                          base64.b64encode(signature).decode("ascii"), cut)
 
 
 @dataclass(frozen=True)
