@@ -147,7 +147,8 @@ class Replica:
         self.nonces = NonceLedger(store, clock)  # proofs of possession, redeemed once
         # 'uses' and 'rate' caveats and agents' rates, counted fleet-wide in leased blocks
         self.budgets = Budgets(store, self.trusted.now, block=settings.budget_block,
-                               idle=settings.budget_idle)
+                               idle=settings.budget_idle,
+                               new_per_token=limits.new_budgets_per_token)
         self._principals: dict[str, Principal] = {}
         # Three lanes to the store, each a thread with its own connection, so a slow
         # or blocked write never stops the replica from reading the change feed, and

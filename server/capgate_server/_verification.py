@@ -57,7 +57,7 @@ from capgate import (
     format_duration,
 )
 from capgate_server._approvals import Approvals
-from capgate_server._budgets import AGENT_RATE_PREFIX, agent_budget
+from capgate_server._budgets import AGENT_RATE_PREFIX, TooManyBudgets, agent_budget
 from capgate_server._nonces import NONCE_MARGIN
 from capgate_server._replica import Replica
 from capgate_server.store import Principal, Role
@@ -200,7 +200,10 @@ class Verification:
         if counter.take_now(budgets):
             return _with(allowed, budgets)
         try:
-            spent = await counter.take(budgets)
+            spent = await counter.take(budgets, allowed.token_id or "")
+        except TooManyBudgets as e:
+            return Decision(False, DenyCode.BUDGET_EXHAUSTED, str(e), None, allowed.token_id,
+                            allowed.chain)
         except Exception as e:
             return Decision(False, DenyCode.UNAVAILABLE,
                             f"cannot count the token's budget ({e}); failing closed",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import secrets
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -23,10 +24,12 @@ from capgate import (
     Directory,
     InvalidArgumentError,
     Request,
+    Token,
     Verifier,
     format_timestamp,
 )
 from capgate_client import Client
+from capgate_server import ResourceLimits
 from capgate_server._budgets import Budgets
 from capgate_server.store import PostgresStore, SqliteStore
 
@@ -442,3 +445,28 @@ def test_a_guard_never_reuses_a_counted_allow(world):
     got = [guard.check(Presentation(token, presenter="alice"), Access("read", R))
            for _ in range(2)]
     assert [r.code for r in got] == ["allowed", "budget_exhausted"] and got[0].counted
+
+
+def test_one_token_cannot_fill_the_store_with_budgets(tmp_path):
+    """Every new budget is a row in the store, and a holder makes new ones by attenuating
+    at will: the tokens of one token id start at most ``new_budgets_per_token`` a minute;
+    beyond, the request is denied, and the budgets already started keep counting."""
+    s = ServerThread(tmp_path / "d", limits=ResourceLimits(new_budgets_per_token=20)).start()
+    try:
+        with s.client() as admin:
+            _, cred = admin.create_agent("mallory", ["read:/data/**"])
+        with s.client(cred) as m:
+            base = Token.parse(m.issue("read:/data/**").token)
+            items = [(base.attenuate(f"uses <= {i + 1}").to_text(), "read", "/data/x", "", None)
+                     for i in range(30)]
+            got = [r.code for r in m.verify_batch(items)]
+            assert got == ["allowed"] * 20 + ["budget_exhausted"] * 10
+            assert "started more than 20 budgets" in m.verify(items[25][0], "read", R).reason
+            assert m.verify(items[3][0], "read", "/data/x").allowed  # 4 uses: one left
+            other = Token.parse(m.issue("read:/data/**").token).attenuate("uses <= 5")
+            assert m.verify(other.to_text(), "read", "/data/x").allowed  # another token id
+        db = sqlite3.connect(s.settings.data_dir / "capgate.db")
+        assert db.execute("SELECT COUNT(*) FROM budgets").fetchone()[0] == 21  # 20 + other
+        db.close()
+    finally:
+        s.stop()
