@@ -57,6 +57,20 @@ class LedgerReport:
     against: Checkpoint | None = None  # an exported checkpoint the record still extends
 
 
+def vouch(store: Store, kek: KeyEncryptionKey, now: float) -> LedgerKey:
+    """The store's ledger key (made on a first start), unsealed with ``kek``; from now
+    on every audit record written through ``store`` carries its writer's MAC."""
+    mine = LedgerKey.generate()
+    sealed, public = store.ledger_key(kek.seal(_KEY_ID, mine.private_bytes()), mine.public_key,
+                                      now)
+    key = LedgerKey.from_bytes(kek.open(_KEY_ID, sealed))
+    if key.public_key != public:
+        raise FailedPreconditionError("the audit ledger's key does not match its public key: "
+                                      "the store was altered")
+    store.record_key = key.record_key()
+    return key
+
+
 class AuditLedger:
     def __init__(self, store: Store, kek: KeyEncryptionKey, clock: Clock, *,
                  interval: float = 0.2, checkpoint_every: float = 60.0) -> None:
@@ -86,15 +100,7 @@ class AuditLedger:
 
     async def start(self) -> None:
         """Load the store's ledger key (making it on a first start), then seal on."""
-        mine = LedgerKey.generate()
-        sealed, public = await self._read(self._store.ledger_key,
-                                          self._kek.seal(_KEY_ID, mine.private_bytes()),
-                                          mine.public_key, self._clock())
-        key = LedgerKey.from_bytes(self._kek.open(_KEY_ID, sealed))
-        if key.public_key != public:
-            raise FailedPreconditionError("the audit ledger's key does not match its public "
-                                          "key: the store was altered")
-        self._key = key
+        self._key = await self._read(vouch, self._store, self._kek, self._clock())
         self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-seal")
 
     async def close(self) -> None:

@@ -202,6 +202,7 @@ class Replica:
             await self.call(self.store.add_root_key, self.root_keys.new_record(self.clock()))
             await self.sync()
         credential = None
+        await self.ledger.start()  # first: every record written from here on is vouched for
         full = self.settings.role == "full"
         if full and await self.call(self.store.get_principal, "admin") is None:
             credential = new_credential()
@@ -212,7 +213,6 @@ class Replica:
                                 AuditEvent(self.clock(), "capgate", "principal.create", "admin"))
             except AlreadyExistsError:  # another replica starting at the same moment won
                 credential = None
-        await self.ledger.start()
         self.audit.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._follow(), name="follow-store"))

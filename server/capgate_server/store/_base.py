@@ -271,6 +271,10 @@ def agent_from_row(row: Sequence[object], keys: dict[str, bytes]) -> Agent:
 class Store(ApprovalStore, ABC):
     """Durable state. Methods are blocking; the server calls them off the event loop."""
 
+    # set by the audit ledger once it has its key: every audit record written from then
+    # on carries a MAC under it, and sealing keeps out the records that do not
+    record_key: bytes | None = None
+
     # -- lifecycle ------------------------------------------------------------------
 
     @abstractmethod

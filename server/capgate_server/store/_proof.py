@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import struct
 from collections.abc import Iterable, Sequence
@@ -28,12 +29,15 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from capgate import public_key_id
 
-__all__ = ["GENESIS", "Break", "Checkpoint", "LedgerKey", "canonical", "link", "walk"]
+__all__ = ["GENESIS", "Break", "Checkpoint", "LedgerKey", "canonical", "link", "record_mac",
+           "walk"]
 
 GENESIS = bytes(32)
 _CONTEXT = b"capgate-audit-v1"
 _CHECKPOINT = b"capgate-audit-checkpoint-v1\n"
 _CUT = b"capgate-audit-cut-v1\n"  # a retention cut: what is before it was deleted on purpose
+_RECORD = b"capgate-audit-record-v1\n"  # a record vouched for by the server that wrote it
+_RECORD_KEY = b"capgate-audit-record-key-v1\n"
 
 Field = str | int | float | bool | None
 
@@ -54,6 +58,13 @@ def canonical(fields: Sequence[Field]) -> bytes:
             data = value.encode("utf-8", "surrogatepass")
             out += b"s" + struct.pack(">I", len(data)) + data
     return bytes(out)
+
+
+def record_mac(key: bytes, record: bytes) -> bytes:
+    """A server's word that it wrote ``record`` (its canonical bytes): only holders of
+    the ledger key (the servers) can make one, so a row written into the store by
+    anyone else is told apart before it is sealed."""
+    return hmac.new(key, _RECORD + record, hashlib.sha256).digest()
 
 
 def link(previous: bytes, record: bytes) -> bytes:
@@ -118,6 +129,10 @@ class LedgerKey:
     @classmethod
     def from_bytes(cls, raw: bytes) -> LedgerKey:
         return cls(Ed25519PrivateKey.from_private_bytes(raw))
+
+    def record_key(self) -> bytes:
+        """The key of ``record_mac``, derived from this one (so every replica has it)."""
+        return hashlib.sha256(_RECORD_KEY + self.private_bytes()).digest()
 
     def private_bytes(self) -> bytes:
         from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
