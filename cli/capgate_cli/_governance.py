@@ -129,7 +129,7 @@ def set_mode(args: argparse.Namespace, approvals: Any) -> int:
             if not args.grant:
                 raise InvalidArgumentError("--mode shadow needs the --grant ceiling to watch")
             if any(v is not None for v in others.values()):
-                c.update_agent(args.id, **others)  # type: ignore[arg-type]
+                c.update_agent(args.id, **others)
             p = c.set_policy(args.id, containment=current.containment,
                              sensitivity=current.sensitivity, warmup=current.warmup,
                              shadow=args.grant)
@@ -140,7 +140,7 @@ def set_mode(args: argparse.Namespace, approvals: Any) -> int:
         grants = args.grant or list(current.shadow) or None
         if grants is None and all(v is None for v in others.values()):
             raise InvalidArgumentError(f"{args.id} is not in shadow mode: give --grant")
-        info = c.update_agent(args.id, grants=grants, **others)  # type: ignore[arg-type]
+        info = c.update_agent(args.id, grants=grants, **others)
         if current.shadow:
             c.set_policy(args.id, containment=current.containment,
                          sensitivity=current.sensitivity, warmup=current.warmup)
