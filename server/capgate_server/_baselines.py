@@ -165,9 +165,12 @@ class Baselines:
         out: list[Deviation] = []
         ordered = sorted((e for e in events if e.kind == "verify" and e.chain),
                          key=lambda e: e.at)
+        policies: dict[str, GovernancePolicy] = {}  # per flush: one lookup per agent
         for e in ordered:
             for s in seen_in([e]):
-                p = policy(s.agent)
+                p = policies.get(s.agent)
+                if p is None:
+                    p = policies[s.agent] = policy(s.agent)
                 flag = warm(s.agent, s.at, p)
                 for kind, what, reason in self._learn(s, flag=flag):
                     out.append(Deviation(
@@ -177,7 +180,7 @@ class Baselines:
             if e.code in _QUIET_CODES:
                 continue
             holder = e.chain[-1]
-            p = policy(holder)
+            p = policies.get(holder) or policy(holder)
             out.extend(self._pace(holder, e, p, warm(holder, e.at, p)))
         return out
 

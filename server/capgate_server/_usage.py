@@ -3,15 +3,17 @@
 A verify record names the token chain (root agent … holder) and the request; it
 becomes usage rows (``UsageRow``): the holder's ``use`` or ``deny`` of the
 action on the resource, each agent of the chain's ``delegate`` to the next (with
-the depth below it), and the ``presenter`` of the holder's token. Identical rows
-of one flush are added up before they reach the store, so a flush writes one row
-per distinct thing seen, however many decisions it counted.
+the depth below it), and the ``presenter`` of the holder's token when it was not
+the holder. Identical rows of one flush are added up before they reach the
+store, so a flush writes one row per distinct thing seen, however many decisions
+it counted.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from capgate_server.store import AuditEvent, UsageKind, UsageRow
 
@@ -21,6 +23,7 @@ _PREFIX_SEGMENTS = 2  # a resource's "prefix": its first two directories (/data/
 _SUBJECT = 256  # characters of a resource kept in a usage row
 
 
+@functools.lru_cache(maxsize=65536)  # the detector asks for the same resources over and over
 def prefix_of(resource: str) -> str:
     """``/data/reports/2026/x.csv`` → ``/data/reports``; ``/secrets/db`` → ``/secrets``;
     ``/x`` → ``/x``. Deviation detection compares prefixes, not exact resources, so new
@@ -30,15 +33,14 @@ def prefix_of(resource: str) -> str:
     return "/" + "/".join(segs[:keep])
 
 
-@dataclass(frozen=True, slots=True)
-class Seen:
+class Seen(NamedTuple):
     """One thing an agent was seen doing in one record, with how often and when."""
 
     agent: str
     kind: UsageKind
     action: str
     subject: str
-    count: int
+    times: int  # decisions it stands for
     at: float
     last_at: float
 
@@ -57,7 +59,7 @@ def seen_in(events: Iterable[AuditEvent]) -> Iterator[Seen]:
         for i in range(len(chain) - 1):
             yield Seen(chain[i], UsageKind.DELEGATE, str(len(chain) - 1 - i), chain[i + 1],
                        e.count, e.at, last)
-        if e.presenter:
+        if e.presenter and e.presenter != holder:  # the usual case, the holder, says nothing
             yield Seen(holder, UsageKind.PRESENTER, "", e.presenter, e.count, e.at, last)
 
 
@@ -68,9 +70,9 @@ def fold_usage(events: Iterable[AuditEvent]) -> list[UsageRow]:
         key = (s.agent, s.kind, s.action, s.subject)
         row = rows.get(key)
         if row is None:
-            rows[key] = [s.count, s.at, s.last_at]
+            rows[key] = [s.times, s.at, s.last_at]
         else:
-            row[0] += s.count
+            row[0] += s.times
             row[1] = min(row[1], s.at)
             row[2] = max(row[2], s.last_at)
     return [UsageRow(a, k, act, sub, int(c), first, last)
