@@ -167,10 +167,11 @@ class Verifier:
             hit = self._memo.get(key)
             if hit is None and self._memo_old:
                 hit = self._memo_recall(key)
-            if hit is not None and hit[0] == (
-                    self._agents.version + self._revocations.version  # type: ignore[attr-defined]
-                    + self._key_version) and hit[1] < self._clock() < hit[2]:
-                return hit[3]
+            if hit is not None:
+                agents = self._agents.version  # type: ignore[attr-defined]
+                state = agents + self._revocations.version + self._key_version
+                if hit[0] == state and hit[1] < self._clock() < hit[2]:
+                    return hit[3]
             self.memo_misses += 1
         st = self.analyse(token)
         if isinstance(st, Decision):
