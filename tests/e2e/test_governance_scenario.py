@@ -101,3 +101,19 @@ def test_review_applied_from_the_cli_is_live(fleet):
                             presenter="billing").code == "beyond_ceiling"
     usage = cli("agent", "usage", "billing", env=env)
     assert usage.returncode == 0 and "/billing" in usage.stdout and "/accounts" in usage.stdout
+
+    policy = cli("agent", "policy", "billing", "--containment", "narrow", "--sensitivity", "2",
+                 "--warmup", "0s", env=env)
+    assert policy.returncode == 0, policy.stderr
+    assert policy.stdout.strip() == ("billing: on deviation narrow; sensitivity 2; "
+                                     "warm-up 0s")
+    assert cli("agent", "policy", "billing", "--containment", "delete", env=env).returncode == 2
+    f.service.verify(f.wide["billing"][0], "read", "/billing/ledger/1", presenter="billing")
+    f.settle()
+    alerts = cli("--json", "alerts", "--agent", "billing", env=env)
+    assert alerts.returncode == 0, alerts.stderr
+    [alert] = json.loads(alerts.stdout)["alerts"]
+    assert alert["reason"] == "billing read /billing/ledger/** for the first time (denied)"
+    assert alert["containment"] == "narrow"
+    text = cli("alerts", env=env).stdout
+    assert "billing new-resource: billing read /billing/ledger/**" in text and "[narrow]" in text

@@ -196,3 +196,24 @@ def test_narrow_revokes_a_token_a_stranger_presented_and_spares_the_agent(world,
     assert admin.get_agent("reporter").status == "active"
     [contained] = admin.audit(kind="governance.contain")
     assert contained.principal == "capgate" and '"revoke"' in contained.detail
+
+
+def test_the_asyncio_client_has_the_governance_calls(world):
+    import asyncio
+
+    from capgate_client import AsyncClient
+
+    server, admin, svc, (token, secrets), settle, _ = world
+    assert svc.verify(token, "read", "/reports/q1", presenter="reporter").allowed
+    settle()
+
+    async def calls() -> tuple:
+        async with AsyncClient(server.address, server.admin_credential) as c:
+            policy = await c.set_policy("reporter", containment="suspend", shadow=["read:/x/**"])
+            return (policy, await c.get_policy("reporter"), await c.usage("reporter"),
+                    await c.review("reporter"), await c.alerts())
+
+    policy, got, usage, [review], alerts = asyncio.run(calls())
+    assert policy == got and got.shadow == ("read:/x/**",) and got.containment == "suspend"
+    assert [u.subject for u in usage if u.kind == "use"] == ["/reports/q1"]
+    assert review.proposed == ("read:/reports/**",) and alerts == []
