@@ -61,6 +61,7 @@ __all__ = ["Governance"]
 log = logging.getLogger("capgate.governance")
 _QUEUE = 200_000  # records waiting for the task at most (beyond, the oldest are dropped)
 _SYSTEM = "capgate"  # the principal of the system's own actions
+_MAX_WARMUP = 365 * 86400.0  # seconds
 _ALERTS_PER_AGENT = 20  # alerts one replica raises about one agent per window, at most
 _ALERT_WINDOW = 600.0  # seconds (monotonic)
 _PRUNE_EVERY = 600.0  # seconds between passes forgetting old usage
@@ -246,6 +247,10 @@ class Governance:
                                        containment=containment) from None
         if not 0.01 <= sensitivity <= 100:
             raise InvalidArgumentError("sensitivity must be between 0.01 and 100")
+        if not warmup <= _MAX_WARMUP or warmup != warmup:  # NaN: not a number
+            raise InvalidArgumentError(f"warm-up must be between 0 and {_MAX_WARMUP:.0f} "
+                                       "seconds (negative: the server's default)")
+        warmup = max(warmup, -1.0)
         if len(shadow) > 256:
             raise InvalidArgumentError("a shadow ceiling holds at most 256 grants")
         ceiling = Ceiling.parse(shadow) if shadow else None  # a bad grant: a clear error

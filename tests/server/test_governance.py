@@ -89,6 +89,11 @@ def test_policies_are_validated_and_governance_is_for_admins(world):
         admin.set_policy("reporter", containment="delete")
     with pytest.raises(InvalidArgumentError):
         admin.set_policy("reporter", sensitivity=1000)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(InvalidArgumentError):
+            admin.set_policy("reporter", warmup=bad)
+    with pytest.raises(InvalidArgumentError):
+        admin.set_policy("reporter", shadow=["read:/a/***"])
     with pytest.raises(NotFoundError):
         admin.set_policy("nobody", containment="suspend")
     with pytest.raises(NotFoundError):
