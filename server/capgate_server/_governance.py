@@ -92,6 +92,8 @@ class Governance:
         self._wake = asyncio.Event()
         self._alerted = asyncio.Event()  # replaced at each alert: wakes the watchers
         self._policies: dict[str, GovernancePolicy] = {}
+        self._policy_changes = 0  # set here: a store read begun before is not applied
+        self._unwritten: list[UsageRow] = []  # usage rows a failed write left for the next
         # agent -> shadow ceiling, shared with the audit log (changed in place)
         self.shadow: dict[str, Ceiling] = {}
         self._learnt_until = 0.0  # usage rows read up to this last_at
@@ -170,7 +172,10 @@ class Governance:
         self.baselines.learn(rows)
         if rows:
             self._learnt_until = max(self._learnt_until, max(r.last_at for r in rows))
-        self._use_policies(await self._read(self._store.policies))
+        changes = self._policy_changes
+        policies = await self._read(self._store.policies)
+        if changes == self._policy_changes:  # else a newer one was set here meanwhile
+            self._use_policies(policies)
 
     def _use_policies(self, policies: Sequence[GovernancePolicy]) -> None:
         self._policies = {p.agent: p for p in policies}
@@ -201,9 +206,14 @@ class Governance:
                 await self._raise(d)
             except Exception as e:
                 log.error("cannot raise the alert %r: %s", d.key, e)
-        rows = fold_usage(events)
+        rows = self._unwritten + fold_usage(events)
+        self._unwritten = []
         if rows:
-            await self._bulk(self._store.record_usage, rows)
+            try:
+                await self._bulk(self._store.record_usage, rows)
+            except Exception:
+                self._unwritten = rows[-_QUEUE:]  # the store is down: the next pass writes them
+                raise
 
     def _shadow_denies(self, events: Sequence[AuditEvent]) -> list[Deviation]:
         """Each (agent, action, prefix) the shadow ceiling would deny: one alert."""
@@ -260,6 +270,7 @@ class Governance:
             self._clock(), caller, "governance.policy", agent_id,
             detail={"containment": str(mode), "sensitivity": sensitivity, "warmup": warmup,
                     "shadow": " ".join(policy.shadow)}))
+        self._policy_changes += 1
         self._use_policies([*(p for p in self._policies.values() if p.agent != agent_id),
                             policy])
         return policy
