@@ -87,6 +87,8 @@ def week(days: int) -> list[str]:
 
 
 def fleet(runs: int) -> list[str]:
+    if runs <= 0:
+        return []
     if not pg_reachable():
         return [f"(PostgreSQL at {PG_URL} did not answer: the fleet figures were not run.)"]
     from capgate_server import new_kek_text
@@ -122,6 +124,8 @@ def ratios(runs: int) -> list[str]:
     import os
     import subprocess
 
+    if runs <= 0:
+        return []
     found: dict[str, list[float]] = {}
     notes: list[str] = []
     for _ in range(runs):
@@ -149,14 +153,18 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=7)
     ap.add_argument("--fleet-runs", type=int, default=5)
     ap.add_argument("--bench-runs", type=int, default=3)
+    ap.add_argument("--no-write", action="store_true", help="print, leave the README alone")
     args = ap.parse_args()
     lines = [BEGIN, "", "## Governance scenarios", "",
              "Written by `benchmarks/scenario_figures.py`.", "",
              *week(args.days), "", *fleet(args.fleet_runs), "", *ratios(args.bench_runs), "",
              END]
+    section = "\n".join(lines)
+    if args.no_write:
+        print(section)
+        return
     readme = ROOT / "benchmarks" / "README.md"
     text = readme.read_text()
-    section = "\n".join(lines)
     if BEGIN in text and END in text:
         text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
     else:
