@@ -76,7 +76,7 @@ def test_new_delegate_deeper_chain_and_new_presenter():
     b = Baselines()
     b.observe([verify(T0, "/data/x", chain=("orch", "sum"))], policy, after_day)
     at = T0 + 2 * DAY
-    found = b.observe([verify(at, "/data/x", chain=("orch", "sum", "helper")),
+    found = b.observe([verify(at, "/data/x", chain=("orch", "sum", "scribe")),
                        verify(at, "/data/x", chain=("orch",), presenter="intruder", ok=False)],
                       policy, after_day)
     kinds = {(d.agent, d.kind) for d in found}
