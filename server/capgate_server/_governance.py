@@ -65,6 +65,8 @@ _MAX_WARMUP = 365 * 86400.0  # seconds
 _ALERTS_PER_AGENT = 20  # alerts one replica raises about one agent per window, at most
 _ALERT_WINDOW = 600.0  # seconds (monotonic)
 _PRUNE_EVERY = 600.0  # seconds between passes forgetting old usage
+_SLICE = 1000  # records the detector takes between two pauses
+_SLICE_PAUSE = 0.001  # seconds: long enough for grpc's poller thread to get the GIL
 _PRUNE_CHUNK = 5000  # usage rows deleted per transaction
 
 Lane = Callable[..., Awaitable[Any]]
@@ -200,14 +202,22 @@ class Governance:
         events, self._queue = self._queue, []
         if not events:
             return
-        for d in [*self.baselines.observe(events, self.policy, self._warm),
-                  *self._shadow_denies(events)]:
-            try:
-                await self._raise(d)
-            except Exception as e:
-                log.error("cannot raise the alert %r: %s", d.key, e)
-        rows = self._unwritten + fold_usage(events)
+        events.sort(key=lambda e: e.at)
+        rows = self._unwritten
         self._unwritten = []
+        # in slices, with a pause between them, so a full tally never holds the event
+        # loop (and every other caller) for long: ~9 us a record, 1,000 at a time
+        for start in range(0, len(events), _SLICE):
+            if start:
+                await asyncio.sleep(_SLICE_PAUSE)
+            chunk = events[start:start + _SLICE]
+            for d in [*self.baselines.observe(chunk, self.policy, self._warm),
+                      *self._shadow_denies(chunk)]:
+                try:
+                    await self._raise(d)
+                except Exception as e:
+                    log.error("cannot raise the alert %r: %s", d.key, e)
+            rows += fold_usage(chunk)
         if rows:
             try:
                 await self._bulk(self._store.record_usage, rows)
