@@ -35,6 +35,7 @@ import base64
 import binascii
 import re
 import secrets
+import urllib.parse
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -54,6 +55,7 @@ __all__ = [
     "TOKEN_SCHEME",
     "PossessionProof",
     "http_action",
+    "http_resource",
     "presented_token",
     "proof_message",
     "prove_possession",
@@ -72,6 +74,9 @@ _CONTEXT = b"capgate-proof-v1\n"
 _MAX_PROOF = 256
 _MAX_METHOD = 64
 _MAX_TARGET = 8192
+# a '.', '/', '\\', NUL or '%' spelt with a percent sign: servers disagree on what it
+# means (and one that decodes twice turns '%252e' into '.')
+_ENCODED_SEPARATOR = re.compile(r"%(?:2[eEfF5]|5[cC]|00)")
 _PROOF_RE = re.compile(
     r"v1\.([0-9a-f]{16})\.([0-9]{1,15})\.([A-Za-z0-9_-]{16,64})\.([A-Za-z0-9_-]{86})")
 
@@ -199,3 +204,28 @@ def presented_token(value: str | None) -> str | None:
 def http_action(method: str) -> str | None:
     """The action an HTTP method stands for when a service names none (None: no default)."""
     return _HTTP_ACTIONS.get(method.upper()) if isinstance(method, str) else None
+
+
+def http_resource(path: str) -> str:
+    """The resource an HTTP request names: its path, without the query, percent-decoded.
+
+    Raises ``InvalidArgumentError`` for a path that a server behind the check might
+    read as another path: an encoded '.', '/', '\\', NUL or '%' (``%2e``, ``%2f``,
+    ``%5c``, ``%00``, ``%25``), a backslash, or a '.' or '..' segment (also with ';' parameters, which
+    some servers drop). Anything else the resource grammar refuses is refused later.
+    """
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    if _ENCODED_SEPARATOR.search(path):
+        raise InvalidArgumentError("the path spells '.', '/', '\\', NUL or '%' with a "
+                                   "percent sign (%2e, %2f, %5c, %00, %25): refused rather "
+                                   "than guessed")
+    try:
+        decoded = urllib.parse.unquote(path, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidArgumentError("the path's percent escapes are not UTF-8") from None
+    if "\\" in decoded:
+        raise InvalidArgumentError("the path contains a backslash")
+    if any(seg.split(";", 1)[0] in (".", "..") for seg in decoded.split("/")):
+        raise InvalidArgumentError("the path has a '.' or '..' segment")
+    return decoded
+

@@ -4,6 +4,7 @@ implementation can check itself against), what it binds, its window, and the hea
 from __future__ import annotations
 
 import base64
+import urllib.parse
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -17,6 +18,7 @@ from capgate import (
     PossessionProof,
     Token,
     http_action,
+    http_resource,
     presented_token,
     proof_message,
     prove_possession,
@@ -120,3 +122,43 @@ def test_http_methods_give_actions_and_others_none():
         "read", "read", "write", "write", "write", "delete"]
     for m in ("OPTIONS", "TRACE", "CONNECT", "", "GET ", None):
         assert http_action(m) is None  # type: ignore[arg-type]
+
+
+# -- the resource an HTTP path names ------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [
+    "/data/public/%2e%2e/secret/x", "/data/public/%2E%2E/secret/x",
+    "/data/public/..%2fsecret%2fx", "/data/public/%2e%2e%2fsecret%2fx",
+    "/data/public/..%5csecret", "/data/public/x%00", "/data/public/../secret/x",
+    "/data/public/..;/secret/x", "/data/public/.;x=1/y", "/data/public/./x",
+    "/data/public\\..\\secret", "/data/%ff", "/data/public/%252e%252e/secret",
+])
+def test_a_path_a_server_could_read_as_another_is_refused(path):
+    with pytest.raises(InvalidArgumentError):
+        http_resource(path)
+
+
+def test_a_path_is_decoded_and_loses_its_query():
+    assert http_resource("/data/q%203?full=1#top") == "/data/q 3"
+    assert http_resource("/data/r%C3%A9sum%C3%A9") == "/data/résumé"
+    assert http_resource("/data/..x/.y") == "/data/..x/.y"  # names that start with dots
+
+
+_SEGMENT = st.sampled_from(["data", "x", ".", "..", "%2e", "%2E%2e", "%2f", ";p", "..;a",
+                            "%41", "%5c", "a%2fb", "%c3%a9", "%252e", "%25", ""])
+
+
+@given(st.lists(_SEGMENT, min_size=1, max_size=6))
+def test_no_accepted_path_holds_a_dot_segment_once_decoded(segments):
+    """Whatever a server does with percent escapes or ';' parameters, a path that is
+    accepted names no '.' or '..' segment: the resource checked is the one served."""
+    path = "/" + "/".join(segments)
+    try:
+        resource = http_resource(path)
+    except InvalidArgumentError:
+        return
+    fully = urllib.parse.unquote(urllib.parse.unquote(path))
+    for seg in [*resource.split("/"), *fully.split("/")]:
+        assert seg.split(";", 1)[0] not in (".", "..")
+    assert "\\" not in fully
