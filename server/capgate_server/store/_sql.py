@@ -450,7 +450,7 @@ class SqlStore(ApprovalRows, AuditRecords, Store):
                              "expires_at < ?", (expires_at, lineage_id, expires_at))
             if new or cur.rowcount == 1:
                 self._change(cur, ChangeKind.REVOCATION, lineage_id, expires_at)
-        return new
+        return bool(new)
 
     def revocations(self, now: float) -> list[tuple[str, float]]:
         with self._read() as cur:
