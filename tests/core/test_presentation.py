@@ -31,19 +31,20 @@ TOKEN = Token.mint(b"k" * 32, b"cg1:key1:00112233445566778899aabbccddeeff:180000
                    ).attenuate("agent = alice")
 AT = 1_800_000_000.123
 GOLDEN = ("v1.56475aa75463474c.1800000000123.AAAAAAAAAAAAAAAAAAAAAA."
-          "RkPMmYSwgeFiku8uY8DGBdMlSCeWxPk721PhF-sxxV9KV6vdxD33oeYyuHph_F3oBkXrOJfeEohsr8lVj-T3Cg")
+          "usmfzJ29Rs9jLzaOcWonRMdMRGwjexkZpm-I2ThvcDNu8DPhbGY8VQooLkO1Xs7KCEOVDOMlfWK0Pm-tlTDHCg")
 
 
 def test_golden_vector():
     assert TOKEN.signature.hex() == (
         "d77126f09e0c9a05fb3fd7a8c2f0fcdc5f0e4848b5035a98dbcbecaf137ea3bb")
-    proof = prove_possession(TOKEN, KEY, "GET", "/reports/q3?full=1", clock=lambda: AT,
-                             nonce="A" * 22)
+    proof = prove_possession(TOKEN, KEY, "GET", "/reports/q3?full=1", audience="reports-api",
+                             clock=lambda: AT, nonce="A" * 22)
     assert proof == GOLDEN
-    message = proof_message("GET", "/reports/q3?full=1", 1_800_000_000_123, "A" * 22,
-                            "56475aa75463474c", TOKEN.signature)
-    assert message == (b"capgate-proof-v1\nGET\n/reports/q3?full=1\n1800000000123\n"
-                       + b"A" * 22 + b"\n56475aa75463474c\n" + TOKEN.signature)
+    message = proof_message("reports-api", "GET", "/reports/q3?full=1", 1_800_000_000_123,
+                            "A" * 22, "56475aa75463474c", TOKEN.signature)
+    assert message == (b"capgate-proof-v1\nreports-api\nGET\n/reports/q3?full=1\n"
+                       b"1800000000123\n" + b"A" * 22 + b"\n56475aa75463474c\n"
+                       + TOKEN.signature)
     sig = base64.urlsafe_b64decode(GOLDEN.rsplit(".", 1)[1] + "==")
     KEY.public_key().verify(sig, message)  # plain Ed25519 over those bytes
 
@@ -51,7 +52,7 @@ def test_golden_vector():
 def test_a_proof_holds_only_for_its_request_token_key_and_window():
     p = PossessionProof.parse(GOLDEN)
     assert (p.key_id, p.at_ms, p.nonce) == ("56475aa75463474c", 1_800_000_000_123, "A" * 22)
-    ok = ("GET", "/reports/q3?full=1", TOKEN.signature)
+    ok = ("reports-api", "GET", "/reports/q3?full=1", TOKEN.signature)
     assert p.check(PUBLIC, *ok, now=AT) is None
     assert p.check(PUBLIC, *ok, now=AT + 30) is None and p.check(PUBLIC, *ok, now=AT - 30) is None
     assert "too old" in p.check(PUBLIC, *ok, now=AT + 30.01)
@@ -59,12 +60,14 @@ def test_a_proof_holds_only_for_its_request_token_key_and_window():
     assert p.check(PUBLIC, *ok, now=AT + 100, window=120) is None
     other_key = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw,
                                                                         PublicFormat.Raw)
-    for public, method, target, sig in (
-            (other_key, *ok), (PUBLIC, "get", ok[1], ok[2]), (PUBLIC, "GET", "/reports/q3", ok[2]),
-            (PUBLIC, "GET", ok[1], TOKEN.attenuate("action in read").signature),
-            (b"short", *ok)):
-        assert "does not verify" in p.check(public, method, target, sig, now=AT)
-    assert "control character" in p.check(PUBLIC, "GET", "/x\n", ok[2], now=AT)
+    aud, method, target, sig = ok
+    for case in ((other_key, *ok), (PUBLIC, aud, "get", target, sig),
+                 (PUBLIC, aud, "GET", "/reports/q3", sig),
+                 (PUBLIC, aud, "GET", target, TOKEN.attenuate("action in read").signature),
+                 (PUBLIC, "other-api", method, target, sig),  # another service: not for it
+                 (b"short", *ok)):
+        assert "does not verify" in p.check(*case, now=AT)
+    assert "control character" in p.check(PUBLIC, aud, "GET", "/x\n", sig, now=AT)
 
 
 @pytest.mark.parametrize("text", [
@@ -96,14 +99,17 @@ def test_a_proof_round_trips_and_whitespace_around_it_is_dropped():
 
 def test_proving_refuses_what_could_not_be_checked():
     with pytest.raises(InvalidArgumentError):
-        prove_possession(TOKEN, KEY, "GET", "")
+        prove_possession(TOKEN, KEY, "GET", "", audience="api")
     with pytest.raises(InvalidArgumentError):
-        prove_possession(TOKEN, KEY, "G\rET", "/x")
+        prove_possession(TOKEN, KEY, "G\rET", "/x", audience="api")
     with pytest.raises(InvalidArgumentError):
-        prove_possession(TOKEN, KEY, "GET", "/x", nonce="too short")
+        prove_possession(TOKEN, KEY, "GET", "/x", audience="api", nonce="too short")
+    with pytest.raises(InvalidArgumentError):
+        prove_possession(TOKEN, KEY, "GET", "/x", audience="")
     with pytest.raises(MalformedTokenError):
-        prove_possession("not a token", KEY, "GET", "/x")
-    two = {prove_possession(TOKEN, KEY, "GET", "/x").split(".")[3] for _ in range(2)}
+        prove_possession("not a token", KEY, "GET", "/x", audience="api")
+    two = {prove_possession(TOKEN, KEY, "GET", "/x", audience="api").split(".")[3]
+           for _ in range(2)}
     assert len(two) == 2  # a fresh nonce every time
 
 

@@ -238,11 +238,12 @@ def test_a_wall_clock_that_jumps_ahead_does_not_make_a_replica_forget_proofs(tmp
         with server.client(svc) as c:
             return c.verify(token, "read", target, proof=Proof(proof, "GET", target)).code
 
-    captured = prove_possession(token, key, "GET", target)
+    captured = prove_possession(token, key, "GET", target, audience=alice.service_id)
     try:
         assert [verify(s, captured), verify(s, captured)] == ["allowed", "proof_replayed"]
         offset[0] = 200.0  # the wall clock jumps ahead: the next redemption forgets
-        assert verify(s, prove_possession(token, key, "GET", target, clock=clock)) == "allowed"
+        assert verify(s, prove_possession(token, key, "GET", target, audience=alice.service_id,
+                                       clock=clock)) == "allowed"
         offset[0] = 0.0  # and is stepped back
     finally:
         alice.close()
