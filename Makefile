@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test test-fast bench protos check-protos lint typecheck clean lock
+.PHONY: serve test test-fast bench demo protos check-protos lint typecheck clean lock
 
 # The venv is rebuilt only when the pinned requirements or the project metadata change.
 # requirements.lock pins every package (server and development tools included) with
@@ -33,6 +33,12 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks -p no:randomly --benchmark-only --benchmark-columns=min,median,mean,ops,rounds $(PYTEST_ARGS)
+
+# The governance scenarios (docs/governance.md), printed: a replayed week of four agents,
+# its access review and the injected deviations; `benchmarks/scenario_figures.py` with
+# no arguments also runs the fleet and the throughput runs, and writes benchmarks/README.md.
+demo: $(STAMP)
+	$(PY) benchmarks/scenario_figures.py --fleet-runs 0 --bench-runs 0 --no-write
 
 # Regenerate the gRPC stubs from protos/capgate_proto/v1/*.proto (package capgate.v1).
 protos: $(STAMP)

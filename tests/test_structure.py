@@ -34,6 +34,9 @@ INTERNAL_TESTS = {
     # the budget counter alone, and the server's decision layer measured without the network
     "tests/server/test_budgets.py": {"capgate_server._budgets"},
     "benchmarks/test_budgets.py": {"capgate_server._verification"},
+    "benchmarks/test_governance.py": {"capgate_server._baselines", "capgate_server._usage"},
+    # deviation detection and access review as pure functions of usage
+    "tests/server/test_baselines.py": {"capgate_server._baselines", "capgate_server._review"},
 }
 
 

@@ -16,7 +16,17 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from capgate import CapgateError, InvalidArgumentError, __version__
-from capgate_cli import _agents, _approvals, _audit, _bench, _keys, _principals, _serve, _tokens
+from capgate_cli import (
+    _agents,
+    _approvals,
+    _audit,
+    _bench,
+    _governance,
+    _keys,
+    _principals,
+    _serve,
+    _tokens,
+)
 from capgate_cli._common import EXIT_ERROR, EXIT_OK, common_options, fail
 
 __all__ = ["main"]
@@ -53,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     _keys.add_parsers(sub, common)
     _principals.add_parsers(sub, common)
     _approvals.add_parsers(sub, common)
+    _governance.add_parsers(sub, common)
     _bench.add_parsers(sub, common)
     return parser
 

@@ -27,6 +27,7 @@ from capgate_cli._common import (
     safe,
     save_credential,
 )
+from capgate_cli._governance import add_agent_parsers, set_mode
 from capgate_cli._tokens import add_approval_options
 from capgate_client import AgentInfo, Client
 
@@ -120,12 +121,14 @@ def update(args: argparse.Namespace) -> int:
     if args.no_approvals and args.approval:
         raise InvalidArgumentError("--approval and --no-approvals do not go together")
     approvals = [] if args.no_approvals else rules(args.approval, args.approvers) or None
+    if args.mode is not None:
+        return set_mode(args, approvals)
     if not (args.grant or args.max_ttl or args.max_depth is not None or args.description
             or args.require_proof is not None or approvals is not None
             or args.rate is not None):
         raise InvalidArgumentError("nothing to update: give --grant, --max-ttl, --max-depth, "
-                                   "--description, --[no-]require-proof, --rate, --approval "
-                                   "or --no-approvals")
+                                   "--description, --[no-]require-proof, --rate, --approval, "
+                                   "--no-approvals or --mode")
     with client(args) as c:
         if args.grant:
             _warn_unknown_actions(c, args.id, args.grant)
@@ -253,6 +256,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="at most N allowed requests per period (e.g. 100/1m); 'none' lifts it")
     add_approval_options(p, "the new approval rules (replace the old ones; repeatable)")
     p.add_argument("--no-approvals", action="store_true", help="remove every approval rule")
+    p.add_argument("--mode", choices=["shadow", "enforce"],
+                   help="shadow: the --grant ceiling is only watched (what it would deny is "
+                        "recorded and alerted on, and allowed); enforce: make the watched "
+                        "ceiling (or --grant) the ceiling")
     p.set_defaults(run=update)
 
     for name, method, done, text in (
@@ -272,6 +279,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         epilog="example: capgate agent delete reporter")
     p.add_argument("id", help="the agent")
     p.set_defaults(run=delete)
+
+    add_agent_parsers(cmds, common)  # usage, policy
 
     key = cmds.add_parser("key", help="Ed25519 keys for offline delegation")
     kcmds = key.add_subparsers(dest="key_command", required=True, metavar="COMMAND")

@@ -48,6 +48,9 @@ def serve(args: argparse.Namespace) -> int:
         value = duration(getattr(args, name))
         if value is not None:
             setattr(settings, name, float(value))
+    settings.governance = not args.no_governance
+    if args.governance_warmup is not None:
+        settings.governance_warmup = float(duration(args.governance_warmup) or 0)
     if settings.approval_ttl > settings.approval_max_ttl:
         raise InvalidArgumentError("--approval-ttl is longer than --approval-max-ttl")
 
@@ -132,6 +135,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                     help="the longest an approver may grant (1h)")
     ap.add_argument("--approval-wait", metavar="DURATION",
                     help="how long a request waits for approvers before it lapses (1h)")
+    gv = p.add_argument_group("governance (docs/governance.md)")
+    gv.add_argument("--governance-warmup", metavar="DURATION",
+                    help="how long an agent's baseline learns, from its creation, before "
+                         "deviations raise alerts (1d; an agent's policy may say otherwise)")
+    gv.add_argument("--no-governance", action="store_true",
+                    help="record no usage and detect no deviation")
     db = p.add_argument_group("PostgreSQL session timeouts (0 turns one off)")
     db.add_argument("--db-statement-timeout", type=float, default=15.0, metavar="S",
                     help="end a statement that runs longer")

@@ -12,6 +12,13 @@ from capgate_client._asgi import CapgateMiddleware
 from capgate_client._calls import TLS
 from capgate_client._client import AsyncClient, Client, VerifyItem
 from capgate_client._errors import from_rpc_error
+from capgate_client._governance import (
+    AccessReview,
+    Alert,
+    GovernancePolicyInfo,
+    GrantReview,
+    UsageInfo,
+)
 from capgate_client._grpc_guard import AsyncGrpcGuard, GrpcGuard, mtls_presenter
 from capgate_client._guard import (
     Access,
@@ -45,7 +52,9 @@ from capgate_client._types import (
 __all__ = [
     "TLS",
     "Access",
+    "AccessReview",
     "AgentInfo",
+    "Alert",
     "ApprovalInfo",
     "ApprovalVoteInfo",
     "AsyncClient",
@@ -56,6 +65,8 @@ __all__ = [
     "CapgateMiddleware",
     "Client",
     "Credential",
+    "GovernancePolicyInfo",
+    "GrantReview",
     "GrpcGuard",
     "Guard",
     "HopStatus",
@@ -71,6 +82,7 @@ __all__ = [
     "Rule",
     "Token",
     "TreeNode",
+    "UsageInfo",
     "VerifyItem",
     "VerifyResult",
     "current_presentation",

@@ -36,6 +36,7 @@ from capgate_proto.v1 import (
     audit_pb2,
     audit_pb2_grpc,
     common_pb2,
+    governance_pb2_grpc,
     keys_pb2,
     keys_pb2_grpc,
     token_pb2,
@@ -87,6 +88,7 @@ def stubs_for(channel: Any) -> dict[str, Any]:
         "audit": audit_pb2_grpc.AuditServiceStub(channel),
         "keys": keys_pb2_grpc.KeyServiceStub(channel),
         "approval": approval_pb2_grpc.ApprovalServiceStub(channel),
+        "governance": governance_pb2_grpc.GovernanceServiceStub(channel),
     }
 
 

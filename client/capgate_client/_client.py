@@ -20,6 +20,7 @@ from capgate_client._approvals import ApprovalMethods, AsyncApprovalMethods
 from capgate_client._audit_client import AsyncAuditCalls, AuditCalls
 from capgate_client._calls import TLS, Call, stubs_for, verify_request, verify_result
 from capgate_client._errors import from_rpc_error
+from capgate_client._governance import AsyncGovernanceMethods, GovernanceMethods
 from capgate_client._types import (
     AgentInfo,
     Credential,
@@ -63,7 +64,7 @@ class _Base:
         return _OPTIONS + (self._tls.options() if self._tls else [])
 
 
-class Client(AuditCalls, ApprovalMethods, _Base):
+class Client(AuditCalls, ApprovalMethods, GovernanceMethods, _Base):
     """Blocking client for one capgate server (or load balancer).
 
     ``target`` is ``HOST:PORT``; ``credential`` the principal's (admin, service or
@@ -247,7 +248,7 @@ class Client(AuditCalls, ApprovalMethods, _Base):
 
 
 
-class AsyncClient(AsyncAuditCalls, AsyncApprovalMethods, _Base):
+class AsyncClient(AsyncAuditCalls, AsyncApprovalMethods, AsyncGovernanceMethods, _Base):
     """asyncio client with the methods of ``Client``: ``await c.verify(...)``.
 
     The channel is opened on first use, in the event loop that uses it, so a

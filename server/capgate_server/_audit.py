@@ -21,6 +21,14 @@ While the store refuses them, records wait in a backlog of at most ``backlog``;
 beyond that the oldest are dropped and counted in the next overflow record.
 Records older than ``retention`` seconds are deleted. A crash can lose the last
 interval of verify records; SIGTERM flushes them.
+
+An allow for an agent in shadow mode (``shadow``: its shadow ceiling) that the
+shadow ceiling would deny is tallied a second time, as a ``verify.shadow``
+record with the deny's code and reason; the allow is untouched.
+
+``observe`` (governance) is handed each interval's new records once, when they
+are drained: by the flush, or, while a slow write holds the flush, by a stager
+that moves them to the backlog for the next write.
 """
 
 from __future__ import annotations
@@ -28,9 +36,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from capgate import Clock, Decision, system_clock
+from capgate import Ceiling, Clock, Decision, DenyCode, system_clock
 from capgate_server.store import AUDIT_FIELD_LIMITS, AuditEvent
 
 __all__ = ["AuditLog"]
@@ -44,6 +52,7 @@ _ENTRY_BYTES = 600  # a tally entry: its key tuple, the counters, the dict slot
 _PRUNE_EVERY = 600.0  # seconds between retention passes
 _PRUNE_CHUNK = 5000  # records deleted per transaction
 _COARSE = "coarse"  # first element of the key of a record whose request was left out
+_SHADOW = "shadow"  # last element of the key of a shadow deny
 _REFUSALS = 1000  # distinct refused calls kept apart per flush interval
 
 
@@ -63,11 +72,16 @@ class AuditLog:
     def __init__(self, write: Callable[[Sequence[AuditEvent]], Awaitable[None]], *,
                  prune: Callable[[float, int], Awaitable[int]] | None = None,
                  on_written: Callable[[], None] | None = None,
+                 observe: Callable[[Sequence[AuditEvent]], None] | None = None,
+                 shadow: Mapping[str, Ceiling] | None = None,
                  clock: Clock = system_clock, interval: float = 0.2,
                  retention: float = 0.0, tally_bytes: int = 16 << 20, backlog: int = 10_000,
                  rows_per_write: int = 500, denies_per_caller: int = 100) -> None:
         self._write = write
         self._on_written = on_written  # e.g. the ledger: new records to seal
+        self._observe = observe  # e.g. governance: each interval's new records, once
+        # agent -> shadow ceiling: an allow it would deny is recorded as verify.shadow
+        self._shadow = shadow if shadow is not None else {}
         self._prune = prune
         self._clock = clock
         self._interval = interval
@@ -87,6 +101,7 @@ class AuditLog:
         self._wake = asyncio.Event()
         self._flushing = asyncio.Lock()  # one flush at a time: a flush waits for the one under way
         self._task: asyncio.Task[None] | None = None
+        self._stager: asyncio.Task[None] | None = None
         self.decisions = 0  # verify decisions seen (for metrics)
         self.decided: dict[str, int] = {}  # verify decisions by code, as they are written
 
@@ -99,6 +114,8 @@ class AuditLog:
         """
         self.decisions += 1
         if d.allowed:
+            if self._shadow and d.chain:  # some agent is in shadow mode (else: one check)
+                self._shadow_check(principal, d, action, resource, presenter, now, ctx_keys)
             key: tuple[object, ...] = (principal, d, action, resource, presenter, ctx_keys)
         else:
             if len(action) > _ACTION or len(resource) > _RESOURCE or len(presenter) > _PRESENTER:
@@ -112,6 +129,19 @@ class AuditLog:
         else:
             entry.count += 1
             entry.last = now
+
+    def _shadow_check(self, principal: str, d: Decision, action: str, resource: str,
+                      presenter: str, now: float, ctx_keys: tuple[str, ...]) -> None:
+        """Record what the holder's shadow ceiling would deny (the allow stands)."""
+        holder = d.chain[-1]
+        ceiling = self._shadow.get(holder)
+        if ceiling is None or ceiling.allows(action, resource):
+            return
+        would = Decision(False, DenyCode.CEILING,
+                         f"beyond the shadow ceiling of {holder!r} ({ceiling}); allowed: "
+                         "shadow mode", None, d.token_id, d.chain)
+        self._new_cut(principal, would, action[:_ACTION], resource[:_RESOURCE],
+                      presenter[:_PRESENTER], now, ctx_keys, shadow=True)
 
     def refusal(self, kind: str, principal: str, subject: str, code: str, reason: str,
                 now: float) -> None:
@@ -131,14 +161,16 @@ class AuditLog:
         entry[2] = now
 
     def _new_cut(self, principal: str, d: Decision, action: str, resource: str,
-                 presenter: str, now: float, ctx_keys: tuple[str, ...]) -> None:
-        """A deny for a request with oversized fields: keyed and kept by their prefixes."""
+                 presenter: str, now: float, ctx_keys: tuple[str, ...],
+                 shadow: bool = False) -> None:
+        """A deny for a request with oversized fields: keyed and kept by their prefixes
+        (and a shadow deny, keyed apart from real ones)."""
         cut = {name: len(value) for name, value, limit in (
             ("action", action, _ACTION), ("resource", resource, _RESOURCE),
             ("presenter", presenter, _PRESENTER)) if len(value) > limit}
         action, resource, presenter = action[:_ACTION], resource[:_RESOURCE], presenter[:_PRESENTER]
         key = (principal, d.token_id, d.code, d.caveat, d.chain, action, resource, presenter,
-               ctx_keys)
+               ctx_keys, *((_SHADOW,) if shadow else ()))
         entry = self._tally.get(key)
         if entry is None:
             self._new(key, d, now, len(action) + len(resource) + len(presenter), cut)
@@ -157,8 +189,10 @@ class AuditLog:
             if not over:
                 self._denies[caller] = n + 1
         if over:
-            # full: count it without its request, in one record per caller and outcome
             self._coarse += 1
+            if key[-1] == _SHADOW:  # never a coarse record: it would read as a real deny
+                return
+            # full: count it without its request, in one record per caller and outcome
             key = (_COARSE, key[0], d.allowed, d.code)
             entry = self._tally.get(key)
             if entry is not None:
@@ -172,7 +206,19 @@ class AuditLog:
             self._wake.set()  # flush early rather than fill up
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-flush")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="audit-flush")
+        if self._observe is not None:
+            self._stager = loop.create_task(self._stage_while_writing(), name="audit-stage")
+
+    async def _stage_while_writing(self) -> None:
+        """While a write is slow, still hand each interval's new records to ``observe``
+        (they wait in the backlog for the next write): detection never waits for the
+        store."""
+        while True:
+            await asyncio.sleep(self._interval)
+            if self._flushing.locked() and (self._tally or self._refusals):
+                self._keep(self._drain())
 
     async def _run(self) -> None:
         next_prune = 0.0
@@ -205,7 +251,8 @@ class AuditLog:
         return total
 
     def _drain(self) -> list[AuditEvent]:
-        events, self._backlog = self._backlog, []
+        backlog, self._backlog = self._backlog, []
+        events: list[AuditEvent] = []
         tally, self._tally = self._tally, {}
         self._tally_bytes = 0
         self._denies = {}
@@ -216,21 +263,26 @@ class AuditLog:
         for key, e in tally.items():
             d = e.decision
             code = str(d.code)
-            self.decided[code] = self.decided.get(code, 0) + e.count
+            shadow = key[-1] == _SHADOW
+            if not shadow:  # a shadow deny's decision was an allow, counted as such
+                self.decided[code] = self.decided.get(code, 0) + e.count
             if key[0] == _COARSE:
                 events.append(AuditEvent(
                     e.first, str(key[1]), "verify", "", d.allowed, str(d.code),
                     "" if d.allowed else "request detail dropped: audit tally full",
                     count=e.count, last_at=e.last, detail={"coarse": True}))
                 continue
-            action, resource, presenter, ctx_keys = key[-4:]
+            action, resource, presenter, ctx_keys = key[-5:-1] if shadow else key[-4:]
             events.append(AuditEvent(
-                e.first, str(key[0]), "verify", d.token_id or "", d.allowed, str(d.code),
+                e.first, str(key[0]), "verify.shadow" if shadow else "verify",
+                d.token_id or "", d.allowed, str(d.code),
                 "" if d.allowed else d.reason, d.chain, action=str(action),
                 resource=str(resource), presenter=str(presenter), count=e.count,
                 last_at=e.last, detail={"truncated": e.cut} if e.cut else {},
                 caveat=d.caveat or "", ctx_keys=_strings(ctx_keys)))
-        return events
+        if self._observe is not None and events:
+            self._observe(events)
+        return backlog + events
 
     @property
     def pending(self) -> int:
@@ -291,6 +343,11 @@ class AuditLog:
             log.error("audit backlog full: dropped the %d oldest records", excess)
 
     async def close(self) -> None:
+        if self._stager is not None:
+            self._stager.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stager
+            self._stager = None
         if self._task is not None:
             async with self._flushing:  # never cancel a flush halfway through its batch
                 self._task.cancel()

@@ -47,6 +47,8 @@ POLICY: Mapping[str, frozenset[Role]] = {
     "/capgate.v1.VerifierService/VerifyStream": _VERIFIERS,
     **{f"/capgate.v1.AuditService/{m}": _ADMIN for m in (
         "ListEvents", "WatchEvents", "VerifyLedger", "GetCheckpoint")},
+    **{f"/capgate.v1.GovernanceService/{m}": _ADMIN for m in (
+        "GetUsage", "Review", "ListAlerts", "WatchAlerts", "SetPolicy", "GetPolicy")},
     "/capgate.v1.KeyService/ListKeys": _ADMIN,
     "/capgate.v1.KeyService/RotateKey": _ADMIN,
     "/capgate.v1.KeyService/RetireKey": _ADMIN,

@@ -88,6 +88,16 @@ class Metrics:
             c = CounterMetricFamily(name, text)
             c.add_metric([], value)
             yield c
+        governance = r.governance
+        for name, by_label, label, text in (
+                ("capgate_governance_alerts", governance.alerts, "kind",
+                 "Deviation alerts this replica raised, by kind"),
+                ("capgate_governance_containments", governance.containments, "containment",
+                 "Containments this replica applied, by what it did")):
+            family = CounterMetricFamily(name, text, labels=[label])
+            for label_value, total in sorted(by_label.copy().items()):
+                family.add_metric([label_value], total)
+            yield family
         calls = CounterMetricFamily("capgate_rpcs", "RPCs answered, by method and status",
                                     labels=["method", "status"])
         for (method, status), n in sorted(self._calls.calls.copy().items()):

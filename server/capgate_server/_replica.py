@@ -39,6 +39,7 @@ from capgate_server._audit import AuditLog
 from capgate_server._budgets import Budgets
 from capgate_server._clocks import TrustedClock
 from capgate_server._credentials import hash_credential, new_credential
+from capgate_server._governance import Governance
 from capgate_server._hops import HopLedger
 from capgate_server._keyring import KeyEncryptionKey, RootKeys
 from capgate_server._ledger import AuditLedger
@@ -110,6 +111,8 @@ class Settings:
     ext_authz: bool = False
     ext_authz_header: str = "authorization"  # where the token is: "Capgate <token>"
     spiffe_prefix: str = ""  # peer principal PREFIX+AGENT presents as AGENT; "": none does
+    governance: bool = True  # usage, deviation alerts and containment (docs/governance.md)
+    governance_warmup: float = 86400.0  # seconds an agent's baseline learns before alerting
 
 
 class Replica:
@@ -137,8 +140,19 @@ class Replica:
                                  on_first_allow=ledger, counts_budgets=True)
         self.ledger = AuditLedger(store, kek, clock, interval=settings.audit_interval,
                                   checkpoint_every=settings.audit_checkpoint_every)
+        # usage, baselines and containment, fed by the audit tally's flushes
+        self.governance = Governance(store, self.agents, clock, read=self.read,
+                                     write=self.call, bulk=self._on_audit_lane,
+                                     after_change=self.sync,
+                                     warmup=settings.governance_warmup,
+                                     retention=settings.audit_retention
+                                     if settings.role == "full" else 0.0,
+                                     revoke_for=settings.max_ttl_cap)
         self.audit = AuditLog(
-            self._write_audit, prune=self.ledger.prune if settings.role == "full" else None,
+            self._write_audit,
+            observe=self.governance.observe if settings.governance else None,
+            shadow=self.governance.shadow,
+            prune=self.ledger.prune if settings.role == "full" else None,
             on_written=self.ledger.wake,
             clock=clock, interval=settings.audit_interval, retention=settings.audit_retention,
             tally_bytes=limits.audit_tally_bytes, backlog=limits.audit_backlog,
@@ -187,6 +201,11 @@ class Replica:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._auditor, self.store.append_audit, events)
 
+    async def _on_audit_lane(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a bulk governance write (usage) on the audit lane: never ahead of a change."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._auditor, lambda: fn(*args, **kwargs))
+
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -214,6 +233,8 @@ class Replica:
             except AlreadyExistsError:  # another replica starting at the same moment won
                 credential = None
         self.audit.start()
+        if self.settings.governance:
+            await self.governance.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._follow(), name="follow-store"))
         self._tasks.append(loop.create_task(self._watch(), name="freshness"))
@@ -237,6 +258,7 @@ class Replica:
                 await task
         self._tasks.clear()
         await self.audit.close()
+        await self.governance.close()
         await self.ledger.close()
         for lane in (self._executor, self._reader, self._auditor):
             lane.shutdown(wait=True)

@@ -27,6 +27,8 @@ from capgate_proto.v1 import (
     audit_pb2,
     audit_pb2_grpc,
     common_pb2,
+    governance_pb2,
+    governance_pb2_grpc,
     keys_pb2,
     keys_pb2_grpc,
     token_pb2,
@@ -37,6 +39,7 @@ from capgate_proto.v1 import (
 from capgate_server._approvals import Approvals
 from capgate_server._approvals_rpc import ApprovalServicer
 from capgate_server._audit_rpc import AuditServicer, AuditTrail
+from capgate_server._governance_rpc import GovernanceServicer
 from capgate_server._interceptor import CALLER
 from capgate_server._registry import AgentUpdate, Registry
 from capgate_server._replica import Replica
@@ -356,6 +359,8 @@ def register_all(server: grpc.aio.Server, replica: Replica) -> list[str]:
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(AuditTrail(replica)),
                                                       server)
     keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(KeyRotation(replica)), server)
+    governance_pb2_grpc.add_GovernanceServiceServicer_to_server(
+        GovernanceServicer(replica.governance, replica.agents, replica.clock), server)
     return [
         agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
         token_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
@@ -363,4 +368,5 @@ def register_all(server: grpc.aio.Server, replica: Replica) -> list[str]:
         audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
         keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
         approval_pb2.DESCRIPTOR.services_by_name["ApprovalService"].full_name,
+        governance_pb2.DESCRIPTOR.services_by_name["GovernanceService"].full_name,
     ]

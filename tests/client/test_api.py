@@ -53,6 +53,9 @@ def test_server_public_api_is_pinned():
         "AUDIT_FIELD_LIMITS", "GENESIS", "MIGRATIONS", "AgentPatch", "AuditEvent", "AuditQuery",
         "Break", "BudgetLease", "Change", "ChangeKind", "Checkpoint", "DelegationRecord",
         "LedgerKey",
+        # governance: usage, alerts, containment policies
+        "AlertRecord", "Containment", "GovernancePolicy", "GovernanceStore", "UsageKind",
+        "UsageRow",
         "PostgresStore", "Principal", "Role", "RootKeyRecord", "SessionTimeouts", "Signer",
         "SqliteStore", "Store", "TokenRecord", "canonical", "link", "open_store", "walk"])
     for module in (capgate_server, capgate_server.store):
@@ -63,6 +66,7 @@ def test_server_public_api_is_pinned():
 def test_client_public_api_is_pinned():
     assert sorted(capgate_client.__all__) == sorted([
         "ApprovalInfo", "ApprovalVoteInfo",
+        "AccessReview", "Alert", "GovernancePolicyInfo", "GrantReview", "UsageInfo",
         "TLS", "AgentInfo", "AsyncClient", "AuditCheckpoint", "AuditRecord", "Client",
         "Credential", "HopStatus", "InspectResult", "IssuedToken", "KeyInfo", "LedgerCheck",
         "PrincipalInfo", "RevokeResult", "Token", "TreeNode",

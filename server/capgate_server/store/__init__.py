@@ -28,6 +28,14 @@ from capgate_server.store._base import (
     Store,
     TokenRecord,
 )
+from capgate_server.store._governance import (
+    AlertRecord,
+    Containment,
+    GovernancePolicy,
+    GovernanceStore,
+    UsageKind,
+    UsageRow,
+)
 from capgate_server.store._postgres import PostgresStore, SessionTimeouts
 from capgate_server.store._proof import (
     GENESIS,
@@ -46,6 +54,7 @@ __all__ = [
     "GENESIS",
     "MIGRATIONS",
     "AgentPatch",
+    "AlertRecord",
     "ApprovalRecord",
     "ApprovalStatus",
     "ApprovalStore",
@@ -57,7 +66,10 @@ __all__ = [
     "Change",
     "ChangeKind",
     "Checkpoint",
+    "Containment",
     "DelegationRecord",
+    "GovernancePolicy",
+    "GovernanceStore",
     "LedgerKey",
     "PostgresStore",
     "Principal",
@@ -69,6 +81,8 @@ __all__ = [
     "SqliteStore",
     "Store",
     "TokenRecord",
+    "UsageKind",
+    "UsageRow",
     "canonical",
     "link",
     "open_store",

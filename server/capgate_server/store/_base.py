@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from capgate import Agent, AgentStatus, ApprovalRule, Ceiling
 from capgate_server.store._approvals import ApprovalStore
+from capgate_server.store._governance import GovernanceStore
 from capgate_server.store._proof import Checkpoint
 
 
@@ -268,7 +269,7 @@ def agent_from_row(row: Sequence[Any], keys: dict[str, bytes]) -> Agent:
     ).with_changes(public_keys=keys)
 
 
-class Store(ApprovalStore, ABC):
+class Store(ApprovalStore, GovernanceStore, ABC):
     """Durable state. Methods are blocking; the server calls them off the event loop."""
 
     # set by the audit ledger once it has its key: every audit record written from then

@@ -35,6 +35,7 @@ from capgate_server.store._base import (
     encode_approval_rules,
     encode_ceiling,
 )
+from capgate_server.store._governance_sql import GOVERNANCE_MIGRATION, GovernanceRows
 
 # Each migration is a list of statements; {blob} {real} {bigint} {serial} are
 # filled in per backend. Append new migrations; never edit a released one.
@@ -110,6 +111,7 @@ MIGRATIONS: list[list[str]] = [
     [  # each audit record carries its writer's MAC: sealing keeps out rows written by others
         "ALTER TABLE audit ADD COLUMN mac {blob}",
     ],
+    GOVERNANCE_MIGRATION,  # usage per agent, deviation alerts, containment policies
 ]
 
 _AGENT_COLS = ("id, owner, description, status, ceiling, max_ttl, max_depth, epoch, "
@@ -118,7 +120,7 @@ _AGENT_MARKS = ", ".join("?" * 13)
 _NONCE_ROWS = 200  # nonces per INSERT statement (3 parameters each)
 
 
-class SqlStore(ApprovalRows, AuditRecords, Store):
+class SqlStore(ApprovalRows, GovernanceRows, AuditRecords, Store):
     """Shared statements; subclasses provide ``_tx`` and ``_read``."""
 
     placeholder = "?"
