@@ -1,0 +1,379 @@
+// capgate console: a single page over the console's JSON API (no framework, no build step).
+// Every value from the server is put on the page as text (textContent), never as markup.
+"use strict";
+
+const state = { session: null, live: null };
+
+// -- helpers ---------------------------------------------------------------------------------
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v;
+    else if (k === "on") for (const [ev, fn] of Object.entries(v)) node.addEventListener(ev, fn);
+    else if (v !== null && v !== undefined && v !== false) node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+function badge(text, kind) { return el("span", { class: "badge " + (kind || text) }, text); }
+
+async function api(method, path, body) {
+  const headers = {};
+  const init = { method, headers, credentials: "same-origin" };
+  if (method !== "GET") {
+    headers["Content-Type"] = "application/json";
+    headers["X-CSRF-Token"] = state.session ? state.session.csrf : "";
+    init.body = JSON.stringify(body || {});
+  }
+  const r = await fetch(path, init);
+  let data = {};
+  try { data = await r.json(); } catch (e) { data = {}; }
+  if (r.status === 401 && path !== "/api/login") {
+    state.session = null;
+    showLogin(data.error || "log in again");
+    throw new Error(data.error || "log in again");
+  }
+  if (!r.ok) throw new Error(data.error || ("HTTP " + r.status));
+  return data;
+}
+
+function flash(message, kind) {
+  const old = document.getElementById("flash");
+  if (old) old.remove();
+  const note = el("p", { id: "flash", class: kind || "ok", role: "status" }, message);
+  document.getElementById("view").prepend(note);
+}
+
+// The confirmation dialog: every action asks first (and most ask why).
+function confirmAction(text, opts) {
+  opts = opts || {};
+  const dialog = document.getElementById("confirm");
+  const reason = document.getElementById("confirm-reason");
+  const grants = document.getElementById("confirm-grants");
+  document.getElementById("confirm-text").textContent = text;
+  document.getElementById("confirm-reason-label").hidden = !opts.reason;
+  reason.hidden = !opts.reason;
+  reason.value = "";
+  grants.hidden = opts.grants === undefined;
+  grants.value = opts.grants || "";
+  document.getElementById("confirm-ok").textContent = opts.ok || "Confirm";
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => {
+      if (dialog.returnValue !== "ok") return resolve(null);
+      resolve({ reason: reason.value, grants: grants.value });
+    }, { once: true });
+    dialog.returnValue = "";
+    dialog.showModal();
+  });
+}
+
+function may(what) { return state.session && state.session.may.includes(what); }
+
+// -- login and the frame ---------------------------------------------------------------------
+
+function showLogin(message) {
+  stopLive();
+  document.getElementById("bar").hidden = true;
+  document.getElementById("view").replaceChildren();
+  document.getElementById("login").hidden = false;
+  document.getElementById("login-error").textContent = message || "";
+  document.getElementById("credential").focus();
+}
+
+function showFrame() {
+  document.getElementById("login").hidden = true;
+  document.getElementById("bar").hidden = false;
+  const nav = document.getElementById("nav");
+  const links = [];
+  if (may("agents")) links.push(el("a", { href: "#/agents" }, "Agents"));
+  if (may("decisions")) links.push(el("a", { href: "#/decisions" }, "Live decisions"));
+  if (may("approvals")) links.push(el("a", { href: "#/approvals" }, "Approvals"));
+  nav.replaceChildren(...links);
+  document.getElementById("who").textContent =
+    state.session.principal + " (" + state.session.role + ")";
+}
+
+async function login(event) {
+  event.preventDefault();
+  const field = document.getElementById("credential");
+  try {
+    state.session = await api("POST", "/api/login", { credential: field.value });
+  } catch (e) {
+    document.getElementById("login-error").textContent = e.message;
+    return;
+  }
+  field.value = "";
+  showFrame();
+  if (!location.hash || location.hash === "#/") location.hash = may("agents") ? "#/agents" : "#/approvals";
+  else route();
+}
+
+async function logout() {
+  try { await api("POST", "/api/logout", {}); } catch (e) { /* ended already */ }
+  state.session = null;
+  location.hash = "";
+  showLogin("logged out");
+}
+
+// -- pages -----------------------------------------------------------------------------------
+
+async function agentsPage(view) {
+  const data = await api("GET", "/api/agents");
+  const find = el("input", { id: "find-agent", type: "search", placeholder: "Find an agent" });
+  const rows = data.agents.map((a) => el("tr", { "data-agent": a.id },
+    el("td", {}, el("a", { href: "#/agents/" + encodeURIComponent(a.id) }, a.id)),
+    el("td", {}, badge(a.status)),
+    el("td", {}, a.owner),
+    el("td", { class: "grants" }, a.ceiling.join("  ")),
+    el("td", {}, a.last_use || "—"),
+    el("td", { class: "alerts", title: "governance alerts are not available on this server yet" },
+      a.alerts === null ? "n/a" : String(a.alerts.length))));
+  const body = el("tbody", {}, rows);
+  find.addEventListener("input", () => {
+    const q = find.value.toLowerCase();
+    for (const r of rows) r.hidden = !r.dataset.agent.toLowerCase().includes(q);
+  });
+  view.replaceChildren(
+    el("h1", {}, "Agents"), find,
+    el("table", { id: "agents" },
+      el("thead", {}, el("tr", {}, ["Agent", "Status", "Owner", "Ceiling", "Last use", "Alerts"]
+        .map((h) => el("th", {}, h)))), body),
+    data.agents.length ? null : el("p", {}, "No agents registered yet."));
+}
+
+function treeNode(n) {
+  const dead = n.revoked || n.dead_above;
+  const marks = [];
+  if (n.revoked) marks.push(badge("revoked"));
+  else if (n.dead_above) marks.push(badge("dead: revoked above", "dead"));
+  if (n.suspended) marks.push(badge("suspended"));
+  else if (n.agent_status !== "active") marks.push(badge(n.agent_status, "suspended"));
+  const act = (!n.revoked && may("act")) ? el("button", {
+    type: "button", class: "revoke small danger", on: { click: () => revokeHop(n) } },
+  n.issued_by ? "Revoke hop" : "Revoke token") : null;
+  const hop = el("div", { class: "hop" + (dead ? " dead" : "") + (n.revoked ? " revoked" : "") +
+      (n.suspended ? " suspended" : ""), "data-id": n.id, "data-agent": n.agent },
+  el("strong", {}, n.agent),
+  el("span", { class: "via" }, n.issued_by ? " ← " + n.issued_by : " issued"),
+  el("code", { class: "id", title: n.id }, n.id.slice(0, 8)),
+  el("span", { class: "when" }, n.at), marks,
+  n.restrictions.length ? el("div", { class: "restrictions" }, n.restrictions.join(" · ")) : null,
+  n.truncated ? el("div", { class: "note" }, "more hops below (not shown)") : null, act);
+  return el("li", {}, hop,
+    n.children.length ? el("ul", {}, n.children.map(treeNode)) : null);
+}
+
+async function revokeHop(n) {
+  const what = n.issued_by ? `the hop ${n.issued_by} → ${n.agent}` : `the token of ${n.agent}`;
+  const answer = await confirmAction(`Revoke ${what} (${n.id})? Every token below it denies at once.`,
+    { reason: true, ok: "Revoke" });
+  if (!answer) return;
+  try {
+    await api("POST", "/api/revoke", { id: n.id, reason: answer.reason });
+  } catch (e) { flash(e.message, "error"); return; }
+  await route();
+  flash(`revoked ${n.id}`);
+}
+
+async function agentAction(a, verb) {
+  let body = {};
+  if (verb === "ceiling") {
+    const answer = await confirmAction(
+      `Narrow the ceiling of ${a.id}: one grant a line, each inside the current ceiling. ` +
+      "Live tokens narrow at once.", { grants: a.ceiling.join("\n"), ok: "Narrow" });
+    if (!answer) return;
+    body = { grants: answer.grants.split("\n").map((g) => g.trim()).filter((g) => g) };
+  } else {
+    const text = verb === "suspend"
+      ? `Suspend ${a.id}? Every token it holds or that passes through it denies until it is resumed.`
+      : `Resume ${a.id}?`;
+    if (!await confirmAction(text, { ok: verb === "suspend" ? "Suspend" : "Resume" })) return;
+  }
+  try {
+    await api("POST", `/api/agents/${encodeURIComponent(a.id)}/${verb}`, body);
+  } catch (e) { flash(e.message, "error"); return; }
+  await route();
+  flash(`${a.id}: ${verb === "ceiling" ? "ceiling narrowed" : verb + "d"}`);
+}
+
+function decisionRow(d) {
+  return el("tr", { class: d.allowed ? "allow" : "deny", "data-seq": d.seq },
+    el("td", {}, d.last_at),
+    el("td", {}, d.allowed ? badge("allow") : badge("deny")),
+    el("td", {}, d.count),
+    el("td", {}, d.chain.join(" → ")),
+    el("td", {}, d.action),
+    el("td", { class: "resource" }, d.resource),
+    el("td", { class: "code" }, d.code),
+    el("td", { class: "caveat" }, d.caveat || ""),
+    el("td", {}, d.by));
+}
+
+const DECISION_HEAD = ["Last", "Decision", "Count", "Chain", "Action", "Resource", "Code",
+  "Caveat", "Asked by"];
+
+function decisionTable(id, decisions) {
+  return el("table", { id, class: "decisions" },
+    el("thead", {}, el("tr", {}, DECISION_HEAD.map((h) => el("th", {}, h)))),
+    el("tbody", {}, decisions.map(decisionRow)));
+}
+
+async function agentPage(view, id) {
+  const a = await api("GET", "/api/agents/" + encodeURIComponent(id));
+  const actions = may("act") ? el("div", { class: "actions" },
+    a.status === "active"
+      ? el("button", { type: "button", id: "suspend", class: "danger", on: { click: () => agentAction(a, "suspend") } }, "Suspend")
+      : el("button", { type: "button", id: "resume", on: { click: () => agentAction(a, "resume") } }, "Resume"),
+    el("button", { type: "button", id: "narrow", on: { click: () => agentAction(a, "ceiling") } }, "Narrow ceiling")) : null;
+  view.replaceChildren(
+    el("p", {}, el("a", { href: "#/agents" }, "← Agents")),
+    el("h1", {}, a.id, " ", badge(a.status)),
+    el("dl", { class: "facts" },
+      el("dt", {}, "Owner"), el("dd", {}, a.owner || "—"),
+      el("dt", {}, "Description"), el("dd", {}, a.description || "—"),
+      el("dt", {}, "Max TTL / depth"), el("dd", {}, `${a.max_ttl}s / ${a.max_depth}`),
+      el("dt", {}, "Rate"), el("dd", {}, a.rate || "none"),
+      el("dt", {}, "Approval rules"), el("dd", {}, a.approvals.join("; ") || "none"),
+      el("dt", {}, "Last use"), el("dd", {}, a.last_use || "—")),
+    actions,
+    el("h2", {}, "Ceiling"),
+    el("ul", { id: "ceiling", class: "grants" }, a.ceiling.map((g) => el("li", {}, el("code", {}, g)))),
+    el("h2", {}, "Alerts"),
+    el("p", { class: "note", id: "alerts" },
+      "Governance alerts (holding more than is used, unusual denies) are not available on " +
+      "this server yet; this is where they will show."),
+    el("h2", {}, "Live tokens and their delegation trees"),
+    a.tokens.length
+      ? el("div", { id: "trees" }, a.tokens.map((t) => el("ul", { class: "tree" }, treeNode(t))))
+      : el("p", { id: "trees" }, "No live token found for this agent."),
+    el("h2", {}, "Recent decisions"),
+    decisionTable("agent-decisions", a.decisions));
+}
+
+function stopLive() {
+  if (state.live) { state.live.close(); state.live = null; }
+}
+
+async function decisionsPage(view) {
+  const params = new URLSearchParams(location.hash.split("?")[1] || "");
+  const agent = el("input", { id: "f-agent", placeholder: "agent", value: params.get("agent") || "" });
+  const decision = el("select", { id: "f-decision" },
+    ["any", "allow", "deny"].map((d) => el("option", { value: d, selected: params.get("decision") === d }, d)));
+  const code = el("input", { id: "f-code", placeholder: "code (e.g. revoked)", value: params.get("code") || "" });
+  const apply = el("button", { type: "submit" }, "Filter");
+  const form = el("form", { id: "filters" }, agent, decision, code, apply);
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const q = new URLSearchParams();
+    if (agent.value) q.set("agent", agent.value);
+    if (decision.value !== "any") q.set("decision", decision.value);
+    if (code.value) q.set("code", code.value);
+    location.hash = "#/decisions" + (q.toString() ? "?" + q : "");
+  });
+  const query = new URLSearchParams();
+  for (const k of ["agent", "decision", "code"]) if (params.get(k)) query.set(k, params.get(k));
+  const data = await api("GET", "/api/decisions?" + query);
+  const table = decisionTable("live", data.decisions);
+  const body = table.querySelector("tbody");
+  const seen = new Set(data.decisions.map((d) => d.seq));
+  const tally = { allow: 0, deny: 0 };
+  for (const d of data.decisions) tally[d.allowed ? "allow" : "deny"] += d.count;
+  const counts = el("p", { id: "tally" });
+  const status = el("span", { id: "live-status", class: "badge" }, "connecting");
+  const showTally = () => { counts.textContent = `allows: ${tally.allow} · denies: ${tally.deny} (shown)`; };
+  showTally();
+  view.replaceChildren(el("h1", {}, "Live decisions ", status), form, counts, table);
+  stopLive();
+  const after = Math.max(0, ...data.decisions.map((d) => d.pos));
+  query.set("after", after);
+  const source = new EventSource("/api/decisions/stream?" + query);
+  state.live = source;
+  source.onopen = () => { status.textContent = "live"; status.className = "badge live"; };
+  source.onerror = () => { status.textContent = "reconnecting"; status.className = "badge"; };
+  source.onmessage = (m) => {
+    const d = JSON.parse(m.data);
+    if (seen.has(d.seq)) return;
+    seen.add(d.seq);
+    tally[d.allowed ? "allow" : "deny"] += d.count;
+    showTally();
+    body.prepend(decisionRow(d));
+    while (body.children.length > 500) body.lastChild.remove();
+  };
+}
+
+async function approvalsPage(view) {
+  const data = await api("GET", "/api/approvals");
+  const rows = data.approvals.map((a) => el("tr", { "data-approval": a.id },
+    el("td", {}, el("code", {}, a.id.slice(0, 12))),
+    el("td", {}, a.requested_by),
+    el("td", {}, a.presenter),
+    el("td", {}, a.action),
+    el("td", { class: "resource" }, a.resource),
+    el("td", {}, Object.entries(a.ctx).map(([k, v]) => `${k}=${v}`).join(", ")),
+    el("td", {}, a.note),
+    el("td", {}, `${a.votes.filter((v) => v.approve).length} of ${a.needed}`),
+    el("td", {}, a.wait_until),
+    el("td", {},
+      el("button", { type: "button", class: "approve", on: { click: () => decide(a, true) } }, "Approve"),
+      el("button", { type: "button", class: "deny danger", on: { click: () => decide(a, false) } }, "Deny"))));
+  view.replaceChildren(el("h1", {}, "Approvals waiting"),
+    rows.length ? el("table", { id: "approvals" },
+      el("thead", {}, el("tr", {}, ["Request", "Asked by", "Presenter", "Action", "Resource",
+        "Context", "Note", "Votes", "Lapses", ""].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows)) : el("p", { id: "approvals" }, "Nothing waits for approval."));
+}
+
+async function decide(a, approve) {
+  const answer = await confirmAction(
+    `${approve ? "Approve" : "Deny"} ${a.action} on ${a.resource} for ${a.presenter}?`,
+    { reason: true, ok: approve ? "Approve" : "Deny" });
+  if (!answer) return;
+  try {
+    await api("POST", "/api/approvals/" + encodeURIComponent(a.id),
+      { approve, reason: answer.reason });
+  } catch (e) { flash(e.message, "error"); return; }
+  await route();
+  flash(`${approve ? "approved" : "denied"} ${a.id.slice(0, 12)}`);
+}
+
+// -- routing -----------------------------------------------------------------------------------
+
+async function route() {
+  if (!state.session) return;
+  const view = document.getElementById("view");
+  const hash = location.hash.split("?")[0];
+  if (!hash.startsWith("#/decisions")) stopLive();
+  for (const a of document.querySelectorAll("#nav a")) {
+    a.classList.toggle("current", hash.startsWith(a.getAttribute("href")));
+  }
+  try {
+    if (hash.startsWith("#/agents/") && may("agents")) {
+      await agentPage(view, decodeURIComponent(hash.slice("#/agents/".length)));
+    } else if (hash === "#/decisions" && may("decisions")) await decisionsPage(view);
+    else if (hash === "#/approvals" && may("approvals")) await approvalsPage(view);
+    else if (may("agents")) await agentsPage(view);
+    else await approvalsPage(view);
+  } catch (e) {
+    if (state.session) view.replaceChildren(el("p", { class: "error" }, e.message));
+  }
+}
+
+async function start() {
+  document.getElementById("login-form").addEventListener("submit", login);
+  document.getElementById("logout").addEventListener("click", logout);
+  window.addEventListener("hashchange", route);
+  try {
+    state.session = await api("GET", "/api/session");
+  } catch (e) {
+    return; // showLogin already ran
+  }
+  showFrame();
+  await route();
+}
+
+document.addEventListener("DOMContentLoaded", start);

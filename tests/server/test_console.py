@@ -1,0 +1,244 @@
+"""The operator console over plain HTTP: nothing without a session, login by role,
+CSRF on every change, sessions that end (idle, disabled credential, logout), bad
+input refused with a clear status, and every action audited under the operator."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import httpx
+import pytest
+
+from capgate import InvalidArgumentError
+from capgate_server import CapgateServer, Settings
+from capgate_server.console import COOKIE, IDLE
+
+from conftest import FakeClock
+from harness import ServerThread
+
+
+@pytest.fixture
+def console(tmp_path):
+    s = ServerThread(tmp_path / "data", console_listen="127.0.0.1:0").start()
+    yield s
+    s.stop()
+
+
+def http(server: ServerThread) -> httpx.Client:
+    return httpx.Client(base_url=f"http://127.0.0.1:{server.app.console_port}", timeout=10)
+
+
+def login(c: httpx.Client, credential: str) -> dict:
+    r = c.post("/api/login", json={"credential": credential})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def post(c: httpx.Client, path: str, body: dict, csrf: str) -> httpx.Response:
+    return c.post(path, json=body, headers={"X-CSRF-Token": csrf})
+
+
+def audit(server: ServerThread, kind: str) -> list:
+    with server.client() as admin:
+        return admin.audit(kind=kind, limit=1000)
+
+
+def test_nothing_is_visible_without_a_session(console):
+    with console.client() as admin:
+        admin.create_agent("hidden-agent", ["read:/secret/**"])
+    with http(console) as c:
+        shell = c.get("/")
+        assert shell.status_code == 200 and "hidden-agent" not in shell.text
+        assert "default-src 'none'" in shell.headers["content-security-policy"]
+        for path in ("/api/session", "/api/agents", "/api/agents/hidden-agent",
+                     "/api/decisions", "/api/decisions/stream", "/api/approvals",
+                     "/api/tree/" + "0" * 32):
+            r = c.get(path)
+            assert r.status_code == 401, path
+            assert "hidden-agent" not in r.text
+        r = c.post("/api/agents/hidden-agent/suspend", json={})
+        assert r.status_code == 401
+        c.cookies.set(COOKIE, "forged-session-id")
+        assert c.get("/api/agents").status_code == 401
+
+
+def test_login_by_role_and_the_cookie_it_sets(console):
+    with console.client() as admin:
+        _, agent_cred = admin.create_agent("worker", ["read:/w/**"])
+        svc = admin.create_principal("svc", "service").credential
+        approver = admin.create_principal("alice", "approver").credential
+    with http(console) as c:
+        r = c.post("/api/login", json={"credential": "cg_" + "A" * 43})
+        assert r.status_code == 401
+        for cred in (agent_cred, svc):
+            r = c.post("/api/login", json={"credential": cred})
+            assert r.status_code == 403 and "no console" in r.json()["error"]
+        r = c.post("/api/login", json={"credential": console.admin_credential})
+        assert r.status_code == 200
+        cookie = r.headers["set-cookie"]
+        assert cookie.startswith(COOKIE + "=")
+        for attr in ("HttpOnly", "SameSite=Strict", "Path=/"):
+            assert attr in cookie
+        assert "Secure" not in cookie  # plain HTTP on loopback
+        body = r.json()
+        assert body["role"] == "admin" and body["csrf"] and "act" in body["may"]
+        assert c.get("/api/agents").status_code == 200
+    with http(console) as c:
+        session = login(c, approver)
+        assert session["may"] == ["approvals"]
+        assert c.get("/api/approvals").status_code == 200
+        assert c.get("/api/agents").status_code == 403
+        assert post(c, "/api/agents/worker/suspend", {}, session["csrf"]).status_code == 403
+    failed = audit(console, "auth.failed")
+    assert any(e.subject == "console.login" for e in failed)
+    assert any(e.principal == "admin" for e in audit(console, "console.login"))
+
+
+def test_every_change_needs_the_csrf_token_json_and_the_same_origin(console):
+    with console.client() as admin:
+        admin.create_agent("target", ["read:/t/**"])
+    with http(console) as c:
+        csrf = login(c, console.admin_credential)["csrf"]
+        url = "/api/agents/target/suspend"
+        assert c.post(url, json={}).status_code == 403  # no token
+        assert post(c, url, {}, "x" * 43).status_code == 403  # a wrong one
+        r = c.post(url, content="{}", headers={"X-CSRF-Token": csrf,
+                                               "Content-Type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 415  # a form, as a cross-site page could send
+        r = c.post(url, json={}, headers={"X-CSRF-Token": csrf,
+                                          "Origin": "http://evil.example"})
+        assert r.status_code == 403
+        with console.client() as admin:
+            assert admin.get_agent("target").status == "active"
+        port = console.app.console_port
+        r = c.post(url, json={}, headers={"X-CSRF-Token": csrf,
+                                          "Origin": f"http://127.0.0.1:{port}"})
+        assert r.status_code == 200 and r.json()["status"] == "suspended"
+    with console.client() as admin:
+        assert admin.get_agent("target").status == "suspended"
+    events = [e for e in audit(console, "agent.suspend") if e.subject == "target"]
+    assert [e.principal for e in events] == ["admin"]
+
+
+def test_a_session_ends_when_idle_at_logout_and_when_its_credential_is_disabled(tmp_path):
+    clock = FakeClock()
+    server = ServerThread(tmp_path / "data", clock=clock, console_listen="127.0.0.1:0").start()
+    try:
+        with server.client() as admin:
+            ops = admin.create_principal("ops", "admin").credential
+        with http(server) as c:
+            login(c, server.admin_credential)
+            clock.advance(IDLE - 1)
+            assert c.get("/api/agents").status_code == 200  # activity restarts the timer
+            clock.advance(IDLE - 1)
+            assert c.get("/api/agents").status_code == 200
+            clock.advance(IDLE + 1)
+            assert c.get("/api/agents").status_code == 401
+        with http(server) as c:
+            csrf = login(c, server.admin_credential)["csrf"]
+            assert post(c, "/api/logout", {}, csrf).status_code == 200
+            assert c.get("/api/agents").status_code == 401
+        with http(server) as c:
+            login(c, ops)
+            assert c.get("/api/agents").status_code == 200
+            with server.client() as admin:
+                admin.disable_principal("ops")
+            assert c.get("/api/agents").status_code == 401
+    finally:
+        server.stop()
+
+
+def test_bad_input_gets_a_clear_refusal(console):
+    with console.client() as admin:
+        admin.create_agent("narrowed", ["read,write:/data/**"])
+    port = console.app.console_port
+    with http(console) as c:
+        csrf = login(c, console.admin_credential)["csrf"]
+        h = {"X-CSRF-Token": csrf, "Content-Type": "application/json"}
+        assert c.post("/api/revoke", content=b"{not json", headers=h).status_code == 400
+        assert c.post("/api/revoke", content=b"[1]", headers=h).status_code == 400
+        r = post(c, "/api/revoke", {"id": "not-hex", "reason": "x"}, csrf)
+        assert r.status_code == 400 and "32 hex" in r.json()["error"]
+        assert post(c, "/api/revoke", {"id": "a" * 32, "reason": ""}, csrf).status_code == 400
+        assert post(c, "/api/revoke", {"id": 7, "reason": "x"}, csrf).status_code == 400
+        assert c.get("/api/agents/nobody").status_code == 404
+        assert c.get("/api/agents/bad%20id").status_code == 400
+        assert c.get("/api/tree/zz").status_code == 400
+        assert c.get("/api/decisions", params={"decision": "maybe"}).status_code == 400
+        assert c.get("/api/decisions", params={"code": "DROP TABLE"}).status_code == 400
+        assert c.get("/api/decisions/stream", params={"after": "-1"}).status_code == 400
+        assert c.get("/api/nothing-here").status_code == 404
+        # the console narrows a ceiling and never widens one
+        r = post(c, "/api/agents/narrowed/ceiling", {"grants": ["read:/**"]}, csrf)
+        assert r.status_code == 403 and "only narrows" in r.json()["error"]
+        r = post(c, "/api/agents/narrowed/ceiling", {"grants": "read:/data/**"}, csrf)
+        assert r.status_code == 400
+        r = post(c, "/api/agents/narrowed/ceiling", {"grants": ["read:"]}, csrf)
+        assert r.status_code == 400
+        r = post(c, "/api/agents/narrowed/ceiling", {"grants": ["read:/data/reports/*"]}, csrf)
+        assert r.status_code == 200 and r.json()["ceiling"] == ["read:/data/reports/*"]
+        big = c.post("/api/revoke", content=b"{" + b" " * 70_000 + b"}", headers=h)
+        assert big.status_code == 413
+        assert c.get("/", headers={"Host": "evil.example"}).status_code == 421
+    for raw in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
+                b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"GET /\xff HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(raw)
+            reply = s.recv(4096)
+        assert reply.split(b" ")[1] in (b"400", b"404", b"501"), raw
+    with console.client() as admin:
+        assert [str(g) for g in admin.get_agent("narrowed").ceiling] == ["read:/data/reports/*"]
+
+
+def test_revoking_a_hop_marks_it_and_everything_below_it(console):
+    with console.client() as admin:
+        _, planner = admin.create_agent("planner", ["read:/data/**"])
+        _, worker = admin.create_agent("worker", ["read:/data/**"])
+        _, helper = admin.create_agent("helper", ["read:/data/**"])
+    with console.client(planner) as p:
+        root = p.issue("read:/data/*")
+        hop = p.delegate(root.token, "worker")
+    with console.client(worker) as w:
+        below = w.delegate(hop.token, "helper")
+    with http(console) as c:
+        csrf = login(c, console.admin_credential)["csrf"]
+        page = c.get("/api/agents/planner").json()
+        (tree,) = page["tokens"]
+        assert tree["id"] == root.token_id and tree["agent"] == "planner"
+        (child,) = tree["children"]
+        assert child["id"] == hop.delegation_id and child["agent"] == "worker"
+        assert child["children"][0]["agent"] == "helper"
+        r = post(c, "/api/revoke", {"id": hop.delegation_id, "reason": "compromised"}, csrf)
+        assert r.status_code == 200 and r.json()["newly_revoked"]
+        tree = c.get(f"/api/tree/{root.token_id}").json()
+        assert not tree["revoked"]
+        child = tree["children"][0]
+        assert child["revoked"] and child["children"][0]["dead_above"]
+        with console.client() as admin:
+            admin.suspend_agent("helper")
+        tree = c.get(f"/api/tree/{root.token_id}").json()
+        assert tree["children"][0]["children"][0]["suspended"]
+        # the worker's page shows the hop it received
+        assert c.get("/api/agents/worker").json()["tokens"][0]["id"] == hop.delegation_id
+    revokes = [e for e in audit(console, "revoke") if e.subject == hop.delegation_id]
+    assert [(e.principal, json.loads(e.detail)["reason"]) for e in revokes] == [
+        ("admin", "compromised")]
+    with console.client() as admin:
+        decision = admin.verify(below.token, "read", "/data/x", presenter="helper")
+    assert not decision.allowed and decision.code == "revoked"
+
+
+def test_the_console_is_off_by_default_and_local_unless_tls(tmp_path):
+    plain = ServerThread(tmp_path / "plain").start()
+    try:
+        assert plain.app.console is None and plain.app.console_port == 0
+    finally:
+        plain.stop()
+    import asyncio
+
+    app = CapgateServer(Settings(data_dir=tmp_path / "open", listen="127.0.0.1:0",
+                                 console_listen="0.0.0.0:0"))
+    with pytest.raises(InvalidArgumentError, match="without TLS"):
+        asyncio.run(app.start())
