@@ -1,7 +1,8 @@
 """Shared fixtures: a fixed clock, PostgreSQL schemas, and real servers on port 0.
 
-Tests that need PostgreSQL (those using ``pg_url``, or marked ``postgres``) and
-those that need libmacaroons (marked ``libmacaroons``) run when it is there. On a
+Tests that need PostgreSQL (those using ``pg_url``, or marked ``postgres``), those
+that need libmacaroons (marked ``libmacaroons``) and the console's browser tests
+(marked ``chromium``: Debian's chromium driven by Playwright) run when it is there. On a
 developer's machine without it they are skipped, with one line in the summary;
 in CI (``CAPGATE_CI=1``, set by ``.ci/run``) a missing dependency fails them.
 """
@@ -36,7 +37,14 @@ def _libmacaroons_problem() -> str | None:
     return None if load_libmacaroons() is not None else "libmacaroons (libmacaroons0) is missing"
 
 
-_CHECKS = {"postgres": _postgres_problem, "libmacaroons": _libmacaroons_problem}
+def _chromium_problem() -> str | None:
+    from harness import chromium_problem
+
+    return chromium_problem()
+
+
+_CHECKS = {"postgres": _postgres_problem, "libmacaroons": _libmacaroons_problem,
+           "chromium": _chromium_problem}
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
