@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test test-fast bench protos check-protos lint typecheck clean lock
+.PHONY: serve test test-fast bench protos check-protos lint typecheck clean lock screenshots
 
 # The venv is rebuilt only when the pinned requirements or the project metadata change.
 # requirements.lock pins every package (server and development tools included) with
@@ -33,6 +33,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks -p no:randomly --benchmark-only --benchmark-columns=min,median,mean,ops,rounds $(PYTEST_ARGS)
+
+# A PNG of every console page in .screenshots/ (git-ignored), taken in Debian's chromium.
+screenshots: $(STAMP)
+	$(PY) tools/console_screenshots.py --out .screenshots
 
 # Regenerate the gRPC stubs from protos/capgate_proto/v1/*.proto (package capgate.v1).
 protos: $(STAMP)

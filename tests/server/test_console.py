@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 
 import httpx
 import pytest
@@ -15,7 +16,7 @@ from capgate_server import CapgateServer, Settings
 from capgate_server.console import COOKIE, IDLE
 
 from conftest import FakeClock
-from harness import ServerThread
+from harness import ServerThread, make_pki
 
 
 @pytest.fixture
@@ -242,3 +243,26 @@ def test_the_console_is_off_by_default_and_local_unless_tls(tmp_path):
                                  console_listen="0.0.0.0:0"))
     with pytest.raises(InvalidArgumentError, match="without TLS"):
         asyncio.run(app.start())
+
+
+def test_under_tls_the_cookie_is_secure_and_plain_http_gets_nothing(tmp_path):
+    pki = make_pki(tmp_path / "pki", "spiffe://example.org/agent/none")
+    server = ServerThread(tmp_path / "data", console_listen="0.0.0.0:0",
+                          tls_cert=pki["server.crt"], tls_key=pki["server.key"]).start()
+    try:
+        port = server.app.console_port
+        trust = ssl.create_default_context(cafile=str(pki["ca.crt"]))
+        with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=trust, timeout=10) as c:
+            r = c.post("/api/login", json={"credential": server.admin_credential})
+            assert r.status_code == 200
+            assert "; Secure" in r.headers["set-cookie"]
+            csrf = r.json()["csrf"]
+            r = c.post("/api/logout", json={}, headers={
+                "X-CSRF-Token": csrf, "Origin": f"http://127.0.0.1:{port}"})
+            assert r.status_code == 403  # the console's origin is https
+            assert c.get("/api/session").status_code == 200
+        with pytest.raises(httpx.HTTPError), \
+                httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as plain:
+            plain.get("/api/session")
+    finally:
+        server.stop()

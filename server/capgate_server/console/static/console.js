@@ -20,6 +20,11 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// Replace a container's content, leaving out the parts a page does not show (null).
+function put(node, ...parts) {
+  node.replaceChildren(...parts.flat().filter((p) => p !== null && p !== undefined && p !== false));
+}
+
 function badge(text, kind) { return el("span", { class: "badge " + (kind || text) }, text); }
 
 async function api(method, path, body) {
@@ -138,7 +143,7 @@ async function agentsPage(view) {
     const q = find.value.toLowerCase();
     for (const r of rows) r.hidden = !r.dataset.agent.toLowerCase().includes(q);
   });
-  view.replaceChildren(
+  put(view,
     el("h1", {}, "Agents"), find,
     el("table", { id: "agents" },
       el("thead", {}, el("tr", {}, ["Agent", "Status", "Owner", "Ceiling", "Last use", "Alerts"]
@@ -230,7 +235,7 @@ async function agentPage(view, id) {
       ? el("button", { type: "button", id: "suspend", class: "danger", on: { click: () => agentAction(a, "suspend") } }, "Suspend")
       : el("button", { type: "button", id: "resume", on: { click: () => agentAction(a, "resume") } }, "Resume"),
     el("button", { type: "button", id: "narrow", on: { click: () => agentAction(a, "ceiling") } }, "Narrow ceiling")) : null;
-  view.replaceChildren(
+  put(view,
     el("p", {}, el("a", { href: "#/agents" }, "← Agents")),
     el("h1", {}, a.id, " ", badge(a.status)),
     el("dl", { class: "facts" },
@@ -287,7 +292,7 @@ async function decisionsPage(view) {
   const status = el("span", { id: "live-status", class: "badge" }, "connecting");
   const showTally = () => { counts.textContent = `allows: ${tally.allow} · denies: ${tally.deny} (shown)`; };
   showTally();
-  view.replaceChildren(el("h1", {}, "Live decisions ", status), form, counts, table);
+  put(view, el("h1", {}, "Live decisions ", status), form, counts, table);
   stopLive();
   const after = Math.max(0, ...data.decisions.map((d) => d.pos));
   query.set("after", after);
@@ -321,7 +326,7 @@ async function approvalsPage(view) {
     el("td", {},
       el("button", { type: "button", class: "approve", on: { click: () => decide(a, true) } }, "Approve"),
       el("button", { type: "button", class: "deny danger", on: { click: () => decide(a, false) } }, "Deny"))));
-  view.replaceChildren(el("h1", {}, "Approvals waiting"),
+  put(view, el("h1", {}, "Approvals waiting"),
     rows.length ? el("table", { id: "approvals" },
       el("thead", {}, el("tr", {}, ["Request", "Asked by", "Presenter", "Action", "Resource",
         "Context", "Note", "Votes", "Lapses", ""].map((h) => el("th", {}, h)))),
@@ -359,7 +364,7 @@ async function route() {
     else if (may("agents")) await agentsPage(view);
     else await approvalsPage(view);
   } catch (e) {
-    if (state.session) view.replaceChildren(el("p", { class: "error" }, e.message));
+    if (state.session) put(view, el("p", { class: "error" }, e.message));
   }
 }
 
