@@ -266,3 +266,23 @@ def test_under_tls_the_cookie_is_secure_and_plain_http_gets_nothing(tmp_path):
             plain.get("/api/session")
     finally:
         server.stop()
+
+
+def test_an_operator_acts_in_the_console_but_decides_no_approval(console):
+    with console.client() as admin:
+        admin.create_agent("bot", ["read,write:/data/**"])
+        ops = admin.create_principal("ops", "operator").credential
+    with http(console) as c:
+        session = login(c, ops)
+        assert session["role"] == "operator" and session["may"] == ["act", "agents", "decisions"]
+        csrf = session["csrf"]
+        assert c.get("/api/agents").status_code == 200
+        assert c.get("/api/approvals").status_code == 403
+        assert post(c, "/api/agents/bot/suspend", {}, csrf).json()["status"] == "suspended"
+        r = post(c, "/api/agents/bot/ceiling", {"grants": ["read:/data/**"]}, csrf)
+        assert r.status_code == 200
+        r = post(c, "/api/agents/bot/ceiling", {"grants": ["read,write:/data/**"]}, csrf)
+        assert r.status_code == 403
+    kinds = {(e.kind, e.subject) for e in audit(console, "agent.update")}
+    assert kinds == {("agent.update", "bot")}
+    assert [e.principal for e in audit(console, "agent.suspend")] == ["ops"]

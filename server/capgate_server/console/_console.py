@@ -7,8 +7,9 @@ Security model (docs/console.md):
   ``Host`` header must name loopback too, so a DNS-rebinding page cannot reach it.
 - Nothing but the page shell and its static assets answers without a session.
   A session starts from a principal credential of a console role (admin:
-  everything; approver: approvals); the browser holds only a random id in an
-  HttpOnly, SameSite=Strict cookie (Secure under TLS).
+  everything; operator: agents, decisions and actions; approver: approvals); the
+  browser holds only a random id in an HttpOnly, SameSite=Strict cookie (Secure
+  under TLS).
 - Every state-changing request is a POST with a JSON body, the session's CSRF
   token in ``X-CSRF-Token``, and (when the browser sends one) an ``Origin`` of
   the console itself; anything else is refused before it is read further.
@@ -51,6 +52,7 @@ COOKIE = "capgate_console"
 # what each role may do in the console; any other role cannot log in
 CONSOLE_ROLES: dict[Role, frozenset[str]] = {
     Role.ADMIN: frozenset({"agents", "decisions", "approvals", "act"}),
+    Role.OPERATOR: frozenset({"agents", "decisions", "act"}),
     Role.APPROVER: frozenset({"approvals"}),
 }
 STREAMS_PER_SESSION = 4
@@ -216,7 +218,7 @@ class Console:
             raise _Refused(401, "unknown or disabled credential")
         if principal.role not in CONSOLE_ROLES:
             raise _Refused(403, f"the {principal.role} role has no console (log in as an "
-                                "admin or an approver)")
+                                "admin, an operator or an approver)")
         session = self.sessions.create(principal.id, hash_credential(credential))
         await self._replica.call(self._replica.store.append_audit, [AuditEvent(
             self._replica.clock(), principal.id, "console.login", principal.id,
