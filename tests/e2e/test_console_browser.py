@@ -129,3 +129,16 @@ def test_an_approver_sees_only_approvals_and_decides_one(fleet, page):
     page.click("#confirm-ok")
     expect(row).to_have_count(0, timeout=WAIT)
     assert fleet.admin.get_approval(fleet.approval.id).status == "approved"
+
+
+def test_markup_in_an_agents_fields_is_shown_as_text_never_run(fleet, page):
+    from playwright.sync_api import expect
+
+    evil = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+    fleet.admin.create_agent("mallory", ["read:/m/*"], owner=evil[:60], description=evil)
+    log_in(page, fleet.url + "#/agents/mallory", fleet.server.admin_credential)
+    expect(page.locator("dl.facts")).to_contain_text(evil, timeout=WAIT)
+    page.goto(fleet.url + "#/agents")
+    expect(page.locator("tr[data-agent=mallory]")).to_contain_text(evil[:60])
+    assert page.locator("#view img, #view script").count() == 0
+    assert page.evaluate("window.pwned") is None
