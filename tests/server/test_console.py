@@ -234,6 +234,68 @@ def test_revoking_a_hop_marks_it_and_everything_below_it(console):
     assert not decision.allowed and decision.code == "revoked"
 
 
+def test_revoke_all_from_the_console_kills_every_tree_of_the_agent(console):
+    with console.client() as admin:
+        _, planner = admin.create_agent("planner", ["read:/data/**"])
+        admin.create_agent("worker", ["read:/data/**"])
+    with console.client(planner) as p:
+        root = p.issue("read:/data/*")
+        p.delegate(root.token, "worker")
+    with http(console) as c:
+        csrf = login(c, console.admin_credential)["csrf"]
+        r = post(c, "/api/agents/planner/revoke-all", {}, csrf)
+        assert r.status_code == 200
+        (tree,) = c.get("/api/agents/planner").json()["tokens"]
+        assert tree["cut_off"] and tree["children"][0]["dead_above"]
+    assert [e.principal for e in audit(console, "agent.revoke-all")] == ["admin"]
+
+
+def _live_deny(server, kek=None) -> None:
+    """Open the live table's stream, cause a deny, and read it from the stream."""
+    with server.client() as admin:
+        _, cred = admin.create_agent("streamer", ["read,write:/s/**"])
+        svc = admin.create_principal("svc", "service").credential
+    with server.client(cred) as agent:
+        token = agent.issue("read:/s/*")
+    with http(server) as c:
+        login(c, server.admin_credential)
+        params = {"decision": "deny", "agent": "streamer"}
+        assert c.get("/api/decisions/stream", params={"code": "Bad"}).status_code == 400
+        with c.stream("GET", "/api/decisions/stream", params=params) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"] == "text/event-stream"
+            with server.client(svc) as s:
+                assert s.verify(token.token, "read", "/s/a", presenter="streamer").allowed
+                assert not s.verify(token.token, "write", "/s/a", presenter="streamer").allowed
+            seen = []
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    seen.append(json.loads(line[6:]))
+                    break
+        (d,) = seen
+        assert (d["allowed"], d["code"], d["caveat"], d["chain"]) == (
+            False, "caveat_failed", "action in read", ["streamer"])
+        backlog = c.get("/api/decisions", params=params).json()["decisions"]
+        assert [b["seq"] for b in backlog] == [d["seq"]]
+
+
+def test_a_deny_arrives_on_the_live_stream(console):
+    _live_deny(console)
+
+
+def test_a_deny_arrives_on_the_live_stream_on_postgresql(tmp_path, pg_url):
+    from capgate_server import new_kek_text
+
+    kek = tmp_path / "kek"
+    kek.write_text(new_kek_text())
+    server = ServerThread(tmp_path / "data", store_url=pg_url, kek_file=kek,
+                          console_listen="127.0.0.1:0").start()
+    try:
+        _live_deny(server)
+    finally:
+        server.stop()
+
+
 def test_the_console_is_off_by_default_and_local_unless_tls(tmp_path):
     plain = ServerThread(tmp_path / "plain").start()
     try:

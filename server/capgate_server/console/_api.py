@@ -156,13 +156,16 @@ class ConsoleApi:
     def _tree_json(self, node: TreeNode, dead_above: bool) -> dict[str, Any]:
         agent = self._replica.agents.get(node.agent)
         status = str(agent.status) if agent is not None else "unknown"
+        # a hop into the agent at or before its revoke-all cut-off is dead too
+        cut = agent is None or node.at * 1000 <= agent.revoked_before_ms
         return {
             "id": node.id, "agent": node.agent, "issued_by": node.issued_by,
             "at": _when(node.at), "revoked": node.revoked,
             "suspended": status == str(AgentStatus.SUSPENDED), "agent_status": status,
-            "dead_above": dead_above, "restrictions": list(node.restrictions),
-            "truncated": node.truncated,
-            "children": [self._tree_json(c, dead_above or node.revoked) for c in node.children],
+            "cut_off": cut, "dead_above": dead_above,
+            "restrictions": list(node.restrictions), "truncated": node.truncated,
+            "children": [self._tree_json(c, dead_above or node.revoked or cut)
+                         for c in node.children],
         }
 
     # -- actions ----------------------------------------------------------------------------
@@ -175,6 +178,11 @@ class ConsoleApi:
     async def resume(self, caller: Principal, agent_id: str) -> dict[str, Any]:
         check_id(agent_id, "agent id")
         return agent_json(await self.registry.set_status(caller, agent_id, AgentStatus.ACTIVE))
+
+    async def revoke_all(self, caller: Principal, agent_id: str) -> dict[str, Any]:
+        """Every token issued to or delegated through the agent until now denies."""
+        check_id(agent_id, "agent id")
+        return agent_json(await self.registry.revoke_all(caller, agent_id))
 
     async def narrow(self, caller: Principal, agent_id: str, grants: Any) -> dict[str, Any]:
         """Replace the ceiling with one inside it: the console narrows, never widens

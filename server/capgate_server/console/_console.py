@@ -271,6 +271,8 @@ class Console:
             return await self.api.suspend(caller, agent_id)
         if verb == "resume":
             return await self.api.resume(caller, agent_id)
+        if verb == "revoke-all":
+            return await self.api.revoke_all(caller, agent_id)
         if verb == "ceiling":
             return await self.api.narrow(caller, agent_id, _body(request).get("grants"))
         raise _Refused(404, "no such action")
@@ -300,8 +302,10 @@ class Console:
         q = request.query
         query = decision_filter(q.get("agent", ""), q.get("decision", ""), q.get("code", ""))
         after = q.get("after", "0")
-        if not after.isdigit():
+        resumed = request.headers.get("last-event-id", "")  # EventSource reconnecting
+        if not after.isdigit() or (resumed and not resumed.isdigit()):
             raise InvalidArgumentError("after is a position in the ledger")
+        after = str(max(int(after), int(resumed or 0)))
         if self._streams.get(session.id, 0) >= STREAMS_PER_SESSION:
             raise _Refused(429, f"at most {STREAMS_PER_SESSION} live tables per session")
         return Response(200, b"retry: 2000\n\n", content_type="text/event-stream",
@@ -326,7 +330,8 @@ class Console:
                         return  # logged out or expired: the stream ends with the session
                     yield b": ping\n\n"
                     continue
-                yield b"data: " + json.dumps(decision_json(event)).encode() + b"\n\n"
+                data = json.dumps(decision_json(event)).encode()
+                yield b"id: %d\ndata: %s\n\n" % (event.pos, data)
         finally:
             task.cancel()
             with contextlib.suppress(BaseException):

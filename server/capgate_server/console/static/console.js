@@ -152,9 +152,10 @@ async function agentsPage(view) {
 }
 
 function treeNode(n) {
-  const dead = n.revoked || n.dead_above;
+  const dead = n.revoked || n.dead_above || n.cut_off;
   const marks = [];
   if (n.revoked) marks.push(badge("revoked"));
+  else if (n.cut_off) marks.push(badge("revoked: all tokens of " + n.agent, "revoked"));
   else if (n.dead_above) marks.push(badge("dead: revoked above", "dead"));
   if (n.suspended) marks.push(badge("suspended"));
   else if (n.agent_status !== "active") marks.push(badge(n.agent_status, "suspended"));
@@ -194,16 +195,21 @@ async function agentAction(a, verb) {
     if (!answer) return;
     body = { grants: answer.grants.split("\n").map((g) => g.trim()).filter((g) => g) };
   } else {
-    const text = verb === "suspend"
-      ? `Suspend ${a.id}? Every token it holds or that passes through it denies until it is resumed.`
-      : `Resume ${a.id}?`;
-    if (!await confirmAction(text, { ok: verb === "suspend" ? "Suspend" : "Resume" })) return;
+    const texts = {
+      suspend: [`Suspend ${a.id}? Every token it holds or that passes through it denies until it is resumed.`, "Suspend"],
+      resume: [`Resume ${a.id}?`, "Resume"],
+      "revoke-all": [`Revoke every token issued to or delegated through ${a.id} until now? This cannot be undone.`, "Revoke all"],
+    };
+    const [text, ok] = texts[verb];
+    if (!await confirmAction(text, { ok })) return;
   }
   try {
     await api("POST", `/api/agents/${encodeURIComponent(a.id)}/${verb}`, body);
   } catch (e) { flash(e.message, "error"); return; }
   await route();
-  flash(`${a.id}: ${verb === "ceiling" ? "ceiling narrowed" : verb + "d"}`);
+  const done = { ceiling: "ceiling narrowed", suspend: "suspended", resume: "resumed",
+    "revoke-all": "every token until now revoked" };
+  flash(`${a.id}: ${done[verb]}`);
 }
 
 function decisionRow(d) {
@@ -234,7 +240,8 @@ async function agentPage(view, id) {
     a.status === "active"
       ? el("button", { type: "button", id: "suspend", class: "danger", on: { click: () => agentAction(a, "suspend") } }, "Suspend")
       : el("button", { type: "button", id: "resume", on: { click: () => agentAction(a, "resume") } }, "Resume"),
-    el("button", { type: "button", id: "narrow", on: { click: () => agentAction(a, "ceiling") } }, "Narrow ceiling")) : null;
+    el("button", { type: "button", id: "narrow", on: { click: () => agentAction(a, "ceiling") } }, "Narrow ceiling"),
+    el("button", { type: "button", id: "revoke-all", class: "danger", on: { click: () => agentAction(a, "revoke-all") } }, "Revoke all tokens")) : null;
   put(view,
     el("p", {}, el("a", { href: "#/agents" }, "← Agents")),
     el("h1", {}, a.id, " ", badge(a.status)),
@@ -299,7 +306,11 @@ async function decisionsPage(view) {
   const source = new EventSource("/api/decisions/stream?" + query);
   state.live = source;
   source.onopen = () => { status.textContent = "live"; status.className = "badge live"; };
-  source.onerror = () => { status.textContent = "reconnecting"; status.className = "badge"; };
+  source.onerror = async () => {
+    status.textContent = "reconnecting";
+    status.className = "badge";
+    try { await api("GET", "/api/session"); } catch (e) { /* logged out: the login shows */ }
+  };
   source.onmessage = (m) => {
     const d = JSON.parse(m.data);
     if (seen.has(d.seq)) return;
