@@ -209,6 +209,7 @@ def test_revoking_a_hop_marks_it_and_everything_below_it(console):
     with http(console) as c:
         csrf = login(c, console.admin_credential)["csrf"]
         page = c.get("/api/agents/planner").json()
+        assert page["use"] == [] and page["ceiling"] == ["read:/data/**"]
         (tree,) = page["tokens"]
         assert tree["id"] == root.token_id and tree["agent"] == "planner"
         (child,) = tree["children"]
@@ -277,6 +278,8 @@ def _live_deny(server, kek=None) -> None:
             False, "caveat_failed", "action in read", ["streamer"])
         backlog = c.get("/api/decisions", params=params).json()["decisions"]
         assert [b["seq"] for b in backlog] == [d["seq"]]
+        use = c.get("/api/agents/streamer").json()["use"]
+        assert use == [{"action": "read", "resource": "/s/a", "count": 1}]
 
 
 def test_a_deny_arrives_on_the_live_stream(console):

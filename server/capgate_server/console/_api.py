@@ -120,9 +120,22 @@ class ConsoleApi:
                                                      newest_first=True,
                                                      limit=RECENT_DECISIONS))
         out = agent_json(a, max((d.last_at or d.at for d in decisions), default=None))
+        out["use"] = await self._use(agent_id)
         out["tokens"] = await self._live_trees(caller, agent_id)
         out["decisions"] = [decision_json(d) for d in decisions]
         return out
+
+    async def _use(self, agent_id: str) -> list[dict[str, Any]]:
+        """What the agent was actually allowed lately (its newest ``LAST_USE_WINDOW``
+        allowed decisions), by action and resource: the other half of an access review."""
+        allowed = await self.trail.list(AuditQuery(agent=agent_id, kind="verify", ok=True,
+                                                   newest_first=True, limit=LAST_USE_WINDOW))
+        use: dict[tuple[str, str], int] = {}
+        for e in allowed:
+            if e.action:  # a coarse overflow record names no request
+                use[(e.action, e.resource)] = use.get((e.action, e.resource), 0) + e.count
+        return [{"action": a, "resource": r, "count": n}
+                for (a, r), n in sorted(use.items(), key=lambda u: (-u[1], u[0]))][:100]
 
     async def _live_trees(self, caller: Principal, agent_id: str) -> list[dict[str, Any]]:
         """The agent's unexpired tokens and the hops delegated to it, each with the tree

@@ -98,11 +98,12 @@ class HttpServer:
                           writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._open) >= MAX_CONNECTIONS:
-            await self._send(writer, Response(503, b'{"error": "too many connections"}'))
-            return
+        busy = len(self._open) >= MAX_CONNECTIONS
         self._open.add(task)
         try:
+            if busy:
+                await self._send(writer, _error(503, "too many connections"))
+                return
             try:
                 request = await asyncio.wait_for(_read_request(reader), READ_TIMEOUT)
             except _BadRequest as e:

@@ -253,8 +253,14 @@ async function agentPage(view, id) {
       el("dt", {}, "Approval rules"), el("dd", {}, a.approvals.join("; ") || "none"),
       el("dt", {}, "Last use"), el("dd", {}, a.last_use || "—")),
     actions,
-    el("h2", {}, "Ceiling"),
-    el("ul", { id: "ceiling", class: "grants" }, a.ceiling.map((g) => el("li", {}, el("code", {}, g)))),
+    el("div", { class: "columns" },
+      el("div", {}, el("h2", {}, "Ceiling"),
+        el("ul", { id: "ceiling", class: "grants" }, a.ceiling.map((g) => el("li", {}, el("code", {}, g))))),
+      el("div", {}, el("h2", {}, "Actual use (recent allows)"),
+        a.use.length
+          ? el("ul", { id: "use", class: "grants" }, a.use.map((u) =>
+            el("li", {}, el("code", {}, `${u.action}:${u.resource}`), ` × ${u.count}`)))
+          : el("p", { id: "use", class: "note" }, "No allowed request recorded lately."))),
     el("h2", {}, "Alerts"),
     el("p", { class: "note", id: "alerts" },
       "Governance alerts (holding more than is used, unusual denies) are not available on " +
