@@ -59,6 +59,8 @@ def serve(args: argparse.Namespace) -> int:
         where = app.admin_credential_path
         print(f"capgate {__version__} serving on {app.address}"
               + (f"; admin credential written to {where}" if where else ""), flush=True)
+        if app.console_url:
+            print(f"operator console at {app.console_url}", flush=True)
 
     asyncio.run(serve(settings, on_ready=ready))
     return EXIT_OK

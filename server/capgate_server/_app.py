@@ -181,8 +181,16 @@ class CapgateServer:
             raise UnavailableError(f"cannot serve the console on {s.console_listen}: {e} "
                                    "(choose another with --console-listen)",
                                    listen=s.console_listen) from None
-        log.info("console on %s://%s:%d/", "https" if tls else "http",
-                 s.console_listen.rpartition(":")[0], self.console_port)
+        log.info("operator console at %s", self.console_url)
+
+    @property
+    def console_url(self) -> str:
+        """Where the operator console answers ("" when it is off)."""
+        if self.console is None:
+            return ""
+        host = self.settings.console_listen.rpartition(":")[0]
+        scheme = "https" if self.settings.tls_cert is not None else "http"
+        return f"{scheme}://{host}:{self.console_port}/"
 
     @property
     def address(self) -> str:

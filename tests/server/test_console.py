@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import subprocess
 import urllib.parse
 
 import httpx
@@ -19,7 +20,7 @@ from capgate_server import CapgateServer, Settings
 from capgate_server.console import COOKIE, IDLE
 
 from conftest import FakeClock
-from harness import ServerThread, make_pki
+from harness import CAPGATE, ServerProcess, ServerThread, make_pki, wait_for
 
 
 @pytest.fixture
@@ -402,3 +403,20 @@ def test_any_request_of_a_logged_in_operator_gets_an_answer_never_a_crash(
         assert r.status_code in (200, 400, 401, 403, 404, 409, 415, 429), (method, target, r.text)
         if r.status_code != 200:
             assert r.json()["error"]
+
+
+def test_capgate_serve_console_listen_serves_it_and_refuses_an_open_address(tmp_path):
+    proc = ServerProcess(tmp_path / "data", ["--console-listen", "127.0.0.1:0"]).start()
+    try:
+        wait_for(lambda: any("operator console at" in line for line in proc.log))
+        line = next(line for line in proc.log if "operator console at" in line)
+        url = line.split(" at ", 1)[1].strip()
+        with httpx.Client(base_url=url, timeout=10) as c:
+            assert c.get("/").status_code == 200
+            assert login(c, proc.admin_credential)["role"] == "admin"
+    finally:
+        proc.stop()
+    out = subprocess.run([*CAPGATE, "serve", "--data-dir", str(tmp_path / "open"),
+                          "--listen", "127.0.0.1:0", "--console-listen", "0.0.0.0:0"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "without TLS" in out.stderr
