@@ -420,3 +420,21 @@ def test_capgate_serve_console_listen_serves_it_and_refuses_an_open_address(tmp_
                           "--listen", "127.0.0.1:0", "--console-listen", "0.0.0.0:0"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "without TLS" in out.stderr
+
+
+@_FUZZ
+@given(token=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=64),
+       cookie=st.text(alphabet=st.characters(min_codepoint=48, max_codepoint=122), max_size=64))
+def test_no_guessed_csrf_token_or_session_id_changes_anything(console, token, cookie):
+    with console.client() as admin:
+        if not [a for a in admin.list_agents() if a.id == "kept"]:
+            admin.create_agent("kept", ["read:/k/*"])
+    with http(console) as c:
+        csrf = login(c, console.admin_credential)["csrf"]
+        if token != csrf:
+            assert post(c, "/api/agents/kept/suspend", {}, token).status_code == 403
+    with http(console) as c:
+        c.cookies.set(COOKIE, cookie)
+        assert post(c, "/api/agents/kept/suspend", {}, token).status_code == 401
+    with console.client() as admin:
+        assert admin.get_agent("kept").status == "active"
