@@ -460,6 +460,7 @@ class ConsoleFleet:
                 svc.verify(self.root.token, "read", resource, presenter="planner")
             svc.verify(self.hop.token, "read", "/data/c", presenter="worker")
             svc.verify(self.root.token, "write", "/data/a", presenter="planner")  # denied
+        self.payer = payer
         with server.client(payer) as pay:
             self.invoice = pay.issue("pay,read:/invoices/*").token
             self.approval = pay.request_approval(self.invoice, "pay", "/invoices/inv-8",

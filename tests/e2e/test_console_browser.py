@@ -1,6 +1,7 @@
 """The operator console in a real headless browser (Debian's chromium, driven by Playwright):
 log in, find an agent, open its delegation tree, revoke a hop and see it marked, watch a
-denied decision appear live, suspend an agent, and decide an approval as an approver.
+denied decision appear live, suspend an agent and narrow its ceiling, decide an approval as
+an approver and see a new request arrive, and see markup in an agent's fields stay text.
 
 The browser is never downloaded: Playwright launches /usr/bin/chromium. Without it these
 tests are skipped on a developer's machine and fail in CI (``CAPGATE_CI=1``).
@@ -105,6 +106,15 @@ def test_suspend_from_the_agent_page_and_filter_the_live_table(fleet, page):
     assert fleet.admin.get_agent("worker").status == "suspended"
     expect(page.locator(f".hop[data-id='{fleet.hop.delegation_id}'] .badge.suspended")
            ).to_be_visible()
+    page.click("#narrow")
+    page.fill("#confirm-grants", "read:/data/reports/*")
+    page.click("#confirm-ok")
+    expect(page.locator("#ceiling")).to_have_text("read:/data/reports/*", timeout=WAIT)
+    page.click("#narrow")
+    page.fill("#confirm-grants", "read:/**")  # wider: refused, and said why
+    page.click("#confirm-ok")
+    expect(page.locator("#flash.error")).to_contain_text("only narrows", timeout=WAIT)
+    assert list(fleet.admin.get_agent("worker").ceiling) == ["read:/data/reports/*"]
 
     page.goto(fleet.url + "#/decisions?decision=deny")
     page.reload()
@@ -129,6 +139,11 @@ def test_an_approver_sees_only_approvals_and_decides_one(fleet, page):
     page.click("#confirm-ok")
     expect(row).to_have_count(0, timeout=WAIT)
     assert fleet.admin.get_approval(fleet.approval.id).status == "approved"
+    with fleet.server.client(fleet.payer) as payer:  # a new request shows up by itself
+        second = payer.request_approval(fleet.invoice, "pay", "/invoices/inv-9",
+                                        ctx={"amount": "9100"})
+    expect(page.locator(f"tr[data-approval='{second.id}']")).to_contain_text("9100",
+                                                                             timeout=WAIT)
 
 
 def test_markup_in_an_agents_fields_is_shown_as_text_never_run(fleet, page):

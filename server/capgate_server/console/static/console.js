@@ -2,7 +2,8 @@
 // Every value from the server is put on the page as text (textContent), never as markup.
 "use strict";
 
-const state = { session: null, live: null };
+const state = { session: null, live: null, poll: null };
+const APPROVALS_POLL = 5000; // ms between refreshes of the approvals page
 
 // -- helpers ---------------------------------------------------------------------------------
 
@@ -83,6 +84,7 @@ function may(what) { return state.session && state.session.may.includes(what); }
 
 function showLogin(message) {
   stopLive();
+  clearTimeout(state.poll);
   document.getElementById("bar").hidden = true;
   document.getElementById("view").replaceChildren();
   document.getElementById("login").hidden = false;
@@ -343,6 +345,13 @@ async function approvalsPage(view) {
     el("td", {},
       el("button", { type: "button", class: "approve", on: { click: () => decide(a, true) } }, "Approve"),
       el("button", { type: "button", class: "deny danger", on: { click: () => decide(a, false) } }, "Deny"))));
+  clearTimeout(state.poll);
+  const poll = () => { // new requests show up; an open dialog is never disturbed
+    if (location.hash !== "#/approvals" || !state.session) return;
+    if (document.getElementById("confirm").open) state.poll = setTimeout(poll, APPROVALS_POLL);
+    else route();
+  };
+  state.poll = setTimeout(poll, APPROVALS_POLL);
   put(view, el("h1", {}, "Approvals waiting"),
     rows.length ? el("table", { id: "approvals" },
       el("thead", {}, el("tr", {}, ["Request", "Asked by", "Presenter", "Action", "Resource",
@@ -370,6 +379,7 @@ async function route() {
   const view = document.getElementById("view");
   const hash = location.hash.split("?")[0];
   if (!hash.startsWith("#/decisions")) stopLive();
+  clearTimeout(state.poll);
   for (const a of document.querySelectorAll("#nav a")) {
     a.classList.toggle("current", hash.startsWith(a.getAttribute("href")));
   }
