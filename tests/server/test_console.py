@@ -4,6 +4,7 @@ input refused with a clear status, and every action audited under the operator."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
@@ -300,18 +301,20 @@ def test_a_deny_arrives_on_the_live_stream_on_postgresql(tmp_path, pg_url):
         server.stop()
 
 
-def test_the_console_is_off_by_default_and_local_unless_tls(tmp_path):
+def test_the_console_is_off_by_default_local_unless_tls_and_never_on_a_verifier(tmp_path):
     plain = ServerThread(tmp_path / "plain").start()
     try:
         assert plain.app.console is None and plain.app.console_port == 0
     finally:
         plain.stop()
-    import asyncio
-
     app = CapgateServer(Settings(data_dir=tmp_path / "open", listen="127.0.0.1:0",
                                  console_listen="0.0.0.0:0"))
     with pytest.raises(InvalidArgumentError, match="without TLS"):
         asyncio.run(app.start())
+    verifier = CapgateServer(Settings(data_dir=tmp_path / "v", listen="127.0.0.1:0",
+                                      role="verifier", console_listen="127.0.0.1:0"))
+    with pytest.raises(InvalidArgumentError, match="full replica"):
+        asyncio.run(verifier.start())
 
 
 def test_under_tls_the_cookie_is_secure_and_plain_http_gets_nothing(tmp_path):
