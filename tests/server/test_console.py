@@ -253,35 +253,51 @@ def test_revoke_all_from_the_console_kills_every_tree_of_the_agent(console):
     assert [e.principal for e in audit(console, "agent.revoke-all")] == ["admin"]
 
 
-def _live_deny(server, kek=None) -> None:
-    """Open the live table's stream, cause a deny, and read it from the stream."""
+def _first_event(c: httpx.Client, params: dict, headers: dict | None = None,
+                 then=lambda: None) -> dict:
+    with c.stream("GET", "/api/decisions/stream", params=params, headers=headers) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "text/event-stream"
+        then()
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                return json.loads(line[6:])
+    raise AssertionError("the stream ended")
+
+
+def _live_deny(server) -> None:
+    """A deny made before the page loaded is in its backlog; one made after arrives on
+    the stream, which starts where the backlog ends (and resumes from Last-Event-ID)."""
     with server.client() as admin:
         _, cred = admin.create_agent("streamer", ["read,write:/s/**"])
         svc = admin.create_principal("svc", "service").credential
     with server.client(cred) as agent:
         token = agent.issue("read:/s/*")
+
+    def verify(resource: str) -> None:
+        with server.client(svc) as s:
+            assert s.verify(token.token, "read", resource, presenter="streamer").allowed
+            assert not s.verify(token.token, "write", resource, presenter="streamer").allowed
+
     with http(server) as c:
         login(c, server.admin_credential)
         params = {"decision": "deny", "agent": "streamer"}
         assert c.get("/api/decisions/stream", params={"code": "Bad"}).status_code == 400
-        with c.stream("GET", "/api/decisions/stream", params=params) as r:
-            assert r.status_code == 200
-            assert r.headers["content-type"] == "text/event-stream"
-            with server.client(svc) as s:
-                assert s.verify(token.token, "read", "/s/a", presenter="streamer").allowed
-                assert not s.verify(token.token, "write", "/s/a", presenter="streamer").allowed
-            seen = []
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    seen.append(json.loads(line[6:]))
-                    break
-        (d,) = seen
-        assert (d["allowed"], d["code"], d["caveat"], d["chain"]) == (
-            False, "caveat_failed", "action in read", ["streamer"])
-        backlog = c.get("/api/decisions", params=params).json()["decisions"]
-        assert [b["seq"] for b in backlog] == [d["seq"]]
+        verify("/s/before")
+        page = c.get("/api/decisions", params=params).json()
+        (before,) = page["decisions"]
+        assert (before["allowed"], before["code"], before["caveat"], before["resource"],
+                before["chain"]) == (False, "caveat_failed", "action in read", "/s/before",
+                                     ["streamer"])
+        follow = {**params, "after": str(page["follow_from"])}
+        after = _first_event(c, follow, then=lambda: verify("/s/after"))
+        assert (after["code"], after["resource"]) == ("caveat_failed", "/s/after")
+        resumed = _first_event(c, {**params, "after": "0"},
+                               headers={"Last-Event-ID": str(page["follow_from"])})
+        assert resumed["seq"] == after["seq"]
         use = c.get("/api/agents/streamer").json()["use"]
-        assert use == [{"action": "read", "resource": "/s/a", "count": 1}]
+        assert use == [{"action": "read", "resource": "/s/after", "count": 1},
+                       {"action": "read", "resource": "/s/before", "count": 1}]
 
 
 def test_a_deny_arrives_on_the_live_stream(console):

@@ -234,8 +234,12 @@ class ConsoleApi:
 
     # -- decisions ---------------------------------------------------------------------------
 
-    async def recent_decisions(self, query: AuditQuery) -> list[AuditEvent]:
-        return await self.trail.list(_with(query, newest_first=True, limit=RECENT_DECISIONS))
+    async def recent_decisions(self, query: AuditQuery) -> tuple[list[AuditEvent], int]:
+        """The newest decisions, and the ledger position to follow from: the head sealed
+        before they were read, so a record newer than all of them is sealed after it."""
+        head = await self.trail.checkpoint()
+        recent = await self.trail.list(_with(query, newest_first=True, limit=RECENT_DECISIONS))
+        return recent, head.pos if head is not None else 0
 
     async def follow_decisions(self, after_pos: int, query: AuditQuery
                                ) -> AsyncIterator[AuditEvent]:

@@ -294,7 +294,8 @@ class Console:
     async def _decisions(self, caller: Principal, request: Request, rest: list[str]) -> Any:
         q = request.query
         query = decision_filter(q.get("agent", ""), q.get("decision", ""), q.get("code", ""))
-        return {"decisions": [decision_json(e) for e in await self.api.recent_decisions(query)]}
+        recent, head = await self.api.recent_decisions(query)
+        return {"decisions": [decision_json(e) for e in recent], "follow_from": head}
 
     # -- live decisions (Server-Sent Events) ------------------------------------------------
 

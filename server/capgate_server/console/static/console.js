@@ -309,8 +309,7 @@ async function decisionsPage(view) {
   showTally();
   put(view, el("h1", {}, "Live decisions ", status), form, counts, table);
   stopLive();
-  const after = Math.max(0, ...data.decisions.map((d) => d.pos));
-  query.set("after", after);
+  query.set("after", data.follow_from);
   const source = new EventSource("/api/decisions/stream?" + query);
   state.live = source;
   source.onopen = () => { status.textContent = "live"; status.className = "badge live"; };
