@@ -40,8 +40,9 @@ async function api(method, path, body) {
   let data = {};
   try { data = await r.json(); } catch (e) { data = {}; }
   if (r.status === 401 && path !== "/api/login") {
+    const ended = state.session !== null; // a session that ended says why; a first visit not
     state.session = null;
-    showLogin(data.error || "log in again");
+    showLogin(ended ? (data.error || "log in again") : "");
     throw new Error(data.error || "log in again");
   }
   if (!r.ok) throw new Error(data.error || ("HTTP " + r.status));
