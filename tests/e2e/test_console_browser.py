@@ -144,6 +144,9 @@ def test_an_approver_sees_only_approvals_and_decides_one(fleet, page):
                                         ctx={"amount": "9100"})
     expect(page.locator(f"tr[data-approval='{second.id}']")).to_contain_text("9100",
                                                                              timeout=WAIT)
+    fleet.admin.disable_principal("carol")  # the session ends with the credential
+    expect(page.locator("#login-error")).to_contain_text("log in again", timeout=WAIT)
+    expect(page.locator("#view")).to_be_empty()
 
 
 def test_markup_in_an_agents_fields_is_shown_as_text_never_run(fleet, page):
