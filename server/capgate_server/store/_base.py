@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from capgate import Agent, AgentStatus, ApprovalRule, Ceiling
 from capgate_server.store._approvals import ApprovalStore
 from capgate_server.store._proof import Checkpoint
 
+
 # a signature over the ledger's head: (pos, digest, at) -> checkpoint
-Signer = Callable[[int, bytes, float], Checkpoint]
+class Signer(Protocol):
+    """Signs the chain's head (``LedgerKey.sign``), or with ``cut`` a retention cut."""
+
+    def __call__(self, pos: int, digest: bytes, at: float, cut: bool = False) -> Checkpoint: ...
 
 __all__ = [
     "AUDIT_FIELD_LIMITS",
@@ -268,6 +273,10 @@ def agent_from_row(row: Sequence[object], keys: dict[str, bytes]) -> Agent:
 
 class Store(ApprovalStore, ABC):
     """Durable state. Methods are blocking; the server calls them off the event loop."""
+
+    # set by the audit ledger once it has its key: every audit record written from then
+    # on carries a MAC under it, and sealing keeps out the records that do not
+    record_key: bytes | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
