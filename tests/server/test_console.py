@@ -379,7 +379,7 @@ def test_an_operator_acts_in_the_console_but_decides_no_approval(console):
 _PATHS = ["/api/agents", "/api/agents/bot", "/api/agents/bot/suspend", "/api/agents/bot/resume",
           "/api/agents/bot/ceiling", "/api/revoke", "/api/tree", "/api/approvals",
           "/api/decisions", "/api/login", "/api/session", "/", "/static/console.js"]
-_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
                     st.text(max_size=40), st.lists(st.text(max_size=24), max_size=3),
                     st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
 _FUZZ = settings(max_examples=60, deadline=None,
