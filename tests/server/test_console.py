@@ -164,6 +164,7 @@ def test_bad_input_gets_a_clear_refusal(console):
         h = {"X-CSRF-Token": csrf, "Content-Type": "application/json"}
         assert c.post("/api/revoke", content=b"{not json", headers=h).status_code == 400
         assert c.post("/api/revoke", content=b"[1]", headers=h).status_code == 400
+        assert c.post("/api/revoke", content=b'{"id": NaN}', headers=h).status_code == 400
         r = post(c, "/api/revoke", {"id": "not-hex", "reason": "x"}, csrf)
         assert r.status_code == 400 and "32 hex" in r.json()["error"]
         assert post(c, "/api/revoke", {"id": "a" * 32, "reason": ""}, csrf).status_code == 400

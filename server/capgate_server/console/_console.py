@@ -342,9 +342,13 @@ class Console:
                 del self._streams[session.id]
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _body(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(request.body or b"{}")
+    try:  # strict JSON: NaN and Infinity are Python's, not JSON's
+        body = json.loads(request.body or b"{}", parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError):
         raise _Refused(400, "the body is not JSON") from None
     if not isinstance(body, dict):
