@@ -458,3 +458,31 @@ def test_no_guessed_csrf_token_or_session_id_changes_anything(console, token, co
         assert post(c, "/api/agents/kept/suspend", {}, token).status_code == 401
     with console.client() as admin:
         assert admin.get_agent("kept").status == "active"
+
+
+_ENDPOINTS = [  # method, path, what the role needs (CONSOLE_ROLES)
+    ("GET", "/api/agents", "agents"), ("GET", "/api/agents/bot", "agents"),
+    ("GET", "/api/tree/" + "0" * 32, "agents"), ("GET", "/api/decisions", "decisions"),
+    ("GET", "/api/approvals", "approvals"), ("POST", "/api/agents/bot/resume", "act"),
+    ("POST", "/api/agents/bot/ceiling", "act"), ("POST", "/api/revoke", "act"),
+    ("POST", "/api/approvals/" + "0" * 32, "approvals"),
+]
+
+
+def test_each_role_reaches_exactly_what_the_role_table_says(console):
+    from capgate_server.console import CONSOLE_ROLES
+    from capgate_server.store import Role
+
+    with console.client() as admin:
+        admin.create_agent("bot", ["read:/b/**"])
+        creds = {Role.ADMIN: console.admin_credential,
+                 Role.OPERATOR: admin.create_principal("op", "operator").credential,
+                 Role.APPROVER: admin.create_principal("ap", "approver").credential}
+    assert set(creds) == set(CONSOLE_ROLES)
+    for role, cred in creds.items():
+        with http(console) as c:
+            csrf = login(c, cred)["csrf"]
+            for method, path, needs in _ENDPOINTS:
+                r = post(c, path, {}, csrf) if method == "POST" else c.get(path)
+                refused = r.status_code == 403 and "role may not" in r.text
+                assert refused == (needs not in CONSOLE_ROLES[role]), (role, path, r.text)
