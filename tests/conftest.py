@@ -104,3 +104,13 @@ def server(tmp_path):
     s = ServerThread(tmp_path / "data").start()
     yield s
     s.stop()
+
+
+@pytest.fixture
+def console(tmp_path):
+    """A real capgate server with the operator console on a free loopback port."""
+    from harness import ServerThread
+
+    s = ServerThread(tmp_path / "data", console_listen="127.0.0.1:0").start()
+    yield s
+    s.stop()

@@ -468,3 +468,28 @@ class ConsoleFleet:
 
     def close(self) -> None:
         self.admin.close()
+
+
+# -- the operator console's JSON API, as its page uses it --------------------------------
+
+def console_http(server: Any) -> Any:
+    """An HTTP client of ``server``'s console (httpx, keeping the session cookie)."""
+    import httpx
+
+    return httpx.Client(base_url=f"http://127.0.0.1:{server.app.console_port}", timeout=10)
+
+
+def console_login(c: Any, credential: str) -> dict[str, Any]:
+    """Log in; returns the session (``principal``, ``role``, ``csrf``, ``may``)."""
+    r = c.post("/api/login", json={"credential": credential})
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def console_post(c: Any, path: str, body: dict[str, Any], csrf: str) -> Any:
+    return c.post(path, json=body, headers={"X-CSRF-Token": csrf})
+
+
+def audit_records(server: Any, kind: str) -> list[Any]:
+    with server.client() as admin:
+        return list(admin.audit(kind=kind, limit=1000))
