@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
@@ -48,6 +49,7 @@ from capgate_server.store import AuditEvent, Principal, Role
 
 __all__ = ["CONSOLE_ROLES", "COOKIE", "Console"]
 
+log = logging.getLogger("capgate.console")
 COOKIE = "capgate_console"
 # what each role may do in the console; any other role cannot log in
 CONSOLE_ROLES: dict[Role, frozenset[str]] = {
@@ -317,8 +319,12 @@ class Console:
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1000)
 
         async def pump() -> None:
-            async for event in self.api.follow_decisions(after, query):
-                await queue.put(event)
+            try:
+                async for event in self.api.follow_decisions(after, query):
+                    await queue.put(event)
+            except CapgateError as e:  # the store failed: end the stream, the page retries
+                log.warning("console: live decisions stopped: %s", e.message)
+            await queue.put(None)
 
         task = asyncio.ensure_future(pump())
         try:
@@ -331,6 +337,8 @@ class Console:
                         return  # logged out or expired: the stream ends with the session
                     yield b": ping\n\n"
                     continue
+                if event is None:
+                    return
                 data = json.dumps(decision_json(event)).encode()
                 yield b"id: %d\ndata: %s\n\n" % (event.pos, data)
         finally:
