@@ -73,7 +73,8 @@ _SECURITY_HEADERS = [
 ]
 _ASSETS = {"/": ("index.html", "text/html; charset=utf-8"),
            "/static/console.css": ("console.css", "text/css; charset=utf-8"),
-           "/static/console.js": ("console.js", "text/javascript; charset=utf-8")}
+           "/static/console.js": ("console.js", "text/javascript; charset=utf-8"),
+           "/static/pages.js": ("pages.js", "text/javascript; charset=utf-8")}
 
 Action = Callable[[Principal, Request, list[str]], Awaitable[Any]]
 
