@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test test-fast bench demo protos check-protos lint typecheck clean lock
+.PHONY: serve test test-fast bench demo protos check-protos lint typecheck clean lock screenshots
 
 # The venv is rebuilt only when the pinned requirements or the project metadata change.
 # requirements.lock pins every package (server and development tools included) with
@@ -39,6 +39,10 @@ bench: $(STAMP)
 # no arguments also runs the fleet and the throughput runs, and writes benchmarks/README.md.
 demo: $(STAMP)
 	$(PY) benchmarks/scenario_figures.py --fleet-runs 0 --bench-runs 0 --no-write
+
+# A PNG of every console page in .screenshots/ (git-ignored), taken in Debian's chromium.
+screenshots: $(STAMP)
+	$(PY) tools/console_screenshots.py --out .screenshots
 
 # Regenerate the gRPC stubs from protos/capgate_proto/v1/*.proto (package capgate.v1).
 protos: $(STAMP)

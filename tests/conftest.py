@@ -1,7 +1,8 @@
 """Shared fixtures: a fixed clock, PostgreSQL schemas, and real servers on port 0.
 
-Tests that need PostgreSQL (those using ``pg_url``, or marked ``postgres``) and
-those that need libmacaroons (marked ``libmacaroons``) run when it is there. On a
+Tests that need PostgreSQL (those using ``pg_url``, or marked ``postgres``), those
+that need libmacaroons (marked ``libmacaroons``) and the console's browser tests
+(marked ``chromium``: Debian's chromium driven by Playwright) run when it is there. On a
 developer's machine without it they are skipped, with one line in the summary;
 in CI (``CAPGATE_CI=1``, set by ``.ci/run``) a missing dependency fails them.
 """
@@ -36,7 +37,14 @@ def _libmacaroons_problem() -> str | None:
     return None if load_libmacaroons() is not None else "libmacaroons (libmacaroons0) is missing"
 
 
-_CHECKS = {"postgres": _postgres_problem, "libmacaroons": _libmacaroons_problem}
+def _chromium_problem() -> str | None:
+    from harness import chromium_problem
+
+    return chromium_problem()
+
+
+_CHECKS = {"postgres": _postgres_problem, "libmacaroons": _libmacaroons_problem,
+           "chromium": _chromium_problem}
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
@@ -94,5 +102,15 @@ def server(tmp_path):
     from harness import ServerThread
 
     s = ServerThread(tmp_path / "data").start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def console(tmp_path):
+    """A real capgate server with the operator console on a free loopback port."""
+    from harness import ServerThread
+
+    s = ServerThread(tmp_path / "data", console_listen="127.0.0.1:0").start()
     yield s
     s.stop()

@@ -417,3 +417,81 @@ class AsgiServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self._thread.join(10)
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; the console's browser tests never download one
+
+
+def chromium_problem() -> str | None:
+    """Why the console's browser tests cannot run here, or None when they can."""
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"chromium is missing ({CHROMIUM}; Debian: apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (the dev extra has it)"
+    return None
+
+
+class ConsoleFleet:
+    """A small fleet for the console to show: a delegation tree planner → worker → helper,
+    an agent whose big payments need approval (with one request waiting), a suspended
+    agent, a service that verifies (allows and denies), and an approver, ``carol``."""
+
+    def __init__(self, server: Any) -> None:
+        from capgate import ApprovalRule
+
+        admin = self.admin = server.client()
+        _, planner = admin.create_agent("planner", ["read,write:/data/**"], owner="research",
+                                        description="plans the nightly reports")
+        _, worker = admin.create_agent("worker", ["read:/data/**"], owner="research")
+        admin.create_agent("helper", ["read:/data/reports/*"], owner="research")
+        _, payer = admin.create_agent("payer", ["pay,read:/invoices/**"], owner="finance",
+                                      approvals=[ApprovalRule("ctx amount > 1000")])
+        admin.create_agent("idle-bot", ["read:/archive/**"], owner="ops")
+        admin.suspend_agent("idle-bot")
+        self.approver = admin.create_principal("carol", "approver").credential
+        self.service = admin.create_principal("report-api", "service").credential
+        with server.client(planner) as p:
+            self.root = p.issue("read:/data/*")
+            self.hop = p.delegate(self.root.token, "worker")
+        with server.client(worker) as w:
+            self.below = w.delegate(self.hop.token, "helper", ["resource /data/reports"])
+        with server.client(self.service) as svc:
+            for resource in ("/data/a", "/data/b", "/data/a"):
+                svc.verify(self.root.token, "read", resource, presenter="planner")
+            svc.verify(self.hop.token, "read", "/data/c", presenter="worker")
+            svc.verify(self.root.token, "write", "/data/a", presenter="planner")  # denied
+        self.payer = payer
+        with server.client(payer) as pay:
+            self.invoice = pay.issue("pay,read:/invoices/*").token
+            self.approval = pay.request_approval(self.invoice, "pay", "/invoices/inv-8",
+                                                 ctx={"amount": "4200"}, note="quarterly bill")
+
+    def close(self) -> None:
+        self.admin.close()
+
+
+# -- the operator console's JSON API, as its page uses it --------------------------------
+
+def console_http(server: Any) -> Any:
+    """An HTTP client of ``server``'s console (httpx, keeping the session cookie)."""
+    import httpx
+
+    return httpx.Client(base_url=f"http://127.0.0.1:{server.app.console_port}", timeout=10)
+
+
+def console_login(c: Any, credential: str) -> dict[str, Any]:
+    """Log in; returns the session (``principal``, ``role``, ``csrf``, ``may``)."""
+    r = c.post("/api/login", json={"credential": credential})
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def console_post(c: Any, path: str, body: dict[str, Any], csrf: str) -> Any:
+    return c.post(path, json=body, headers={"X-CSRF-Token": csrf})
+
+
+def audit_records(server: Any, kind: str) -> list[Any]:
+    with server.client() as admin:
+        return list(admin.audit(kind=kind, limit=1000))

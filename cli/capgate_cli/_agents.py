@@ -308,9 +308,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                          epilog="example: capgate service create files-api "
                                 "--credential-out files-api.cred")
     p.add_argument("id", help="the principal's id")
-    p.add_argument("--role", choices=["service", "approver", "admin"], default="service",
+    p.add_argument("--role", choices=["service", "approver", "operator", "admin"],
+                   default="service",
                    help="service (verifies tokens; the default), approver (approves or denies "
-                        "requests for approval) or admin")
+                        "requests for approval), operator (suspends, narrows, revokes) or admin")
     p.add_argument("--credential-out", type=Path, metavar="FILE",
                    help="write the new credential to FILE (mode 0600) instead of the screen")
     p.set_defaults(run=service_create)

@@ -117,13 +117,15 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                                                  "credentials (admin)")
     cmds = principal.add_subparsers(dest="principal_command", required=True, metavar="COMMAND")
     p = cmds.add_parser(
-        "create", parents=[common], help="a service, an approver or another admin",
+        "create", parents=[common], help="a service, an approver, an operator or an admin",
         description="Services verify tokens; approvers approve or deny requests for approval "
-                    "(and nothing else); admins administer. Agents: capgate agent create.",
+                    "(and nothing else); operators watch agents and the audit, suspend, "
+                    "resume, narrow ceilings and revoke (docs/console.md); admins administer. "
+                    "Agents: capgate agent create.",
         epilog="example: capgate principal create carol --role approver "
                "--credential-out carol.cred")
     p.add_argument("id", help="the principal's id (1-64 of A-Z a-z 0-9 . _ -)")
-    p.add_argument("--role", required=True, choices=["service", "approver", "admin"],
+    p.add_argument("--role", required=True, choices=["service", "approver", "operator", "admin"],
                    help="what it may do")
     p.add_argument("--credential-out", type=Path, metavar="FILE",
                    help="write the new credential to FILE (mode 0600) instead of the screen")

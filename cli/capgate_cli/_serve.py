@@ -31,6 +31,7 @@ def serve(args: argparse.Namespace) -> int:
         require_proof=args.require_proof, proof_window=args.proof_window,
         ext_authz=args.ext_authz, ext_authz_header=args.ext_authz_header,
         spiffe_prefix=args.spiffe_prefix, metrics_listen=args.metrics_listen or "",
+        console_listen=args.console_listen or "",
         db_timeouts=SessionTimeouts(statement=args.db_statement_timeout,
                                     lock=args.db_lock_timeout,
                                     idle_in_transaction=args.db_idle_timeout),
@@ -61,6 +62,8 @@ def serve(args: argparse.Namespace) -> int:
         where = app.admin_credential_path
         print(f"capgate {__version__} serving on {app.address}"
               + (f"; admin credential written to {where}" if where else ""), flush=True)
+        if app.console_url:
+            print(f"operator console at {app.console_url}", flush=True)
 
     asyncio.run(serve(settings, on_ready=ready))
     return EXIT_OK
@@ -98,6 +101,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                    default=env("CAPGATE_METRICS_LISTEN", ""),
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default; "
                         "e.g. 127.0.0.1:9464); TLS when the server has --tls-cert")
+    p.add_argument("--console-listen", metavar="HOST:PORT",
+                   default=env("CAPGATE_CONSOLE_LISTEN", ""),
+                   help="serve the operator console at http://HOST:PORT/ (off by default; "
+                        "e.g. 127.0.0.1:8080; docs/console.md); a non-loopback address "
+                        "needs --tls-cert or --insecure")
     p.add_argument("--audit-retention", metavar="DURATION",
                    help="delete audit records older than this (default 90d; 0 keeps all)")
     p.add_argument("--limit", action="append", metavar="NAME=VALUE",

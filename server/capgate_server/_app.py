@@ -17,6 +17,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -78,6 +79,8 @@ class CapgateServer:
         self._metrics: Any = None
         self.metrics_port = 0
         self.admin_credential_path: Path | None = None
+        self.console: Any = None  # capgate_server.console.Console, when --console-listen
+        self.console_port = 0
         self._pending: set[asyncio.Task[None]] = set()  # health updates under way
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
@@ -140,6 +143,8 @@ class CapgateServer:
             [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         try:
             self.port = self._bind(server)
+            if s.console_listen:
+                await self._start_console(s)
         except CapgateError:  # nothing was served: close the store cleanly and say why
             self.server, self.replica = None, None
             await replica.close()
@@ -159,6 +164,39 @@ class CapgateServer:
             log.info("metrics on %s:%d/metrics", s.metrics_listen.rpartition(":")[0],
                      self.metrics_port)
         return self.port
+
+    async def _start_console(self, s: Settings) -> None:
+        from capgate_server.console import Console  # loaded only when asked for
+
+        if s.role != "full":
+            raise InvalidArgumentError("the console needs a full replica (not --role verifier)")
+        if not s.insecure and s.tls_cert is None and not _is_loopback(s.console_listen):
+            raise InvalidArgumentError(
+                f"refusing to serve the console on {s.console_listen} without TLS: pass "
+                "--tls-cert/--tls-key, or --insecure if the network is trusted")
+        tls = None
+        if s.tls_cert is not None and s.tls_key is not None:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(str(s.tls_cert), str(s.tls_key))
+        assert self.replica is not None
+        self.console = Console(self.replica, s.console_listen, tls=tls)
+        try:
+            self.console_port = await self.console.start()
+        except OSError as e:
+            self.console = None
+            raise UnavailableError(f"cannot serve the console on {s.console_listen}: {e} "
+                                   "(choose another with --console-listen)",
+                                   listen=s.console_listen) from None
+        log.info("operator console at %s", self.console_url)
+
+    @property
+    def console_url(self) -> str:
+        """Where the operator console answers ("" when it is off)."""
+        if self.console is None:
+            return ""
+        host = self.settings.console_listen.rpartition(":")[0]
+        scheme = "https" if self.settings.tls_cert is not None else "http"
+        return f"{scheme}://{host}:{self.console_port}/"
 
     @property
     def address(self) -> str:
@@ -207,6 +245,9 @@ class CapgateServer:
                 log.warning("calls still running after %.1fs of grace: cancelling them", grace)
             await self.server.stop(max(0.0, deadline - time.monotonic()))
             self.server = None
+        if self.console is not None:
+            await self.console.stop()
+            self.console = None
         if self._metrics is not None:
             self._metrics.shutdown()
             self._metrics = None

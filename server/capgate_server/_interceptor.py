@@ -27,25 +27,27 @@ _AGENT = frozenset({Role.AGENT})
 _ANY = frozenset({Role.ADMIN, Role.SERVICE, Role.AGENT})  # approvers: approvals only
 _VERIFIERS = _ANY  # agents may verify, but only on their own behalf
 _APPROVERS = frozenset({Role.ADMIN, Role.APPROVER})
+_OPERATORS = frozenset({Role.ADMIN, Role.OPERATOR})  # the operator's share of admin's RPCs
 
 # Who may call what; a method missing here is refused (fail closed).
 POLICY: Mapping[str, frozenset[Role]] = {
     **{f"/capgate.v1.AgentService/{m}": _ADMIN for m in (
-        "CreateAgent", "ListAgents", "UpdateAgent", "SuspendAgent", "ResumeAgent",
-        "RevokeAllTokens", "AddPublicKey", "RemovePublicKey", "DeleteAgent",
+        "CreateAgent", "AddPublicKey", "RemovePublicKey", "DeleteAgent",
         "CreatePrincipal", "ListPrincipals", "DisablePrincipal", "EnablePrincipal",
         "RotateCredential")},
-    "/capgate.v1.AgentService/GetAgent": frozenset({Role.ADMIN, Role.AGENT}),
+    **{f"/capgate.v1.AgentService/{m}": _OPERATORS for m in (
+        "ListAgents", "UpdateAgent", "SuspendAgent", "ResumeAgent", "RevokeAllTokens")},
+    "/capgate.v1.AgentService/GetAgent": frozenset({Role.ADMIN, Role.OPERATOR, Role.AGENT}),
     "/capgate.v1.TokenService/IssueToken": _AGENT,
     "/capgate.v1.TokenService/DelegateToken": _AGENT,
     "/capgate.v1.TokenService/AttenuateToken": _ANY,
     "/capgate.v1.TokenService/InspectToken": _ANY,
-    "/capgate.v1.TokenService/RevokeToken": frozenset({Role.ADMIN, Role.AGENT}),
-    "/capgate.v1.TokenService/GetTokenTree": frozenset({Role.ADMIN, Role.AGENT}),
+    "/capgate.v1.TokenService/RevokeToken": frozenset({Role.ADMIN, Role.OPERATOR, Role.AGENT}),
+    "/capgate.v1.TokenService/GetTokenTree": frozenset({Role.ADMIN, Role.OPERATOR, Role.AGENT}),
     "/capgate.v1.VerifierService/Verify": _VERIFIERS,
     "/capgate.v1.VerifierService/VerifyBatch": _VERIFIERS,
     "/capgate.v1.VerifierService/VerifyStream": _VERIFIERS,
-    **{f"/capgate.v1.AuditService/{m}": _ADMIN for m in (
+    **{f"/capgate.v1.AuditService/{m}": _OPERATORS for m in (
         "ListEvents", "WatchEvents", "VerifyLedger", "GetCheckpoint")},
     **{f"/capgate.v1.GovernanceService/{m}": _ADMIN for m in (
         "GetUsage", "Review", "ListAlerts", "WatchAlerts", "SetPolicy", "GetPolicy")},

@@ -140,7 +140,7 @@ class Registry:
         return self.replica.agents.get(agent_id, agent), credential
 
     def get(self, caller: Principal, agent_id: str) -> Agent:
-        if caller.role is not Role.ADMIN and caller.id != agent_id:
+        if caller.role not in (Role.ADMIN, Role.OPERATOR) and caller.id != agent_id:
             raise PermissionDeniedError("an agent may only read its own record")
         agent = self.replica.agents.get(agent_id)
         if agent is None or agent.status is AgentStatus.DELETED:
@@ -172,6 +172,8 @@ class Registry:
         return self.replica.agents[agent_id]
 
     async def update(self, caller: Principal, agent_id: str, update: AgentUpdate) -> Agent:
+        if caller.role is Role.OPERATOR:
+            self._only_narrows(caller, agent_id, update)
         patch = AgentPatch(
             ceiling=None if update.ceiling is None else self._ceiling(update.ceiling),
             max_ttl=None if update.max_ttl is None else self._ttl(update.max_ttl),
@@ -190,6 +192,19 @@ class Registry:
         if not detail:
             raise InvalidArgumentError("nothing to update")
         return await self._patch(caller, agent_id, "agent.update", detail, patch)
+
+    def _only_narrows(self, caller: Principal, agent_id: str, update: AgentUpdate) -> None:
+        """An operator changes a ceiling only to one inside it, and nothing else."""
+        others = [f for f in ("max_ttl", "max_depth", "description", "require_proof", "rate",
+                              "approvals") if getattr(update, f) is not None]
+        if others or update.ceiling is None:
+            raise PermissionDeniedError("an operator may only narrow an agent's ceiling")
+        current = self.get(caller, agent_id).ceiling
+        wider = [str(g) for g in self._ceiling(update.ceiling).grants if not current.covers(g)]
+        if wider:
+            raise PermissionDeniedError(
+                f"an operator may only narrow a ceiling; not inside the current one: "
+                f"{', '.join(wider)}", agent=agent_id)
 
     async def set_status(self, caller: Principal, agent_id: str, status: AgentStatus) -> Agent:
         kind = "agent.suspend" if status is AgentStatus.SUSPENDED else "agent.resume"
@@ -230,9 +245,9 @@ class Registry:
     async def create_principal(self, caller: Principal, principal_id: str,
                                role: str) -> tuple[Principal, str]:
         check_id(principal_id, "principal id")
-        if role not in (Role.SERVICE, Role.ADMIN, Role.APPROVER):
-            raise InvalidArgumentError("role must be 'service', 'approver' or 'admin' "
-                                       "(agents: create-agent)")
+        if role not in (Role.SERVICE, Role.ADMIN, Role.APPROVER, Role.OPERATOR):
+            raise InvalidArgumentError("role must be 'service', 'approver', 'operator' or "
+                                       "'admin' (agents: create-agent)")
         principal = Principal(principal_id, Role(role), self.replica.clock())
         credential = new_credential()
         await self.replica.call(self.replica.store.create_principal, principal,

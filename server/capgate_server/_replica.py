@@ -98,6 +98,7 @@ class Settings:
     shutdown_grace: float = 5.0  # SIGTERM: time to finish the calls already accepted
     limits: ResourceLimits = field(default_factory=ResourceLimits)
     metrics_listen: str = ""  # HOST:PORT for Prometheus' /metrics; "" serves none
+    console_listen: str = ""  # HOST:PORT for the operator console; "" serves none
     replica_id: str = ""  # names this replica in the records it writes (made at first start)
     audit_checkpoint_every: float = 60.0  # seconds between kept checkpoints of the ledger
     require_proof: bool = False  # every token needs its holder's proof of possession

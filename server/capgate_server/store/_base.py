@@ -52,6 +52,9 @@ class Role(StrEnum):
     SERVICE = "service"
     AGENT = "agent"
     APPROVER = "approver"  # a person who approves or denies requests (admins may too)
+    # a person who runs the fleet day to day: reads agents, trees and the audit; suspends,
+    # resumes, narrows and revokes; never creates, widens or deletes (docs/console.md)
+    OPERATOR = "operator"
 
 
 @dataclass(frozen=True, slots=True)
