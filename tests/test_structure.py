@@ -34,6 +34,8 @@ INTERNAL_TESTS = {
     # the budget counter alone, and the server's decision layer measured without the network
     "tests/server/test_budgets.py": {"capgate_server._budgets"},
     "benchmarks/test_budgets.py": {"capgate_server._verification"},
+    # two workers of one host side by side in one process, one cut off from the store
+    "tests/server/test_workers.py": {"capgate_server._siblings"},
 }
 
 

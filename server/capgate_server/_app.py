@@ -34,6 +34,7 @@ from capgate_server._keyring import load_kek
 from capgate_server._metrics import CallMeter, Metrics, start_metrics
 from capgate_server._replica import Replica, Settings
 from capgate_server._servicers import register_all
+from capgate_server._siblings import Siblings
 from capgate_server._verification import Verification
 from capgate_server.store import Role, open_store
 
@@ -62,8 +63,10 @@ class CapgateServer:
     def __init__(self, settings: Settings, *, clock: Clock = system_clock,
                  monotonic: Clock = time.monotonic,
                  extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
-                 extra_policy: Mapping[str, frozenset[Role]] | None = None) -> None:
+                 extra_policy: Mapping[str, frozenset[Role]] | None = None,
+                 siblings: Siblings | None = None) -> None:
         self.settings = settings
+        self.siblings = siblings  # a worker of ``capgate serve --workers N``
         self.clock = clock
         self.monotonic = monotonic
         self._extra = list(extra_handlers)  # e.g. the benchmarks' no-op baseline
@@ -86,7 +89,8 @@ class CapgateServer:
                 f"refusing to listen on {s.listen} without TLS: pass --tls-cert/--tls-key, "
                 "or --insecure if the network is trusted")
         try:  # before the store is opened or anything written: a taken port is said at once
-            _check_free(s.listen)
+            if not s.reuse_port:  # a worker: its supervisor checked, and holds the port
+                _check_free(s.listen)
         except OSError:
             raise _cannot_listen(s.listen) from None
         if not s.replica_id:
@@ -94,7 +98,8 @@ class CapgateServer:
         store = open_store(s.store_url, s.data_dir, s.db_timeouts, writer=s.replica_id)
         shared = bool(s.store_url) and not s.store_url.startswith("sqlite:")
         kek = load_kek(s.kek_file, None if shared else s.data_dir / "kek.key")
-        self.replica = replica = Replica(store, kek, s, self.clock, self.monotonic)
+        self.replica = replica = Replica(store, kek, s, self.clock, self.monotonic,
+                                         self.siblings)
         credential = await replica.start()
         if credential is not None:
             self.admin_credential_path = _write_secret(s.data_dir / "admin.credential", credential)
@@ -120,7 +125,7 @@ class CapgateServer:
             options=[("grpc.max_receive_message_length", limits.largest_message),
                      ("grpc.max_send_message_length", MAX_SEND),
                      ("grpc.max_concurrent_streams", limits.streams_per_connection),
-                     ("grpc.so_reuseport", 0)],
+                     ("grpc.so_reuseport", int(s.reuse_port))],
             maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
         self._services = names = register_all(server, replica)
@@ -260,9 +265,9 @@ def _write_secret(path: Path, secret: str) -> Path:
 
 
 async def serve(settings: Settings, *, on_ready: Callable[[CapgateServer], Any] | None = None,
-                ) -> None:
+                siblings: Siblings | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    app = CapgateServer(settings)
+    app = CapgateServer(settings, siblings=siblings)
     await app.start()
     # What start-up made lives as long as the process: keep it out of the cyclic
     # collector's full passes, which pause every call for as long as they take.
