@@ -42,7 +42,14 @@ from types import MappingProxyType
 from typing import Any
 
 from capgate import InvalidArgumentError, UnavailableError
-from capgate_server._app import _check_free, _is_loopback, _replica_id, _write_secret, serve
+from capgate_server._app import (
+    _cannot_listen,
+    _check_free,
+    _is_loopback,
+    _replica_id,
+    _write_secret,
+    serve,
+)
 from capgate_server._keyring import load_kek
 from capgate_server._replica import Replica, Settings
 from capgate_server._siblings import Siblings, prepare_run_dir
@@ -120,9 +127,7 @@ class WorkerPool:
             _check_free(s.listen)
             self._reserve = _reserve_port(s.listen)
         except OSError:
-            raise UnavailableError(f"cannot listen on {s.listen}: the address is in use or "
-                                   "not available (choose another with --listen)",
-                                   listen=s.listen) from None
+            raise _cannot_listen(s.listen) from None
         self.port = self._reserve.getsockname()[1]
         try:
             await self._first_start()

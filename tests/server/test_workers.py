@@ -215,3 +215,21 @@ def test_siblings_confirm_before_the_ack(tmp_path: Path) -> None:
     finally:
         b.stop()
         a.stop()
+
+
+def test_workers_on_postgresql_enforce_a_revoke_everywhere(tmp_path: Path, pg_url: str) -> None:
+    from capgate_server import new_kek_text
+
+    kek = tmp_path / "kek"
+    kek.write_text(new_kek_text())
+    p = ServerProcess(tmp_path / "data", ["--store", pg_url, "--kek-file", str(kek)],
+                      workers=2).start()
+    try:
+        assert sorted(_pids(p)) == [0, 1]
+        token, service = _setup(p)
+        assert all(ok for ok, _ in _verdicts(p, service, token))
+        with p.client() as admin:
+            admin.revoke(token, "leaked")
+        assert _verdicts(p, service, token) == [(False, "revoked")] * FRESH_CONNECTIONS
+    finally:
+        p.stop()
