@@ -170,7 +170,8 @@ class Verification:
         """One decision without a proof; ``presenter`` must already have gone through
         ``presenter_for``."""
         replica = self.replica
-        await self._current()
+        if replica.siblings is not None and replica.behind():
+            await replica.catch_up()
         decision = self._decide_asserted(caller, token, action, resource, presenter, ctx)
         if decision.allowed:
             decision = await self._count(decision)
