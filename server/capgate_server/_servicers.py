@@ -44,6 +44,7 @@ from capgate_server._rotation import KeyRotation
 from capgate_server._rpc import rpc
 from capgate_server._status import abort
 from capgate_server._tokens import Issued, Tokens, TreeNode
+from capgate_server._verdicts import VerifierWire
 from capgate_server._verification import Verification
 from capgate_server.store import Principal, RootKeyRecord
 
@@ -292,7 +293,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):  # type: igno
         self.verification = verification
         self._reply = _AllowedReplies(reply_bytes)
 
-    def _answer(self, r: Any, d: Decision) -> verifier_pb2.VerifyResponse:
+    def answer(self, r: Any, d: Decision) -> verifier_pb2.VerifyResponse:
         if r.proof.text:  # an allow with a proof: the proof held (built apart: allows are shared)
             reply = decision_to_pb(d)
             reply.proven = d.allowed
@@ -301,12 +302,12 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):  # type: igno
 
     @rpc
     async def Verify(self, request: Any, context: Any) -> Any:
-        return self._answer(request, await self.verification.verify_item(CALLER.get(), request))
+        return self.answer(request, await self.verification.verify_item(CALLER.get(), request))
 
     @rpc
     async def VerifyBatch(self, request: Any, context: Any) -> Any:
         decisions = await self.verification.verify_batch(CALLER.get(), request.requests)
-        answer = self._answer
+        answer = self.answer
         return verifier_pb2.VerifyBatchResponse(
             responses=[answer(r, d) for r, d in zip(request.requests, decisions, strict=True)])
 
@@ -316,7 +317,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):  # type: igno
         budget = v.stream_budget()
         try:
             async for r in request_iterator:
-                yield self._answer(r, await v.verify_item(caller, r, budget))
+                yield self.answer(r, await v.verify_item(caller, r, budget))
         except CapgateError as e:
             await abort(context, e)
 
@@ -349,9 +350,12 @@ def register_all(server: grpc.aio.Server, replica: Replica) -> list[str]:
     approvals = Approvals(replica)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(Registry(replica)), server)
     token_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(Tokens(replica)), server)
-    verifier_pb2_grpc.add_VerifierServiceServicer_to_server(
-        VerifierServicer(Verification(replica, approvals), replica.settings.limits.reply_bytes),
-        server)
+    # VerifierService is served over bytes, with warm verdicts remembered (_verdicts)
+    verifier = VerifierServicer(Verification(replica, approvals),
+                                replica.settings.limits.reply_bytes)
+    server.add_generic_rpc_handlers([VerifierWire(
+        verifier.verification, verifier.answer, entries=replica.settings.memo_size,
+        max_bytes=replica.settings.limits.memo_bytes).handler()])
     approval_pb2_grpc.add_ApprovalServiceServicer_to_server(ApprovalServicer(approvals), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(AuditTrail(replica)),
                                                       server)

@@ -159,6 +159,10 @@ class Verification:
                             "acknowledged; failing closed")
         return None
 
+    def fresh(self) -> bool:
+        """Whether a decision may be made now (fresh, and current with the siblings)."""
+        return self._stale() is None
+
     async def _current(self) -> None:
         """With sibling workers: apply what the host acknowledged before deciding."""
         replica = self.replica
