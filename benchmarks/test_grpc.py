@@ -127,8 +127,9 @@ async def _streams(address: str, credential: str, method: str, requests: list,
                    total: int) -> None:
     md = (("authorization", f"Bearer {credential}"),)
     async with grpc.aio.insecure_channel(address) as ch:
-        call = ch.stream_stream(method, request_serializer=verifier_pb2.VerifyRequest.SerializeToString,
-                                response_deserializer=verifier_pb2.VerifyResponse.FromString)
+        call = ch.stream_stream(
+            method, request_serializer=verifier_pb2.VerifyRequest.SerializeToString,
+            response_deserializer=verifier_pb2.VerifyResponse.FromString)
         per = total // STREAMS
 
         async def one(k: int) -> None:
