@@ -151,8 +151,9 @@ class CapgateServer:
         log.info("capgate listening on %s (%s store, role %s)", self.address,
                  "PostgreSQL" if shared else "SQLite", s.role)
         if s.metrics_listen:
+            workers = self.siblings.serving if self.siblings is not None else (lambda: 1)
             self._metrics, self.metrics_port = start_metrics(
-                s.metrics_listen, Metrics(replica, self.calls),
+                s.metrics_listen, Metrics(replica, self.calls, workers),
                 certfile=str(s.tls_cert) if s.tls_cert else None,
                 keyfile=str(s.tls_key) if s.tls_key else None)
             log.info("metrics on %s:%d/metrics", s.metrics_listen.rpartition(":")[0],

@@ -35,19 +35,26 @@ import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-__all__ = ["Siblings", "prepare_run_dir"]
+__all__ = ["Siblings", "prepare_run_dir", "set_serving"]
 
 log = logging.getLogger("capgate.workers")
-_VERSION = "version"  # the file holding the host's version (8 bytes, little-endian)
+# the file holding the host's version and the workers serving (8 bytes each, little-endian)
+_VERSION = "version"
 _SOCKET = "worker-{}.sock"
 _WORD = struct.Struct("<q")
 
 
 def prepare_run_dir(run_dir: Path) -> None:
-    """Make the shared version file (0) in ``run_dir``; the supervisor calls it once."""
+    """Make the shared version file (0, 0) in ``run_dir``; the supervisor calls it once."""
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(run_dir / _VERSION, "wb") as f:
-        f.write(_WORD.pack(0))
+        f.write(_WORD.pack(0) * 2)
+
+
+def set_serving(run_dir: Path, workers: int) -> None:
+    """The supervisor's count of workers serving, for every worker's metrics."""
+    with open(run_dir / _VERSION, "r+b") as f, mmap.mmap(f.fileno(), 2 * _WORD.size) as m:
+        _WORD.pack_into(m, _WORD.size, workers)
 
 
 class Siblings:
@@ -58,7 +65,7 @@ class Siblings:
         self.index = index
         self.bound = bound
         self._file = open(run_dir / _VERSION, "r+b")
-        self._map = mmap.mmap(self._file.fileno(), _WORD.size)
+        self._map = mmap.mmap(self._file.fileno(), 2 * _WORD.size)
         self._path = run_dir / _SOCKET.format(index)
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()  # a worker before this one, killed, left it
@@ -76,6 +83,10 @@ class Siblings:
     def required(self) -> int:
         """The highest change any worker of this host has acknowledged."""
         return int(_WORD.unpack_from(self._map)[0])
+
+    def serving(self) -> int:
+        """The host's workers serving, as the supervisor last counted them."""
+        return int(_WORD.unpack_from(self._map, _WORD.size)[0])
 
     def publish(self, seq: int) -> None:
         """Raise the host's version to ``seq`` (never lowers it)."""

@@ -52,7 +52,7 @@ from capgate_server._app import (
 )
 from capgate_server._keyring import load_kek
 from capgate_server._replica import Replica, Settings
-from capgate_server._siblings import Siblings, prepare_run_dir
+from capgate_server._siblings import Siblings, prepare_run_dir, set_serving
 from capgate_server.store import open_store
 
 __all__ = ["WorkerPool", "serve_workers", "usable_cores"]
@@ -195,7 +195,12 @@ class WorkerPool:
             return False
         asyncio.get_running_loop().create_task(_drain(proc.stdout))
         log.info("worker %d serving (pid %d)", index, proc.pid)
+        self._count()
         return True
+
+    def _count(self) -> None:
+        if self._run_dir is not None:
+            set_serving(self._run_dir, len(self.pids))
 
     async def _supervise(self, index: int) -> None:
         backoff = _BACKOFF_FIRST
@@ -206,6 +211,7 @@ class WorkerPool:
                 await proc.wait()
                 if self._stopping.is_set():
                     return
+                self._count()
                 log.error("worker %d (pid %d) exited with status %s; restarting it in %.1fs",
                           index, proc.pid, proc.returncode, backoff)
             if time.monotonic() - started > _HEALTHY_AFTER:

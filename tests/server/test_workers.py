@@ -233,3 +233,21 @@ def test_workers_on_postgresql_enforce_a_revoke_everywhere(tmp_path: Path, pg_ur
         assert _verdicts(p, service, token) == [(False, "revoked")] * FRESH_CONNECTIONS
     finally:
         p.stop()
+
+
+def test_each_worker_reports_the_workers_serving(tmp_path: Path) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:  # worker i serves its metrics at PORT+i
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    p = ServerProcess(tmp_path / "data", ["--metrics-listen", f"127.0.0.1:{port}"],
+                      workers=2).start()
+    try:
+        for i in (0, 1):
+            url = f"http://127.0.0.1:{port + i}/metrics"
+            text = urllib.request.urlopen(url, timeout=10).read().decode()
+            assert "capgate_workers 2.0" in text
+    finally:
+        p.stop()
