@@ -227,6 +227,10 @@ class WorkerPool:
                 continue
             self._procs[index] = None  # it died before serving: wait, then try again
 
+    def draining(self) -> None:
+        """From now on a worker that exits is not restarted."""
+        self._stopping.set()
+
     async def stop(self) -> None:
         """Forward SIGTERM to every worker and wait for them to drain."""
         self._stopping.set()
@@ -263,9 +267,14 @@ async def serve_workers(settings: Settings, workers: int, *,
     pool = WorkerPool(settings, workers)
     await pool.start()
     stop = asyncio.Event()
+
+    def stopping() -> None:  # at once: a worker that exits now is not restarted
+        pool.draining()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopping)
     if on_ready is not None:
         on_ready(pool)
     await stop.wait()

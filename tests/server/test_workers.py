@@ -11,6 +11,7 @@ side by side: one that cannot apply a sibling's change fails closed.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import signal
@@ -251,3 +252,28 @@ def test_each_worker_reports_the_workers_serving(tmp_path: Path) -> None:
             assert "capgate_workers 2.0" in text
     finally:
         p.stop()
+
+
+def test_the_audit_ledger_holds_with_two_workers_writing(workers: ServerProcess) -> None:
+    from harness import cli
+
+    for _ in range(3):
+        token, service, agent = _setup_again(workers)
+        assert all(ok for ok, _ in _verdicts(workers, service, token, presenter=agent))
+        with workers.client() as admin:
+            admin.revoke(token, "round")
+    r = cli("audit", "verify", server=workers.address, credential=workers.admin_credential)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+_again = itertools.count()
+
+
+def _setup_again(p: ServerProcess) -> tuple[str, str, str]:
+    n = next(_again)
+    with p.client() as admin:
+        _, cred = admin.create_agent(f"agent{n}", ["read:/data/**"])
+        service = admin.create_principal(f"svc{n}", "service").credential
+    with p.client(cred) as agent:
+        token = agent.issue("read:/data/**").token
+    return token, service, f"agent{n}"
