@@ -133,6 +133,7 @@ class ServerProcess:
         self.data_dir = data_dir
         self.args = [*CAPGATE, "serve", "--data-dir", str(data_dir), "--listen", listen,
                      "--workers", str(workers), *extra]
+        self.workers = workers
         self.env = {**os.environ, **(env or {})}
         self.file_size_limit = file_size_limit
         self.proc: subprocess.Popen[str] | None = None
@@ -196,8 +197,12 @@ class ServerProcess:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+            if self.workers > 1:  # let the supervisor stop its workers and tidy up
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.terminate()
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)
 
 
 def cli(*args: str, server: str = "", credential: str = "", stdin: str | None = None,
