@@ -76,6 +76,7 @@ class Siblings:
         self._waiting: dict[int, tuple[int, set[str], asyncio.Event]] = {}
         self._catch_up: Callable[[int], Awaitable[int]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._answering: set[asyncio.Task[None]] = set()
         self.unconfirmed = 0  # barriers that ended with a sibling still silent
 
     # -- the host's version -------------------------------------------------------------
@@ -120,7 +121,9 @@ class Siblings:
                 continue
             kind, a, b = parts[0], int(parts[1]), int(parts[2])
             if kind == b"w" and sender and self._loop is not None:
-                self._loop.create_task(self._answer(a, b, sender))
+                task = self._loop.create_task(self._answer(a, b, sender))
+                self._answering.add(task)  # held: the loop keeps only a weak reference
+                task.add_done_callback(self._answering.discard)
             elif kind == b"a":
                 self._acked(a, b, sender)
 

@@ -107,6 +107,7 @@ class WorkerPool:
         self._run_dir: Path | None = None
         self._stopping = asyncio.Event()
         self._slots: list[asyncio.Task[None]] = []
+        self._readers: set[asyncio.Task[None]] = set()  # each worker's stdout, read to the end
 
     @property
     def address(self) -> str:
@@ -193,7 +194,9 @@ class WorkerPool:
             await proc.wait()
             log.error("worker %d exited before serving (status %s)", index, proc.returncode)
             return False
-        asyncio.get_running_loop().create_task(_drain(proc.stdout))
+        drain = asyncio.get_running_loop().create_task(_drain(proc.stdout))
+        self._readers.add(drain)  # held: the loop keeps only a weak reference
+        drain.add_done_callback(self._readers.discard)
         log.info("worker %d serving (pid %d)", index, proc.pid)
         self._count()
         return True
@@ -212,10 +215,10 @@ class WorkerPool:
                 if self._stopping.is_set():
                     return
                 self._count()
+                if time.monotonic() - started > _HEALTHY_AFTER:
+                    backoff = _BACKOFF_FIRST
                 log.error("worker %d (pid %d) exited with status %s; restarting it in %.1fs",
                           index, proc.pid, proc.returncode, backoff)
-            if time.monotonic() - started > _HEALTHY_AFTER:
-                backoff = _BACKOFF_FIRST
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(backoff):
                     await self._stopping.wait()
