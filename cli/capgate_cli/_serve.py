@@ -54,9 +54,9 @@ def serve(args: argparse.Namespace) -> int:
     if settings.approval_ttl > settings.approval_max_ttl:
         raise InvalidArgumentError("--approval-ttl is longer than --approval-max-ttl")
 
-    workers = usable_cores() if args.workers is None else args.workers
-    if workers < 1:
-        raise InvalidArgumentError("--workers takes a whole number from 1")
+    workers = args.workers
+    if workers is None:
+        workers = _workers(os.environ.get("CAPGATE_WORKERS", "")) or usable_cores()
 
     def ready(app: Any) -> None:  # a CapgateServer, or a WorkerPool
         where = app.admin_credential_path
@@ -72,7 +72,23 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _workers(text: str) -> int | None:
-    return int(text) if text.strip() else None
+    """``CAPGATE_WORKERS``: a whole number from 1 ("": the default)."""
+    if not text.strip():
+        return None
+    if not text.strip().isdigit() or int(text) < 1:
+        raise InvalidArgumentError(f"--workers takes a whole number from 1, not {text!r}")
+    return int(text)
+
+
+def _workers_flag(text: str) -> int:
+    """``--workers N``: a usage error (exit 2) unless a whole number from 1."""
+    try:
+        n = _workers(text)
+    except InvalidArgumentError as e:
+        raise argparse.ArgumentTypeError(e.message) from None
+    if n is None:
+        raise argparse.ArgumentTypeError("--workers takes a whole number from 1")
+    return n
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -89,7 +105,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                         "or env CAPGATE_STORE)")
     p.add_argument("--store-file", type=Path, default=argparse.SUPPRESS, metavar="F",
                    help="a file holding the store URL (keeps a password out of `ps`)")
-    p.add_argument("--workers", type=_workers, default=_workers(env("CAPGATE_WORKERS", "")),
+    p.add_argument("--workers", type=_workers_flag, default=None,
                    metavar="N", help="worker processes serving the one address (default: one "
                                      "per usable core; 1: a single process; or env "
                                      "CAPGATE_WORKERS)")

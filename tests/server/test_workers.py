@@ -277,3 +277,15 @@ def _setup_again(p: ServerProcess) -> tuple[str, str, str]:
     with p.client(cred) as agent:
         token = agent.issue("read:/data/**").token
     return token, service, f"agent{n}"
+
+
+def test_a_bad_worker_count_is_an_error(tmp_path: Path) -> None:
+    from harness import cli
+
+    r = cli("serve", "--data-dir", str(tmp_path / "d"), "--listen", "127.0.0.1:0",
+            "--workers", "0")
+    assert r.returncode == 2 and "--workers takes a whole number from 1" in r.stderr
+    r = cli("serve", "--data-dir", str(tmp_path / "d"), "--listen", "127.0.0.1:0",
+            env={"CAPGATE_WORKERS": "many"})
+    assert r.returncode == 2 and "--workers takes a whole number from 1" in r.stderr
+    assert not (tmp_path / "d").exists()  # refused before anything was written
