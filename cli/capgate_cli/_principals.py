@@ -12,6 +12,7 @@ import argparse
 import getpass
 import os
 import socket
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -79,14 +80,23 @@ def rotate(args: argparse.Namespace) -> int:
 
 def recover(args: argparse.Namespace) -> int:
     """Offline: a new admin credential, straight into the store."""
-    from capgate_server import recover_admin  # only this local command needs the server
+    from capgate_server import load_kek, recover_admin  # only this command needs the server
     from capgate_server.store import open_store
 
     out: Path = args.credential_out or args.data_dir / "admin.credential"
-    store = open_store(store_url(args), args.data_dir)
+    url = store_url(args)
+    shared = bool(url) and not str(url).startswith("sqlite:")
+    kek = None
+    if args.kek_file is not None or os.environ.get("CAPGATE_KEK") or not shared:
+        kek = load_kek(args.kek_file, None if shared else args.data_dir / "kek.key")
+    else:
+        print("capgate: warning: without the key-encryption key (--kek-file) the recovery's "
+              "audit record cannot be vouched for: the servers will keep it out of the ledger "
+              "and report it as unvouched", file=sys.stderr)
+    store = open_store(url, args.data_dir)
     try:
         by = f"local-recovery:{getpass.getuser()}@{socket.gethostname()}"
-        credential = recover_admin(store, args.id, time.time(), by[:64])
+        credential = recover_admin(store, args.id, time.time(), by[:64], kek)
     finally:
         store.close()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -156,6 +166,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="postgresql://… for a fleet (or env CAPGATE_STORE)")
     p.add_argument("--store-file", type=Path, default=argparse.SUPPRESS, metavar="F",
                    help="a file holding the store URL (keeps a password out of `ps`)")
+    p.add_argument("--kek-file", type=Path, metavar="F",
+                   help="the key-encryption key of a shared store (or env CAPGATE_KEK), so "
+                        "the recovery's audit record is vouched for; SQLite's is in DATA_DIR")
     p.add_argument("--id", default="admin", help="the admin to recover (default admin)")
     p.add_argument("--credential-out", type=Path, metavar="FILE",
                    help="where to write the credential (default DATA_DIR/admin.credential)")

@@ -33,6 +33,7 @@ from capgate._caveats import (
     Caveat,
     DelegateCaveat,
     DepthCaveat,
+    ExpiresCaveat,
     Request,
     cached_caveat_cost,
     compile_new_caveat,
@@ -173,10 +174,11 @@ class Verifier:
             hit = self._memo.get(key)
             if hit is None and self._memo_old:
                 hit = self._memo_recall(key)
-            if hit is not None and hit[0] == (
-                    self._agents.version + self._revocations.version  # type: ignore[attr-defined]
-                    + self._key_version) and hit[1] < self._clock() < hit[2]:
-                return hit[3]
+            if hit is not None:
+                agents = self._agents.version  # type: ignore[attr-defined]
+                state = agents + self._revocations.version + self._key_version
+                if hit[0] == state and hit[1] < self._clock() < hit[2]:
+                    return hit[3]
             self.memo_misses += 1
         st = self.analyse(token)
         if isinstance(st, Decision):
@@ -360,7 +362,7 @@ class Verifier:
         lineage = [tid]
         checks: list[Caveat] = []
         depth_caps: list[tuple[int, DepthCaveat]] = []
-        budgets: list[tuple[int, BudgetCaveat]] = []
+        budgets: list[tuple[int, BudgetCaveat, float]] = []
         approvals: list[ApprovalCaveat] = []
         approval_keys: list[bytes] = []
         holder: str | None = None
@@ -425,7 +427,12 @@ class Verifier:
                                  f"caveat {cav.text!r} is a budget, and this verifier keeps "
                                  "no counts (verify with the server)",
                                  caveat=cav.text, token_id=tid)
-                budgets.append((i, cav))
+                # the count lives as long as the token the caveat was added to: the
+                # earliest expiry before it, which every token derived from it shares
+                # (never the presented token's own, which a holder may shorten)
+                until = min([c.at for c in checks
+                             if type(c) is ExpiresCaveat], default=float("inf"))
+                budgets.append((i, cav, until))
             else:
                 assert isinstance(cav, DepthCaveat)
                 depth_caps.append((len(hops), cav))
@@ -454,8 +461,8 @@ class Verifier:
         chain.fold()
         if budgets:
             chain.budgets = tuple([
-                Budget(budget_id(tid, cids[:i + 1]), cav.text, cav.limit, cav.period,
-                       chain.not_after) for i, cav in budgets])
+                Budget(budget_id(tid, cids[:i + 1]), cav.text, cav.limit, cav.period, until)
+                for i, cav, until in budgets])
         return chain
 
     def _check_delegation(self, cav: DelegateCaveat, holder: str | None, prefix_sig: bytes,

@@ -18,7 +18,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,13 @@ class CapgateServer:
         self._metrics: Any = None
         self.metrics_port = 0
         self.admin_credential_path: Path | None = None
+        self._pending: set[asyncio.Task[None]] = set()  # health updates under way
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` on the loop, holding a reference until it is done."""
+        task = asyncio.ensure_future(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def start(self) -> int:
         s = self.settings
@@ -96,7 +103,7 @@ class CapgateServer:
         if not s.replica_id:
             s.replica_id = _replica_id(s.data_dir)
         store = open_store(s.store_url, s.data_dir, s.db_timeouts, writer=s.replica_id)
-        shared = bool(s.store_url) and not s.store_url.startswith("sqlite:")
+        shared = bool(s.store_url) and not (s.store_url or "").startswith("sqlite:")
         kek = load_kek(s.kek_file, None if shared else s.data_dir / "kek.key")
         self.replica = replica = Replica(store, kek, s, self.clock, self.monotonic,
                                          self.siblings)
@@ -145,9 +152,8 @@ class CapgateServer:
         await server.start()
         await self._set_health(replica.fresh())
         await self._set_clock_health(replica.trusted.agrees)
-        replica.on_freshness.append(lambda fresh: asyncio.ensure_future(self._set_health(fresh)))
-        replica.on_clock.append(
-            lambda agrees: asyncio.ensure_future(self._set_clock_health(agrees)))
+        replica.on_freshness.append(lambda fresh: self._background(self._set_health(fresh)))
+        replica.on_clock.append(lambda agrees: self._background(self._set_clock_health(agrees)))
         log.info("capgate listening on %s (%s store, role %s)", self.address,
                  "PostgreSQL" if shared else "SQLite", s.role)
         if s.metrics_listen:

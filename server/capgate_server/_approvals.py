@@ -262,24 +262,24 @@ class Approvals:
         tokens = token_digest(st.signature)
         digest = request_digest(request.action, request.resource, request.presenter or "",
                                 request.ctx)
-        for aid in decision.approvals:
-            now = replica.clock()
-            event = AuditEvent(now, caller.id, "approval.use", aid, chain=decision.chain,
-                               action=request.action, resource=request.resource,
-                               presenter=request.presenter or "",
-                               ctx_keys=tuple(sorted(request.ctx)),
-                               detail={"token_id": decision.token_id or ""})
-            try:
-                result = await replica.call(replica.store.redeem_approval, aid, tokens, digest,
-                                            now, event)
-            except Exception as e:  # the store is down: no use can be counted
-                return Decision(False, DenyCode.UNAVAILABLE,
-                                f"cannot redeem approval {aid} ({e}); failing closed", None,
-                                decision.token_id, decision.chain)
-            if result is not Redemption.OK:
-                code, why = _REDEMPTION[result]
-                return Decision(False, code, f"approval {aid} {why}", None, decision.token_id,
-                                decision.chain)
+        now = replica.clock()
+        events = [AuditEvent(now, caller.id, "approval.use", aid, chain=decision.chain,
+                             action=request.action, resource=request.resource,
+                             presenter=request.presenter or "",
+                             ctx_keys=tuple(sorted(request.ctx)),
+                             detail={"token_id": decision.token_id or ""})
+                  for aid in decision.approvals]
+        try:  # all or none: a use is never spent on a request that is then denied
+            aid, result = await replica.call(replica.store.redeem_approvals,
+                                             decision.approvals, tokens, digest, now, events)
+        except Exception as e:  # the store is down: no use can be counted
+            return Decision(False, DenyCode.UNAVAILABLE,
+                            f"cannot redeem the approvals ({e}); failing closed", None,
+                            decision.token_id, decision.chain)
+        if result is not Redemption.OK:
+            code, why = _REDEMPTION[result]
+            return Decision(False, code, f"approval {aid} {why}", None, decision.token_id,
+                            decision.chain)
         return decision
 
 

@@ -229,7 +229,7 @@ class AuditLog:
                 "" if d.allowed else d.reason, d.chain, action=str(action),
                 resource=str(resource), presenter=str(presenter), count=e.count,
                 last_at=e.last, detail={"truncated": e.cut} if e.cut else {},
-                caveat=d.caveat or "", ctx_keys=tuple(ctx_keys)))  # type: ignore[arg-type]
+                caveat=d.caveat or "", ctx_keys=_strings(ctx_keys)))
         return events
 
     @property
@@ -298,3 +298,9 @@ class AuditLog:
                 await self._task
             self._task = None
         await self.flush()
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    """A tally key's context keys (a tuple of strings, stored in a key of objects)."""
+    assert isinstance(value, tuple)
+    return tuple(str(v) for v in value)

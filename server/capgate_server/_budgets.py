@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from capgate import Agent, Budget, BudgetCaveat, Clock, parse_caveat
 from capgate_server.store import BudgetLease, Store
 
-__all__ = ["AGENT_RATE_PREFIX", "Budgets", "agent_budget"]
+__all__ = ["AGENT_RATE_PREFIX", "Budgets", "TooManyBudgets", "agent_budget"]
 
 log = logging.getLogger("capgate.budgets")
 AGENT_RATE_PREFIX = "agent:"
@@ -76,9 +76,13 @@ def _rate_caveat(rate: str) -> BudgetCaveat:
     return cav
 
 
+class TooManyBudgets(Exception):
+    """A request would start more budgets than a token id may in a minute."""
+
+
 class Budgets:
     def __init__(self, store: Store, clock: Clock, *, block: int = 256, idle: float = 5.0,
-                 max_leases: int = 100_000) -> None:
+                 max_leases: int = 100_000, new_per_token: int = 1000) -> None:
         self._store = store
         self._clock = clock
         self._block = max(1, block)
@@ -90,6 +94,11 @@ class Budgets:
         self._refills: dict[tuple[str, int], asyncio.Future[int]] = {}
         self._writer: asyncio.Task[None] | None = None
         self._forgot_at = 0.0
+        # budgets started in this minute, per token id: each is a row in the store, and
+        # a holder can make new ones at will by attenuating, so their pace is bounded
+        self._new_per_token = new_per_token
+        self._started: dict[str, set[str]] = {}
+        self._started_window = 0
         self.leased = 0  # for metrics: leases granted by the store, and uses in them
         self.leased_uses = 0
 
@@ -121,11 +130,13 @@ class Budgets:
                     pass
         return True
 
-    async def take(self, budgets: Sequence[Budget]) -> Budget | None:
+    async def take(self, budgets: Sequence[Budget], token_id: str = "") -> Budget | None:
         """Count one use against every one of ``budgets``, all or none: None when counted,
         else the budget that is spent. Raises the store's error when a lease is needed
-        and the store cannot give it."""
+        and the store cannot give it, and ``TooManyBudgets`` when the tokens of
+        ``token_id`` have started too many budgets this minute."""
         leases = self._leases
+        self._pace(budgets, token_id)
         while True:
             now, mono = self._clock(), time.monotonic()
             short: list[tuple[Budget, int]] = []
@@ -150,6 +161,38 @@ class Budgets:
                     return b
             if len(leases) > self._max_leases:
                 self.give_back(idle=0.0)
+
+    def _pace(self, budgets: Sequence[Budget], token_id: str) -> None:
+        new = [b.id for b in budgets
+               if b.id not in self._leases and not b.id.startswith(AGENT_RATE_PREFIX)]
+        if not new or not token_id:
+            return
+        window = int(time.monotonic() // 60)
+        if window != self._started_window:
+            self._started, self._started_window = {}, window
+        started = self._started.setdefault(token_id, set())
+        fresh = [bid for bid in new if bid not in started]
+        if len(started) + len(fresh) > self._new_per_token:
+            raise TooManyBudgets(
+                f"the tokens of {token_id} started more than {self._new_per_token} budgets "
+                "in the last minute here (each is a row in the store); use the budgets "
+                "they have, or try again in a minute")
+        started.update(fresh)
+
+    def refund(self, budgets: Sequence[Budget]) -> None:
+        """Give back the use ``take`` counted against each of ``budgets``, for an allow
+        that turned into a deny after it was counted (an approval already spent): a deny
+        spends nothing. A window that has ended since keeps its use."""
+        now = 0.0
+        for b in budgets:
+            lease = self._leases.get(b.id)
+            if lease is None:
+                continue
+            if b.period:
+                now = now or self._clock()
+                if lease.slot != int(now // b.period):
+                    continue
+            lease.left += 1
 
     def _refill(self, b: Budget, slot: int) -> asyncio.Future[int]:
         """Lease more uses of ``b`` in ``slot``, one request at a time per budget: callers

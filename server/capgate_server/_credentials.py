@@ -10,6 +10,8 @@ import hashlib
 import secrets
 
 from capgate import FailedPreconditionError, check_id
+from capgate_server._keyring import KeyEncryptionKey
+from capgate_server._ledger import vouch
 from capgate_server.store import AuditEvent, Principal, Role, Store
 
 __all__ = ["hash_credential", "new_credential", "recover_admin"]
@@ -25,16 +27,21 @@ def hash_credential(credential: str) -> str:
     return hashlib.sha256(credential.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def recover_admin(store: Store, principal_id: str, now: float, by: str) -> str:
+def recover_admin(store: Store, principal_id: str, now: float, by: str,
+                  kek: KeyEncryptionKey | None = None) -> str:
     """A fresh credential for an admin, written straight to the store (no server needed).
 
     For an operator who lost every admin credential but can reach the data
     directory (or the database): the admin is created if missing and enabled if
     disabled; its old credential stops working. Returns the new credential; the
-    change is audited as made by ``by``.
+    change is audited as made by ``by``: vouched for with the store's ledger key when
+    ``kek`` is given, else kept out of the ledger and reported as unvouched when the
+    servers seal it.
     """
     check_id(principal_id, "principal id")
     store.migrate()
+    if kek is not None:
+        vouch(store, kek, now)
     credential = new_credential()
     digest = hash_credential(credential)
     event = AuditEvent(now, by, "principal.recover", principal_id)

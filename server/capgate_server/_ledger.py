@@ -57,6 +57,20 @@ class LedgerReport:
     against: Checkpoint | None = None  # an exported checkpoint the record still extends
 
 
+def vouch(store: Store, kek: KeyEncryptionKey, now: float) -> LedgerKey:
+    """The store's ledger key (made on a first start), unsealed with ``kek``; from now
+    on every audit record written through ``store`` carries its writer's MAC."""
+    mine = LedgerKey.generate()
+    sealed, public = store.ledger_key(kek.seal(_KEY_ID, mine.private_bytes()), mine.public_key,
+                                      now)
+    key = LedgerKey.from_bytes(kek.open(_KEY_ID, sealed))
+    if key.public_key != public:
+        raise FailedPreconditionError("the audit ledger's key does not match its public key: "
+                                      "the store was altered")
+    store.record_key = key.record_key()
+    return key
+
+
 class AuditLedger:
     def __init__(self, store: Store, kek: KeyEncryptionKey, clock: Clock, *,
                  interval: float = 0.2, checkpoint_every: float = 60.0) -> None:
@@ -86,15 +100,7 @@ class AuditLedger:
 
     async def start(self) -> None:
         """Load the store's ledger key (making it on a first start), then seal on."""
-        mine = LedgerKey.generate()
-        sealed, public = await self._read(self._store.ledger_key,
-                                          self._kek.seal(_KEY_ID, mine.private_bytes()),
-                                          mine.public_key, self._clock())
-        key = LedgerKey.from_bytes(self._kek.open(_KEY_ID, sealed))
-        if key.public_key != public:
-            raise FailedPreconditionError("the audit ledger's key does not match its public "
-                                          "key: the store was altered")
-        self._key = key
+        self._key = await self._read(vouch, self._store, self._kek, self._clock())
         self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-seal")
 
     async def close(self) -> None:
@@ -130,8 +136,8 @@ class AuditLedger:
             except Exception as e:  # the store is down: the records wait, nothing is lost
                 log.warning("cannot seal the audit ledger: %s", e)
 
-    def _sign(self, pos: int, digest: bytes, at: float) -> Checkpoint:
-        return self.key.sign(pos, digest, at)
+    def _sign(self, pos: int, digest: bytes, at: float, cut: bool = False) -> Checkpoint:
+        return self.key.sign(pos, digest, at, cut)
 
     async def seal(self) -> int:
         """Seal what can be sealed now; returns how many records."""
@@ -172,10 +178,11 @@ class AuditLedger:
         head = store.audit_head()
         marks = [*kept, *([head] if head is not None else [])]
         if start_pos and not any(c.pos == start_pos for c in kept):
-            marks.append(Checkpoint(start_pos, start.hex(), 0.0, "", "", ""))  # unsigned cut
+            marks.append(Checkpoint(start_pos, start.hex(), 0.0, "", "", "", True))  # unsigned
         forged = next((c for c in marks if not c.valid([key_id])), None)
-        if forged is not None:
-            return LedgerReport(False, Break(forged.pos, f"checkpoint {forged.pos} is not "
+        if forged is not None:  # a cut must be signed as one: a checkpoint relabelled
+            what = "a retention cut" if forged.cut else "a checkpoint"  # a cut fails here
+            return LedgerReport(False, Break(forged.pos, f"{what} at {forged.pos} is not "
                                                          "signed by this store's ledger key"),
                                 start_pos, start_pos, 0, 0, key_id)
         marks = [c for c in marks if c.pos > start_pos]

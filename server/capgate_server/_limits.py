@@ -57,6 +57,9 @@ class ResourceLimits:
     # -- rows ---------------------------------------------------------------------------
     approvals_pending_per_principal: int = 100  # requests for approval one principal may
     #                                             have waiting (RESOURCE_EXHAUSTED beyond)
+    new_budgets_per_token: int = 1000  # budgets (each a row in the store) the tokens of one
+    #                                    token id may start per minute on one replica; a
+    #                                    request that would start more is denied
     # other methods' own message limits (e.g. a benchmark's twin of VerifyBatch)
     method_messages: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 

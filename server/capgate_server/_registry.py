@@ -8,6 +8,7 @@ tokens takes effect on live tokens without touching them.
 
 from __future__ import annotations
 
+import builtins
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -180,12 +181,10 @@ class Registry:
             require_proof=update.require_proof,
             approvals=None if update.approvals is None else _rules(update.approvals),
             rate=None if update.rate is None else self._rate(update.rate))
-        detail = {k: str(v) for k, v in (("ceiling", patch.ceiling), ("max_ttl", patch.max_ttl),
-                                          ("max_depth", patch.max_depth),
-                                          ("description", patch.description),
-                                          ("require_proof", patch.require_proof),
-                                          ("rate", patch.rate))
-                  if v is not None}
+        changed = (("ceiling", patch.ceiling), ("max_ttl", patch.max_ttl),
+                   ("max_depth", patch.max_depth), ("description", patch.description),
+                   ("require_proof", patch.require_proof), ("rate", patch.rate))
+        detail: dict[str, object] = {k: str(v) for k, v in changed if v is not None}
         if patch.approvals is not None:
             detail["approvals"] = "; ".join(str(r) for r in patch.approvals) or "none"
         if not detail:
@@ -241,7 +240,7 @@ class Registry:
                                 self._event(caller, "principal.create", principal_id, role=role))
         return principal, credential
 
-    async def principals(self) -> list[Principal]:
+    async def principals(self) -> builtins.list[Principal]:
         return await self.replica.read(self.replica.store.list_principals)
 
     async def _principal(self, principal_id: str) -> Principal:

@@ -156,7 +156,8 @@ class Replica:
         self.nonces = NonceLedger(store, clock)  # proofs of possession, redeemed once
         # 'uses' and 'rate' caveats and agents' rates, counted fleet-wide in leased blocks
         self.budgets = Budgets(store, self.trusted.now, block=settings.budget_block,
-                               idle=settings.budget_idle)
+                               idle=settings.budget_idle,
+                               new_per_token=limits.new_budgets_per_token)
         self._principals: dict[str, Principal] = {}
         # Three lanes to the store, each a thread with its own connection, so a slow
         # or blocked write never stops the replica from reading the change feed, and
@@ -210,6 +211,7 @@ class Replica:
             await self.call(self.store.add_root_key, self.root_keys.new_record(self.clock()))
             await self._sync()
         credential = None
+        await self.ledger.start()  # first: every record written from here on is vouched for
         full = self.settings.role == "full"
         if full and await self.call(self.store.get_principal, "admin") is None:
             credential = new_credential()
@@ -220,7 +222,6 @@ class Replica:
                                 AuditEvent(self.clock(), "capgate", "principal.create", "admin"))
             except AlreadyExistsError:  # another replica starting at the same moment won
                 credential = None
-        await self.ledger.start()
         self.audit.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._follow(), name="follow-store"))

@@ -142,7 +142,7 @@ def tree_to_pb(n: TreeNode) -> token_pb2.TokenTree:
 
 # -- services --------------------------------------------------------------------------------
 
-class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
@@ -231,7 +231,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         return agent_pb2.CreatePrincipalResponse(id=p.id, role=str(p.role), credential=credential)
 
 
-class TokenServicer(token_pb2_grpc.TokenServiceServicer):  # type: ignore[misc]
+class TokenServicer(token_pb2_grpc.TokenServiceServicer):
     def __init__(self, tokens: Tokens) -> None:
         self.tokens = tokens
 
@@ -288,7 +288,7 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):  # type: ignore[misc]
         return tree_to_pb(await self.tokens.tree(CALLER.get(), request.id))
 
 
-class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):  # type: ignore[misc]
+class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
     def __init__(self, verification: Verification, reply_bytes: int) -> None:
         self.verification = verification
         self._reply = _AllowedReplies(reply_bytes)
@@ -322,7 +322,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):  # type: igno
             await abort(context, e)
 
 
-class KeyServicer(keys_pb2_grpc.KeyServiceServicer):  # type: ignore[misc]
+class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
     def __init__(self, rotation: KeyRotation) -> None:
         self.rotation = rotation
 

@@ -337,7 +337,7 @@ class Tokens:
                 agent_status = "active"
             hop_id = h.did or d.token_id
             hops.append(HopStatus(h.agent, h.did, h.at_ms, h.offline, h.restrictions,
-                                  bool(hop_id) and revs.is_revoked(hop_id), agent_status))
+                                  bool(hop_id and revs.is_revoked(hop_id)), agent_status))
         revoked = any(revs.is_revoked(x) for x in d.lineage)
         return Inspection(d, True, revoked, self._state_denial(st), hops)
 

@@ -57,7 +57,7 @@ from capgate import (
     format_duration,
 )
 from capgate_server._approvals import Approvals
-from capgate_server._budgets import AGENT_RATE_PREFIX, agent_budget
+from capgate_server._budgets import AGENT_RATE_PREFIX, TooManyBudgets, agent_budget
 from capgate_server._nonces import NONCE_MARGIN
 from capgate_server._replica import Replica
 from capgate_server.store import Principal, Role
@@ -216,7 +216,10 @@ class Verification:
         if counter.take_now(budgets):
             return _with(allowed, budgets)
         try:
-            spent = await counter.take(budgets)
+            spent = await counter.take(budgets, allowed.token_id or "")
+        except TooManyBudgets as e:
+            return Decision(False, DenyCode.BUDGET_EXHAUSTED, str(e), None, allowed.token_id,
+                            allowed.chain)
         except Exception as e:
             return Decision(False, DenyCode.UNAVAILABLE,
                             f"cannot count the token's budget ({e}); failing closed",
@@ -274,15 +277,15 @@ class Verification:
         claims = [(i, claim) for i, _, claim in pending if claim is not None]
         if claims:
             redeemed = await replica.nonces.redeem([c for _, c in claims])
-            for (i, claim), ok in zip(claims, redeemed, strict=True):
+            for (i, redeemed_claim), ok in zip(claims, redeemed, strict=True):
                 if ok is True:
                     continue
                 d = decisions[i]
                 if ok is False:
                     decisions[i] = Decision(
                         False, DenyCode.PROOF_REPLAYED,
-                        f"proof nonce {claim[1]} was already used: a proof is good for one "
-                        "request", None, d.token_id, d.chain)
+                        f"proof nonce {redeemed_claim[1]} was already used: a proof is good "
+                        "for one request", None, d.token_id, d.chain)
                 else:
                     decisions[i] = Decision(
                         False, DenyCode.UNAVAILABLE,
@@ -297,6 +300,8 @@ class Verification:
                 holder = p.presenter if claim is None else claim[0]
                 decisions[i] = await self.approvals.use(
                     caller, d, p.token, Request(p.action, p.resource, holder, p.ctx))
+                if not decisions[i].allowed:  # a deny spends nothing: the budgets' use back
+                    replica.budgets.refund(d.budgets)
         now = replica.clock()
         for i, p, claim in pending:  # the presenter audited: the holder once its proof held
             replica.audit.decision(caller.id, decisions[i], p.action, p.resource,

@@ -18,6 +18,7 @@ from capgate import (
     NotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
+    Token,
     UnavailableError,
 )
 from capgate_server import ResourceLimits
@@ -311,15 +312,29 @@ def test_requests_waiting_per_principal_are_bounded(tmp_path):
 def test_a_store_that_cannot_count_the_use_fails_closed(world):
     _, ds = world.approved()
     replica = world.server.app.replica
-    original = replica.store.redeem_approval
+    original = replica.store.redeem_approvals
 
     def down(*args, **kwargs):
         raise UnavailableError("database is down")
 
-    replica.store.redeem_approval = down
+    replica.store.redeem_approvals = down
     try:
         r = world.pay(discharges=ds)
         assert r.code == "unavailable" and "database is down" in r.reason
     finally:
-        replica.store.redeem_approval = original
+        replica.store.redeem_approvals = original
     assert world.pay(discharges=ds).allowed  # nothing was spent
+
+
+def test_a_denied_use_spends_no_budget(world):
+    """Replaying a spent discharge is denied, and a deny spends nothing: the token's
+    ``uses <= 3`` still has its two other uses for the requests people approve."""
+    token = Token.parse(world.token).attenuate("uses <= 3").to_text()
+    _, ds = world.approved(token=token)
+    got = [world.pay(token=token, discharges=ds).code for _ in range(3)]
+    assert got == ["allowed", "approval_used", "approval_used"]
+    for _ in range(2):
+        _, ds = world.approved(token=token)
+        assert world.pay(token=token, discharges=ds).allowed
+    _, ds = world.approved(token=token)
+    assert world.pay(token=token, discharges=ds).code == "budget_exhausted"

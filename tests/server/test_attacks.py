@@ -25,7 +25,7 @@ from capgate import (
     describe,
     public_key_id,
 )
-from capgate_server import recover_admin
+from capgate_server import load_kek, recover_admin
 from capgate_server.store import SqliteStore
 
 
@@ -239,7 +239,8 @@ def test_a_lost_admin_is_recovered_from_the_data_directory(world, server):
         ops.disable_principal("admin")
     store = SqliteStore(server.settings.data_dir / "capgate.db")
     try:
-        credential = recover_admin(store, "admin", 1_800_000_100.0, "local-recovery:root@host")
+        credential = recover_admin(store, "admin", 1_800_000_100.0, "local-recovery:root@host",
+                                   load_kek(None, server.settings.data_dir / "kek.key"))
     finally:
         store.close()
     server.run(server.app.replica.sync())
@@ -247,5 +248,7 @@ def test_a_lost_admin_is_recovered_from_the_data_directory(world, server):
         assert "admin" in {p.id for p in recovered.list_principals() if not p.disabled}
         kinds = [(e.kind, e.principal) for e in recovered.audit(kind="principal.recover")]
         assert kinds == [("principal.recover", "local-recovery:root@host")]
+        recovered.audit_checkpoint()  # sealed: vouched for with the ledger key
+        assert "principal.recover" in {e.kind for e in recovered.watch_audit(follow=False)}
     with pytest.raises(AuthenticationError):
         admin.list_agents()  # the lost credential no longer works

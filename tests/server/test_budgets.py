@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import secrets
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -17,8 +18,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from capgate import Budget, DenyCode, Directory, InvalidArgumentError, Request, Verifier
+from capgate import (
+    Budget,
+    DenyCode,
+    Directory,
+    InvalidArgumentError,
+    Request,
+    Token,
+    Verifier,
+    format_timestamp,
+)
 from capgate_client import Client
+from capgate_server import ResourceLimits
 from capgate_server._budgets import Budgets
 from capgate_server.store import PostgresStore, SqliteStore
 
@@ -146,6 +157,20 @@ def test_a_verifier_without_counts_refuses_budgets():
             assert [b.caveat for b in d.budgets] == ["uses <= 3"]
         else:
             assert d.caveat == "uses <= 3"
+
+
+def test_a_budget_lives_as_long_as_the_token_it_was_added_to():
+    """A holder who shortens its copy must not shorten the count: the store forgets a
+    budget an hour after its ``until``, so an ``until`` taken from a short-lived copy
+    would let the budget start again from zero while the real token still lives."""
+    v = Verifier({KID: KEY}, registry(), revocations(), clock=clock, counts_budgets=True)
+    lives = clock() + 3600
+    token = (mint("a", secrets.token_hex(16)).attenuate(f"expires < {format_timestamp(lives)}")
+             .attenuate("uses <= 2"))
+    short = token.attenuate(f"expires < {format_timestamp(clock() + 5)}")
+    untils = {v.verify(t.to_text(), Request("read", "/data/x", "a")).budgets[0].until
+              for t in (token, short)}
+    assert untils == {lives}  # both name the expiry of the token the budget was added to
 
 
 # -- the property: budgets only narrow, and every derived token shares them ---------------
@@ -420,3 +445,28 @@ def test_a_guard_never_reuses_a_counted_allow(world):
     got = [guard.check(Presentation(token, presenter="alice"), Access("read", R))
            for _ in range(2)]
     assert [r.code for r in got] == ["allowed", "budget_exhausted"] and got[0].counted
+
+
+def test_one_token_cannot_fill_the_store_with_budgets(tmp_path):
+    """Every new budget is a row in the store, and a holder makes new ones by attenuating
+    at will: the tokens of one token id start at most ``new_budgets_per_token`` a minute;
+    beyond, the request is denied, and the budgets already started keep counting."""
+    s = ServerThread(tmp_path / "d", limits=ResourceLimits(new_budgets_per_token=20)).start()
+    try:
+        with s.client() as admin:
+            _, cred = admin.create_agent("mallory", ["read:/data/**"])
+        with s.client(cred) as m:
+            base = Token.parse(m.issue("read:/data/**").token)
+            items = [(base.attenuate(f"uses <= {i + 1}").to_text(), "read", "/data/x", "", None)
+                     for i in range(30)]
+            got = [r.code for r in m.verify_batch(items)]
+            assert got == ["allowed"] * 20 + ["budget_exhausted"] * 10
+            assert "started more than 20 budgets" in m.verify(items[25][0], "read", R).reason
+            assert m.verify(items[3][0], "read", "/data/x").allowed  # 4 uses: one left
+            other = Token.parse(m.issue("read:/data/**").token).attenuate("uses <= 5")
+            assert m.verify(other.to_text(), "read", "/data/x").allowed  # another token id
+        db = sqlite3.connect(s.settings.data_dir / "capgate.db")
+        assert db.execute("SELECT COUNT(*) FROM budgets").fetchone()[0] == 21  # 20 + other
+        db.close()
+    finally:
+        s.stop()

@@ -5,6 +5,7 @@ duplication across a restart."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,7 +17,7 @@ from capgate_client import AuditCheckpoint
 from capgate_server import new_kek_text
 from capgate_server.store import canonical, link
 
-from harness import ServerProcess, ServerThread
+from harness import ServerProcess, ServerThread, wait_for
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -241,3 +242,57 @@ def test_records_carry_refusals_failed_logins_and_the_request_shape(tmp_path):
             server.settings.replica_id
     finally:
         server.stop()
+
+
+def test_a_checkpoint_relabelled_as_a_retention_cut_does_not_pass(tmp_path):
+    """Someone with write access to the store marks a kept checkpoint as a retention cut
+    and deletes every record before it: a cut is signed as one, so this is found, with
+    or without an exported checkpoint."""
+    from conftest import FakeClock
+
+    clock = FakeClock()
+    server = ServerThread(tmp_path / "data", clock=clock, audit_checkpoint_every=60).start()
+    try:
+        busy(server, 2)
+        with server.client() as admin:
+            exported = admin.audit_checkpoint()
+        for prefix in ("backdoor", "after"):
+            clock.advance(120)  # each seal now keeps its checkpoint
+            busy(server, 2, prefix=prefix)
+            head = sealed(server)
+        db = sqlite3.connect(server.settings.data_dir / "capgate.db", isolation_level=None)
+        kept = [r[0] for r in db.execute("SELECT pos FROM audit_checkpoints WHERE pos < ?",
+                                         (head,))]
+        x = max(kept)
+        db.execute("UPDATE audit_checkpoints SET cut = 1 WHERE pos = ?", (x,))
+        db.execute("DELETE FROM audit WHERE pos <= ?", (x,))
+        db.close()
+        for kw in ({}, {"against": exported}):
+            r = check(server, **kw)
+            assert not r.intact and r.break_pos == x and "retention cut" in r.reason, r
+    finally:
+        server.stop()
+
+
+def test_a_record_written_into_the_store_by_someone_else_is_kept_out(ledger_server):
+    """Each record carries the MAC of the server that wrote it: a row inserted straight
+    into the store's unsealed tail is never sealed into the ledger, never listed as a
+    record, and an ``audit.unvouched`` record (sealed) says what it claimed to be."""
+    server, connect = ledger_server
+    busy(server, 2)
+    execute(connect, (
+        "INSERT INTO audit (at, last_at, count, principal, kind, subject, ok, code, reason, "
+        "chain, action, resource, presenter, detail, caveat, ctx_keys, replica) VALUES "
+        "(?, ?, 1, 'admin', 'approval.approve', 'forged', 1, '', 'approved by the CFO', '', "
+        "'pay', '/payments/9999', 'payer', '', '', '', '')", (1.7e9, 1.7e9)))
+    with server.client() as admin:
+        wait_for(lambda: any(e.kind == "audit.unvouched"
+                             for e in admin.watch_audit(follow=False)), timeout=30)
+        sealed_records = list(admin.watch_audit(follow=False))
+        listed = admin.audit(limit=1000)
+    assert not any(e.subject == "forged" for e in [*sealed_records, *listed])
+    (report,) = [e for e in sealed_records if e.kind == "audit.unvouched"]
+    detail = json.loads(report.detail)
+    assert detail["count"] == 1 and detail["records"][0]["kind"] == "approval.approve"
+    assert [e.pos for e in sealed_records] == list(range(1, len(sealed_records) + 1))
+    assert check(server).intact

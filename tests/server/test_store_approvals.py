@@ -208,3 +208,19 @@ def test_old_requests_are_pruned_with_their_votes(store):
     assert store.prune_approvals(T0 + 3600) == 0  # approved until T0 + 310, waited to 3600
     assert store.prune_approvals(T0 + 3601) == 1
     assert store.get_approval("a" * 32) is None
+
+
+def test_uses_of_several_approvals_are_spent_all_or_none(store):
+    """A request resting on two approvals, one of them not approved, spends neither."""
+    for aid in ("a" * 32, "b" * 32):
+        store.create_approval(record(aid), ev("approval.request"), 10)
+    store.vote_approval("a" * 32, vote(), ev("approval.approve"))
+    now = T0 + 20
+    uses = [ev("approval.use", "pay-api"), ev("approval.use", "pay-api")]
+    assert store.redeem_approvals(["a" * 32, "b" * 32], "d" * 64, "r" * 64, now, uses) == \
+        ("b" * 32, Redemption.NOT_APPROVED)
+    assert store.get_approval("a" * 32).used == 0 and not audit(store, "approval.use")
+    store.vote_approval("b" * 32, vote(), ev("approval.approve"))
+    assert store.redeem_approvals(["a" * 32, "b" * 32], "d" * 64, "r" * 64, now, uses) == \
+        ("", Redemption.OK)
+    assert store.get_approval("a" * 32).used == 1 and len(audit(store, "approval.use")) == 2

@@ -199,18 +199,31 @@ class ApprovalRows(ApprovalStore):
             self._change(cur, ChangeKind.APPROVAL, approval_id)
         return updated
 
-    def redeem_approval(self, approval_id: str, token_digest: str, request_digest: str,
-                        now: float, audit: AuditEvent) -> Redemption:
-        with self._tx() as cur:
-            self._x(cur, "UPDATE approvals SET used = used + 1 WHERE id = ? AND status = ? AND "
-                         "token_digest = ? AND request_digest = ? AND used < uses AND "
-                         "expires_at > ?",
-                    (approval_id, str(ApprovalStatus.APPROVED), token_digest, request_digest,
-                     now))
-            if cur.rowcount == 1:
-                self._audit(cur, [audit])
-                return Redemption.OK
-            record = self._get(cur, approval_id)
+    def redeem_approvals(self, approval_ids: Sequence[str], token_digest: str,
+                         request_digest: str, now: float, audits: Sequence[AuditEvent]
+                         ) -> tuple[str, Redemption]:
+        failed = ""
+        try:
+            with self._tx() as cur:
+                for approval_id in approval_ids:
+                    self._x(cur, "UPDATE approvals SET used = used + 1 WHERE id = ? AND "
+                                 "status = ? AND token_digest = ? AND request_digest = ? AND "
+                                 "used < uses AND expires_at > ?",
+                            (approval_id, str(ApprovalStatus.APPROVED), token_digest,
+                             request_digest, now))
+                    if cur.rowcount != 1:
+                        failed = approval_id
+                        raise _SpentNone  # roll back the uses spent before it
+                self._audit(cur, audits)
+                return "", Redemption.OK
+        except _SpentNone:
+            pass
+        with self._read() as cur:
+            return failed, self._why_not(cur, failed, token_digest, request_digest)
+
+    def _why_not(self, cur: Any, approval_id: str, token_digest: str,
+                 request_digest: str) -> Redemption:
+        record = self._get(cur, approval_id)
         if record is None:
             return Redemption.UNKNOWN
         if record.token_digest != token_digest or record.request_digest != request_digest:
@@ -233,3 +246,7 @@ class ApprovalRows(ApprovalStore):
             self._x(cur, f"DELETE FROM approval_votes WHERE approval_id IN ({marks})", ids)
             self._x(cur, f"DELETE FROM approvals WHERE id IN ({marks})", ids)
             return len(ids)
+
+
+class _SpentNone(Exception):
+    """An approval could not be spent: the transaction rolls back the others."""

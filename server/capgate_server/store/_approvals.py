@@ -12,6 +12,7 @@ transaction.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -143,11 +144,20 @@ class ApprovalStore(ABC):
         detail gains the resulting status)."""
 
     @abstractmethod
+    def redeem_approvals(self, approval_ids: Sequence[str], token_digest: str,
+                         request_digest: str, now: float, audits: Sequence[AuditEvent]
+                         ) -> tuple[str, Redemption]:
+        """Spend one use of each approval, all or none, atomically across every replica
+        sharing the store: each only while it is approved, for this token and request,
+        unexpired at ``now``, with a use left. Returns ``("", OK)``, or the first that
+        could not be spent and why (then none was). ``audits`` (the uses) are written
+        only when all were spent."""
+
     def redeem_approval(self, approval_id: str, token_digest: str, request_digest: str,
                         now: float, audit: AuditEvent) -> Redemption:
-        """Spend one use of an approval, atomically across every replica sharing the
-        store: only while it is approved, for this token and request, unexpired at
-        ``now``, with a use left. ``audit`` (the use) is written only when it is."""
+        """``redeem_approvals`` for one approval."""
+        return self.redeem_approvals([approval_id], token_digest, request_digest, now,
+                                     [audit])[1]
 
     @abstractmethod
     def prune_approvals(self, before: float) -> int:

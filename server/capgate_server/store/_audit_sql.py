@@ -12,18 +12,20 @@ retention task in short transactions, leaving a signed checkpoint at the cut.
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Sequence
 from typing import Any
 
 from capgate_server.store._base import AuditEvent, AuditQuery, Signer
-from capgate_server.store._proof import GENESIS, Checkpoint, canonical, link
+from capgate_server.store._proof import GENESIS, Checkpoint, canonical, link, record_mac
 
 __all__ = ["AuditRecords"]
 
 _AUDIT_COLS = ("at, last_at, count, principal, kind, subject, ok, code, reason, chain, action, "
                "resource, presenter, detail, caveat, ctx_keys, replica")
-_AUDIT_MARKS = ", ".join("?" * 17)
+_AUDIT_MARKS = ", ".join("?" * 18)  # the columns and the writer's MAC
+_UNVOUCHED_SHOWN = 20  # unvouched rows described, each, in the record that reports them
 _CHECKPOINT_COLS = "pos, digest, at, key_id, public_key, signature"
 
 # The ledger's schema (a migration of _sql.MIGRATIONS; {txid} is per backend).
@@ -67,7 +69,8 @@ def _record_bytes(r: Sequence[Any]) -> bytes:
 
 
 def _checkpoint(r: Sequence[Any]) -> Checkpoint:
-    return Checkpoint(int(r[0]), str(r[1]), float(r[2]), str(r[3]), str(r[4]), str(r[5]))
+    return Checkpoint(int(r[0]), str(r[1]), float(r[2]), str(r[3]), str(r[4]), str(r[5]),
+                      len(r) > 6 and bool(r[6]))
 
 
 class AuditRecords:
@@ -79,6 +82,9 @@ class AuditRecords:
     _x: Any
     _sql: Any
     writer: str = ""  # names the replica in records that do not say which wrote them
+    # the ledger's record key (``LedgerKey.record_key``), once the ledger has started:
+    # every record written here carries its MAC, and sealing keeps out those without
+    record_key: bytes | None = None
 
     def _seal_lock(self, cur: Any) -> bool:
         """Whether this transaction may seal (one sealer at a time)."""
@@ -94,12 +100,14 @@ class AuditRecords:
         if not events:
             return
         events = [e.bounded() for e in events]
+        rows = [(e.at, e.at if e.last_at is None else e.last_at, e.count, e.principal, e.kind,
+                 e.subject, int(e.ok), e.code, e.reason, " ".join(e.chain), e.action,
+                 e.resource, e.presenter, e.detail_json(), e.caveat, " ".join(e.ctx_keys),
+                 e.replica or self.writer) for e in events]
+        key = self.record_key
         cur.executemany(
-            self._sql(f"INSERT INTO audit ({_AUDIT_COLS}) VALUES ({_AUDIT_MARKS})"),
-            [(e.at, e.at if e.last_at is None else e.last_at, e.count, e.principal, e.kind,
-              e.subject, int(e.ok), e.code, e.reason, " ".join(e.chain), e.action, e.resource,
-              e.presenter, e.detail_json(), e.caveat, " ".join(e.ctx_keys),
-              e.replica or self.writer) for e in events],
+            self._sql(f"INSERT INTO audit ({_AUDIT_COLS}, mac) VALUES ({_AUDIT_MARKS})"),
+            [(*r, None if key is None else record_mac(key, _record_bytes(r))) for r in rows],
         )
 
     def append_audit(self, events: Sequence[AuditEvent]) -> None:
@@ -133,6 +141,7 @@ class AuditRecords:
 
     def list_audit(self, query: AuditQuery) -> list[AuditEvent]:
         where, params = self._filters(query)
+        where.insert(0, "(pos IS NULL OR pos > 0)")  # never a row kept out of the ledger
         if query.newest_first:
             if query.after_seq:
                 where.insert(0, "seq < ?")
@@ -169,14 +178,23 @@ class AuditRecords:
                 pos, digest = self._start(cur)
             else:
                 pos, digest = int(head[0]), bytes.fromhex(head[1])
-            rows = self._x(cur, f"SELECT seq, {_AUDIT_COLS} FROM audit WHERE pos IS NULL "
+            rows = self._x(cur, f"SELECT seq, {_AUDIT_COLS}, mac FROM audit WHERE pos IS NULL "
                                 f"{condition} ORDER BY {order} LIMIT ?", (limit,)).fetchall()
             if not rows:
                 return 0
-            updates = []
+            updates, unvouched, key = [], [], self.record_key
             for r in rows:
-                pos, digest = pos + 1, link(digest, _record_bytes(r[1:]))
+                record = _record_bytes(r[1:18])
+                if key is not None and not hmac.compare_digest(
+                        bytes(r[18] or b""), record_mac(key, record)):
+                    unvouched.append(r)  # not written by a server: kept out of the chain
+                    continue
+                pos, digest = pos + 1, link(digest, record)
                 updates.append((pos, digest, r[0]))
+            if unvouched:
+                self._keep_out(cur, unvouched, now)
+            if not updates:
+                return len(rows)
             cur.executemany(self._sql("UPDATE audit SET pos = ?, digest = ? WHERE seq = ?"),
                             updates)
             signed = sign(pos, digest, now)
@@ -192,6 +210,20 @@ class AuditRecords:
                 self._x(cur, f"INSERT INTO audit_checkpoints ({_CHECKPOINT_COLS}) "
                              "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", values)
             return len(rows)
+
+    def _keep_out(self, cur: Any, rows: Sequence[Any], now: float) -> None:
+        """Rows without a server's MAC (written into the store by someone else) get no
+        place in the chain (a negative ``pos``, never read as a record) and a record,
+        sealed next, that says what they claimed to be."""
+        cur.executemany(self._sql("UPDATE audit SET pos = ? WHERE seq = ?"),
+                        [(-int(r[0]), r[0]) for r in rows])
+        shown = [{"seq": int(r[0]), "at": float(r[1]), "principal": str(r[4])[:64],
+                  "kind": str(r[5])[:64], "subject": str(r[6])[:128]}
+                 for r in rows[:_UNVOUCHED_SHOWN]]
+        self._audit(cur, [AuditEvent(
+            now, "capgate", "audit.unvouched", f"{len(rows)} records", False, "unvouched",
+            "records written into the store without a server's key: kept out of the ledger",
+            detail={"records": shown, "count": len(rows)})])
 
     def _start(self, cur: Any) -> tuple[int, bytes]:
         row = self._x(cur, "SELECT pos, digest FROM audit_checkpoints WHERE cut = 1 "
@@ -216,7 +248,7 @@ class AuditRecords:
 
     def audit_checkpoints(self, after_pos: int = 0) -> list[Checkpoint]:
         with self._read() as cur:
-            rows = self._x(cur, f"SELECT {_CHECKPOINT_COLS} FROM audit_checkpoints "
+            rows = self._x(cur, f"SELECT {_CHECKPOINT_COLS}, cut FROM audit_checkpoints "
                                 "WHERE pos > ? ORDER BY pos", (after_pos,)).fetchall()
         return [_checkpoint(r) for r in rows]
 
@@ -234,7 +266,7 @@ class AuditRecords:
         with self._tx() as cur:
             if not self._seal_lock(cur):  # cuts and seals take turns
                 return 0
-            rows = self._x(cur, "SELECT pos, digest, last_at FROM audit WHERE pos IS NOT NULL "
+            rows = self._x(cur, "SELECT pos, digest, last_at FROM audit WHERE pos > 0 "
                                 "ORDER BY pos LIMIT ?", (limit,)).fetchall()
             cut = None
             for pos, digest, last_at in rows:
@@ -243,12 +275,15 @@ class AuditRecords:
                 cut = (int(pos), bytes(digest))
             if cut is None:
                 return 0
-            signed = sign(cut[0], cut[1], before)
+            signed = sign(cut[0], cut[1], before, cut=True)
             self._x(cur, f"INSERT INTO audit_checkpoints ({_CHECKPOINT_COLS}, cut) "
-                         "VALUES (?, ?, ?, ?, ?, ?, 1) ON CONFLICT (pos) DO UPDATE SET cut = 1",
+                         "VALUES (?, ?, ?, ?, ?, ?, 1) ON CONFLICT (pos) DO UPDATE SET cut = 1, "
+                         "at = excluded.at, key_id = excluded.key_id, "
+                         "public_key = excluded.public_key, signature = excluded.signature",
                     (signed.pos, signed.digest, signed.at, signed.key_id, signed.public_key,
                      signed.signature))
-            self._x(cur, "DELETE FROM audit WHERE pos IS NOT NULL AND pos <= ?", (cut[0],))
+            self._x(cur, "DELETE FROM audit WHERE (pos > 0 AND pos <= ?) OR "
+                         "(pos < 0 AND last_at < ?)", (cut[0], before))
             deleted = int(cur.rowcount)
             self._x(cur, "DELETE FROM audit_checkpoints WHERE pos < ?", (cut[0],))
             return deleted

@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any, Protocol
 
 from capgate import Agent, AgentStatus, ApprovalRule, Ceiling
 from capgate_server.store._approvals import ApprovalStore
 from capgate_server.store._proof import Checkpoint
 
+
 # a signature over the ledger's head: (pos, digest, at) -> checkpoint
-Signer = Callable[[int, bytes, float], Checkpoint]
+class Signer(Protocol):
+    """Signs the chain's head (``LedgerKey.sign``), or with ``cut`` a retention cut."""
+
+    def __call__(self, pos: int, digest: bytes, at: float, cut: bool = False) -> Checkpoint: ...
 
 __all__ = [
     "AUDIT_FIELD_LIMITS",
@@ -251,20 +256,24 @@ def decode_approval_rules(text: str) -> tuple[ApprovalRule, ...]:
     return tuple(ApprovalRule(c, int(n)) for c, n in json.loads(text)) if text else ()
 
 
-def agent_from_row(row: Sequence[object], keys: dict[str, bytes]) -> Agent:
+def agent_from_row(row: Sequence[Any], keys: dict[str, bytes]) -> Agent:
     (aid, owner, description, status, ceiling, max_ttl, max_depth, epoch, revoked_before,
      created_at, require_proof, approvals, rate) = row
     return Agent(
         id=str(aid), ceiling=decode_ceiling(str(ceiling)), status=AgentStatus(str(status)),
-        owner=str(owner), description=str(description), max_ttl=int(max_ttl),  # type: ignore[call-overload]
-        max_depth=int(max_depth), epoch=int(epoch), revoked_before_ms=int(revoked_before),  # type: ignore[call-overload]
-        created_at=float(created_at), require_proof=bool(require_proof),  # type: ignore[arg-type]
+        owner=str(owner), description=str(description), max_ttl=int(max_ttl),
+        max_depth=int(max_depth), epoch=int(epoch), revoked_before_ms=int(revoked_before),
+        created_at=float(created_at), require_proof=bool(require_proof),
         approvals=decode_approval_rules(str(approvals)), rate=str(rate),
     ).with_changes(public_keys=keys)
 
 
 class Store(ApprovalStore, ABC):
     """Durable state. Methods are blocking; the server calls them off the event loop."""
+
+    # set by the audit ledger once it has its key: every audit record written from then
+    # on carries a MAC under it, and sealing keeps out the records that do not
+    record_key: bytes | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 

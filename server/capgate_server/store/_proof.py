@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import struct
 from collections.abc import Iterable, Sequence
@@ -28,11 +29,15 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from capgate import public_key_id
 
-__all__ = ["GENESIS", "Break", "Checkpoint", "LedgerKey", "canonical", "link", "walk"]
+__all__ = ["GENESIS", "Break", "Checkpoint", "LedgerKey", "canonical", "link", "record_mac",
+           "walk"]
 
 GENESIS = bytes(32)
 _CONTEXT = b"capgate-audit-v1"
 _CHECKPOINT = b"capgate-audit-checkpoint-v1\n"
+_CUT = b"capgate-audit-cut-v1\n"  # a retention cut: what is before it was deleted on purpose
+_RECORD = b"capgate-audit-record-v1\n"  # a record vouched for by the server that wrote it
+_RECORD_KEY = b"capgate-audit-record-key-v1\n"
 
 Field = str | int | float | bool | None
 
@@ -55,6 +60,13 @@ def canonical(fields: Sequence[Field]) -> bytes:
     return bytes(out)
 
 
+def record_mac(key: bytes, record: bytes) -> bytes:
+    """A server's word that it wrote ``record`` (its canonical bytes): only holders of
+    the ledger key (the servers) can make one, so a row written into the store by
+    anyone else is told apart before it is sealed."""
+    return hmac.new(key, _RECORD + record, hashlib.sha256).digest()
+
+
 def link(previous: bytes, record: bytes) -> bytes:
     """The digest of a record whose predecessor's digest is ``previous``."""
     return hashlib.sha256(_CONTEXT + previous + record).digest()
@@ -70,9 +82,11 @@ class Checkpoint:
     key_id: str
     public_key: str  # base64 of the raw Ed25519 key, so an export can be checked alone
     signature: str  # base64
+    cut: bool = False  # a retention cut: signed as one, so no other checkpoint passes for it
 
     def message(self) -> bytes:
-        return _CHECKPOINT + f"{self.pos}:{self.digest}:{self.at!r}".encode("ascii")
+        return ((_CUT if self.cut else _CHECKPOINT)
+                + f"{self.pos}:{self.digest}:{self.at!r}".encode("ascii"))
 
     def valid(self, trusted: Iterable[str] | None = None) -> bool:
         """Signed by its own key, and that key is one of ``trusted`` key ids (if given)."""
@@ -95,7 +109,8 @@ class Checkpoint:
     def from_json(cls, text: str) -> Checkpoint:
         data = json.loads(text)
         return cls(int(data["pos"]), str(data["digest"]), float(data["at"]),
-                   str(data["key_id"]), str(data["public_key"]), str(data["signature"]))
+                   str(data["key_id"]), str(data["public_key"]), str(data["signature"]),
+                   data.get("cut") is True)
 
 
 class LedgerKey:
@@ -115,16 +130,22 @@ class LedgerKey:
     def from_bytes(cls, raw: bytes) -> LedgerKey:
         return cls(Ed25519PrivateKey.from_private_bytes(raw))
 
+    def record_key(self) -> bytes:
+        """The key of ``record_mac``, derived from this one (so every replica has it)."""
+        return hashlib.sha256(_RECORD_KEY + self.private_bytes()).digest()
+
     def private_bytes(self) -> bytes:
         from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
 
         return self._private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
-    def sign(self, pos: int, digest: bytes, at: float) -> Checkpoint:
-        unsigned = Checkpoint(pos, digest.hex(), at, self.key_id, self.public_key, "")
+    def sign(self, pos: int, digest: bytes, at: float, cut: bool = False) -> Checkpoint:
+        """The head at ``pos``; with ``cut``, a retention cut there (``at``: the instant
+        before which records were deleted)."""
+        unsigned = Checkpoint(pos, digest.hex(), at, self.key_id, self.public_key, "", cut)
         signature = self._private.sign(unsigned.message())
         return Checkpoint(pos, digest.hex(), at, self.key_id, self.public_key,
-                          base64.b64encode(signature).decode("ascii"))
+                          base64.b64encode(signature).decode("ascii"), cut)
 
 
 @dataclass(frozen=True)

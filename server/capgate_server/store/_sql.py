@@ -107,6 +107,9 @@ MIGRATIONS: list[list[str]] = [
             expires_at {real} NOT NULL, PRIMARY KEY (id, slot))""",
         "CREATE INDEX budgets_expiry ON budgets (expires_at)",
     ],
+    [  # each audit record carries its writer's MAC: sealing keeps out rows written by others
+        "ALTER TABLE audit ADD COLUMN mac {blob}",
+    ],
 ]
 
 _AGENT_COLS = ("id, owner, description, status, ceiling, max_ttl, max_depth, epoch, "
