@@ -224,7 +224,7 @@ class VerifierWire:
             batch = _parse(verifier_pb2.VerifyBatchRequest, data)
             decisions = await self.verification.verify_batch(caller, batch.requests)
             answer = self._answer
-            return verifier_pb2.VerifyBatchResponse(responses=[  # type: ignore[no-any-return]
+            return verifier_pb2.VerifyBatchResponse(responses=[
                 answer(r, d) for r, d in zip(batch.requests, decisions, strict=True)
             ]).SerializeToString()
         if len(items) > replica.settings.limits.max_batch:

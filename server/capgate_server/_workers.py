@@ -152,7 +152,7 @@ class WorkerPool:
         if not s.replica_id:
             s.replica_id = _replica_id(s.data_dir)
         store = open_store(s.store_url, s.data_dir, s.db_timeouts, writer=s.replica_id)
-        shared = bool(s.store_url) and not s.store_url.startswith("sqlite:")
+        shared = bool(s.store_url) and not (s.store_url or "").startswith("sqlite:")
         kek = load_kek(s.kek_file, None if shared else s.data_dir / "kek.key")
         replica = Replica(store, kek, s)
         try:
