@@ -36,6 +36,8 @@ INTERNAL_TESTS = {
     "benchmarks/test_budgets.py": {"capgate_server._verification"},
     # two workers of one host side by side in one process, one cut off from the store
     "tests/server/test_workers.py": {"capgate_server._siblings"},
+    # the batch split on the wire format, against protobuf's own reading
+    "tests/server/test_verdicts.py": {"capgate_server._verdicts"},
 }
 
 
