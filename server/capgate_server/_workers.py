@@ -339,6 +339,8 @@ async def _worker(spec: _WorkerSpec) -> None:
     finally:
         watch.cancel()
         siblings.close()
+        if os.getppid() != spec.parent:  # the supervisor was killed: tidy up after it
+            shutil.rmtree(spec.run_dir, ignore_errors=True)
 
 
 def _main() -> None:

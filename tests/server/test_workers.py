@@ -128,6 +128,7 @@ def test_workers_default_to_the_usable_cores(tmp_path: Path) -> None:
     p = ServerProcess(tmp_path / "data")
     p.args.remove("--workers")
     p.args.remove("1")
+    p.workers = len(os.sched_getaffinity(0))
     p.start()
     try:
         cores = len(os.sched_getaffinity(0))
@@ -289,3 +290,9 @@ def test_a_bad_worker_count_is_an_error(tmp_path: Path) -> None:
             env={"CAPGATE_WORKERS": "many"})
     assert r.returncode == 2 and "--workers takes a whole number from 1" in r.stderr
     assert not (tmp_path / "d").exists()  # refused before anything was written
+
+
+def test_workers_stop_when_their_supervisor_is_killed(workers: ServerProcess) -> None:
+    pids = list(_pids(workers).values())
+    workers.kill()  # SIGKILL: the supervisor runs no code at all
+    wait_for(lambda: not any(_alive(pid) for pid in pids), timeout=30)
