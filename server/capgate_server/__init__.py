@@ -6,7 +6,7 @@ processes on one address under one supervisor (``WorkerPool``). The storage inte
 backends are in ``capgate_server.store``.
 """
 
-from capgate_server._app import CLOCK_HEALTH, CapgateServer, serve
+from capgate_server._app import CLOCK_HEALTH, WORKERS_HEALTH, CapgateServer, serve
 from capgate_server._audit import AuditLog
 from capgate_server._credentials import recover_admin
 from capgate_server._interceptor import POLICY
@@ -20,6 +20,7 @@ __all__ = [
     "CLOCK_HEALTH",
     "ERROR_METADATA_KEY",
     "POLICY",
+    "WORKERS_HEALTH",
     "AuditLog",
     "CapgateServer",
     "KeyEncryptionKey",

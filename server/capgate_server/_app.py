@@ -38,13 +38,15 @@ from capgate_server._siblings import Siblings
 from capgate_server._verification import Verification
 from capgate_server.store import Role, open_store
 
-__all__ = ["CLOCK_HEALTH", "CapgateServer", "serve"]
+__all__ = ["CLOCK_HEALTH", "WORKERS_HEALTH", "CapgateServer", "serve"]
 
 log = logging.getLogger("capgate.server")
 MAX_SEND = 16 * 1024 * 1024  # replies: a batch of 1,024 verdicts, a page of audit records
 _VERIFIER_OK = ("/capgate.v1.VerifierService/", "/envoy.service.auth.v3.Authorization/",
                 "/grpc.reflection.")
 CLOCK_HEALTH = "capgate.clock"  # health name: NOT_SERVING while the clock is off
+# health name, with --workers: NOT_SERVING while a worker of the host is down (restarting)
+WORKERS_HEALTH = "capgate.workers"
 
 
 def _is_loopback(listen: str) -> bool:
@@ -154,6 +156,8 @@ class CapgateServer:
         await self._set_clock_health(replica.trusted.agrees)
         replica.on_freshness.append(lambda fresh: self._background(self._set_health(fresh)))
         replica.on_clock.append(lambda agrees: self._background(self._set_clock_health(agrees)))
+        if self.siblings is not None:
+            self._background(self._follow_workers(self.siblings))
         log.info("capgate listening on %s (%s store, role %s)", self.address,
                  "PostgreSQL" if shared else "SQLite", s.role)
         if s.metrics_listen:
@@ -199,6 +203,17 @@ class CapgateServer:
     async def _set_clock_health(self, agrees: bool) -> None:
         await self.health.set(CLOCK_HEALTH, health_pb2.HealthCheckResponse.SERVING if agrees
                               else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def _follow_workers(self, siblings: Siblings) -> None:
+        """``WORKERS_HEALTH`` from the supervisor's count of the host's workers serving."""
+        last = None
+        while self.server is not None:
+            full = siblings.serving() >= siblings.expected
+            if full != last:
+                await self.health.set(WORKERS_HEALTH, health_pb2.HealthCheckResponse.SERVING
+                                      if full else health_pb2.HealthCheckResponse.NOT_SERVING)
+                last = full
+            await asyncio.sleep(0.5)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain, then stop: every call either finishes or is refused as not executed;

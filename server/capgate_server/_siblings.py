@@ -60,10 +60,12 @@ def set_serving(run_dir: Path, workers: int) -> None:
 class Siblings:
     """One worker's view of its siblings: the host's version, wake-ups, the barrier."""
 
-    def __init__(self, run_dir: Path, index: int, *, bound: float = 2.0) -> None:
+    def __init__(self, run_dir: Path, index: int, *, bound: float = 2.0,
+                 expected: int = 1) -> None:
         self.run_dir = run_dir
         self.index = index
         self.bound = bound
+        self.expected = expected  # the workers the supervisor runs when all is well
         self._file = open(run_dir / _VERSION, "r+b")
         self._map = mmap.mmap(self._file.fileno(), 2 * _WORD.size)
         self._path = run_dir / _SOCKET.format(index)

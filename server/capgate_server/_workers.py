@@ -16,7 +16,8 @@ watch on its parent everywhere). Workers share a private run directory: the
 host's change version and their wake-up sockets (``Siblings``), which is how a
 change acknowledged by one worker is enforced by all of them before the caller
 hears back. Each worker answers health for itself, and they answer alike: the
-same store, the same version, drained together.
+same store, the same version, drained together; and each says, under the name
+``capgate.workers``, whether every worker of the host is serving.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class _WorkerSpec:
     settings: Settings
     run_dir: Path
     index: int
+    workers: int
     parent: int
     log_level: int
 
@@ -176,7 +178,7 @@ class WorkerPool:
             settings=dataclasses.replace(s, listen=self.address, reuse_port=True,
                                          replica_id=f"{s.replica_id}-w{index}",
                                          metrics_listen=metrics),
-            run_dir=self._run_dir, index=index, parent=os.getpid(),
+            run_dir=self._run_dir, index=index, workers=self.workers, parent=os.getpid(),
             log_level=logging.getLogger().getEffectiveLevel())
 
     async def _spawn(self, index: int) -> bool:
@@ -328,7 +330,7 @@ async def _watch_parent(parent: int) -> None:
 
 
 async def _worker(spec: _WorkerSpec) -> None:
-    siblings = Siblings(spec.run_dir, spec.index)
+    siblings = Siblings(spec.run_dir, spec.index, expected=spec.workers)
     watch = asyncio.get_running_loop().create_task(_watch_parent(spec.parent))
 
     def ready(app: object) -> None:

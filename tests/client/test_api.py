@@ -46,7 +46,8 @@ def test_server_public_api_is_pinned():
 
     assert sorted(capgate_server.__all__) == sorted([
         "CLOCK_HEALTH", "ERROR_METADATA_KEY", "POLICY", "AuditLog", "CapgateServer",
-        "KeyEncryptionKey", "Replica", "ResourceLimits", "Settings", "WorkerPool", "load_kek",
+        "KeyEncryptionKey", "Replica", "ResourceLimits", "Settings", "WORKERS_HEALTH",
+        "WorkerPool", "load_kek",
         "new_kek_text", "recover_admin", "serve", "serve_workers", "status_for", "usable_cores"])
     assert sorted(capgate_server.store.__all__) == sorted([
         "ApprovalRecord", "ApprovalStatus", "ApprovalStore", "ApprovalVote", "Redemption",

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from capgate_client import Client
@@ -296,3 +297,42 @@ def test_workers_stop_when_their_supervisor_is_killed(workers: ServerProcess) ->
     pids = list(_pids(workers).values())
     workers.kill()  # SIGKILL: the supervisor runs no code at all
     wait_for(lambda: not any(_alive(pid) for pid in pids), timeout=30)
+
+
+def _health(address: str, name: str) -> str:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as ch:
+        reply = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service=name), timeout=5)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def test_the_host_says_whether_every_worker_serves(tmp_path: Path) -> None:
+    from capgate_server import WORKERS_HEALTH
+    from capgate_server._siblings import Siblings, prepare_run_dir, set_serving
+
+    run = tmp_path / "run"
+    prepare_run_dir(run)
+    set_serving(run, 2)
+    a = _Worker(tmp_path / "data", lambda: Siblings(run, 0, expected=2)).start()
+    try:
+        wait_for(lambda: _health(a.address, WORKERS_HEALTH) == "SERVING")
+        set_serving(run, 1)  # the supervisor counts one down: restarting it
+        wait_for(lambda: _health(a.address, WORKERS_HEALTH) == "NOT_SERVING")
+        assert _health(a.address, "") == "SERVING"  # this worker itself still serves
+        set_serving(run, 2)
+        wait_for(lambda: _health(a.address, WORKERS_HEALTH) == "SERVING")
+    finally:
+        a.stop()
+
+
+def test_workers_health_follows_a_restart(workers: ServerProcess) -> None:
+    from capgate_server import WORKERS_HEALTH
+
+    wait_for(lambda: _health(workers.address, WORKERS_HEALTH) == "SERVING")
+    before = _pids(workers)
+    os.kill(before[0], signal.SIGKILL)
+    wait_for(lambda: _pids(workers).get(0) not in (None, before[0]), timeout=30)
+    wait_for(lambda: all(_health(workers.address, WORKERS_HEALTH) == "SERVING"
+                         for _ in range(8)), timeout=30)
