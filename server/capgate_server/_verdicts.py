@@ -138,7 +138,8 @@ def _parse(message: Any, data: bytes) -> Any:
 
 
 class VerifierWire:
-    """The VerifierService methods over bytes, for ``handler()``."""
+    """The VerifierService methods over bytes, for ``handler()``; ``answer`` builds a
+    decision's reply message (``VerifyReplies``)."""
 
     def __init__(self, verification: Verification, answer: Answer, *, entries: int,
                  max_bytes: int) -> None:
