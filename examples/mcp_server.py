@@ -13,7 +13,7 @@ The server asks capgate as a service principal::
 
 The agent presents its token (and a proof) in each call's ``_meta``::
 
-    presenter = Presenter(token, key)
+    presenter = Presenter(token, key, audience="files-mcp")  # the server's principal id
     await client.call_tool("read_file", {"path": "reports/q3.txt"},
                            meta=presenter.mcp_meta("read_file"))
 """

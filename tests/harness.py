@@ -332,14 +332,16 @@ class KeyedAgent:
                                                      require_proof=require_proof)
         self.agent = server.client(self.credential)
         self.token = self.agent.issue(token_grant).token
+        self.service_id = f"svc-{secrets.token_hex(3)}"  # the audience of alice's proofs
         self.service_credential = self.admin.create_principal(
-            f"svc-{secrets.token_hex(3)}", "service").credential
+            self.service_id, "service").credential
         self.svc = server.client(self.service_credential)
 
     def presenter(self, token: str | None = None, *, key: bool = True) -> Any:
         from capgate_client import Presenter
 
-        return Presenter(token or self.token, self.key if key else None)
+        return Presenter(token or self.token, self.key if key else None,
+                         audience=self.service_id if key else None)
 
     def close(self) -> None:
         for c in (self.admin, self.agent, self.svc):

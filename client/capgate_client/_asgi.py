@@ -23,7 +23,14 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
-from capgate import DENY_HEADER, PROOF_HEADER, TOKEN_HEADER, http_action
+from capgate import (
+    DENY_HEADER,
+    PROOF_HEADER,
+    TOKEN_HEADER,
+    InvalidArgumentError,
+    http_action,
+    http_resource,
+)
 from capgate_client._guard import (
     _CURRENT,
     BUDGET_EXHAUSTED,
@@ -49,7 +56,13 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 def default_rule(scope: Mapping[str, Any]) -> Access | None:
     """The method's action on the request's path (None: the method has no action)."""
     action = http_action(scope.get("method", "GET"))
-    return None if action is None else Access(action, scope["path"])
+    return None if action is None else Access(action, http_resource(_raw_path(scope)))
+
+
+def _raw_path(scope: Mapping[str, Any]) -> str:
+    """The path as it was sent (encoded), where the server gives it."""
+    raw = scope.get("raw_path")
+    return raw.decode("latin-1") if isinstance(raw, bytes) else str(scope.get("path", ""))
 
 
 class CapgateMiddleware:
@@ -69,13 +82,19 @@ class CapgateMiddleware:
         self._unguarded = tuple(unguarded)
         self._presenter = presenter
 
-    def _is_unguarded(self, path: str) -> bool:
+    def _is_unguarded(self, scope: Mapping[str, Any]) -> bool:
+        if not self._unguarded:
+            return False
+        try:  # '/public/../admin' is not under '/public/': such a path is checked
+            path = http_resource(_raw_path(scope))
+        except InvalidArgumentError:
+            return False
         return any(path == u or (u.endswith("/") and path.startswith(u))
                    for u in self._unguarded)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
-        if kind not in ("http", "websocket") or self._is_unguarded(scope.get("path", "")):
+        if kind not in ("http", "websocket") or self._is_unguarded(scope):
             await self.app(scope, receive, send)
             return
         p, result = await self._decide(scope)

@@ -125,12 +125,18 @@ _ABSENT = object()
 
 def _lookup(source: Any, path: str, absent: Any = None) -> Any:
     """A field of the request (a mapping's key, or an attribute; dotted for nested ones).
-    A missing field is ``absent`` when given, else an error."""
+    A missing field is ``absent`` when given, else an error. In a protobuf message a
+    field that is not set is missing: one that tracks presence and is not present, or
+    a plain proto3 scalar at its default (0, "", false), which the wire cannot tell
+    from one never sent."""
     value = source
     for part in path.split("."):
         if isinstance(value, Mapping):
             found = part in value
             value = value[part] if found else None
+        elif _is_message(value):
+            found = _is_set(value, part)
+            value = getattr(value, part) if found else None
         else:
             found = not part.startswith("_") and hasattr(value, part)
             value = getattr(value, part) if found else None
@@ -139,6 +145,22 @@ def _lookup(source: Any, path: str, absent: Any = None) -> Any:
                 return absent
             raise InvalidArgumentError(f"the request has no {path!r}")
     return value
+
+
+def _is_message(value: Any) -> bool:
+    return hasattr(value, "DESCRIPTOR") and hasattr(value, "HasField")
+
+
+def _is_set(message: Any, name: str) -> bool:
+    fd = message.DESCRIPTOR.fields_by_name.get(name)
+    if fd is None:
+        return False
+    if getattr(fd, "has_presence", False):
+        return bool(message.HasField(name))
+    value = getattr(message, name)
+    if getattr(fd, "label", None) == fd.LABEL_REPEATED:
+        return len(value) > 0
+    return bool(value != fd.default_value)
 
 
 def _text(value: Any, path: str) -> str:

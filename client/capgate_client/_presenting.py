@@ -43,17 +43,23 @@ GRPC_METHOD = "POST"  # gRPC is an HTTP/2 POST to /package.Service/Method
 
 class Presenter:
     """Presents ``token`` for an agent; with ``key`` (its registered Ed25519 private key,
-    or PEM/OpenSSH bytes of it) each request also gets a one-time proof of possession."""
+    or PEM/OpenSSH bytes of it) each request also gets a one-time proof of possession,
+    for the service ``audience`` (the capgate principal id that service verifies with;
+    behind Envoy, Envoy's): no other service can spend it."""
 
     def __init__(self, token: Token | str, key: Ed25519PrivateKey | bytes | None = None, *,
-                 clock: Clock = system_clock) -> None:
+                 audience: str | None = None, clock: Clock = system_clock) -> None:
         self._token = token if isinstance(token, Token) else Token.parse(token.strip())
         self._header = token_header(self._token)
         if isinstance(key, bytes):
             key = load_private_key(key)
         if key is not None and not isinstance(key, Ed25519PrivateKey):
             raise InvalidArgumentError("the key must be an Ed25519 private key")
+        if key is not None and not audience:
+            raise InvalidArgumentError("a proof is for one service: pass audience= (the "
+                                       "principal id the service verifies with)")
         self._key = key
+        self._audience = audience or ""
         self._clock = clock
 
     @property
@@ -64,7 +70,8 @@ class Presenter:
         """A fresh ``capgate-proof`` value for one request (None without a key)."""
         if self._key is None:
             return None
-        return prove_possession(self._token, self._key, method, target, clock=self._clock)
+        return prove_possession(self._token, self._key, method, target,
+                                audience=self._audience, clock=self._clock)
 
     def headers(self, method: str, target: str) -> dict[str, str]:
         """The headers for one HTTP request: ``method`` and ``target`` (the path with its

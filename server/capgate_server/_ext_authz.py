@@ -37,8 +37,10 @@ from capgate import (
     TOKEN_HEADER,
     Decision,
     DenyCode,
+    InvalidArgumentError,
     check_id,
     http_action,
+    http_resource,
     presented_token,
 )
 from capgate_server._interceptor import CALLER
@@ -127,7 +129,11 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
                 False, DenyCode.INVALID_REQUEST,
                 f"no action for HTTP method {http.method!r} (set {ACTION_EXTENSION!r} "
                 "in the route's context extensions)"))
-        resource = http.path.split("?", 1)[0]
+        try:  # what a server behind Envoy would serve, or a deny: never a guess
+            resource = http_resource(http.path)
+        except InvalidArgumentError as e:
+            return deny_response(Decision(False, DenyCode.INVALID_REQUEST,
+                                          f"path {http.path[:200]!r}: {e.message}"))
         presenter = self._presenter(attributes.source.principal)
         proof = headers.get(PROOF_HEADER, "")
         v = self.verification

@@ -153,7 +153,7 @@ class Replica:
             tally_bytes=limits.audit_tally_bytes, backlog=limits.audit_backlog,
             rows_per_write=limits.audit_rows_per_write,
             denies_per_caller=limits.audit_denies_per_principal)
-        self.nonces = NonceLedger(store, clock)  # proofs of possession, redeemed once
+        self.nonces = NonceLedger(store, self.trusted.now)  # proofs of possession, redeemed once
         # 'uses' and 'rate' caveats and agents' rates, counted fleet-wide in leased blocks
         self.budgets = Budgets(store, self.trusted.now, block=settings.budget_block,
                                idle=settings.budget_idle,

@@ -265,7 +265,7 @@ class Verification:
 
     def _decide_settled(self, caller: Principal, p: Presented) -> tuple[Decision, Claim | None]:
         if p.proof:
-            return self._decide_proven(p)
+            return self._decide_proven(caller, p)
         return self._decide_asserted(caller, p.token, p.action, p.resource, p.presenter,
                                      p.ctx, p.discharges), None
 
@@ -308,7 +308,7 @@ class Verification:
                                    p.presenter if claim is None else claim[0], now,
                                    tuple(sorted(p.ctx)) if p.ctx else ())
 
-    def _decide_proven(self, p: Presented) -> tuple[Decision, Claim | None]:
+    def _decide_proven(self, caller: Principal, p: Presented) -> tuple[Decision, Claim | None]:
         """The decision for a request with a proof, and the nonce to redeem if it held."""
         stale = self._stale()
         if stale is not None:
@@ -328,7 +328,7 @@ class Verification:
         agent = self.replica.agents.get(holder)
         key = agent.public_keys.get(proof.key_id) if agent is not None else None
         problem = (f"key {proof.key_id} is not registered for agent {holder!r}" if key is None
-                   else proof.check(key, p.method, p.target, _signature(chain.text),
+                   else proof.check(key, caller.id, p.method, p.target, _signature(chain.text),
                                     self.replica.clock(), self._window))
         if problem is not None:
             return Decision(False, DenyCode.BAD_PROOF, f"bad proof: {problem}", None,

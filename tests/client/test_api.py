@@ -32,7 +32,7 @@ def test_core_public_api_is_pinned():
         "TokenDescription", "TokenIdentifier", "UnavailableError", "Verifier", "__version__",
         "append_server_delegation", "check_id", "delegate_offline", "delegation_id",
         "delegation_message", "describe", "format_duration", "format_timestamp", "hop_expiry",
-        "http_action", "load_private_key", "load_public_key", "new_private_key_pem",
+        "http_action", "http_resource", "load_private_key", "load_public_key", "new_private_key_pem",
         "new_token_id", "parse_caveat", "parse_duration", "parse_timestamp", "presented_token",
         "proof_message", "prove_possession", "public_key_id", "resource_problem",
         "restriction_caveats", "server_proof", "system_clock", "token_header"])

@@ -302,3 +302,19 @@ def test_a_spent_budget_answers_429(alice):
         assert "uses <= 2" in got[2].json()["reason"]
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("path, raw", [
+    ("/public/../admin/users", b"/public/../admin/users"),
+    ("/public/../admin/users", b"/public/%2e%2e/admin/users"),
+    ("/public/../admin/users", b"/public/..%2fadmin%2fusers"),
+    ("/public/..;/admin/users", b"/public/..;/admin/users"),
+])
+def test_an_unguarded_prefix_does_not_cover_a_way_out_of_it(path, raw):
+    """``/public/`` passes unchecked, but not a path that leaves it once decoded or
+    normalised by whatever serves it: that one is checked (and denied as invalid)."""
+    m = CapgateMiddleware(None, guard=None, unguarded=("/public/", "/health"))
+    assert m._is_unguarded({"path": "/public/logo.png", "raw_path": b"/public/logo.png"})
+    assert m._is_unguarded({"path": "/health"})
+    assert not m._is_unguarded({"path": path, "raw_path": raw})
+

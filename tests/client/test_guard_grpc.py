@@ -436,3 +436,18 @@ def test_a_spent_budget_aborts_with_resource_exhausted(sync_service, alice):
     assert (code, trailer) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "budget_exhausted")
     assert "uses <= 1" in details
     c.close()
+
+
+def test_a_protobuf_field_that_is_not_set_is_left_out_of_the_context():
+    """A request message that does not set a field gives no context value for it, as a
+    mapping without the key does (so a ctx caveat on it denies): a sub-message or an
+    optional field that is not present, or a proto3 scalar at its default, which the
+    wire cannot tell from one never sent."""
+    from google.protobuf import duration_pb2, struct_pb2
+
+    rule = Rule("read", "/data/x", ctx={"limit": "seconds"})
+    assert rule.access(duration_pb2.Duration()).ctx == rule.access({}).ctx == {}
+    assert rule.access(duration_pb2.Duration(seconds=7)).ctx == {"limit": "7"}
+    nested = Rule("read", "/data/x", ctx={"n": "number_value"})
+    assert nested.access(struct_pb2.Value()).ctx == {}  # a oneof member not chosen
+    assert nested.access(struct_pb2.Value(number_value=0)).ctx == {"n": "0.0"}

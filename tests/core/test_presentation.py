@@ -4,6 +4,7 @@ implementation can check itself against), what it binds, its window, and the hea
 from __future__ import annotations
 
 import base64
+import urllib.parse
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -17,6 +18,7 @@ from capgate import (
     PossessionProof,
     Token,
     http_action,
+    http_resource,
     presented_token,
     proof_message,
     prove_possession,
@@ -29,19 +31,20 @@ TOKEN = Token.mint(b"k" * 32, b"cg1:key1:00112233445566778899aabbccddeeff:180000
                    ).attenuate("agent = alice")
 AT = 1_800_000_000.123
 GOLDEN = ("v1.56475aa75463474c.1800000000123.AAAAAAAAAAAAAAAAAAAAAA."
-          "RkPMmYSwgeFiku8uY8DGBdMlSCeWxPk721PhF-sxxV9KV6vdxD33oeYyuHph_F3oBkXrOJfeEohsr8lVj-T3Cg")
+          "usmfzJ29Rs9jLzaOcWonRMdMRGwjexkZpm-I2ThvcDNu8DPhbGY8VQooLkO1Xs7KCEOVDOMlfWK0Pm-tlTDHCg")
 
 
 def test_golden_vector():
     assert TOKEN.signature.hex() == (
         "d77126f09e0c9a05fb3fd7a8c2f0fcdc5f0e4848b5035a98dbcbecaf137ea3bb")
-    proof = prove_possession(TOKEN, KEY, "GET", "/reports/q3?full=1", clock=lambda: AT,
-                             nonce="A" * 22)
+    proof = prove_possession(TOKEN, KEY, "GET", "/reports/q3?full=1", audience="reports-api",
+                             clock=lambda: AT, nonce="A" * 22)
     assert proof == GOLDEN
-    message = proof_message("GET", "/reports/q3?full=1", 1_800_000_000_123, "A" * 22,
-                            "56475aa75463474c", TOKEN.signature)
-    assert message == (b"capgate-proof-v1\nGET\n/reports/q3?full=1\n1800000000123\n"
-                       + b"A" * 22 + b"\n56475aa75463474c\n" + TOKEN.signature)
+    message = proof_message("reports-api", "GET", "/reports/q3?full=1", 1_800_000_000_123,
+                            "A" * 22, "56475aa75463474c", TOKEN.signature)
+    assert message == (b"capgate-proof-v1\nreports-api\nGET\n/reports/q3?full=1\n"
+                       b"1800000000123\n" + b"A" * 22 + b"\n56475aa75463474c\n"
+                       + TOKEN.signature)
     sig = base64.urlsafe_b64decode(GOLDEN.rsplit(".", 1)[1] + "==")
     KEY.public_key().verify(sig, message)  # plain Ed25519 over those bytes
 
@@ -49,7 +52,7 @@ def test_golden_vector():
 def test_a_proof_holds_only_for_its_request_token_key_and_window():
     p = PossessionProof.parse(GOLDEN)
     assert (p.key_id, p.at_ms, p.nonce) == ("56475aa75463474c", 1_800_000_000_123, "A" * 22)
-    ok = ("GET", "/reports/q3?full=1", TOKEN.signature)
+    ok = ("reports-api", "GET", "/reports/q3?full=1", TOKEN.signature)
     assert p.check(PUBLIC, *ok, now=AT) is None
     assert p.check(PUBLIC, *ok, now=AT + 30) is None and p.check(PUBLIC, *ok, now=AT - 30) is None
     assert "too old" in p.check(PUBLIC, *ok, now=AT + 30.01)
@@ -57,12 +60,14 @@ def test_a_proof_holds_only_for_its_request_token_key_and_window():
     assert p.check(PUBLIC, *ok, now=AT + 100, window=120) is None
     other_key = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw,
                                                                         PublicFormat.Raw)
-    for public, method, target, sig in (
-            (other_key, *ok), (PUBLIC, "get", ok[1], ok[2]), (PUBLIC, "GET", "/reports/q3", ok[2]),
-            (PUBLIC, "GET", ok[1], TOKEN.attenuate("action in read").signature),
-            (b"short", *ok)):
-        assert "does not verify" in p.check(public, method, target, sig, now=AT)
-    assert "control character" in p.check(PUBLIC, "GET", "/x\n", ok[2], now=AT)
+    aud, method, target, sig = ok
+    for case in ((other_key, *ok), (PUBLIC, aud, "get", target, sig),
+                 (PUBLIC, aud, "GET", "/reports/q3", sig),
+                 (PUBLIC, aud, "GET", target, TOKEN.attenuate("action in read").signature),
+                 (PUBLIC, "other-api", method, target, sig),  # another service: not for it
+                 (b"short", *ok)):
+        assert "does not verify" in p.check(*case, now=AT)
+    assert "control character" in p.check(PUBLIC, aud, "GET", "/x\n", sig, now=AT)
 
 
 @pytest.mark.parametrize("text", [
@@ -94,14 +99,17 @@ def test_a_proof_round_trips_and_whitespace_around_it_is_dropped():
 
 def test_proving_refuses_what_could_not_be_checked():
     with pytest.raises(InvalidArgumentError):
-        prove_possession(TOKEN, KEY, "GET", "")
+        prove_possession(TOKEN, KEY, "GET", "", audience="api")
     with pytest.raises(InvalidArgumentError):
-        prove_possession(TOKEN, KEY, "G\rET", "/x")
+        prove_possession(TOKEN, KEY, "G\rET", "/x", audience="api")
     with pytest.raises(InvalidArgumentError):
-        prove_possession(TOKEN, KEY, "GET", "/x", nonce="too short")
+        prove_possession(TOKEN, KEY, "GET", "/x", audience="api", nonce="too short")
+    with pytest.raises(InvalidArgumentError):
+        prove_possession(TOKEN, KEY, "GET", "/x", audience="")
     with pytest.raises(MalformedTokenError):
-        prove_possession("not a token", KEY, "GET", "/x")
-    two = {prove_possession(TOKEN, KEY, "GET", "/x").split(".")[3] for _ in range(2)}
+        prove_possession("not a token", KEY, "GET", "/x", audience="api")
+    two = {prove_possession(TOKEN, KEY, "GET", "/x", audience="api").split(".")[3]
+           for _ in range(2)}
     assert len(two) == 2  # a fresh nonce every time
 
 
@@ -120,3 +128,43 @@ def test_http_methods_give_actions_and_others_none():
         "read", "read", "write", "write", "write", "delete"]
     for m in ("OPTIONS", "TRACE", "CONNECT", "", "GET ", None):
         assert http_action(m) is None  # type: ignore[arg-type]
+
+
+# -- the resource an HTTP path names ------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [
+    "/data/public/%2e%2e/secret/x", "/data/public/%2E%2E/secret/x",
+    "/data/public/..%2fsecret%2fx", "/data/public/%2e%2e%2fsecret%2fx",
+    "/data/public/..%5csecret", "/data/public/x%00", "/data/public/../secret/x",
+    "/data/public/..;/secret/x", "/data/public/.;x=1/y", "/data/public/./x",
+    "/data/public\\..\\secret", "/data/%ff", "/data/public/%252e%252e/secret",
+])
+def test_a_path_a_server_could_read_as_another_is_refused(path):
+    with pytest.raises(InvalidArgumentError):
+        http_resource(path)
+
+
+def test_a_path_is_decoded_and_loses_its_query():
+    assert http_resource("/data/q%203?full=1#top") == "/data/q 3"
+    assert http_resource("/data/r%C3%A9sum%C3%A9") == "/data/résumé"
+    assert http_resource("/data/..x/.y") == "/data/..x/.y"  # names that start with dots
+
+
+_SEGMENT = st.sampled_from(["data", "x", ".", "..", "%2e", "%2E%2e", "%2f", ";p", "..;a",
+                            "%41", "%5c", "a%2fb", "%c3%a9", "%252e", "%25", ""])
+
+
+@given(st.lists(_SEGMENT, min_size=1, max_size=6))
+def test_no_accepted_path_holds_a_dot_segment_once_decoded(segments):
+    """Whatever a server does with percent escapes or ';' parameters, a path that is
+    accepted names no '.' or '..' segment: the resource checked is the one served."""
+    path = "/" + "/".join(segments)
+    try:
+        resource = http_resource(path)
+    except InvalidArgumentError:
+        return
+    fully = urllib.parse.unquote(urllib.parse.unquote(path))
+    for seg in [*resource.split("/"), *fully.split("/")]:
+        assert seg.split(";", 1)[0] not in (".", "..")
+    assert "\\" not in fully

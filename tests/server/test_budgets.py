@@ -414,9 +414,11 @@ def test_requests_with_proofs_are_counted_once_their_proof_holds(server):
         limited = Token.parse(w.token).attenuate("uses <= 2").to_text()
 
         def proven(proof_token: str = limited):
-            return Proof(prove_possession(proof_token, w.key, "GET", R), "GET", R)
+            return Proof(prove_possession(proof_token, w.key, "GET", R, audience=w.service_id),
+                         "GET", R)
 
-        bad = Proof(prove_possession(limited, w.key, "GET", "/elsewhere"), "GET", R)
+        bad = Proof(prove_possession(limited, w.key, "GET", "/elsewhere",
+                                     audience=w.service_id), "GET", R)
         assert w.svc.verify(limited, "read", R, proof=bad).code == "bad_proof"  # spends nothing
         got = [w.svc.verify(limited, "read", R, proof=proven()).code for _ in range(3)]
         assert got == ["allowed", "allowed", "budget_exhausted"]

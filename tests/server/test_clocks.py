@@ -15,11 +15,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from capgate_client import Client
+from capgate import prove_possession
+from capgate_client import Client, Proof
 from capgate_server import CLOCK_HEALTH, new_kek_text
 
 from conftest import FakeClock
-from harness import ServerThread
+from harness import KeyedAgent, ServerThread
 
 HOUR = 3600.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -216,3 +217,39 @@ def test_health_warns_while_the_clock_is_off_the_stores(tmp_path, pg_url, kek, s
 def test_an_embedded_store_has_no_clock_to_disagree_with(tmp_path, clock, servers):
     s = servers(tmp_path / "d", clock=clock)  # 46 days ahead of the real time
     assert health(s, CLOCK_HEALTH) == SERVING
+
+
+def test_a_wall_clock_that_jumps_ahead_does_not_make_a_replica_forget_proofs(tmp_path):
+    """Proof nonces are forgotten by the replica's trusted clock, not its wall clock: a
+    jump ahead (and back) does not delete them early, so a captured proof cannot be
+    replayed after a restart inside its window."""
+    offset = [0.0]
+
+    def clock() -> float:
+        return time.time() + offset[0]
+
+    data = tmp_path / "d"
+    s = ServerThread(data, clock=clock, poll_interval=3600).start()
+    alice = KeyedAgent(s, require_proof=True)
+    svc, token, key = alice.service_credential, alice.token, alice.key
+    target = "/data/reports/q3"
+
+    def verify(server, proof):
+        with server.client(svc) as c:
+            return c.verify(token, "read", target, proof=Proof(proof, "GET", target)).code
+
+    captured = prove_possession(token, key, "GET", target, audience=alice.service_id)
+    try:
+        assert [verify(s, captured), verify(s, captured)] == ["allowed", "proof_replayed"]
+        offset[0] = 200.0  # the wall clock jumps ahead: the next redemption forgets
+        assert verify(s, prove_possession(token, key, "GET", target, audience=alice.service_id,
+                                       clock=clock)) == "allowed"
+        offset[0] = 0.0  # and is stepped back
+    finally:
+        alice.close()
+        s.stop()
+    s = ServerThread(data, clock=clock, poll_interval=3600).start()
+    try:
+        assert verify(s, captured) == "proof_replayed"
+    finally:
+        s.stop()

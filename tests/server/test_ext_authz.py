@@ -120,6 +120,21 @@ def test_action_from_the_route_or_the_method_and_resource_from_the_path(mesh):
                                              raw_headers=True))) == (200, "alice")
 
 
+@pytest.mark.parametrize("path", [
+    "/data/reports/%2e%2e/hr/x", "/data/reports/%2E%2E/hr/x", "/data/reports/..%2fhr%2fx",
+    "/data/reports/..;/hr/x", "/data/reports/%252e%252e/hr/x", "/data/reports/..%5chr"])
+def test_a_path_the_upstream_could_read_as_another_is_denied(mesh, path):
+    """Envoy passes the path as the client sent it; a server behind it may decode and
+    normalise it. A path spelling a way out of the token's resources is refused, never
+    checked as an ordinary name that matches ``/data/reports/**``."""
+    _, alice, envoy = mesh
+    r = envoy.check(check_request(token=alice.token, principal=PREFIX + "alice", path=path))
+    assert verdict(r) == (403, "invalid_request")
+    assert verdict(envoy.check(check_request(
+        token=alice.token, principal=PREFIX + "alice", path="/data/reports/q%33"))) == (
+        200, "alice")  # an ordinary escape is read as what it spells: /data/reports/q3
+
+
 def test_missing_or_malformed_tokens_deny(mesh):
     _, alice, envoy = mesh
     me = PREFIX + "alice"

@@ -26,6 +26,7 @@ R = "/data/reports/q3"
 
 class World(KeyedAgent):
     def proof(self, method="GET", target=R, token=None, **kw):
+        kw.setdefault("audience", self.service_id)
         return Proof(prove_possession(token or self.token, self.key, method, target, **kw),
                      method, target)
 
@@ -63,7 +64,7 @@ def test_a_stolen_token_without_proof_is_denied_where_its_agent_requires_proof(w
     assert world.verify(world.proof()).proven  # the agent itself, with its key
     # a proof signed by a key the agent never registered is no proof
     other = load_private_key(new_private_key_pem()[0])
-    forged = Proof(prove_possession(world.token, other, "GET", R), "GET", R)
+    forged = Proof(prove_possession(world.token, other, "GET", R, audience=world.service_id), "GET", R)
     assert world.verify(forged, presenter="alice").code == "bad_proof"
     # an agent verifying for itself proved who it is with its own credential
     assert world.agent.verify(world.token, "read", R).allowed
@@ -150,11 +151,11 @@ def test_unusable_request_lines_deny(world, method, target):
 
 def test_core_refuses_to_sign_what_it_could_not_check(world):
     with pytest.raises(InvalidArgumentError):
-        prove_possession(world.token, world.key, "GET", "a\nb")
+        prove_possession(world.token, world.key, "GET", "a\nb", audience="svc")
     with pytest.raises(InvalidArgumentError):
-        prove_possession(world.token, world.key, "GET", R, nonce="bad nonce")
+        prove_possession(world.token, world.key, "GET", R, audience="svc", nonce="bad nonce")
     with pytest.raises(InvalidArgumentError):
-        prove_possession(world.token, b"not a key", "GET", R)  # type: ignore[arg-type]
+        prove_possession(world.token, b"not a key", "GET", R, audience="svc")  # type: ignore[arg-type]
     p = PossessionProof.parse(world.proof().text)
     assert PossessionProof.parse(p.to_text()) == p
 
@@ -182,7 +183,7 @@ def test_a_store_that_cannot_redeem_nonces_fails_closed(world):
 
 
 def test_the_presenter_attaches_what_a_service_checks(world):
-    presenter = Presenter(world.token, world.pem)
+    presenter = Presenter(world.token, world.pem, audience=world.service_id)
     headers = presenter.headers("GET", R)
     assert headers["authorization"] == f"Capgate {world.token}"
     r = world.verify(Proof(headers["capgate-proof"], "GET", R))
@@ -222,9 +223,7 @@ def test_a_nonce_redeemed_at_one_replica_is_refused_at_another(tmp_path, pg_url)
     b = ServerThread(tmp_path / "b", store_url=pg_url, kek_file=kek).start()
     try:
         w = World(a)
-        with Client(b.address, a.admin_credential) as admin_b:
-            svc_b = admin_b.create_principal("svc-b", "service").credential
-        with Client(b.address, svc_b) as at_b:
+        with Client(b.address, w.service_credential) as at_b:  # the same service, at B
             proof = w.proof()
             assert w.verify(proof).proven  # redeemed at A
             # B follows the agent through the change feed; the nonce is the fleet's
@@ -236,3 +235,17 @@ def test_a_nonce_redeemed_at_one_replica_is_refused_at_another(tmp_path, pg_url)
     finally:
         b.stop()
         a.stop()
+
+
+def test_a_proof_is_good_only_at_the_service_it_names(world):
+    """A service that receives a proof cannot spend it at another service, even for the
+    same method and path: the proof names its audience, and Verify checks the caller."""
+    other = world.admin.create_principal("svc-other", "service").credential
+    relayed = world.proof()  # made for world.service_id
+    with world.server.client(other) as at_other:
+        r = at_other.verify(world.token, "read", R, proof=relayed)
+        assert r.code == "bad_proof" and "'svc-other'" in r.reason
+        assert at_other.verify(world.token, "read", R,
+                               proof=world.proof(audience="svc-other")).proven
+    assert world.verify(relayed).proven  # still good where it was meant to go
+

@@ -193,6 +193,31 @@ def test_second_store_object_sees_the_same_data(backend: Backend, store: Store) 
     assert store.last_change() == other.last_change()
 
 
+def test_racing_revocations_of_one_id_both_succeed(backend: Backend, store: Store) -> None:
+    """Two replicas revoke the same id at the same moment: exactly one is the first, the
+    other finds it revoked (and may extend its life); neither gets an error."""
+    stores = [store, backend.open()]
+    for n in range(20):
+        barrier = threading.Barrier(2)
+        results: list[object] = []
+
+        def revoke(s: Store, expires: float, lid: str = f"race-{n}") -> None:
+            barrier.wait()
+            try:
+                results.append(s.revoke(lid, T0, expires, "admin", "", ev("revoke", subject=lid)))
+            except BaseException as e:
+                results.append(e)
+
+        threads = [threading.Thread(target=revoke, args=(s, T0 + 600 + 60 * i))
+                   for i, s in enumerate(stores)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results, key=str) == [False, True], results
+        assert dict(store.revocations(T0))[f"race-{n}"] == T0 + 660  # the longer life kept
+
+
 def test_racing_migrations_on_a_fresh_database(backend: Backend) -> None:
     stores = [backend.open(), backend.open()]
     barrier = threading.Barrier(len(stores))

@@ -212,7 +212,11 @@ class PostgresStore(SqlStore):
 # connection loss, timeouts, disk full (OperationalError), a read-only server, and
 # this session ended for idling in a transaction.
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction,
-                psycopg.errors.IdleInTransactionSessionTimeout)
+                psycopg.errors.IdleInTransactionSessionTimeout,
+                # a concurrent transaction won a race this one should have waited out:
+                # nothing was written, and the caller may try again
+                psycopg.errors.UniqueViolation, psycopg.errors.SerializationFailure,
+                psycopg.errors.DeadlockDetected)
 
 
 def _unavailable(e: psycopg.Error) -> UnavailableError:

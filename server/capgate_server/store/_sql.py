@@ -436,21 +436,21 @@ class SqlStore(ApprovalRows, AuditRecords, Store):
 
     def revoke(self, lineage_id: str, revoked_at: float, expires_at: float, by: str,
                reason: str, audit: AuditEvent) -> bool:
+        # insert-or-nothing, then extend: two replicas revoking one id at once both
+        # succeed (the second waits for the first's row), never a conflict error
         with self._tx() as cur:
-            row = self._x(cur, "SELECT expires_at FROM revocations WHERE id = ?",
-                          (lineage_id,)).fetchone()
             self._audit(cur, [audit])
-            if row is None:
-                self._x(cur, "INSERT INTO revocations (id, revoked_at, expires_at, revoked_by,"
-                             " reason) VALUES (?, ?, ?, ?, ?)",
-                        (lineage_id, revoked_at, expires_at, by,
-                         reason[:AUDIT_FIELD_LIMITS["reason"]]))
+            self._x(cur, "INSERT INTO revocations (id, revoked_at, expires_at, revoked_by, "
+                         "reason) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (lineage_id, revoked_at, expires_at, by,
+                     reason[:AUDIT_FIELD_LIMITS["reason"]]))
+            new = cur.rowcount == 1
+            if not new:  # kept as long as the longest-lived token it may name
+                self._x(cur, "UPDATE revocations SET expires_at = ? WHERE id = ? AND "
+                             "expires_at < ?", (expires_at, lineage_id, expires_at))
+            if new or cur.rowcount == 1:
                 self._change(cur, ChangeKind.REVOCATION, lineage_id, expires_at)
-            elif expires_at > row[0]:  # kept as long as the longest-lived token it may name
-                self._x(cur, "UPDATE revocations SET expires_at = ? WHERE id = ?",
-                        (expires_at, lineage_id))
-                self._change(cur, ChangeKind.REVOCATION, lineage_id, expires_at)
-        return row is None
+        return bool(new)
 
     def revocations(self, now: float) -> list[tuple[str, float]]:
         with self._read() as cur:
