@@ -10,6 +10,7 @@ running ones finished within the grace, then the gRPC server stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import ipaddress
 import logging
@@ -84,6 +85,7 @@ class CapgateServer:
         self.metrics_port = 0
         self.admin_credential_path: Path | None = None
         self._pending: set[asyncio.Task[None]] = set()  # health updates under way
+        self._workers_health: asyncio.Task[None] | None = None
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` on the loop, holding a reference until it is done."""
@@ -157,7 +159,8 @@ class CapgateServer:
         replica.on_freshness.append(lambda fresh: self._background(self._set_health(fresh)))
         replica.on_clock.append(lambda agrees: self._background(self._set_clock_health(agrees)))
         if self.siblings is not None:
-            self._background(self._follow_workers(self.siblings))
+            self._workers_health = asyncio.get_running_loop().create_task(
+                self._follow_workers(self.siblings), name="workers-health")
         log.info("capgate listening on %s (%s store, role %s)", self.address,
                  "PostgreSQL" if shared else "SQLite", s.role)
         if s.metrics_listen:
@@ -207,7 +210,7 @@ class CapgateServer:
     async def _follow_workers(self, siblings: Siblings) -> None:
         """``WORKERS_HEALTH`` from the supervisor's count of the host's workers serving."""
         last = None
-        while self.server is not None:
+        while True:
             full = siblings.serving() >= siblings.expected
             if full != last:
                 await self.health.set(WORKERS_HEALTH, health_pb2.HealthCheckResponse.SERVING
@@ -218,6 +221,11 @@ class CapgateServer:
     async def stop(self, grace: float | None = None) -> None:
         """Drain, then stop: every call either finishes or is refused as not executed;
         only calls still running when ``grace`` (default: the setting) ends are cancelled."""
+        if self._workers_health is not None:
+            self._workers_health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._workers_health
+            self._workers_health = None
         if grace is None:
             grace = self.settings.shutdown_grace
         deadline = time.monotonic() + grace
