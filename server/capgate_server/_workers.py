@@ -93,8 +93,8 @@ class _WorkerSpec:
 
 
 class WorkerPool:
-    """The supervisor: ``start()`` does the first start and waits until every worker
-    serves; ``run()`` restarts the ones that die until ``stop()``."""
+    """The supervisor: ``start()`` does the first start, waits until every worker
+    serves, and from then on restarts the ones that die, until ``stop()``."""
 
     def __init__(self, settings: Settings, workers: int) -> None:
         if workers < 1:
