@@ -31,6 +31,11 @@ async def _batch(request: verifier_pb2.VerifyBatchRequest,
     return verifier_pb2.VerifyBatchResponse(responses=[_ALLOWED for _ in request.requests])
 
 
+async def _stream(requests: object, context: object) -> object:
+    async for _ in requests:  # type: ignore[attr-defined]
+        yield _ALLOWED
+
+
 def noop_handler() -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(NOOP, {
         "Verify": grpc.unary_unary_rpc_method_handler(
@@ -39,11 +44,14 @@ def noop_handler() -> grpc.GenericRpcHandler:
         "VerifyBatch": grpc.unary_unary_rpc_method_handler(
             _batch, request_deserializer=verifier_pb2.VerifyBatchRequest.FromString,
             response_serializer=verifier_pb2.VerifyBatchResponse.SerializeToString),
+        "VerifyStream": grpc.stream_stream_rpc_method_handler(
+            _stream, request_deserializer=verifier_pb2.VerifyRequest.FromString,
+            response_serializer=verifier_pb2.VerifyResponse.SerializeToString),
     })
 
 
 async def main(data_dir: Path, store: str | None) -> None:
-    policy = {f"/{NOOP}/Verify": frozenset(Role), f"/{NOOP}/VerifyBatch": frozenset(Role)}
+    policy = {f"/{NOOP}/{m}": frozenset(Role) for m in ("Verify", "VerifyBatch", "VerifyStream")}
     # the twin of VerifyBatch takes messages as large as the real one
     limits = ResourceLimits(method_messages={f"/{NOOP}/VerifyBatch": ResourceLimits.batch_message})
     app = CapgateServer(Settings(data_dir=data_dir, listen="127.0.0.1:0", store_url=store,

@@ -1,4 +1,4 @@
-"""gRPC throughput: Verify and VerifyBatch against a no-op service on the same server.
+"""gRPC throughput: Verify, VerifyBatch and VerifyStream against a no-op twin on one server.
 
 The server runs in its own process (as in production) with the benchmark's
 no-op VerifierService twin beside the real one; the load comes from an asyncio
@@ -28,6 +28,8 @@ CONCURRENCY = 64
 UNARY_CALLS = 3000
 BATCH_SIZE = 256
 BATCH_CALLS = 60
+STREAMS = 8
+STREAM_MESSAGES = 4000  # per round, over STREAMS streams
 NOOP = "/capgate.bench.NoopVerifier"
 
 
@@ -98,7 +100,7 @@ def test_verify_unary(benchmark, bench_server):
                        rounds=5)
     record(benchmark, "grpc Verify unary (64 concurrent)", UNARY_CALLS)
     ratio("gRPC Verify unary vs no-op", "grpc Verify unary (64 concurrent)",
-          "grpc no-op unary (64 concurrent)", 0.70)
+          "grpc no-op unary (64 concurrent)", 0.85)
 
 
 def test_noop_batch(benchmark, bench_server):
@@ -118,4 +120,46 @@ def test_verify_batch(benchmark, bench_server):
                        rounds=5)
     record(benchmark, "grpc VerifyBatch checks (256/call)", BATCH_CALLS * BATCH_SIZE)
     ratio("gRPC VerifyBatch vs no-op", "grpc VerifyBatch checks (256/call)",
-          "grpc no-op batch checks (256/call)", 0.50)
+          "grpc no-op batch checks (256/call)", 0.60)
+
+
+async def _streams(address: str, credential: str, method: str, requests: list,
+                   total: int) -> None:
+    md = (("authorization", f"Bearer {credential}"),)
+    async with grpc.aio.insecure_channel(address) as ch:
+        call = ch.stream_stream(
+            method, request_serializer=verifier_pb2.VerifyRequest.SerializeToString,
+            response_deserializer=verifier_pb2.VerifyResponse.FromString)
+        per = total // STREAMS
+
+        async def one(k: int) -> None:
+            replies = call(iter([requests[(k * per + i) % len(requests)] for i in range(per)]),
+                           metadata=md)
+            n = 0
+            async for reply in replies:
+                assert reply.allowed
+                n += 1
+            assert n == per
+
+        await asyncio.gather(*[one(k) for k in range(STREAMS)])
+
+
+def _run_stream(p, svc, requests, method):
+    asyncio.run(_streams(p.address, svc, method, requests, STREAM_MESSAGES))
+
+
+def test_noop_stream(benchmark, bench_server):
+    p, svc, requests = bench_server
+    _run_stream(p, svc, requests, f"{NOOP}/VerifyStream")
+    benchmark.pedantic(_run_stream, args=(p, svc, requests, f"{NOOP}/VerifyStream"), rounds=5)
+    record(benchmark, "grpc no-op stream checks (8 streams)", STREAM_MESSAGES)
+
+
+def test_verify_stream(benchmark, bench_server):
+    p, svc, requests = bench_server
+    method = "/capgate.v1.VerifierService/VerifyStream"
+    _run_stream(p, svc, requests, method)
+    benchmark.pedantic(_run_stream, args=(p, svc, requests, method), rounds=5)
+    record(benchmark, "grpc VerifyStream checks (8 streams)", STREAM_MESSAGES)
+    ratio("gRPC VerifyStream vs no-op stream", "grpc VerifyStream checks (8 streams)",
+          "grpc no-op stream checks (8 streams)", 0.60)

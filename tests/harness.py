@@ -124,12 +124,16 @@ class ServerThread:
 class ServerProcess:
     """``capgate serve`` in a subprocess; ``kill()`` is a real kill -9.
 
-    ``file_size_limit`` (bytes) caps every file it writes (RLIMIT_FSIZE): a full disk."""
+    ``file_size_limit`` (bytes) caps every file it writes (RLIMIT_FSIZE): a full disk.
+    ``workers``: worker processes (one by default: a single process, pid ``proc.pid``)."""
 
     def __init__(self, data_dir: Path, extra: Sequence[str] = (), env: dict[str, str] | None = None,
-                 listen: str = "127.0.0.1:0", file_size_limit: int | None = None) -> None:
+                 listen: str = "127.0.0.1:0", file_size_limit: int | None = None,
+                 workers: int = 1) -> None:
         self.data_dir = data_dir
-        self.args = [*CAPGATE, "serve", "--data-dir", str(data_dir), "--listen", listen, *extra]
+        self.args = [*CAPGATE, "serve", "--data-dir", str(data_dir), "--listen", listen,
+                     "--workers", str(workers), *extra]
+        self.workers = workers
         self.env = {**os.environ, **(env or {})}
         self.file_size_limit = file_size_limit
         self.proc: subprocess.Popen[str] | None = None
@@ -193,8 +197,12 @@ class ServerProcess:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+            if self.workers > 1:  # let the supervisor stop its workers and tidy up
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.terminate()
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)
 
 
 def cli(*args: str, server: str = "", credential: str = "", stdin: str | None = None,

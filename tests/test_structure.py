@@ -37,6 +37,10 @@ INTERNAL_TESTS = {
     "benchmarks/test_governance.py": {"capgate_server._baselines", "capgate_server._usage"},
     # deviation detection and access review as pure functions of usage
     "tests/server/test_baselines.py": {"capgate_server._baselines", "capgate_server._review"},
+    # two workers of one host side by side in one process, one cut off from the store
+    "tests/server/test_workers.py": {"capgate_server._siblings"},
+    # the batch split on the wire format, against protobuf's own reading
+    "tests/server/test_verdicts.py": {"capgate_server._verdicts"},
 }
 
 

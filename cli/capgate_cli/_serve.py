@@ -1,5 +1,8 @@
 """``capgate serve``: run one server (replica) until SIGTERM; the server loads lazily.
 
+``--workers N`` runs N worker processes on the one address under a supervisor
+(default: one per usable core; 1 is a single process, as before).
+
 An SDK user's ``capgate`` command never imports the server: only this command
 does, when it runs.
 """
@@ -17,7 +20,7 @@ from capgate_cli._common import EXIT_OK, duration, store_url
 
 
 def serve(args: argparse.Namespace) -> int:
-    from capgate_server import Settings, serve
+    from capgate_server import Settings, serve, serve_workers, usable_cores
     from capgate_server.store import SessionTimeouts
 
     settings = Settings(
@@ -55,18 +58,43 @@ def serve(args: argparse.Namespace) -> int:
     if settings.approval_ttl > settings.approval_max_ttl:
         raise InvalidArgumentError("--approval-ttl is longer than --approval-max-ttl")
 
-    def ready(app: object) -> None:
-        from capgate_server import CapgateServer
+    workers = args.workers
+    if workers is None:
+        workers = _workers(os.environ.get("CAPGATE_WORKERS", "")) or usable_cores()
 
-        assert isinstance(app, CapgateServer)
+    def ready(app: Any) -> None:  # a CapgateServer, or a WorkerPool
         where = app.admin_credential_path
         print(f"capgate {__version__} serving on {app.address}"
+              + (f"; {workers} worker processes" if workers > 1 else "")
               + (f"; admin credential written to {where}" if where else ""), flush=True)
         if app.console_url:
             print(f"operator console at {app.console_url}", flush=True)
 
-    asyncio.run(serve(settings, on_ready=ready))
+    if workers == 1:
+        asyncio.run(serve(settings, on_ready=ready))
+    else:
+        asyncio.run(serve_workers(settings, workers, on_ready=ready))
     return EXIT_OK
+
+
+def _workers(text: str) -> int | None:
+    """``CAPGATE_WORKERS``: a whole number from 1 ("": the default)."""
+    if not text.strip():
+        return None
+    if not text.strip().isdigit() or int(text) < 1:
+        raise InvalidArgumentError(f"--workers takes a whole number from 1, not {text!r}")
+    return int(text)
+
+
+def _workers_flag(text: str) -> int:
+    """``--workers N``: a usage error (exit 2) unless a whole number from 1."""
+    try:
+        n = _workers(text)
+    except InvalidArgumentError as e:
+        raise argparse.ArgumentTypeError(e.message) from None
+    if n is None:
+        raise argparse.ArgumentTypeError("--workers takes a whole number from 1")
+    return n
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -83,6 +111,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                         "or env CAPGATE_STORE)")
     p.add_argument("--store-file", type=Path, default=argparse.SUPPRESS, metavar="F",
                    help="a file holding the store URL (keeps a password out of `ps`)")
+    p.add_argument("--workers", type=_workers_flag, default=None,
+                   metavar="N", help="worker processes serving the one address (default: one "
+                                     "per usable core; 1: a single process; or env "
+                                     "CAPGATE_WORKERS)")
     p.add_argument("--role", choices=["full", "verifier"], default="full",
                    help="verifier: serve Verify and health only")
     p.add_argument("--kek-file", type=Path, metavar="F",

@@ -156,6 +156,13 @@ class Verifier:
         agents_version: int = getattr(self._agents, "version", 0)
         return agents_version + self._revocations.version + self._key_version
 
+    @property
+    def state(self) -> int:
+        """A number that moves on every change of agents, revocations or keys (and on
+        ``invalidate``): a decision remembered outside the verifier holds only while
+        it is the one the decision was made at, as the verifier's own memo does."""
+        return self._state()
+
     def check(self, token: str, action: str, resource: str, presenter: str | None,
               ctx: Mapping[str, str] | None = None, *,
               request: Request | None = None, discharges: Sequence[str] = ()) -> Decision:

@@ -10,6 +10,7 @@ running ones finished within the grace, then the gRPC server stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import ipaddress
 import logging
@@ -35,16 +36,19 @@ from capgate_server._keyring import load_kek
 from capgate_server._metrics import CallMeter, Metrics, start_metrics
 from capgate_server._replica import Replica, Settings
 from capgate_server._servicers import register_all
+from capgate_server._siblings import Siblings
 from capgate_server._verification import Verification
 from capgate_server.store import Role, open_store
 
-__all__ = ["CLOCK_HEALTH", "CapgateServer", "serve"]
+__all__ = ["CLOCK_HEALTH", "WORKERS_HEALTH", "CapgateServer", "serve"]
 
 log = logging.getLogger("capgate.server")
 MAX_SEND = 16 * 1024 * 1024  # replies: a batch of 1,024 verdicts, a page of audit records
 _VERIFIER_OK = ("/capgate.v1.VerifierService/", "/envoy.service.auth.v3.Authorization/",
                 "/grpc.reflection.")
 CLOCK_HEALTH = "capgate.clock"  # health name: NOT_SERVING while the clock is off
+# health name, with --workers: NOT_SERVING while a worker of the host is down (restarting)
+WORKERS_HEALTH = "capgate.workers"
 
 
 def _is_loopback(listen: str) -> bool:
@@ -63,8 +67,10 @@ class CapgateServer:
     def __init__(self, settings: Settings, *, clock: Clock = system_clock,
                  monotonic: Clock = time.monotonic,
                  extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
-                 extra_policy: Mapping[str, frozenset[Role]] | None = None) -> None:
+                 extra_policy: Mapping[str, frozenset[Role]] | None = None,
+                 siblings: Siblings | None = None) -> None:
         self.settings = settings
+        self.siblings = siblings  # a worker of ``capgate serve --workers N``
         self.clock = clock
         self.monotonic = monotonic
         self._extra = list(extra_handlers)  # e.g. the benchmarks' no-op baseline
@@ -82,6 +88,7 @@ class CapgateServer:
         self.console: Any = None  # capgate_server.console.Console, when --console-listen
         self.console_port = 0
         self._pending: set[asyncio.Task[None]] = set()  # health updates under way
+        self._workers_health: asyncio.Task[None] | None = None
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` on the loop, holding a reference until it is done."""
@@ -96,7 +103,8 @@ class CapgateServer:
                 f"refusing to listen on {s.listen} without TLS: pass --tls-cert/--tls-key, "
                 "or --insecure if the network is trusted")
         try:  # before the store is opened or anything written: a taken port is said at once
-            _check_free(s.listen)
+            if not s.reuse_port:  # a worker: its supervisor checked, and holds the port
+                _check_free(s.listen)
         except OSError:
             raise _cannot_listen(s.listen) from None
         if not s.replica_id:
@@ -104,7 +112,8 @@ class CapgateServer:
         store = open_store(s.store_url, s.data_dir, s.db_timeouts, writer=s.replica_id)
         shared = bool(s.store_url) and not (s.store_url or "").startswith("sqlite:")
         kek = load_kek(s.kek_file, None if shared else s.data_dir / "kek.key")
-        self.replica = replica = Replica(store, kek, s, self.clock, self.monotonic)
+        self.replica = replica = Replica(store, kek, s, self.clock, self.monotonic,
+                                         self.siblings)
         credential = await replica.start()
         if credential is not None:
             self.admin_credential_path = _write_secret(s.data_dir / "admin.credential", credential)
@@ -130,7 +139,7 @@ class CapgateServer:
             options=[("grpc.max_receive_message_length", limits.largest_message),
                      ("grpc.max_send_message_length", MAX_SEND),
                      ("grpc.max_concurrent_streams", limits.streams_per_connection),
-                     ("grpc.so_reuseport", 0)],
+                     ("grpc.so_reuseport", int(s.reuse_port))],
             maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
         self._services = names = register_all(server, replica)
@@ -154,11 +163,15 @@ class CapgateServer:
         await self._set_clock_health(replica.trusted.agrees)
         replica.on_freshness.append(lambda fresh: self._background(self._set_health(fresh)))
         replica.on_clock.append(lambda agrees: self._background(self._set_clock_health(agrees)))
+        if self.siblings is not None:
+            self._workers_health = asyncio.get_running_loop().create_task(
+                self._follow_workers(self.siblings), name="workers-health")
         log.info("capgate listening on %s (%s store, role %s)", self.address,
                  "PostgreSQL" if shared else "SQLite", s.role)
         if s.metrics_listen:
+            workers = self.siblings.serving if self.siblings is not None else (lambda: 1)
             self._metrics, self.metrics_port = start_metrics(
-                s.metrics_listen, Metrics(replica, self.calls),
+                s.metrics_listen, Metrics(replica, self.calls, workers),
                 certfile=str(s.tls_cert) if s.tls_cert else None,
                 keyfile=str(s.tls_key) if s.tls_key else None)
             log.info("metrics on %s:%d/metrics", s.metrics_listen.rpartition(":")[0],
@@ -232,9 +245,25 @@ class CapgateServer:
         await self.health.set(CLOCK_HEALTH, health_pb2.HealthCheckResponse.SERVING if agrees
                               else health_pb2.HealthCheckResponse.NOT_SERVING)
 
+    async def _follow_workers(self, siblings: Siblings) -> None:
+        """``WORKERS_HEALTH`` from the supervisor's count of the host's workers serving."""
+        last = None
+        while True:
+            full = siblings.serving() >= siblings.expected
+            if full != last:
+                await self.health.set(WORKERS_HEALTH, health_pb2.HealthCheckResponse.SERVING
+                                      if full else health_pb2.HealthCheckResponse.NOT_SERVING)
+                last = full
+            await asyncio.sleep(0.5)
+
     async def stop(self, grace: float | None = None) -> None:
         """Drain, then stop: every call either finishes or is refused as not executed;
         only calls still running when ``grace`` (default: the setting) ends are cancelled."""
+        if self._workers_health is not None:
+            self._workers_health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._workers_health
+            self._workers_health = None
         if grace is None:
             grace = self.settings.shutdown_grace
         deadline = time.monotonic() + grace
@@ -307,9 +336,9 @@ def _write_secret(path: Path, secret: str) -> Path:
 
 
 async def serve(settings: Settings, *, on_ready: Callable[[CapgateServer], Any] | None = None,
-                ) -> None:
+                siblings: Siblings | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    app = CapgateServer(settings)
+    app = CapgateServer(settings, siblings=siblings)
     await app.start()
     # What start-up made lives as long as the process: keep it out of the cyclic
     # collector's full passes, which pause every call for as long as they take.

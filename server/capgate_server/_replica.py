@@ -7,6 +7,11 @@ one, and by a periodic catch-up read so a missed push cannot leave it stale.
 If it has not heard from the store for longer than ``stale_after`` it fails
 closed: every verification denies with the reason, and health says NOT_SERVING.
 
+Worker processes of one host (``capgate serve --workers N``) share
+``Siblings``: a write's ``sync`` publishes its change to the host and waits for
+the siblings to apply it, and a worker behind the host's version catches up
+before it decides (``behind``, ``catch_up``), or fails closed.
+
 Staleness runs on the monotonic clock; forgetting revocations on ``trusted``
 (``TrustedClock``), which reads the store's clock now and then and reports
 (``on_clock``) while this replica's clock disagrees with it.
@@ -45,6 +50,7 @@ from capgate_server._keyring import KeyEncryptionKey, RootKeys
 from capgate_server._ledger import AuditLedger
 from capgate_server._limits import ResourceLimits
 from capgate_server._nonces import NonceLedger
+from capgate_server._siblings import Siblings
 from capgate_server.store import (
     AuditEvent,
     Change,
@@ -114,14 +120,17 @@ class Settings:
     spiffe_prefix: str = ""  # peer principal PREFIX+AGENT presents as AGENT; "": none does
     governance: bool = True  # usage, deviation alerts and containment (docs/governance.md)
     governance_warmup: float = 86400.0  # seconds an agent's baseline learns before alerting
+    reuse_port: bool = False  # a worker: share the address with the host's other workers
 
 
 class Replica:
     """Owns the store connection, the live state and the audit log of one server."""
 
     def __init__(self, store: Store, kek: KeyEncryptionKey, settings: Settings,
-                 clock: Clock = system_clock, monotonic: Clock = time.monotonic) -> None:
+                 clock: Clock = system_clock, monotonic: Clock = time.monotonic,
+                 siblings: Siblings | None = None) -> None:
         self.store = store
+        self.siblings = siblings  # the host's other workers, if any
         self.settings = settings
         self.clock = clock
         self.monotonic = monotonic
@@ -220,7 +229,7 @@ class Replica:
         await self._load()
         if self.root_keys.signing_id is None and self.settings.role == "full":
             await self.call(self.store.add_root_key, self.root_keys.new_record(self.clock()))
-            await self.sync()
+            await self._sync()
         credential = None
         await self.ledger.start()  # first: every record written from here on is vouched for
         full = self.settings.role == "full"
@@ -242,6 +251,8 @@ class Replica:
         self._tasks.append(loop.create_task(self._prune(), name="prune-revocations"))
         self._tasks.append(loop.create_task(self._watch_clock(), name="clock"))
         self._tasks.append(loop.create_task(self.budgets.run(), name="budgets"))
+        if self.siblings is not None:
+            self.siblings.start(self._catch_up_to)
         listen = getattr(self.store, "listen", None)
         if listen is not None:  # the backend pushes changes: wake at once
             self._listener = threading.Thread(
@@ -289,6 +300,38 @@ class Replica:
         self._wake.set()
 
     async def sync(self) -> None:
+        """After a write: apply every change since the last one applied, and (with
+        sibling workers) have every worker of the host apply it before returning."""
+        await self._sync()
+        if self.siblings is not None:
+            await self.siblings.barrier(self._seq)
+
+    def behind(self) -> bool:
+        """Whether another worker of this host acknowledged a change not applied here."""
+        siblings = self.siblings
+        return siblings is not None and siblings.required() > self._seq
+
+    async def catch_up(self) -> bool:
+        """Apply the changes the host's workers have acknowledged, within the siblings'
+        bound; False when that failed (the caller fails closed)."""
+        assert self.siblings is not None
+        try:
+            async with asyncio.timeout(self.siblings.bound):
+                await self._catch_up_to(self.siblings.required())
+        except Exception as e:
+            log.warning("cannot apply the changes acknowledged on this host: %s", e or
+                        "timed out")
+        return not self.behind()
+
+    async def _catch_up_to(self, seq: int) -> int:
+        while self._seq < seq:
+            before = self._seq
+            await self._sync()
+            if self._seq == before:  # not visible yet (another connection's commit)
+                await asyncio.sleep(0.001)
+        return self._seq
+
+    async def _sync(self) -> None:
         """Apply every change since the last one applied (in pages, until caught up);
         only then does the replica count as fresh."""
         async with self._sync_lock:
@@ -344,7 +387,7 @@ class Replica:
                     await self._wake.wait()
             self._wake.clear()
             try:
-                await self.sync()
+                await self._sync()
             except Exception as e:  # the store is down: keep trying, freshness decides
                 log.warning("cannot read the store's change feed: %s", e)
             self._check_fresh()

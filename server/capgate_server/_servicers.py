@@ -5,7 +5,6 @@ Nothing else happens here; errors become status codes in ``_status``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -14,7 +13,6 @@ from capgate import (
     Agent,
     AgentStatus,
     ApprovalRule,
-    CapgateError,
     Decision,
     InvalidArgumentError,
     format_timestamp,
@@ -34,7 +32,6 @@ from capgate_proto.v1 import (
     token_pb2,
     token_pb2_grpc,
     verifier_pb2,
-    verifier_pb2_grpc,
 )
 from capgate_server._approvals import Approvals
 from capgate_server._approvals_rpc import ApprovalServicer
@@ -45,8 +42,8 @@ from capgate_server._registry import AgentUpdate, Registry
 from capgate_server._replica import Replica
 from capgate_server._rotation import KeyRotation
 from capgate_server._rpc import rpc
-from capgate_server._status import abort
 from capgate_server._tokens import Issued, Tokens, TreeNode
+from capgate_server._verdicts import VerifierWire
 from capgate_server._verification import Verification
 from capgate_server.store import Principal, RootKeyRecord
 
@@ -290,38 +287,18 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
         return tree_to_pb(await self.tokens.tree(CALLER.get(), request.id))
 
 
-class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
-    def __init__(self, verification: Verification, reply_bytes: int) -> None:
-        self.verification = verification
+class VerifyReplies:
+    """A decision's VerifyResponse (VerifierService itself is ``VerifierWire``, over bytes)."""
+
+    def __init__(self, reply_bytes: int) -> None:
         self._reply = _AllowedReplies(reply_bytes)
 
-    def _answer(self, r: Any, d: Decision) -> verifier_pb2.VerifyResponse:
+    def __call__(self, r: Any, d: Decision) -> verifier_pb2.VerifyResponse:
         if r.proof.text:  # an allow with a proof: the proof held (built apart: allows are shared)
             reply = decision_to_pb(d)
             reply.proven = d.allowed
             return reply
         return self._reply(d)
-
-    @rpc
-    async def Verify(self, request: Any, context: Any) -> Any:
-        return self._answer(request, await self.verification.verify_item(CALLER.get(), request))
-
-    @rpc
-    async def VerifyBatch(self, request: Any, context: Any) -> Any:
-        decisions = await self.verification.verify_batch(CALLER.get(), request.requests)
-        answer = self._answer
-        return verifier_pb2.VerifyBatchResponse(
-            responses=[answer(r, d) for r, d in zip(request.requests, decisions, strict=True)])
-
-    async def VerifyStream(self, request_iterator: Any,
-                           context: Any) -> AsyncIterator[verifier_pb2.VerifyResponse]:
-        caller, v = CALLER.get(), self.verification
-        budget = v.stream_budget()
-        try:
-            async for r in request_iterator:
-                yield self._answer(r, await v.verify_item(caller, r, budget))
-        except CapgateError as e:
-            await abort(context, e)
 
 
 class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
@@ -352,9 +329,11 @@ def register_all(server: grpc.aio.Server, replica: Replica) -> list[str]:
     approvals = Approvals(replica)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(Registry(replica)), server)
     token_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(Tokens(replica)), server)
-    verifier_pb2_grpc.add_VerifierServiceServicer_to_server(
-        VerifierServicer(Verification(replica, approvals), replica.settings.limits.reply_bytes),
-        server)
+    # VerifierService is served over bytes, with warm verdicts remembered (_verdicts)
+    server.add_generic_rpc_handlers([VerifierWire(
+        Verification(replica, approvals), VerifyReplies(replica.settings.limits.reply_bytes),
+        entries=replica.settings.memo_size, max_bytes=replica.settings.limits.memo_bytes,
+    ).handler()])
     approval_pb2_grpc.add_ApprovalServiceServicer_to_server(ApprovalServicer(approvals), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(AuditTrail(replica)),
                                                       server)

@@ -153,13 +153,29 @@ class Verification:
             return Decision(False, DenyCode.UNAVAILABLE,
                             f"replica out of touch with the store for "
                             f"{replica.staleness():.1f}s; failing closed")
+        if replica.siblings is not None and replica.behind():
+            return Decision(False, DenyCode.UNAVAILABLE,
+                            "this worker cannot apply a change another worker of this host "
+                            "acknowledged; failing closed")
         return None
+
+    def fresh(self) -> bool:
+        """Whether a decision may be made now (fresh, and current with the siblings)."""
+        return self._stale() is None
+
+    async def _current(self) -> None:
+        """With sibling workers: apply what the host acknowledged before deciding."""
+        replica = self.replica
+        if replica.siblings is not None and replica.behind():
+            await replica.catch_up()
 
     async def verify(self, caller: Principal, token: str, action: str, resource: str,
                      presenter: str, ctx: Mapping[str, str]) -> Decision:
         """One decision without a proof; ``presenter`` must already have gone through
         ``presenter_for``."""
         replica = self.replica
+        if replica.siblings is not None and replica.behind():
+            await replica.catch_up()
         decision = self._decide_asserted(caller, token, action, resource, presenter, ctx)
         if decision.allowed:
             decision = await self._count(decision)
@@ -237,6 +253,7 @@ class Verification:
         """Decisions for requests that carry proofs or discharges, in order. Every proof
         that verifies has its nonce redeemed, allowed or not: a proof is good for one
         request; every allow that rests on approvals spends one of their uses."""
+        await self._current()
         decisions: list[Decision] = []
         pending: list[tuple[int, Presented, Claim | None]] = []
         for i, p in enumerate(requests):
@@ -349,6 +366,7 @@ class Verification:
         end = clock() + slice_seconds
         for r, presenter in zip(requests, presenters, strict=True):
             if r.proof.text or r.discharges:
+                await self._current()
                 p = presented(r, presenter)
                 d, claim = self._decide_settled(caller, p)
                 proven.append((len(out), p, claim))

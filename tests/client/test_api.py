@@ -46,8 +46,9 @@ def test_server_public_api_is_pinned():
 
     assert sorted(capgate_server.__all__) == sorted([
         "CLOCK_HEALTH", "ERROR_METADATA_KEY", "POLICY", "AuditLog", "CapgateServer",
-        "KeyEncryptionKey", "Replica", "ResourceLimits", "Settings", "load_kek", "new_kek_text",
-        "recover_admin", "serve", "status_for"])
+        "KeyEncryptionKey", "Replica", "ResourceLimits", "Settings", "WORKERS_HEALTH",
+        "WorkerPool", "load_kek",
+        "new_kek_text", "recover_admin", "serve", "serve_workers", "status_for", "usable_cores"])
     assert sorted(capgate_server.store.__all__) == sorted([
         "ApprovalRecord", "ApprovalStatus", "ApprovalStore", "ApprovalVote", "Redemption",
         "AUDIT_FIELD_LIMITS", "GENESIS", "MIGRATIONS", "AgentPatch", "AuditEvent", "AuditQuery",

@@ -65,7 +65,8 @@ def test_readme_walkthrough_works_as_written(tmp_path):
                   "denied at B: revoked at A", "denied: approval required",
                   "denied: approval used", "denied: another request",
                   "denied by the approver", "approval.use", "denied: contained",
-                  "governance.contain", "read /wiki/hr/** for the first time"):
+                  "governance.contain", "read /wiki/hr/** for the first time",
+                  "denied by every worker"):
         assert words in out, words
     assert "<REVOKED>" in out and "<revoked above>" in out
     assert (work / "reporter.cred").stat().st_mode & 0o777 == 0o600
