@@ -103,6 +103,7 @@ class WorkerPool:
         self.workers = workers
         self.port = 0
         self.admin_credential_path: Path | None = None
+        self.console_url = ""  # worker 0 serves the operator console (--console-listen)
         self.restarts = 0
         self._procs: list[asyncio.subprocess.Process | None] = [None] * workers
         self._reserve: socket.socket | None = None
@@ -175,9 +176,11 @@ class WorkerPool:
             metrics = f"{host}:{int(port) + index if int(port) else 0}"
         assert self._run_dir is not None
         return _WorkerSpec(
+            # one console for the host, on worker 0: its sessions live in one process
             settings=dataclasses.replace(s, listen=self.address, reuse_port=True,
                                          replica_id=f"{s.replica_id}-w{index}",
-                                         metrics_listen=metrics),
+                                         metrics_listen=metrics,
+                                         console_listen=s.console_listen if index == 0 else ""),
             run_dir=self._run_dir, index=index, workers=self.workers, parent=os.getpid(),
             log_level=logging.getLogger().getEffectiveLevel())
 
@@ -196,6 +199,8 @@ class WorkerPool:
             await proc.wait()
             log.error("worker %d exited before serving (status %s)", index, proc.returncode)
             return False
+        if index == 0:  # "ready URL": where its console answers, if it serves one
+            self.console_url = line.decode().strip().removeprefix("ready").strip()
         drain = asyncio.get_running_loop().create_task(_drain(proc.stdout))
         self._readers.add(drain)  # held: the loop keeps only a weak reference
         drain.add_done_callback(self._readers.discard)
@@ -333,8 +338,8 @@ async def _worker(spec: _WorkerSpec) -> None:
     siblings = Siblings(spec.run_dir, spec.index, expected=spec.workers)
     watch = asyncio.get_running_loop().create_task(_watch_parent(spec.parent))
 
-    def ready(app: object) -> None:
-        print("ready", flush=True)
+    def ready(app: Any) -> None:
+        print(f"ready {app.console_url}", flush=True)
 
     try:
         await serve(spec.settings, on_ready=ready, siblings=siblings)

@@ -345,3 +345,17 @@ def test_workers_health_follows_a_restart(workers: ServerProcess) -> None:
     wait_for(lambda: _read_pids(workers).get(0) not in (None, before[0]), timeout=30)
     wait_for(lambda: all(_health(workers.address, WORKERS_HEALTH) == "SERVING"
                          for _ in range(8)), timeout=30)
+
+
+def test_the_console_is_served_once_for_the_host(tmp_path: Path) -> None:
+    import urllib.request
+
+    p = ServerProcess(tmp_path / "data", ["--console-listen", "127.0.0.1:0"], workers=2).start()
+    try:
+        wait_for(lambda: any("operator console at" in line for line in p.log))
+        url = next(line for line in p.log if "operator console at" in line).split()[-1]
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            assert reply.status == 200
+        assert sorted(_pids(p)) == [0, 1]
+    finally:
+        p.stop()
