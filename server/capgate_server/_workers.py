@@ -116,6 +116,16 @@ class WorkerPool:
         return f"{self.settings.listen.rsplit(':', 1)[0]}:{self.port}"
 
     @property
+    def console_url(self) -> str:
+        """Where worker 0's operator console answers ("" when it is off, or on a port
+        the worker picks itself)."""
+        listen = self.settings.console_listen
+        if not listen or listen.endswith(":0"):
+            return ""
+        scheme = "https" if self.settings.tls_cert is not None else "http"
+        return f"{scheme}://{listen}/"
+
+    @property
     def pids(self) -> list[int]:
         """The live workers' process ids."""
         return [p.pid for p in self._procs if p is not None and p.returncode is None]
@@ -177,7 +187,11 @@ class WorkerPool:
         return _WorkerSpec(
             settings=dataclasses.replace(s, listen=self.address, reuse_port=True,
                                          replica_id=f"{s.replica_id}-w{index}",
-                                         metrics_listen=metrics),
+                                         metrics_listen=metrics,
+                                         # one console for the host: worker 0's (it reads
+                                         # what every worker records, through the store)
+                                         console_listen=s.console_listen if index == 0
+                                         else ""),
             run_dir=self._run_dir, index=index, workers=self.workers, parent=os.getpid(),
             log_level=logging.getLogger().getEffectiveLevel())
 
