@@ -30,6 +30,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any, Protocol, TypeVar
 
 from capgate._caveats import (
     _COMPARE,
@@ -42,7 +43,6 @@ from capgate._caveats import (
 )
 from capgate._errors import CaveatSyntaxError
 from capgate._raw import DEFAULT_LIMITS, Limits
-from capgate._token import Token
 
 __all__ = [
     "APPROVAL_LOCATION",
@@ -214,8 +214,22 @@ def seal_key(prefix_signature: bytes, key: bytes) -> bytes:
     return bytes(box.encrypt(key, secrets.token_bytes(SecretBox.NONCE_SIZE)))
 
 
-def require_approval(token: Token, condition: str = "", approvers: int = 1, *,
-                     limits: Limits = DEFAULT_LIMITS) -> Token:
+class _Macaroon(Protocol):
+    """What appending a third-party caveat needs of a token (``Token`` is one; this
+    module does not import it: ``Token.require_approval`` calls in here)."""
+
+    @property
+    def signature(self) -> bytes: ...
+
+    def append_third_party(self, cid: bytes, vid: bytes, location: str, *,
+                           limits: Limits = ...) -> Any: ...
+
+
+_M = TypeVar("_M", bound=_Macaroon)
+
+
+def require_approval(token: _M, condition: str = "", approvers: int = 1, *,
+                     limits: Limits = DEFAULT_LIMITS) -> _M:
     """``token`` with an approval caveat appended (offline): requests meeting
     ``condition`` need ``approvers`` approvals. ``Token.require_approval`` calls it."""
     _check_approvers(approvers)
@@ -226,5 +240,6 @@ def require_approval(token: Token, condition: str = "", approvers: int = 1, *,
     cid = f"approval n={approvers} nonce={secrets.token_hex(8)}{when}".encode()
     parse_approval_caveat(cid)  # the caveat reads back as written
     key = approval_key(token.signature, cid)
-    return token.append_third_party(cid, seal_key(token.signature, key), APPROVAL_LOCATION,
-                                    limits=limits)
+    appended: _M = token.append_third_party(cid, seal_key(token.signature, key),
+                                            APPROVAL_LOCATION, limits=limits)
+    return appended

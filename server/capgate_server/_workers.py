@@ -176,11 +176,13 @@ class WorkerPool:
             metrics = f"{host}:{int(port) + index if int(port) else 0}"
         assert self._run_dir is not None
         return _WorkerSpec(
-            # one console for the host, on worker 0: its sessions live in one process
             settings=dataclasses.replace(s, listen=self.address, reuse_port=True,
                                          replica_id=f"{s.replica_id}-w{index}",
                                          metrics_listen=metrics,
-                                         console_listen=s.console_listen if index == 0 else ""),
+                                         # one console for the host: worker 0's (it reads
+                                         # what every worker records, through the store)
+                                         console_listen=s.console_listen if index == 0
+                                         else ""),
             run_dir=self._run_dir, index=index, workers=self.workers, parent=os.getpid(),
             log_level=logging.getLogger().getEffectiveLevel())
 

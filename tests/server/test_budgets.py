@@ -217,7 +217,9 @@ def test_budgets_never_widen_and_derived_tokens_share_them(plan):
                 token, _ = hop(token, holders[parent], holder, False, i)
             if limit is not None:
                 token = token.attenuate(f"uses <= {limit}")
-                path.append((i, limit))
+                # keyed by the token it was added to: two tokens derived alike (the same
+                # caveats on the same parent) are one token, and share the budget
+                path.append((token.to_text(), limit))
         texts.append(token)
         paths.append(path)
         holders.append(holder)

@@ -15,6 +15,8 @@ import itertools
 import os
 import re
 import signal
+import socket
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -347,9 +349,7 @@ def test_workers_health_follows_a_restart(workers: ServerProcess) -> None:
                          for _ in range(8)), timeout=30)
 
 
-def test_the_console_is_served_once_for_the_host(tmp_path: Path) -> None:
-    import urllib.request
-
+def test_the_console_on_a_port_worker_0_picks_is_announced(tmp_path: Path) -> None:
     p = ServerProcess(tmp_path / "data", ["--console-listen", "127.0.0.1:0"], workers=2).start()
     try:
         wait_for(lambda: any("operator console at" in line for line in p.log))
@@ -357,5 +357,23 @@ def test_the_console_is_served_once_for_the_host(tmp_path: Path) -> None:
         with urllib.request.urlopen(url, timeout=10) as reply:
             assert reply.status == 200
         assert sorted(_pids(p)) == [0, 1]
+    finally:
+        p.stop()
+
+
+def test_with_workers_the_console_is_served_once_for_the_host(tmp_path: Path) -> None:
+    """``--console-listen`` with several workers: worker 0 serves the console (one
+    address, one set of sessions); the others serve the API only."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = ServerProcess(tmp_path / "data", ["--console-listen", f"127.0.0.1:{port}"],
+                      workers=2).start()
+    try:
+        wait_for(lambda: any(f"operator console at http://127.0.0.1:{port}/" in line
+                             for line in p.log))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+            assert r.status == 200 and b"capgate" in r.read().lower()
+        assert len(_pids(p)) == 2
     finally:
         p.stop()

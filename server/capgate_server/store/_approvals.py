@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the records below need it only in annotations (no import cycle)
-    from capgate_server.store._base import AuditEvent
+    from capgate_server.store._events import AuditEvent
 
 __all__ = [
     "ApprovalRecord",
