@@ -141,16 +141,15 @@ class ServerProcess:
         self.log: list[str] = []
 
     def start(self, timeout: float = 30) -> ServerProcess:
-        limit = self.file_size_limit
-
-        def limit_files() -> None:
-            import resource
-
-            if limit is not None:
-                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=self.env, preexec_fn=limit_files)
+        args = self.args
+        if self.file_size_limit is not None:  # set in a fresh interpreter that then execs
+            # the server: a preexec_fn would make this process fork with grpc's threads
+            # running, and grpc's fork handlers can kill the child before it execs
+            args = [sys.executable, "-c", "import os, resource, sys; "
+                    "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]),) * 2); "
+                    "os.execv(sys.argv[2], sys.argv[2:])", str(self.file_size_limit), *args]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=self.env)
         ready: Future[str] = Future()
 
         def read_stdout() -> None:

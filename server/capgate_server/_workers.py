@@ -103,6 +103,7 @@ class WorkerPool:
         self.workers = workers
         self.port = 0
         self.admin_credential_path: Path | None = None
+        self.console_url = ""  # worker 0 serves the operator console (--console-listen)
         self.restarts = 0
         self._procs: list[asyncio.subprocess.Process | None] = [None] * workers
         self._reserve: socket.socket | None = None
@@ -114,16 +115,6 @@ class WorkerPool:
     @property
     def address(self) -> str:
         return f"{self.settings.listen.rsplit(':', 1)[0]}:{self.port}"
-
-    @property
-    def console_url(self) -> str:
-        """Where worker 0's operator console answers ("" when it is off, or on a port
-        the worker picks itself)."""
-        listen = self.settings.console_listen
-        if not listen or listen.endswith(":0"):
-            return ""
-        scheme = "https" if self.settings.tls_cert is not None else "http"
-        return f"{scheme}://{listen}/"
 
     @property
     def pids(self) -> list[int]:
@@ -210,6 +201,8 @@ class WorkerPool:
             await proc.wait()
             log.error("worker %d exited before serving (status %s)", index, proc.returncode)
             return False
+        if index == 0:  # "ready URL": where its console answers, if it serves one
+            self.console_url = line.decode().strip().removeprefix("ready").strip()
         drain = asyncio.get_running_loop().create_task(_drain(proc.stdout))
         self._readers.add(drain)  # held: the loop keeps only a weak reference
         drain.add_done_callback(self._readers.discard)
@@ -347,8 +340,8 @@ async def _worker(spec: _WorkerSpec) -> None:
     siblings = Siblings(spec.run_dir, spec.index, expected=spec.workers)
     watch = asyncio.get_running_loop().create_task(_watch_parent(spec.parent))
 
-    def ready(app: object) -> None:
-        print("ready", flush=True)
+    def ready(app: Any) -> None:
+        print(f"ready {app.console_url}", flush=True)
 
     try:
         await serve(spec.settings, on_ready=ready, siblings=siblings)

@@ -349,6 +349,18 @@ def test_workers_health_follows_a_restart(workers: ServerProcess) -> None:
                          for _ in range(8)), timeout=30)
 
 
+def test_the_console_on_a_port_worker_0_picks_is_announced(tmp_path: Path) -> None:
+    p = ServerProcess(tmp_path / "data", ["--console-listen", "127.0.0.1:0"], workers=2).start()
+    try:
+        wait_for(lambda: any("operator console at" in line for line in p.log))
+        url = next(line for line in p.log if "operator console at" in line).split()[-1]
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            assert reply.status == 200
+        assert sorted(_pids(p)) == [0, 1]
+    finally:
+        p.stop()
+
+
 def test_with_workers_the_console_is_served_once_for_the_host(tmp_path: Path) -> None:
     """``--console-listen`` with several workers: worker 0 serves the console (one
     address, one set of sessions); the others serve the API only."""
