@@ -262,3 +262,29 @@ def test_capgate_serve_console_listen_serves_it_and_refuses_an_open_address(tmp_
                           "--listen", "127.0.0.1:0", "--console-listen", "0.0.0.0:0"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "without TLS" in out.stderr
+
+
+def test_governance_alerts_show_on_the_agents_list_and_the_agent_s_page(console):
+    """An alert raised about an agent (anywhere in the fleet: it is read from the store)
+    is counted on the agents list and told on the agent's page, newest first."""
+    from capgate_server.store import AlertRecord, AuditEvent
+
+    with console.client() as admin:
+        admin.create_agent("researcher", ["read:/data/**"])
+        admin.create_agent("quiet", ["read:/data/**"])
+    store, now = console.app.replica.store, console.app.replica.clock()
+    for i, reason in enumerate(["researcher read /secrets/** for the first time",
+                                "researcher: 37 denied calls in 10 s, 30× its usual"]):
+        store.raise_alert(AlertRecord(f"k{i}", "researcher", now + i, "new-resource", reason,
+                                      containment="suspend" if i else "alert"),
+                          AuditEvent(now + i, "capgate", "governance.alert", "researcher"))
+    with console_http(console) as c:
+        console_login(c, console.admin_credential)
+        agents = {a["id"]: a for a in c.get("/api/agents").json()["agents"]}
+        assert [r["reason"] for r in agents["researcher"]["alerts"]] == [
+            "researcher: 37 denied calls in 10 s, 30× its usual",
+            "researcher read /secrets/** for the first time"]
+        assert agents["quiet"]["alerts"] == []
+        page = c.get("/api/agents/researcher").json()
+        assert [(r["kind"], r["containment"]) for r in page["alerts"]] == [
+            ("new-resource", "suspend"), ("new-resource", "alert")]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from capgate import (
@@ -29,13 +29,16 @@ from capgate_server._audit_rpc import AuditTrail
 from capgate_server._registry import AgentUpdate, Registry
 from capgate_server._replica import Replica
 from capgate_server._tokens import Tokens, TreeNode
-from capgate_server.store import AuditEvent, AuditQuery, Principal
+from capgate_server.store import AlertRecord, AuditEvent, AuditQuery, Principal
 
 __all__ = ["ConsoleApi", "decision_filter"]
 
 RECENT_DECISIONS = 50  # on an agent's page, and the backlog of the live table
 LIVE_TOKENS = 50  # tokens (and received hops) shown on an agent's page
 LAST_USE_WINDOW = 1000  # decisions read to find each agent's last use
+RECENT_ALERTS = 1000  # newest governance alerts read for the agents list ...
+ALERTS_WINDOW = 7 * 86400.0  # ... which counts each agent's alerts of the last week
+AGENT_ALERTS = 20  # newest alerts shown on an agent's page
 _CODE = re.compile(r"[a-z_]{1,64}")
 
 
@@ -55,16 +58,20 @@ def decision_filter(agent: str = "", decision: str = "", code: str = "") -> Audi
     return AuditQuery(agent=agent, kind="verify", code=code, ok=ok)
 
 
-def agent_json(a: Agent, last_use: float | None = None) -> dict[str, Any]:
+def alert_json(r: AlertRecord) -> dict[str, Any]:
+    return {"seq": r.seq, "at": _when(r.at), "kind": r.kind, "reason": r.reason,
+            "containment": r.containment}
+
+
+def agent_json(a: Agent, last_use: float | None = None,
+               alerts: Sequence[AlertRecord] = ()) -> dict[str, Any]:
     return {
         "id": a.id, "owner": a.owner, "description": a.description, "status": str(a.status),
         "ceiling": [str(g) for g in a.ceiling.grants], "max_ttl": a.max_ttl,
         "max_depth": a.max_depth, "rate": a.rate, "require_proof": a.require_proof,
         "approvals": [str(r) for r in a.approvals], "created_at": _when(a.created_at),
         "last_use": _when(last_use),
-        # Governance alerts (holding more than is used, unusual denies) are not part of
-        # this server yet: the console leaves them empty and says so.
-        "alerts": None,
+        "alerts": [alert_json(r) for r in alerts],  # the newest first
     }
 
 
@@ -111,7 +118,19 @@ class ConsoleApi:
             at = e.last_at if e.last_at is not None else e.at
             for name in e.chain:
                 last[name] = max(last.get(name, 0.0), at)
-        return [agent_json(a, last.get(a.id)) for a in self.registry.list()]
+        since = self._replica.clock() - ALERTS_WINDOW
+        alerts: dict[str, list[AlertRecord]] = {}
+        for r in await self._alerts("", RECENT_ALERTS):
+            if r.at >= since:
+                alerts.setdefault(r.agent, []).append(r)
+        return [agent_json(a, last.get(a.id), alerts.get(a.id, ()))
+                for a in self.registry.list()]
+
+    async def _alerts(self, agent_id: str, limit: int) -> list[AlertRecord]:
+        """The newest governance alerts (of one agent, or of all), newest first."""
+        found: list[AlertRecord] = await self._replica.read(
+            self._replica.store.alerts, 0, agent_id, limit, True)
+        return found
 
     async def agent(self, caller: Principal, agent_id: str) -> dict[str, Any]:
         check_id(agent_id, "agent id")
@@ -119,7 +138,8 @@ class ConsoleApi:
         decisions = await self.trail.list(AuditQuery(agent=agent_id, kind="verify",
                                                      newest_first=True,
                                                      limit=RECENT_DECISIONS))
-        out = agent_json(a, max((d.last_at or d.at for d in decisions), default=None))
+        out = agent_json(a, max((d.last_at or d.at for d in decisions), default=None),
+                         await self._alerts(agent_id, AGENT_ALERTS))
         out["use"] = await self._use(agent_id)
         out["tokens"] = await self._live_trees(caller, agent_id)
         out["decisions"] = [decision_json(d) for d in decisions]

@@ -107,9 +107,9 @@ class GovernanceStore(ABC):
         an alert with its key exists already."""
 
     @abstractmethod
-    def alerts(self, after_seq: int = 0, agent: str = "", limit: int = 100
-               ) -> list[AlertRecord]:
-        """Alerts after ``after_seq``, oldest first."""
+    def alerts(self, after_seq: int = 0, agent: str = "", limit: int = 100,
+               newest_first: bool = False) -> list[AlertRecord]:
+        """Alerts after ``after_seq``, oldest first (or the newest ``limit``, newest first)."""
 
     @abstractmethod
     def set_policy(self, policy: GovernancePolicy, audit: AuditEvent) -> None: ...

@@ -113,15 +113,16 @@ class GovernanceRows(GovernanceStore):
             self._audit(cur, [audit])
         return stored
 
-    def alerts(self, after_seq: int = 0, agent: str = "", limit: int = 100
-               ) -> list[AlertRecord]:
+    def alerts(self, after_seq: int = 0, agent: str = "", limit: int = 100,
+               newest_first: bool = False) -> list[AlertRecord]:
         sql = f"SELECT {_ALERT_COLS} FROM governance_alerts WHERE seq > ?"
         params: list[object] = [after_seq]
         if agent:
             sql += " AND agent = ?"
             params.append(agent)
+        order = " ORDER BY seq DESC LIMIT ?" if newest_first else " ORDER BY seq LIMIT ?"
         with self._read() as cur:
-            rows = self._x(cur, sql + " ORDER BY seq LIMIT ?", (*params, limit)).fetchall()
+            rows = self._x(cur, sql + order, (*params, limit)).fetchall()
         return [_alert(r) for r in rows]
 
     def set_policy(self, policy: GovernancePolicy, audit: AuditEvent) -> None:

@@ -13,8 +13,8 @@ async function agentsPage(view) {
     el("td", {}, a.owner),
     el("td", { class: "grants" }, a.ceiling.join("  ")),
     el("td", {}, a.last_use || "—"),
-    el("td", { class: "alerts", title: "governance alerts are not available on this server yet" },
-      a.alerts === null ? "n/a" : String(a.alerts.length))));
+    el("td", { class: "alerts", title: a.alerts.length ? a.alerts[0].reason : "no alert this week" },
+      a.alerts.length ? badge(String(a.alerts.length), "alert") : "0")));
   const body = el("tbody", {}, rows);
   find.addEventListener("input", () => {
     const q = find.value.toLowerCase();
@@ -139,9 +139,13 @@ async function agentPage(view, id) {
             el("li", {}, el("code", {}, `${u.action}:${u.resource}`), ` × ${u.count}`)))
           : el("p", { id: "use", class: "note" }, "No allowed request recorded lately."))),
     el("h2", {}, "Alerts"),
-    el("p", { class: "note", id: "alerts" },
-      "Governance alerts (holding more than is used, unusual denies) are not available on " +
-      "this server yet; this is where they will show."),
+    a.alerts.length
+      ? el("table", { id: "alerts" },
+        el("thead", {}, el("tr", {}, ["When", "Kind", "Why", "Done"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, a.alerts.map((r) => el("tr", {},
+          el("td", {}, r.at), el("td", {}, r.kind), el("td", {}, r.reason),
+          el("td", {}, badge(r.containment, r.containment === "alert" ? "alert" : "suspended"))))))
+      : el("p", { class: "note", id: "alerts" }, "No governance alert for this agent."),
     el("h2", {}, "Live tokens and their delegation trees"),
     a.tokens.length
       ? el("div", { id: "trees" }, a.tokens.map((t) => el("ul", { class: "tree" }, treeNode(t))))
