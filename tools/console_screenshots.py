@@ -29,6 +29,17 @@ PAGES = [  # file name, hash route, what to wait for
 ]
 
 
+def raise_demo_alert(server: ServerThread) -> None:
+    """One governance alert, as the detector would raise it, for the pages to show."""
+    from capgate_server.store import AlertRecord, AuditEvent
+
+    now = server.app.replica.clock()
+    server.app.replica.store.raise_alert(
+        AlertRecord("screenshot-planner-secrets", "planner", now, "new-resource",
+                    "planner read /secrets/** for the first time", containment="alert"),
+        AuditEvent(now, "capgate", "governance.alert", "planner"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / ".screenshots")
@@ -47,6 +58,7 @@ def main() -> int:
             with server.client(fleet.service) as svc:  # a revoked hop, and its denies
                 fleet.admin.revoke(fleet.below.delegation_id, "helper retired")
                 svc.verify(fleet.below.token, "read", "/data/reports", presenter="helper")
+            raise_demo_alert(server)
             url = f"http://127.0.0.1:{server.app.console_port}/"
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
