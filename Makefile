@@ -53,6 +53,7 @@ check-protos: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check core client server cli tests benchmarks tools examples
+	$(VENV)/bin/ruff format --check --quiet core client server cli tests benchmarks tools examples
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

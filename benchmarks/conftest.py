@@ -46,15 +46,23 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     for label, name, base, target in RATIOS:
         if name in RATES and base in RATES:
             r = RATES[name] / RATES[base]
-            verdict = "" if target is None else ("  (target {:.2f}: {})".format(
-                target, "met" if r >= target else "NOT met"))
+            verdict = (
+                ""
+                if target is None
+                else ("  (target {:.2f}: {})".format(target, "met" if r >= target else "NOT met"))
+            )
             lines.append({"label": label, "ratio": round(r, 3), "target": target})
             tr.write_line(f"  {label:60} {r:8.2f}x{verdict}")
     for note in NOTES:
         tr.write_line(f"  {note}")
     out = Path(__file__).parent / ".last-run.json"
-    out.write_text(json.dumps({"rates": {k: round(v) for k, v in RATES.items()},
-                               "ratios": lines, "notes": NOTES}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {"rates": {k: round(v) for k, v in RATES.items()}, "ratios": lines, "notes": NOTES},
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 @pytest.fixture

@@ -33,9 +33,14 @@ BIG = Request("pay", "/invoices/q3", "alice", {"amount": "4200"})
 
 def token(i: int, approval: bool) -> str:
     t = Token.mint(KEY, TokenIdentifier("k1", f"{i:032x}", int(NOW * 1000) - 1000).encode())
-    for c in ("agent = alice", "action in pay,read", "resource /invoices/**",
-              f"expires < {format_timestamp(NOW + 3600 + i)}",
-              "not-before > 2020-01-01T00:00:00Z", "ctx amount <= 100000"):
+    for c in (
+        "agent = alice",
+        "action in pay,read",
+        "resource /invoices/**",
+        f"expires < {format_timestamp(NOW + 3600 + i)}",
+        "not-before > 2020-01-01T00:00:00Z",
+        "ctx amount <= 100000",
+    ):
         t = t.attenuate(c)
     if approval:
         t = t.require_approval("ctx amount > 1000")
@@ -44,8 +49,7 @@ def token(i: int, approval: bool) -> str:
 
 def verifier(cache_size: int = 65536) -> Verifier:
     agents = {"alice": Agent("alice", Ceiling.parse(["pay,read:/invoices/**"]))}
-    return Verifier({"k1": KEY}, agents, RevocationSet(), clock=lambda: NOW,
-                    cache_size=cache_size)
+    return Verifier({"k1": KEY}, agents, RevocationSet(), clock=lambda: NOW, cache_size=cache_size)
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +85,11 @@ def test_verify_warm_with_discharge(benchmark, tokens):
     st = v.analyse(text)
     assert not isinstance(st, type(None))
     digest = request_digest(BIG.action, BIG.resource, "alice", BIG.ctx)
-    ds = [mint_discharge(st.approval_keys[0], st.approvals[0].cid, "ab" * 16, digest,
-                         NOW + 300, st.signature).to_text()]
+    ds = [
+        mint_discharge(
+            st.approval_keys[0], st.approvals[0].cid, "ab" * 16, digest, NOW + 300, st.signature
+        ).to_text()
+    ]
     assert v.verify(text, BIG, ds).allowed
     benchmark.pedantic(lambda: v.verify(text, BIG, ds), rounds=200, iterations=200)
     record(benchmark, "verify warm, approval met, with its discharge")
@@ -105,8 +112,9 @@ def test_verify_rpc(benchmark, server, approval):
 
     admin = server.client()
     name = f"payer-{approval:d}"
-    _, cred = admin.create_agent(name, ["pay:/invoices/**"],
-                                 approvals=[ApprovalRule("ctx amount > 1000")])
+    _, cred = admin.create_agent(
+        name, ["pay:/invoices/**"], approvals=[ApprovalRule("ctx amount > 1000")]
+    )
     svc = server.client(admin.create_principal(f"svc-{name}", "service").credential)
     carol = server.client(admin.create_principal(f"carol-{name}", "approver").credential)
     agent = server.client(cred)
@@ -122,11 +130,15 @@ def test_verify_rpc(benchmark, server, approval):
 
     def call() -> None:
         for _ in range(100):
-            assert svc.verify(token, "pay", "/invoices/q3", presenter=name, ctx=ctx,
-                              discharges=discharges).allowed
+            assert svc.verify(
+                token, "pay", "/invoices/q3", presenter=name, ctx=ctx, discharges=discharges
+            ).allowed
 
     benchmark.pedantic(call, setup=setup, rounds=8, iterations=1)
-    record(benchmark, f"Verify RPC (SQLite), {'with discharge' if approval else 'plain'}",
-           ops_per_round=100)
+    record(
+        benchmark,
+        f"Verify RPC (SQLite), {'with discharge' if approval else 'plain'}",
+        ops_per_round=100,
+    )
     for c in (admin, svc, carol, agent):
         c.close()

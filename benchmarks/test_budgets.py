@@ -77,13 +77,18 @@ def test_warm_verify_with_and_without_budgets(benchmark, decider, budget):
     tokens = _tokens(root, budget)
     # warm: chains cached, memo filled, every lease grown to its full block
     s.run(_decide(verification, caller, tokens, rounds=100), timeout=300)
-    benchmark.pedantic(lambda: s.run(_decide(verification, caller, tokens)), rounds=ROUNDS,
-                       warmup_rounds=2)
+    benchmark.pedantic(
+        lambda: s.run(_decide(verification, caller, tokens)), rounds=ROUNDS, warmup_rounds=2
+    )
     name = f"server decision, {'uses and rate budgets' if budget else 'no budget'}"
     record(benchmark, name, WORKING_SET)
     if budget:
-        ratio("warm decision: budgeted vs plain (target >= 0.5: at most 2x the cost)",
-              name, "server decision, no budget", 0.5)
+        ratio(
+            "warm decision: budgeted vs plain (target >= 0.5: at most 2x the cost)",
+            name,
+            "server decision, no budget",
+            0.5,
+        )
 
 
 # -- through gRPC ----------------------------------------------------------------------------
@@ -113,8 +118,11 @@ def _requests(root: Token, budget: bool) -> list:
         t = root.attenuate(f"resource /data/r{i}/**")
         if budget:
             t = t.attenuate("uses <= 100000000")
-        out.append(verifier_pb2.VerifyRequest(token=t.to_text(), action="read",
-                                              resource=f"/data/r{i}/x", presenter="bench"))
+        out.append(
+            verifier_pb2.VerifyRequest(
+                token=t.to_text(), action="read", resource=f"/data/r{i}/x", presenter="bench"
+            )
+        )
     return out
 
 
@@ -122,9 +130,11 @@ async def _unary(address, credential, requests, calls, expect_allowed=True):
     md = (("authorization", f"Bearer {credential}"),)
     allowed = 0
     async with grpc.aio.insecure_channel(address) as ch:
-        call = ch.unary_unary("/capgate.v1.VerifierService/Verify",
-                              request_serializer=verifier_pb2.VerifyRequest.SerializeToString,
-                              response_deserializer=verifier_pb2.VerifyResponse.FromString)
+        call = ch.unary_unary(
+            "/capgate.v1.VerifierService/Verify",
+            request_serializer=verifier_pb2.VerifyRequest.SerializeToString,
+            response_deserializer=verifier_pb2.VerifyResponse.FromString,
+        )
         counter = iter(range(calls))
 
         async def worker() -> None:
@@ -169,8 +179,13 @@ def test_two_replicas_under_load_never_pass_a_budget(benchmark, tmp_path, pg_url
             svc = admin.create_principal("bench-svc", "service").credential
         with Client(a.address, cred) as agent:
             root = Token.parse(agent.issue("read:/data/**").token)
-        wait_for(lambda: Client(b.address, svc).verify(root.to_text(), "read", "/data/x",
-                                                       presenter="bench").allowed)
+        wait_for(
+            lambda: (
+                Client(b.address, svc)
+                .verify(root.to_text(), "read", "/data/x", presenter="bench")
+                .allowed
+            )
+        )
         n, requests_each = 5000, 5000  # 10000 requests on a budget of 5000
         results = []
 
@@ -178,13 +193,15 @@ def test_two_replicas_under_load_never_pass_a_budget(benchmark, tmp_path, pg_url
             where = f"/data/{secrets.token_hex(4)}"  # a fresh budget each round
             # (the same caveats on the same token would be the same budget, already spent)
             limited = root.attenuate(f"resource {where}/**").attenuate(f"uses <= {n}")
-            req = verifier_pb2.VerifyRequest(token=limited.to_text(), action="read",
-                                             resource=f"{where}/x", presenter="bench")
+            req = verifier_pb2.VerifyRequest(
+                token=limited.to_text(), action="read", resource=f"{where}/x", presenter="bench"
+            )
 
             async def both() -> list[int]:
                 return await asyncio.gather(
                     _unary(a.address, svc, [req], requests_each, expect_allowed=False),
-                    _unary(b.address, svc, [req], requests_each, expect_allowed=False))
+                    _unary(b.address, svc, [req], requests_each, expect_allowed=False),
+                )
 
             t0 = time.perf_counter()
             allowed = sum(asyncio.run(both()))
@@ -195,10 +212,12 @@ def test_two_replicas_under_load_never_pass_a_budget(benchmark, tmp_path, pg_url
         worst = max(r[0] for r in results)
         fewest = min(r[0] for r in results)
         assert worst <= n, results  # never more than the budget
-        NOTES.append(f"two PostgreSQL replicas, 2x64 concurrent, 10000 requests on "
-                     f"'uses <= {n}' (--budget-block {block}), 3 runs: allowed "
-                     f"{sorted(r[0] for r in results)}; overshoot {max(0, worst - n)}, "
-                     f"under-use at most {n - fewest} (bound: (2-1) x 1.5 x {block})")
+        NOTES.append(
+            f"two PostgreSQL replicas, 2x64 concurrent, 10000 requests on "
+            f"'uses <= {n}' (--budget-block {block}), 3 runs: allowed "
+            f"{sorted(r[0] for r in results)}; overshoot {max(0, worst - n)}, "
+            f"under-use at most {n - fewest} (bound: (2-1) x 1.5 x {block})"
+        )
     finally:
         a.stop()
         b.stop()

@@ -37,9 +37,14 @@ N_COLD = 30_000  # measured on the first half; the second half warms the allocat
 
 def six_caveat_token(i: int) -> str:
     t = Token.mint(KEY, TokenIdentifier("k1", f"{i:032x}", int(NOW * 1000) - 1000).encode())
-    for c in ("agent = alice", "action in read,write", "resource /data/reports/**",
-              f"expires < {format_timestamp(NOW + 3600 + i)}",
-              "not-before > 2020-01-01T00:00:00Z", "ctx tool in search,fetch"):
+    for c in (
+        "agent = alice",
+        "action in read,write",
+        "resource /data/reports/**",
+        f"expires < {format_timestamp(NOW + 3600 + i)}",
+        "not-before > 2020-01-01T00:00:00Z",
+        "ctx tool in search,fetch",
+    ):
         t = t.attenuate(c)
     return t.to_text()
 
@@ -51,8 +56,7 @@ def tokens() -> list[str]:
 
 def verifier(cache_size: int = 65536) -> Verifier:
     agents = {"alice": Agent("alice", Ceiling.parse(["read,write:/data/**"]))}
-    return Verifier({"k1": KEY}, agents, RevocationSet(), clock=lambda: NOW,
-                    cache_size=cache_size)
+    return Verifier({"k1": KEY}, agents, RevocationSet(), clock=lambda: NOW, cache_size=cache_size)
 
 
 REQ = Request("read", "/data/reports/q3", "alice", {"tool": "search"})
@@ -111,7 +115,7 @@ def hmac_chain_floor(text: str) -> bool:
         if length & 0x80:
             length = (length & 0x7F) | (raw[i] << 7)
             i += 1
-        fields.append((kind, raw[i:i + length]))
+        fields.append((kind, raw[i : i + length]))
         i += length
     sig = b""
     caveats = []
@@ -130,8 +134,9 @@ def hmac_chain_floor(text: str) -> bool:
 
 def test_hmac_chain_floor(benchmark, tokens):
     assert all(hmac_chain_floor(t) for t in tokens[:100])
-    assert not hmac_chain_floor(Token.parse(tokens[0]).attenuate("agent = bob").to_text()[:-4]
-                                + "AAAA")
+    assert not hmac_chain_floor(
+        Token.parse(tokens[0]).attenuate("agent = bob").to_text()[:-4] + "AAAA"
+    )
     it = itertools.cycle(tokens[:2000])
     benchmark.pedantic(lambda: hmac_chain_floor(next(it)), rounds=45, iterations=300)
     record(benchmark, "pure-Python HMAC-chain floor (6 caveats)")
@@ -159,11 +164,19 @@ def test_capgate_verify_cold(benchmark, tokens):
 
     benchmark.pedantic(cold, rounds=45, iterations=300)  # every token seen for the first time
     record(benchmark, "capgate verify cold (6 caveats)")
-    ratio("core verify cold vs pymacaroons", "capgate verify cold (6 caveats)",
-          "pymacaroons verify (6 caveats)", 4.0)
+    ratio(
+        "core verify cold vs pymacaroons",
+        "capgate verify cold (6 caveats)",
+        "pymacaroons verify (6 caveats)",
+        4.0,
+    )
     # a rate ratio: 1/1.5 = 0.67 is "within 1.5x the floor's time"
-    ratio("core verify cold vs the HMAC-chain floor (rate)", "capgate verify cold (6 caveats)",
-          "pure-Python HMAC-chain floor (6 caveats)", 1 / 1.5)
+    ratio(
+        "core verify cold vs the HMAC-chain floor (rate)",
+        "capgate verify cold (6 caveats)",
+        "pure-Python HMAC-chain floor (6 caveats)",
+        1 / 1.5,
+    )
 
 
 def test_capgate_verify_warm(benchmark, tokens):
@@ -172,8 +185,12 @@ def test_capgate_verify_warm(benchmark, tokens):
     assert v.verify(text, REQ).allowed
     benchmark.pedantic(lambda: v.verify(text, REQ), rounds=200, iterations=500)
     record(benchmark, "capgate verify warm (6 caveats)")
-    ratio("core verify warm vs pymacaroons", "capgate verify warm (6 caveats)",
-          "pymacaroons verify (6 caveats)", 20.0)
+    ratio(
+        "core verify warm vs pymacaroons",
+        "capgate verify warm (6 caveats)",
+        "pymacaroons verify (6 caveats)",
+        20.0,
+    )
 
 
 def test_revocation_set_at_one_million(benchmark):
@@ -203,5 +220,6 @@ def test_revocation_set_at_one_million(benchmark):
     benchmark.pedantic(lookups, rounds=50, iterations=5)
     rate = record(benchmark, "revocation lookup (1M revoked)", ops_per_round=len(keys))
     benchmark.extra_info["bytes_per_entry"] = round(per_entry, 1)
-    NOTES.append(f"revocation set: {len(rs):,} entries, {per_entry:.0f} bytes each, "
-                 f"{rate:,.0f} lookups/s")
+    NOTES.append(
+        f"revocation set: {len(rs):,} entries, {per_entry:.0f} bytes each, {rate:,.0f} lookups/s"
+    )

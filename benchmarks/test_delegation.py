@@ -38,20 +38,26 @@ def agents() -> dict[str, Agent]:
     out = {}
     for n in NAMES:
         pub = PRIVATE[n].public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        out[n] = Agent(n, Ceiling.parse(["read,write:/data/**"]), max_depth=MAX_DEPTH
-                       ).with_changes(public_keys={public_key_id(pub): pub})
+        out[n] = Agent(n, Ceiling.parse(["read,write:/data/**"]), max_depth=MAX_DEPTH).with_changes(
+            public_keys={public_key_id(pub): pub}
+        )
     return out
 
 
 def verifier(cache_size: int = 65536) -> Verifier:
-    return Verifier({"k1": KEY}, agents(), RevocationSet(), clock=lambda: NOW,
-                    cache_size=cache_size)
+    return Verifier(
+        {"k1": KEY}, agents(), RevocationSet(), clock=lambda: NOW, cache_size=cache_size
+    )
 
 
 def root(i: int) -> Token:
     t = Token.mint(KEY, TokenIdentifier("k1", f"{i:032x}", AT - 1000).encode())
-    for c in ("agent = a0", "action in read,write", "resource /data/**",
-              f"expires < {format_timestamp(NOW + 3600 + i)}"):
+    for c in (
+        "agent = a0",
+        "action in read,write",
+        "resource /data/**",
+        f"expires < {format_timestamp(NOW + 3600 + i)}",
+    ):
         t = t.attenuate(c)
     return t
 
@@ -102,10 +108,17 @@ def test_warm(benchmark, sets, kind, hops):
     benchmark.pedantic(lambda: v.verify(text, req), rounds=100, iterations=500)
     record(benchmark, f"verify warm, {kind} ({hops} hops)")
     if kind == "offline":
-        ratio("offline-signed vs server-minted, 3 hops, warm", "verify warm, offline (3 hops)",
-              "verify warm, server (3 hops)", 0.5)
-        ratio("3-hop server-minted vs root token, warm", "verify warm, server (3 hops)",
-              "verify warm, root (0 hops)")
+        ratio(
+            "offline-signed vs server-minted, 3 hops, warm",
+            "verify warm, offline (3 hops)",
+            "verify warm, server (3 hops)",
+            0.5,
+        )
+        ratio(
+            "3-hop server-minted vs root token, warm",
+            "verify warm, server (3 hops)",
+            "verify warm, root (0 hops)",
+        )
 
 
 def test_cold_child_of_a_verified_parent(benchmark, sets):
@@ -125,8 +138,11 @@ def test_cold_child_of_a_verified_parent(benchmark, sets):
 
     benchmark.pedantic(cold_child, rounds=20, iterations=N // 2 // 25)
     record(benchmark, "verify cold, offline child of a seen parent (3 hops)")
-    ratio("cold offline child (parent seen) vs cold offline chain",
-          "verify cold, offline child of a seen parent (3 hops)", "verify cold, offline (3 hops)")
+    ratio(
+        "cold offline child (parent seen) vs cold offline chain",
+        "verify cold, offline child of a seen parent (3 hops)",
+        "verify cold, offline (3 hops)",
+    )
 
 
 @pytest.mark.parametrize("hops", [1, 4, 8, 16, MAX_DEPTH])

@@ -46,18 +46,27 @@ def world(p, n_tokens=256):
 
 
 def batch_of(tokens):
-    return verifier_pb2.VerifyBatchRequest(requests=[
-        verifier_pb2.VerifyRequest(token=t, action="read", resource=f"/data/r{i}/x",
-                                   presenter="bench") for i, t in enumerate(tokens)])
+    return verifier_pb2.VerifyBatchRequest(
+        requests=[
+            verifier_pb2.VerifyRequest(
+                token=t, action="read", resource=f"/data/r{i}/x", presenter="bench"
+            )
+            for i, t in enumerate(tokens)
+        ]
+    )
 
 
 async def _load(addresses, svc, batch, calls, concurrency=16):
     md = (("authorization", f"Bearer {svc}"),)
     channels = [grpc.aio.insecure_channel(a) for a in addresses]
-    stubs = [ch.unary_unary("/capgate.v1.VerifierService/VerifyBatch",
-                            request_serializer=verifier_pb2.VerifyBatchRequest.SerializeToString,
-                            response_deserializer=verifier_pb2.VerifyBatchResponse.FromString)
-             for ch in channels]
+    stubs = [
+        ch.unary_unary(
+            "/capgate.v1.VerifierService/VerifyBatch",
+            request_serializer=verifier_pb2.VerifyBatchRequest.SerializeToString,
+            response_deserializer=verifier_pb2.VerifyBatchResponse.FromString,
+        )
+        for ch in channels
+    ]
     counter = iter(range(calls))
 
     async def worker(k):
@@ -86,8 +95,11 @@ def test_revocation_propagation_under_load(benchmark, tmp_path, pg_url, kek):
         latencies = []
 
         def measure():
-            with Client(a.address, cred) as agent, Client(a.address, a.admin_credential) as adm, \
-                    Client(b.address, svc) as at_b:
+            with (
+                Client(a.address, cred) as agent,
+                Client(a.address, a.admin_credential) as adm,
+                Client(b.address, svc) as at_b,
+            ):
                 for _ in range(SAMPLES):
                     token = agent.issue("read:/data/**").token
                     while not at_b.verify(token, "read", "/data/x", presenter="bench").allowed:
@@ -105,9 +117,11 @@ def test_revocation_propagation_under_load(benchmark, tmp_path, pg_url, kek):
         median = statistics.median(latencies)
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
         benchmark.extra_info.update(median_ms=round(median * 1000, 2), p99_ms=round(p99 * 1000, 2))
-        NOTES.append(f"revocation propagation A->B under load: median {median * 1000:.1f} ms, "
-                     f"p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms "
-                     f"({SAMPLES} samples)")
+        NOTES.append(
+            f"revocation propagation A->B under load: median {median * 1000:.1f} ms, "
+            f"p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms "
+            f"({SAMPLES} samples)"
+        )
     finally:
         a.stop()
         b.stop()
@@ -127,10 +141,14 @@ def test_two_replicas_against_one(benchmark, tmp_path, pg_url, kek):
         t0 = time.perf_counter()
         for _ in range(3):
             asyncio.run(_load([a.address, b.address], svc, batch, calls))
-        RATES["fleet: VerifyBatch checks, two replicas"] = 3 * calls * 256 / (
-            time.perf_counter() - t0)
-        ratio("two replicas vs one (VerifyBatch, this 2-core machine)",
-              "fleet: VerifyBatch checks, two replicas", "fleet: VerifyBatch checks, one replica")
+        RATES["fleet: VerifyBatch checks, two replicas"] = (
+            3 * calls * 256 / (time.perf_counter() - t0)
+        )
+        ratio(
+            "two replicas vs one (VerifyBatch, this 2-core machine)",
+            "fleet: VerifyBatch checks, two replicas",
+            "fleet: VerifyBatch checks, one replica",
+        )
     finally:
         a.stop()
         b.stop()
@@ -139,11 +157,14 @@ def test_two_replicas_against_one(benchmark, tmp_path, pg_url, kek):
 async def _issue(address, cred, calls, concurrency=32):
     md = (("authorization", f"Bearer {cred}"),)
     async with grpc.aio.insecure_channel(address) as ch:
-        issue = ch.unary_unary("/capgate.v1.TokenService/IssueToken",
-                               request_serializer=token_pb2.IssueTokenRequest.SerializeToString,
-                               response_deserializer=token_pb2.TokenResponse.FromString)
-        req = token_pb2.IssueTokenRequest(grant={"actions": ["read"], "resource": "/data/*"},
-                                          ttl_seconds=600)
+        issue = ch.unary_unary(
+            "/capgate.v1.TokenService/IssueToken",
+            request_serializer=token_pb2.IssueTokenRequest.SerializeToString,
+            response_deserializer=token_pb2.TokenResponse.FromString,
+        )
+        req = token_pb2.IssueTokenRequest(
+            grant={"actions": ["read"], "resource": "/data/*"}, ttl_seconds=600
+        )
         counter = iter(range(calls))
 
         async def worker():
@@ -155,8 +176,12 @@ async def _issue(address, cred, calls, concurrency=32):
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_issue_throughput(benchmark, tmp_path, pg_url, kek, backend):
-    p = start(tmp_path, backend, pg_url if backend == "postgres" else None,
-              kek if backend == "postgres" else None)
+    p = start(
+        tmp_path,
+        backend,
+        pg_url if backend == "postgres" else None,
+        kek if backend == "postgres" else None,
+    )
     try:
         cred, _, _ = world(p, n_tokens=1)
         calls = 400
@@ -164,8 +189,10 @@ def test_issue_throughput(benchmark, tmp_path, pg_url, kek, backend):
         benchmark.pedantic(lambda: asyncio.run(_issue(p.address, cred, calls)), rounds=3)
         record(benchmark, f"IssueToken on {backend} (32 concurrent)", calls)
         if backend == "postgres":
-            ratio("IssueToken PostgreSQL vs SQLite", "IssueToken on postgres (32 concurrent)",
-                  "IssueToken on sqlite (32 concurrent)")
+            ratio(
+                "IssueToken PostgreSQL vs SQLite",
+                "IssueToken on postgres (32 concurrent)",
+                "IssueToken on sqlite (32 concurrent)",
+            )
     finally:
         p.stop()
-

@@ -35,9 +35,12 @@ def _server(data, extra):
     with Client(p.address, cred) as agent:
         root = Token.parse(agent.issue("read:/data/**").token)
     tokens = [root.attenuate(f"resource /data/r{i}/**").to_text() for i in range(1000)]
-    requests = [verifier_pb2.VerifyRequest(token=t, action="read", resource=f"/data/r{i}/x",
-                                           presenter="bench")
-                for i, t in enumerate(tokens)]
+    requests = [
+        verifier_pb2.VerifyRequest(
+            token=t, action="read", resource=f"/data/r{i}/x", presenter="bench"
+        )
+        for i, t in enumerate(tokens)
+    ]
     admin.close()
     return p, svc, requests
 
@@ -56,8 +59,11 @@ async def _calls(address, credential, method, requests, calls, out):
 
     md = (("authorization", f"Bearer {credential}"),)
     async with grpc.aio.insecure_channel(address) as ch:
-        call = ch.unary_unary(method, request_serializer=type(requests[0]).SerializeToString,
-                              response_deserializer=out.FromString)
+        call = ch.unary_unary(
+            method,
+            request_serializer=type(requests[0]).SerializeToString,
+            response_deserializer=out.FromString,
+        )
         counter = iter(range(calls))
 
         async def worker():
@@ -69,17 +75,36 @@ async def _calls(address, credential, method, requests, calls, out):
 
 def _batch(server):
     p, svc, requests = server
-    batches = [verifier_pb2.VerifyBatchRequest(
-        requests=[requests[(b * BATCH_SIZE + i) % len(requests)] for i in range(BATCH_SIZE)])
-        for b in range(4)]
-    asyncio.run(_calls(p.address, svc, "/capgate.v1.VerifierService/VerifyBatch", batches,
-                       BATCH_CALLS, verifier_pb2.VerifyBatchResponse))
+    batches = [
+        verifier_pb2.VerifyBatchRequest(
+            requests=[requests[(b * BATCH_SIZE + i) % len(requests)] for i in range(BATCH_SIZE)]
+        )
+        for b in range(4)
+    ]
+    asyncio.run(
+        _calls(
+            p.address,
+            svc,
+            "/capgate.v1.VerifierService/VerifyBatch",
+            batches,
+            BATCH_CALLS,
+            verifier_pb2.VerifyBatchResponse,
+        )
+    )
 
 
 def _unary(server):
     p, svc, requests = server
-    asyncio.run(_calls(p.address, svc, "/capgate.v1.VerifierService/Verify", requests,
-                       UNARY_CALLS, verifier_pb2.VerifyResponse))
+    asyncio.run(
+        _calls(
+            p.address,
+            svc,
+            "/capgate.v1.VerifierService/Verify",
+            requests,
+            UNARY_CALLS,
+            verifier_pb2.VerifyResponse,
+        )
+    )
 
 
 @pytest.mark.parametrize("mode", ["off", "on"])
@@ -88,8 +113,12 @@ def test_verify_batch_governance(benchmark, servers, mode):
     benchmark.pedantic(_batch, args=(servers[mode],), rounds=6)
     record(benchmark, f"VerifyBatch checks, governance {mode}", BATCH_CALLS * BATCH_SIZE)
     if mode == "on":
-        ratio("VerifyBatch with governance on vs off", "VerifyBatch checks, governance on",
-              "VerifyBatch checks, governance off", 0.8)
+        ratio(
+            "VerifyBatch with governance on vs off",
+            "VerifyBatch checks, governance on",
+            "VerifyBatch checks, governance off",
+            0.8,
+        )
 
 
 @pytest.mark.parametrize("mode", ["off", "on"])
@@ -98,8 +127,12 @@ def test_verify_unary_governance(benchmark, servers, mode):
     benchmark.pedantic(_unary, args=(servers[mode],), rounds=4)
     record(benchmark, f"Verify unary, governance {mode}", UNARY_CALLS)
     if mode == "on":
-        ratio("Verify unary with governance on vs off", "Verify unary, governance on",
-              "Verify unary, governance off", 0.8)
+        ratio(
+            "Verify unary with governance on vs off",
+            "Verify unary, governance on",
+            "Verify unary, governance off",
+            0.8,
+        )
 
 
 def test_detector_pass_per_record(benchmark):
@@ -109,9 +142,22 @@ def test_detector_pass_per_record(benchmark):
     from capgate_server._usage import fold_usage
     from capgate_server.store import AuditEvent, GovernancePolicy
 
-    records = [AuditEvent(1_800_000_000.0 + i / 1000, "svc", "verify", "t", True, "allowed",
-                          chain=("orch", "bench"), action="read", resource=f"/data/r{i}/x",
-                          presenter="bench", count=3) for i in range(1000)]
+    records = [
+        AuditEvent(
+            1_800_000_000.0 + i / 1000,
+            "svc",
+            "verify",
+            "t",
+            True,
+            "allowed",
+            chain=("orch", "bench"),
+            action="read",
+            resource=f"/data/r{i}/x",
+            presenter="bench",
+            count=3,
+        )
+        for i in range(1000)
+    ]
     policy = GovernancePolicy("bench")
     baselines = Baselines()
 
@@ -124,5 +170,7 @@ def test_detector_pass_per_record(benchmark):
     rate = record(benchmark, "detector: flushed records per second", len(records))
     from conftest import NOTES
 
-    NOTES.append(f"detector: {1e6 / rate:.1f} us per flushed record; a flush of 1,000 "
-                 f"distinct records every 0.2 s costs {1000 / rate / 0.2:.1%} of a core")
+    NOTES.append(
+        f"detector: {1e6 / rate:.1f} us per flushed record; a flush of 1,000 "
+        f"distinct records every 0.2 s costs {1000 / rate / 0.2:.1%} of a core"
+    )

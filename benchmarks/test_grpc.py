@@ -46,20 +46,27 @@ def bench_server(tmp_path_factory):
         root = Token.parse(agent.issue("read:/data/**").token)
     # a working set of distinct tokens, as many services would present
     tokens = [root.attenuate(f"resource /data/r{i}/**").to_text() for i in range(1000)]
-    requests = [verifier_pb2.VerifyRequest(token=t, action="read", resource=f"/data/r{i}/x",
-                                           presenter="bench")
-                for i, t in enumerate(tokens)]
+    requests = [
+        verifier_pb2.VerifyRequest(
+            token=t, action="read", resource=f"/data/r{i}/x", presenter="bench"
+        )
+        for i, t in enumerate(tokens)
+    ]
     yield p, svc, requests
     admin.close()
     p.stop()
 
 
-async def _unary(address: str, credential: str, method: str, requests: list, calls: int,
-                 out: type) -> None:
+async def _unary(
+    address: str, credential: str, method: str, requests: list, calls: int, out: type
+) -> None:
     md = (("authorization", f"Bearer {credential}"),)
     async with grpc.aio.insecure_channel(address) as ch:
-        call = ch.unary_unary(method, request_serializer=type(requests[0]).SerializeToString,
-                              response_deserializer=out.FromString)
+        call = ch.unary_unary(
+            method,
+            request_serializer=type(requests[0]).SerializeToString,
+            response_deserializer=out.FromString,
+        )
         counter = iter(range(calls))
 
         async def worker() -> None:
@@ -71,19 +78,22 @@ async def _unary(address: str, credential: str, method: str, requests: list, cal
 
 
 def _run_unary(p, svc, requests, method):
-    asyncio.run(_unary(p.address, svc, method, requests, UNARY_CALLS,
-                       verifier_pb2.VerifyResponse))
+    asyncio.run(_unary(p.address, svc, method, requests, UNARY_CALLS, verifier_pb2.VerifyResponse))
 
 
 def _batches(requests):
-    return [verifier_pb2.VerifyBatchRequest(
-        requests=[requests[(b * BATCH_SIZE + i) % len(requests)] for i in range(BATCH_SIZE)])
-        for b in range(8)]
+    return [
+        verifier_pb2.VerifyBatchRequest(
+            requests=[requests[(b * BATCH_SIZE + i) % len(requests)] for i in range(BATCH_SIZE)]
+        )
+        for b in range(8)
+    ]
 
 
 def _run_batch(p, svc, batches, method):
-    asyncio.run(_unary(p.address, svc, method, batches, BATCH_CALLS,
-                       verifier_pb2.VerifyBatchResponse))
+    asyncio.run(
+        _unary(p.address, svc, method, batches, BATCH_CALLS, verifier_pb2.VerifyBatchResponse)
+    )
 
 
 def test_noop_unary(benchmark, bench_server):
@@ -96,11 +106,16 @@ def test_noop_unary(benchmark, bench_server):
 def test_verify_unary(benchmark, bench_server):
     p, svc, requests = bench_server
     _run_unary(p, svc, requests, "/capgate.v1.VerifierService/Verify")
-    benchmark.pedantic(_run_unary, args=(p, svc, requests, "/capgate.v1.VerifierService/Verify"),
-                       rounds=5)
+    benchmark.pedantic(
+        _run_unary, args=(p, svc, requests, "/capgate.v1.VerifierService/Verify"), rounds=5
+    )
     record(benchmark, "grpc Verify unary (64 concurrent)", UNARY_CALLS)
-    ratio("gRPC Verify unary vs no-op", "grpc Verify unary (64 concurrent)",
-          "grpc no-op unary (64 concurrent)", 0.85)
+    ratio(
+        "gRPC Verify unary vs no-op",
+        "grpc Verify unary (64 concurrent)",
+        "grpc no-op unary (64 concurrent)",
+        0.85,
+    )
 
 
 def test_noop_batch(benchmark, bench_server):
@@ -115,26 +130,32 @@ def test_verify_batch(benchmark, bench_server):
     p, svc, requests = bench_server
     batches = _batches(requests)
     _run_batch(p, svc, batches, "/capgate.v1.VerifierService/VerifyBatch")
-    benchmark.pedantic(_run_batch,
-                       args=(p, svc, batches, "/capgate.v1.VerifierService/VerifyBatch"),
-                       rounds=5)
+    benchmark.pedantic(
+        _run_batch, args=(p, svc, batches, "/capgate.v1.VerifierService/VerifyBatch"), rounds=5
+    )
     record(benchmark, "grpc VerifyBatch checks (256/call)", BATCH_CALLS * BATCH_SIZE)
-    ratio("gRPC VerifyBatch vs no-op", "grpc VerifyBatch checks (256/call)",
-          "grpc no-op batch checks (256/call)", 0.60)
+    ratio(
+        "gRPC VerifyBatch vs no-op",
+        "grpc VerifyBatch checks (256/call)",
+        "grpc no-op batch checks (256/call)",
+        0.60,
+    )
 
 
-async def _streams(address: str, credential: str, method: str, requests: list,
-                   total: int) -> None:
+async def _streams(address: str, credential: str, method: str, requests: list, total: int) -> None:
     md = (("authorization", f"Bearer {credential}"),)
     async with grpc.aio.insecure_channel(address) as ch:
         call = ch.stream_stream(
-            method, request_serializer=verifier_pb2.VerifyRequest.SerializeToString,
-            response_deserializer=verifier_pb2.VerifyResponse.FromString)
+            method,
+            request_serializer=verifier_pb2.VerifyRequest.SerializeToString,
+            response_deserializer=verifier_pb2.VerifyResponse.FromString,
+        )
         per = total // STREAMS
 
         async def one(k: int) -> None:
-            replies = call(iter([requests[(k * per + i) % len(requests)] for i in range(per)]),
-                           metadata=md)
+            replies = call(
+                iter([requests[(k * per + i) % len(requests)] for i in range(per)]), metadata=md
+            )
             n = 0
             async for reply in replies:
                 assert reply.allowed
@@ -161,5 +182,9 @@ def test_verify_stream(benchmark, bench_server):
     _run_stream(p, svc, requests, method)
     benchmark.pedantic(_run_stream, args=(p, svc, requests, method), rounds=5)
     record(benchmark, "grpc VerifyStream checks (8 streams)", STREAM_MESSAGES)
-    ratio("gRPC VerifyStream vs no-op stream", "grpc VerifyStream checks (8 streams)",
-          "grpc no-op stream checks (8 streams)", 0.60)
+    ratio(
+        "gRPC VerifyStream vs no-op stream",
+        "grpc VerifyStream checks (8 streams)",
+        "grpc no-op stream checks (8 streams)",
+        0.60,
+    )

@@ -51,23 +51,28 @@ R = "/data/reports/q3"
 
 @pytest.fixture(scope="module")
 def capgate(tmp_path_factory):
-    p = ServerProcess(tmp_path_factory.mktemp("guards") / "data",
-                      ["--ext-authz", "--spiffe-prefix", "spiffe://bench/agent/"]).start()
+    p = ServerProcess(
+        tmp_path_factory.mktemp("guards") / "data",
+        ["--ext-authz", "--spiffe-prefix", "spiffe://bench/agent/"],
+    ).start()
     alice = KeyedAgent(p, grants=["read,write:/data/**", "read_file:/files/*"])
     yield p, alice
     alice.close()
     p.stop()
 
 
-def _added(name: str, guarded: str, unguarded: str,
-           verify: str = "direct Verify (no proof)") -> None:
+def _added(
+    name: str, guarded: str, unguarded: str, verify: str = "direct Verify (no proof)"
+) -> None:
     """A note: what the guard adds per request (medians), in µs and in direct Verifies."""
     if not all(k in MEDIAN_US for k in (guarded, unguarded, verify)):
         return
     added = MEDIAN_US[guarded] - MEDIAN_US[unguarded]
-    NOTES.append(f"{name}: {MEDIAN_US[guarded]:,.0f} us against {MEDIAN_US[unguarded]:,.0f}: "
-                 f"adds {added:,.0f} us per request = {added / MEDIAN_US[verify]:.2f}x a "
-                 f"direct Verify ({MEDIAN_US[verify]:,.0f} us)")
+    NOTES.append(
+        f"{name}: {MEDIAN_US[guarded]:,.0f} us against {MEDIAN_US[unguarded]:,.0f}: "
+        f"adds {added:,.0f} us per request = {added / MEDIAN_US[verify]:.2f}x a "
+        f"direct Verify ({MEDIAN_US[verify]:,.0f} us)"
+    )
 
 
 def _bench(benchmark, name, fn, setup=None):
@@ -91,6 +96,7 @@ def _proofs(alice, method, target):
 def test_direct_verify(benchmark, capgate):
     p, alice = capgate
     with Client(p.address, alice.service_credential) as svc:
+
         def run():
             for _ in range(CALLS):
                 assert svc.verify(alice.token, "read", R, presenter="alice").allowed
@@ -101,13 +107,17 @@ def test_direct_verify(benchmark, capgate):
 def test_direct_verify_with_proof(benchmark, capgate):
     p, alice = capgate
     with Client(p.address, alice.service_credential) as svc:
+
         def run(proofs):
             for text in proofs:
                 assert svc.verify(alice.token, "read", R, proof=Proof(text, "GET", R)).proven
 
         _bench(benchmark, "direct Verify with proof (SQLite)", run, _proofs(alice, "GET", R))
-    _added("a proof of possession, SQLite", "direct Verify with proof (SQLite)",
-           "direct Verify (no proof)")
+    _added(
+        "a proof of possession, SQLite",
+        "direct Verify with proof (SQLite)",
+        "direct Verify (no proof)",
+    )
 
 
 # -- gRPC -----------------------------------------------------------------------------------
@@ -118,8 +128,13 @@ def _grpc_service(interceptors):
         return req
 
     server = grpc.server(futures.ThreadPoolExecutor(4), interceptors=interceptors)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Files", {
-        "Read": grpc.unary_unary_rpc_method_handler(read)}),))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "bench.Files", {"Read": grpc.unary_unary_rpc_method_handler(read)}
+            ),
+        )
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     return server, port
@@ -131,13 +146,17 @@ def grpc_services(capgate):
     client = Client(p.address, alice.service_credential)
     rules = {"/bench.Files/Read": Rule("read", R)}
     plain = _grpc_service([])
-    guarded = _grpc_service([GrpcGuard(Guard(client, cache_ttl=0), rules,
-                                       presenter=lambda ctx: "alice")])
-    cached = _grpc_service([GrpcGuard(Guard(client, cache_ttl=1.0), rules,
-                                      presenter=lambda ctx: "alice")])
+    guarded = _grpc_service(
+        [GrpcGuard(Guard(client, cache_ttl=0), rules, presenter=lambda ctx: "alice")]
+    )
+    cached = _grpc_service(
+        [GrpcGuard(Guard(client, cache_ttl=1.0), rules, presenter=lambda ctx: "alice")]
+    )
     proven = _grpc_service([GrpcGuard(Guard(client, cache_ttl=0), rules)])
-    yield {k: v[1] for k, v in (("plain", plain), ("guarded", guarded), ("cached", cached),
-                                ("proven", proven))}
+    yield {
+        k: v[1]
+        for k, v in (("plain", plain), ("guarded", guarded), ("cached", cached), ("proven", proven))
+    }
     for server, _ in (plain, guarded, cached, proven):
         server.stop(None)
     client.close()
@@ -151,12 +170,14 @@ def test_grpc_guard(benchmark, capgate, grpc_services, kind):
     header = [("authorization", f"Capgate {alice.token}")]
     name = f"gRPC call, {kind}"
     if kind == "proven":
+
         def run(proofs):
             for text in proofs:
                 call(b"x", metadata=[*header, ("capgate-proof", text)])
 
         _bench(benchmark, name, run, _proofs(alice, "POST", "/bench.Files/Read"))
     else:
+
         def run():
             for _ in range(CALLS):
                 call(b"x", metadata=header)
@@ -185,20 +206,23 @@ def test_asgi_guard(benchmark, capgate, kind):
     p, alice = capgate
     guard = None
     if kind != "plain":
-        guard = AsyncGuard(AsyncClient(p.address, alice.service_credential),
-                           cache_ttl=1.0 if kind == "cached" else 0)
+        guard = AsyncGuard(
+            AsyncClient(p.address, alice.service_credential),
+            cache_ttl=1.0 if kind == "cached" else 0,
+        )
     web = AsgiServer(_app(guard)).start()
     header = {"authorization": f"Capgate {alice.token}"}
     name = f"HTTP request (uvicorn), {kind}"
     with httpx.Client(base_url=web.url) as http:
         if kind == "proven":
+
             def run(proofs):
                 for text in proofs:
-                    assert http.get(R, headers={**header, "capgate-proof": text}).status_code \
-                        == 200
+                    assert http.get(R, headers={**header, "capgate-proof": text}).status_code == 200
 
             _bench(benchmark, name, run, _proofs(alice, "GET", R))
         else:
+
             def run():
                 for _ in range(CALLS):
                     assert http.get(R, headers=header).status_code == 200
@@ -216,8 +240,11 @@ def _mcp(p, alice, guarded):
     middleware = []
     if guarded:
         guard = AsyncGuard(AsyncClient(p.address, alice.service_credential), cache_ttl=0)
-        middleware = [ToolGuard(guard, {"read_file": Rule("", "/files/{path}")},
-                                presenter=lambda ctx: "alice")]
+        middleware = [
+            ToolGuard(
+                guard, {"read_file": Rule("", "/files/{path}")}, presenter=lambda ctx: "alice"
+            )
+        ]
     server = MCPServer("bench", middleware=middleware)
 
     @server.tool()
@@ -263,10 +290,16 @@ def test_envoy_check(benchmark, capgate):
     channel = grpc.insecure_channel(p.address)
     stub = ea_grpc.AuthorizationStub(channel)
     md = (("authorization", f"Bearer {alice.service_credential}"),)
-    request = ea.CheckRequest(attributes=ac.AttributeContext(
-        source=ac.AttributeContext.Peer(principal="spiffe://bench/agent/alice"),
-        request=ac.AttributeContext.Request(http=ac.AttributeContext.HttpRequest(
-            method="GET", path=R, headers={"authorization": f"Capgate {alice.token}"}))))
+    request = ea.CheckRequest(
+        attributes=ac.AttributeContext(
+            source=ac.AttributeContext.Peer(principal="spiffe://bench/agent/alice"),
+            request=ac.AttributeContext.Request(
+                http=ac.AttributeContext.HttpRequest(
+                    method="GET", path=R, headers={"authorization": f"Capgate {alice.token}"}
+                )
+            ),
+        )
+    )
 
     def run():
         for _ in range(CALLS):
@@ -277,9 +310,11 @@ def test_envoy_check(benchmark, capgate):
     channel.close()
     verify = "direct Verify (no proof)"
     if verify in MEDIAN_US:
-        NOTES.append(f"Envoy Check: {MEDIAN_US[name]:,.0f} us, "
-                     f"{MEDIAN_US[name] / MEDIAN_US[verify]:.2f}x a direct Verify "
-                     f"({MEDIAN_US[verify]:,.0f} us)")
+        NOTES.append(
+            f"Envoy Check: {MEDIAN_US[name]:,.0f} us, "
+            f"{MEDIAN_US[name] / MEDIAN_US[verify]:.2f}x a direct Verify "
+            f"({MEDIAN_US[verify]:,.0f} us)"
+        )
 
 
 # -- proofs on PostgreSQL -------------------------------------------------------------------
@@ -308,6 +343,7 @@ def test_verify_on_postgresql(benchmark, pg_capgate, kind):
     name = f"direct Verify {kind} (PostgreSQL)"
     with Client(p.address, alice.service_credential) as svc:
         if kind == "no proof":
+
             def run():
                 for _ in range(CALLS):
                     assert svc.verify(alice.token, "read", R, presenter="alice").allowed
@@ -320,8 +356,12 @@ def test_verify_on_postgresql(benchmark, pg_capgate, kind):
                 assert svc.verify(alice.token, "read", R, proof=Proof(text, "GET", R)).proven
 
         _bench(benchmark, name, proven, _proofs(alice, "GET", R))
-    _added("a proof of possession, PostgreSQL (one at a time: no group commit)", name,
-           "direct Verify no proof (PostgreSQL)", "direct Verify no proof (PostgreSQL)")
+    _added(
+        "a proof of possession, PostgreSQL (one at a time: no group commit)",
+        name,
+        "direct Verify no proof (PostgreSQL)",
+        "direct Verify no proof (PostgreSQL)",
+    )
 
 
 IN_FLIGHT = 32
@@ -348,8 +388,7 @@ def test_verify_throughput_on_postgresql(benchmark, pg_capgate, kind):
                     if text is None:
                         r = await svc.verify(alice.token, "read", R, presenter="alice")
                     else:
-                        r = await svc.verify(alice.token, "read", R,
-                                             proof=Proof(text, "GET", R))
+                        r = await svc.verify(alice.token, "read", R, proof=Proof(text, "GET", R))
                     assert r.allowed
 
             await asyncio.gather(*[worker() for _ in range(IN_FLIGHT)])
@@ -362,6 +401,8 @@ def test_verify_throughput_on_postgresql(benchmark, pg_capgate, kind):
     name = f"Verify {kind}, {IN_FLIGHT} in flight (PostgreSQL)"
     record(benchmark, name, LOAD_CALLS)
     if kind == "with proof":
-        ratio(f"Verify with proof vs without, {IN_FLIGHT} in flight, PostgreSQL",
-              f"Verify with proof, {IN_FLIGHT} in flight (PostgreSQL)",
-              f"Verify no proof, {IN_FLIGHT} in flight (PostgreSQL)")
+        ratio(
+            f"Verify with proof vs without, {IN_FLIGHT} in flight, PostgreSQL",
+            f"Verify with proof, {IN_FLIGHT} in flight (PostgreSQL)",
+            f"Verify no proof, {IN_FLIGHT} in flight (PostgreSQL)",
+        )

@@ -54,6 +54,7 @@ BATCH_METHOD = "/capgate.v1.VerifierService/VerifyBatch"
 
 # -- core: never-seen tokens -------------------------------------------------------------
 
+
 def _token(i: int, caveats: list[str]) -> str:
     t = Token.mint(KEY, TokenIdentifier("k1", f"{i:032x}", int(NOW * 1000) - 1000).encode())
     for c in ["agent = alice", f"expires < {format_timestamp(NOW + 3600 + i)}", *caveats]:
@@ -62,14 +63,18 @@ def _token(i: int, caveats: list[str]) -> str:
 
 
 def ordinary(i: int) -> str:
-    return _token(i, ["action in read,write", "resource /data/reports/**",
-                      "not-before > 2020-01-01T00:00:00Z"])
+    return _token(
+        i,
+        ["action in read,write", "resource /data/reports/**", "not-before > 2020-01-01T00:00:00Z"],
+    )
 
 
 def hostile(i: int) -> str:
     """Eleven unique ~400-character resource globs: a 6 KiB never-seen token."""
-    globs = [f"resource /data/{'/'.join(secrets.token_hex(4) if k % 3 else '*' for k in range(45))}"
-             for _ in range(11)]
+    globs = [
+        f"resource /data/{'/'.join(secrets.token_hex(4) if k % 3 else '*' for k in range(45))}"
+        for _ in range(11)
+    ]
     return _token(i, globs)
 
 
@@ -81,10 +86,10 @@ def _verifier() -> Verifier:
 def _cold(benchmark, make, name: str) -> None:
     texts = [make(i) for i in range(N_COLD)]
     warm = _verifier()  # the same work on other tokens first, so the heap is grown
-    for t in texts[N_COLD // 2:]:
+    for t in texts[N_COLD // 2 :]:
         warm.verify(t, Request("read", "/data/reports/q3", "alice"))
     del warm
-    v, it = _verifier(), iter(texts[:N_COLD // 2])
+    v, it = _verifier(), iter(texts[: N_COLD // 2])
     req = Request("read", "/data/reports/q3", "alice")
     benchmark.pedantic(lambda: v.verify(next(it), req), rounds=30, iterations=100)
     record(benchmark, name)
@@ -96,12 +101,15 @@ def test_cold_ordinary_never_seen(benchmark):
 
 def test_cold_hostile_never_seen(benchmark):
     _cold(benchmark, hostile, "verify cold, hostile never-seen token (11 large globs)")
-    ratio("hostile never-seen token vs ordinary (cost ratio; lower is better)",
-          "verify cold, ordinary never-seen token (5 caveats)",
-          "verify cold, hostile never-seen token (11 large globs)")
+    ratio(
+        "hostile never-seen token vs ordinary (cost ratio; lower is better)",
+        "verify cold, ordinary never-seen token (5 caveats)",
+        "verify cold, hostile never-seen token (11 large globs)",
+    )
 
 
 # -- a hostile batch beside normal traffic -------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
@@ -116,16 +124,20 @@ def live(tmp_path_factory):
     p.stop()
 
 
-async def _latencies(address: str, svc: str, token: str, seconds: float,
-                     concurrency: int = 4) -> list[float]:
+async def _latencies(
+    address: str, svc: str, token: str, seconds: float, concurrency: int = 4
+) -> list[float]:
     md = (("authorization", f"Bearer {svc}"),)
-    request = verifier_pb2.VerifyRequest(token=token, action="read", resource="/data/x",
-                                         presenter="alice")
+    request = verifier_pb2.VerifyRequest(
+        token=token, action="read", resource="/data/x", presenter="alice"
+    )
     out: list[float] = []
     async with grpc.aio.insecure_channel(address) as ch:
-        call = ch.unary_unary(VERIFY,
-                              request_serializer=verifier_pb2.VerifyRequest.SerializeToString,
-                              response_deserializer=verifier_pb2.VerifyResponse.FromString)
+        call = ch.unary_unary(
+            VERIFY,
+            request_serializer=verifier_pb2.VerifyRequest.SerializeToString,
+            response_deserializer=verifier_pb2.VerifyResponse.FromString,
+        )
         end = time.monotonic() + seconds
 
         async def worker() -> None:
@@ -155,8 +167,10 @@ def test_hostile_batch_beside_normal_traffic(benchmark, live):
         md = (("authorization", f"Bearer {mallory}"),)
         with grpc.insecure_channel(p.address) as ch:
             call = ch.unary_unary(
-                BATCH_METHOD, request_serializer=verifier_pb2.VerifyBatchRequest.SerializeToString,
-                response_deserializer=verifier_pb2.VerifyBatchResponse.FromString)
+                BATCH_METHOD,
+                request_serializer=verifier_pb2.VerifyBatchRequest.SerializeToString,
+                response_deserializer=verifier_pb2.VerifyBatchResponse.FromString,
+            )
             for b in itertools.cycle(batches):
                 if stop.is_set():
                     return
@@ -178,9 +192,11 @@ def test_hostile_batch_beside_normal_traffic(benchmark, live):
         return before, during
 
     before, during = benchmark.pedantic(measure, rounds=1, iterations=1)
-    stats = {f"{name}_{q}": round(_pct(s, v), 2) for name, s in (("before", before),
-                                                                  ("during", during))
-             for q, v in (("p50_ms", 0.5), ("p99_ms", 0.99))}
+    stats = {
+        f"{name}_{q}": round(_pct(s, v), 2)
+        for name, s in (("before", before), ("during", during))
+        for q, v in (("p50_ms", 0.5), ("p99_ms", 0.99))
+    }
     benchmark.extra_info.update(stats, **outcome)
     NOTES.append(
         f"hostile batch ({BATCH} tokens, {BATCH * 10:,} new caveats, {size / 2**20:.1f} MiB) "
@@ -188,10 +204,12 @@ def test_hostile_batch_beside_normal_traffic(benchmark, live):
         f"{stats['during_p50_ms']} ms, p99 {stats['before_p99_ms']} -> "
         f"{stats['during_p99_ms']} ms, max {max(during) * 1000:.1f} ms "
         f"({len(before)}/{len(during)} samples; hostile batches refused {outcome['refused']}, "
-        f"decided {outcome['decided']}, other {outcome['other']})")
+        f"decided {outcome['decided']}, other {outcome['other']})"
+    )
 
 
 # -- a deny flood -----------------------------------------------------------------------------
+
 
 def test_deny_flood(benchmark, live):
     p, _, svc, (_, good) = live
@@ -211,8 +229,10 @@ def test_deny_flood(benchmark, live):
         md = (("authorization", f"Bearer {svc}"),)
         async with grpc.aio.insecure_channel(p.address) as ch:
             call = ch.unary_unary(
-                BATCH_METHOD, request_serializer=verifier_pb2.VerifyBatchRequest.SerializeToString,
-                response_deserializer=verifier_pb2.VerifyBatchResponse.FromString)
+                BATCH_METHOD,
+                request_serializer=verifier_pb2.VerifyBatchRequest.SerializeToString,
+                response_deserializer=verifier_pb2.VerifyBatchResponse.FromString,
+            )
             end = time.monotonic() + seconds
 
             async def worker() -> None:
@@ -223,8 +243,11 @@ def test_deny_flood(benchmark, live):
             await asyncio.gather(*[worker() for _ in range(concurrency)])
 
     def meanwhile() -> None:
-        with grpc.insecure_channel(p.address) as ch, Client(p.address, p.admin_credential) as adm, \
-                Client(p.address, svc) as service:
+        with (
+            grpc.insecure_channel(p.address) as ch,
+            Client(p.address, p.admin_credential) as adm,
+            Client(p.address, svc) as service,
+        ):
             check = health_pb2_grpc.HealthStub(ch).Check
             for t in itertools.cycle(later):
                 if stop.is_set():
@@ -255,4 +278,5 @@ def test_deny_flood(benchmark, live):
     NOTES.append(
         f"deny flood (8 clients, batches of 256, revoked token): {rate:,.0f} denies/s, "
         f"SERVING in {serving}/{len(health)} health checks, revocations meanwhile "
-        f"median {statistics.median(revokes) * 1000:.1f} ms, max {max(revokes) * 1000:.1f} ms")
+        f"median {statistics.median(revokes) * 1000:.1f} ms, max {max(revokes) * 1000:.1f} ms"
+    )

@@ -47,11 +47,34 @@ class _Served:
 
     def bench(self, mode: str, batch: int) -> dict[str, float]:
         r = subprocess.run(
-            [*CAPGATE, "--server", self.proc.address, "--json", "bench", self.token,
-             "--action", "read", "--resource", "/data/x", "--agent", "bench", "--mode", mode,
-             "--batch", str(batch), "--clients", str(CLIENTS), "--duration", str(SECONDS)],
+            [
+                *CAPGATE,
+                "--server",
+                self.proc.address,
+                "--json",
+                "bench",
+                self.token,
+                "--action",
+                "read",
+                "--resource",
+                "/data/x",
+                "--agent",
+                "bench",
+                "--mode",
+                mode,
+                "--batch",
+                str(batch),
+                "--clients",
+                str(CLIENTS),
+                "--duration",
+                str(SECONDS),
+            ],
             env={"CAPGATE_CREDENTIAL": self.service, "PATH": "/usr/bin:/bin"},
-            capture_output=True, text=True, timeout=120, check=True)
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         out: dict[str, float] = json.loads(r.stdout)
         assert not out["errors"] and out["allowed"] == out["checks"]
         return out
@@ -91,11 +114,14 @@ def test_one_worker_against_two(benchmark, served, mode: str, batch: int) -> Non
         runs = [out for m, out in results if m == n]
         names[n] = f"{mode} {what}, {n} worker(s), {CLIENTS} client processes"
         RATES[names[n]] = statistics.mean(out["checks_per_second"] for out in runs)
-        NOTES.append(f"{names[n]}: " + "; ".join(
-            f"{out['checks_per_second']:,}/s p50 {out['p50_ms']} ms p99 {out['p99_ms']} ms"
-            for out in runs))
-    ratio(f"{mode}: 2 workers vs 1 (this machine, clients beside them)", names[2], names[1],
-          1.0)
+        NOTES.append(
+            f"{names[n]}: "
+            + "; ".join(
+                f"{out['checks_per_second']:,}/s p50 {out['p50_ms']} ms p99 {out['p99_ms']} ms"
+                for out in runs
+            )
+        )
+    ratio(f"{mode}: 2 workers vs 1 (this machine, clients beside them)", names[2], names[1], 1.0)
 
 
 def test_revoke_with_the_barrier(benchmark, served) -> None:
@@ -110,7 +136,9 @@ def test_revoke_with_the_barrier(benchmark, served) -> None:
         med = statistics.median(took)
         p99 = sorted(took)[int(len(took) * 0.99) - 1]
         RATES[f"revoke, {n} worker(s), one after another"] = 1000 / med
-        NOTES.append(f"revoke with {n} worker(s): median {med:.2f} ms, p99 {p99:.2f} ms "
-                     f"({len(took)} revokes)")
+        NOTES.append(
+            f"revoke with {n} worker(s): median {med:.2f} ms, p99 {p99:.2f} ms "
+            f"({len(took)} revokes)"
+        )
     one, two = (statistics.median(results[n]) for n in (1, 2))
     NOTES.append(f"the barrier adds {two - one:+.2f} ms to a revoke's median")

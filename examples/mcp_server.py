@@ -62,16 +62,22 @@ def build(server: str, credential: str) -> MCPServer:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--http", type=int, metavar="PORT",
-                        help="serve streamable HTTP on 127.0.0.1:PORT instead of stdio")
+    parser.add_argument(
+        "--http",
+        type=int,
+        metavar="PORT",
+        help="serve streamable HTTP on 127.0.0.1:PORT instead of stdio",
+    )
     args = parser.parse_args()
-    mcp = build(os.environ.get("CAPGATE_SERVER", "127.0.0.1:50051"),
-                os.environ["CAPGATE_CREDENTIAL"])
+    mcp = build(
+        os.environ.get("CAPGATE_SERVER", "127.0.0.1:50051"), os.environ["CAPGATE_CREDENTIAL"]
+    )
     if args.http:
         import uvicorn
 
-        uvicorn.run(mcp.streamable_http_app(), host="127.0.0.1", port=args.http,
-                    log_level="warning")
+        uvicorn.run(
+            mcp.streamable_http_app(), host="127.0.0.1", port=args.http, log_level="warning"
+        )
     else:
         mcp.run("stdio")
 

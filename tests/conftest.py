@@ -43,8 +43,11 @@ def _chromium_problem() -> str | None:
     return chromium_problem()
 
 
-_CHECKS = {"postgres": _postgres_problem, "libmacaroons": _libmacaroons_problem,
-           "chromium": _chromium_problem}
+_CHECKS = {
+    "postgres": _postgres_problem,
+    "libmacaroons": _libmacaroons_problem,
+    "chromium": _chromium_problem,
+}
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
@@ -66,7 +69,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     for why, count in _MISSING.values():
         terminalreporter.write_line(
             f"capgate: {why}: skipped {count} tests that need it (CI runs them all; "
-            "see CONTRIBUTING.md)", yellow=True)
+            "see CONTRIBUTING.md)",
+            yellow=True,
+        )
 
 
 class FakeClock:

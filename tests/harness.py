@@ -84,8 +84,14 @@ class ServerThread:
     ``clock`` stands in for the wall clock and ``monotonic`` for the monotonic one
     (a wall-clock jump is moving the first alone)."""
 
-    def __init__(self, data_dir: Path, *, clock: Callable[[], float] | None = None,
-                 monotonic: Callable[[], float] | None = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        clock: Callable[[], float] | None = None,
+        monotonic: Callable[[], float] | None = None,
+        **settings: Any,
+    ) -> None:
         self.settings = Settings(data_dir=data_dir, listen="127.0.0.1:0", **settings)
         self._clocks = {k: v for k, v in (("clock", clock), ("monotonic", monotonic)) if v}
         self.loop = asyncio.new_event_loop()
@@ -127,12 +133,27 @@ class ServerProcess:
     ``file_size_limit`` (bytes) caps every file it writes (RLIMIT_FSIZE): a full disk.
     ``workers``: worker processes (one by default: a single process, pid ``proc.pid``)."""
 
-    def __init__(self, data_dir: Path, extra: Sequence[str] = (), env: dict[str, str] | None = None,
-                 listen: str = "127.0.0.1:0", file_size_limit: int | None = None,
-                 workers: int = 1) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        extra: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        listen: str = "127.0.0.1:0",
+        file_size_limit: int | None = None,
+        workers: int = 1,
+    ) -> None:
         self.data_dir = data_dir
-        self.args = [*CAPGATE, "serve", "--data-dir", str(data_dir), "--listen", listen,
-                     "--workers", str(workers), *extra]
+        self.args = [
+            *CAPGATE,
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--listen",
+            listen,
+            "--workers",
+            str(workers),
+            *extra,
+        ]
         self.workers = workers
         self.env = {**os.environ, **(env or {})}
         self.file_size_limit = file_size_limit
@@ -145,11 +166,18 @@ class ServerProcess:
         if self.file_size_limit is not None:  # set in a fresh interpreter that then execs
             # the server: a preexec_fn would make this process fork with grpc's threads
             # running, and grpc's fork handlers can kill the child before it execs
-            args = [sys.executable, "-c", "import os, resource, sys; "
-                    "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]),) * 2); "
-                    "os.execv(sys.argv[2], sys.argv[2:])", str(self.file_size_limit), *args]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=self.env)
+            args = [
+                sys.executable,
+                "-c",
+                "import os, resource, sys; "
+                "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]),) * 2); "
+                "os.execv(sys.argv[2], sys.argv[2:])",
+                str(self.file_size_limit),
+                *args,
+            ]
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env
+        )
         ready: Future[str] = Future()
 
         def read_stdout() -> None:
@@ -204,16 +232,28 @@ class ServerProcess:
                 self.proc.wait(10)
 
 
-def cli(*args: str, server: str = "", credential: str = "", stdin: str | None = None,
-        env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str,
+    server: str = "",
+    credential: str = "",
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> subprocess.CompletedProcess[str]:
     """Run the ``capgate`` CLI as a user would."""
     full_env = {**os.environ, **(env or {})}
     if server:
         full_env["CAPGATE_SERVER"] = server
     if credential:
         full_env["CAPGATE_CREDENTIAL"] = credential
-    return subprocess.run([*CAPGATE, *args], input=stdin, capture_output=True, text=True,
-                          env=full_env, timeout=timeout)
+    return subprocess.run(
+        [*CAPGATE, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10, step: float = 0.02) -> float:
@@ -317,9 +357,15 @@ class KeyedAgent:
     """On a real server: agent ``alice`` with an Ed25519 key, a token of hers, and a
     service principal (``svc``) that verifies; ``presenter()`` is her side of it all."""
 
-    def __init__(self, server: Any, agent: str = "alice", *, grants: Sequence[str] = (
-            "read,write:/data/**",), token_grant: str = "read:/data/reports/*",
-                 require_proof: bool = False) -> None:
+    def __init__(
+        self,
+        server: Any,
+        agent: str = "alice",
+        *,
+        grants: Sequence[str] = ("read,write:/data/**",),
+        token_grant: str = "read:/data/reports/*",
+        require_proof: bool = False,
+    ) -> None:
         from capgate import load_private_key, new_private_key_pem
 
         self.server = server
@@ -327,20 +373,23 @@ class KeyedAgent:
         self.admin = server.client()
         self.pem, public = new_private_key_pem()
         self.key = load_private_key(self.pem)
-        _, self.credential = self.admin.create_agent(agent, list(grants), public_key=public,
-                                                     require_proof=require_proof)
+        _, self.credential = self.admin.create_agent(
+            agent, list(grants), public_key=public, require_proof=require_proof
+        )
         self.agent = server.client(self.credential)
         self.token = self.agent.issue(token_grant).token
         self.service_id = f"svc-{secrets.token_hex(3)}"  # the audience of alice's proofs
-        self.service_credential = self.admin.create_principal(
-            self.service_id, "service").credential
+        self.service_credential = self.admin.create_principal(self.service_id, "service").credential
         self.svc = server.client(self.service_credential)
 
     def presenter(self, token: str | None = None, *, key: bool = True) -> Any:
         from capgate_client import Presenter
 
-        return Presenter(token or self.token, self.key if key else None,
-                         audience=self.service_id if key else None)
+        return Presenter(
+            token or self.token,
+            self.key if key else None,
+            audience=self.service_id if key else None,
+        )
 
     def close(self) -> None:
         for c in (self.admin, self.agent, self.svc):
@@ -360,16 +409,19 @@ def make_pki(folder: Path, client_uri: str) -> dict[str, Path]:
 
     now = datetime.datetime.now(datetime.UTC)
 
-    def cert(cn: str, key: Any, issuer: Any, issuer_key: Any, sans: list[Any] | None,
-             usage: Any | None) -> Any:
-        b = (x509.CertificateBuilder()
-             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-             .issuer_name(issuer).public_key(key.public_key())
-             .serial_number(x509.random_serial_number())
-             .not_valid_before(now - datetime.timedelta(minutes=5))
-             .not_valid_after(now + datetime.timedelta(days=1))
-             .add_extension(x509.BasicConstraints(ca=sans is None, path_length=None),
-                            critical=True))
+    def cert(
+        cn: str, key: Any, issuer: Any, issuer_key: Any, sans: list[Any] | None, usage: Any | None
+    ) -> Any:
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=sans is None, path_length=None), critical=True)
+        )
         if sans is not None:
             b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
             b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
@@ -377,20 +429,28 @@ def make_pki(folder: Path, client_uri: str) -> dict[str, Path]:
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "guard test CA")])
-    pems: dict[str, bytes] = {"ca.crt": cert("guard test CA", ca_key, ca_name, ca_key, None,
-                                             None).public_bytes(serialization.Encoding.PEM)}
+    pems: dict[str, bytes] = {
+        "ca.crt": cert("guard test CA", ca_key, ca_name, ca_key, None, None).public_bytes(
+            serialization.Encoding.PEM
+        )
+    }
     for name, sans, usage in (
-            ("server", [x509.DNSName("localhost"),
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
-             ExtendedKeyUsageOID.SERVER_AUTH),
-            ("client", [x509.UniformResourceIdentifier(client_uri)],
-             ExtendedKeyUsageOID.CLIENT_AUTH)):
+        (
+            "server",
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+            ExtendedKeyUsageOID.SERVER_AUTH,
+        ),
+        ("client", [x509.UniformResourceIdentifier(client_uri)], ExtendedKeyUsageOID.CLIENT_AUTH),
+    ):
         key = ec.generate_private_key(ec.SECP256R1())
         pems[f"{name}.crt"] = cert(name, key, ca_name, ca_key, sans, usage).public_bytes(
-            serialization.Encoding.PEM)
-        pems[f"{name}.key"] = key.private_bytes(serialization.Encoding.PEM,
-                                                serialization.PrivateFormat.PKCS8,
-                                                serialization.NoEncryption())
+            serialization.Encoding.PEM
+        )
+        pems[f"{name}.key"] = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for name, data in pems.items():
@@ -405,8 +465,7 @@ class AsgiServer:
     def __init__(self, app: Any) -> None:
         import uvicorn
 
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                lifespan="off")
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, daemon=True)
         self.port = 0
@@ -449,12 +508,20 @@ class ConsoleFleet:
         from capgate import ApprovalRule
 
         admin = self.admin = server.client()
-        _, planner = admin.create_agent("planner", ["read,write:/data/**"], owner="research",
-                                        description="plans the nightly reports")
+        _, planner = admin.create_agent(
+            "planner",
+            ["read,write:/data/**"],
+            owner="research",
+            description="plans the nightly reports",
+        )
         _, worker = admin.create_agent("worker", ["read:/data/**"], owner="research")
         admin.create_agent("helper", ["read:/data/reports/*"], owner="research")
-        _, payer = admin.create_agent("payer", ["pay,read:/invoices/**"], owner="finance",
-                                      approvals=[ApprovalRule("ctx amount > 1000")])
+        _, payer = admin.create_agent(
+            "payer",
+            ["pay,read:/invoices/**"],
+            owner="finance",
+            approvals=[ApprovalRule("ctx amount > 1000")],
+        )
         admin.create_agent("idle-bot", ["read:/archive/**"], owner="ops")
         admin.suspend_agent("idle-bot")
         self.approver = admin.create_principal("carol", "approver").credential
@@ -472,14 +539,20 @@ class ConsoleFleet:
         self.payer = payer
         with server.client(payer) as pay:
             self.invoice = pay.issue("pay,read:/invoices/*").token
-            self.approval = pay.request_approval(self.invoice, "pay", "/invoices/inv-8",
-                                                 ctx={"amount": "4200"}, note="quarterly bill")
+            self.approval = pay.request_approval(
+                self.invoice,
+                "pay",
+                "/invoices/inv-8",
+                ctx={"amount": "4200"},
+                note="quarterly bill",
+            )
 
     def close(self) -> None:
         self.admin.close()
 
 
 # -- the operator console's JSON API, as its page uses it --------------------------------
+
 
 def console_http(server: Any) -> Any:
     """An HTTP client of ``server``'s console (httpx, keeping the session cookie)."""

@@ -28,8 +28,14 @@ def self_attenuated(root: str, n: int, caveats: int = 10, segments: int = 12) ->
     return out
 
 
-def batch_of(tokens: list[str], presenter: str, resource: str = "/data/x"
-             ) -> verifier_pb2.VerifyBatchRequest:
-    return verifier_pb2.VerifyBatchRequest(requests=[
-        verifier_pb2.VerifyRequest(token=t, action="read", resource=resource, presenter=presenter)
-        for t in tokens])
+def batch_of(
+    tokens: list[str], presenter: str, resource: str = "/data/x"
+) -> verifier_pb2.VerifyBatchRequest:
+    return verifier_pb2.VerifyBatchRequest(
+        requests=[
+            verifier_pb2.VerifyRequest(
+                token=t, action="read", resource=resource, presenter=presenter
+            )
+            for t in tokens
+        ]
+    )

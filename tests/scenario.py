@@ -45,18 +45,26 @@ def _jobs(rng: random.Random) -> dict[str, list[Callable[[], tuple[str, str, str
     """Per agent, what one of its requests looks like: (token name, action, resource)."""
     n = lambda k: rng.randrange(k)  # noqa: E731
     return {
-        "orchestrator": [lambda: ("orchestrator", "read", f"/tasks/queue/{n(900)}"),
-                         lambda: ("orchestrator", "write", f"/tasks/results/{n(900)}"),
-                         lambda: ("orchestrator", "read", f"/data/docs/{n(300)}")],
-        "researcher": [lambda: ("researcher", "read", f"/data/papers/{n(2000)}"),
-                       lambda: ("researcher", "read", f"/web/arxiv/{n(5000)}"),
-                       lambda: ("researcher", "write", f"/notes/{n(50)}")],
-        "summariser": [lambda: ("summariser", "read", f"/data/docs/{n(300)}"),
-                       lambda: ("delegated", "read", f"/data/docs/{n(300)}"),
-                       lambda: ("summariser", "write", f"/summaries/{n(900)}")],
-        "billing": [lambda: ("billing", "read", f"/billing/accounts/{n(400)}"),
-                    lambda: ("billing", "write", f"/billing/invoices/{n(900)}"),
-                    lambda: ("billing", "pay", f"/billing/invoices/{n(900)}")],
+        "orchestrator": [
+            lambda: ("orchestrator", "read", f"/tasks/queue/{n(900)}"),
+            lambda: ("orchestrator", "write", f"/tasks/results/{n(900)}"),
+            lambda: ("orchestrator", "read", f"/data/docs/{n(300)}"),
+        ],
+        "researcher": [
+            lambda: ("researcher", "read", f"/data/papers/{n(2000)}"),
+            lambda: ("researcher", "read", f"/web/arxiv/{n(5000)}"),
+            lambda: ("researcher", "write", f"/notes/{n(50)}"),
+        ],
+        "summariser": [
+            lambda: ("summariser", "read", f"/data/docs/{n(300)}"),
+            lambda: ("delegated", "read", f"/data/docs/{n(300)}"),
+            lambda: ("summariser", "write", f"/summaries/{n(900)}"),
+        ],
+        "billing": [
+            lambda: ("billing", "read", f"/billing/accounts/{n(400)}"),
+            lambda: ("billing", "write", f"/billing/invoices/{n(900)}"),
+            lambda: ("billing", "pay", f"/billing/invoices/{n(900)}"),
+        ],
     }
 
 
@@ -85,8 +93,9 @@ class Injection:
 class Fleet:
     """The agents, their tokens, the service that verifies, on one server."""
 
-    def __init__(self, address: str, admin: Client, clock: Any, *, settle: Callable[[], None],
-                 seed: int = 7) -> None:
+    def __init__(
+        self, address: str, admin: Client, clock: Any, *, settle: Callable[[], None], seed: int = 7
+    ) -> None:
         self.address = address
         self.admin = admin
         self.clock = clock
@@ -101,8 +110,9 @@ class Fleet:
         self.service = Client(address, admin.create_principal("docs-api", "service").credential)
         for name in CEILINGS:
             with Client(address, self.creds[name]) as c:
-                self.tokens[name] = c.issue(CEILINGS[name][0] if name != "researcher"
-                                            else "read:/**", ttl=TTL).token
+                self.tokens[name] = c.issue(
+                    CEILINGS[name][0] if name != "researcher" else "read:/**", ttl=TTL
+                ).token
         with Client(address, self.creds["orchestrator"]) as c:
             handed = c.issue("read:/data/**", ttl=TTL).token
             self.tokens["delegated"] = c.delegate(handed, "summariser").token
@@ -140,8 +150,9 @@ class Fleet:
                 token, presenter = self._token(name, action, resource)
                 items.append((token, action, resource, presenter, None))
         if routine:  # and the orchestrator's usual mistake: a write where it may only read
-            items.append((self.wide["orchestrator"][1], "write", "/data/docs/1",
-                          "orchestrator", None))
+            items.append(
+                (self.wide["orchestrator"][1], "write", "/data/docs/1", "orchestrator", None)
+            )
         if items:
             self.service.verify_batch(items)
             self.decisions += len(items)
@@ -154,8 +165,15 @@ class Fleet:
 
     # -- injections ------------------------------------------------------------------
 
-    def _until(self, name: str, attempt: Callable[[int], bool], done: Callable[[], bool],
-               limit: float = 20.0, *, contains: bool = True) -> Injection:
+    def _until(
+        self,
+        name: str,
+        attempt: Callable[[int], bool],
+        done: Callable[[], bool],
+        limit: float = 20.0,
+        *,
+        contains: bool = True,
+    ) -> Injection:
         """Repeat one deviating decision (``attempt`` says whether it was allowed) until
         ``done``; in real time, the server's own flushes doing the work."""
         after = max((a.seq for a in self.admin.alerts(limit=1000)), default=0)
@@ -181,10 +199,12 @@ class Fleet:
 
         def attempt(i: int) -> bool:
             if i % 2:
-                return self.service.verify(handed, "read", f"/secrets/keys/{i}",
-                                           presenter="scraper").allowed
-            return self.service.verify(token, "read", f"/secrets/db/{i}",
-                                       presenter="researcher").allowed
+                return self.service.verify(
+                    handed, "read", f"/secrets/keys/{i}", presenter="scraper"
+                ).allowed
+            return self.service.verify(
+                token, "read", f"/secrets/db/{i}", presenter="researcher"
+            ).allowed
 
         return self._until("prompt-injected researcher", attempt, self.suspended("researcher"))
 
@@ -193,8 +213,9 @@ class Fleet:
         token = self.wide["billing"][1]
 
         def attempt(i: int) -> bool:
-            return self.service.verify(token, "pay", f"/billing/invoices/{i}",
-                                       presenter="intruder").allowed
+            return self.service.verify(
+                token, "pay", f"/billing/invoices/{i}", presenter="intruder"
+            ).allowed
 
         return self._until("leaked billing token", attempt, self.suspended("billing"))
 
@@ -205,13 +226,17 @@ class Fleet:
 
         def attempt(i: int) -> bool:
             self.clock.now += 60
-            return self.service.verify(token, "read", f"{dirs[i % 3]}/{i}",
-                                       presenter="summariser").allowed
+            return self.service.verify(
+                token, "read", f"{dirs[i % 3]}/{i}", presenter="summariser"
+            ).allowed
 
         mark = max((a.seq for a in self.admin.alerts(limit=1000)), default=0)
-        return self._until("slow creep", attempt,
-                           lambda: bool(self.admin.alerts("summariser", after=mark)),
-                           contains=False)
+        return self._until(
+            "slow creep",
+            attempt,
+            lambda: bool(self.admin.alerts("summariser", after=mark)),
+            contains=False,
+        )
 
     def inject_deny_burst(self) -> Injection:
         """The orchestrator, confused or hijacked, hammers what its ceiling refuses."""
@@ -219,12 +244,16 @@ class Fleet:
         mark = max((a.seq for a in self.admin.alerts(limit=1000)), default=0)
 
         def attempt(i: int) -> bool:
-            return self.service.verify(token, "write", f"/data/docs/{i}",
-                                       presenter="orchestrator").allowed
+            return self.service.verify(
+                token, "write", f"/data/docs/{i}", presenter="orchestrator"
+            ).allowed
 
-        return self._until("deny burst", attempt,
-                           lambda: bool(self.admin.alerts("orchestrator", after=mark)),
-                           contains=False)
+        return self._until(
+            "deny burst",
+            attempt,
+            lambda: bool(self.admin.alerts("orchestrator", after=mark)),
+            contains=False,
+        )
 
 
 def _poisson(rng: random.Random, mean: float) -> int:
@@ -238,8 +267,9 @@ def _poisson(rng: random.Random, mean: float) -> int:
         n += 1
 
 
-def contain_across(a_address: str, b_address: str, admin_cred: str,
-                   agent_id: str = "researcher") -> dict[str, float]:
+def contain_across(
+    a_address: str, b_address: str, admin_cred: str, agent_id: str = "researcher"
+) -> dict[str, float]:
     """The injected researcher of the scenario on two replicas sharing a store: its usual
     work at both, then reads of /secrets alternately at B and A until both deny.
     Returns the figures: decisions made and allowed until then, the milliseconds from
@@ -252,33 +282,39 @@ def contain_across(a_address: str, b_address: str, admin_cred: str,
     sa, sb = Client(a_address, svc_cred), Client(b_address, svc_cred)
     admin_a, admin_b = Client(a_address, admin_cred), Client(b_address, admin_cred)
     try:
-        wait_for(lambda: sb.verify(token, "read", "/data/papers/0",
-                                   presenter=agent_id).allowed, timeout=10)
+        wait_for(
+            lambda: sb.verify(token, "read", "/data/papers/0", presenter=agent_id).allowed,
+            timeout=10,
+        )
         for i in range(20):  # its usual work, at both replicas (learnt in its warm-up)
             for s in (sa, sb):
-                assert s.verify(token, "read", f"/data/papers/{i}",
-                                presenter=agent_id).allowed
-        wait_for(lambda: sum(u.count for u in admin_a.usage(agent_id)
-                             if u.kind == "use") >= 41, timeout=10)
+                assert s.verify(token, "read", f"/data/papers/{i}", presenter=agent_id).allowed
+        wait_for(
+            lambda: sum(u.count for u in admin_a.usage(agent_id) if u.kind == "use") >= 41,
+            timeout=10,
+        )
         admin_a.set_policy(agent_id, containment="suspend", warmup=0)
-        wait_for(lambda: admin_b.get_policy(agent_id).containment == "suspend",
-                 timeout=15)
+        wait_for(lambda: admin_b.get_policy(agent_id).containment == "suspend", timeout=15)
         start = time.perf_counter()
         decisions = allowed = 0
         denied: dict[str, float] = {}
         while len(denied) < 2 and time.perf_counter() - start < 15:
             for name, s in (("b", sb), ("a", sa)):
-                ok = s.verify(token, "read", f"/secrets/db/{decisions}",
-                              presenter=agent_id).allowed
+                ok = s.verify(token, "read", f"/secrets/db/{decisions}", presenter=agent_id).allowed
                 decisions += 1
                 allowed += ok
                 if not ok and name not in denied:
                     denied[name] = (time.perf_counter() - start) * 1000
         alerts = admin_a.alerts(agent_id)
-        return {"decisions": decisions, "allowed": allowed, "alerts": len(alerts),
-                "contained_a_ms": denied.get("a", -1.0), "contained_b_ms": denied.get("b", -1.0),
-                "status_a": admin_a.get_agent(agent_id).status == "suspended",
-                "status_b": admin_b.get_agent(agent_id).status == "suspended"}
+        return {
+            "decisions": decisions,
+            "allowed": allowed,
+            "alerts": len(alerts),
+            "contained_a_ms": denied.get("a", -1.0),
+            "contained_b_ms": denied.get("b", -1.0),
+            "status_a": admin_a.get_agent(agent_id).status == "suspended",
+            "status_b": admin_b.get_agent(agent_id).status == "suspended",
+        }
     finally:
         for c in (sa, sb, admin_a, admin_b):
             c.close()

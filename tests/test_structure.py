@@ -91,7 +91,10 @@ def test_tests_and_benchmarks_import_public_names():
         for path in folder.rglob("*.py"):
             rel = str(path.relative_to(ROOT))
             for name in _imports(path):
-                if _first_party(name) and _is_private(name) and \
-                        name not in INTERNAL_TESTS.get(rel, ()):
+                if (
+                    _first_party(name)
+                    and _is_private(name)
+                    and name not in INTERNAL_TESTS.get(rel, ())
+                ):
                     wrong.append(f"{rel} imports private {name}")
     assert not wrong, "\n".join(wrong)

@@ -35,9 +35,16 @@ def raise_demo_alert(server: ServerThread) -> None:
 
     now = server.app.replica.clock()
     server.app.replica.store.raise_alert(
-        AlertRecord("screenshot-planner-secrets", "planner", now, "new-resource",
-                    "planner read /secrets/** for the first time", containment="alert"),
-        AuditEvent(now, "capgate", "governance.alert", "planner"))
+        AlertRecord(
+            "screenshot-planner-secrets",
+            "planner",
+            now,
+            "new-resource",
+            "planner read /secrets/** for the first time",
+            containment="alert",
+        ),
+        AuditEvent(now, "capgate", "governance.alert", "planner"),
+    )
 
 
 def main() -> int:

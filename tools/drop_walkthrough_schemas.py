@@ -22,17 +22,23 @@ def drop(url: str) -> list[str]:
     from psycopg import sql
 
     with psycopg.connect(url, autocommit=True, connect_timeout=3) as conn:
-        names = [r[0] for r in conn.execute(
-            "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
-            (PREFIX.replace("_", "\\_") + "%",))]
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
+                (PREFIX.replace("_", "\\_") + "%",),
+            )
+        ]
         for name in names:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
     return names
 
 
 def main() -> int:
-    url = (sys.argv[1:] or [os.environ.get("CAPGATE_TEST_PG",
-                                           "postgresql://postgres@127.0.0.1:5432/test")])[0]
+    url = (
+        sys.argv[1:]
+        or [os.environ.get("CAPGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")]
+    )[0]
     try:
         names = drop(url)
     except Exception as e:  # no psycopg, no server: nothing of ours to clean up there

@@ -25,8 +25,15 @@ OUT = SRC / "capgate_proto" / "v1"
 def generate(out: Path) -> dict[str, bytes]:
     protos = sorted(str(p.relative_to(SRC)) for p in OUT.glob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
-    args = ["protoc", f"-I{SRC}", f"-I{include}", f"--python_out={out}",
-            f"--grpc_python_out={out}", f"--pyi_out={out}", *protos]
+    args = [
+        "protoc",
+        f"-I{SRC}",
+        f"-I{include}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        f"--pyi_out={out}",
+        *protos,
+    ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     files = {}
@@ -41,8 +48,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         files = generate(Path(tmp))
     if check:
-        present = {p.name: p.read_bytes() for p in OUT.glob("*")
-                   if p.is_file() and p.suffix != ".proto"}
+        present = {
+            p.name: p.read_bytes() for p in OUT.glob("*") if p.is_file() and p.suffix != ".proto"
+        }
         if present != files:
             differ = {n for n in files if present.get(n) != files[n]}
             stale = sorted(set(present) ^ set(files) | differ)

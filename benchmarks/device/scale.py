@@ -37,10 +37,22 @@ def cpuset(ids: list[int]) -> str:
 
 class Server:
     def __init__(self, workers: int, pinned: list[int], data: Path) -> None:
-        args = ["taskset", "-c", cpuset(pinned), *CAPGATE, "serve", "--data-dir", str(data),
-                "--listen", "127.0.0.1:0", "--workers", str(workers)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True)
+        args = [
+            "taskset",
+            "-c",
+            cpuset(pinned),
+            *CAPGATE,
+            "serve",
+            "--data-dir",
+            str(data),
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            str(workers),
+        ]
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
         self.address = ""
         deadline = time.monotonic() + 60
         assert self.proc.stdout is not None
@@ -73,16 +85,44 @@ class Server:
                 self.proc.kill()
 
 
-def bench(server: Server, load_cores: list[int], mode: str, seconds: float,
-          concurrency: int) -> dict[str, Any]:
+def bench(
+    server: Server, load_cores: list[int], mode: str, seconds: float, concurrency: int
+) -> dict[str, Any]:
     batch = 256 if mode == "batch" else 1
     r = subprocess.run(
-        ["taskset", "-c", cpuset(load_cores), *CAPGATE, "--server", server.address, "--json",
-         "bench", server.token, "--action", "read", "--resource", "/data/x", "--agent", "bench",
-         "--mode", mode, "--batch", str(batch), "--clients", str(len(load_cores)),
-         "--concurrency", str(concurrency), "--duration", str(seconds)],
+        [
+            "taskset",
+            "-c",
+            cpuset(load_cores),
+            *CAPGATE,
+            "--server",
+            server.address,
+            "--json",
+            "bench",
+            server.token,
+            "--action",
+            "read",
+            "--resource",
+            "/data/x",
+            "--agent",
+            "bench",
+            "--mode",
+            mode,
+            "--batch",
+            str(batch),
+            "--clients",
+            str(len(load_cores)),
+            "--concurrency",
+            str(concurrency),
+            "--duration",
+            str(seconds),
+        ],
         env={**os.environ, "CAPGATE_CREDENTIAL": server.service},
-        capture_output=True, text=True, timeout=seconds * 4 + 120, check=True)
+        capture_output=True,
+        text=True,
+        timeout=seconds * 4 + 120,
+        check=True,
+    )
     out: dict[str, Any] = json.loads(r.stdout)
     return out
 
@@ -93,9 +133,13 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=15.0, help="seconds per measurement")
     p.add_argument("--concurrency", type=int, default=32, help="calls in flight per client")
     p.add_argument("--out", type=Path, default=Path("scale-results.json"))
-    p.add_argument("--min-load-cores", type=int, default=8,
-                   help="cores the load generator needs beside the largest server (a smoke "
-                        "test on a small machine may lower it)")
+    p.add_argument(
+        "--min-load-cores",
+        type=int,
+        default=8,
+        help="cores the load generator needs beside the largest server (a smoke "
+        "test on a small machine may lower it)",
+    )
     args = p.parse_args()
     counts = [int(x) for x in args.workers.split(",")]
     ids = cores()
@@ -106,8 +150,12 @@ def main() -> int:
     if shutil.which("taskset") is None:
         print("needs taskset (util-linux)", file=sys.stderr)
         return 2
-    machine = {"cores": len(ids), "cpu": _cpu_name(), "python": platform.python_version(),
-               "kernel": platform.release()}
+    machine = {
+        "cores": len(ids),
+        "cpu": _cpu_name(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
     rows: list[dict[str, Any]] = []
     for n in counts:
         server_cores, load_cores = ids[:n], ids[n:]
@@ -117,10 +165,20 @@ def main() -> int:
                 for mode in ("batch", "unary"):
                     bench(server, load_cores, mode, 2.0, args.concurrency)  # warm up
                     out = bench(server, load_cores, mode, args.seconds, args.concurrency)
-                    rows.append({"workers": n, "mode": mode, "server_cores": cpuset(server_cores),
-                                 "load_processes": len(load_cores), **out})
-                    print(f"workers {n} {mode}: {out['checks_per_second']:,} checks/s "
-                          f"(p50 {out['p50_ms']} ms, p99 {out['p99_ms']} ms)", flush=True)
+                    rows.append(
+                        {
+                            "workers": n,
+                            "mode": mode,
+                            "server_cores": cpuset(server_cores),
+                            "load_processes": len(load_cores),
+                            **out,
+                        }
+                    )
+                    print(
+                        f"workers {n} {mode}: {out['checks_per_second']:,} checks/s "
+                        f"(p50 {out['p50_ms']} ms, p99 {out['p99_ms']} ms)",
+                        flush=True,
+                    )
             finally:
                 server.stop()
     args.out.write_text(json.dumps({"machine": machine, "runs": rows}, indent=2) + "\n")
@@ -132,8 +190,10 @@ def main() -> int:
     for mode in ("batch", "unary"):
         base = next(r["checks_per_second"] for r in rows if r["mode"] == mode)
         for r in (r for r in rows if r["mode"] == mode):
-            print(f"| {r['workers']} | {mode} | {r['checks_per_second']:,} | "
-                  f"{r['checks_per_second'] / base:.2f} | {r['p50_ms']} | {r['p99_ms']} |")
+            print(
+                f"| {r['workers']} | {mode} | {r['checks_per_second']:,} | "
+                f"{r['checks_per_second'] / base:.2f} | {r['p50_ms']} | {r['p99_ms']} |"
+            )
     return 0
 
 

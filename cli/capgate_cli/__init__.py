@@ -50,10 +50,12 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     common = common_options()
     parser = _Parser(
-        prog="capgate", parents=[common],
+        prog="capgate",
+        parents=[common],
         description="Identity-based access control for AI agents.",
         epilog="Exit status: 0 ok/allowed, 1 denied, 2 error. "
-               "Every command takes --json for one JSON object on stdout.")
+        "Every command takes --json for one JSON object on stdout.",
+    )
     parser.add_argument("--version", action="version", version=f"capgate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve.add_parsers(sub, common)
@@ -75,9 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse: usage errors exit 2 already; --help exits 0
         return int(e.code or 0)
     logging.basicConfig(
-        level=logging.INFO if getattr(args, "verbose", False) or args.command == "serve"
+        level=logging.INFO
+        if getattr(args, "verbose", False) or args.command == "serve"
         else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         return int(args.run(args))
     except CapgateError as e:

@@ -30,17 +30,33 @@ def record_obj(e: AuditRecord) -> dict[str, Any]:
         detail = json.loads(e.detail) if e.detail else {}
     except ValueError:
         detail = {"unparsed": e.detail}
-    return {"pos": e.pos, "seq": e.seq, "at": e.at, "last_at": e.last_at or e.at,
-            "count": e.count, "principal": e.principal, "kind": e.kind, "subject": e.subject,
-            "ok": e.ok, "code": e.code, "reason": e.reason, "caveat": e.caveat,
-            "chain": list(e.chain), "action": e.action, "resource": e.resource,
-            "presenter": e.presenter, "ctx_keys": list(e.ctx_keys), "replica": e.replica,
-            "detail": detail, "digest": e.digest}
+    return {
+        "pos": e.pos,
+        "seq": e.seq,
+        "at": e.at,
+        "last_at": e.last_at or e.at,
+        "count": e.count,
+        "principal": e.principal,
+        "kind": e.kind,
+        "subject": e.subject,
+        "ok": e.ok,
+        "code": e.code,
+        "reason": e.reason,
+        "caveat": e.caveat,
+        "chain": list(e.chain),
+        "action": e.action,
+        "resource": e.resource,
+        "presenter": e.presenter,
+        "ctx_keys": list(e.ctx_keys),
+        "replica": e.replica,
+        "detail": detail,
+        "digest": e.digest,
+    }
 
 
 def _cell(text: str) -> str:
     text = safe(text)
-    return text if len(text) <= _WIDTH else text[:_WIDTH - 1] + "…"
+    return text if len(text) <= _WIDTH else text[: _WIDTH - 1] + "…"
 
 
 def _row(e: AuditRecord) -> list[str]:
@@ -50,8 +66,17 @@ def _row(e: AuditRecord) -> list[str]:
     if e.count > 1:
         request = f"{request} ×{e.count}".strip()
     outcome = "ok" if e.ok else ("DENY" if e.kind == "verify" else "REFUSED")
-    return [str(e.seq), e.at, _cell(e.principal), _cell(e.kind), outcome, _cell(e.code),
-            _cell(e.subject), _cell(request), _cell(" > ".join(e.chain))]
+    return [
+        str(e.seq),
+        e.at,
+        _cell(e.principal),
+        _cell(e.kind),
+        outcome,
+        _cell(e.code),
+        _cell(e.subject),
+        _cell(request),
+        _cell(" > ".join(e.chain)),
+    ]
 
 
 def table(events: list[AuditRecord], header: bool = True) -> str:
@@ -59,14 +84,20 @@ def table(events: list[AuditRecord], header: bool = True) -> str:
     if not rows:
         return ""
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
     ok = True if args.allowed else (False if args.denied else None)
-    return {"principal": args.principal or "", "agent": args.agent or "",
-            "kind": args.kind or "", "code": args.code or "", "ok": ok}
+    return {
+        "principal": args.principal or "",
+        "agent": args.agent or "",
+        "kind": args.kind or "",
+        "code": args.code or "",
+        "ok": ok,
+    }
 
 
 def list_(args: argparse.Namespace) -> int:
@@ -74,14 +105,17 @@ def list_(args: argparse.Namespace) -> int:
     filters = _filters(args)
     with client(args) as c:
         if args.after:  # the old paging: oldest first after a sequence number
-            events = c.audit(token_id=args.token_id or "", after_seq=args.after, limit=last,
-                             **filters)
+            events = c.audit(
+                token_id=args.token_id or "", after_seq=args.after, limit=last, **filters
+            )
         else:
-            events = c.audit(token_id=args.token_id or "", limit=last, newest_first=True,
-                             **filters)
+            events = c.audit(token_id=args.token_id or "", limit=last, newest_first=True, **filters)
         if not args.follow:
-            emit(args, {"events": [record_obj(e) for e in events]},
-                 table(events) if events else "(no events)")
+            emit(
+                args,
+                {"events": [record_obj(e) for e in events]},
+                table(events) if events else "(no events)",
+            )
             return EXIT_OK
         shown = sorted(events, key=lambda e: e.seq)  # follow: oldest to newest, like tail -f
         _print(args, shown, header=True)
@@ -141,8 +175,7 @@ def export(args: argparse.Namespace) -> int:
     n = 0
     try:
         with client(args) as c:
-            for e in c.watch_audit(after_pos=after, follow=False, since=since,
-                                   **_filters(args)):
+            for e in c.watch_audit(after_pos=after, follow=False, since=since, **_filters(args)):
                 out.write(json.dumps(record_obj(e), sort_keys=True) + "\n")
                 n += 1
     finally:
@@ -158,9 +191,12 @@ def checkpoint(args: argparse.Namespace) -> int:
         head = c.audit_checkpoint()
     if args.out:
         args.out.write_text(head.to_json() + "\n")
-    emit(args, json.loads(head.to_json()),
-         f"ledger head at {head.pos}, digest {head.digest[:16]}…, signed by key {head.key_id}"
-         + (f"; saved to {args.out} (keep it off this machine)" if args.out else ""))
+    emit(
+        args,
+        json.loads(head.to_json()),
+        f"ledger head at {head.pos}, digest {head.digest[:16]}…, signed by key {head.key_id}"
+        + (f"; saved to {args.out} (keep it off this machine)" if args.out else ""),
+    )
     return EXIT_OK
 
 
@@ -170,17 +206,27 @@ def verify(args: argparse.Namespace) -> int:
         try:
             against = AuditCheckpoint.from_json(Path(args.against).read_text())
         except (ValueError, KeyError, TypeError) as e:
-            raise InvalidArgumentError(f"{args.against} is not an exported checkpoint "
-                                       f"({type(e).__name__})") from None
+            raise InvalidArgumentError(
+                f"{args.against} is not an exported checkpoint ({type(e).__name__})"
+            ) from None
     with client(args) as c:
         r = c.verify_audit(since=args.since or 0, against=against)
-    obj = {"intact": r.intact, "break_pos": r.break_pos, "reason": r.reason, "start": r.start,
-           "head": r.head, "records": r.records, "checkpoints": r.checkpoints,
-           "key_id": r.key_id}
+    obj = {
+        "intact": r.intact,
+        "break_pos": r.break_pos,
+        "reason": r.reason,
+        "start": r.start,
+        "head": r.head,
+        "records": r.records,
+        "checkpoints": r.checkpoints,
+        "key_id": r.key_id,
+    }
     if r.intact:
-        text = (f"intact: {r.records} records ({r.start + 1}..{r.head}) and {r.checkpoints} "
-                f"signed checkpoints, key {r.key_id}"
-                + (f"; extends the exported checkpoint at {against.pos}" if against else ""))
+        text = (
+            f"intact: {r.records} records ({r.start + 1}..{r.head}) and {r.checkpoints} "
+            f"signed checkpoints, key {r.key_id}"
+            + (f"; extends the exported checkpoint at {against.pos}" if against else "")
+        )
     else:
         text = f"BROKEN at {r.break_pos}: {r.reason}"
     emit(args, obj, text)
@@ -197,40 +243,70 @@ def _filter_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("audit", parents=[common], help="read, follow and verify the audit trail "
-                                                       "(admin)",
-                       epilog="example: capgate audit --agent reporter --denied --last 50")
+    p = sub.add_parser(
+        "audit",
+        parents=[common],
+        help="read, follow and verify the audit trail (admin)",
+        epilog="example: capgate audit --agent reporter --denied --last 50",
+    )
     _filter_options(p)
     p.add_argument("--token-id", help="records about this token or delegation id")
     p.add_argument("--last", type=int, metavar="N", help="the N newest records (default 20)")
-    p.add_argument("--follow", action="store_true",
-                   help="then stream new records as they are sealed (Ctrl-C to stop)")
-    p.add_argument("--after", type=int, default=0, metavar="SEQ",
-                   help="oldest first, from after this sequence number")
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="then stream new records as they are sealed (Ctrl-C to stop)",
+    )
+    p.add_argument(
+        "--after",
+        type=int,
+        default=0,
+        metavar="SEQ",
+        help="oldest first, from after this sequence number",
+    )
     p.add_argument("--limit", type=int, help="the same as --last")
     p.set_defaults(run=list_)
     cmds = p.add_subparsers(dest="audit_command", required=False, metavar="COMMAND")
 
-    v = cmds.add_parser("verify", parents=[common],
-                        help="walk the tamper-evident ledger; exit 1 at the first break",
-                        epilog="example: capgate audit verify --against head.json")
-    v.add_argument("--since", type=int, default=0, metavar="POS",
-                   help="start at the kept checkpoint at or before this position")
-    v.add_argument("--against", metavar="FILE",
-                   help="an exported checkpoint the ledger must still extend")
+    v = cmds.add_parser(
+        "verify",
+        parents=[common],
+        help="walk the tamper-evident ledger; exit 1 at the first break",
+        epilog="example: capgate audit verify --against head.json",
+    )
+    v.add_argument(
+        "--since",
+        type=int,
+        default=0,
+        metavar="POS",
+        help="start at the kept checkpoint at or before this position",
+    )
+    v.add_argument(
+        "--against", metavar="FILE", help="an exported checkpoint the ledger must still extend"
+    )
     v.set_defaults(run=verify)
 
-    c = cmds.add_parser("checkpoint", parents=[common],
-                        help="the ledger's signed head, to keep off the machine",
-                        epilog="example: capgate audit checkpoint --out head-$(date +%F).json")
+    c = cmds.add_parser(
+        "checkpoint",
+        parents=[common],
+        help="the ledger's signed head, to keep off the machine",
+        epilog="example: capgate audit checkpoint --out head-$(date +%F).json",
+    )
     c.add_argument("--out", type=Path, metavar="FILE", help="write it to FILE as JSON")
     c.set_defaults(run=checkpoint)
 
-    e = cmds.add_parser("export", parents=[common], help="JSON lines for a SIEM",
-                        epilog="example: capgate audit export --since 24h --out audit.jsonl")
+    e = cmds.add_parser(
+        "export",
+        parents=[common],
+        help="JSON lines for a SIEM",
+        epilog="example: capgate audit export --since 24h --out audit.jsonl",
+    )
     _filter_options(e)
-    e.add_argument("--since", metavar="POS|TIME|AGE",
-                   help="after a ledger position, or from an instant (RFC 3339) or an age (24h)")
+    e.add_argument(
+        "--since",
+        metavar="POS|TIME|AGE",
+        help="after a ledger position, or from an instant (RFC 3339) or an age (24h)",
+    )
     e.add_argument("--format", default="jsonl", help="jsonl (one record per line)")
     e.add_argument("--out", type=Path, metavar="FILE", help="write to FILE (default stdout)")
     e.set_defaults(run=export)

@@ -50,16 +50,22 @@ def _ms(value: float | None) -> str:
 def _row(o: Outcome) -> list[str]:
     s = o.summary()
     ms = _ms
-    return [s["mode"], str(s["clients"]), f"{s['checks_per_second']:,}",
-            f"{s['calls_per_second']:,}", ms(s["p50_ms"]), ms(s["p99_ms"]),
-            f"{s['allowed']:,}", f"{s['errors']:,}"]
+    return [
+        s["mode"],
+        str(s["clients"]),
+        f"{s['checks_per_second']:,}",
+        f"{s['calls_per_second']:,}",
+        ms(s["p50_ms"]),
+        ms(s["p99_ms"]),
+        f"{s['allowed']:,}",
+        f"{s['errors']:,}",
+    ]
 
 
 def _table(outcomes: list[Outcome]) -> str:
     rows = [list(_COLUMNS), *(_row(o) for o in outcomes)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True))
-                     for r in rows)
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
 def _plot(outcomes: list[Outcome], path: Path) -> None:
@@ -76,11 +82,14 @@ def _plot(outcomes: list[Outcome], path: Path) -> None:
     left.set_xlabel("client processes")
     left.set_ylabel("checks per second", color="tab:blue")
     right = left.twinx()
-    right.plot(clients, [(o.percentile(0.99) or 0) * 1000 for o in outcomes], "s--",
-               color="tab:red")
+    right.plot(
+        clients, [(o.percentile(0.99) or 0) * 1000 for o in outcomes], "s--", color="tab:red"
+    )
     right.set_ylabel("p99 per call (ms)", color="tab:red")
-    left.set_title(f"capgate bench: {outcomes[0].load.mode}, "
-                   f"{outcomes[0].load.concurrency} in flight per client")
+    left.set_title(
+        f"capgate bench: {outcomes[0].load.mode}, "
+        f"{outcomes[0].load.concurrency} in flight per client"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -97,14 +106,31 @@ def bench(args: argparse.Namespace) -> int:
     live = sys.stderr.isatty() and not opt(args, "json")
     outcomes = []
     for clients in _client_counts(args.clients):
-        load = Load(target, credential(args), token, args.action, args.resource,
-                    args.agent or "", pairs(args.ctx), mode, args.batch, clients,
-                    args.concurrency, args.duration, args.cold, tls(args))
+        load = Load(
+            target,
+            credential(args),
+            token,
+            args.action,
+            args.resource,
+            args.agent or "",
+            pairs(args.ctx),
+            mode,
+            args.batch,
+            clients,
+            args.concurrency,
+            args.duration,
+            args.cold,
+            tls(args),
+        )
 
         def progress(elapsed: float, checks: int, n: int = clients) -> None:
             if live and elapsed > 0:
-                print(f"\r  {n} client(s), {elapsed:5.1f}s: {checks / elapsed:>12,.0f} checks/s",
-                      end="", file=sys.stderr, flush=True)
+                print(
+                    f"\r  {n} client(s), {elapsed:5.1f}s: {checks / elapsed:>12,.0f} checks/s",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         outcomes.append(run_load(load, progress))
         if live:
@@ -119,29 +145,46 @@ def bench(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "bench", parents=[common], help="load a server with verifications (for sizing)",
+        "bench",
+        parents=[common],
+        help="load a server with verifications (for sizing)",
         description="Verify one token as fast as the server answers, from several client "
-                    "processes, and report checks per second and per-call latency.",
-        epilog="example: capgate --credential-file svc.cred bench \"$TOKEN\" --action read "
-               "--resource /data/x --agent reporter --mode batch --clients 1,2,4 --plot load.png")
+        "processes, and report checks per second and per-call latency.",
+        epilog='example: capgate --credential-file svc.cred bench "$TOKEN" --action read '
+        "--resource /data/x --agent reporter --mode batch --clients 1,2,4 --plot load.png",
+    )
     p.add_argument("token", help="the token to verify, or - for stdin")
     p.add_argument("--action", required=True, help="the action of every check")
     p.add_argument("--resource", required=True, help="the resource of every check")
     p.add_argument("--agent", metavar="ID", help="the presenting agent")
     p.add_argument("--ctx", action="append", metavar="KEY=VALUE", help="request context")
-    p.add_argument("--mode", choices=["unary", "batch", "stream"],
-                   help="Verify, VerifyBatch or VerifyStream (default: batch if --batch > 1)")
-    p.add_argument("--batch", type=int, default=1,
-                   help="checks per VerifyBatch call, or per stream window")
-    p.add_argument("--clients", metavar="N[,N…]",
-                   help="client processes; several counts run one after another "
-                        "(default: half the usable cores)")
-    p.add_argument("--concurrency", type=int, default=16,
-                   help="calls in flight per client process")
-    p.add_argument("--duration", type=float, default=10.0, metavar="S",
-                   help="seconds per run")
-    p.add_argument("--cold", type=float, default=0.0, metavar="SHARE",
-                   help="share of checks with a never-seen token (0-1; cold verification)")
-    p.add_argument("--plot", type=Path, metavar="PNG",
-                   help="draw throughput and p99 against client count (needs matplotlib)")
+    p.add_argument(
+        "--mode",
+        choices=["unary", "batch", "stream"],
+        help="Verify, VerifyBatch or VerifyStream (default: batch if --batch > 1)",
+    )
+    p.add_argument(
+        "--batch", type=int, default=1, help="checks per VerifyBatch call, or per stream window"
+    )
+    p.add_argument(
+        "--clients",
+        metavar="N[,N…]",
+        help="client processes; several counts run one after another "
+        "(default: half the usable cores)",
+    )
+    p.add_argument("--concurrency", type=int, default=16, help="calls in flight per client process")
+    p.add_argument("--duration", type=float, default=10.0, metavar="S", help="seconds per run")
+    p.add_argument(
+        "--cold",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of checks with a never-seen token (0-1; cold verification)",
+    )
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="draw throughput and p99 against client count (needs matplotlib)",
+    )
     p.set_defaults(run=bench)

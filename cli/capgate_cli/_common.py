@@ -28,18 +28,37 @@ def common_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     S = argparse.SUPPRESS
     p.add_argument("--json", action="store_true", default=S, help="one JSON object on stdout")
-    p.add_argument("--server", default=S, metavar="HOST:PORT",
-                   help=f"capgate server (env CAPGATE_SERVER, default {DEFAULT_SERVER})")
-    p.add_argument("--credential-file", default=S, metavar="F", type=Path,
-                   help="file holding your credential (or env CAPGATE_CREDENTIAL)")
+    p.add_argument(
+        "--server",
+        default=S,
+        metavar="HOST:PORT",
+        help=f"capgate server (env CAPGATE_SERVER, default {DEFAULT_SERVER})",
+    )
+    p.add_argument(
+        "--credential-file",
+        default=S,
+        metavar="F",
+        type=Path,
+        help="file holding your credential (or env CAPGATE_CREDENTIAL)",
+    )
     p.add_argument("--timeout", default=S, type=float, metavar="S", help="deadline in seconds")
-    p.add_argument("--tls-ca", default=S, type=Path, metavar="PEM",
-                   help="use TLS; verify the server against this CA")
-    p.add_argument("--tls-cert", default=S, type=Path, metavar="PEM",
-                   help="client certificate (mTLS)")
+    p.add_argument(
+        "--tls-ca",
+        default=S,
+        type=Path,
+        metavar="PEM",
+        help="use TLS; verify the server against this CA",
+    )
+    p.add_argument(
+        "--tls-cert", default=S, type=Path, metavar="PEM", help="client certificate (mTLS)"
+    )
     p.add_argument("--tls-key", default=S, type=Path, metavar="PEM", help="client key (mTLS)")
-    p.add_argument("--tls-server-name", default=S, metavar="NAME",
-                   help="expected name in the server certificate")
+    p.add_argument(
+        "--tls-server-name",
+        default=S,
+        metavar="NAME",
+        help="expected name in the server certificate",
+    )
     return p
 
 
@@ -54,13 +73,15 @@ def credential(args: argparse.Namespace) -> str:
             return Path(path).read_text().strip()
         except OSError as e:
             raise InvalidArgumentError(
-                f"cannot read credential file {path}: {e.strerror}") from None
+                f"cannot read credential file {path}: {e.strerror}"
+            ) from None
     env = os.environ.get("CAPGATE_CREDENTIAL", "").strip()
     if env:
         return env
     raise InvalidArgumentError(
         "no credential: pass --credential-file F or set CAPGATE_CREDENTIAL "
-        "(the admin's is in DATA_DIR/admin.credential after the first start)")
+        "(the admin's is in DATA_DIR/admin.credential after the first start)"
+    )
 
 
 def tls(args: argparse.Namespace) -> TLS | None:
@@ -91,8 +112,9 @@ def save_credential(path: Path | None, credential: str) -> None:
         f.write(credential + "\n")
 
 
-def credential_shown(args: argparse.Namespace, what: str, credential: str,
-                     done: str = "created") -> str:
+def credential_shown(
+    args: argparse.Namespace, what: str, credential: str, done: str = "created"
+) -> str:
     """What to tell a person about a new credential: where it went, or the credential once."""
     if args.credential_out is not None:
         return f"{what} {done}; its credential is in {args.credential_out}"
@@ -108,8 +130,11 @@ def store_url(args: argparse.Namespace) -> str | None:
     url = opt(args, "store")
     if url:
         if urllib.parse.urlsplit(url).password:
-            print("capgate: warning: the password in --store is visible to other users "
-                  "(ps); use --store-file, CAPGATE_STORE or PGPASSFILE", file=sys.stderr)
+            print(
+                "capgate: warning: the password in --store is visible to other users "
+                "(ps); use --store-file, CAPGATE_STORE or PGPASSFILE",
+                file=sys.stderr,
+            )
         return str(url)
     path = opt(args, "store_file")
     if path is not None:
@@ -139,7 +164,8 @@ def duration(value: str | None) -> int | None:
         return None
     if value.strip().isdigit():
         raise InvalidArgumentError(
-            f"duration {value!r} needs a unit: {value}s, {value}m, {value}h or {value}d")
+            f"duration {value!r} needs a unit: {value}s, {value}m, {value}h or {value}d"
+        )
     return parse_duration(value)
 
 

@@ -48,8 +48,11 @@ def new_kek(args: argparse.Namespace) -> int:
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(new_kek_text() + "\n")
-    emit(args, {"kek_file": str(out)},
-         f"key-encryption key written to {out}; give it to every replica (--kek-file)")
+    emit(
+        args,
+        {"kek_file": str(out)},
+        f"key-encryption key written to {out}; give it to every replica (--kek-file)",
+    )
     return EXIT_OK
 
 
@@ -62,14 +65,18 @@ def health(args: argparse.Namespace) -> int:
 
     target = opt(args, "server") or os.environ.get("CAPGATE_SERVER") or DEFAULT_SERVER
     creds = tls(args)
-    channel = (grpc.secure_channel(target, creds.credentials(), creds.options()) if creds
-               else grpc.insecure_channel(target))
+    channel = (
+        grpc.secure_channel(target, creds.credentials(), creds.options())
+        if creds
+        else grpc.insecure_channel(target)
+    )
     try:
         with channel:
             stub: Any = health_pb2_grpc.HealthStub(channel)  # the stubs' typing lacks Check
             reply = stub.Check(
                 health_pb2.HealthCheckRequest(service=args.service),
-                timeout=opt(args, "timeout") or 3.0)
+                timeout=opt(args, "timeout") or 3.0,
+            )
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     except grpc.RpcError as e:
         status = f"UNREACHABLE ({e.code().name})"
@@ -79,25 +86,50 @@ def health(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("health", parents=[common], help="is the server serving? (exit 0/1)",
-                       epilog="example: capgate --server 127.0.0.1:50051 health")
+    p = sub.add_parser(
+        "health",
+        parents=[common],
+        help="is the server serving? (exit 0/1)",
+        epilog="example: capgate --server 127.0.0.1:50051 health",
+    )
     p.add_argument("--service", default="", help="a service name (default: the server)")
     p.set_defaults(run=health)
 
     keys = sub.add_parser("keys", help="root keys: rotate, retire (admin)")
     cmds = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
-    p = cmds.add_parser("list", parents=[common], help="the root keys and which one signs",
-                        epilog="example: capgate keys list")
+    p = cmds.add_parser(
+        "list",
+        parents=[common],
+        help="the root keys and which one signs",
+        epilog="example: capgate keys list",
+    )
     p.set_defaults(run=list_)
-    p = cmds.add_parser("rotate", parents=[common], help="add a new signing key",
-                        epilog="example: capgate keys rotate")
+    p = cmds.add_parser(
+        "rotate",
+        parents=[common],
+        help="add a new signing key",
+        epilog="example: capgate keys rotate",
+    )
     p.set_defaults(run=rotate)
-    p = cmds.add_parser("retire", parents=[common], help="retire a key: its tokens deny",
-                        epilog="example: capgate keys retire k1a2b3c4d")
+    p = cmds.add_parser(
+        "retire",
+        parents=[common],
+        help="retire a key: its tokens deny",
+        epilog="example: capgate keys retire k1a2b3c4d",
+    )
     p.add_argument("id", help="the key's id (see keys list)")
     p.set_defaults(run=retire)
-    p = cmds.add_parser("new-kek", parents=[common], help="make a key-encryption key (offline)",
-                        epilog="example: capgate keys new-kek --out /etc/capgate/kek")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE",
-                   help="where to write it (mode 0600; never overwritten)")
+    p = cmds.add_parser(
+        "new-kek",
+        parents=[common],
+        help="make a key-encryption key (offline)",
+        epilog="example: capgate keys new-kek --out /etc/capgate/kek",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="where to write it (mode 0600; never overwritten)",
+    )
     p.set_defaults(run=new_kek)

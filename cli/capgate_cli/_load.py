@@ -76,31 +76,48 @@ class Outcome:
 
     def summary(self) -> dict[str, Any]:
         p50, p99 = self.percentile(0.50), self.percentile(0.99)
-        return {"mode": self.load.mode, "clients": self.load.clients,
-                "concurrency": self.load.concurrency, "cold": self.load.cold,
-                "seconds": round(self.seconds, 3), "calls": self.calls, "checks": self.checks,
-                "allowed": self.allowed, "errors": self.errors,
-                "calls_per_second": round(self.calls / self.seconds) if self.seconds else 0,
-                "checks_per_second": round(self.checks_per_second),
-                "p50_ms": None if p50 is None else round(p50 * 1000, 3),
-                "p99_ms": None if p99 is None else round(p99 * 1000, 3)}
+        return {
+            "mode": self.load.mode,
+            "clients": self.load.clients,
+            "concurrency": self.load.concurrency,
+            "cold": self.load.cold,
+            "seconds": round(self.seconds, 3),
+            "calls": self.calls,
+            "checks": self.checks,
+            "allowed": self.allowed,
+            "errors": self.errors,
+            "calls_per_second": round(self.calls / self.seconds) if self.seconds else 0,
+            "checks_per_second": round(self.checks_per_second),
+            "p50_ms": None if p50 is None else round(p50 * 1000, 3),
+            "p99_ms": None if p99 is None else round(p99 * 1000, 3),
+        }
 
 
 def _requests(load: Load) -> Callable[[int], list[verifier_pb2.VerifyRequest]]:
     """``make(n)``: n checks, each cold with probability ``load.cold``."""
     base = Token.parse(load.token)
-    warm = verifier_pb2.VerifyRequest(token=load.token, action=load.action,
-                                      resource=load.resource, presenter=load.presenter,
-                                      ctx=load.ctx)
+    warm = verifier_pb2.VerifyRequest(
+        token=load.token,
+        action=load.action,
+        resource=load.resource,
+        presenter=load.presenter,
+        ctx=load.ctx,
+    )
 
     def make(n: int) -> list[verifier_pb2.VerifyRequest]:
         out = []
         for _ in range(n):
             if load.cold and random.random() < load.cold:
                 cold = base.attenuate(f"did = {secrets.token_hex(16)}").to_text()
-                out.append(verifier_pb2.VerifyRequest(
-                    token=cold, action=load.action, resource=load.resource,
-                    presenter=load.presenter, ctx=load.ctx))
+                out.append(
+                    verifier_pb2.VerifyRequest(
+                        token=cold,
+                        action=load.action,
+                        resource=load.resource,
+                        presenter=load.presenter,
+                        ctx=load.ctx,
+                    )
+                )
             else:
                 out.append(warm)
         return out
@@ -110,8 +127,11 @@ def _requests(load: Load) -> Callable[[int], list[verifier_pb2.VerifyRequest]]:
 
 async def _client(load: Load, progress: Any) -> dict[str, Any]:
     md = (("authorization", f"Bearer {load.credential}"),)
-    channel = (grpc.aio.secure_channel(load.target, load.tls.credentials(), load.tls.options())
-               if load.tls else grpc.aio.insecure_channel(load.target))
+    channel = (
+        grpc.aio.secure_channel(load.target, load.tls.credentials(), load.tls.options())
+        if load.tls
+        else grpc.aio.insecure_channel(load.target)
+    )
     make = _requests(load)
     counts = {"calls": 0, "checks": 0, "allowed": 0, "errors": 0}
     latencies: list[float] = []
@@ -134,15 +154,18 @@ async def _client(load: Load, progress: Any) -> dict[str, Any]:
     stub_one = channel.unary_unary(
         "/capgate.v1.VerifierService/Verify",
         request_serializer=verifier_pb2.VerifyRequest.SerializeToString,
-        response_deserializer=verifier_pb2.VerifyResponse.FromString)
+        response_deserializer=verifier_pb2.VerifyResponse.FromString,
+    )
     stub_batch = channel.unary_unary(
         "/capgate.v1.VerifierService/VerifyBatch",
         request_serializer=verifier_pb2.VerifyBatchRequest.SerializeToString,
-        response_deserializer=verifier_pb2.VerifyBatchResponse.FromString)
+        response_deserializer=verifier_pb2.VerifyBatchResponse.FromString,
+    )
     stub_stream = channel.stream_stream(
         "/capgate.v1.VerifierService/VerifyStream",
         request_serializer=verifier_pb2.VerifyRequest.SerializeToString,
-        response_deserializer=verifier_pb2.VerifyResponse.FromString)
+        response_deserializer=verifier_pb2.VerifyResponse.FromString,
+    )
 
     async def unary() -> None:
         while time.monotonic() < deadline:
@@ -164,8 +187,11 @@ async def _client(load: Load, progress: Any) -> dict[str, Any]:
             except grpc.RpcError:
                 counts["errors"] += 1
                 continue
-            note(time.perf_counter() - t0, len(reply.responses),
-                 sum(r.allowed for r in reply.responses))
+            note(
+                time.perf_counter() - t0,
+                len(reply.responses),
+                sum(r.allowed for r in reply.responses),
+            )
 
     async def stream() -> None:
         call = stub_stream(metadata=md)
@@ -202,8 +228,10 @@ def run_load(load: Load, on_progress: Callable[[float, int], None] | None = None
     ctx = multiprocessing.get_context("spawn")  # no grpc state forked into children
     progress = ctx.Value("q", 0)
     results = ctx.Queue()
-    procs = [ctx.Process(target=_process, args=(load, progress, results), daemon=True)
-             for _ in range(load.clients)]
+    procs = [
+        ctx.Process(target=_process, args=(load, progress, results), daemon=True)
+        for _ in range(load.clients)
+    ]
     start = time.monotonic()
     for p in procs:
         p.start()

@@ -42,16 +42,22 @@ def create(args: argparse.Namespace) -> int:
     with client(args) as c:
         cred = c.create_principal(args.id, args.role)
     save_credential(args.credential_out, cred.credential)
-    emit(args, {"principal": cred.principal, "role": cred.role, "credential": cred.credential},
-         credential_shown(args, f"{cred.role} {safe(cred.principal)}", cred.credential))
+    emit(
+        args,
+        {"principal": cred.principal, "role": cred.role, "credential": cred.credential},
+        credential_shown(args, f"{cred.role} {safe(cred.principal)}", cred.credential),
+    )
     return EXIT_OK
 
 
 def list_(args: argparse.Namespace) -> int:
     with client(args) as c:
         principals = c.list_principals()
-    emit(args, {"principals": [asdict(p) for p in principals]},
-         "\n".join(_line(p) for p in principals) or "no principals")
+    emit(
+        args,
+        {"principals": [asdict(p) for p in principals]},
+        "\n".join(_line(p) for p in principals) or "no principals",
+    )
     return EXIT_OK
 
 
@@ -72,9 +78,16 @@ def rotate(args: argparse.Namespace) -> int:
     with client(args) as c:
         cred = c.rotate_credential(args.id)
     save_credential(args.credential_out, cred.credential)
-    emit(args, {"principal": cred.principal, "role": cred.role, "credential": cred.credential},
-         credential_shown(args, f"{cred.role} {safe(cred.principal)}", cred.credential,
-                          "has a new credential (the old one no longer works)"))
+    emit(
+        args,
+        {"principal": cred.principal, "role": cred.role, "credential": cred.credential},
+        credential_shown(
+            args,
+            f"{cred.role} {safe(cred.principal)}",
+            cred.credential,
+            "has a new credential (the old one no longer works)",
+        ),
+    )
     return EXIT_OK
 
 
@@ -90,9 +103,12 @@ def recover(args: argparse.Namespace) -> int:
     if args.kek_file is not None or os.environ.get("CAPGATE_KEK") or not shared:
         kek = load_kek(args.kek_file, None if shared else args.data_dir / "kek.key")
     else:
-        print("capgate: warning: without the key-encryption key (--kek-file) the recovery's "
-              "audit record cannot be vouched for: the servers will keep it out of the ledger "
-              "and report it as unvouched", file=sys.stderr)
+        print(
+            "capgate: warning: without the key-encryption key (--kek-file) the recovery's "
+            "audit record cannot be vouched for: the servers will keep it out of the ledger "
+            "and report it as unvouched",
+            file=sys.stderr,
+        )
     store = open_store(url, args.data_dir)
     try:
         by = f"local-recovery:{getpass.getuser()}@{socket.gethostname()}"
@@ -106,72 +122,128 @@ def recover(args: argparse.Namespace) -> int:
     with os.fdopen(fd, "w") as f:
         f.write(credential + "\n")
     os.replace(tmp, out)
-    emit(args, {"principal": args.id, "role": "admin", "credential_file": str(out)},
-         f"admin {safe(args.id)} has a new credential in {out} (the old one no longer works)")
+    emit(
+        args,
+        {"principal": args.id, "role": "admin", "credential_file": str(out)},
+        f"admin {safe(args.id)} has a new credential in {out} (the old one no longer works)",
+    )
     return EXIT_OK
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    principal = sub.add_parser("principal", help="admins, services, approvers and agents: "
-                                                 "create, list, disable, enable, rotate "
-                                                 "credentials (admin)")
+    principal = sub.add_parser(
+        "principal",
+        help="admins, services, approvers and agents: "
+        "create, list, disable, enable, rotate "
+        "credentials (admin)",
+    )
     cmds = principal.add_subparsers(dest="principal_command", required=True, metavar="COMMAND")
     p = cmds.add_parser(
-        "create", parents=[common], help="a service, an approver, an operator or an admin",
+        "create",
+        parents=[common],
+        help="a service, an approver, an operator or an admin",
         description="Services verify tokens; approvers approve or deny requests for approval "
-                    "(and nothing else); operators watch agents and the audit, suspend, "
-                    "resume, narrow ceilings and revoke (docs/console.md); admins administer. "
-                    "Agents: capgate agent create.",
+        "(and nothing else); operators watch agents and the audit, suspend, "
+        "resume, narrow ceilings and revoke (docs/console.md); admins administer. "
+        "Agents: capgate agent create.",
         epilog="example: capgate principal create carol --role approver "
-               "--credential-out carol.cred")
+        "--credential-out carol.cred",
+    )
     p.add_argument("id", help="the principal's id (1-64 of A-Z a-z 0-9 . _ -)")
-    p.add_argument("--role", required=True, choices=["service", "approver", "operator", "admin"],
-                   help="what it may do")
-    p.add_argument("--credential-out", type=Path, metavar="FILE",
-                   help="write the new credential to FILE (mode 0600) instead of the screen")
+    p.add_argument(
+        "--role",
+        required=True,
+        choices=["service", "approver", "operator", "admin"],
+        help="what it may do",
+    )
+    p.add_argument(
+        "--credential-out",
+        type=Path,
+        metavar="FILE",
+        help="write the new credential to FILE (mode 0600) instead of the screen",
+    )
     p.set_defaults(run=create)
-    p = cmds.add_parser("list", parents=[common], help="every principal and its state",
-                        epilog="example: capgate principal list --json")
+    p = cmds.add_parser(
+        "list",
+        parents=[common],
+        help="every principal and its state",
+        epilog="example: capgate principal list --json",
+    )
     p.set_defaults(run=list_)
-    p = cmds.add_parser("disable", parents=[common],
-                        help="refuse every call with this principal's credential, at once",
-                        epilog="example: capgate principal disable files-api")
+    p = cmds.add_parser(
+        "disable",
+        parents=[common],
+        help="refuse every call with this principal's credential, at once",
+        epilog="example: capgate principal disable files-api",
+    )
     p.add_argument("id", help="the principal (an admin, a service or an agent)")
     p.set_defaults(run=_set_disabled(True))
-    p = cmds.add_parser("enable", parents=[common], help="undo disable",
-                        epilog="example: capgate principal enable files-api")
+    p = cmds.add_parser(
+        "enable",
+        parents=[common],
+        help="undo disable",
+        epilog="example: capgate principal enable files-api",
+    )
     p.add_argument("id", help="the principal")
     p.set_defaults(run=_set_disabled(False))
-    p = cmds.add_parser("rotate", parents=[common],
-                        help="a new credential; the old one stops working at once",
-                        epilog="example: capgate principal rotate files-api "
-                               "--credential-out files-api.cred")
+    p = cmds.add_parser(
+        "rotate",
+        parents=[common],
+        help="a new credential; the old one stops working at once",
+        epilog="example: capgate principal rotate files-api --credential-out files-api.cred",
+    )
     p.add_argument("id", help="the principal")
-    p.add_argument("--credential-out", type=Path, metavar="FILE",
-                   help="write the new credential to FILE (mode 0600) instead of the screen")
+    p.add_argument(
+        "--credential-out",
+        type=Path,
+        metavar="FILE",
+        help="write the new credential to FILE (mode 0600) instead of the screen",
+    )
     p.set_defaults(run=rotate)
 
     admin = sub.add_parser("admin", help="local operator tools (no server needed)")
     acmds = admin.add_subparsers(dest="admin_command", required=True, metavar="COMMAND")
     p = acmds.add_parser(
-        "recover", parents=[common],
+        "recover",
+        parents=[common],
         help="a new credential for an admin, written straight into the store",
         description="For an operator who lost every admin credential but can reach the "
-                    "data directory (SQLite) or the database (--store). Creates the admin "
-                    "if missing, enables it if disabled; its old credential stops working. "
-                    "Audited as a local recovery.",
-        epilog="example: capgate admin recover --data-dir .capgate")
-    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("CAPGATE_DATA_DIR",
-                                                                        ".capgate")),
-                   help="the server's data directory (default .capgate)")
-    p.add_argument("--store", default=argparse.SUPPRESS, metavar="URL",
-                   help="postgresql://… for a fleet (or env CAPGATE_STORE)")
-    p.add_argument("--store-file", type=Path, default=argparse.SUPPRESS, metavar="F",
-                   help="a file holding the store URL (keeps a password out of `ps`)")
-    p.add_argument("--kek-file", type=Path, metavar="F",
-                   help="the key-encryption key of a shared store (or env CAPGATE_KEK), so "
-                        "the recovery's audit record is vouched for; SQLite's is in DATA_DIR")
+        "data directory (SQLite) or the database (--store). Creates the admin "
+        "if missing, enables it if disabled; its old credential stops working. "
+        "Audited as a local recovery.",
+        epilog="example: capgate admin recover --data-dir .capgate",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("CAPGATE_DATA_DIR", ".capgate")),
+        help="the server's data directory (default .capgate)",
+    )
+    p.add_argument(
+        "--store",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help="postgresql://… for a fleet (or env CAPGATE_STORE)",
+    )
+    p.add_argument(
+        "--store-file",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="F",
+        help="a file holding the store URL (keeps a password out of `ps`)",
+    )
+    p.add_argument(
+        "--kek-file",
+        type=Path,
+        metavar="F",
+        help="the key-encryption key of a shared store (or env CAPGATE_KEK), so "
+        "the recovery's audit record is vouched for; SQLite's is in DATA_DIR",
+    )
     p.add_argument("--id", default="admin", help="the admin to recover (default admin)")
-    p.add_argument("--credential-out", type=Path, metavar="FILE",
-                   help="where to write the credential (default DATA_DIR/admin.credential)")
+    p.add_argument(
+        "--credential-out",
+        type=Path,
+        metavar="FILE",
+        help="where to write the credential (default DATA_DIR/admin.credential)",
+    )
     p.set_defaults(run=recover)

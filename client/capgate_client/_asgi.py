@@ -72,10 +72,15 @@ class CapgateMiddleware:
     ``presenter``: who the caller is by the service's own authentication, given the
     scope."""
 
-    def __init__(self, app: ASGIApp, *, guard: AsyncGuard,
-                 rule: Callable[[Mapping[str, Any]], Access | None] = default_rule,
-                 unguarded: Iterable[str] = (),
-                 presenter: Callable[[Mapping[str, Any]], str] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        guard: AsyncGuard,
+        rule: Callable[[Mapping[str, Any]], Access | None] = default_rule,
+        unguarded: Iterable[str] = (),
+        presenter: Callable[[Mapping[str, Any]], str] | None = None,
+    ) -> None:
         self.app = app
         self._guard = guard
         self._rule = rule
@@ -89,8 +94,7 @@ class CapgateMiddleware:
             path = http_resource(_raw_path(scope))
         except InvalidArgumentError:
             return False
-        return any(path == u or (u.endswith("/") and path.startswith(u))
-                   for u in self._unguarded)
+        return any(path == u or (u.endswith("/") and path.startswith(u)) for u in self._unguarded)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
@@ -99,8 +103,9 @@ class CapgateMiddleware:
             return
         p, result = await self._decide(scope)
         if not result.allowed:
-            await (_refuse_http(send, result) if kind == "http"
-                   else _refuse_websocket(receive, send))
+            await (
+                _refuse_http(send, result) if kind == "http" else _refuse_websocket(receive, send)
+            )
             return
         scope.setdefault("state", {})["capgate"] = result
         reset = _CURRENT.set(settled(p, result) if p is not None else None)
@@ -127,8 +132,9 @@ class CapgateMiddleware:
                 presenter = self._presenter(scope) or ""
             except Exception:  # a broken presenter function presents no one (fail closed)
                 log.exception("presenter function failed")
-        p = Presentation.from_headers({k: v[0] for k, v in headers.items()}, method, target,
-                                      presenter)
+        p = Presentation.from_headers(
+            {k: v[0] for k, v in headers.items()}, method, target, presenter
+        )
         try:
             access = self._rule(scope)
         except Exception as e:
@@ -142,14 +148,21 @@ _HTTP_STATUS = {UNAVAILABLE: 503, BUDGET_EXHAUSTED: 429}  # every other deny: 40
 
 
 async def _refuse_http(send: Send, result: VerifyResult) -> None:
-    body = json.dumps({"error": "denied", "code": result.code,
-                       "reason": result.reason}).encode("utf-8")
+    body = json.dumps({"error": "denied", "code": result.code, "reason": result.reason}).encode(
+        "utf-8"
+    )
     code = result.code.encode("ascii", "replace")
-    await send({"type": "http.response.start",
-                "status": _HTTP_STATUS.get(result.code, 403),
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode("ascii")),
-                            (DENY_HEADER.encode("ascii"), code)]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": _HTTP_STATUS.get(result.code, 403),
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode("ascii")),
+                (DENY_HEADER.encode("ascii"), code),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

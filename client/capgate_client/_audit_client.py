@@ -28,18 +28,38 @@ class AuditCalls:
     _metadata: tuple[tuple[str, str]]
     _run: Callable[..., Any]
 
-    def audit(self, *, principal: str = "", agent: str = "", kind: str = "", token_id: str = "",
-              after_seq: int = 0, limit: int = 100, newest_first: bool = False,
-              code: str = "", ok: bool | None = None) -> list[AuditRecord]:
+    def audit(
+        self,
+        *,
+        principal: str = "",
+        agent: str = "",
+        kind: str = "",
+        token_id: str = "",
+        after_seq: int = 0,
+        limit: int = 100,
+        newest_first: bool = False,
+        code: str = "",
+        ok: bool | None = None,
+    ) -> list[AuditRecord]:
         """Audit records by write order (after ``after_seq``; newest first: before it),
         filtered by who acted, an agent of the chain, kind, token, code and outcome."""
-        got: list[AuditRecord] = self._run(calls.audit(
-            principal, agent, kind, token_id, after_seq, limit, newest_first, code, ok))
+        got: list[AuditRecord] = self._run(
+            calls.audit(principal, agent, kind, token_id, after_seq, limit, newest_first, code, ok)
+        )
         return got
 
-    def watch_audit(self, *, after_pos: int = 0, follow: bool = True, principal: str = "",
-                    agent: str = "", kind: str = "", code: str = "", ok: bool | None = None,
-                    since: float = 0.0) -> Iterator[AuditRecord]:
+    def watch_audit(
+        self,
+        *,
+        after_pos: int = 0,
+        follow: bool = True,
+        principal: str = "",
+        agent: str = "",
+        kind: str = "",
+        code: str = "",
+        ok: bool | None = None,
+        since: float = 0.0,
+    ) -> Iterator[AuditRecord]:
         """Sealed records after ``after_pos`` in ledger order (last seen at or after
         ``since``), then (``follow``) each new one. Resume from the last record's
         ``pos``: nothing is missed or repeated."""
@@ -55,8 +75,9 @@ class AuditCalls:
         got: AuditCheckpoint = self._run(calls.audit_checkpoint())
         return got
 
-    def verify_audit(self, *, since: int = 0,
-                     against: AuditCheckpoint | None = None) -> LedgerCheck:
+    def verify_audit(
+        self, *, since: int = 0, against: AuditCheckpoint | None = None
+    ) -> LedgerCheck:
         """Walk the ledger; ``against``: an exported checkpoint it must still extend."""
         got: LedgerCheck = self._run(calls.verify_ledger(since, against), timeout=300)
         return got
@@ -72,23 +93,42 @@ class AsyncAuditCalls:
     async def _run(self, call: Call[T], timeout: float | None = None) -> T:
         raise NotImplementedError
 
-    async def audit(self, *, principal: str = "", agent: str = "", kind: str = "",
-                    token_id: str = "", after_seq: int = 0, limit: int = 100,
-                    newest_first: bool = False, code: str = "",
-                    ok: bool | None = None) -> list[AuditRecord]:
+    async def audit(
+        self,
+        *,
+        principal: str = "",
+        agent: str = "",
+        kind: str = "",
+        token_id: str = "",
+        after_seq: int = 0,
+        limit: int = 100,
+        newest_first: bool = False,
+        code: str = "",
+        ok: bool | None = None,
+    ) -> list[AuditRecord]:
         """See ``Client.audit``."""
-        return await self._run(calls.audit(principal, agent, kind, token_id, after_seq, limit,
-                                           newest_first, code, ok))
+        return await self._run(
+            calls.audit(principal, agent, kind, token_id, after_seq, limit, newest_first, code, ok)
+        )
 
-    async def watch_audit(self, *, after_pos: int = 0, follow: bool = True,
-                          principal: str = "", agent: str = "", kind: str = "",
-                          code: str = "", ok: bool | None = None,
-                          since: float = 0.0) -> AsyncIterator[AuditRecord]:
+    async def watch_audit(
+        self,
+        *,
+        after_pos: int = 0,
+        follow: bool = True,
+        principal: str = "",
+        agent: str = "",
+        kind: str = "",
+        code: str = "",
+        ok: bool | None = None,
+        since: float = 0.0,
+    ) -> AsyncIterator[AuditRecord]:
         """See ``Client.watch_audit``."""
         request = watch_request(after_pos, follow, principal, agent, kind, code, ok, since)
         try:
-            async for e in self._stubs_here()["audit"].WatchEvents(request,
-                                                                   metadata=self._metadata):
+            async for e in self._stubs_here()["audit"].WatchEvents(
+                request, metadata=self._metadata
+            ):
                 yield audit_record(e)
         except grpc.RpcError as e:
             raise from_rpc_error(e, self.target) from None
@@ -97,7 +137,8 @@ class AsyncAuditCalls:
         """See ``Client.audit_checkpoint``."""
         return await self._run(calls.audit_checkpoint())
 
-    async def verify_audit(self, *, since: int = 0,
-                           against: AuditCheckpoint | None = None) -> LedgerCheck:
+    async def verify_audit(
+        self, *, since: int = 0, against: AuditCheckpoint | None = None
+    ) -> LedgerCheck:
         """See ``Client.verify_audit``."""
         return await self._run(calls.verify_ledger(since, against), timeout=300)

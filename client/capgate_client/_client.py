@@ -37,13 +37,16 @@ from capgate_client._types import (
 __all__ = ["AsyncClient", "Client", "VerifyItem"]
 
 T = TypeVar("T")
-_OPTIONS = [("grpc.max_receive_message_length", 16 * 1024 * 1024),
-            ("grpc.max_send_message_length", 16 * 1024 * 1024)]
+_OPTIONS = [
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+]
 
-VerifyItem = (tuple[str, str, str, str, Mapping[str, str] | None]
-              | tuple[str, str, str, str, Mapping[str, str] | None, Proof | None]
-              | tuple[str, str, str, str, Mapping[str, str] | None, Proof | None,
-                      Sequence[str]])
+VerifyItem = (
+    tuple[str, str, str, str, Mapping[str, str] | None]
+    | tuple[str, str, str, str, Mapping[str, str] | None, Proof | None]
+    | tuple[str, str, str, str, Mapping[str, str] | None, Proof | None, Sequence[str]]
+)
 """One check of a batch or stream: (token, action, resource, presenter, ctx[, proof[,
 discharges]])."""
 
@@ -51,8 +54,9 @@ discharges]])."""
 class _Base:
     """What both clients share: the target, the credential, TLS and the deadline."""
 
-    def __init__(self, target: str, credential: str, *, tls: TLS | None = None,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self, target: str, credential: str, *, tls: TLS | None = None, timeout: float = 10.0
+    ) -> None:
         if not credential or not credential.strip():
             raise InvalidArgumentError("a credential is required")
         self.target = target
@@ -72,11 +76,15 @@ class Client(AuditCalls, ApprovalMethods, GovernanceMethods, _Base):
     call's deadline in seconds. Use as a context manager, or call ``close()``.
     """
 
-    def __init__(self, target: str, credential: str, *, tls: TLS | None = None,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self, target: str, credential: str, *, tls: TLS | None = None, timeout: float = 10.0
+    ) -> None:
         super().__init__(target, credential, tls=tls, timeout=timeout)
-        self._channel = (grpc.secure_channel(target, tls.credentials(), self._options()) if tls
-                         else grpc.insecure_channel(target, self._options()))
+        self._channel = (
+            grpc.secure_channel(target, tls.credentials(), self._options())
+            if tls
+            else grpc.insecure_channel(target, self._options())
+        )
         self._stubs = stubs_for(self._channel)
 
     def __enter__(self) -> Client:
@@ -99,18 +107,38 @@ class Client(AuditCalls, ApprovalMethods, GovernanceMethods, _Base):
 
     # -- agents and principals (admin) ---------------------------------------------------
 
-    def create_agent(self, agent_id: str, grants: Sequence[str], *, max_ttl: int | None = None,
-                     max_depth: int | None = None, owner: str = "", description: str = "",
-                     public_key: bytes | None = None, require_proof: bool = False,
-                     approvals: Sequence[ApprovalRule] = (),
-                     rate: str = "") -> tuple[AgentInfo, str]:
+    def create_agent(
+        self,
+        agent_id: str,
+        grants: Sequence[str],
+        *,
+        max_ttl: int | None = None,
+        max_depth: int | None = None,
+        owner: str = "",
+        description: str = "",
+        public_key: bytes | None = None,
+        require_proof: bool = False,
+        approvals: Sequence[ApprovalRule] = (),
+        rate: str = "",
+    ) -> tuple[AgentInfo, str]:
         """Register an agent with a ceiling of ``grants``; returns it and its credential
         (shown once). ``require_proof``: its tokens pass only with a proof of possession;
         ``approvals``: requests that need a person's approval; ``rate``: at most N
         allowed requests per period (``"100/1m"``) on tokens it holds or delegated."""
-        return self._run(calls.create_agent(agent_id, grants, max_ttl, max_depth, owner,
-                                            description, public_key, require_proof, approvals,
-                                            rate))
+        return self._run(
+            calls.create_agent(
+                agent_id,
+                grants,
+                max_ttl,
+                max_depth,
+                owner,
+                description,
+                public_key,
+                require_proof,
+                approvals,
+                rate,
+            )
+        )
 
     def get_agent(self, agent_id: str) -> AgentInfo:
         """One agent (an agent may read only itself)."""
@@ -120,16 +148,26 @@ class Client(AuditCalls, ApprovalMethods, GovernanceMethods, _Base):
         """Every agent, by id."""
         return self._run(calls.list_agents())
 
-    def update_agent(self, agent_id: str, *, grants: Sequence[str] | None = None,
-                     max_ttl: int | None = None, max_depth: int | None = None,
-                     description: str | None = None, require_proof: bool | None = None,
-                     approvals: Sequence[ApprovalRule] | None = None,
-                     rate: str | None = None) -> AgentInfo:
+    def update_agent(
+        self,
+        agent_id: str,
+        *,
+        grants: Sequence[str] | None = None,
+        max_ttl: int | None = None,
+        max_depth: int | None = None,
+        description: str | None = None,
+        require_proof: bool | None = None,
+        approvals: Sequence[ApprovalRule] | None = None,
+        rate: str | None = None,
+    ) -> AgentInfo:
         """Change a ceiling, limits, whether proof is required, the approval rules
         (``()`` clears them) or the rate (``""`` lifts it); live tokens follow at their
         next verification."""
-        return self._run(calls.update_agent(agent_id, grants, max_ttl, max_depth, description,
-                                            require_proof, approvals, rate))
+        return self._run(
+            calls.update_agent(
+                agent_id, grants, max_ttl, max_depth, description, require_proof, approvals, rate
+            )
+        )
 
     def suspend_agent(self, agent_id: str) -> AgentInfo:
         """Deny every token the agent appears in, until resumed."""
@@ -177,19 +215,26 @@ class Client(AuditCalls, ApprovalMethods, GovernanceMethods, _Base):
 
     # -- tokens -----------------------------------------------------------------------
 
-    def issue(self, grant: str, *, ttl: int | None = None,
-              caveats: Iterable[str] = ()) -> IssuedToken:
+    def issue(
+        self, grant: str, *, ttl: int | None = None, caveats: Iterable[str] = ()
+    ) -> IssuedToken:
         """As an agent: a token for ``grant`` (``ACTIONS:GLOB``) within its ceiling."""
         return self._run(calls.issue(grant, ttl, caveats))
 
-    def attenuate(self, token: str, caveats: Iterable[str],
-                  approvals: Sequence[ApprovalRule] = ()) -> IssuedToken:
+    def attenuate(
+        self, token: str, caveats: Iterable[str], approvals: Sequence[ApprovalRule] = ()
+    ) -> IssuedToken:
         """Append caveats, then approval caveats (the same as ``Token.attenuate`` and
         ``Token.require_approval`` offline)."""
         return self._run(calls.attenuate(token, caveats, approvals))
 
-    def delegate(self, token: str, to: str, caveats: Iterable[str] = (),
-                 approvals: Sequence[ApprovalRule] = ()) -> IssuedToken:
+    def delegate(
+        self,
+        token: str,
+        to: str,
+        caveats: Iterable[str] = (),
+        approvals: Sequence[ApprovalRule] = (),
+    ) -> IssuedToken:
         """As the holder: hand the token to agent ``to``, narrowed by ``caveats`` and
         ``approvals`` (the server adds the agent's own approval rules too)."""
         return self._run(calls.delegate(token, to, caveats, approvals))
@@ -208,16 +253,23 @@ class Client(AuditCalls, ApprovalMethods, GovernanceMethods, _Base):
 
     # -- verification -------------------------------------------------------------------
 
-    def verify(self, token: str, action: str, resource: str, *, presenter: str = "",
-               ctx: Mapping[str, str] | None = None, proof: Proof | None = None,
-               discharges: Sequence[str] = ()) -> VerifyResult:
+    def verify(
+        self,
+        token: str,
+        action: str,
+        resource: str,
+        *,
+        presenter: str = "",
+        ctx: Mapping[str, str] | None = None,
+        proof: Proof | None = None,
+        discharges: Sequence[str] = (),
+    ) -> VerifyResult:
         """May ``presenter`` do ``action`` on ``resource`` with ``token``? A deny is a
         result (``allowed=False`` and the reason), not an exception. With ``proof`` (the
         agent's proof of possession) the server checks who presents; ``presenter`` may
         then be left empty. ``discharges``: of the token's approval caveats, for
         exactly this request (an allow then spends one of the approval's uses)."""
-        return self._run(calls.verify(token, action, resource, presenter, ctx, proof,
-                                      discharges))
+        return self._run(calls.verify(token, action, resource, presenter, ctx, proof, discharges))
 
     def verify_batch(self, items: Sequence[VerifyItem]) -> list[VerifyResult]:
         """Many checks in one call, answered in order."""
@@ -247,7 +299,6 @@ class Client(AuditCalls, ApprovalMethods, GovernanceMethods, _Base):
         return self._run(calls.retire_key(key_id))
 
 
-
 class AsyncClient(AsyncAuditCalls, AsyncApprovalMethods, AsyncGovernanceMethods, _Base):
     """asyncio client with the methods of ``Client``: ``await c.verify(...)``.
 
@@ -256,8 +307,9 @@ class AsyncClient(AsyncAuditCalls, AsyncApprovalMethods, AsyncGovernanceMethods,
     async context manager, or ``await close()``.
     """
 
-    def __init__(self, target: str, credential: str, *, tls: TLS | None = None,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self, target: str, credential: str, *, tls: TLS | None = None, timeout: float = 10.0
+    ) -> None:
         super().__init__(target, credential, tls=tls, timeout=timeout)
         self._channel: grpc.aio.Channel | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -279,33 +331,55 @@ class AsyncClient(AsyncAuditCalls, AsyncApprovalMethods, AsyncGovernanceMethods,
         loop = asyncio.get_running_loop()
         if self._channel is None or self._loop is not loop:
             tls = self._tls
-            self._channel = (grpc.aio.secure_channel(self.target, tls.credentials(),
-                                                     self._options())
-                             if tls else grpc.aio.insecure_channel(self.target, self._options()))
+            self._channel = (
+                grpc.aio.secure_channel(self.target, tls.credentials(), self._options())
+                if tls
+                else grpc.aio.insecure_channel(self.target, self._options())
+            )
             self._loop, self._stubs = loop, stubs_for(self._channel)
         return self._stubs
 
     async def _run(self, call: Call[T], timeout: float | None = None) -> T:
         method = getattr(self._stubs_here()[call.service], call.method)
         try:
-            reply = await method(call.request, timeout=timeout or self.timeout,
-                                 metadata=self._metadata)
+            reply = await method(
+                call.request, timeout=timeout or self.timeout, metadata=self._metadata
+            )
         except grpc.RpcError as e:
             raise from_rpc_error(e, self.target) from None
         return call.convert(reply)
 
     # -- agents and principals (admin) ---------------------------------------------------
 
-    async def create_agent(self, agent_id: str, grants: Sequence[str], *,
-                           max_ttl: int | None = None, max_depth: int | None = None,
-                           owner: str = "", description: str = "",
-                           public_key: bytes | None = None, require_proof: bool = False,
-                           approvals: Sequence[ApprovalRule] = (),
-                           rate: str = "") -> tuple[AgentInfo, str]:
+    async def create_agent(
+        self,
+        agent_id: str,
+        grants: Sequence[str],
+        *,
+        max_ttl: int | None = None,
+        max_depth: int | None = None,
+        owner: str = "",
+        description: str = "",
+        public_key: bytes | None = None,
+        require_proof: bool = False,
+        approvals: Sequence[ApprovalRule] = (),
+        rate: str = "",
+    ) -> tuple[AgentInfo, str]:
         """See ``Client.create_agent``."""
-        return await self._run(calls.create_agent(agent_id, grants, max_ttl, max_depth, owner,
-                                                  description, public_key, require_proof,
-                                                  approvals, rate))
+        return await self._run(
+            calls.create_agent(
+                agent_id,
+                grants,
+                max_ttl,
+                max_depth,
+                owner,
+                description,
+                public_key,
+                require_proof,
+                approvals,
+                rate,
+            )
+        )
 
     async def get_agent(self, agent_id: str) -> AgentInfo:
         """See ``Client.get_agent``."""
@@ -315,15 +389,24 @@ class AsyncClient(AsyncAuditCalls, AsyncApprovalMethods, AsyncGovernanceMethods,
         """See ``Client.list_agents``."""
         return await self._run(calls.list_agents())
 
-    async def update_agent(self, agent_id: str, *, grants: Sequence[str] | None = None,
-                           max_ttl: int | None = None, max_depth: int | None = None,
-                           description: str | None = None,
-                           require_proof: bool | None = None,
-                           approvals: Sequence[ApprovalRule] | None = None,
-                           rate: str | None = None) -> AgentInfo:
+    async def update_agent(
+        self,
+        agent_id: str,
+        *,
+        grants: Sequence[str] | None = None,
+        max_ttl: int | None = None,
+        max_depth: int | None = None,
+        description: str | None = None,
+        require_proof: bool | None = None,
+        approvals: Sequence[ApprovalRule] | None = None,
+        rate: str | None = None,
+    ) -> AgentInfo:
         """See ``Client.update_agent``."""
-        return await self._run(calls.update_agent(agent_id, grants, max_ttl, max_depth,
-                                                  description, require_proof, approvals, rate))
+        return await self._run(
+            calls.update_agent(
+                agent_id, grants, max_ttl, max_depth, description, require_proof, approvals, rate
+            )
+        )
 
     async def suspend_agent(self, agent_id: str) -> AgentInfo:
         """See ``Client.suspend_agent``."""
@@ -371,18 +454,25 @@ class AsyncClient(AsyncAuditCalls, AsyncApprovalMethods, AsyncGovernanceMethods,
 
     # -- tokens -----------------------------------------------------------------------
 
-    async def issue(self, grant: str, *, ttl: int | None = None,
-                    caveats: Iterable[str] = ()) -> IssuedToken:
+    async def issue(
+        self, grant: str, *, ttl: int | None = None, caveats: Iterable[str] = ()
+    ) -> IssuedToken:
         """See ``Client.issue``."""
         return await self._run(calls.issue(grant, ttl, caveats))
 
-    async def attenuate(self, token: str, caveats: Iterable[str],
-                        approvals: Sequence[ApprovalRule] = ()) -> IssuedToken:
+    async def attenuate(
+        self, token: str, caveats: Iterable[str], approvals: Sequence[ApprovalRule] = ()
+    ) -> IssuedToken:
         """See ``Client.attenuate``."""
         return await self._run(calls.attenuate(token, caveats, approvals))
 
-    async def delegate(self, token: str, to: str, caveats: Iterable[str] = (),
-                       approvals: Sequence[ApprovalRule] = ()) -> IssuedToken:
+    async def delegate(
+        self,
+        token: str,
+        to: str,
+        caveats: Iterable[str] = (),
+        approvals: Sequence[ApprovalRule] = (),
+    ) -> IssuedToken:
         """See ``Client.delegate``."""
         return await self._run(calls.delegate(token, to, caveats, approvals))
 
@@ -400,20 +490,31 @@ class AsyncClient(AsyncAuditCalls, AsyncApprovalMethods, AsyncGovernanceMethods,
 
     # -- verification -------------------------------------------------------------------
 
-    async def verify(self, token: str, action: str, resource: str, *, presenter: str = "",
-                     ctx: Mapping[str, str] | None = None, proof: Proof | None = None,
-                     discharges: Sequence[str] = ()) -> VerifyResult:
+    async def verify(
+        self,
+        token: str,
+        action: str,
+        resource: str,
+        *,
+        presenter: str = "",
+        ctx: Mapping[str, str] | None = None,
+        proof: Proof | None = None,
+        discharges: Sequence[str] = (),
+    ) -> VerifyResult:
         """See ``Client.verify``."""
-        return await self._run(calls.verify(token, action, resource, presenter, ctx, proof,
-                                            discharges))
+        return await self._run(
+            calls.verify(token, action, resource, presenter, ctx, proof, discharges)
+        )
 
     async def verify_batch(self, items: Sequence[VerifyItem]) -> list[VerifyResult]:
         """See ``Client.verify_batch``."""
         return await self._run(calls.verify_batch([verify_request(*item) for item in items]))
 
-    async def verify_stream(self, items: Iterable[VerifyItem] | AsyncIterable[VerifyItem]
-                            ) -> AsyncIterator[VerifyResult]:
+    async def verify_stream(
+        self, items: Iterable[VerifyItem] | AsyncIterable[VerifyItem]
+    ) -> AsyncIterator[VerifyResult]:
         """See ``Client.verify_stream``; ``items`` may be an async iterable."""
+
         async def requests() -> AsyncIterator[Any]:
             if isinstance(items, AsyncIterable):
                 async for item in items:
@@ -442,4 +543,3 @@ class AsyncClient(AsyncAuditCalls, AsyncApprovalMethods, AsyncGovernanceMethods,
     async def retire_key(self, key_id: str) -> KeyInfo:
         """See ``Client.retire_key``."""
         return await self._run(calls.retire_key(key_id))
-

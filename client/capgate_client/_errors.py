@@ -21,7 +21,8 @@ from capgate import (
 __all__ = ["from_rpc_error"]
 
 _BY_NAME: dict[str, type[CapgateError]] = {
-    name: cls for name in capgate.__all__
+    name: cls
+    for name in capgate.__all__
     if isinstance(cls := getattr(capgate, name), type) and issubclass(cls, CapgateError)
 }
 # When the server named no exception (a proxy, a deadline, a transport failure).
@@ -53,9 +54,12 @@ def from_rpc_error(error: grpc.RpcError, target: str | None = None) -> CapgateEr
     if not name and code is grpc.StatusCode.UNAVAILABLE and _UNREACHABLE in details:
         why = "connection refused" if "refused" in details else details.rsplit(": ", 1)[-1]
         where = f" at {target}" if target else ""
-        return UnavailableError(f"cannot reach the capgate server{where} ({why}): is it running? "
-                                "(choose another with --server or CAPGATE_SERVER)",
-                                status=code.name, detail=details)
+        return UnavailableError(
+            f"cannot reach the capgate server{where} ({why}): is it running? "
+            "(choose another with --server or CAPGATE_SERVER)",
+            status=code.name,
+            detail=details,
+        )
     return cls(details, status=code.name if code else "UNKNOWN")
 
 

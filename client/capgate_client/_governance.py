@@ -98,57 +98,97 @@ class GovernancePolicyInfo:
 
 
 def _usage(pb: Any) -> UsageInfo:
-    return UsageInfo(pb.agent, pb.kind, pb.action, pb.subject, pb.count, pb.first_seen,
-                     pb.last_seen)
+    return UsageInfo(
+        pb.agent, pb.kind, pb.action, pb.subject, pb.count, pb.first_seen, pb.last_seen
+    )
 
 
 def _review(pb: Any) -> AccessReview:
     return AccessReview(
-        pb.agent, tuple(pb.ceiling),
-        tuple(GrantReview(g.grant, g.uses, g.last_used, tuple(g.used), tuple(g.proposed))
-              for g in pb.grants),
-        tuple(pb.proposed), pb.uses, pb.denies, pb.last_used, pb.idle, pb.max_depth,
-        pb.depth_used, pb.proposed_max_depth, pb.changes)
+        pb.agent,
+        tuple(pb.ceiling),
+        tuple(
+            GrantReview(g.grant, g.uses, g.last_used, tuple(g.used), tuple(g.proposed))
+            for g in pb.grants
+        ),
+        tuple(pb.proposed),
+        pb.uses,
+        pb.denies,
+        pb.last_used,
+        pb.idle,
+        pb.max_depth,
+        pb.depth_used,
+        pb.proposed_max_depth,
+        pb.changes,
+    )
 
 
 def alert_info(pb: Any) -> Alert:
-    return Alert(pb.seq, pb.agent, pb.at, pb.kind, pb.reason, pb.containment, pb.action,
-                 pb.resource, json.loads(pb.detail_json) if pb.detail_json else {})
+    return Alert(
+        pb.seq,
+        pb.agent,
+        pb.at,
+        pb.kind,
+        pb.reason,
+        pb.containment,
+        pb.action,
+        pb.resource,
+        json.loads(pb.detail_json) if pb.detail_json else {},
+    )
 
 
 def _policy(pb: Any) -> GovernancePolicyInfo:
-    return GovernancePolicyInfo(pb.agent, pb.containment, pb.sensitivity, pb.warmup_seconds,
-                                tuple(pb.shadow_ceiling))
+    return GovernancePolicyInfo(
+        pb.agent, pb.containment, pb.sensitivity, pb.warmup_seconds, tuple(pb.shadow_ceiling)
+    )
 
 
 def usage(agent: str, since: int) -> Call[list[UsageInfo]]:
-    return Call("governance", "GetUsage",
-                governance_pb2.UsageRequest(agent=agent, since_seconds=since),
-                lambda pb: [_usage(r) for r in pb.rows])
+    return Call(
+        "governance",
+        "GetUsage",
+        governance_pb2.UsageRequest(agent=agent, since_seconds=since),
+        lambda pb: [_usage(r) for r in pb.rows],
+    )
 
 
 def review(agent: str, since: int) -> Call[list[AccessReview]]:
-    return Call("governance", "Review",
-                governance_pb2.ReviewRequest(agent=agent, since_seconds=since),
-                lambda pb: [_review(r) for r in pb.reviews])
+    return Call(
+        "governance",
+        "Review",
+        governance_pb2.ReviewRequest(agent=agent, since_seconds=since),
+        lambda pb: [_review(r) for r in pb.reviews],
+    )
 
 
 def list_alerts(agent: str, after: int, limit: int) -> Call[list[Alert]]:
-    return Call("governance", "ListAlerts",
-                governance_pb2.ListAlertsRequest(agent=agent, after_seq=after, limit=limit),
-                lambda pb: [alert_info(a) for a in pb.alerts])
+    return Call(
+        "governance",
+        "ListAlerts",
+        governance_pb2.ListAlertsRequest(agent=agent, after_seq=after, limit=limit),
+        lambda pb: [alert_info(a) for a in pb.alerts],
+    )
 
 
-def set_policy(agent: str, containment: str, sensitivity: float, warmup: float,
-               shadow: Sequence[str]) -> Call[GovernancePolicyInfo]:
-    return Call("governance", "SetPolicy", governance_pb2.GovernancePolicy(
-        agent=agent, containment=containment, sensitivity=sensitivity, warmup_seconds=warmup,
-        shadow_ceiling=list(shadow)), _policy)
+def set_policy(
+    agent: str, containment: str, sensitivity: float, warmup: float, shadow: Sequence[str]
+) -> Call[GovernancePolicyInfo]:
+    return Call(
+        "governance",
+        "SetPolicy",
+        governance_pb2.GovernancePolicy(
+            agent=agent,
+            containment=containment,
+            sensitivity=sensitivity,
+            warmup_seconds=warmup,
+            shadow_ceiling=list(shadow),
+        ),
+        _policy,
+    )
 
 
 def get_policy(agent: str) -> Call[GovernancePolicyInfo]:
-    return Call("governance", "GetPolicy", governance_pb2.GetPolicyRequest(agent=agent),
-                _policy)
+    return Call("governance", "GetPolicy", governance_pb2.GetPolicyRequest(agent=agent), _policy)
 
 
 class GovernanceMethods:
@@ -181,21 +221,30 @@ class GovernanceMethods:
         """The alerts after ``after``, then each one as it is raised anywhere."""
         try:
             for reply in self._stubs["governance"].WatchAlerts(
-                    governance_pb2.ListAlertsRequest(agent=agent, after_seq=after),
-                    metadata=self._metadata):
+                governance_pb2.ListAlertsRequest(agent=agent, after_seq=after),
+                metadata=self._metadata,
+            ):
                 yield alert_info(reply)
         except grpc.RpcError as e:
             raise from_rpc_error(e, self.target) from None
 
-    def set_policy(self, agent: str, *, containment: str = "alert", sensitivity: float = 1.0,
-                   warmup: float = -1.0, shadow: Sequence[str] = ()) -> GovernancePolicyInfo:
+    def set_policy(
+        self,
+        agent: str,
+        *,
+        containment: str = "alert",
+        sensitivity: float = 1.0,
+        warmup: float = -1.0,
+        shadow: Sequence[str] = (),
+    ) -> GovernancePolicyInfo:
         """What an alert about ``agent`` does (alert, narrow, suspend), how sensitive
         detection is, its warm-up in seconds (negative: the server's default), and its
         shadow ceiling: grants checked beside the ceiling and never enforced, what they
         would deny recorded and alerted on (empty: not in shadow mode). Replaces the
         whole policy."""
-        got: GovernancePolicyInfo = self._run(set_policy(agent, containment, sensitivity,
-                                                         warmup, shadow))
+        got: GovernancePolicyInfo = self._run(
+            set_policy(agent, containment, sensitivity, warmup, shadow)
+        )
         return got
 
     def get_policy(self, agent: str) -> GovernancePolicyInfo:
@@ -219,26 +268,32 @@ class AsyncGovernanceMethods:
         got: list[AccessReview] = await self._run(review(agent, since))
         return got
 
-    async def alerts(self, agent: str = "", *, after: int = 0,
-                     limit: int = 100) -> list[Alert]:
+    async def alerts(self, agent: str = "", *, after: int = 0, limit: int = 100) -> list[Alert]:
         got: list[Alert] = await self._run(list_alerts(agent, after, limit))
         return got
 
     async def watch_alerts(self, agent: str = "", *, after: int = 0) -> AsyncIterator[Alert]:
         call = self._stubs_here()["governance"].WatchAlerts(
-            governance_pb2.ListAlertsRequest(agent=agent, after_seq=after),
-            metadata=self._metadata)
+            governance_pb2.ListAlertsRequest(agent=agent, after_seq=after), metadata=self._metadata
+        )
         try:
             async for reply in call:
                 yield alert_info(reply)
         except grpc.RpcError as e:
             raise from_rpc_error(e, self.target) from None
 
-    async def set_policy(self, agent: str, *, containment: str = "alert",
-                         sensitivity: float = 1.0, warmup: float = -1.0,
-                         shadow: Sequence[str] = ()) -> GovernancePolicyInfo:
-        got: GovernancePolicyInfo = await self._run(set_policy(agent, containment, sensitivity,
-                                                               warmup, shadow))
+    async def set_policy(
+        self,
+        agent: str,
+        *,
+        containment: str = "alert",
+        sensitivity: float = 1.0,
+        warmup: float = -1.0,
+        shadow: Sequence[str] = (),
+    ) -> GovernancePolicyInfo:
+        got: GovernancePolicyInfo = await self._run(
+            set_policy(agent, containment, sensitivity, warmup, shadow)
+        )
         return got
 
     async def get_policy(self, agent: str) -> GovernancePolicyInfo:

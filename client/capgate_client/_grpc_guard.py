@@ -56,7 +56,7 @@ def mtls_presenter(prefix: str) -> Callable[[Any], str]:
         for san in context.auth_context().get("x509_subject_alternative_name", ()):
             text = san.decode("utf-8", "replace") if isinstance(san, bytes) else str(san)
             if text.startswith(prefix):
-                name = text[len(prefix):]
+                name = text[len(prefix) :]
                 try:
                     return check_id(name, "agent id")
                 except Exception:
@@ -69,8 +69,13 @@ def mtls_presenter(prefix: str) -> Callable[[Any], str]:
 class _Mapping:
     """What the sync and asyncio interceptors share: rules, presentations, checks."""
 
-    def __init__(self, rules: Mapping[str, Rule] | Callable[[str], Rule | None], *,
-                 unguarded: Iterable[str], presenter: Callable[[Any], str] | None) -> None:
+    def __init__(
+        self,
+        rules: Mapping[str, Rule] | Callable[[str], Rule | None],
+        *,
+        unguarded: Iterable[str],
+        presenter: Callable[[Any], str] | None,
+    ) -> None:
         if isinstance(rules, Mapping):
             for method, rule in rules.items():
                 if not rule.action:
@@ -107,24 +112,27 @@ class _Mapping:
         return Presentation.from_headers(headers, GRPC_METHOD, method, presenter)
 
     @staticmethod
-    def access(method: str, rule: Rule | Exception | None, request: Any,
-               streaming: bool) -> Any:
+    def access(method: str, rule: Rule | Exception | None, request: Any, streaming: bool) -> Any:
         """The ``Access`` to check, or the guard's own deny."""
         if rule is None:
             return deny(NO_RULE, f"{method} has no rule in this service's guard")
         if isinstance(rule, Exception):
             return deny(INVALID_REQUEST, f"the guard's rule for {method} failed")
         if streaming and rule.fields:
-            return deny(INVALID_REQUEST,
-                        f"the rule for {method} reads the request, but it streams its requests")
+            return deny(
+                INVALID_REQUEST,
+                f"the rule for {method} reads the request, but it streams its requests",
+            )
         try:
             return rule.access(request)
         except Exception as e:
             return deny(INVALID_REQUEST, f"invalid request: {getattr(e, 'message', e)}")
 
 
-_STATUS = {UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-           BUDGET_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED}  # else PERMISSION_DENIED
+_STATUS = {
+    UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    BUDGET_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}  # else PERMISSION_DENIED
 
 
 def _status(result: VerifyResult) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
@@ -133,8 +141,10 @@ def _status(result: VerifyResult) -> tuple[grpc.StatusCode, str, tuple[tuple[str
 
 
 def _rebuild(handler: Any, unary: Any, streaming: Any) -> Any:
-    kw = {"request_deserializer": handler.request_deserializer,
-          "response_serializer": handler.response_serializer}
+    kw = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(streaming, **kw)
     if handler.response_streaming:
@@ -153,9 +163,14 @@ class GrpcGuard(grpc.ServerInterceptor):
     the service's own authentication (``mtls_presenter``), given the servicer context.
     """
 
-    def __init__(self, guard: Guard, rules: Mapping[str, Rule] | Callable[[str], Rule | None],
-                 *, unguarded: Iterable[str] = UNGUARDED,
-                 presenter: Callable[[Any], str] | None = None) -> None:
+    def __init__(
+        self,
+        guard: Guard,
+        rules: Mapping[str, Rule] | Callable[[str], Rule | None],
+        *,
+        unguarded: Iterable[str] = UNGUARDED,
+        presenter: Callable[[Any], str] | None = None,
+    ) -> None:
         self._guard = guard
         self._map = _Mapping(rules, unguarded=unguarded, presenter=presenter)
 
@@ -222,10 +237,14 @@ class AsyncGrpcGuard(grpc.aio.ServerInterceptor):
     """``GrpcGuard`` for ``grpc.aio.server(..., interceptors=[AsyncGrpcGuard(guard, rules)])``,
     checking through an ``AsyncGuard``."""
 
-    def __init__(self, guard: AsyncGuard,
-                 rules: Mapping[str, Rule] | Callable[[str], Rule | None], *,
-                 unguarded: Iterable[str] = UNGUARDED,
-                 presenter: Callable[[Any], str] | None = None) -> None:
+    def __init__(
+        self,
+        guard: AsyncGuard,
+        rules: Mapping[str, Rule] | Callable[[str], Rule | None],
+        *,
+        unguarded: Iterable[str] = UNGUARDED,
+        presenter: Callable[[Any], str] | None = None,
+    ) -> None:
         self._guard = guard
         self._map = _Mapping(rules, unguarded=unguarded, presenter=presenter)
 
@@ -247,8 +266,9 @@ class AsyncGrpcGuard(grpc.aio.ServerInterceptor):
                 await refuse(context, p)
                 raise AssertionError("unreachable")  # pragma: no cover - abort raises
             access = self._map.access(method, rule, request, streaming_in)
-            result = (access if isinstance(access, VerifyResult)
-                      else await self._guard.check(p, access))
+            result = (
+                access if isinstance(access, VerifyResult) else await self._guard.check(p, access)
+            )
             if not result.allowed:
                 await refuse(context, result)
             return settled(p, result)

@@ -82,17 +82,22 @@ class Presentation:
     presenter: str = ""
 
     @classmethod
-    def from_headers(cls, headers: Mapping[str, str], method: str, target: str,
-                     presenter: str = "") -> Presentation:
+    def from_headers(
+        cls, headers: Mapping[str, str], method: str, target: str, presenter: str = ""
+    ) -> Presentation:
         """From request headers (lower-case keys): ``authorization: Capgate <token>`` and
         ``capgate-proof``; ``method`` and ``target`` as the request arrived."""
         proof = headers.get(PROOF_HEADER)
-        return cls(presented_token(headers.get(TOKEN_HEADER)),
-                   Proof(proof, method, target) if proof else None, presenter)
+        return cls(
+            presented_token(headers.get(TOKEN_HEADER)),
+            Proof(proof, method, target) if proof else None,
+            presenter,
+        )
 
 
 _CURRENT: contextvars.ContextVar[Presentation | None] = contextvars.ContextVar(
-    "capgate_presentation", default=None)
+    "capgate_presentation", default=None
+)
 
 
 def current_presentation() -> Presentation | None:
@@ -191,7 +196,8 @@ def _segments(value: Any, path: str, several: bool) -> str:
             what = "path segments" if several else "one path segment"
             raise InvalidArgumentError(
                 f"{path!r} must be {what} (none empty, '.' or '..'; no '\\')"
-                + ("" if several else "; no '/'"))
+                + ("" if several else "; no '/'")
+            )
     return text
 
 
@@ -217,14 +223,17 @@ class Rule:
             rest = _FIELD.sub("", self.resource)
             if "{" in rest or "}" in rest:
                 raise InvalidArgumentError(
-                    f"resource template {self.resource!r}: write fields as {{name}} or "
-                    "{name.sub}")
+                    f"resource template {self.resource!r}: write fields as {{name}} or {{name.sub}}"
+                )
 
     @property
     def fields(self) -> bool:
         """Whether the rule reads the request (a static rule does not)."""
-        return (not isinstance(self.resource, str) or _FIELD.search(self.resource) is not None
-                or self.ctx is not None)
+        return (
+            not isinstance(self.resource, str)
+            or _FIELD.search(self.resource) is not None
+            or self.ctx is not None
+        )
 
     def access(self, request: Any, action: str = "") -> Access:
         """The check for ``request``; raises ``InvalidArgumentError`` when the request
@@ -232,13 +241,18 @@ class Rule:
         if callable(self.resource):
             resource = self.resource(request)
         else:
-            resource = _FIELD.sub(lambda m: _segments(_lookup(request, m.group(1)), m.group(1),
-                                                      bool(m.group(2))), self.resource)
+            resource = _FIELD.sub(
+                lambda m: _segments(_lookup(request, m.group(1)), m.group(1), bool(m.group(2))),
+                self.resource,
+            )
         if callable(self.ctx):
             ctx = dict(self.ctx(request))
         else:  # a field the request leaves out is left out (a ctx caveat on it denies)
-            ctx = {key: _text(value, path) for key, path in (self.ctx or {}).items()
-                   if (value := _lookup(request, path, _ABSENT)) is not _ABSENT}
+            ctx = {
+                key: _text(value, path)
+                for key, path in (self.ctx or {}).items()
+                if (value := _lookup(request, path, _ABSENT)) is not _ABSENT
+            }
         return Access(self.action or action, resource, ctx)
 
 
@@ -272,8 +286,13 @@ class _Cache:
     def key(p: Presentation, access: Access) -> tuple[Any, ...] | None:
         if p.proof is not None:  # single-use: only capgate can redeem it
             return None
-        return (p.token, p.presenter, access.action, access.resource,
-                tuple(sorted(access.ctx.items())))
+        return (
+            p.token,
+            p.presenter,
+            access.action,
+            access.resource,
+            tuple(sorted(access.ctx.items())),
+        )
 
     def get(self, key: tuple[Any, ...] | None) -> VerifyResult | None:
         if key is None or self._ttl <= 0:
@@ -313,28 +332,33 @@ def raise_for(result: VerifyResult) -> None:
     if result.allowed:
         return
     cls = UnavailableError if result.code == UNAVAILABLE else PermissionDeniedError
-    raise cls(f"denied by capgate ({result.code}): {result.reason}", code=result.code,
-              result=result)
+    raise cls(
+        f"denied by capgate ({result.code}): {result.reason}", code=result.code, result=result
+    )
 
 
 class _Base:
-    def __init__(self, *, cache_ttl: float, cache_size: int,
-                 monotonic: Callable[[], float]) -> None:
+    def __init__(
+        self, *, cache_ttl: float, cache_size: int, monotonic: Callable[[], float]
+    ) -> None:
         if cache_ttl < 0 or cache_size < 1:
             raise InvalidArgumentError("cache_ttl must be >= 0 and cache_size >= 1")
         self._cache = _Cache(cache_ttl, cache_size, monotonic)
 
     @staticmethod
-    def _decorated(fn: Callable[..., Any], rule: Rule,
-                   ) -> tuple[inspect.Signature, bool]:
+    def _decorated(
+        fn: Callable[..., Any],
+        rule: Rule,
+    ) -> tuple[inspect.Signature, bool]:
         if not rule.action:
             raise InvalidArgumentError("protect() needs an action")
         sig = inspect.signature(fn)
         return sig, "presentation" in sig.parameters
 
     @staticmethod
-    def _call_access(sig: inspect.Signature, takes: bool, rule: Rule, args: Any,
-                     kwargs: dict[str, Any]) -> tuple[Presentation | None, Access | VerifyResult]:
+    def _call_access(
+        sig: inspect.Signature, takes: bool, rule: Rule, args: Any, kwargs: dict[str, Any]
+    ) -> tuple[Presentation | None, Access | VerifyResult]:
         p = kwargs.get("presentation") if takes else kwargs.pop("presentation", None)
         if p is None:
             p = current_presentation()
@@ -354,8 +378,14 @@ class _Base:
 class Guard(_Base):
     """Checks requests through a blocking ``Client`` (a service principal's)."""
 
-    def __init__(self, client: Client, *, cache_ttl: float = 1.0, cache_size: int = 10_000,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        cache_ttl: float = 1.0,
+        cache_size: int = 10_000,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(cache_ttl=cache_ttl, cache_size=cache_size, monotonic=monotonic)
         self.client = client
 
@@ -369,17 +399,26 @@ class Guard(_Base):
         if hit is not None:
             return hit
         try:
-            result = self.client.verify(token, access.action, access.resource,
-                                        presenter=presentation.presenter, ctx=access.ctx,
-                                        proof=presentation.proof)
+            result = self.client.verify(
+                token,
+                access.action,
+                access.resource,
+                presenter=presentation.presenter,
+                ctx=access.ctx,
+                proof=presentation.proof,
+            )
         except CapgateError as e:
             return _failed(e)
         self._cache.put(key, result)
         return result
 
-    def protect(self, action: str, resource: str | Callable[[Any], str], *,
-                ctx: Mapping[str, str] | Callable[[Any], Mapping[str, str]] | None = None,
-                ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    def protect(
+        self,
+        action: str,
+        resource: str | Callable[[Any], str],
+        *,
+        ctx: Mapping[str, str] | Callable[[Any], Mapping[str, str]] | None = None,
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Decorate a plain function: each call is checked first, the ``{fields}`` of
         ``resource`` (and ``ctx``'s) taken from its arguments. The presentation is the
         ``presentation=`` argument, else the request being handled (``presenting``). A
@@ -407,9 +446,14 @@ class Guard(_Base):
 class AsyncGuard(_Base):
     """Checks requests through an ``AsyncClient`` (a service principal's)."""
 
-    def __init__(self, client: AsyncClient, *, cache_ttl: float = 1.0,
-                 cache_size: int = 10_000,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        client: AsyncClient,
+        *,
+        cache_ttl: float = 1.0,
+        cache_size: int = 10_000,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(cache_ttl=cache_ttl, cache_size=cache_size, monotonic=monotonic)
         self.client = client
 
@@ -424,16 +468,25 @@ class AsyncGuard(_Base):
             return hit
         try:
             result = await self.client.verify(
-                token, access.action, access.resource,
-                presenter=presentation.presenter, ctx=access.ctx, proof=presentation.proof)
+                token,
+                access.action,
+                access.resource,
+                presenter=presentation.presenter,
+                ctx=access.ctx,
+                proof=presentation.proof,
+            )
         except CapgateError as e:
             return _failed(e)
         self._cache.put(key, result)
         return result
 
-    def protect(self, action: str, resource: str | Callable[[Any], str], *,
-                ctx: Mapping[str, str] | Callable[[Any], Mapping[str, str]] | None = None,
-                ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    def protect(
+        self,
+        action: str,
+        resource: str | Callable[[Any], str],
+        *,
+        ctx: Mapping[str, str] | Callable[[Any], Mapping[str, str]] | None = None,
+    ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
         """``Guard.protect`` for coroutine functions."""
         rule = Rule(action, resource, ctx)
 
@@ -445,8 +498,7 @@ class AsyncGuard(_Base):
             @functools.wraps(fn)
             async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
                 p, access = self._call_access(sig, takes, rule, args, kwargs)
-                result = (access if isinstance(access, VerifyResult)
-                          else await self.check(p, access))
+                result = access if isinstance(access, VerifyResult) else await self.check(p, access)
                 raise_for(result)
                 return await fn(*args, **kwargs)
 

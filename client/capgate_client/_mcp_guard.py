@@ -48,17 +48,22 @@ class ToolGuard:
     knowledge (given the request context), e.g. the one agent a stdio server runs for.
     """
 
-    def __init__(self, guard: AsyncGuard, tools: Mapping[str, Rule], *,
-                 unguarded: Iterable[str] = (),
-                 presenter: Callable[[ServerRequestContext[Any, Any]], str] | None = None,
-                 ) -> None:
+    def __init__(
+        self,
+        guard: AsyncGuard,
+        tools: Mapping[str, Rule],
+        *,
+        unguarded: Iterable[str] = (),
+        presenter: Callable[[ServerRequestContext[Any, Any]], str] | None = None,
+    ) -> None:
         self._guard = guard
         self._tools = dict(tools)
         self._unguarded = frozenset(unguarded)
         self._presenter = presenter
 
-    async def __call__(self, ctx: ServerRequestContext[Any, Any],
-                       call_next: CallNext) -> HandlerResult:
+    async def __call__(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
         if ctx.method != MCP_METHOD or ctx.request_id is None:
             return await call_next(ctx)
         params = ctx.params if isinstance(ctx.params, Mapping) else {}
@@ -68,17 +73,22 @@ class ToolGuard:
         p, result = await self._decide(ctx, params, name)
         if not result.allowed:
             return CallToolResult(
-                content=[TextContent(type="text", text=(
-                    f"denied by capgate ({result.code}): {result.reason}"))],
-                is_error=True)
+                content=[
+                    TextContent(
+                        type="text", text=(f"denied by capgate ({result.code}): {result.reason}")
+                    )
+                ],
+                is_error=True,
+            )
         reset = _CURRENT.set(settled(p, result) if p is not None else None)
         try:
             return await call_next(ctx)
         finally:
             _CURRENT.reset(reset)
 
-    async def _decide(self, ctx: ServerRequestContext[Any, Any], params: Mapping[str, Any],
-                      name: object) -> tuple[Presentation | None, VerifyResult]:
+    async def _decide(
+        self, ctx: ServerRequestContext[Any, Any], params: Mapping[str, Any], name: object
+    ) -> tuple[Presentation | None, VerifyResult]:
         if not isinstance(name, str) or not name:
             return None, deny(INVALID_REQUEST, "a tool call needs the tool's name")
         meta = ctx.meta if isinstance(ctx.meta, Mapping) else params.get("_meta")
@@ -94,9 +104,11 @@ class ToolGuard:
                 presenter = self._presenter(ctx) or ""
             except Exception:  # a broken presenter function presents no one (fail closed)
                 log.exception("presenter function failed for tool %s", name)
-        p = Presentation(token if isinstance(token, str) else None,
-                         Proof(proof, MCP_METHOD, name) if isinstance(proof, str) and proof
-                         else None, presenter)
+        p = Presentation(
+            token if isinstance(token, str) else None,
+            Proof(proof, MCP_METHOD, name) if isinstance(proof, str) and proof else None,
+            presenter,
+        )
         rule = self._tools.get(name)
         if rule is None:
             return p, deny(NO_RULE, f"tool {name!r} has no rule in this server's guard")

@@ -47,8 +47,14 @@ class Presenter:
     for the service ``audience`` (the capgate principal id that service verifies with;
     behind Envoy, Envoy's): no other service can spend it."""
 
-    def __init__(self, token: Token | str, key: Ed25519PrivateKey | bytes | None = None, *,
-                 audience: str | None = None, clock: Clock = system_clock) -> None:
+    def __init__(
+        self,
+        token: Token | str,
+        key: Ed25519PrivateKey | bytes | None = None,
+        *,
+        audience: str | None = None,
+        clock: Clock = system_clock,
+    ) -> None:
         self._token = token if isinstance(token, Token) else Token.parse(token.strip())
         self._header = token_header(self._token)
         if isinstance(key, bytes):
@@ -56,8 +62,10 @@ class Presenter:
         if key is not None and not isinstance(key, Ed25519PrivateKey):
             raise InvalidArgumentError("the key must be an Ed25519 private key")
         if key is not None and not audience:
-            raise InvalidArgumentError("a proof is for one service: pass audience= (the "
-                                       "principal id the service verifies with)")
+            raise InvalidArgumentError(
+                "a proof is for one service: pass audience= (the "
+                "principal id the service verifies with)"
+            )
         self._key = key
         self._audience = audience or ""
         self._clock = clock
@@ -70,8 +78,9 @@ class Presenter:
         """A fresh ``capgate-proof`` value for one request (None without a key)."""
         if self._key is None:
             return None
-        return prove_possession(self._token, self._key, method, target,
-                                audience=self._audience, clock=self._clock)
+        return prove_possession(
+            self._token, self._key, method, target, audience=self._audience, clock=self._clock
+        )
 
     def headers(self, method: str, target: str) -> dict[str, str]:
         """The headers for one HTTP request: ``method`` and ``target`` (the path with its
@@ -98,8 +107,11 @@ class Presenter:
         """HTTP clients' auth hook (httpx ``auth=``, requests ``auth=``): sets the headers
         for the request as it will be sent."""
         raw_path = getattr(getattr(request, "url", None), "raw_path", None)  # httpx
-        target: object = (raw_path.decode("ascii", "replace") if isinstance(raw_path, bytes)
-                          else getattr(request, "path_url", None))  # requests
+        target: object = (
+            raw_path.decode("ascii", "replace")
+            if isinstance(raw_path, bytes)
+            else getattr(request, "path_url", None)
+        )  # requests
         if not isinstance(target, str) or not isinstance(request.method, str):
             raise InvalidArgumentError("not an httpx or requests request")
         for key, value in self.headers(request.method, target).items():
@@ -135,18 +147,25 @@ def _with_metadata(details: Any, presented: Callable[[str], list[tuple[str, str]
     return metadata, name
 
 
-class _ClientInterceptor(grpc.UnaryUnaryClientInterceptor,
-                         grpc.UnaryStreamClientInterceptor,
-                         grpc.StreamUnaryClientInterceptor,
-                         grpc.StreamStreamClientInterceptor):
+class _ClientInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
     def __init__(self, presented: Callable[[str], list[tuple[str, str]]]) -> None:
         self._presented = presented
 
     def _details(self, details: Any) -> _Details:
         metadata, _ = _with_metadata(details, self._presented)
-        return _Details(details.method, details.timeout, metadata, details.credentials,
-                        getattr(details, "wait_for_ready", None),
-                        getattr(details, "compression", None))
+        return _Details(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return continuation(self._details(details), request)
@@ -154,12 +173,14 @@ class _ClientInterceptor(grpc.UnaryUnaryClientInterceptor,
     def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return continuation(self._details(details), request)
 
-    def intercept_stream_unary(self, continuation: Any, details: Any,
-                               request_iterator: Iterator[Any]) -> Any:
+    def intercept_stream_unary(
+        self, continuation: Any, details: Any, request_iterator: Iterator[Any]
+    ) -> Any:
         return continuation(self._details(details), request_iterator)
 
-    def intercept_stream_stream(self, continuation: Any, details: Any,
-                                request_iterator: Iterator[Any]) -> Any:
+    def intercept_stream_stream(
+        self, continuation: Any, details: Any, request_iterator: Iterator[Any]
+    ) -> Any:
         return continuation(self._details(details), request_iterator)
 
 
@@ -169,9 +190,13 @@ class _AioBase:
 
     def _details(self, details: Any) -> Any:
         metadata, _ = _with_metadata(details, self._presented)
-        return grpc.aio.ClientCallDetails(details.method, details.timeout,
-                                          grpc.aio.Metadata(*metadata), details.credentials,
-                                          details.wait_for_ready)
+        return grpc.aio.ClientCallDetails(
+            details.method,
+            details.timeout,
+            grpc.aio.Metadata(*metadata),
+            details.credentials,
+            details.wait_for_ready,
+        )
 
 
 class _AioUnaryUnary(_AioBase, grpc.aio.UnaryUnaryClientInterceptor):
@@ -185,14 +210,16 @@ class _AioUnaryStream(_AioBase, grpc.aio.UnaryStreamClientInterceptor):
 
 
 class _AioStreamUnary(_AioBase, grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(self, continuation: Any, details: Any,
-                                     request_iterator: Any) -> Any:
+    async def intercept_stream_unary(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
         return await continuation(self._details(details), request_iterator)
 
 
 class _AioStreamStream(_AioBase, grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(self, continuation: Any, details: Any,
-                                      request_iterator: Any) -> Any:
+    async def intercept_stream_stream(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
         return await continuation(self._details(details), request_iterator)
 
 

@@ -188,8 +188,14 @@ class AuditCheckpoint:
         import json
 
         d = json.loads(text)
-        return cls(int(d["pos"]), str(d["digest"]), float(d["at"]), str(d["key_id"]),
-                   str(d["public_key"]), str(d["signature"]))
+        return cls(
+            int(d["pos"]),
+            str(d["digest"]),
+            float(d["at"]),
+            str(d["key_id"]),
+            str(d["public_key"]),
+            str(d["signature"]),
+        )
 
 
 @dataclass(frozen=True)

@@ -67,8 +67,7 @@ _CAVEAT_BASE = 600  # an approval caveat and its conditions (tests/core/test_bou
 
 
 def _syntax(text: str, why: str) -> CaveatSyntaxError:
-    return CaveatSyntaxError(f"approval condition {text!r}: {why}", caveat=text,
-                             kind="malformed")
+    return CaveatSyntaxError(f"approval condition {text!r}: {why}", caveat=text, kind="malformed")
 
 
 def parse_condition(text: str) -> tuple[Caveat, ...]:
@@ -88,9 +87,10 @@ def parse_condition(text: str) -> tuple[Caveat, ...]:
     while i < len(words):
         arity = _ARITY.get(words[i])
         if arity is None:
-            raise _syntax(text, f"a condition starts with action, resource or ctx, not "
-                                f"{words[i]!r}")
-        part = " ".join(words[i:i + arity])
+            raise _syntax(
+                text, f"a condition starts with action, resource or ctx, not {words[i]!r}"
+            )
+        part = " ".join(words[i : i + arity])
         i += arity
         if i < len(words):
             if words[i] != "and" or i + 1 == len(words):
@@ -161,8 +161,15 @@ class ApprovalCaveat:
 
     __slots__ = ("approvers", "cid", "condition", "conditions", "nonce", "size", "text")
 
-    def __init__(self, cid: bytes, text: str, approvers: int, nonce: str, condition: str,
-                 conditions: tuple[Caveat, ...]) -> None:
+    def __init__(
+        self,
+        cid: bytes,
+        text: str,
+        approvers: int,
+        nonce: str,
+        condition: str,
+        conditions: tuple[Caveat, ...],
+    ) -> None:
         self.cid = cid
         self.text = text
         self.approvers = approvers
@@ -189,8 +196,11 @@ def parse_approval_caveat(cid: bytes) -> ApprovalCaveat:
         raise CaveatSyntaxError("approval caveat id is not UTF-8 text") from None
     m = _CID_RE.fullmatch(text)
     if m is None:
-        raise CaveatSyntaxError(f"not an approval caveat id: {text[:80]!r} (want 'approval "
-                                "n=N nonce=HEX16[ when CONDITIONS]')", caveat=text[:512])
+        raise CaveatSyntaxError(
+            f"not an approval caveat id: {text[:80]!r} (want 'approval "
+            "n=N nonce=HEX16[ when CONDITIONS]')",
+            caveat=text[:512],
+        )
     n, nonce, condition = m.groups()
     try:
         conditions = parse_condition(condition or "")
@@ -221,15 +231,17 @@ class _Macaroon(Protocol):
     @property
     def signature(self) -> bytes: ...
 
-    def append_third_party(self, cid: bytes, vid: bytes, location: str, *,
-                           limits: Limits = ...) -> Any: ...
+    def append_third_party(
+        self, cid: bytes, vid: bytes, location: str, *, limits: Limits = ...
+    ) -> Any: ...
 
 
 _M = TypeVar("_M", bound=_Macaroon)
 
 
-def require_approval(token: _M, condition: str = "", approvers: int = 1, *,
-                     limits: Limits = DEFAULT_LIMITS) -> _M:
+def require_approval(
+    token: _M, condition: str = "", approvers: int = 1, *, limits: Limits = DEFAULT_LIMITS
+) -> _M:
     """``token`` with an approval caveat appended (offline): requests meeting
     ``condition`` need ``approvers`` approvals. ``Token.require_approval`` calls it."""
     _check_approvers(approvers)
@@ -240,6 +252,7 @@ def require_approval(token: _M, condition: str = "", approvers: int = 1, *,
     cid = f"approval n={approvers} nonce={secrets.token_hex(8)}{when}".encode()
     parse_approval_caveat(cid)  # the caveat reads back as written
     key = approval_key(token.signature, cid)
-    appended: _M = token.append_third_party(cid, seal_key(token.signature, key),
-                                            APPROVAL_LOCATION, limits=limits)
+    appended: _M = token.append_third_party(
+        cid, seal_key(token.signature, key), APPROVAL_LOCATION, limits=limits
+    )
     return appended

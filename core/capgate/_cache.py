@@ -27,11 +27,19 @@ V = TypeVar("V")
 class BoundedCache(Generic[K, V]):
     """A map of at most ``max_bytes`` (by ``cost(key, value)``) and ``max_entries``."""
 
-    __slots__ = ("_cost", "_half_bytes", "_half_entries", "_old", "_old_bytes", "_young",
-                 "_young_bytes")
+    __slots__ = (
+        "_cost",
+        "_half_bytes",
+        "_half_entries",
+        "_old",
+        "_old_bytes",
+        "_young",
+        "_young_bytes",
+    )
 
-    def __init__(self, max_bytes: int, cost: Callable[[K, V], int],
-                 max_entries: int = 1 << 62) -> None:
+    def __init__(
+        self, max_bytes: int, cost: Callable[[K, V], int], max_entries: int = 1 << 62
+    ) -> None:
         self._cost = cost
         self._half_bytes = max(1, max_bytes // 2)
         self._half_entries = max(1, max_entries // 2)

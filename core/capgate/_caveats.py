@@ -280,8 +280,10 @@ _PERIOD = re.compile(r"([0-9]{0,6})([smhd])")
 
 def _parse_budget(text: str, parts: list[str]) -> BudgetCaveat:
     if len(parts) != 3 or parts[1] != "<=":
-        raise _syntax(text, f"expected '{parts[0]} <= N'"
-                            + ("" if parts[0] == "uses" else " with N like 100/1m"))
+        raise _syntax(
+            text,
+            f"expected '{parts[0]} <= N'" + ("" if parts[0] == "uses" else " with N like 100/1m"),
+        )
     if parts[0] == "uses":
         if _COUNT.fullmatch(parts[2]) is None or int(parts[2]) < 1:
             raise _syntax(text, "uses <= N takes a whole number from 1")
@@ -301,22 +303,25 @@ def parse_delegation_caveat(text: str, parts: list[str]) -> Caveat | None:
     key = parts[0]
     if key == "depth":
         if len(parts) != 3 or parts[1] != "<=" or _DEPTH_LIMIT.fullmatch(parts[2]) is None:
-            raise CaveatSyntaxError(f"caveat {text!r}: expected 'depth <= N' (N < 100)",
-                                    caveat=text, kind="malformed")
+            raise CaveatSyntaxError(
+                f"caveat {text!r}: expected 'depth <= N' (N < 100)", caveat=text, kind="malformed"
+            )
         return DepthCaveat(text, int(parts[2]))
     if key == "delegate":
         m = _DELEGATE_RE.fullmatch(text)
         if m is None:
             raise CaveatSyntaxError(
                 f"caveat {text!r}: expected 'delegate = ID did=HEX at=MS proof=…'",
-                caveat=text, kind="malformed",
+                caveat=text,
+                kind="malformed",
             )
         agent, did, at, srv, key_id, sig = m.groups()
         encoded = srv if srv is not None else sig
         proof = _unb64(encoded)
         if _b64(proof) != encoded:  # one text per proof
-            raise CaveatSyntaxError(f"caveat {text!r}: proof is not canonical base64url",
-                                    caveat=text, kind="malformed")
+            raise CaveatSyntaxError(
+                f"caveat {text!r}: proof is not canonical base64url", caveat=text, kind="malformed"
+            )
         return DelegateCaveat(text, agent, did, int(at), key_id, proof)
     return None
 

@@ -241,8 +241,9 @@ def unpack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> RawMacaroon:
     return RawMacaroon(location, identifier, tuple(caveats), data[pos + 2 :])
 
 
-def unpack_first_party(data: bytes, limits: Limits = DEFAULT_LIMITS
-                       ) -> tuple[bytes | None, bytes, list[bytes], bytes] | None:
+def unpack_first_party(
+    data: bytes, limits: Limits = DEFAULT_LIMITS
+) -> tuple[bytes | None, bytes, list[bytes], bytes] | None:
     """The verifier's fast path: (location, identifier, caveat ids, signature) of a
     well-formed token whose caveats are all first-party without locations; None for
     anything else (then ``unpack`` gives the precise error, or the caller refuses

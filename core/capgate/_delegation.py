@@ -91,8 +91,9 @@ def did_valid(cav: DelegateCaveat, prefix_sig: bytes) -> bool:
     return hmac.compare_digest(cav.did, delegation_id(prefix_sig, cav.agent, cav.at_ms))
 
 
-def proof_valid(cav: DelegateCaveat, prefix_sig: bytes, root_key: bytes,
-                public_key: bytes | None) -> bool:
+def proof_valid(
+    cav: DelegateCaveat, prefix_sig: bytes, root_key: bytes, public_key: bytes | None
+) -> bool:
     """Check a delegate caveat's proof against the signature before it (constant time for srv)."""
     if cav.key_id is None:
         expected = server_proof(root_key, prefix_sig, cav.unsigned)
@@ -123,8 +124,9 @@ def unsigned_delegation(agent: str, at_ms: int, did: str) -> str:
     return f"delegate = {_checked_agent(agent)} did={did} at={at_ms}"
 
 
-def append_server_delegation(token: Token, root_key: bytes, agent: str,
-                             at_ms: int) -> tuple[Token, str]:
+def append_server_delegation(
+    token: Token, root_key: bytes, agent: str, at_ms: int
+) -> tuple[Token, str]:
     """Append a server-minted ``delegate`` caveat; returns the token and the new did."""
     did = delegation_id(token.signature, _checked_agent(agent), at_ms)
     unsigned = unsigned_delegation(agent, at_ms, did)
@@ -132,8 +134,9 @@ def append_server_delegation(token: Token, root_key: bytes, agent: str,
     return token.append_raw(f"{unsigned} proof=srv:{_b64(proof)}".encode("ascii")), did
 
 
-def delegate_offline(token: Token, private_key: Ed25519PrivateKey, agent: str,
-                     at_ms: int) -> tuple[Token, str]:
+def delegate_offline(
+    token: Token, private_key: Ed25519PrivateKey, agent: str, at_ms: int
+) -> tuple[Token, str]:
     """Append a ``delegate`` caveat signed with the current holder's Ed25519 key.
 
     Returns the token and the new delegation id. The holder's public key must be

@@ -56,11 +56,15 @@ def _framed(text: str) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
-def request_digest(action: str, resource: str, presenter: str,
-                   ctx: Mapping[str, str]) -> str:
+def request_digest(action: str, resource: str, presenter: str, ctx: Mapping[str, str]) -> str:
     """SHA-256 (hex) of one request: every field length-prefixed, context by key."""
-    parts = [_REQUEST_CONTEXT, _framed(action), _framed(resource), _framed(presenter),
-             struct.pack(">I", len(ctx))]
+    parts = [
+        _REQUEST_CONTEXT,
+        _framed(action),
+        _framed(resource),
+        _framed(presenter),
+        struct.pack(">I", len(ctx)),
+    ]
     for key in sorted(ctx):
         parts += [_framed(key), _framed(ctx[key])]
     return hashlib.sha256(b"".join(parts)).hexdigest()
@@ -74,19 +78,30 @@ def token_digest(signature: bytes) -> str:
 
 def bind_signature(token_signature: bytes, discharge_signature: bytes) -> bytes:
     """The standard binding of a discharge to the token it discharges."""
-    return hmac.digest(_ZERO_KEY, hmac.digest(_ZERO_KEY, token_signature, "sha256")
-                       + hmac.digest(_ZERO_KEY, discharge_signature, "sha256"), "sha256")
+    return hmac.digest(
+        _ZERO_KEY,
+        hmac.digest(_ZERO_KEY, token_signature, "sha256")
+        + hmac.digest(_ZERO_KEY, discharge_signature, "sha256"),
+        "sha256",
+    )
 
 
-def mint_discharge(key: bytes, cid: bytes, approval_id: str, digest: str, expires: float,
-                   token_signature: bytes) -> Token:
+def mint_discharge(
+    key: bytes, cid: bytes, approval_id: str, digest: str, expires: float, token_signature: bytes
+) -> Token:
     """A discharge for the caveat ``cid`` (whose key is ``key``), bound to the token."""
-    caveats = tuple(RawCaveat(text.encode("ascii")) for text in (
-        f"approval = {approval_id}", f"request = {digest}",
-        f"expires < {format_timestamp(expires)}"))
+    caveats = tuple(
+        RawCaveat(text.encode("ascii"))
+        for text in (
+            f"approval = {approval_id}",
+            f"request = {digest}",
+            f"expires < {format_timestamp(expires)}",
+        )
+    )
     sig = chain_signature(key, cid, caveats)
-    return Token(RawMacaroon(APPROVAL_LOCATION.encode(), cid, caveats,
-                             bind_signature(token_signature, sig)))
+    return Token(
+        RawMacaroon(APPROVAL_LOCATION.encode(), cid, caveats, bind_signature(token_signature, sig))
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,19 +127,22 @@ def _read(raw: RawMacaroon, key: bytes, token_signature: bytes) -> _Reading | st
         return f"its location is not {APPROVAL_LOCATION!r}"
     if any(c.vid is not None or c.location is not None for c in raw.caveats):
         return "it carries a third-party caveat"
-    expected = bind_signature(token_signature, chain_signature(key, raw.identifier,
-                                                                raw.caveats))
+    expected = bind_signature(token_signature, chain_signature(key, raw.identifier, raw.caveats))
     if not hmac.compare_digest(expected, raw.signature):
-        return "its signature does not match: not minted for this caveat, or not bound to " \
-               "this token"
+        return (
+            "its signature does not match: not minted for this caveat, or not bound to this token"
+        )
     fields: dict[str, str] = {}
     for c in raw.caveats:
         try:
             name, op, value = c.cid.decode("ascii").split(" ")
         except (UnicodeDecodeError, ValueError):
             return "it carries a caveat capgate does not know"
-        if (name, op) not in (("approval", "="), ("request", "="), ("expires", "<")) \
-                or name in fields:
+        if (name, op) not in (
+            ("approval", "="),
+            ("request", "="),
+            ("expires", "<"),
+        ) or name in fields:
             return f"it carries a caveat capgate does not know ({name!r})"
         fields[name] = value
     if len(fields) != 3:
@@ -139,16 +157,22 @@ def _read(raw: RawMacaroon, key: bytes, token_signature: bytes) -> _Reading | st
     return _Reading(aid, digest, expires)
 
 
-def check_discharges(needed: Sequence[tuple[ApprovalCaveat, bytes]], discharges: Sequence[str],
-                     token_signature: bytes, request: Request, now: float,
-                     limits: Limits = DEFAULT_LIMITS) -> tuple[str, ...] | DischargeProblem:
+def check_discharges(
+    needed: Sequence[tuple[ApprovalCaveat, bytes]],
+    discharges: Sequence[str],
+    token_signature: bytes,
+    request: Request,
+    now: float,
+    limits: Limits = DEFAULT_LIMITS,
+) -> tuple[str, ...] | DischargeProblem:
     """Do ``discharges`` discharge every ``(caveat, key)`` in ``needed`` for this request
     and token, now? The approval ids to redeem, in order and without repeats, or the
     first problem. A discharge for a caveat the request does not meet is ignored."""
     if len(discharges) > MAX_DISCHARGES:
         first = needed[0][0].text if needed else ""
-        return DischargeProblem("approval_invalid",
-                                f"at most {MAX_DISCHARGES} discharges per request", first)
+        return DischargeProblem(
+            "approval_invalid", f"at most {MAX_DISCHARGES} discharges per request", first
+        )
     raws: dict[bytes, list[RawMacaroon]] = {}
     for text in discharges:
         try:
@@ -157,8 +181,7 @@ def check_discharges(needed: Sequence[tuple[ApprovalCaveat, bytes]], discharges:
             first = needed[0][0].text if needed else ""
             return DischargeProblem("approval_invalid", f"a discharge is malformed: {e}", first)
         raws.setdefault(raw.identifier, []).append(raw)
-    digest = request_digest(request.action, request.resource, request.presenter or "",
-                            request.ctx)
+    digest = request_digest(request.action, request.resource, request.presenter or "", request.ctx)
     ids: list[str] = []
     for caveat, key in needed:
         found = raws.get(caveat.cid)
@@ -167,10 +190,11 @@ def check_discharges(needed: Sequence[tuple[ApprovalCaveat, bytes]], discharges:
             return DischargeProblem(
                 "approval_required",
                 f"this request needs approval by {who} (approval caveat {caveat.text!r}); "
-                "no discharge for it came with the request", caveat.text)
+                "no discharge for it came with the request",
+                caveat.text,
+            )
         # several for one caveat (an old one kept beside a new one): the first that holds
-        results = [_approval_of(raw, key, token_signature, digest, now, caveat)
-                   for raw in found]
+        results = [_approval_of(raw, key, token_signature, digest, now, caveat) for raw in found]
         good = [r for r in results if isinstance(r, str)]
         if not good:
             problem = results[0]
@@ -181,27 +205,45 @@ def check_discharges(needed: Sequence[tuple[ApprovalCaveat, bytes]], discharges:
     return tuple(ids)
 
 
-def _approval_of(raw: RawMacaroon, key: bytes, token_signature: bytes, digest: str, now: float,
-                caveat: ApprovalCaveat) -> str | DischargeProblem:
+def _approval_of(
+    raw: RawMacaroon,
+    key: bytes,
+    token_signature: bytes,
+    digest: str,
+    now: float,
+    caveat: ApprovalCaveat,
+) -> str | DischargeProblem:
     """The approval id one discharge stands for, or why it does not discharge ``caveat``."""
     reading = _read(raw, key, token_signature)
     if isinstance(reading, str):
-        return DischargeProblem("approval_invalid", f"the discharge is not valid: {reading}",
-                                caveat.text)
+        return DischargeProblem(
+            "approval_invalid", f"the discharge is not valid: {reading}", caveat.text
+        )
     if not hmac.compare_digest(reading.digest, digest):
         return DischargeProblem(
-            "approval_invalid", f"approval {reading.approval_id} is for another request "
-            "(action, resource, presenter or context differ)", caveat.text)
+            "approval_invalid",
+            f"approval {reading.approval_id} is for another request "
+            "(action, resource, presenter or context differ)",
+            caveat.text,
+        )
     if now >= reading.expires:
         return DischargeProblem(
-            "approval_expired", f"approval {reading.approval_id} expired at "
-            f"{format_timestamp(reading.expires)}", caveat.text)
+            "approval_expired",
+            f"approval {reading.approval_id} expired at {format_timestamp(reading.expires)}",
+            caveat.text,
+        )
     return reading.approval_id
 
 
-def approval_decision(st: Chain, request: Request, discharges: Sequence[str], ruled: bool,
-                      agents: Mapping[str, Agent], now: float,
-                      limits: Limits = DEFAULT_LIMITS) -> Decision | None:
+def approval_decision(
+    st: Chain,
+    request: Request,
+    discharges: Sequence[str],
+    ruled: bool,
+    agents: Mapping[str, Agent],
+    now: float,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Decision | None:
     """The verifier's last step, for a request everything else allows: the deny its
     approvals give, an allow that names the approvals to redeem, or None (no approval
     is needed). ``ruled``: an agent of the chain has standing approval rules, which
@@ -218,15 +260,27 @@ def approval_decision(st: Chain, request: Request, discharges: Sequence[str], ru
             for rule in agents[name].approvals:
                 if rule.approvers > asked and rule.needed(request):
                     return Decision(
-                        False, DenyCode.APPROVAL_REQUIRED,
+                        False,
+                        DenyCode.APPROVAL_REQUIRED,
                         f"agent {name!r} needs approval by {rule.approvers} for this request "
                         f"({rule}), and the token carries no approval caveat asking for it: "
                         "use a token issued or delegated since the rule was set",
-                        None, tid, chain)
+                        None,
+                        tid,
+                        chain,
+                    )
     if not needed:
         return None
     result = check_discharges(needed, discharges, st.signature, request, now, limits)
     if isinstance(result, DischargeProblem):
         return Decision(False, DenyCode(result.code), result.reason, result.caveat, tid, chain)
-    return Decision(True, DenyCode.ALLOWED, f"allowed with approval {', '.join(result)}", None,
-                    tid, chain, budgets=st.budgets, approvals=result)
+    return Decision(
+        True,
+        DenyCode.ALLOWED,
+        f"allowed with approval {', '.join(result)}",
+        None,
+        tid,
+        chain,
+        budgets=st.budgets,
+        approvals=result,
+    )

@@ -84,8 +84,17 @@ class Glob:
     accepted; ``matches`` takes any value. Immutable; equal when the patterns are.
     """
 
-    __slots__ = ("_below", "_blocks", "_kind", "_prefix", "_rx", "_uses", "pattern", "segments",
-                 "size")
+    __slots__ = (
+        "_below",
+        "_blocks",
+        "_kind",
+        "_prefix",
+        "_rx",
+        "_uses",
+        "pattern",
+        "segments",
+        "size",
+    )
 
     pattern: str
     segments: tuple[str, ...]
@@ -121,8 +130,9 @@ class Glob:
         if kind == _LITERAL:
             return resource == self.pattern
         if kind == _UNDER:
-            return resource == self._prefix or (resource.startswith(self._below)
-                                                and resource[-1] != "/" and "//" not in resource)
+            return resource == self._prefix or (
+                resource.startswith(self._below) and resource[-1] != "/" and "//" not in resource
+            )
         rx = self._rx
         if rx is not None:
             return rx(resource) is not None
@@ -197,7 +207,7 @@ def _at(block: _Block, segs: tuple[str, ...], i: int) -> bool:
     """Does ``block`` match ``segs[i:i + n]`` (which the caller made sure exist)?"""
     n, literals, fixed = block
     if literals is not None:
-        return segs[i:i + n] == literals
+        return segs[i : i + n] == literals
     for j, s in fixed:
         if segs[i + j] != s:
             return False
@@ -211,8 +221,12 @@ def _split_deep(segments: tuple[str, ...]) -> list[_Block]:
             runs.append([])
         else:
             runs[-1].append(seg)
-    return [(len(run), None, tuple((i, s) for i, s in enumerate(run) if s != "*"))
-            if "*" in run else (len(run), tuple(run), ()) for run in runs]
+    return [
+        (len(run), None, tuple((i, s) for i, s in enumerate(run) if s != "*"))
+        if "*" in run
+        else (len(run), tuple(run), ())
+        for run in runs
+    ]
 
 
 def _parse_glob(pattern: str) -> Glob:
@@ -230,8 +244,7 @@ def _parse_glob(pattern: str) -> Glob:
             if seg != "*" and seg != "**":
                 problem = _segment_problem(seg)
                 if problem is not None:
-                    raise InvalidArgumentError(f"resource glob {pattern!r} {problem}",
-                                               glob=pattern)
+                    raise InvalidArgumentError(f"resource glob {pattern!r} {problem}", glob=pattern)
     return Glob(pattern, segs)
 
 
@@ -279,7 +292,8 @@ class Grant:
             raise InvalidArgumentError(
                 f"grant {text!r} names several resources; a grant has one resource pattern: "
                 f"give one grant per pattern (e.g. {actions}:{pattern.split(',')[0]})",
-                grant=text)
+                grant=text,
+            )
         return cls(parse_actions(actions), Glob.parse(pattern))
 
     def allows(self, action: str, resource: str) -> bool:
@@ -296,7 +310,8 @@ class Ceiling:
     grants: tuple[Grant, ...] = ()
     # action -> one regex for every glob granting it: one lookup and one match per check
     _by_action: dict[str, re.Pattern[str]] = field(
-        init=False, compare=False, repr=False, default_factory=dict)
+        init=False, compare=False, repr=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         patterns: dict[str, list[str]] = {}

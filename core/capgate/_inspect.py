@@ -52,8 +52,10 @@ def describe(token: Token) -> TokenDescription:
         text = raw.cid.decode("utf-8", "backslashreplace")
         if raw.vid is not None:
             if raw.location != _APPROVAL_LOCATION:
-                problems.append(f"third-party caveat {text!r} at {raw.location!r} "
-                                "(only capgate's approvals are supported)")
+                problems.append(
+                    f"third-party caveat {text!r} at {raw.location!r} "
+                    "(only capgate's approvals are supported)"
+                )
                 continue
             try:
                 parse_approval_caveat(raw.cid)
@@ -87,10 +89,14 @@ def describe(token: Token) -> TokenDescription:
         else:
             problems.append(f"caveat {text!r} comes before the holder is named")
     return TokenDescription(
-        ident.token_id if ident else None, ident.key_id if ident else None,
-        ident.issued_ms if ident else None, expires,
+        ident.token_id if ident else None,
+        ident.key_id if ident else None,
+        ident.issued_ms if ident else None,
+        expires,
         tuple(c.cid.decode("utf-8", "surrogateescape") for c in token.raw.caveats),
-        lineage, hops, problems,
+        lineage,
+        hops,
+        problems,
     )
 
 

@@ -72,8 +72,14 @@ PROOF_HEADER = "capgate-proof"
 DENY_HEADER = "capgate-deny"  # a guard's or Envoy's deny: the code (gRPC: a trailer)
 PROOF_WINDOW = 30.0  # seconds either side of a proof's instant (the server's default)
 
-_HTTP_ACTIONS = {"GET": "read", "HEAD": "read", "POST": "write", "PUT": "write",
-                 "PATCH": "write", "DELETE": "delete"}
+_HTTP_ACTIONS = {
+    "GET": "read",
+    "HEAD": "read",
+    "POST": "write",
+    "PUT": "write",
+    "PATCH": "write",
+    "DELETE": "delete",
+}
 _CONTEXT = b"capgate-proof-v1\n"
 _MAX_PROOF = 256
 _MAX_METHOD = 64
@@ -83,7 +89,8 @@ _MAX_TARGET = 8192
 # means (and one that decodes twice turns '%252e' into '.')
 _ENCODED_SEPARATOR = re.compile(r"%(?:2[eEfF5]|5[cC]|00)")
 _PROOF_RE = re.compile(
-    r"v1\.([0-9a-f]{16})\.([0-9]{1,15})\.([A-Za-z0-9_-]{16,64})\.([A-Za-z0-9_-]{86})")
+    r"v1\.([0-9a-f]{16})\.([0-9]{1,15})\.([A-Za-z0-9_-]{16,64})\.([A-Za-z0-9_-]{86})"
+)
 
 
 def _field(value: object, what: str, limit: int) -> bytes:
@@ -98,14 +105,34 @@ def _field(value: object, what: str, limit: int) -> bytes:
     return value.encode("utf-8", "surrogatepass")
 
 
-def proof_message(audience: str, method: str, target: str, at_ms: int, nonce: str,
-                  key_id: str, token_signature: bytes) -> bytes:
+def proof_message(
+    audience: str,
+    method: str,
+    target: str,
+    at_ms: int,
+    nonce: str,
+    key_id: str,
+    token_signature: bytes,
+) -> bytes:
     """The bytes a proof signs (raises ``InvalidArgumentError`` for an unusable field)."""
-    return b"".join([
-        _CONTEXT, _field(audience, "audience", _MAX_AUDIENCE), b"\n",
-        _field(method, "method", _MAX_METHOD), b"\n",
-        _field(target, "target", _MAX_TARGET), b"\n", str(at_ms).encode("ascii"), b"\n",
-        nonce.encode("ascii"), b"\n", key_id.encode("ascii"), b"\n", token_signature])
+    return b"".join(
+        [
+            _CONTEXT,
+            _field(audience, "audience", _MAX_AUDIENCE),
+            b"\n",
+            _field(method, "method", _MAX_METHOD),
+            b"\n",
+            _field(target, "target", _MAX_TARGET),
+            b"\n",
+            str(at_ms).encode("ascii"),
+            b"\n",
+            nonce.encode("ascii"),
+            b"\n",
+            key_id.encode("ascii"),
+            b"\n",
+            token_signature,
+        ]
+    )
 
 
 def _b64(data: bytes) -> str:
@@ -133,7 +160,8 @@ class PossessionProof:
         if m is None:
             raise InvalidArgumentError(
                 "a proof reads v1.<key id: 16 hex>.<unix ms>.<nonce: 16-64 base64url>."
-                "<Ed25519 signature: base64url>")
+                "<Ed25519 signature: base64url>"
+            )
         key_id, at, nonce, sig = m.groups()
         try:
             signature = base64.urlsafe_b64decode(sig + "==")
@@ -146,32 +174,52 @@ class PossessionProof:
     def to_text(self) -> str:
         return f"v1.{self.key_id}.{self.at_ms}.{self.nonce}.{_b64(self.signature)}"
 
-    def check(self, public_key: bytes, audience: str, method: str, target: str,
-              token_signature: bytes, now: float, window: float = PROOF_WINDOW) -> str | None:
+    def check(
+        self,
+        public_key: bytes,
+        audience: str,
+        method: str,
+        target: str,
+        token_signature: bytes,
+        now: float,
+        window: float = PROOF_WINDOW,
+    ) -> str | None:
         """Why this proof does not hold for the request to ``audience`` (the service
         principal verifying it), or None when it does (the nonce is the caller's to
         redeem once)."""
         skew = now * 1000 - self.at_ms
         if abs(skew) > window * 1000:
             side = "old" if skew > 0 else "far in the future"
-            return (f"proof made at {self.at_ms} ms is too {side} "
-                    f"(accepted within {window:g}s of the server's clock)")
+            return (
+                f"proof made at {self.at_ms} ms is too {side} "
+                f"(accepted within {window:g}s of the server's clock)"
+            )
         try:
-            message = proof_message(audience, method, target, self.at_ms, self.nonce,
-                                    self.key_id, token_signature)
+            message = proof_message(
+                audience, method, target, self.at_ms, self.nonce, self.key_id, token_signature
+            )
         except InvalidArgumentError as e:
             return e.message
         try:
             Ed25519PublicKey.from_public_bytes(public_key).verify(self.signature, message)
         except (InvalidSignature, ValueError):
-            return (f"proof does not verify with key {self.key_id} for {method} {target}, "
-                    f"this token and the service {audience!r} (a proof is for one service)")
+            return (
+                f"proof does not verify with key {self.key_id} for {method} {target}, "
+                f"this token and the service {audience!r} (a proof is for one service)"
+            )
         return None
 
 
-def prove_possession(token: Token | str, private_key: Ed25519PrivateKey, method: str,
-                     target: str, *, audience: str, clock: Clock = system_clock,
-                     nonce: str | None = None) -> str:
+def prove_possession(
+    token: Token | str,
+    private_key: Ed25519PrivateKey,
+    method: str,
+    target: str,
+    *,
+    audience: str,
+    clock: Clock = system_clock,
+    nonce: str | None = None,
+) -> str:
     """The ``capgate-proof`` value for one request to the service ``audience`` (the
     principal id it verifies with): ``method`` and ``target`` as sent (HTTP method and
     path with query; ``POST`` and the gRPC method; ``tools/call`` and the tool). Raises
@@ -183,8 +231,9 @@ def prove_possession(token: Token | str, private_key: Ed25519PrivateKey, method:
     at_ms = int(clock() * 1000)
     nonce = nonce or _b64(secrets.token_bytes(16))
     key_id = public_key_id(private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
-    sig = private_key.sign(proof_message(audience, method, target, at_ms, nonce, key_id,
-                                         token.signature))
+    sig = private_key.sign(
+        proof_message(audience, method, target, at_ms, nonce, key_id, token.signature)
+    )
     proof = PossessionProof(key_id, at_ms, nonce, sig)
     PossessionProof.parse(proof.to_text())  # a nonce the caller chose must fit the grammar
     return proof.to_text()
@@ -226,9 +275,11 @@ def http_resource(path: str) -> str:
     """
     path = path.split("?", 1)[0].split("#", 1)[0]
     if _ENCODED_SEPARATOR.search(path):
-        raise InvalidArgumentError("the path spells '.', '/', '\\', NUL or '%' with a "
-                                   "percent sign (%2e, %2f, %5c, %00, %25): refused rather "
-                                   "than guessed")
+        raise InvalidArgumentError(
+            "the path spells '.', '/', '\\', NUL or '%' with a "
+            "percent sign (%2e, %2f, %5c, %00, %25): refused rather "
+            "than guessed"
+        )
     try:
         decoded = urllib.parse.unquote(path, errors="strict")
     except UnicodeDecodeError:
@@ -238,4 +289,3 @@ def http_resource(path: str) -> str:
     if any(seg.split(";", 1)[0] in (".", "..") for seg in decoded.split("/")):
         raise InvalidArgumentError("the path has a '.' or '..' segment")
     return decoded
-

@@ -51,4 +51,3 @@ def request_problem(request: Request) -> str | None:
             if not isinstance(v, str) or len(v) > _MAX_CTX_VALUE:
                 return f"context value for {k!r} is not text of at most {_MAX_CTX_VALUE} chars"
     return None
-

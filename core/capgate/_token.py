@@ -33,8 +33,14 @@ from capgate._codec import pack as _pack
 from capgate._codec import unpack as _unpack
 from capgate._errors import CaveatSyntaxError, InvalidArgumentError, MalformedTokenError
 
-__all__ = ["Token", "TokenIdentifier", "chain_signature", "derive_key", "new_token_id",
-           "third_party_signature"]
+__all__ = [
+    "Token",
+    "TokenIdentifier",
+    "chain_signature",
+    "derive_key",
+    "new_token_id",
+    "third_party_signature",
+]
 
 _KEY_GENERATOR = b"macaroons-key-generator"
 _new_tuple = tuple.__new__
@@ -176,9 +182,12 @@ class Token:
         """``(location, caveat id)`` of each third-party caveat, in order (text escaped
         like ``caveats``); capgate's own are approval caveats (``require_approval``)."""
         return tuple(
-            ((c.location or b"").decode("utf-8", "replace"),
-             c.cid.decode("utf-8", "surrogateescape"))
-            for c in self._raw.caveats if c.vid is not None
+            (
+                (c.location or b"").decode("utf-8", "replace"),
+                c.cid.decode("utf-8", "surrogateescape"),
+            )
+            for c in self._raw.caveats
+            if c.vid is not None
         )
 
     def capgate_identifier(self) -> TokenIdentifier:
@@ -200,8 +209,9 @@ class Token:
             )
         return self.append_raw(caveat.encode("utf-8"), limits=limits)
 
-    def require_approval(self, condition: str = "", approvers: int = 1, *,
-                         limits: Limits = DEFAULT_LIMITS) -> Token:
+    def require_approval(
+        self, condition: str = "", approvers: int = 1, *, limits: Limits = DEFAULT_LIMITS
+    ) -> Token:
         """A new token whose requests meeting ``condition`` (``ctx amount > 1000``,
         ``action in pay and resource /prod/**``; ``""``: every request) are allowed only
         with a discharge approved by ``approvers`` distinct approvers. Offline; it can
@@ -210,8 +220,9 @@ class Token:
 
         return require_approval(self, condition, approvers, limits=limits)
 
-    def append_third_party(self, cid: bytes, vid: bytes, location: str, *,
-                           limits: Limits = DEFAULT_LIMITS) -> Token:
+    def append_third_party(
+        self, cid: bytes, vid: bytes, location: str, *, limits: Limits = DEFAULT_LIMITS
+    ) -> Token:
         """Append a standard third-party caveat (caveat id, verification id, location)."""
         loc = location.encode("utf-8")
         if len(cid) > limits.max_caveat or len(vid) > limits.max_caveat:
@@ -222,8 +233,9 @@ class Token:
             raise CaveatSyntaxError(f"token already has {limits.max_caveats} caveats")
         raw = self._raw
         sig = third_party_signature(raw.signature, vid, cid)
-        return Token(RawMacaroon(raw.location, raw.identifier,
-                                 (*raw.caveats, RawCaveat(cid, vid, loc)), sig))
+        return Token(
+            RawMacaroon(raw.location, raw.identifier, (*raw.caveats, RawCaveat(cid, vid, loc)), sig)
+        )
 
     def append_raw(self, cid: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Token:
         """Append a first-party caveat without grammar checks (for proofs and interop)."""

@@ -48,15 +48,14 @@ def _packets(data: bytes) -> list[tuple[bytes, bytes]]:
     out = []
     pos, end = 0, len(data)
     while pos < end:
-        header = data[pos:pos + _HEADER]
+        header = data[pos : pos + _HEADER]
         if len(header) < _HEADER or not set(header) <= _HEX:
-            raise MalformedTokenError("V1 packet header is not 4 lowercase hex digits",
-                                      offset=pos)
+            raise MalformedTokenError("V1 packet header is not 4 lowercase hex digits", offset=pos)
         size = int(header, 16)
         stop = pos + size
         if size < _HEADER + 2 or stop > end:
             raise MalformedTokenError("V1 packet is truncated", offset=pos, want=size)
-        body = data[pos + _HEADER:stop]
+        body = data[pos + _HEADER : stop]
         if not body.endswith(b"\n") or b" " not in body:
             raise MalformedTokenError("V1 packet is not 'KEY VALUE\\n'", offset=pos)
         key, _, value = body[:-1].partition(b" ")
@@ -90,11 +89,13 @@ def unpack_v1(data: bytes, limits: Limits = DEFAULT_LIMITS) -> RawMacaroon:
     caveats: list[RawCaveat] = []
     while (cid := take(b"cid")) is not None:
         if len(caveats) >= limits.max_caveats:
-            raise MalformedTokenError(f"token has more than {limits.max_caveats} caveats",
-                                      limit=limits.max_caveats)
+            raise MalformedTokenError(
+                f"token has more than {limits.max_caveats} caveats", limit=limits.max_caveats
+            )
         if not cid or len(cid) > limits.max_caveat:
-            raise MalformedTokenError(f"caveat {len(caveats) + 1} is empty or over "
-                                      f"{limits.max_caveat} bytes")
+            raise MalformedTokenError(
+                f"caveat {len(caveats) + 1} is empty or over {limits.max_caveat} bytes"
+            )
         vid = take(b"vid")
         cl = take(b"cl") if vid is not None else None
         if cl is not None and len(cl) > limits.max_location:

@@ -83,8 +83,13 @@ def _memo_cost(key: _MemoKey) -> int:
     return _MEMO_BASE + len(token) + len(action) + len(resource) + len(presenter or "")
 
 
-def _deny(code: DenyCode, reason: str, caveat: str | None = None,
-          token_id: str | None = None, chain: tuple[str, ...] = ()) -> Decision:
+def _deny(
+    code: DenyCode,
+    reason: str,
+    caveat: str | None = None,
+    token_id: str | None = None,
+    chain: tuple[str, ...] = (),
+) -> Decision:
     return Decision(False, code, reason, caveat, token_id, chain)
 
 
@@ -125,13 +130,14 @@ class Verifier:
         self._limits = limits
         self._derived: dict[str, tuple[bytes, bytes]] = {}
         # parsed caveats by their bytes: a token's caveats are mostly ones seen before
-        self._caveats: BoundedCache[bytes, Caveat] = BoundedCache(
-            caveat_bytes, cached_caveat_cost)
+        self._caveats: BoundedCache[bytes, Caveat] = BoundedCache(caveat_bytes, cached_caveat_cost)
         self._cache: BoundedCache[str, Chain] = BoundedCache(
-            cache_bytes, _chain_cost, max_entries=cache_size)
+            cache_bytes, _chain_cost, max_entries=cache_size
+        )
         # (identifier, caveats) of verified chains -> the signature there
         self._prefixes: BoundedCache[tuple[bytes, tuple[bytes, ...]], bytes] = BoundedCache(
-            prefix_bytes, _prefix_cost)
+            prefix_bytes, _prefix_cost
+        )
         # The decision memo: (token, action, resource, presenter) -> (state, since,
         # until, allow). An allow stays right while nothing changes and the clock stays
         # inside the token's window; any change of agents, revocations or keys moves
@@ -163,9 +169,17 @@ class Verifier:
         it is the one the decision was made at, as the verifier's own memo does."""
         return self._state()
 
-    def check(self, token: str, action: str, resource: str, presenter: str | None,
-              ctx: Mapping[str, str] | None = None, *,
-              request: Request | None = None, discharges: Sequence[str] = ()) -> Decision:
+    def check(
+        self,
+        token: str,
+        action: str,
+        resource: str,
+        presenter: str | None,
+        ctx: Mapping[str, str] | None = None,
+        *,
+        request: Request | None = None,
+        discharges: Sequence[str] = (),
+    ) -> Decision:
         """``verify`` with the request given field by field (the servers' hot path);
         ``request``, when the caller already has it built, saves building it again."""
         memo = self._memo_size and not ctx and not discharges
@@ -229,8 +243,13 @@ class Verifier:
     @property
     def cache_bytes(self) -> int:
         """Estimated bytes held by the chain, caveat and prefix caches and the memo."""
-        return (self._cache.nbytes + self._caveats.nbytes + self._prefixes.nbytes
-                + self._memo_bytes + self._memo_old_bytes)
+        return (
+            self._cache.nbytes
+            + self._caveats.nbytes
+            + self._prefixes.nbytes
+            + self._memo_bytes
+            + self._memo_old_bytes
+        )
 
     # -- the static half: parse, signature, proofs --------------------------------------
 
@@ -276,9 +295,11 @@ class Verifier:
                     if c.vid is None and c.location is not None:
                         return _deny(DenyCode.UNSUPPORTED, "caveat locations are not supported")
                     if c.vid is not None and c.location != self._approvals:
-                        return _deny(DenyCode.UNSUPPORTED,
-                                     f"third-party caveat located at {c.location!r}: only "
-                                     f"capgate's approvals ({self._approvals!r}) are supported")
+                        return _deny(
+                            DenyCode.UNSUPPORTED,
+                            f"third-party caveat located at {c.location!r}: only "
+                            f"capgate's approvals ({self._approvals!r}) are supported",
+                        )
                 if any(c.vid is not None for c in raw.caveats):
                     vids = [c.vid for c in raw.caveats]
                 parts = raw.location, raw.identifier, [c.cid for c in raw.caveats], raw.signature
@@ -287,8 +308,9 @@ class Verifier:
         location, identifier, cids, signature = parts
         # Macaroons do not sign their location: insist on ours, so no altered text verifies.
         if location != self._location:
-            return _deny(DenyCode.UNSUPPORTED,
-                         f"token location {location!r} is not {self._location!r}")
+            return _deny(
+                DenyCode.UNSUPPORTED, f"token location {location!r} is not {self._location!r}"
+            )
         try:
             ident = TokenIdentifier.decode(identifier)
         except MalformedTokenError as e:
@@ -296,8 +318,9 @@ class Verifier:
         tid = ident.token_id
         keys = self._root_key(ident.key_id)
         if keys is None:
-            return _deny(DenyCode.UNKNOWN_KEY, f"unknown or retired root key {ident.key_id!r}",
-                         token_id=tid)
+            return _deny(
+                DenyCode.UNKNOWN_KEY, f"unknown or retired root key {ident.key_id!r}", token_id=tid
+            )
         root, derived = keys
         # A delegated child's chain starts where its parent's (verified) chain ended:
         # only the caveats added since cost HMACs, and the parent's proofs are not redone.
@@ -315,8 +338,11 @@ class Verifier:
         else:
             for cid, vid in zip(cids, vids, strict=True):
                 prefix.append(sig)
-                sig = (digest(sig, cid, "sha256") if vid is None
-                       else third_party_signature(sig, vid, cid))
+                sig = (
+                    digest(sig, cid, "sha256")
+                    if vid is None
+                    else third_party_signature(sig, vid, cid)
+                )
         if not hmac.compare_digest(sig, signature):
             return _deny(DenyCode.BAD_SIGNATURE, "signature does not match", token_id=tid)
         chain = self._read_chain(text, ident, root, cids, prefix, start, vids)
@@ -325,8 +351,7 @@ class Verifier:
         # Only a fully verified chain vouches for its prefixes (and only one of
         # ordinary size, like the chain cache, so memory stays bounded).
         if type(chain) is Chain and len(text) <= _CACHE_MAX_TEXT and vids is None:
-            self._remember_prefixes(identifier, cids, prefix, sig, len(text),
-                                    len(chain.hops))
+            self._remember_prefixes(identifier, cids, prefix, sig, len(text), len(chain.hops))
         return chain
 
     def _known_prefix(self, identifier: bytes, cids: list[bytes]) -> tuple[int, bytes]:
@@ -341,8 +366,15 @@ class Verifier:
                     return k, sig
         return 0, b""
 
-    def _remember_prefixes(self, identifier: bytes, cids: list[bytes], prefix: list[bytes],
-                           final: bytes, size: int, hops: int) -> None:
+    def _remember_prefixes(
+        self,
+        identifier: bytes,
+        cids: list[bytes],
+        prefix: list[bytes],
+        final: bytes,
+        size: int,
+        hops: int,
+    ) -> None:
         """Remember this verified chain, whole and up to each of its delegations."""
         known = self._prefixes
         # An entry per hop: the whole chain, and up to each delegation. They share the
@@ -354,9 +386,16 @@ class Verifier:
                 if prefix[k] and cids[k].startswith(b"delegate = "):
                     known.put((identifier, tuple(cids[:k])), prefix[k], _PREFIX_BASE + 8 * k)
 
-    def _read_chain(self, text: str, ident: TokenIdentifier, root: bytes, cids: list[bytes],
-                    prefix: list[bytes], verified: int = 0,
-                    vids: list[bytes | None] | None = None) -> Chain | Decision:
+    def _read_chain(
+        self,
+        text: str,
+        ident: TokenIdentifier,
+        root: bytes,
+        cids: list[bytes],
+        prefix: list[bytes],
+        verified: int = 0,
+        vids: list[bytes | None] | None = None,
+    ) -> Chain | Decision:
         tid = ident.token_id
         hops: list[Hop] = []
         lineage = [tid]
@@ -376,11 +415,16 @@ class Verifier:
                 try:
                     approval = parse_approval_caveat(cid)
                 except CaveatSyntaxError as e:
-                    return _deny(DenyCode.BAD_CAVEAT, e.message,
-                                 caveat=cid.decode("utf-8", "replace")[:512], token_id=tid)
+                    return _deny(
+                        DenyCode.BAD_CAVEAT,
+                        e.message,
+                        caveat=cid.decode("utf-8", "replace")[:512],
+                        token_id=tid,
+                    )
                 if any(a.cid == cid for a in approvals):
-                    return _deny(DenyCode.MALFORMED, "token names an approval caveat twice",
-                                 token_id=tid)
+                    return _deny(
+                        DenyCode.MALFORMED, "token names an approval caveat twice", token_id=tid
+                    )
                 approvals.append(approval)
                 approval_keys.append(approval_key(prefix[i], cid))
                 continue
@@ -390,8 +434,9 @@ class Verifier:
                 try:
                     cav = compile_new_caveat(cid)
                 except CaveatSyntaxError as e:
-                    return _deny(DenyCode.BAD_CAVEAT, e.message,
-                                 caveat=e.context.get("caveat"), token_id=tid)
+                    return _deny(
+                        DenyCode.BAD_CAVEAT, e.message, caveat=e.context.get("caveat"), token_id=tid
+                    )
                 caveats.put(cid, cav, _CAVEAT_KEY + len(cid) + cav.size)
                 young = caveats.young  # it may have turned old
             role = cav.role
@@ -403,9 +448,12 @@ class Verifier:
                     holder = agent
                     hops.append(Hop(agent, ident.issued_ms))
                 elif agent != holder:
-                    return _deny(DenyCode.NOT_HOLDER,
-                                 f"caveat {cav.text!r}: the holder here is {holder!r}",
-                                 caveat=cav.text, token_id=tid)
+                    return _deny(
+                        DenyCode.NOT_HOLDER,
+                        f"caveat {cav.text!r}: the holder here is {holder!r}",
+                        caveat=cav.text,
+                        token_id=tid,
+                    )
             elif role == DELEGATE:
                 assert isinstance(cav, DelegateCaveat)
                 if i >= verified:  # proofs inside an already verified prefix held
@@ -413,8 +461,12 @@ class Verifier:
                     if denied is not None:
                         return denied
                 elif holder is None:
-                    return _deny(DenyCode.BAD_DELEGATION, "delegation before any holder",
-                                 caveat=cav.text, token_id=tid)
+                    return _deny(
+                        DenyCode.BAD_DELEGATION,
+                        "delegation before any holder",
+                        caveat=cav.text,
+                        token_id=tid,
+                    )
                 holder = cav.agent
                 hops.append(Hop(holder, cav.at_ms, cav.did, cav.offline))
                 lineage.append(cav.did)
@@ -423,70 +475,105 @@ class Verifier:
             elif role == BUDGET:
                 assert isinstance(cav, BudgetCaveat)
                 if not self._counts_budgets:
-                    return _deny(DenyCode.UNSUPPORTED,
-                                 f"caveat {cav.text!r} is a budget, and this verifier keeps "
-                                 "no counts (verify with the server)",
-                                 caveat=cav.text, token_id=tid)
+                    return _deny(
+                        DenyCode.UNSUPPORTED,
+                        f"caveat {cav.text!r} is a budget, and this verifier keeps "
+                        "no counts (verify with the server)",
+                        caveat=cav.text,
+                        token_id=tid,
+                    )
                 # the count lives as long as the token the caveat was added to: the
                 # earliest expiry before it, which every token derived from it shares
                 # (never the presented token's own, which a holder may shorten)
-                until = min([c.at for c in checks
-                             if type(c) is ExpiresCaveat], default=float("inf"))
+                until = min(
+                    [c.at for c in checks if type(c) is ExpiresCaveat], default=float("inf")
+                )
                 budgets.append((i, cav, until))
             else:
                 assert isinstance(cav, DepthCaveat)
                 depth_caps.append((len(hops), cav))
         if holder is None:
-            return _deny(DenyCode.UNSUPPORTED, "token names no holder ('agent = ID' caveat)",
-                         token_id=tid)
+            return _deny(
+                DenyCode.UNSUPPORTED, "token names no holder ('agent = ID' caveat)", token_id=tid
+            )
         if len(set(lineage)) != len(lineage):  # an id is one hop of one tree, once
-            return _deny(DenyCode.MALFORMED, "token's lineage names an id twice",
-                         token_id=tid)
+            return _deny(DenyCode.MALFORMED, "token's lineage names an id twice", token_id=tid)
         for at_hop, cap in depth_caps:
             below = len(hops) - max(at_hop, 1)
             if below > cap.limit:
-                return _deny(DenyCode.DEPTH,
-                             f"caveat {cap.text!r}: {below} delegations follow it",
-                             caveat=cap.text, token_id=tid)
+                return _deny(
+                    DenyCode.DEPTH,
+                    f"caveat {cap.text!r}: {below} delegations follow it",
+                    caveat=cap.text,
+                    token_id=tid,
+                )
         if len(hops) == 1:  # the common case, without the loops
             agents: tuple[str, ...] = (holder,)
             latest = ident.issued_ms
         else:
             agents = tuple([h.agent for h in hops])
             latest = max([h.at_ms for h in hops])
-        chain = Chain(text, tid, ident.key_id, ident.issued_ms, tuple(hops), tuple(lineage),
-                      tuple(checks), tuple([int(x, 16) for x in lineage]), agents, latest)
+        chain = Chain(
+            text,
+            tid,
+            ident.key_id,
+            ident.issued_ms,
+            tuple(hops),
+            tuple(lineage),
+            tuple(checks),
+            tuple([int(x, 16) for x in lineage]),
+            agents,
+            latest,
+        )
         if approvals:
             chain.approvals, chain.approval_keys = tuple(approvals), tuple(approval_keys)
         chain.fold()
         if budgets:
-            chain.budgets = tuple([
-                Budget(budget_id(tid, cids[:i + 1]), cav.text, cav.limit, cav.period, until)
-                for i, cav, until in budgets])
+            chain.budgets = tuple(
+                [
+                    Budget(budget_id(tid, cids[: i + 1]), cav.text, cav.limit, cav.period, until)
+                    for i, cav, until in budgets
+                ]
+            )
         return chain
 
-    def _check_delegation(self, cav: DelegateCaveat, holder: str | None, prefix_sig: bytes,
-                          root: bytes, tid: str) -> Decision | None:
+    def _check_delegation(
+        self, cav: DelegateCaveat, holder: str | None, prefix_sig: bytes, root: bytes, tid: str
+    ) -> Decision | None:
         if holder is None:
-            return _deny(DenyCode.BAD_DELEGATION, "delegation before any holder",
-                         caveat=cav.text, token_id=tid)
+            return _deny(
+                DenyCode.BAD_DELEGATION,
+                "delegation before any holder",
+                caveat=cav.text,
+                token_id=tid,
+            )
         if not did_valid(cav, prefix_sig):
-            return _deny(DenyCode.BAD_DELEGATION,
-                         f"delegation to {cav.agent!r} carries a delegation id that its hop "
-                         f"does not derive (ids are not chosen)", caveat=cav.text, token_id=tid)
+            return _deny(
+                DenyCode.BAD_DELEGATION,
+                f"delegation to {cav.agent!r} carries a delegation id that its hop "
+                f"does not derive (ids are not chosen)",
+                caveat=cav.text,
+                token_id=tid,
+            )
         pub = None
         if cav.key_id is not None:
             agent = self._agents.get(holder)
             pub = agent.public_keys.get(cav.key_id) if agent is not None else None
             if pub is None:
-                return _deny(DenyCode.BAD_DELEGATION,
-                             f"delegation to {cav.agent!r} is signed with key {cav.key_id}, "
-                             f"which {holder!r} has not registered",
-                             caveat=cav.text, token_id=tid)
+                return _deny(
+                    DenyCode.BAD_DELEGATION,
+                    f"delegation to {cav.agent!r} is signed with key {cav.key_id}, "
+                    f"which {holder!r} has not registered",
+                    caveat=cav.text,
+                    token_id=tid,
+                )
         if not proof_valid(cav, prefix_sig, root, pub):
-            return _deny(DenyCode.BAD_DELEGATION,
-                         f"delegation to {cav.agent!r} has no valid proof from {holder!r}",
-                         caveat=cav.text, token_id=tid)
+            return _deny(
+                DenyCode.BAD_DELEGATION,
+                f"delegation to {cav.agent!r} has no valid proof from {holder!r}",
+                caveat=cav.text,
+                token_id=tid,
+            )
         return None
 
     # -- the dynamic half ---------------------------------------------------------------
@@ -494,8 +581,15 @@ class Verifier:
     def verify(self, token: str, request: Request, discharges: Sequence[str] = ()) -> Decision:
         """Allow or deny ``request`` under ``token`` (with the ``discharges`` of its
         approval caveats, if any), with the precise reason."""
-        return self.check(token, request.action, request.resource, request.presenter,
-                          request.ctx, request=request, discharges=discharges)
+        return self.check(
+            token,
+            request.action,
+            request.resource,
+            request.presenter,
+            request.ctx,
+            request=request,
+            discharges=discharges,
+        )
 
     def decide_state(self, st: Chain) -> Decision | None:
         """Steps 3–4: the deny that the chain's current state gives, or None."""
@@ -504,14 +598,22 @@ class Verifier:
             if key in revoked:
                 which = st.lineage[st.lineage_keys.index(key)]
                 what = "token" if which == st.token_id else "delegation"
-                return _deny(DenyCode.REVOKED, f"{what} {which} is revoked",
-                             token_id=st.token_id, chain=st.agents)
+                return _deny(
+                    DenyCode.REVOKED,
+                    f"{what} {which} is revoked",
+                    token_id=st.token_id,
+                    chain=st.agents,
+                )
         agents = self._agents
         last = len(st.hops) - 1
         for i, hop in enumerate(st.hops):
             a = agents.get(hop.agent)
-            if (a is None or a.status is not AgentStatus.ACTIVE
-                    or hop.at_ms <= a.revoked_before_ms or last - i > a.max_depth):
+            if (
+                a is None
+                or a.status is not AgentStatus.ACTIVE
+                or hop.at_ms <= a.revoked_before_ms
+                or last - i > a.max_depth
+            ):
                 return _agent_denial(st, hop, a, last - i)
         return None
 
@@ -525,17 +627,24 @@ class Verifier:
         holder = st.hops[-1].agent
         presenter = request.presenter
         if not presenter:
-            return _deny(DenyCode.NO_PRESENTER,
-                         f"token is bound to agent {holder!r}; no presenter identity was given",
-                         token_id=tid, chain=chain)
+            return _deny(
+                DenyCode.NO_PRESENTER,
+                f"token is bound to agent {holder!r}; no presenter identity was given",
+                token_id=tid,
+                chain=chain,
+            )
         if presenter != holder:
-            return _deny(DenyCode.NOT_HOLDER,
-                         f"token is held by agent {holder!r}, presented by {presenter!r}",
-                         token_id=tid, chain=chain)
+            return _deny(
+                DenyCode.NOT_HOLDER,
+                f"token is held by agent {holder!r}, presented by {presenter!r}",
+                token_id=tid,
+                chain=chain,
+            )
         problem = request_problem(request)
         if problem is not None:
-            return _deny(DenyCode.INVALID_REQUEST, f"invalid request: {problem}",
-                         token_id=tid, chain=chain)
+            return _deny(
+                DenyCode.INVALID_REQUEST, f"invalid request: {problem}", token_id=tid, chain=chain
+            )
         # Authority flows down the chain: every agent's current ceiling bounds it,
         # the holder's first (the usual reason), then each delegator's.
         action, resource = request.action, request.resource
@@ -544,15 +653,22 @@ class Verifier:
             a = agents[name]
             if not a.ceiling.allows(action, resource):
                 whose = "its" if name == holder else f"delegator {name!r}'s"
-                return _deny(DenyCode.CEILING,
-                             f"agent {holder!r} may not {action} {resource} "
-                             f"(beyond {whose} ceiling)", token_id=tid, chain=chain)
+                return _deny(
+                    DenyCode.CEILING,
+                    f"agent {holder!r} may not {action} {resource} (beyond {whose} ceiling)",
+                    token_id=tid,
+                    chain=chain,
+                )
             if a.approvals:
                 ruled = True
         now = self._clock()
         if st.latest_ms > now * 1000 + CLOCK_SKEW_MS:
-            return _deny(DenyCode.FUTURE, "token or delegation is dated in the future",
-                         token_id=tid, chain=chain)
+            return _deny(
+                DenyCode.FUTURE,
+                "token or delegation is dated in the future",
+                token_id=tid,
+                chain=chain,
+            )
         acts = st.actions
         passed = (acts is None or action in acts) and st.not_before < now < st.not_after
         if passed:
@@ -569,37 +685,58 @@ class Verifier:
             for cav in st.checks:
                 failed = cav.check(request, now)
                 if failed is not None:
-                    return _deny(DenyCode.CAVEAT_FAILED, f"caveat {cav.text!r} failed: {failed}",
-                                 caveat=cav.text, token_id=tid, chain=chain)
+                    return _deny(
+                        DenyCode.CAVEAT_FAILED,
+                        f"caveat {cav.text!r} failed: {failed}",
+                        caveat=cav.text,
+                        token_id=tid,
+                        chain=chain,
+                    )
             raise AssertionError("folded checks and caveats disagree")  # pragma: no cover
         allowed = st.allowed
         if allowed is None:
-            allowed = st.allowed = Decision(True, DenyCode.ALLOWED, "allowed", None, tid, chain,
-                                            st.budgets)
+            allowed = st.allowed = Decision(
+                True, DenyCode.ALLOWED, "allowed", None, tid, chain, st.budgets
+            )
             if self._on_first_allow is not None:
                 self._on_first_allow(st)
         if st.approvals or ruled:
-            return approval_decision(st, request, discharges, ruled, agents, now,
-                                     self._limits) or allowed
+            return (
+                approval_decision(st, request, discharges, ruled, agents, now, self._limits)
+                or allowed
+            )
         return allowed
 
 
 def _agent_denial(st: Chain, hop: Hop, a: Agent | None, below: int) -> Decision:
     tid, chain = st.token_id, st.agents
     if a is None:
-        return _deny(DenyCode.UNKNOWN_AGENT, f"agent {hop.agent!r} is not registered",
-                     token_id=tid, chain=chain)
+        return _deny(
+            DenyCode.UNKNOWN_AGENT,
+            f"agent {hop.agent!r} is not registered",
+            token_id=tid,
+            chain=chain,
+        )
     if a.status is AgentStatus.DELETED:
-        return _deny(DenyCode.UNKNOWN_AGENT, f"agent {hop.agent!r} was deleted",
-                     token_id=tid, chain=chain)
+        return _deny(
+            DenyCode.UNKNOWN_AGENT, f"agent {hop.agent!r} was deleted", token_id=tid, chain=chain
+        )
     if a.status is not AgentStatus.ACTIVE:
-        return _deny(DenyCode.AGENT_SUSPENDED, f"agent {hop.agent!r} is suspended",
-                     token_id=tid, chain=chain)
+        return _deny(
+            DenyCode.AGENT_SUSPENDED, f"agent {hop.agent!r} is suspended", token_id=tid, chain=chain
+        )
     if hop.at_ms <= a.revoked_before_ms:
-        return _deny(DenyCode.AGENT_REVOKED,
-                     f"tokens of agent {hop.agent!r} up to "
-                     f"{format_timestamp(a.revoked_before_ms / 1000)} are revoked "
-                     f"(epoch {a.epoch})", token_id=tid, chain=chain)
-    return _deny(DenyCode.DEPTH,
-                 f"agent {hop.agent!r} allows {a.max_depth} delegation(s) below it, "
-                 f"the chain has {below}", token_id=tid, chain=chain)
+        return _deny(
+            DenyCode.AGENT_REVOKED,
+            f"tokens of agent {hop.agent!r} up to "
+            f"{format_timestamp(a.revoked_before_ms / 1000)} are revoked "
+            f"(epoch {a.epoch})",
+            token_id=tid,
+            chain=chain,
+        )
+    return _deny(
+        DenyCode.DEPTH,
+        f"agent {hop.agent!r} allows {a.max_depth} delegation(s) below it, the chain has {below}",
+        token_id=tid,
+        chain=chain,
+    )

@@ -63,23 +63,31 @@ class Admission:
         if self._in_flight.get(principal.id, 0) >= cap:
             return ResourceExhaustedError(
                 f"principal {principal.id!r} has {cap} calls in flight, the most it may; "
-                "retry when some have finished", limit="calls_per_principal", value=cap)
+                "retry when some have finished",
+                limit="calls_per_principal",
+                value=cap,
+            )
         cap = self._limits.batches_in_flight
         if method == _BATCH and self._batches >= cap:
             return ResourceExhaustedError(
                 f"{cap} verify batches are in flight, the most this server takes at once; "
-                "retry shortly", limit="batches_in_flight", value=cap)
+                "retry shortly",
+                limit="batches_in_flight",
+                value=cap,
+            )
         return None
 
     def refuse(self, handler: Any, error: CapgateError) -> Any:
         """A handler answering ``error`` at once, without reading the request."""
 
-        async def refuse(request_iterator: Any,
-                         context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        async def refuse(
+            request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> None:
             await abort(context, error)
 
         return grpc.stream_stream_rpc_method_handler(
-            refuse, request_deserializer=None, response_serializer=handler.response_serializer)
+            refuse, request_deserializer=None, response_serializer=handler.response_serializer
+        )
 
     def admit(self, handler: Any, method: str, principal: Principal) -> Any:
         """``handler`` with its messages bounded, counted in flight, and ``CALLER`` set."""
@@ -121,7 +129,10 @@ class Admission:
             if self._watches >= cap:
                 return ResourceExhaustedError(
                     f"{cap} health watches are open, the most this server allows; "
-                    "use Health/Check or retry later", limit="health_watches", value=cap)
+                    "use Health/Check or retry later",
+                    limit="health_watches",
+                    value=cap,
+                )
             self._watches += 1
             return None
 
@@ -135,8 +146,9 @@ def _nothing() -> CapgateError | None:
     return None
 
 
-def _bounded(deserializer: Callable[[bytes], Any] | None, limit: int,
-             method: str) -> Callable[[bytes], Any]:
+def _bounded(
+    deserializer: Callable[[bytes], Any] | None, limit: int, method: str
+) -> Callable[[bytes], Any]:
     def parse(data: bytes) -> Any:
         if len(data) > limit:
             return _Oversize(len(data))
@@ -147,8 +159,11 @@ def _bounded(deserializer: Callable[[bytes], Any] | None, limit: int,
 
 def _too_large(method: str, size: int, limit: int) -> ResourceExhaustedError:
     return ResourceExhaustedError(
-        f"{method.rsplit('/', 1)[-1]} message is {size} bytes, over this server's limit of "
-        f"{limit}", limit="message_bytes", value=limit, size=size)
+        f"{method.rsplit('/', 1)[-1]} message is {size} bytes, over this server's limit of {limit}",
+        limit="message_bytes",
+        value=limit,
+        size=size,
+    )
 
 
 def _status(context: Any) -> str:
@@ -160,8 +175,14 @@ def _left(context: Any) -> None:
     """Nothing to undo when a call ends."""
 
 
-def _wrap(handler: Any, parse: Callable[[bytes], Any], limit: int, method: str,
-          enter: Callable[[], CapgateError | None], leave: Callable[[Any], None]) -> Any:
+def _wrap(
+    handler: Any,
+    parse: Callable[[bytes], Any],
+    limit: int,
+    method: str,
+    enter: Callable[[], CapgateError | None],
+    leave: Callable[[Any], None],
+) -> Any:
     """The same kind of handler, with ``enter``/``leave`` around its behaviour and every
     request message checked against ``limit`` before the behaviour sees it."""
     kw = {"request_deserializer": parse, "response_serializer": handler.response_serializer}
@@ -193,9 +214,13 @@ def _wrap(handler: Any, parse: Callable[[bytes], Any], limit: int, method: str,
     return grpc.unary_unary_rpc_method_handler(unary, **kw)
 
 
-def _streaming(handler: Any, kw: dict[str, Any],
-               checked: Callable[[AsyncIterator[Any]], AsyncIterator[Any]],
-               start: Callable[[Any, Any], Awaitable[None]], leave: Callable[[Any], None]) -> Any:
+def _streaming(
+    handler: Any,
+    kw: dict[str, Any],
+    checked: Callable[[AsyncIterator[Any]], AsyncIterator[Any]],
+    start: Callable[[Any, Any], Awaitable[None]],
+    leave: Callable[[Any], None],
+) -> Any:
     """``_wrap`` for the streaming kinds. A behaviour is an async generator or a
     coroutine writing with ``context.write`` (grpc tells them apart by their
     function), so the wrapper is of the same sort as the one it wraps."""
@@ -203,15 +228,16 @@ def _streaming(handler: Any, kw: dict[str, Any],
     streaming_in = handler.request_streaming
 
     if inspect.isasyncgenfunction(inner):
+
         async def behaviour(request: Any, context: Any) -> Any:
             await start(None if streaming_in else request, context)
             try:
-                async for response in inner(checked(request) if streaming_in else request,
-                                            context):
+                async for response in inner(checked(request) if streaming_in else request, context):
                     yield response
             finally:
                 leave(context)
     else:
+
         async def behaviour(request: Any, context: Any) -> Any:  # type: ignore[misc]
             await start(None if streaming_in else request, context)
             try:

@@ -44,8 +44,11 @@ __all__ = ["CLOCK_HEALTH", "WORKERS_HEALTH", "CapgateServer", "serve"]
 
 log = logging.getLogger("capgate.server")
 MAX_SEND = 16 * 1024 * 1024  # replies: a batch of 1,024 verdicts, a page of audit records
-_VERIFIER_OK = ("/capgate.v1.VerifierService/", "/envoy.service.auth.v3.Authorization/",
-                "/grpc.reflection.")
+_VERIFIER_OK = (
+    "/capgate.v1.VerifierService/",
+    "/envoy.service.auth.v3.Authorization/",
+    "/grpc.reflection.",
+)
 CLOCK_HEALTH = "capgate.clock"  # health name: NOT_SERVING while the clock is off
 # health name, with --workers: NOT_SERVING while a worker of the host is down (restarting)
 WORKERS_HEALTH = "capgate.workers"
@@ -64,11 +67,16 @@ def _is_loopback(listen: str) -> bool:
 class CapgateServer:
     """One capgate replica serving gRPC. ``start()`` returns the bound port."""
 
-    def __init__(self, settings: Settings, *, clock: Clock = system_clock,
-                 monotonic: Clock = time.monotonic,
-                 extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
-                 extra_policy: Mapping[str, frozenset[Role]] | None = None,
-                 siblings: Siblings | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock = system_clock,
+        monotonic: Clock = time.monotonic,
+        extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
+        extra_policy: Mapping[str, frozenset[Role]] | None = None,
+        siblings: Siblings | None = None,
+    ) -> None:
         self.settings = settings
         self.siblings = siblings  # a worker of ``capgate serve --workers N``
         self.clock = clock
@@ -101,7 +109,8 @@ class CapgateServer:
         if not s.insecure and s.tls_cert is None and not _is_loopback(s.listen):
             raise InvalidArgumentError(
                 f"refusing to listen on {s.listen} without TLS: pass --tls-cert/--tls-key, "
-                "or --insecure if the network is trusted")
+                "or --insecure if the network is trusted"
+            )
         try:  # before the store is opened or anything written: a taken port is said at once
             if not s.reuse_port:  # a worker: its supervisor checked, and holds the port
                 _check_free(s.listen)
@@ -112,19 +121,21 @@ class CapgateServer:
         store = open_store(s.store_url, s.data_dir, s.db_timeouts, writer=s.replica_id)
         shared = bool(s.store_url) and not (s.store_url or "").startswith("sqlite:")
         kek = load_kek(s.kek_file, None if shared else s.data_dir / "kek.key")
-        self.replica = replica = Replica(store, kek, s, self.clock, self.monotonic,
-                                         self.siblings)
+        self.replica = replica = Replica(store, kek, s, self.clock, self.monotonic, self.siblings)
         credential = await replica.start()
         if credential is not None:
             self.admin_credential_path = _write_secret(s.data_dir / "admin.credential", credential)
             log.warning("first start: admin credential written to %s", self.admin_credential_path)
         elif s.role == "full" and not (s.data_dir / "admin.credential").exists():
-            log.warning("the store already has an admin (it was set up before, perhaps by "
-                        "another replica): no admin credential written here; use the one "
-                        "written then, or make a new one with `capgate admin recover`")
+            log.warning(
+                "the store already has an admin (it was set up before, perhaps by "
+                "another replica): no admin credential written here; use the one "
+                "written then, or make a new one with `capgate admin recover`"
+            )
 
         refuse = None
         if s.role == "verifier":
+
             def refuse(method: str) -> str | None:
                 if method.startswith(_VERIFIER_OK):
                     return None
@@ -132,14 +143,18 @@ class CapgateServer:
 
         limits = s.limits
         self.server = server = grpc.aio.server(
-            interceptors=[Authenticator(replica, Admission(limits, self.calls), self._policy,
-                                        refuse=refuse), self.intake],
+            interceptors=[
+                Authenticator(replica, Admission(limits, self.calls), self._policy, refuse=refuse),
+                self.intake,
+            ],
             # grpc reads no message past the largest method limit; Admission applies
             # each method's own, and caps calls in flight per principal
-            options=[("grpc.max_receive_message_length", limits.largest_message),
-                     ("grpc.max_send_message_length", MAX_SEND),
-                     ("grpc.max_concurrent_streams", limits.streams_per_connection),
-                     ("grpc.so_reuseport", int(s.reuse_port))],
+            options=[
+                ("grpc.max_receive_message_length", limits.largest_message),
+                ("grpc.max_send_message_length", MAX_SEND),
+                ("grpc.max_concurrent_streams", limits.streams_per_connection),
+                ("grpc.so_reuseport", int(s.reuse_port)),
+            ],
             maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
         self._services = names = register_all(server, replica)
@@ -149,7 +164,8 @@ class CapgateServer:
         if self._extra:
             server.add_generic_rpc_handlers(self._extra)
         reflection.enable_server_reflection(
-            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
         try:
             self.port = self._bind(server)
             if s.console_listen:
@@ -165,17 +181,25 @@ class CapgateServer:
         replica.on_clock.append(lambda agrees: self._background(self._set_clock_health(agrees)))
         if self.siblings is not None:
             self._workers_health = asyncio.get_running_loop().create_task(
-                self._follow_workers(self.siblings), name="workers-health")
-        log.info("capgate listening on %s (%s store, role %s)", self.address,
-                 "PostgreSQL" if shared else "SQLite", s.role)
+                self._follow_workers(self.siblings), name="workers-health"
+            )
+        log.info(
+            "capgate listening on %s (%s store, role %s)",
+            self.address,
+            "PostgreSQL" if shared else "SQLite",
+            s.role,
+        )
         if s.metrics_listen:
             workers = self.siblings.serving if self.siblings is not None else (lambda: 1)
             self._metrics, self.metrics_port = start_metrics(
-                s.metrics_listen, Metrics(replica, self.calls, workers),
+                s.metrics_listen,
+                Metrics(replica, self.calls, workers),
                 certfile=str(s.tls_cert) if s.tls_cert else None,
-                keyfile=str(s.tls_key) if s.tls_key else None)
-            log.info("metrics on %s:%d/metrics", s.metrics_listen.rpartition(":")[0],
-                     self.metrics_port)
+                keyfile=str(s.tls_key) if s.tls_key else None,
+            )
+            log.info(
+                "metrics on %s:%d/metrics", s.metrics_listen.rpartition(":")[0], self.metrics_port
+            )
         return self.port
 
     async def _start_console(self, s: Settings) -> None:
@@ -186,7 +210,8 @@ class CapgateServer:
         if not s.insecure and s.tls_cert is None and not _is_loopback(s.console_listen):
             raise InvalidArgumentError(
                 f"refusing to serve the console on {s.console_listen} without TLS: pass "
-                "--tls-cert/--tls-key, or --insecure if the network is trusted")
+                "--tls-cert/--tls-key, or --insecure if the network is trusted"
+            )
         tls = None
         if s.tls_cert is not None and s.tls_key is not None:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -197,9 +222,11 @@ class CapgateServer:
             self.console_port = await self.console.start()
         except OSError as e:
             self.console = None
-            raise UnavailableError(f"cannot serve the console on {s.console_listen}: {e} "
-                                   "(choose another with --console-listen)",
-                                   listen=s.console_listen) from None
+            raise UnavailableError(
+                f"cannot serve the console on {s.console_listen}: {e} "
+                "(choose another with --console-listen)",
+                listen=s.console_listen,
+            ) from None
         log.info("operator console at %s", self.console_url)
 
     @property
@@ -224,10 +251,15 @@ class CapgateServer:
             ca = s.tls_client_ca.read_bytes() if s.tls_client_ca else None
             creds = grpc.ssl_server_credentials(
                 [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
-                root_certificates=ca, require_client_auth=ca is not None)
+                root_certificates=ca,
+                require_client_auth=ca is not None,
+            )
         try:
-            port = (server.add_secure_port(s.listen, creds) if s.tls_cert is not None
-                    else server.add_insecure_port(s.listen))
+            port = (
+                server.add_secure_port(s.listen, creds)
+                if s.tls_cert is not None
+                else server.add_insecure_port(s.listen)
+            )
         except RuntimeError:  # grpc's "failed to bind": taken since start() checked
             port = 0
         if port == 0:
@@ -236,14 +268,21 @@ class CapgateServer:
 
     async def _set_health(self, fresh: bool) -> None:
         serving = fresh and not self.intake.closed  # a draining server stays out
-        status = (health_pb2.HealthCheckResponse.SERVING if serving
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ["", *self._services]:
             await self.health.set(name, status)
 
     async def _set_clock_health(self, agrees: bool) -> None:
-        await self.health.set(CLOCK_HEALTH, health_pb2.HealthCheckResponse.SERVING if agrees
-                              else health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(
+            CLOCK_HEALTH,
+            health_pb2.HealthCheckResponse.SERVING
+            if agrees
+            else health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
 
     async def _follow_workers(self, siblings: Siblings) -> None:
         """``WORKERS_HEALTH`` from the supervisor's count of the host's workers serving."""
@@ -251,8 +290,12 @@ class CapgateServer:
         while True:
             full = siblings.serving() >= siblings.expected
             if full != last:
-                await self.health.set(WORKERS_HEALTH, health_pb2.HealthCheckResponse.SERVING
-                                      if full else health_pb2.HealthCheckResponse.NOT_SERVING)
+                await self.health.set(
+                    WORKERS_HEALTH,
+                    health_pb2.HealthCheckResponse.SERVING
+                    if full
+                    else health_pb2.HealthCheckResponse.NOT_SERVING,
+                )
                 last = full
             await asyncio.sleep(0.5)
 
@@ -303,15 +346,18 @@ def _ext_authz(server: grpc.aio.Server, replica: Replica) -> str:
         from capgate_server._ext_authz import register_ext_authz
     except ImportError as e:
         raise InvalidArgumentError(
-            f"--ext-authz needs the Envoy stubs ({e.name} is missing): "
-            "pip install 'capgate[envoy]'") from None
+            f"--ext-authz needs the Envoy stubs ({e.name} is missing): pip install 'capgate[envoy]'"
+        ) from None
     return register_ext_authz(server, Verification(replica), replica.settings)
 
 
 def _cannot_listen(listen: str) -> UnavailableError:
-    return UnavailableError(f"cannot listen on {listen}: the address is in use or not "
-                            "available (is another capgate serving there? choose another "
-                            "with --listen)", listen=listen)
+    return UnavailableError(
+        f"cannot listen on {listen}: the address is in use or not "
+        "available (is another capgate serving there? choose another "
+        "with --listen)",
+        listen=listen,
+    )
 
 
 def _check_free(listen: str) -> None:
@@ -335,8 +381,12 @@ def _write_secret(path: Path, secret: str) -> Path:
     return path.resolve()
 
 
-async def serve(settings: Settings, *, on_ready: Callable[[CapgateServer], Any] | None = None,
-                siblings: Siblings | None = None) -> None:
+async def serve(
+    settings: Settings,
+    *,
+    on_ready: Callable[[CapgateServer], Any] | None = None,
+    siblings: Siblings | None = None,
+) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     app = CapgateServer(settings, siblings=siblings)
     await app.start()

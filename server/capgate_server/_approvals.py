@@ -109,8 +109,16 @@ class Approvals:
             raise PermissionDeniedError(f"token does not verify: {st.reason}", code=str(st.code))
         return st
 
-    async def request(self, caller: Principal, token: str, action: str, resource: str,
-                      presenter: str, ctx: Mapping[str, str], note: str) -> ApprovalRecord:
+    async def request(
+        self,
+        caller: Principal,
+        token: str,
+        action: str,
+        resource: str,
+        presenter: str,
+        ctx: Mapping[str, str],
+        note: str,
+    ) -> ApprovalRecord:
         """Ask for approval of one request under ``token``; the request must be one the
         token allows but for its approval caveats."""
         replica = self.replica
@@ -124,31 +132,60 @@ class Approvals:
         request = Request(action, resource, presenter, dict(ctx))
         decision = replica.verifier.decide(st, request)
         if decision.allowed:
-            raise FailedPreconditionError("this request needs no approval: the token allows it "
-                                          "as it is")
+            raise FailedPreconditionError(
+                "this request needs no approval: the token allows it as it is"
+            )
         met = [a for a in st.approvals if a.needed(request)]
         # an agent's rule the token has no caveat for: no approval of this token can help
         if decision.code is not DenyCode.APPROVAL_REQUIRED or decision.caveat is None or not met:
-            raise FailedPreconditionError(f"no approval can help: the request is denied "
-                                          f"({decision.code}): {decision.reason}",
-                                          code=str(decision.code))
+            raise FailedPreconditionError(
+                f"no approval can help: the request is denied ({decision.code}): {decision.reason}",
+                code=str(decision.code),
+            )
         now = replica.clock()
         needed = max(a.approvers for a in met)
         items = tuple(sorted(request.ctx.items()))
         record = ApprovalRecord(
-            id=new_token_id(), token_id=st.token_id, token_digest=token_digest(st.signature),
-            requested_by=caller.id, presenter=presenter, action=action, resource=resource,
-            ctx=items, request_digest=request_digest(action, resource, presenter, request.ctx),
-            conditions=tuple(a.text for a in met), needed=needed, chain=st.agents, note=note,
-            created_at=now, wait_until=now + replica.settings.approval_wait)
-        event = AuditEvent(now, caller.id, "approval.request", record.id, chain=st.agents,
-                           action=action, resource=resource, presenter=presenter,
-                           ctx_keys=tuple(k for k, _ in items),
-                           detail={"token_id": st.token_id, "ctx": dict(items),
-                                   "needed": needed, "conditions": list(record.conditions),
-                                   **({"note": note} if note else {})})
-        await replica.call(replica.store.create_approval, record, event,
-                           replica.settings.limits.approvals_pending_per_principal)
+            id=new_token_id(),
+            token_id=st.token_id,
+            token_digest=token_digest(st.signature),
+            requested_by=caller.id,
+            presenter=presenter,
+            action=action,
+            resource=resource,
+            ctx=items,
+            request_digest=request_digest(action, resource, presenter, request.ctx),
+            conditions=tuple(a.text for a in met),
+            needed=needed,
+            chain=st.agents,
+            note=note,
+            created_at=now,
+            wait_until=now + replica.settings.approval_wait,
+        )
+        event = AuditEvent(
+            now,
+            caller.id,
+            "approval.request",
+            record.id,
+            chain=st.agents,
+            action=action,
+            resource=resource,
+            presenter=presenter,
+            ctx_keys=tuple(k for k, _ in items),
+            detail={
+                "token_id": st.token_id,
+                "ctx": dict(items),
+                "needed": needed,
+                "conditions": list(record.conditions),
+                **({"note": note} if note else {}),
+            },
+        )
+        await replica.call(
+            replica.store.create_approval,
+            record,
+            event,
+            replica.settings.limits.approvals_pending_per_principal,
+        )
         await replica.sync()
         return record
 
@@ -158,8 +195,10 @@ class Approvals:
         """The record, for those who may see it; anyone else hears "not found" alike."""
         aid = _approval_id(approval_id)
         record = await self.replica.read(self.replica.store.get_approval, aid)
-        if record is None or (caller.role not in _APPROVERS
-                              and caller.id not in (record.requested_by, record.presenter)):
+        if record is None or (
+            caller.role not in _APPROVERS
+            and caller.id not in (record.requested_by, record.presenter)
+        ):
             raise NotFoundError(f"no approval request {aid} is known to you", id=aid)
         return record
 
@@ -171,8 +210,9 @@ class Approvals:
         if not token:
             return Fetched(record, status)
         if caller.role is Role.APPROVER or (
-                caller.role is not Role.ADMIN
-                and caller.id not in (record.requested_by, record.presenter)):
+            caller.role is not Role.ADMIN
+            and caller.id not in (record.requested_by, record.presenter)
+        ):
             raise PermissionDeniedError("discharges go to who asked, or to the agent")
         st = self._chain(token)
         if token_digest(st.signature) != record.token_digest:
@@ -180,10 +220,12 @@ class Approvals:
         if status is not ApprovalStatus.APPROVED or record.expires_at is None:
             return Fetched(record, status)
         discharges = tuple(
-            mint_discharge(key, caveat.cid, record.id, record.request_digest,
-                           record.expires_at, st.signature).to_text()
+            mint_discharge(
+                key, caveat.cid, record.id, record.request_digest, record.expires_at, st.signature
+            ).to_text()
             for caveat, key in zip(st.approvals, st.approval_keys, strict=True)
-            if caveat.text in record.conditions)
+            if caveat.text in record.conditions
+        )
         return Fetched(record, status, discharges)
 
     async def list(self, caller: Principal, status: str, limit: int) -> list[Fetched]:
@@ -193,8 +235,9 @@ class Approvals:
         wanted = _status(status or "pending")
         mine = "" if caller.role in _APPROVERS else caller.id
         now = self.replica.clock()
-        records = await self.replica.read(self.replica.store.list_approvals, now, wanted,
-                                          limit or 100, mine)
+        records = await self.replica.read(
+            self.replica.store.list_approvals, now, wanted, limit or 100, mine
+        )
         return [Fetched(r, r.state(now)) for r in records]
 
     async def watch(self, caller: Principal) -> AsyncIterator[Fetched]:
@@ -202,8 +245,9 @@ class Approvals:
         sent: set[str] = set()
         while True:
             now = self.replica.clock()
-            pending = await self.replica.read(self.replica.store.list_approvals, now,
-                                              ApprovalStatus.PENDING, 1000, "")
+            pending = await self.replica.read(
+                self.replica.store.list_approvals, now, ApprovalStatus.PENDING, 1000, ""
+            )
             for r in pending:
                 if r.id not in sent:
                     if len(sent) >= _WATCH_SEEN:
@@ -214,8 +258,15 @@ class Approvals:
 
     # -- deciding ---------------------------------------------------------------------------
 
-    async def decide(self, caller: Principal, approval_id: str, approve: bool, reason: str,
-                     ttl: int = 0, uses: int = 0) -> Fetched:
+    async def decide(
+        self,
+        caller: Principal,
+        approval_id: str,
+        approve: bool,
+        reason: str,
+        ttl: int = 0,
+        uses: int = 0,
+    ) -> Fetched:
         """One approver's vote (an admin's counts as one)."""
         replica = self.replica
         replica.require_fresh()
@@ -235,23 +286,35 @@ class Approvals:
         if caller.id in (record.requested_by, record.presenter):
             raise PermissionDeniedError("nobody approves or denies a request they made")
         now = replica.clock()
-        vote = ApprovalVote(caller.id, approve, reason, now, ttl if approve else 0,
-                            uses if approve else 0)
+        vote = ApprovalVote(
+            caller.id, approve, reason, now, ttl if approve else 0, uses if approve else 0
+        )
         kind = "approval.approve" if approve else "approval.deny"
-        event = AuditEvent(now, caller.id, kind, record.id, reason=reason, chain=record.chain,
-                           action=record.action, resource=record.resource,
-                           presenter=record.presenter,
-                           detail={"token_id": record.token_id, "requested_by":
-                                   record.requested_by,
-                                   **({"ttl": ttl, "uses": uses} if approve else {})})
+        event = AuditEvent(
+            now,
+            caller.id,
+            kind,
+            record.id,
+            reason=reason,
+            chain=record.chain,
+            action=record.action,
+            resource=record.resource,
+            presenter=record.presenter,
+            detail={
+                "token_id": record.token_id,
+                "requested_by": record.requested_by,
+                **({"ttl": ttl, "uses": uses} if approve else {}),
+            },
+        )
         updated = await replica.call(replica.store.vote_approval, record.id, vote, event)
         await replica.sync()
         return Fetched(updated, updated.state(now))
 
     # -- using ----------------------------------------------------------------------------
 
-    async def use(self, caller: Principal, decision: Decision, token: str, request: Request
-                  ) -> Decision:
+    async def use(
+        self, caller: Principal, decision: Decision, token: str, request: Request
+    ) -> Decision:
         """Spend one use of each approval an allow rests on; the allow stands only if
         every one was spent, else the deny says why. A store that cannot answer
         fails it closed."""
@@ -260,26 +323,43 @@ class Approvals:
         if isinstance(st, Decision):  # pragma: no cover - it was just verified
             return st
         tokens = token_digest(st.signature)
-        digest = request_digest(request.action, request.resource, request.presenter or "",
-                                request.ctx)
+        digest = request_digest(
+            request.action, request.resource, request.presenter or "", request.ctx
+        )
         now = replica.clock()
-        events = [AuditEvent(now, caller.id, "approval.use", aid, chain=decision.chain,
-                             action=request.action, resource=request.resource,
-                             presenter=request.presenter or "",
-                             ctx_keys=tuple(sorted(request.ctx)),
-                             detail={"token_id": decision.token_id or ""})
-                  for aid in decision.approvals]
+        events = [
+            AuditEvent(
+                now,
+                caller.id,
+                "approval.use",
+                aid,
+                chain=decision.chain,
+                action=request.action,
+                resource=request.resource,
+                presenter=request.presenter or "",
+                ctx_keys=tuple(sorted(request.ctx)),
+                detail={"token_id": decision.token_id or ""},
+            )
+            for aid in decision.approvals
+        ]
         try:  # all or none: a use is never spent on a request that is then denied
-            aid, result = await replica.call(replica.store.redeem_approvals,
-                                             decision.approvals, tokens, digest, now, events)
+            aid, result = await replica.call(
+                replica.store.redeem_approvals, decision.approvals, tokens, digest, now, events
+            )
         except Exception as e:  # the store is down: no use can be counted
-            return Decision(False, DenyCode.UNAVAILABLE,
-                            f"cannot redeem the approvals ({e}); failing closed", None,
-                            decision.token_id, decision.chain)
+            return Decision(
+                False,
+                DenyCode.UNAVAILABLE,
+                f"cannot redeem the approvals ({e}); failing closed",
+                None,
+                decision.token_id,
+                decision.chain,
+            )
         if result is not Redemption.OK:
             code, why = _REDEMPTION[result]
-            return Decision(False, code, f"approval {aid} {why}", None, decision.token_id,
-                            decision.chain)
+            return Decision(
+                False, code, f"approval {aid} {why}", None, decision.token_id, decision.chain
+            )
         return decision
 
 
@@ -298,6 +378,6 @@ def _status(text: str) -> ApprovalStatus | None:
     try:
         return ApprovalStatus(text)
     except ValueError:
-        raise InvalidArgumentError(f"unknown status {text!r} (pending, approved, denied, "
-                                   "expired, used or all)") from None
-
+        raise InvalidArgumentError(
+            f"unknown status {text!r} (pending, approved, denied, expired, used or all)"
+        ) from None

@@ -21,15 +21,33 @@ def _when(ts: float | None) -> str:
 def approval_to_pb(f: Fetched) -> approval_pb2.Approval:
     r = f.record
     return approval_pb2.Approval(
-        id=r.id, status=str(f.status), token_id=r.token_id, chain=r.chain,
-        requested_by=r.requested_by, presenter=r.presenter, action=r.action,
-        resource=r.resource, ctx=dict(r.ctx), request_digest=r.request_digest,
-        conditions=r.conditions, approvals_needed=r.needed,
-        votes=[approval_pb2.Vote(approver=v.approver, approve=v.approve, reason=v.reason,
-                                 at=format_timestamp(v.at)) for v in r.votes],
-        note=r.note, created_at=format_timestamp(r.created_at),
-        wait_until=format_timestamp(r.wait_until), expires=_when(r.expires_at), uses=r.uses,
-        used=r.used, reason=r.reason, discharges=f.discharges)
+        id=r.id,
+        status=str(f.status),
+        token_id=r.token_id,
+        chain=r.chain,
+        requested_by=r.requested_by,
+        presenter=r.presenter,
+        action=r.action,
+        resource=r.resource,
+        ctx=dict(r.ctx),
+        request_digest=r.request_digest,
+        conditions=r.conditions,
+        approvals_needed=r.needed,
+        votes=[
+            approval_pb2.Vote(
+                approver=v.approver, approve=v.approve, reason=v.reason, at=format_timestamp(v.at)
+            )
+            for v in r.votes
+        ],
+        note=r.note,
+        created_at=format_timestamp(r.created_at),
+        wait_until=format_timestamp(r.wait_until),
+        expires=_when(r.expires_at),
+        uses=r.uses,
+        used=r.used,
+        reason=r.reason,
+        discharges=f.discharges,
+    )
 
 
 class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
@@ -39,8 +57,14 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
     @rpc
     async def RequestApproval(self, request: Any, context: Any) -> Any:
         record = await self.approvals.request(
-            CALLER.get(), request.token, request.action, request.resource, request.presenter,
-            dict(request.ctx), request.note)
+            CALLER.get(),
+            request.token,
+            request.action,
+            request.resource,
+            request.presenter,
+            dict(request.ctx),
+            request.note,
+        )
         return approval_to_pb(Fetched(record, record.status))
 
     @rpc
@@ -61,6 +85,13 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
     async def DecideApproval(self, request: Any, context: Any) -> Any:
         if request.ttl_seconds < 0 or request.uses < 0:
             raise InvalidArgumentError("ttl_seconds and uses must not be negative")
-        return approval_to_pb(await self.approvals.decide(
-            CALLER.get(), request.id, request.approve, request.reason, request.ttl_seconds,
-            request.uses))
+        return approval_to_pb(
+            await self.approvals.decide(
+                CALLER.get(),
+                request.id,
+                request.approve,
+                request.reason,
+                request.ttl_seconds,
+                request.uses,
+            )
+        )

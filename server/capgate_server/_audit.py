@@ -69,14 +69,22 @@ class _Entry:
 
 
 class AuditLog:
-    def __init__(self, write: Callable[[Sequence[AuditEvent]], Awaitable[None]], *,
-                 prune: Callable[[float, int], Awaitable[int]] | None = None,
-                 on_written: Callable[[], None] | None = None,
-                 observe: Callable[[Sequence[AuditEvent]], None] | None = None,
-                 shadow: Mapping[str, Ceiling] | None = None,
-                 clock: Clock = system_clock, interval: float = 0.2,
-                 retention: float = 0.0, tally_bytes: int = 16 << 20, backlog: int = 10_000,
-                 rows_per_write: int = 500, denies_per_caller: int = 100) -> None:
+    def __init__(
+        self,
+        write: Callable[[Sequence[AuditEvent]], Awaitable[None]],
+        *,
+        prune: Callable[[float, int], Awaitable[int]] | None = None,
+        on_written: Callable[[], None] | None = None,
+        observe: Callable[[Sequence[AuditEvent]], None] | None = None,
+        shadow: Mapping[str, Ceiling] | None = None,
+        clock: Clock = system_clock,
+        interval: float = 0.2,
+        retention: float = 0.0,
+        tally_bytes: int = 16 << 20,
+        backlog: int = 10_000,
+        rows_per_write: int = 500,
+        denies_per_caller: int = 100,
+    ) -> None:
         self._write = write
         self._on_written = on_written  # e.g. the ledger: new records to seal
         self._observe = observe  # e.g. governance: each interval's new records, once
@@ -105,8 +113,16 @@ class AuditLog:
         self.decisions = 0  # verify decisions seen (for metrics)
         self.decided: dict[str, int] = {}  # verify decisions by code, as they are written
 
-    def decision(self, principal: str, d: Decision, action: str, resource: str,
-                 presenter: str, now: float, ctx_keys: tuple[str, ...] = ()) -> None:
+    def decision(
+        self,
+        principal: str,
+        d: Decision,
+        action: str,
+        resource: str,
+        presenter: str,
+        now: float,
+        ctx_keys: tuple[str, ...] = (),
+    ) -> None:
         """Tally one verify decision (the hot path: a tuple and a dict lookup).
 
         The verifier shares one allow object per token chain, so allows are keyed by
@@ -121,8 +137,17 @@ class AuditLog:
             if len(action) > _ACTION or len(resource) > _RESOURCE or len(presenter) > _PRESENTER:
                 self._new_cut(principal, d, action, resource, presenter, now, ctx_keys)
                 return
-            key = (principal, d.token_id, d.code, d.caveat, d.chain, action, resource,
-                   presenter, ctx_keys)
+            key = (
+                principal,
+                d.token_id,
+                d.code,
+                d.caveat,
+                d.chain,
+                action,
+                resource,
+                presenter,
+                ctx_keys,
+            )
         entry = self._tally.get(key)
         if entry is None:
             self._new(key, d, now, len(action) + len(resource) + len(presenter), None)
@@ -130,21 +155,43 @@ class AuditLog:
             entry.count += 1
             entry.last = now
 
-    def _shadow_check(self, principal: str, d: Decision, action: str, resource: str,
-                      presenter: str, now: float, ctx_keys: tuple[str, ...]) -> None:
+    def _shadow_check(
+        self,
+        principal: str,
+        d: Decision,
+        action: str,
+        resource: str,
+        presenter: str,
+        now: float,
+        ctx_keys: tuple[str, ...],
+    ) -> None:
         """Record what the holder's shadow ceiling would deny (the allow stands)."""
         holder = d.chain[-1]
         ceiling = self._shadow.get(holder)
         if ceiling is None or ceiling.allows(action, resource):
             return
-        would = Decision(False, DenyCode.CEILING,
-                         f"beyond the shadow ceiling of {holder!r} ({ceiling}); allowed: "
-                         "shadow mode", None, d.token_id, d.chain)
-        self._new_cut(principal, would, action[:_ACTION], resource[:_RESOURCE],
-                      presenter[:_PRESENTER], now, ctx_keys, shadow=True)
+        would = Decision(
+            False,
+            DenyCode.CEILING,
+            f"beyond the shadow ceiling of {holder!r} ({ceiling}); allowed: shadow mode",
+            None,
+            d.token_id,
+            d.chain,
+        )
+        self._new_cut(
+            principal,
+            would,
+            action[:_ACTION],
+            resource[:_RESOURCE],
+            presenter[:_PRESENTER],
+            now,
+            ctx_keys,
+            shadow=True,
+        )
 
-    def refusal(self, kind: str, principal: str, subject: str, code: str, reason: str,
-                now: float) -> None:
+    def refusal(
+        self, kind: str, principal: str, subject: str, code: str, reason: str, now: float
+    ) -> None:
         """Tally one refused call that changed nothing (a failed login, a refused issue
         or delegation): identical ones in an interval fold into one record, and at
         most ``_REFUSALS`` distinct ones are kept per interval (beyond, per kind)."""
@@ -160,17 +207,41 @@ class AuditLog:
         entry[0] += 1
         entry[2] = now
 
-    def _new_cut(self, principal: str, d: Decision, action: str, resource: str,
-                 presenter: str, now: float, ctx_keys: tuple[str, ...],
-                 shadow: bool = False) -> None:
+    def _new_cut(
+        self,
+        principal: str,
+        d: Decision,
+        action: str,
+        resource: str,
+        presenter: str,
+        now: float,
+        ctx_keys: tuple[str, ...],
+        shadow: bool = False,
+    ) -> None:
         """A deny for a request with oversized fields: keyed and kept by their prefixes
         (and a shadow deny, keyed apart from real ones)."""
-        cut = {name: len(value) for name, value, limit in (
-            ("action", action, _ACTION), ("resource", resource, _RESOURCE),
-            ("presenter", presenter, _PRESENTER)) if len(value) > limit}
+        cut = {
+            name: len(value)
+            for name, value, limit in (
+                ("action", action, _ACTION),
+                ("resource", resource, _RESOURCE),
+                ("presenter", presenter, _PRESENTER),
+            )
+            if len(value) > limit
+        }
         action, resource, presenter = action[:_ACTION], resource[:_RESOURCE], presenter[:_PRESENTER]
-        key = (principal, d.token_id, d.code, d.caveat, d.chain, action, resource, presenter,
-               ctx_keys, *((_SHADOW,) if shadow else ()))
+        key = (
+            principal,
+            d.token_id,
+            d.code,
+            d.caveat,
+            d.chain,
+            action,
+            resource,
+            presenter,
+            ctx_keys,
+            *((_SHADOW,) if shadow else ()),
+        )
         entry = self._tally.get(key)
         if entry is None:
             self._new(key, d, now, len(action) + len(resource) + len(presenter), cut)
@@ -178,8 +249,14 @@ class AuditLog:
             entry.count += 1
             entry.last = now
 
-    def _new(self, key: tuple[object, ...], d: Decision, now: float, size: int,
-             cut: dict[str, int] | None) -> None:
+    def _new(
+        self,
+        key: tuple[object, ...],
+        d: Decision,
+        now: float,
+        size: int,
+        cut: dict[str, int] | None,
+    ) -> None:
         cost = _ENTRY_BYTES + size + (0 if d.allowed else len(d.reason))
         over = self._tally_bytes + cost > self._tally_budget
         if not d.allowed and not over:
@@ -246,8 +323,9 @@ class AuditLog:
             if deleted < _PRUNE_CHUNK:
                 break
         if total:
-            log.info("deleted %d audit records older than %.0f days", total,
-                     self._retention / 86400)
+            log.info(
+                "deleted %d audit records older than %.0f days", total, self._retention / 86400
+            )
         return total
 
     def _drain(self) -> list[AuditEvent]:
@@ -258,8 +336,19 @@ class AuditLog:
         self._denies = {}
         refusals, self._refusals = self._refusals, {}
         for (kind, principal, subject, code, reason), (count, first, last) in refusals.items():
-            events.append(AuditEvent(first, principal, kind, subject, False, code, reason,
-                                     count=int(count), last_at=last))
+            events.append(
+                AuditEvent(
+                    first,
+                    principal,
+                    kind,
+                    subject,
+                    False,
+                    code,
+                    reason,
+                    count=int(count),
+                    last_at=last,
+                )
+            )
         for key, e in tally.items():
             d = e.decision
             code = str(d.code)
@@ -267,19 +356,42 @@ class AuditLog:
             if not shadow:  # a shadow deny's decision was an allow, counted as such
                 self.decided[code] = self.decided.get(code, 0) + e.count
             if key[0] == _COARSE:
-                events.append(AuditEvent(
-                    e.first, str(key[1]), "verify", "", d.allowed, str(d.code),
-                    "" if d.allowed else "request detail dropped: audit tally full",
-                    count=e.count, last_at=e.last, detail={"coarse": True}))
+                events.append(
+                    AuditEvent(
+                        e.first,
+                        str(key[1]),
+                        "verify",
+                        "",
+                        d.allowed,
+                        str(d.code),
+                        "" if d.allowed else "request detail dropped: audit tally full",
+                        count=e.count,
+                        last_at=e.last,
+                        detail={"coarse": True},
+                    )
+                )
                 continue
             action, resource, presenter, ctx_keys = key[-5:-1] if shadow else key[-4:]
-            events.append(AuditEvent(
-                e.first, str(key[0]), "verify.shadow" if shadow else "verify",
-                d.token_id or "", d.allowed, str(d.code),
-                "" if d.allowed else d.reason, d.chain, action=str(action),
-                resource=str(resource), presenter=str(presenter), count=e.count,
-                last_at=e.last, detail={"truncated": e.cut} if e.cut else {},
-                caveat=d.caveat or "", ctx_keys=_strings(ctx_keys)))
+            events.append(
+                AuditEvent(
+                    e.first,
+                    str(key[0]),
+                    "verify.shadow" if shadow else "verify",
+                    d.token_id or "",
+                    d.allowed,
+                    str(d.code),
+                    "" if d.allowed else d.reason,
+                    d.chain,
+                    action=str(action),
+                    resource=str(resource),
+                    presenter=str(presenter),
+                    count=e.count,
+                    last_at=e.last,
+                    detail={"truncated": e.cut} if e.cut else {},
+                    caveat=d.caveat or "",
+                    ctx_keys=_strings(ctx_keys),
+                )
+            )
         if self._observe is not None and events:
             self._observe(events)
         return backlog + events
@@ -297,12 +409,21 @@ class AuditLog:
     def _overflow(self) -> AuditEvent | None:
         if not (self._coarse or self._dropped):
             return None
-        log.warning("audit overflow: %d decisions counted without detail, %d records dropped",
-                    self._coarse, self._dropped)
-        return AuditEvent(self._clock(), "capgate", "audit.overflow", "", False, "audit_full",
-                          "audit kept counts only",
-                          detail={"coarse_decisions": self._coarse,
-                                  "dropped_records": self._dropped})
+        log.warning(
+            "audit overflow: %d decisions counted without detail, %d records dropped",
+            self._coarse,
+            self._dropped,
+        )
+        return AuditEvent(
+            self._clock(),
+            "capgate",
+            "audit.overflow",
+            "",
+            False,
+            "audit_full",
+            "audit kept counts only",
+            detail={"coarse_decisions": self._coarse, "dropped_records": self._dropped},
+        )
 
     async def flush(self) -> None:
         """Write every decision tallied so far; returns once they are in the store (or
@@ -315,10 +436,9 @@ class AuditLog:
         rows = self._rows
         for start in range(0, len(batch), rows):
             try:
-                await self._write(batch[start:start + rows])
+                await self._write(batch[start : start + rows])
             except Exception:  # keep serving; the records go back for the next attempt
-                log.exception("audit flush of %d records failed; will retry",
-                              len(batch) - start)
+                log.exception("audit flush of %d records failed; will retry", len(batch) - start)
                 self._keep(batch[start:])
                 return
         if batch and self._on_written is not None:

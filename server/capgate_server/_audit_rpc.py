@@ -19,8 +19,11 @@ from capgate_server.store import AuditEvent, AuditQuery, Checkpoint
 
 __all__ = ["AuditServicer", "AuditTrail"]
 
-_OUTCOMES = {audit_pb2.OUTCOME_ANY: None, audit_pb2.OUTCOME_OK: True,
-             audit_pb2.OUTCOME_REFUSED: False}
+_OUTCOMES = {
+    audit_pb2.OUTCOME_ANY: None,
+    audit_pb2.OUTCOME_OK: True,
+    audit_pb2.OUTCOME_REFUSED: False,
+}
 
 
 class AuditTrail:
@@ -31,12 +34,10 @@ class AuditTrail:
 
     async def list(self, query: AuditQuery) -> list[AuditEvent]:
         await self._replica.audit.flush()  # include decisions still in the buffer
-        events: list[AuditEvent] = await self._replica.read(self._replica.store.list_audit,
-                                                            query)
+        events: list[AuditEvent] = await self._replica.read(self._replica.store.list_audit, query)
         return events
 
-    async def watch(self, after: int, query: AuditQuery,
-                    follow: bool) -> AsyncIterator[AuditEvent]:
+    async def watch(self, after: int, query: AuditQuery, follow: bool) -> AsyncIterator[AuditEvent]:
         """Sealed records after ``after``; everything this replica knows of is sealed
         first, so an export ends at "now", not at the last seal."""
         await self._replica.audit.flush()
@@ -53,30 +54,68 @@ class AuditTrail:
         return await self._replica.ledger.checkpoint()
 
 
-def _query(request: Any, *, limit: int = 0, after_seq: int = 0, newest_first: bool = False,
-           token_id: str = "", since: float = 0.0) -> AuditQuery:
+def _query(
+    request: Any,
+    *,
+    limit: int = 0,
+    after_seq: int = 0,
+    newest_first: bool = False,
+    token_id: str = "",
+    since: float = 0.0,
+) -> AuditQuery:
     for name in (request.principal, request.agent):
         if name:
             check_id(name, "principal or agent id")
     if request.outcome not in _OUTCOMES:
         raise InvalidArgumentError("unknown outcome")
-    return AuditQuery(request.principal, request.agent, request.kind, token_id, after_seq,
-                      limit, request.code, _OUTCOMES[request.outcome], newest_first, since)
+    return AuditQuery(
+        request.principal,
+        request.agent,
+        request.kind,
+        token_id,
+        after_seq,
+        limit,
+        request.code,
+        _OUTCOMES[request.outcome],
+        newest_first,
+        since,
+    )
 
 
 def event_to_pb(e: AuditEvent) -> audit_pb2.AuditEvent:
     return audit_pb2.AuditEvent(
-        seq=e.seq, at=format_timestamp(e.at), principal=e.principal, kind=e.kind,
-        subject=e.subject, ok=e.ok, code=e.code, reason=e.reason, chain=e.chain,
-        detail=e.detail_json(), action=e.action, resource=e.resource, presenter=e.presenter,
-        count=e.count, last_at=format_timestamp(e.last_at if e.last_at is not None else e.at),
-        caveat=e.caveat, ctx_keys=e.ctx_keys, replica=e.replica, pos=e.pos,
-        digest=e.digest.hex())
+        seq=e.seq,
+        at=format_timestamp(e.at),
+        principal=e.principal,
+        kind=e.kind,
+        subject=e.subject,
+        ok=e.ok,
+        code=e.code,
+        reason=e.reason,
+        chain=e.chain,
+        detail=e.detail_json(),
+        action=e.action,
+        resource=e.resource,
+        presenter=e.presenter,
+        count=e.count,
+        last_at=format_timestamp(e.last_at if e.last_at is not None else e.at),
+        caveat=e.caveat,
+        ctx_keys=e.ctx_keys,
+        replica=e.replica,
+        pos=e.pos,
+        digest=e.digest.hex(),
+    )
 
 
 def checkpoint_to_pb(c: Checkpoint) -> audit_pb2.Checkpoint:
-    return audit_pb2.Checkpoint(pos=c.pos, digest=c.digest, at=c.at, key_id=c.key_id,
-                                public_key=c.public_key, signature=c.signature)
+    return audit_pb2.Checkpoint(
+        pos=c.pos,
+        digest=c.digest,
+        at=c.at,
+        key_id=c.key_id,
+        public_key=c.public_key,
+        signature=c.signature,
+    )
 
 
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
@@ -87,10 +126,16 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     async def ListEvents(self, request: Any, context: Any) -> Any:
         if request.limit < 0 or request.after_seq < 0:
             raise InvalidArgumentError("limit and after_seq must not be negative")
-        query = _query(request, limit=request.limit or 100, after_seq=request.after_seq,
-                       newest_first=request.newest_first, token_id=request.token_id)
+        query = _query(
+            request,
+            limit=request.limit or 100,
+            after_seq=request.after_seq,
+            newest_first=request.newest_first,
+            token_id=request.token_id,
+        )
         return audit_pb2.ListEventsResponse(
-            events=[event_to_pb(e) for e in await self.trail.list(query)])
+            events=[event_to_pb(e) for e in await self.trail.list(query)]
+        )
 
     @streaming_rpc
     async def WatchEvents(self, request: Any, context: Any) -> AsyncIterator[Any]:
@@ -109,9 +154,15 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         r = await self.trail.verify(max(0, request.since), against)
         broke = r.first_break
         return audit_pb2.VerifyLedgerResponse(
-            intact=r.intact, break_pos=broke.pos if broke else 0,
-            reason=broke.reason if broke else "", start=r.start, head=r.head,
-            records=r.records, checkpoints=r.checkpoints, key_id=r.key_id)
+            intact=r.intact,
+            break_pos=broke.pos if broke else 0,
+            reason=broke.reason if broke else "",
+            start=r.start,
+            head=r.head,
+            records=r.records,
+            checkpoints=r.checkpoints,
+            key_id=r.key_id,
+        )
 
     @rpc
     async def GetCheckpoint(self, request: Any, context: Any) -> Any:

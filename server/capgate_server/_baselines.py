@@ -55,8 +55,17 @@ class Deviation:
 class _Pace:
     """Calls and denies in the current bucket, and their EWMA over active buckets."""
 
-    __slots__ = ("bucket", "calls", "calls_dev", "calls_mean", "denies", "denies_dev",
-                 "denies_mean", "flagged", "learnt")
+    __slots__ = (
+        "bucket",
+        "calls",
+        "calls_dev",
+        "calls_mean",
+        "denies",
+        "denies_dev",
+        "denies_mean",
+        "flagged",
+        "learnt",
+    )
 
     def __init__(self) -> None:
         self.bucket = -1
@@ -71,10 +80,10 @@ class _Pace:
         if self.calls and not self.flagged:
             self.learnt += 1
             a = max(alpha, 1.0 / self.learnt)
-            self.calls_mean, self.calls_dev = _ewma(self.calls_mean, self.calls_dev,
-                                                    self.calls, a)
-            self.denies_mean, self.denies_dev = _ewma(self.denies_mean, self.denies_dev,
-                                                      self.denies, a)
+            self.calls_mean, self.calls_dev = _ewma(self.calls_mean, self.calls_dev, self.calls, a)
+            self.denies_mean, self.denies_dev = _ewma(
+                self.denies_mean, self.denies_dev, self.denies, a
+            )
         self.bucket, self.calls, self.denies, self.flagged = bucket, 0, 0, False
 
 
@@ -103,9 +112,17 @@ def _add(s: set[str] | set[tuple[str, str]], item: object) -> bool:
 
 
 class Baselines:
-    def __init__(self, *, bucket: float = 10.0, alpha: float = 0.05, threshold: float = 6.0,
-                 ratio: float = 3.0, rate_floor: int = 30, deny_floor: int = 10,
-                 min_buckets: int = 5) -> None:
+    def __init__(
+        self,
+        *,
+        bucket: float = 10.0,
+        alpha: float = 0.05,
+        threshold: float = 6.0,
+        ratio: float = 3.0,
+        rate_floor: int = 30,
+        deny_floor: int = 10,
+        min_buckets: int = 5,
+    ) -> None:
         self.bucket = bucket
         self.alpha = alpha
         self.threshold = threshold
@@ -124,8 +141,10 @@ class Baselines:
     def learn(self, rows: Iterable[UsageRow]) -> None:
         """Take what the fleet has seen (the store's usage rows) without flagging it."""
         for r in rows:
-            self._learn(Seen(r.agent, r.kind, r.action, r.subject, r.count, r.first_at,
-                             r.last_at), flag=False)
+            self._learn(
+                Seen(r.agent, r.kind, r.action, r.subject, r.count, r.first_at, r.last_at),
+                flag=False,
+            )
 
     def _learn(self, s: Seen, *, flag: bool) -> list[tuple[str, str, str]]:
         """Learn one fact; returns (kind, what, reason) for each thing new in it."""
@@ -138,33 +157,54 @@ class Baselines:
                 verb = "read" if s.action == "read" else f"used '{s.action}' on"
                 tried = "" if s.kind is UsageKind.USE else " (denied)"
                 first = " (a new action)" if new_action else ""
-                new.append(("new-resource", f"{s.action}|{prefix}",
-                            f"{s.agent} {verb} {prefix}/** for the first time{first}{tried}"))
+                new.append(
+                    (
+                        "new-resource",
+                        f"{s.action}|{prefix}",
+                        f"{s.agent} {verb} {prefix}/** for the first time{first}{tried}",
+                    )
+                )
         elif s.kind is UsageKind.DELEGATE:
             depth = int(s.action) if s.action.isdigit() else 0
             if _add(a.delegates, s.subject) and flag:
-                new.append(("new-delegate", s.subject,
-                            f"{s.agent} delegated to {s.subject} for the first time"))
+                new.append(
+                    (
+                        "new-delegate",
+                        s.subject,
+                        f"{s.agent} delegated to {s.subject} for the first time",
+                    )
+                )
             if depth > a.depth:
                 if flag and a.depth:
-                    new.append(("depth", str(depth),
-                                f"{s.agent}'s tokens went {depth} delegations deep "
-                                f"(at most {a.depth} before)"))
+                    new.append(
+                        (
+                            "depth",
+                            str(depth),
+                            f"{s.agent}'s tokens went {depth} delegations deep "
+                            f"(at most {a.depth} before)",
+                        )
+                    )
                 a.depth = depth
         elif s.kind is UsageKind.PRESENTER and s.subject != s.agent:
             if _add(a.presenters, s.subject) and flag:
-                new.append(("new-presenter", s.subject,
-                            f"a token of {s.agent} was presented by {s.subject} "
-                            "for the first time"))
+                new.append(
+                    (
+                        "new-presenter",
+                        s.subject,
+                        f"a token of {s.agent} was presented by {s.subject} for the first time",
+                    )
+                )
         return new
 
-    def observe(self, events: Iterable[AuditEvent],
-                policy: Callable[[str], GovernancePolicy],
-                warm: Callable[[str, float, GovernancePolicy], bool]) -> list[Deviation]:
+    def observe(
+        self,
+        events: Iterable[AuditEvent],
+        policy: Callable[[str], GovernancePolicy],
+        warm: Callable[[str, float, GovernancePolicy], bool],
+    ) -> list[Deviation]:
         """Learn a flush's records; the deviations of agents past their warm-up."""
         out: list[Deviation] = []
-        ordered = sorted((e for e in events if e.kind == "verify" and e.chain),
-                         key=lambda e: e.at)
+        ordered = sorted((e for e in events if e.kind == "verify" and e.chain), key=lambda e: e.at)
         policies: dict[str, GovernancePolicy] = {}  # per flush: one lookup per agent
         for e in ordered:
             for s in seen_in([e]):
@@ -173,10 +213,23 @@ class Baselines:
                     p = policies[s.agent] = policy(s.agent)
                 flag = warm(s.agent, s.at, p)
                 for kind, what, reason in self._learn(s, flag=flag):
-                    out.append(Deviation(
-                        s.agent, kind, f"{s.agent}|{kind}|{what}", reason, s.at, e.action,
-                        e.resource, {"code": e.code, "presenter": e.presenter,
-                                     "chain": list(e.chain), "token_id": e.subject}))
+                    out.append(
+                        Deviation(
+                            s.agent,
+                            kind,
+                            f"{s.agent}|{kind}|{what}",
+                            reason,
+                            s.at,
+                            e.action,
+                            e.resource,
+                            {
+                                "code": e.code,
+                                "presenter": e.presenter,
+                                "chain": list(e.chain),
+                                "token_id": e.subject,
+                            },
+                        )
+                    )
             if e.code in _QUIET_CODES:
                 continue
             holder = e.chain[-1]
@@ -184,8 +237,9 @@ class Baselines:
             out.extend(self._pace(holder, e, p, warm(holder, e.at, p)))
         return out
 
-    def _pace(self, agent_id: str, e: AuditEvent, p: GovernancePolicy,
-              flag: bool) -> list[Deviation]:
+    def _pace(
+        self, agent_id: str, e: AuditEvent, p: GovernancePolicy, flag: bool
+    ) -> list[Deviation]:
         pace = self._agent(agent_id).pace
         bucket = int(e.at // self.bucket)
         pace.move(bucket, self.alpha)
@@ -197,16 +251,28 @@ class Baselines:
         s = max(p.sensitivity, 0.01)
         threshold = self.threshold / s
         for what, count, mean, dev, floor in (
-                ("denies", pace.denies, pace.denies_mean, pace.denies_dev, self.deny_floor),
-                ("rate", pace.calls, pace.calls_mean, pace.calls_dev, self.rate_floor)):
+            ("denies", pace.denies, pace.denies_mean, pace.denies_dev, self.deny_floor),
+            ("rate", pace.calls, pace.calls_mean, pace.calls_dev, self.rate_floor),
+        ):
             if count >= max(floor / s, mean + threshold * max(dev, 1.0), self.ratio * mean):
                 pace.flagged = True
                 noun = "denied calls" if what == "denies" else "calls"
-                usual = (f"{count / mean:.0f}× its usual ({mean:.1f})" if mean >= 0.5
-                         else f"where it usually has {'none' if mean < 0.05 else 'almost none'}")
+                usual = (
+                    f"{count / mean:.0f}× its usual ({mean:.1f})"
+                    if mean >= 0.5
+                    else f"where it usually has {'none' if mean < 0.05 else 'almost none'}"
+                )
                 reason = f"{agent_id}: {count} {noun} in {self.bucket:.0f} s, {usual}"
-                return [Deviation(agent_id, what, f"{agent_id}|{what}|{bucket}", reason, e.at,
-                                  e.action, e.resource,
-                                  {"count": count, "usual": round(mean, 2),
-                                   "bucket_seconds": self.bucket})]
+                return [
+                    Deviation(
+                        agent_id,
+                        what,
+                        f"{agent_id}|{what}|{bucket}",
+                        reason,
+                        e.at,
+                        e.action,
+                        e.resource,
+                        {"count": count, "usual": round(mean, 2), "bucket_seconds": self.bucket},
+                    )
+                ]
         return []

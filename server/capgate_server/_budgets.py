@@ -66,8 +66,12 @@ def agent_budget(agent: Agent) -> Budget | None:
     if not agent.rate:
         return None
     cav = _rate_caveat(agent.rate)
-    return Budget(f"{AGENT_RATE_PREFIX}{agent.id}:{int(cav.period)}", f"agent {agent.id} rate "
-                  f"<= {agent.rate}", cav.limit, cav.period)
+    return Budget(
+        f"{AGENT_RATE_PREFIX}{agent.id}:{int(cav.period)}",
+        f"agent {agent.id} rate <= {agent.rate}",
+        cav.limit,
+        cav.period,
+    )
 
 
 def _rate_caveat(rate: str) -> BudgetCaveat:
@@ -81,8 +85,16 @@ class TooManyBudgets(Exception):
 
 
 class Budgets:
-    def __init__(self, store: Store, clock: Clock, *, block: int = 256, idle: float = 5.0,
-                 max_leases: int = 100_000, new_per_token: int = 1000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        block: int = 256,
+        idle: float = 5.0,
+        max_leases: int = 100_000,
+        new_per_token: int = 1000,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._block = max(1, block)
@@ -163,8 +175,11 @@ class Budgets:
                 self.give_back(idle=0.0)
 
     def _pace(self, budgets: Sequence[Budget], token_id: str) -> None:
-        new = [b.id for b in budgets
-               if b.id not in self._leases and not b.id.startswith(AGENT_RATE_PREFIX)]
+        new = [
+            b.id
+            for b in budgets
+            if b.id not in self._leases and not b.id.startswith(AGENT_RATE_PREFIX)
+        ]
         if not new or not token_id:
             return
         window = int(time.monotonic() // 60)
@@ -176,7 +191,8 @@ class Budgets:
             raise TooManyBudgets(
                 f"the tokens of {token_id} started more than {self._new_per_token} budgets "
                 "in the last minute here (each is a row in the store); use the budgets "
-                "they have, or try again in a minute")
+                "they have, or try again in a minute"
+            )
         started.update(fresh)
 
     def refund(self, budgets: Sequence[Budget]) -> None:
@@ -240,7 +256,8 @@ class Budgets:
             forget = now - _KEEP if now - self._forgot_at >= _FORGET_EVERY else None
             try:
                 granted = await loop.run_in_executor(
-                    self._lane, self._store.lease_budgets, [r for r, _ in batch], forget)
+                    self._lane, self._store.lease_budgets, [r for r, _ in batch], forget
+                )
             except Exception as e:  # the store is down: these uses are refused
                 log.warning("cannot lease budgets: %s", e)
                 for _, future in batch:

@@ -57,7 +57,11 @@ class TrustedClock:
         if agrees:
             log.warning("this replica's clock agrees with the store's again (%+.3fs)", skew)
         else:
-            log.warning("this replica's clock is %.1fs %s the store's (bound %.1fs): check "
-                        "its time sync; expiry checks here are off by as much", abs(skew),
-                        "ahead of" if skew > 0 else "behind", self.max_skew)
+            log.warning(
+                "this replica's clock is %.1fs %s the store's (bound %.1fs): check "
+                "its time sync; expiry checks here are off by as much",
+                abs(skew),
+                "ahead of" if skew > 0 else "behind",
+                self.max_skew,
+            )
         return True

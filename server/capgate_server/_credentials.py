@@ -27,8 +27,9 @@ def hash_credential(credential: str) -> str:
     return hashlib.sha256(credential.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def recover_admin(store: Store, principal_id: str, now: float, by: str,
-                  kek: KeyEncryptionKey | None = None) -> str:
+def recover_admin(
+    store: Store, principal_id: str, now: float, by: str, kek: KeyEncryptionKey | None = None
+) -> str:
     """A fresh credential for an admin, written straight to the store (no server needed).
 
     For an operator who lost every admin credential but can reach the data
@@ -53,6 +54,7 @@ def recover_admin(store: Store, principal_id: str, now: float, by: str,
         raise FailedPreconditionError(f"{principal_id!r} is a {found.role}, not an admin")
     store.set_credential(principal_id, digest, event)
     if found.disabled:
-        store.set_principal_disabled(principal_id, False,
-                                     AuditEvent(now, by, "principal.enable", principal_id))
+        store.set_principal_disabled(
+            principal_id, False, AuditEvent(now, by, "principal.enable", principal_id)
+        )
     return credential

@@ -56,8 +56,9 @@ _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
 def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
-    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value),
-                                      append_action=_OVERWRITE)
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE
+    )
 
 
 def _headers(http: Any) -> dict[str, str]:
@@ -84,16 +85,20 @@ def deny_response(d: Decision) -> external_auth_pb2.CheckResponse:
         status=status_pb2.Status(code=code, message=d.reason),
         denied_response=external_auth_pb2.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=status),
-            headers=[_header(DENY_HEADER, str(d.code)),
-                     _header("content-type", "text/plain; charset=utf-8")],
-            body=f"denied by capgate ({d.code}): {d.reason}\n"))
+            headers=[
+                _header(DENY_HEADER, str(d.code)),
+                _header("content-type", "text/plain; charset=utf-8"),
+            ],
+            body=f"denied by capgate ({d.code}): {d.reason}\n",
+        ),
+    )
 
 
 def allow_response(d: Decision) -> external_auth_pb2.CheckResponse:
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=code_pb2.OK),
-        ok_response=external_auth_pb2.OkHttpResponse(
-            headers=[_header(AGENT_HEADER, d.chain[-1])]))
+        ok_response=external_auth_pb2.OkHttpResponse(headers=[_header(AGENT_HEADER, d.chain[-1])]),
+    )
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
@@ -106,7 +111,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         if not self._prefix or not principal.startswith(self._prefix):
             return ""
         try:
-            return check_id(principal[len(self._prefix):], "agent id")
+            return check_id(principal[len(self._prefix) :], "agent id")
         except Exception:  # not an agent id: no one is presented
             return ""
 
@@ -121,34 +126,51 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         if token is None and self._token_header != TOKEN_HEADER:
             token = raw.strip() or None  # a header of its own may carry the bare token
         if token is None or not token or any(c.isspace() for c in token):
-            return deny_response(Decision(False, DenyCode.MISSING_TOKEN,
-                                          f"no capgate token in {self._token_header!r}"))
+            return deny_response(
+                Decision(
+                    False, DenyCode.MISSING_TOKEN, f"no capgate token in {self._token_header!r}"
+                )
+            )
         action = attributes.context_extensions.get(ACTION_EXTENSION) or http_action(http.method)
         if not action:
-            return deny_response(Decision(
-                False, DenyCode.INVALID_REQUEST,
-                f"no action for HTTP method {http.method!r} (set {ACTION_EXTENSION!r} "
-                "in the route's context extensions)"))
+            return deny_response(
+                Decision(
+                    False,
+                    DenyCode.INVALID_REQUEST,
+                    f"no action for HTTP method {http.method!r} (set {ACTION_EXTENSION!r} "
+                    "in the route's context extensions)",
+                )
+            )
         try:  # what a server behind Envoy would serve, or a deny: never a guess
             resource = http_resource(http.path)
         except InvalidArgumentError as e:
-            return deny_response(Decision(False, DenyCode.INVALID_REQUEST,
-                                          f"path {http.path[:200]!r}: {e.message}"))
+            return deny_response(
+                Decision(False, DenyCode.INVALID_REQUEST, f"path {http.path[:200]!r}: {e.message}")
+            )
         presenter = self._presenter(attributes.source.principal)
         proof = headers.get(PROOF_HEADER, "")
         v = self.verification
         if proof:
-            d = (await v.verify_proven(caller, [Presented(token, action, resource, presenter,
-                                                          {}, proof, http.method,
-                                                          http.path)]))[0]
+            d = (
+                await v.verify_proven(
+                    caller,
+                    [
+                        Presented(
+                            token, action, resource, presenter, {}, proof, http.method, http.path
+                        )
+                    ],
+                )
+            )[0]
         else:
             d = await v.verify(caller, token, action, resource, presenter, {})
         return allow_response(d) if d.allowed else deny_response(d)
 
 
-def register_ext_authz(server: grpc.aio.Server, verification: Verification,
-                       settings: Settings) -> str:
+def register_ext_authz(
+    server: grpc.aio.Server, verification: Verification, settings: Settings
+) -> str:
     """Serve Check on ``server``; returns the service's full name."""
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-        AuthorizationServicer(verification, settings), server)
+        AuthorizationServicer(verification, settings), server
+    )
     return str(external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name)

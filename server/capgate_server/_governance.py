@@ -73,12 +73,23 @@ Lane = Callable[..., Awaitable[Any]]
 
 
 class Governance:
-    def __init__(self, store: Store, agents: Mapping[str, Agent], clock: Clock, *,
-                 read: Lane, write: Lane, bulk: Lane,
-                 after_change: Callable[[], Awaitable[None]],
-                 warmup: float = 86400.0, refresh: float = 5.0, retention: float = 0.0,
-                 baselines: Baselines | None = None, revoke_for: float = 30 * 86400.0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        store: Store,
+        agents: Mapping[str, Agent],
+        clock: Clock,
+        *,
+        read: Lane,
+        write: Lane,
+        bulk: Lane,
+        after_change: Callable[[], Awaitable[None]],
+        warmup: float = 86400.0,
+        refresh: float = 5.0,
+        retention: float = 0.0,
+        baselines: Baselines | None = None,
+        revoke_for: float = 30 * 86400.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._store = store
         self._agents = agents
         self._clock = clock
@@ -210,9 +221,11 @@ class Governance:
         for start in range(0, len(events), _SLICE):
             if start:
                 await asyncio.sleep(_SLICE_PAUSE)
-            chunk = events[start:start + _SLICE]
-            for d in [*self.baselines.observe(chunk, self.policy, self._warm),
-                      *self._shadow_denies(chunk)]:
+            chunk = events[start : start + _SLICE]
+            for d in [
+                *self.baselines.observe(chunk, self.policy, self._warm),
+                *self._shadow_denies(chunk),
+            ]:
                 try:
                     await self._raise(d)
                 except Exception as e:
@@ -235,10 +248,16 @@ class Governance:
             key = f"{agent}|shadow-deny|{e.action}|{prefix}"
             if key not in out:
                 out[key] = Deviation(
-                    agent, "shadow-deny", key,
+                    agent,
+                    "shadow-deny",
+                    key,
                     f"{agent} would be denied {e.action} on {prefix}/** by its shadow ceiling "
-                    "(allowed: shadow mode)", e.at, e.action, e.resource,
-                    {"code": e.code, "presenter": e.presenter, "chain": list(e.chain)})
+                    "(allowed: shadow mode)",
+                    e.at,
+                    e.action,
+                    e.resource,
+                    {"code": e.code, "presenter": e.presenter, "chain": list(e.chain)},
+                )
         return list(out.values())
 
     # -- policies ---------------------------------------------------------------------
@@ -253,9 +272,15 @@ class Governance:
         warmup = policy.warmup if policy.warmup >= 0 else self.warmup
         return at - agent.created_at >= warmup
 
-    async def set_policy(self, caller: str, agent_id: str, containment: str,
-                         sensitivity: float, warmup: float,
-                         shadow: Sequence[str] = ()) -> GovernancePolicy:
+    async def set_policy(
+        self,
+        caller: str,
+        agent_id: str,
+        containment: str,
+        sensitivity: float,
+        warmup: float,
+        shadow: Sequence[str] = (),
+    ) -> GovernancePolicy:
         check_id(agent_id, "agent id")
         agent = self._agents.get(agent_id)
         if agent is None or agent.status is AgentStatus.DELETED:
@@ -263,26 +288,45 @@ class Governance:
         try:
             mode = Containment(containment or "alert")
         except ValueError:
-            raise InvalidArgumentError("containment must be 'alert', 'narrow' or 'suspend'",
-                                       containment=containment) from None
+            raise InvalidArgumentError(
+                "containment must be 'alert', 'narrow' or 'suspend'", containment=containment
+            ) from None
         if not 0.01 <= sensitivity <= 100:
             raise InvalidArgumentError("sensitivity must be between 0.01 and 100")
         if not warmup <= _MAX_WARMUP or warmup != warmup:  # NaN: not a number
-            raise InvalidArgumentError(f"warm-up must be between 0 and {_MAX_WARMUP:.0f} "
-                                       "seconds (negative: the server's default)")
+            raise InvalidArgumentError(
+                f"warm-up must be between 0 and {_MAX_WARMUP:.0f} "
+                "seconds (negative: the server's default)"
+            )
         warmup = max(warmup, -1.0)
         if len(shadow) > 256:
             raise InvalidArgumentError("a shadow ceiling holds at most 256 grants")
         ceiling = Ceiling.parse(shadow) if shadow else None  # a bad grant: a clear error
-        policy = GovernancePolicy(agent_id, mode, sensitivity, warmup,
-                                  tuple(str(g) for g in ceiling.grants) if ceiling else ())
-        await self._write(self._store.set_policy, policy, AuditEvent(
-            self._clock(), caller, "governance.policy", agent_id,
-            detail={"containment": str(mode), "sensitivity": sensitivity, "warmup": warmup,
-                    "shadow": " ".join(policy.shadow)}))
+        policy = GovernancePolicy(
+            agent_id,
+            mode,
+            sensitivity,
+            warmup,
+            tuple(str(g) for g in ceiling.grants) if ceiling else (),
+        )
+        await self._write(
+            self._store.set_policy,
+            policy,
+            AuditEvent(
+                self._clock(),
+                caller,
+                "governance.policy",
+                agent_id,
+                detail={
+                    "containment": str(mode),
+                    "sensitivity": sensitivity,
+                    "warmup": warmup,
+                    "shadow": " ".join(policy.shadow),
+                },
+            ),
+        )
         self._policy_changes += 1
-        self._use_policies([*(p for p in self._policies.values() if p.agent != agent_id),
-                            policy])
+        self._use_policies([*(p for p in self._policies.values() if p.agent != agent_id), policy])
         return policy
 
     # -- alerts and containment ----------------------------------------------------------
@@ -298,9 +342,13 @@ class Governance:
             window = self._raised[agent_id] = [now, 0.0]
         if window[1] >= _ALERTS_PER_AGENT:
             if window[1] == _ALERTS_PER_AGENT:
-                log.warning("more than %d alerts about %s in %.0fs: the rest of the window's "
-                            "are not raised (the audit keeps every decision)",
-                            _ALERTS_PER_AGENT, agent_id, _ALERT_WINDOW)
+                log.warning(
+                    "more than %d alerts about %s in %.0fs: the rest of the window's "
+                    "are not raised (the audit keeps every decision)",
+                    _ALERTS_PER_AGENT,
+                    agent_id,
+                    _ALERT_WINDOW,
+                )
             window[1] += 1
             self.alerts["suppressed"] = self.alerts.get("suppressed", 0) + 1
             return False
@@ -313,17 +361,29 @@ class Governance:
         policy = self.policy(d.agent)
         if d.kind == "shadow-deny":  # what shadow mode is for: watch, never act
             policy = GovernancePolicy(d.agent)
-        record = AlertRecord(key=d.key[:512], agent=d.agent, at=d.at, kind=d.kind,
-                             reason=d.reason[:1024],
-                             detail={**d.detail, "action": d.action, "resource": d.resource},
-                             containment=str(policy.containment))
-        audit = AuditEvent(self._clock(), _SYSTEM, "governance.alert", d.agent, True, d.kind,
-                           d.reason, detail={"containment": str(policy.containment)})
+        record = AlertRecord(
+            key=d.key[:512],
+            agent=d.agent,
+            at=d.at,
+            kind=d.kind,
+            reason=d.reason[:1024],
+            detail={**d.detail, "action": d.action, "resource": d.resource},
+            containment=str(policy.containment),
+        )
+        audit = AuditEvent(
+            self._clock(),
+            _SYSTEM,
+            "governance.alert",
+            d.agent,
+            True,
+            d.kind,
+            d.reason,
+            detail={"containment": str(policy.containment)},
+        )
         stored: AlertRecord | None = await self._write(self._store.raise_alert, record, audit)
         if stored is None:  # another replica raised it
             return
-        log.warning("alert %d: %s (containment: %s)", stored.seq, stored.reason,
-                    stored.containment)
+        log.warning("alert %d: %s (containment: %s)", stored.seq, stored.reason, stored.containment)
         self.alerts[d.kind] = self.alerts.get(d.kind, 0) + 1
         if policy.containment is not Containment.ALERT:
             await self._contain(stored, d, policy.containment)
@@ -345,12 +405,19 @@ class Governance:
                 return  # no grant allowed it: the ceiling already denies it
             if kept:
                 patch, done = AgentPatch(ceiling=Ceiling(kept)), "narrow"
-        detail: dict[str, object] = {"alert": alert.seq, "containment": done,
-                                     "reason": alert.reason}
+        detail: dict[str, object] = {
+            "alert": alert.seq,
+            "containment": done,
+            "reason": alert.reason,
+        }
         if patch.ceiling is not None:
             detail["ceiling"] = str(patch.ceiling)
-        await self._write(self._store.patch_agent, d.agent, patch, AuditEvent(
-            self._clock(), _SYSTEM, "governance.contain", d.agent, detail=detail))
+        await self._write(
+            self._store.patch_agent,
+            d.agent,
+            patch,
+            AuditEvent(self._clock(), _SYSTEM, "governance.contain", d.agent, detail=detail),
+        )
         self.containments[done] = self.containments.get(done, 0) + 1
         log.warning("contained %s (%s) after alert %d", d.agent, done, alert.seq)
         await self._after_change()
@@ -361,28 +428,54 @@ class Governance:
         now = self._clock()
         reason = f"governance alert {alert.seq}: {alert.reason}"[:512]
         chain = d.detail.get("chain")
-        await self._write(self._store.revoke, token_id, now, now + self._revoke_for, _SYSTEM,
-                          reason, AuditEvent(
-                              now, _SYSTEM, "revoke", token_id,
-                              chain=tuple(str(a) for a in chain) if isinstance(chain, list)
-                              else (), detail={"reason": reason, "alert": alert.seq}))
-        await self._write(self._store.append_audit, [AuditEvent(
-            now, _SYSTEM, "governance.contain", d.agent,
-            detail={"alert": alert.seq, "containment": "revoke", "token_id": token_id,
-                    "reason": alert.reason})])
+        await self._write(
+            self._store.revoke,
+            token_id,
+            now,
+            now + self._revoke_for,
+            _SYSTEM,
+            reason,
+            AuditEvent(
+                now,
+                _SYSTEM,
+                "revoke",
+                token_id,
+                chain=tuple(str(a) for a in chain) if isinstance(chain, list) else (),
+                detail={"reason": reason, "alert": alert.seq},
+            ),
+        )
+        await self._write(
+            self._store.append_audit,
+            [
+                AuditEvent(
+                    now,
+                    _SYSTEM,
+                    "governance.contain",
+                    d.agent,
+                    detail={
+                        "alert": alert.seq,
+                        "containment": "revoke",
+                        "token_id": token_id,
+                        "reason": alert.reason,
+                    },
+                )
+            ],
+        )
         self.containments["revoke"] = self.containments.get("revoke", 0) + 1
         log.warning("revoked token %s of %s after alert %d", token_id, d.agent, alert.seq)
         await self._after_change()
 
-    async def list_alerts(self, after_seq: int = 0, agent: str = "", limit: int = 100
-                          ) -> list[AlertRecord]:
+    async def list_alerts(
+        self, after_seq: int = 0, agent: str = "", limit: int = 100
+    ) -> list[AlertRecord]:
         if not 1 <= limit <= 1000:
             raise InvalidArgumentError("limit must be between 1 and 1000")
         found: list[AlertRecord] = await self._read(self._store.alerts, after_seq, agent, limit)
         return found
 
-    async def watch(self, after_seq: int = 0, agent: str = "",
-                    poll: float = 0.5) -> AsyncIterator[AlertRecord]:
+    async def watch(
+        self, after_seq: int = 0, agent: str = "", poll: float = 0.5
+    ) -> AsyncIterator[AlertRecord]:
         """Alerts after ``after_seq`` as they are raised anywhere in the fleet."""
         while True:
             waiting = self._alerted
@@ -393,8 +486,9 @@ class Governance:
                 async with asyncio.timeout(poll):
                     await waiting.wait()
 
-    async def usage(self, agent: str = "", since: float = 0.0, limit: int = 100_000
-                    ) -> list[UsageRow]:
+    async def usage(
+        self, agent: str = "", since: float = 0.0, limit: int = 100_000
+    ) -> list[UsageRow]:
         """Usage rows, the most recently seen first, at most ``limit``."""
         rows: list[UsageRow] = await self._read(self._store.usage, agent, since, limit)
         return rows

@@ -40,9 +40,18 @@ class HopLedger:
             if hop.did in seen:
                 continue
             seen.add(hop.did)
-            records.append(DelegationRecord(
-                hop.did, st.token_id, st.hops[i - 1].did or st.token_id, st.hops[i - 1].agent,
-                hop.agent, hop.at_ms / 1000, hop_expiry(d, i), hop.offline,
-                tuple(hop.restrictions)))
+            records.append(
+                DelegationRecord(
+                    hop.did,
+                    st.token_id,
+                    st.hops[i - 1].did or st.token_id,
+                    st.hops[i - 1].agent,
+                    hop.agent,
+                    hop.at_ms / 1000,
+                    hop_expiry(d, i),
+                    hop.offline,
+                    tuple(hop.restrictions),
+                )
+            )
         if records:
             self._record(records)

@@ -109,13 +109,18 @@ class Intake(grpc.aio.ServerInterceptor):
 
 async def _refuse(context: grpc.aio.ServicerContext[Any, Any]) -> None:
     error = UnavailableError(NOT_EXECUTED)
-    await context.abort(status_for(error), error.message,
-                        trailing_metadata=((ERROR_METADATA_KEY, type(error).__name__),))
+    await context.abort(
+        status_for(error),
+        error.message,
+        trailing_metadata=((ERROR_METADATA_KEY, type(error).__name__),),
+    )
 
 
 def _same_kind(handler: Any, behaviour: Any) -> Any:
-    kw = {"request_deserializer": handler.request_deserializer,
-          "response_serializer": handler.response_serializer}
+    kw = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(behaviour, **kw)
     if handler.response_streaming:

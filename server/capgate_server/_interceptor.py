@@ -31,12 +31,24 @@ _OPERATORS = frozenset({Role.ADMIN, Role.OPERATOR})  # the operator's share of a
 
 # Who may call what; a method missing here is refused (fail closed).
 POLICY: Mapping[str, frozenset[Role]] = {
-    **{f"/capgate.v1.AgentService/{m}": _ADMIN for m in (
-        "CreateAgent", "AddPublicKey", "RemovePublicKey", "DeleteAgent",
-        "CreatePrincipal", "ListPrincipals", "DisablePrincipal", "EnablePrincipal",
-        "RotateCredential")},
-    **{f"/capgate.v1.AgentService/{m}": _OPERATORS for m in (
-        "ListAgents", "UpdateAgent", "SuspendAgent", "ResumeAgent", "RevokeAllTokens")},
+    **{
+        f"/capgate.v1.AgentService/{m}": _ADMIN
+        for m in (
+            "CreateAgent",
+            "AddPublicKey",
+            "RemovePublicKey",
+            "DeleteAgent",
+            "CreatePrincipal",
+            "ListPrincipals",
+            "DisablePrincipal",
+            "EnablePrincipal",
+            "RotateCredential",
+        )
+    },
+    **{
+        f"/capgate.v1.AgentService/{m}": _OPERATORS
+        for m in ("ListAgents", "UpdateAgent", "SuspendAgent", "ResumeAgent", "RevokeAllTokens")
+    },
     "/capgate.v1.AgentService/GetAgent": frozenset({Role.ADMIN, Role.OPERATOR, Role.AGENT}),
     "/capgate.v1.TokenService/IssueToken": _AGENT,
     "/capgate.v1.TokenService/DelegateToken": _AGENT,
@@ -47,10 +59,14 @@ POLICY: Mapping[str, frozenset[Role]] = {
     "/capgate.v1.VerifierService/Verify": _VERIFIERS,
     "/capgate.v1.VerifierService/VerifyBatch": _VERIFIERS,
     "/capgate.v1.VerifierService/VerifyStream": _VERIFIERS,
-    **{f"/capgate.v1.AuditService/{m}": _OPERATORS for m in (
-        "ListEvents", "WatchEvents", "VerifyLedger", "GetCheckpoint")},
-    **{f"/capgate.v1.GovernanceService/{m}": _ADMIN for m in (
-        "GetUsage", "Review", "ListAlerts", "WatchAlerts", "SetPolicy", "GetPolicy")},
+    **{
+        f"/capgate.v1.AuditService/{m}": _OPERATORS
+        for m in ("ListEvents", "WatchEvents", "VerifyLedger", "GetCheckpoint")
+    },
+    **{
+        f"/capgate.v1.GovernanceService/{m}": _ADMIN
+        for m in ("GetUsage", "Review", "ListAlerts", "WatchAlerts", "SetPolicy", "GetPolicy")
+    },
     "/capgate.v1.KeyService/ListKeys": _ADMIN,
     "/capgate.v1.KeyService/RotateKey": _ADMIN,
     "/capgate.v1.KeyService/RetireKey": _ADMIN,
@@ -82,9 +98,13 @@ _WHILE_SUSPENDED = frozenset({"/capgate.v1.AgentService/GetAgent"})
 
 
 class Authenticator(grpc.aio.ServerInterceptor):
-    def __init__(self, replica: Replica, admission: Admission,
-                 policy: Mapping[str, frozenset[Role]] = POLICY,
-                 refuse: Callable[[str], str | None] | None = None) -> None:
+    def __init__(
+        self,
+        replica: Replica,
+        admission: Admission,
+        policy: Mapping[str, frozenset[Role]] = POLICY,
+        refuse: Callable[[str], str | None] | None = None,
+    ) -> None:
         self._replica = replica
         self._admission = admission
         self._policy = policy
@@ -112,8 +132,7 @@ class Authenticator(grpc.aio.ServerInterceptor):
                 if key == "authorization":
                     credential = value.removeprefix("Bearer ").strip()
             try:
-                principal = (await self._replica.authenticate(credential) if credential
-                             else None)
+                principal = await self._replica.authenticate(credential) if credential else None
             except CapgateError as e:  # the store cannot say who this is: fail closed, say why
                 principal, error = None, e
             if error is not None:
@@ -125,21 +144,33 @@ class Authenticator(grpc.aio.ServerInterceptor):
             elif roles is not None and principal.role not in roles:
                 error = PermissionDeniedError(
                     f"{method.rsplit('/', 1)[-1]} is not open to the {principal.role} role"
-                    + _HINTS.get(method, ""))
-            elif principal.role is Role.AGENT and method not in _WHILE_SUSPENDED and (
+                    + _HINTS.get(method, "")
+                )
+            elif (
+                principal.role is Role.AGENT
+                and method not in _WHILE_SUSPENDED
+                and (
                     (agent := self._replica.agents.get(principal.id)) is None
-                    or agent.status is not AgentStatus.ACTIVE):
+                    or agent.status is not AgentStatus.ACTIVE
+                )
+            ):
                 state = agent.status if agent is not None else "not registered"
                 error = PermissionDeniedError(
-                    f"agent {principal.id!r} is {state}: it may call nothing but GetAgent")
+                    f"agent {principal.id!r} is {state}: it may call nothing but GetAgent"
+                )
             else:
                 error = self._admission.busy(principal, method)
         if isinstance(error, AuthenticationError):  # failed logins are audited (tallied)
             who = principal.id if principal is not None else "unknown"
-            self._replica.audit.refusal("auth.failed", who, method.rsplit("/", 1)[-1],
-                                        "unauthenticated", error.message, self._replica.clock())
+            self._replica.audit.refusal(
+                "auth.failed",
+                who,
+                method.rsplit("/", 1)[-1],
+                "unauthenticated",
+                error.message,
+                self._replica.clock(),
+            )
         if error is not None:
             return self._admission.refuse(handler, error)
         assert principal is not None
         return self._admission.admit(handler, method, principal)
-

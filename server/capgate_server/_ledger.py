@@ -61,19 +61,26 @@ def vouch(store: Store, kek: KeyEncryptionKey, now: float) -> LedgerKey:
     """The store's ledger key (made on a first start), unsealed with ``kek``; from now
     on every audit record written through ``store`` carries its writer's MAC."""
     mine = LedgerKey.generate()
-    sealed, public = store.ledger_key(kek.seal(_KEY_ID, mine.private_bytes()), mine.public_key,
-                                      now)
+    sealed, public = store.ledger_key(kek.seal(_KEY_ID, mine.private_bytes()), mine.public_key, now)
     key = LedgerKey.from_bytes(kek.open(_KEY_ID, sealed))
     if key.public_key != public:
-        raise FailedPreconditionError("the audit ledger's key does not match its public key: "
-                                      "the store was altered")
+        raise FailedPreconditionError(
+            "the audit ledger's key does not match its public key: the store was altered"
+        )
     store.record_key = key.record_key()
     return key
 
 
 class AuditLedger:
-    def __init__(self, store: Store, kek: KeyEncryptionKey, clock: Clock, *,
-                 interval: float = 0.2, checkpoint_every: float = 60.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        kek: KeyEncryptionKey,
+        clock: Clock,
+        *,
+        interval: float = 0.2,
+        checkpoint_every: float = 60.0,
+    ) -> None:
         self._store = store
         self._kek = kek
         self._clock = clock
@@ -182,9 +189,17 @@ class AuditLedger:
         forged = next((c for c in marks if not c.valid([key_id])), None)
         if forged is not None:  # a cut must be signed as one: a checkpoint relabelled
             what = "a retention cut" if forged.cut else "a checkpoint"  # a cut fails here
-            return LedgerReport(False, Break(forged.pos, f"{what} at {forged.pos} is not "
-                                                         "signed by this store's ledger key"),
-                                start_pos, start_pos, 0, 0, key_id)
+            return LedgerReport(
+                False,
+                Break(
+                    forged.pos, f"{what} at {forged.pos} is not signed by this store's ledger key"
+                ),
+                start_pos,
+                start_pos,
+                0,
+                0,
+                key_id,
+            )
         marks = [c for c in marks if c.pos > start_pos]
         if against is not None:
             problem = self._against(against, start_pos)
@@ -196,23 +211,36 @@ class AuditLedger:
             base = max((c for c in kept if c.pos <= since), key=lambda c: c.pos, default=None)
             if base is not None:
                 start_pos, start = base.pos, bytes.fromhex(base.digest)
-        broke, pos, _ = walk(self._pages(start_pos), start_pos, start,
-                             [c for c in marks if c.pos > start_pos])
-        return LedgerReport(broke is None, broke, start_pos, pos, pos - start_pos,
-                            sum(1 for c in marks if start_pos < c.pos <= pos), key_id,
-                            against)
+        broke, pos, _ = walk(
+            self._pages(start_pos), start_pos, start, [c for c in marks if c.pos > start_pos]
+        )
+        return LedgerReport(
+            broke is None,
+            broke,
+            start_pos,
+            pos,
+            pos - start_pos,
+            sum(1 for c in marks if start_pos < c.pos <= pos),
+            key_id,
+            against,
+        )
 
     def _against(self, exported: Checkpoint, start_pos: int) -> Break | None:
         if not exported.valid([self.key.key_id]):
-            return Break(exported.pos, "the exported checkpoint is not signed by this store's "
-                                       "ledger key")
+            return Break(
+                exported.pos, "the exported checkpoint is not signed by this store's ledger key"
+            )
         if exported.pos <= start_pos:  # pruned since: only a kept cut can speak for it
-            same = [c for c in self._store.audit_checkpoints(exported.pos - 1)
-                    if c.pos == exported.pos]
+            same = [
+                c for c in self._store.audit_checkpoints(exported.pos - 1) if c.pos == exported.pos
+            ]
             if not same or same[0].digest != exported.digest:
-                return Break(exported.pos, f"the exported checkpoint at {exported.pos} is older "
-                                           f"than the retention cut at {start_pos}: it cannot "
-                                           "be checked")
+                return Break(
+                    exported.pos,
+                    f"the exported checkpoint at {exported.pos} is older "
+                    f"than the retention cut at {start_pos}: it cannot "
+                    "be checked",
+                )
         return None
 
     def _pages(self, after: int) -> Iterator[tuple[int, bytes, bytes]]:
@@ -225,15 +253,15 @@ class AuditLedger:
 
     # -- following ---------------------------------------------------------------------
 
-    async def watch(self, after: int, query: AuditQuery | None, *, follow: bool = True,
-                    poll: float = 0.5) -> AsyncIterator[AuditEvent]:
+    async def watch(
+        self, after: int, query: AuditQuery | None, *, follow: bool = True, poll: float = 0.5
+    ) -> AsyncIterator[AuditEvent]:
         """Sealed records after position ``after`` that match ``query``, in order; with
         ``follow``, then each new one as it is sealed (here or at another replica)."""
         while True:
             self._sealed.clear()
             head: Checkpoint | None = await self._read(self._store.audit_head)
-            page: list[AuditEvent] = await self._read(self._store.sealed_audit, after, 500,
-                                                      query)
+            page: list[AuditEvent] = await self._read(self._store.sealed_audit, after, 500, query)
             for event in page:
                 yield event
             if page:

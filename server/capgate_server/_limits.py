@@ -74,8 +74,12 @@ class ResourceLimits:
     @property
     def largest_message(self) -> int:
         """grpc's own receive limit: no method's messages are read beyond it."""
-        return max(self.max_message, self.batch_message, self.health_message,
-                   *self.method_messages.values())
+        return max(
+            self.max_message,
+            self.batch_message,
+            self.health_message,
+            *self.method_messages.values(),
+        )
 
     def with_settings(self, pairs: Iterable[str]) -> ResourceLimits:
         """These limits with ``NAME=VALUE`` changes (``capgate serve --limit``)."""
@@ -86,7 +90,8 @@ class ResourceLimits:
             if not sep or name not in numbers:
                 raise InvalidArgumentError(
                     f"--limit takes NAME=VALUE with NAME one of {', '.join(sorted(numbers))}; "
-                    f"got {pair!r}")
+                    f"got {pair!r}"
+                )
             try:
                 value = int(text) if numbers[name] == "int" else float(text)
             except ValueError:

@@ -33,8 +33,9 @@ Claim = tuple[str, str, float]  # (agent, nonce, keep until)
 
 
 class NonceLedger:
-    def __init__(self, store: Store, clock: Clock, *, local_limit: int = 200_000,
-                 forget_every: float = 10.0) -> None:
+    def __init__(
+        self, store: Store, clock: Clock, *, local_limit: int = 200_000, forget_every: float = 10.0
+    ) -> None:
         self._store = store
         self._clock = clock
         self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capgate-nonces")
@@ -73,7 +74,8 @@ class NonceLedger:
             forget = now if now - self._forgot_at >= self._forget_every else None
             try:
                 redeemed = await loop.run_in_executor(
-                    self._lane, self._store.redeem_nonces, [c for c, _ in batch], forget)
+                    self._lane, self._store.redeem_nonces, [c for c, _ in batch], forget
+                )
             except Exception as e:  # the store is down: these proofs are refused
                 log.warning("cannot redeem proof nonces: %s", e)
                 for _, future in batch:

@@ -79,7 +79,9 @@ class Registry:
             except CaveatSyntaxError:
                 raise InvalidArgumentError(
                     f"rate {rate!r}: want N/PERIOD, N from 1 and a period like 1s, 10m, 1h, "
-                    "1d (e.g. 100/1m)", rate=rate) from None
+                    "1d (e.g. 100/1m)",
+                    rate=rate,
+                ) from None
         return rate
 
     def _ttl(self, ttl: int | None) -> int:
@@ -107,35 +109,55 @@ class Registry:
 
     # -- agents --------------------------------------------------------------------------
 
-    async def create_agent(self, caller: Principal, agent_id: str, grants: Sequence[str], *,
-                           max_ttl: int | None = None, max_depth: int | None = None,
-                           owner: str = "", description: str = "",
-                           public_key: bytes | None = None, require_proof: bool = False,
-                           approvals: Sequence[ApprovalRule] = (),
-                           rate: str = "") -> tuple[Agent, str]:
+    async def create_agent(
+        self,
+        caller: Principal,
+        agent_id: str,
+        grants: Sequence[str],
+        *,
+        max_ttl: int | None = None,
+        max_depth: int | None = None,
+        owner: str = "",
+        description: str = "",
+        public_key: bytes | None = None,
+        require_proof: bool = False,
+        approvals: Sequence[ApprovalRule] = (),
+        rate: str = "",
+    ) -> tuple[Agent, str]:
         check_id(agent_id, "agent id")
         keys = {}
         if public_key:
             raw = load_public_key(public_key)
             keys[public_key_id(raw)] = raw
         agent = Agent(
-            id=agent_id, ceiling=self._ceiling(grants),
+            id=agent_id,
+            ceiling=self._ceiling(grants),
             owner=self._text(owner or caller.id, "owner"),
             description=self._text(description, "description", 1024),
             max_ttl=self._ttl(max_ttl),
-            max_depth=self._depth(self.replica.settings.default_max_depth
-                                  if max_depth is None else max_depth),
-            created_at=self.replica.clock(), require_proof=require_proof,
-            approvals=_rules(approvals), rate=self._rate(rate),
+            max_depth=self._depth(
+                self.replica.settings.default_max_depth if max_depth is None else max_depth
+            ),
+            created_at=self.replica.clock(),
+            require_proof=require_proof,
+            approvals=_rules(approvals),
+            rate=self._rate(rate),
         ).with_changes(public_keys=keys)
         credential = new_credential()
-        event = self._event(caller, "agent.create", agent_id, ceiling=str(agent.ceiling),
-                            max_ttl=agent.max_ttl, max_depth=agent.max_depth,
-                            **({"require_proof": True} if require_proof else {}),
-                            **({"rate": agent.rate} if agent.rate else {}),
-                            **({"approvals": [str(r) for r in approvals]} if approvals else {}))
-        await self.replica.call(self.replica.store.create_agent, agent,
-                                hash_credential(credential), event)
+        event = self._event(
+            caller,
+            "agent.create",
+            agent_id,
+            ceiling=str(agent.ceiling),
+            max_ttl=agent.max_ttl,
+            max_depth=agent.max_depth,
+            **({"require_proof": True} if require_proof else {}),
+            **({"rate": agent.rate} if agent.rate else {}),
+            **({"approvals": [str(r) for r in approvals]} if approvals else {}),
+        )
+        await self.replica.call(
+            self.replica.store.create_agent, agent, hash_credential(credential), event
+        )
         await self.replica.sync()
         return self.replica.agents.get(agent_id, agent), credential
 
@@ -148,8 +170,10 @@ class Registry:
         return agent
 
     def list(self) -> list[Agent]:
-        return sorted((a for a in self.replica.agents.values()
-                       if a.status is not AgentStatus.DELETED), key=lambda a: a.id)
+        return sorted(
+            (a for a in self.replica.agents.values() if a.status is not AgentStatus.DELETED),
+            key=lambda a: a.id,
+        )
 
     async def delete(self, caller: Principal, agent_id: str) -> None:
         """Delete an agent: its credential and keys go, and every token it holds or
@@ -157,17 +181,30 @@ class Registry:
         does not bring them back)."""
         self.get(caller, agent_id)
         cutoff_ms = math.ceil(await self.replica.call(self._cutoff, agent_id) * 1000)
-        await self.replica.call(self.replica.store.delete_agent, agent_id, cutoff_ms,
-                                self._event(caller, "agent.delete", agent_id,
-                                            before_ms=cutoff_ms))
+        await self.replica.call(
+            self.replica.store.delete_agent,
+            agent_id,
+            cutoff_ms,
+            self._event(caller, "agent.delete", agent_id, before_ms=cutoff_ms),
+        )
         await self.replica.sync()
 
-    async def _patch(self, caller: Principal, agent_id: str, kind: str,
-                     detail: dict[str, object], patch: AgentPatch) -> Agent:
+    async def _patch(
+        self,
+        caller: Principal,
+        agent_id: str,
+        kind: str,
+        detail: dict[str, object],
+        patch: AgentPatch,
+    ) -> Agent:
         """Write only what changes, so changes made at once on two replicas compose."""
         self.get(caller, agent_id)  # exists, and the caller may see it
-        await self.replica.call(self.replica.store.patch_agent, agent_id, patch,
-                                self._event(caller, kind, agent_id, **detail))
+        await self.replica.call(
+            self.replica.store.patch_agent,
+            agent_id,
+            patch,
+            self._event(caller, kind, agent_id, **detail),
+        )
         await self.replica.sync()
         return self.replica.agents[agent_id]
 
@@ -178,14 +215,21 @@ class Registry:
             ceiling=None if update.ceiling is None else self._ceiling(update.ceiling),
             max_ttl=None if update.max_ttl is None else self._ttl(update.max_ttl),
             max_depth=None if update.max_depth is None else self._depth(update.max_depth),
-            description=None if update.description is None
+            description=None
+            if update.description is None
             else self._text(update.description, "description", 1024),
             require_proof=update.require_proof,
             approvals=None if update.approvals is None else _rules(update.approvals),
-            rate=None if update.rate is None else self._rate(update.rate))
-        changed = (("ceiling", patch.ceiling), ("max_ttl", patch.max_ttl),
-                   ("max_depth", patch.max_depth), ("description", patch.description),
-                   ("require_proof", patch.require_proof), ("rate", patch.rate))
+            rate=None if update.rate is None else self._rate(update.rate),
+        )
+        changed = (
+            ("ceiling", patch.ceiling),
+            ("max_ttl", patch.max_ttl),
+            ("max_depth", patch.max_depth),
+            ("description", patch.description),
+            ("require_proof", patch.require_proof),
+            ("rate", patch.rate),
+        )
         detail: dict[str, object] = {k: str(v) for k, v in changed if v is not None}
         if patch.approvals is not None:
             detail["approvals"] = "; ".join(str(r) for r in patch.approvals) or "none"
@@ -195,8 +239,11 @@ class Registry:
 
     def _only_narrows(self, caller: Principal, agent_id: str, update: AgentUpdate) -> None:
         """An operator changes a ceiling only to one inside it, and nothing else."""
-        others = [f for f in ("max_ttl", "max_depth", "description", "require_proof", "rate",
-                              "approvals") if getattr(update, f) is not None]
+        others = [
+            f
+            for f in ("max_ttl", "max_depth", "description", "require_proof", "rate", "approvals")
+            if getattr(update, f) is not None
+        ]
         if others or update.ceiling is None:
             raise PermissionDeniedError("an operator may only narrow an agent's ceiling")
         current = self.get(caller, agent_id).ceiling
@@ -204,7 +251,9 @@ class Registry:
         if wider:
             raise PermissionDeniedError(
                 f"an operator may only narrow a ceiling; not inside the current one: "
-                f"{', '.join(wider)}", agent=agent_id)
+                f"{', '.join(wider)}",
+                agent=agent_id,
+            )
 
     async def set_status(self, caller: Principal, agent_id: str, status: AgentStatus) -> Agent:
         kind = "agent.suspend" if status is AgentStatus.SUSPENDED else "agent.resume"
@@ -219,8 +268,13 @@ class Registry:
         """
         self.get(caller, agent_id)
         cutoff_ms = math.ceil(await self.replica.call(self._cutoff, agent_id) * 1000)
-        return await self._patch(caller, agent_id, "agent.revoke-all", {"before_ms": cutoff_ms},
-                                 AgentPatch(revoke_before_ms=cutoff_ms))
+        return await self._patch(
+            caller,
+            agent_id,
+            "agent.revoke-all",
+            {"before_ms": cutoff_ms},
+            AgentPatch(revoke_before_ms=cutoff_ms),
+        )
 
     def _cutoff(self, agent_id: str) -> float:
         store = self.replica.store
@@ -231,28 +285,35 @@ class Registry:
         kid = public_key_id(raw)
         if kid in self.get(caller, agent_id).public_keys:
             raise FailedPreconditionError(f"key {kid} is already registered for {agent_id!r}")
-        return await self._patch(caller, agent_id, "agent.key-add", {"key_id": kid},
-                                 AgentPatch(add_key=(kid, raw)))
+        return await self._patch(
+            caller, agent_id, "agent.key-add", {"key_id": kid}, AgentPatch(add_key=(kid, raw))
+        )
 
     async def remove_key(self, caller: Principal, agent_id: str, key_id: str) -> Agent:
         if key_id not in self.get(caller, agent_id).public_keys:
             raise NotFoundError(f"agent {agent_id!r} has no key {key_id!r}")
-        return await self._patch(caller, agent_id, "agent.key-remove", {"key_id": key_id},
-                                 AgentPatch(remove_key=key_id))
+        return await self._patch(
+            caller, agent_id, "agent.key-remove", {"key_id": key_id}, AgentPatch(remove_key=key_id)
+        )
 
     # -- other principals --------------------------------------------------------------------
 
-    async def create_principal(self, caller: Principal, principal_id: str,
-                               role: str) -> tuple[Principal, str]:
+    async def create_principal(
+        self, caller: Principal, principal_id: str, role: str
+    ) -> tuple[Principal, str]:
         check_id(principal_id, "principal id")
         if role not in (Role.SERVICE, Role.ADMIN, Role.APPROVER, Role.OPERATOR):
-            raise InvalidArgumentError("role must be 'service', 'approver', 'operator' or "
-                                       "'admin' (agents: create-agent)")
+            raise InvalidArgumentError(
+                "role must be 'service', 'approver', 'operator' or 'admin' (agents: create-agent)"
+            )
         principal = Principal(principal_id, Role(role), self.replica.clock())
         credential = new_credential()
-        await self.replica.call(self.replica.store.create_principal, principal,
-                                hash_credential(credential),
-                                self._event(caller, "principal.create", principal_id, role=role))
+        await self.replica.call(
+            self.replica.store.create_principal,
+            principal,
+            hash_credential(credential),
+            self._event(caller, "principal.create", principal_id, role=role),
+        )
         return principal, credential
 
     async def principals(self) -> builtins.list[Principal]:
@@ -266,30 +327,41 @@ class Registry:
             raise NotFoundError(f"principal {principal_id!r} not found", id=principal_id)
         return found
 
-    async def set_disabled(self, caller: Principal, principal_id: str,
-                           disabled: bool) -> Principal:
+    async def set_disabled(self, caller: Principal, principal_id: str, disabled: bool) -> Principal:
         """Disable (or enable again) any principal's credential; it takes effect at once."""
         target = await self._principal(principal_id)
         if disabled and target.role is Role.ADMIN:
-            admins = [p for p in await self.principals()
-                      if p.role is Role.ADMIN and not p.disabled and p.id != principal_id]
+            admins = [
+                p
+                for p in await self.principals()
+                if p.role is Role.ADMIN and not p.disabled and p.id != principal_id
+            ]
             if not admins:
                 raise FailedPreconditionError(
                     f"{principal_id!r} is the last enabled admin; enable or create another "
-                    "first (a lost admin is recovered with `capgate admin recover`)")
+                    "first (a lost admin is recovered with `capgate admin recover`)"
+                )
         kind = "principal.disable" if disabled else "principal.enable"
-        await self.replica.call(self.replica.store.set_principal_disabled, principal_id,
-                                disabled, self._event(caller, kind, principal_id))
+        await self.replica.call(
+            self.replica.store.set_principal_disabled,
+            principal_id,
+            disabled,
+            self._event(caller, kind, principal_id),
+        )
         await self.replica.sync()
         return await self._principal(principal_id)
 
-    async def rotate_credential(self, caller: Principal,
-                                principal_id: str) -> tuple[Principal, str]:
+    async def rotate_credential(
+        self, caller: Principal, principal_id: str
+    ) -> tuple[Principal, str]:
         """A new credential for the principal; the old one stops working at once."""
         target = await self._principal(principal_id)
         credential = new_credential()
-        await self.replica.call(self.replica.store.set_credential, principal_id,
-                                hash_credential(credential),
-                                self._event(caller, "principal.rotate", principal_id))
+        await self.replica.call(
+            self.replica.store.set_credential,
+            principal_id,
+            hash_credential(credential),
+            self._event(caller, "principal.rotate", principal_id),
+        )
         await self.replica.sync()
         return target, credential

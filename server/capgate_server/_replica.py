@@ -126,9 +126,15 @@ class Settings:
 class Replica:
     """Owns the store connection, the live state and the audit log of one server."""
 
-    def __init__(self, store: Store, kek: KeyEncryptionKey, settings: Settings,
-                 clock: Clock = system_clock, monotonic: Clock = time.monotonic,
-                 siblings: Siblings | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        kek: KeyEncryptionKey,
+        settings: Settings,
+        clock: Clock = system_clock,
+        monotonic: Clock = time.monotonic,
+        siblings: Siblings | None = None,
+    ) -> None:
         self.store = store
         self.siblings = siblings  # the host's other workers, if any
         self.settings = settings
@@ -141,44 +147,70 @@ class Replica:
         self.revocations = RevocationSet()
         limits = settings.limits
         ledger = HopLedger(lambda hops: self.call_soon(self.store.record_delegations, hops))
-        self.verifier = Verifier(self.root_keys.active, self.agents, self.revocations,
-                                 clock=clock, cache_size=settings.cache_size,
-                                 cache_bytes=limits.chain_cache_bytes,
-                                 memo_size=settings.memo_size, memo_bytes=limits.memo_bytes,
-                                 prefix_bytes=limits.prefix_bytes,
-                                 caveat_bytes=limits.caveat_cache_bytes,
-                                 on_first_allow=ledger, counts_budgets=True)
-        self.ledger = AuditLedger(store, kek, clock, interval=settings.audit_interval,
-                                  checkpoint_every=settings.audit_checkpoint_every)
+        self.verifier = Verifier(
+            self.root_keys.active,
+            self.agents,
+            self.revocations,
+            clock=clock,
+            cache_size=settings.cache_size,
+            cache_bytes=limits.chain_cache_bytes,
+            memo_size=settings.memo_size,
+            memo_bytes=limits.memo_bytes,
+            prefix_bytes=limits.prefix_bytes,
+            caveat_bytes=limits.caveat_cache_bytes,
+            on_first_allow=ledger,
+            counts_budgets=True,
+        )
+        self.ledger = AuditLedger(
+            store,
+            kek,
+            clock,
+            interval=settings.audit_interval,
+            checkpoint_every=settings.audit_checkpoint_every,
+        )
         # usage, baselines and containment, fed by the audit tally's flushes
-        self.governance = Governance(store, self.agents, clock, read=self.read,
-                                     write=self.call, bulk=self._on_audit_lane,
-                                     after_change=self.sync,
-                                     warmup=settings.governance_warmup,
-                                     retention=settings.audit_retention
-                                     if settings.role == "full" else 0.0,
-                                     revoke_for=settings.max_ttl_cap)
+        self.governance = Governance(
+            store,
+            self.agents,
+            clock,
+            read=self.read,
+            write=self.call,
+            bulk=self._on_audit_lane,
+            after_change=self.sync,
+            warmup=settings.governance_warmup,
+            retention=settings.audit_retention if settings.role == "full" else 0.0,
+            revoke_for=settings.max_ttl_cap,
+        )
         self.audit = AuditLog(
             self._write_audit,
             observe=self.governance.observe if settings.governance else None,
             shadow=self.governance.shadow,
             prune=self.ledger.prune if settings.role == "full" else None,
             on_written=self.ledger.wake,
-            clock=clock, interval=settings.audit_interval, retention=settings.audit_retention,
-            tally_bytes=limits.audit_tally_bytes, backlog=limits.audit_backlog,
+            clock=clock,
+            interval=settings.audit_interval,
+            retention=settings.audit_retention,
+            tally_bytes=limits.audit_tally_bytes,
+            backlog=limits.audit_backlog,
             rows_per_write=limits.audit_rows_per_write,
-            denies_per_caller=limits.audit_denies_per_principal)
+            denies_per_caller=limits.audit_denies_per_principal,
+        )
         self.nonces = NonceLedger(store, self.trusted.now)  # proofs of possession, redeemed once
         # 'uses' and 'rate' caveats and agents' rates, counted fleet-wide in leased blocks
-        self.budgets = Budgets(store, self.trusted.now, block=settings.budget_block,
-                               idle=settings.budget_idle,
-                               new_per_token=limits.new_budgets_per_token)
+        self.budgets = Budgets(
+            store,
+            self.trusted.now,
+            block=settings.budget_block,
+            idle=settings.budget_idle,
+            new_per_token=limits.new_budgets_per_token,
+        )
         self._principals: dict[str, Principal] = {}
         # Three lanes to the store, each a thread with its own connection, so a slow
         # or blocked write never stops the replica from reading the change feed, and
         # a flood of decision records never delays a revocation.
-        self._executor = ThreadPoolExecutor(max_workers=settings.store_threads,
-                                            thread_name_prefix="capgate-store")
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.store_threads, thread_name_prefix="capgate-store"
+        )
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capgate-feed")
         self._auditor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capgate-audit")
         self._seq = 0
@@ -216,7 +248,6 @@ class Replica:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._auditor, lambda: fn(*args, **kwargs))
 
-
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> str | None:
@@ -237,9 +268,12 @@ class Replica:
             credential = new_credential()
             principal = Principal("admin", Role.ADMIN, self.clock())
             try:
-                await self.call(self.store.create_principal, principal,
-                                hash_credential(credential),
-                                AuditEvent(self.clock(), "capgate", "principal.create", "admin"))
+                await self.call(
+                    self.store.create_principal,
+                    principal,
+                    hash_credential(credential),
+                    AuditEvent(self.clock(), "capgate", "principal.create", "admin"),
+                )
             except AlreadyExistsError:  # another replica starting at the same moment won
                 credential = None
         self.audit.start()
@@ -256,8 +290,11 @@ class Replica:
         listen = getattr(self.store, "listen", None)
         if listen is not None:  # the backend pushes changes: wake at once
             self._listener = threading.Thread(
-                target=listen, args=(lambda: loop.call_soon_threadsafe(self.poke), self._stop),
-                name="capgate-listen", daemon=True)
+                target=listen,
+                args=(lambda: loop.call_soon_threadsafe(self.poke), self._stop),
+                name="capgate-listen",
+                daemon=True,
+            )
             self._listener.start()
         return credential
 
@@ -281,8 +318,12 @@ class Replica:
     async def _load(self) -> None:
         def load() -> tuple[int, list[Any], list[Agent], list[tuple[str, float]]]:
             seq = self.store.last_change()  # first: later changes are replayed (idempotent)
-            return (seq, self.store.root_keys(), self.store.list_agents(),
-                    self.store.revocations(self.trusted.now() - self.settings.prune_margin))
+            return (
+                seq,
+                self.store.root_keys(),
+                self.store.list_agents(),
+                self.store.revocations(self.trusted.now() - self.settings.prune_margin),
+            )
 
         seq, keys, agents, revoked = await self.read(load)
         self.root_keys.load(keys)
@@ -319,8 +360,7 @@ class Replica:
             async with asyncio.timeout(self.siblings.bound):
                 await self._catch_up_to(self.siblings.required())
         except Exception as e:
-            log.warning("cannot apply the changes acknowledged on this host: %s", e or
-                        "timed out")
+            log.warning("cannot apply the changes acknowledged on this host: %s", e or "timed out")
         return not self.behind()
 
     async def _catch_up_to(self, seq: int) -> int:
@@ -356,8 +396,10 @@ class Replica:
         invalidate = approvals = False
         for c in changes:
             if c.kind is ChangeKind.REVOCATION:
-                self.revocations.add(c.key, c.value if c.value is not None else
-                                     self.clock() + self.settings.max_ttl_cap)
+                self.revocations.add(
+                    c.key,
+                    c.value if c.value is not None else self.clock() + self.settings.max_ttl_cap,
+                )
             elif c.kind is ChangeKind.AGENT:
                 agent = payload.get((c.kind, c.key))
                 old = self.agents.get(c.key)
@@ -412,9 +454,12 @@ class Replica:
         Returns how many this replica forgot."""
         now = self.trusted.now()
         if self.clock() - now > self.settings.max_clock_skew:
-            log.warning("the wall clock is %.1fs ahead of what this replica can vouch for "
-                        "(monotonic time since start, the store's clock): pruning by the "
-                        "latter", self.clock() - now)
+            log.warning(
+                "the wall clock is %.1fs ahead of what this replica can vouch for "
+                "(monotonic time since start, the store's clock): pruning by the "
+                "latter",
+                self.clock() - now,
+            )
         dropped = self.revocations.prune(now - self.settings.prune_margin)
         if self.settings.role == "full":
             await self.call(self.store.prune_revocations, now, self.settings.prune_margin)

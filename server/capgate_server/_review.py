@@ -55,8 +55,9 @@ class AgentReview:
 
     @property
     def changes(self) -> bool:
-        return (not self.idle and tuple(self.proposed) != tuple(self.ceiling)) or \
-            self.proposed_max_depth != self.max_depth
+        return (
+            not self.idle and tuple(self.proposed) != tuple(self.ceiling)
+        ) or self.proposed_max_depth != self.max_depth
 
 
 def _dirs(resource: str) -> list[str]:
@@ -134,12 +135,28 @@ def review(agent: Agent, rows: Iterable[UsageRow]) -> AgentReview:
         for r in used:
             key = (r.action, prefix_of(r.subject) + "/**")
             summary[key] = summary.get(key, 0) + r.count
-        out.append(GrantUse(
-            str(g), sum(r.count for r in used), max((r.last_at for r in used), default=0.0),
-            tuple(f"{a} {p} ({n}×)" for (a, p), n in sorted(summary.items())), narrowed))
+        out.append(
+            GrantUse(
+                str(g),
+                sum(r.count for r in used),
+                max((r.last_at for r in used), default=0.0),
+                tuple(f"{a} {p} ({n}×)" for (a, p), n in sorted(summary.items())),
+                narrowed,
+            )
+        )
         proposed.extend(p for p in narrowed if p not in proposed)
     idle = uses == 0
     ceiling = tuple(str(g) for g in grants)
     return AgentReview(
-        agent.id, ceiling, tuple(out), ceiling if idle else tuple(proposed), uses, denies,
-        last, idle, agent.max_depth, depth, min(agent.max_depth, depth))
+        agent.id,
+        ceiling,
+        tuple(out),
+        ceiling if idle else tuple(proposed),
+        uses,
+        denies,
+        last,
+        idle,
+        agent.max_depth,
+        depth,
+        min(agent.max_depth, depth),
+    )

@@ -32,8 +32,11 @@ class KeyRotation:
     async def rotate(self, caller: Principal) -> RootKeyRecord:
         now = self.replica.clock()
         record = self.replica.root_keys.new_record(now)
-        await self.replica.call(self.replica.store.add_root_key, record,
-                                AuditEvent(now, caller.id, "key.rotate", record.id))
+        await self.replica.call(
+            self.replica.store.add_root_key,
+            record,
+            AuditEvent(now, caller.id, "key.rotate", record.id),
+        )
         await self.replica.sync()
         return record
 
@@ -45,9 +48,14 @@ class KeyRotation:
         active = [r for r in records.values() if r.retired_at is None]
         if len(active) == 1:
             raise FailedPreconditionError(
-                f"{key_id} is the only active key: rotate first, then retire it")
+                f"{key_id} is the only active key: rotate first, then retire it"
+            )
         now = self.replica.clock()
-        await self.replica.call(self.replica.store.retire_root_key, key_id, now,
-                                AuditEvent(now, caller.id, "key.retire", key_id))
+        await self.replica.call(
+            self.replica.store.retire_root_key,
+            key_id,
+            now,
+            AuditEvent(now, caller.id, "key.retire", key_id),
+        )
         await self.replica.sync()
         return RootKeyRecord(record.id, record.sealed, record.created_at, now, record.generation)

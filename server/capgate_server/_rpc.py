@@ -27,8 +27,7 @@ def rpc(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
     """Run a unary servicer method; capgate errors become their status, others INTERNAL."""
 
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
-                      ) -> R:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
         try:
             return await fn(self, request, context)
         except CapgateError as e:
@@ -47,8 +46,9 @@ def streaming_rpc(fn: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIte
     """The same for a method that streams its replies."""
 
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
-                      ) -> AsyncIterator[R]:
+    async def wrapper(
+        self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[R]:
         try:
             async for reply in fn(self, request, context):
                 yield reply

@@ -50,8 +50,8 @@ from capgate_server.store import Principal, RootKeyRecord
 __all__ = ["register_all"]
 
 
-
 # -- conversions --------------------------------------------------------------------------
+
 
 def grants_from(pb: Any) -> list[str]:
     out = []
@@ -68,33 +68,49 @@ def rules_from(pb: Any) -> list[ApprovalRule]:
 
 
 def rules_to_pb(rules: Any) -> list[common_pb2.ApprovalRule]:
-    return [common_pb2.ApprovalRule(condition=r.condition, approvers=r.approvers)
-            for r in rules]
+    return [common_pb2.ApprovalRule(condition=r.condition, approvers=r.approvers) for r in rules]
 
 
 def agent_to_pb(a: Agent) -> common_pb2.Agent:
     return common_pb2.Agent(
-        id=a.id, owner=a.owner, description=a.description, status=str(a.status),
-        require_proof=a.require_proof, rate=a.rate,
-        ceiling=[common_pb2.Grant(actions=sorted(g.actions), resource=g.glob.pattern)
-                 for g in a.ceiling.grants],
-        max_ttl_seconds=a.max_ttl, max_depth=a.max_depth, epoch=a.epoch,
+        id=a.id,
+        owner=a.owner,
+        description=a.description,
+        status=str(a.status),
+        require_proof=a.require_proof,
+        rate=a.rate,
+        ceiling=[
+            common_pb2.Grant(actions=sorted(g.actions), resource=g.glob.pattern)
+            for g in a.ceiling.grants
+        ],
+        max_ttl_seconds=a.max_ttl,
+        max_depth=a.max_depth,
+        epoch=a.epoch,
         revoked_before=format_timestamp(a.revoked_before_ms / 1000) if a.revoked_before_ms else "",
-        public_keys=[common_pb2.PublicKey(key_id=k, public_key=v) for k, v in
-                     sorted(a.public_keys.items())],
-        created_at=format_timestamp(a.created_at), approvals=rules_to_pb(a.approvals),
+        public_keys=[
+            common_pb2.PublicKey(key_id=k, public_key=v) for k, v in sorted(a.public_keys.items())
+        ],
+        created_at=format_timestamp(a.created_at),
+        approvals=rules_to_pb(a.approvals),
     )
 
 
 def principal_to_pb(p: Principal) -> agent_pb2.Principal:
-    return agent_pb2.Principal(id=p.id, role=str(p.role), created_at=format_timestamp(p.created_at),
-                               disabled=p.disabled)
+    return agent_pb2.Principal(
+        id=p.id, role=str(p.role), created_at=format_timestamp(p.created_at), disabled=p.disabled
+    )
 
 
 def decision_to_pb(d: Decision) -> verifier_pb2.VerifyResponse:
     return verifier_pb2.VerifyResponse(
-        allowed=d.allowed, code=d.code, reason=d.reason, caveat=d.caveat or "",
-        token_id=d.token_id or "", chain=d.chain, counted=d.allowed and bool(d.budgets))
+        allowed=d.allowed,
+        code=d.code,
+        reason=d.reason,
+        caveat=d.caveat or "",
+        token_id=d.token_id or "",
+        chain=d.chain,
+        counted=d.allowed and bool(d.budgets),
+    )
 
 
 class _AllowedReplies:
@@ -127,19 +143,29 @@ _PER_NAME = 120  # one agent of the chain, in the reply and in the decision
 
 
 def issued_to_pb(i: Issued) -> token_pb2.TokenResponse:
-    return token_pb2.TokenResponse(token=i.token, token_id=i.token_id,
-                                   expires=format_timestamp(i.expires) if i.expires else "",
-                                   delegation_id=i.delegation_id)
+    return token_pb2.TokenResponse(
+        token=i.token,
+        token_id=i.token_id,
+        expires=format_timestamp(i.expires) if i.expires else "",
+        delegation_id=i.delegation_id,
+    )
 
 
 def tree_to_pb(n: TreeNode) -> token_pb2.TokenTree:
-    return token_pb2.TokenTree(id=n.id, agent=n.agent, issued_by=n.issued_by,
-                               at=format_timestamp(n.at), revoked=n.revoked,
-                               restrictions=n.restrictions, truncated=n.truncated,
-                               children=[tree_to_pb(c) for c in n.children])
+    return token_pb2.TokenTree(
+        id=n.id,
+        agent=n.agent,
+        issued_by=n.issued_by,
+        at=format_timestamp(n.at),
+        revoked=n.revoked,
+        restrictions=n.restrictions,
+        truncated=n.truncated,
+        children=[tree_to_pb(c) for c in n.children],
+    )
 
 
 # -- services --------------------------------------------------------------------------------
+
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, registry: Registry) -> None:
@@ -148,12 +174,18 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     @rpc
     async def CreateAgent(self, request: Any, context: Any) -> Any:
         agent, credential = await self.registry.create_agent(
-            CALLER.get(), request.id, grants_from(request.ceiling),
+            CALLER.get(),
+            request.id,
+            grants_from(request.ceiling),
             max_ttl=request.max_ttl_seconds or None,
             max_depth=None if request.max_depth < 0 else request.max_depth,
-            owner=request.owner, description=request.description,
-            public_key=request.public_key or None, require_proof=request.require_proof,
-            approvals=rules_from(request.approvals), rate=request.rate)
+            owner=request.owner,
+            description=request.description,
+            public_key=request.public_key or None,
+            require_proof=request.require_proof,
+            approvals=rules_from(request.approvals),
+            rate=request.rate,
+        )
         return agent_pb2.CreateAgentResponse(agent=agent_to_pb(agent), credential=credential)
 
     @rpc
@@ -173,18 +205,21 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             description=request.description if request.set_description else None,
             require_proof=request.require_proof if request.set_require_proof else None,
             approvals=rules_from(request.approvals) if request.set_approvals else None,
-            rate=request.rate if request.set_rate else None)
+            rate=request.rate if request.set_rate else None,
+        )
         return agent_to_pb(await self.registry.update(CALLER.get(), request.id, update))
 
     @rpc
     async def SuspendAgent(self, request: Any, context: Any) -> Any:
-        return agent_to_pb(await self.registry.set_status(CALLER.get(), request.id,
-                                                          AgentStatus.SUSPENDED))
+        return agent_to_pb(
+            await self.registry.set_status(CALLER.get(), request.id, AgentStatus.SUSPENDED)
+        )
 
     @rpc
     async def ResumeAgent(self, request: Any, context: Any) -> Any:
-        return agent_to_pb(await self.registry.set_status(CALLER.get(), request.id,
-                                                          AgentStatus.ACTIVE))
+        return agent_to_pb(
+            await self.registry.set_status(CALLER.get(), request.id, AgentStatus.ACTIVE)
+        )
 
     @rpc
     async def RevokeAllTokens(self, request: Any, context: Any) -> Any:
@@ -192,13 +227,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     @rpc
     async def AddPublicKey(self, request: Any, context: Any) -> Any:
-        return agent_to_pb(await self.registry.add_key(CALLER.get(), request.id,
-                                                       request.public_key))
+        return agent_to_pb(
+            await self.registry.add_key(CALLER.get(), request.id, request.public_key)
+        )
 
     @rpc
     async def RemovePublicKey(self, request: Any, context: Any) -> Any:
-        return agent_to_pb(await self.registry.remove_key(CALLER.get(), request.id,
-                                                          request.key_id))
+        return agent_to_pb(await self.registry.remove_key(CALLER.get(), request.id, request.key_id))
 
     @rpc
     async def DeleteAgent(self, request: Any, context: Any) -> Any:
@@ -207,14 +242,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     @rpc
     async def CreatePrincipal(self, request: Any, context: Any) -> Any:
-        p, credential = await self.registry.create_principal(CALLER.get(), request.id,
-                                                             request.role)
+        p, credential = await self.registry.create_principal(CALLER.get(), request.id, request.role)
         return agent_pb2.CreatePrincipalResponse(id=p.id, role=str(p.role), credential=credential)
 
     @rpc
     async def ListPrincipals(self, request: Any, context: Any) -> Any:
         return agent_pb2.ListPrincipalsResponse(
-            principals=[principal_to_pb(p) for p in await self.registry.principals()])
+            principals=[principal_to_pb(p) for p in await self.registry.principals()]
+        )
 
     @rpc
     async def DisablePrincipal(self, request: Any, context: Any) -> Any:
@@ -239,20 +274,28 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
         if not request.HasField("grant"):
             raise InvalidArgumentError("a grant is required")
         grant = grants_from([request.grant])[0]
-        issued = await self.tokens.issue(CALLER.get(), grant, request.ttl_seconds or None,
-                                         list(request.caveats))
+        issued = await self.tokens.issue(
+            CALLER.get(), grant, request.ttl_seconds or None, list(request.caveats)
+        )
         return issued_to_pb(issued)
 
     @rpc
     async def AttenuateToken(self, request: Any, context: Any) -> Any:
-        return issued_to_pb(self.tokens.attenuate(CALLER.get(), request.token,
-                                                  list(request.caveats),
-                                                  rules_from(request.approvals)))
+        return issued_to_pb(
+            self.tokens.attenuate(
+                CALLER.get(), request.token, list(request.caveats), rules_from(request.approvals)
+            )
+        )
 
     @rpc
     async def DelegateToken(self, request: Any, context: Any) -> Any:
-        issued = await self.tokens.delegate(CALLER.get(), request.token, request.to,
-                                            list(request.caveats), rules_from(request.approvals))
+        issued = await self.tokens.delegate(
+            CALLER.get(),
+            request.token,
+            request.to,
+            list(request.caveats),
+            rules_from(request.approvals),
+        )
         return issued_to_pb(issued)
 
     @rpc
@@ -261,26 +304,42 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
         d = i.description
         if d is None:  # an invalid token is told so, and nothing else
             return token_pb2.InspectTokenResponse(
-                signature_valid=False, status=i.status.reason if i.status else "invalid")
+                signature_valid=False, status=i.status.reason if i.status else "invalid"
+            )
         return token_pb2.InspectTokenResponse(
-            token_id=d.token_id or "", key_id=d.key_id or "",
+            token_id=d.token_id or "",
+            key_id=d.key_id or "",
             issued_at=format_timestamp(d.issued_ms / 1000) if d.issued_ms else "",
             expires=format_timestamp(d.expires) if d.expires else "",
-            caveats=d.caveats, lineage=d.lineage, signature_valid=i.signature_valid,
-            revoked=i.revoked, status=i.status.reason if i.status else "valid",
-            chain=[token_pb2.Hop(agent=h.agent, delegation_id=h.did or "",
-                                 at=format_timestamp(h.at_ms / 1000), offline=h.offline,
-                                 restrictions=h.restrictions, revoked=h.revoked,
-                                 agent_status=h.agent_status) for h in i.hops])
+            caveats=d.caveats,
+            lineage=d.lineage,
+            signature_valid=i.signature_valid,
+            revoked=i.revoked,
+            status=i.status.reason if i.status else "valid",
+            chain=[
+                token_pb2.Hop(
+                    agent=h.agent,
+                    delegation_id=h.did or "",
+                    at=format_timestamp(h.at_ms / 1000),
+                    offline=h.offline,
+                    restrictions=h.restrictions,
+                    revoked=h.revoked,
+                    agent_status=h.agent_status,
+                )
+                for h in i.hops
+            ],
+        )
 
     @rpc
     async def RevokeToken(self, request: Any, context: Any) -> Any:
         if bool(request.token) == bool(request.id):
             raise InvalidArgumentError("give either a token or an id")
-        target, new, expires = await self.tokens.revoke(CALLER.get(), request.token, request.id,
-                                                        request.reason)
-        return token_pb2.RevokeTokenResponse(id=target, newly_revoked=new,
-                                             expires=format_timestamp(expires))
+        target, new, expires = await self.tokens.revoke(
+            CALLER.get(), request.token, request.id, request.reason
+        )
+        return token_pb2.RevokeTokenResponse(
+            id=target, newly_revoked=new, expires=format_timestamp(expires)
+        )
 
     @rpc
     async def GetTokenTree(self, request: Any, context: Any) -> Any:
@@ -307,9 +366,11 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
 
     def _key(self, r: RootKeyRecord) -> keys_pb2.RootKey:
         return keys_pb2.RootKey(
-            id=r.id, created_at=format_timestamp(r.created_at),
+            id=r.id,
+            created_at=format_timestamp(r.created_at),
             retired_at=format_timestamp(r.retired_at) if r.retired_at is not None else "",
-            signing=r.id == self.rotation.signing_id)
+            signing=r.id == self.rotation.signing_id,
+        )
 
     @rpc
     async def ListKeys(self, request: Any, context: Any) -> Any:
@@ -330,16 +391,22 @@ def register_all(server: grpc.aio.Server, replica: Replica) -> list[str]:
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(Registry(replica)), server)
     token_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(Tokens(replica)), server)
     # VerifierService is served over bytes, with warm verdicts remembered (_verdicts)
-    server.add_generic_rpc_handlers([VerifierWire(
-        Verification(replica, approvals), VerifyReplies(replica.settings.limits.reply_bytes),
-        entries=replica.settings.memo_size, max_bytes=replica.settings.limits.memo_bytes,
-    ).handler()])
+    server.add_generic_rpc_handlers(
+        [
+            VerifierWire(
+                Verification(replica, approvals),
+                VerifyReplies(replica.settings.limits.reply_bytes),
+                entries=replica.settings.memo_size,
+                max_bytes=replica.settings.limits.memo_bytes,
+            ).handler()
+        ]
+    )
     approval_pb2_grpc.add_ApprovalServiceServicer_to_server(ApprovalServicer(approvals), server)
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(AuditTrail(replica)),
-                                                      server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(AuditTrail(replica)), server)
     keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(KeyRotation(replica)), server)
     governance_pb2_grpc.add_GovernanceServiceServicer_to_server(
-        GovernanceServicer(replica.governance, replica.agents, replica.clock), server)
+        GovernanceServicer(replica.governance, replica.agents, replica.clock), server
+    )
     return [
         agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
         token_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,

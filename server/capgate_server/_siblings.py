@@ -60,8 +60,7 @@ def set_serving(run_dir: Path, workers: int) -> None:
 class Siblings:
     """One worker's view of its siblings: the host's version, wake-ups, the barrier."""
 
-    def __init__(self, run_dir: Path, index: int, *, bound: float = 2.0,
-                 expected: int = 1) -> None:
+    def __init__(self, run_dir: Path, index: int, *, bound: float = 2.0, expected: int = 1) -> None:
         self.run_dir = run_dir
         self.index = index
         self.bound = bound
@@ -181,8 +180,13 @@ class Siblings:
                     await done.wait()
             if pending:
                 self.unconfirmed += 1
-                log.warning("%d sibling(s) did not confirm change %d within %.1fs; they "
-                            "deny until they have applied it", len(pending), seq, self.bound)
+                log.warning(
+                    "%d sibling(s) did not confirm change %d within %.1fs; they "
+                    "deny until they have applied it",
+                    len(pending),
+                    seq,
+                    self.bound,
+                )
             return not pending
         finally:
             del self._waiting[token]

@@ -54,6 +54,9 @@ def status_for(error: CapgateError) -> grpc.StatusCode:
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: CapgateError) -> NoReturn:
     """End the call with ``error``'s status, message and name (for the SDK)."""
-    await context.abort(status_for(error), error.message,
-                        trailing_metadata=((ERROR_METADATA_KEY, type(error).__name__),))
+    await context.abort(
+        status_for(error),
+        error.message,
+        trailing_metadata=((ERROR_METADATA_KEY, type(error).__name__),),
+    )
     raise AssertionError("unreachable")  # pragma: no cover - abort() raises

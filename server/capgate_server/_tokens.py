@@ -128,8 +128,9 @@ class Tokens:
 
     # -- issue ---------------------------------------------------------------------------
 
-    async def issue(self, caller: Principal, grant_text: str, ttl: int | None,
-                    caveats: Sequence[str] = ()) -> Issued:
+    async def issue(
+        self, caller: Principal, grant_text: str, ttl: int | None, caveats: Sequence[str] = ()
+    ) -> Issued:
         """A token for ``grant_text`` bound to the calling agent; a refusal is audited."""
         try:
             return await self._issue(caller, grant_text, ttl, caveats)
@@ -139,11 +140,11 @@ class Tokens:
 
     def _refused(self, kind: str, caller: Principal, subject: str, e: CapgateError) -> None:
         code = str(e.context.get("code") or type(e).__name__)
-        self.replica.audit.refusal(kind, caller.id, subject, code, e.message,
-                                   self.replica.clock())
+        self.replica.audit.refusal(kind, caller.id, subject, code, e.message, self.replica.clock())
 
-    async def _issue(self, caller: Principal, grant_text: str, ttl: int | None,
-                     caveats: Sequence[str] = ()) -> Issued:
+    async def _issue(
+        self, caller: Principal, grant_text: str, ttl: int | None, caveats: Sequence[str] = ()
+    ) -> Issued:
         self._active_agent(caller)
         self.replica.require_fresh()
         agent = self.replica.agents[caller.id]
@@ -151,7 +152,9 @@ class Tokens:
         if not agent.ceiling.covers(grant):
             raise PermissionDeniedError(
                 f"grant {grant} is beyond the ceiling of agent {agent.id!r} ({agent.ceiling})",
-                grant=str(grant), ceiling=str(agent.ceiling))
+                grant=str(grant),
+                ceiling=str(agent.ceiling),
+            )
         if ttl is None or ttl == 0:
             ttl = agent.max_ttl
         if ttl < 0:
@@ -159,32 +162,56 @@ class Tokens:
         if ttl > agent.max_ttl:
             raise PermissionDeniedError(
                 f"ttl {ttl}s is over the max TTL of agent {agent.id!r} ({agent.max_ttl}s)",
-                ttl=ttl, max_ttl=agent.max_ttl)
+                ttl=ttl,
+                max_ttl=agent.max_ttl,
+            )
         extra = _extra_caveats(caveats)
         kid, root = self.replica.root_keys.signing()
         issued_ms = _hop_time(self.replica.clock(), agent.revoked_before_ms)
         now = issued_ms / 1000
         tid = new_token_id()
         expires = math.floor(now + ttl)
-        texts = [f"agent = {agent.id}", f"action in {','.join(sorted(grant.actions))}",
-                 f"resource {grant.glob.pattern}", f"expires < {format_timestamp(expires)}",
-                 *extra]
+        texts = [
+            f"agent = {agent.id}",
+            f"action in {','.join(sorted(grant.actions))}",
+            f"resource {grant.glob.pattern}",
+            f"expires < {format_timestamp(expires)}",
+            *extra,
+        ]
         token = Token.mint(root, TokenIdentifier(kid, tid, issued_ms).encode())
         for text in texts:
             token = token.append_raw(text.encode("utf-8"))
         token = _with_approvals(token, agent.approvals)  # its standing rules, after the rest
         texts += [c for _, c in token.third_party_caveats]
-        event = AuditEvent(now, caller.id, "issue", tid, chain=(agent.id,),
-                           detail={"grant": str(grant), "ttl": ttl, "caveats": extra,
-                                   **_approvals_detail(agent.approvals)})
-        await self.replica.call(self.replica.store.record_token,
-                                TokenRecord(tid, agent.id, kid, now, expires, tuple(texts)), event)
+        event = AuditEvent(
+            now,
+            caller.id,
+            "issue",
+            tid,
+            chain=(agent.id,),
+            detail={
+                "grant": str(grant),
+                "ttl": ttl,
+                "caveats": extra,
+                **_approvals_detail(agent.approvals),
+            },
+        )
+        await self.replica.call(
+            self.replica.store.record_token,
+            TokenRecord(tid, agent.id, kid, now, expires, tuple(texts)),
+            event,
+        )
         return Issued(token.to_text(), tid, expires)
 
     # -- attenuate (the same as offline) -----------------------------------------------------
 
-    def attenuate(self, caller: Principal, text: str, caveats: Sequence[str],
-                  approvals: Sequence[ApprovalRule] = ()) -> Issued:
+    def attenuate(
+        self,
+        caller: Principal,
+        text: str,
+        caveats: Sequence[str],
+        approvals: Sequence[ApprovalRule] = (),
+    ) -> Issued:
         """The same as attenuating offline; an agent only from its own live place in a chain."""
         token = Token.parse(text)  # MalformedTokenError: INVALID_ARGUMENT
         if not caveats and not approvals:
@@ -219,14 +246,17 @@ class Tokens:
         hop = st.hops[index]
         agent = self.replica.agents.get(caller.id)
         if agent is None or hop.at_ms <= agent.revoked_before_ms:
-            raise PermissionDeniedError(f"the tokens of agent {caller.id!r} up to this one "
-                                        "were revoked (revoke-all)")
+            raise PermissionDeniedError(
+                f"the tokens of agent {caller.id!r} up to this one were revoked (revoke-all)"
+            )
         upto = st.lineage.index(hop.did) + 1 if hop.did else 1
         revoked = self.replica.revocations
         for lineage_id in st.lineage[:upto]:
             if revoked.is_revoked(lineage_id):
-                raise PermissionDeniedError(f"this token's lineage id {lineage_id} is revoked "
-                                            f"at or above agent {caller.id!r}")
+                raise PermissionDeniedError(
+                    f"this token's lineage id {lineage_id} is revoked "
+                    f"at or above agent {caller.id!r}"
+                )
 
     # -- delegate ----------------------------------------------------------------------------
 
@@ -239,8 +269,9 @@ class Tokens:
             raise PermissionDeniedError(f"token does not verify: {st.reason}", code=str(st.code))
         denied = self._state_denial(st)
         if denied is not None:
-            raise PermissionDeniedError(f"token does not verify: {denied.reason}",
-                                        code=str(denied.code))
+            raise PermissionDeniedError(
+                f"token does not verify: {denied.reason}", code=str(denied.code)
+            )
         return st
 
     def _state_denial(self, st: Chain) -> Decision | None:
@@ -250,14 +281,24 @@ class Tokens:
             return decision
         now = self.replica.clock()
         if st.expires is not None and now >= st.expires:
-            return Decision(False, DenyCode.CAVEAT_FAILED,
-                            f"token expired at {format_timestamp(st.expires)}", None,
-                            st.token_id, st.agents)
+            return Decision(
+                False,
+                DenyCode.CAVEAT_FAILED,
+                f"token expired at {format_timestamp(st.expires)}",
+                None,
+                st.token_id,
+                st.agents,
+            )
         return None
 
-    async def delegate(self, caller: Principal, text: str, to: str,
-                       caveats: Sequence[str] = (),
-                       approvals: Sequence[ApprovalRule] = ()) -> Issued:
+    async def delegate(
+        self,
+        caller: Principal,
+        text: str,
+        to: str,
+        caveats: Sequence[str] = (),
+        approvals: Sequence[ApprovalRule] = (),
+    ) -> Issued:
         """Hand the caller's token to agent ``to``; a refusal is audited."""
         try:
             return await self._delegate(caller, text, to, caveats, approvals)
@@ -265,16 +306,22 @@ class Tokens:
             self._refused("delegate.refused", caller, to, e)
             raise
 
-    async def _delegate(self, caller: Principal, text: str, to: str,
-                        caveats: Sequence[str] = (),
-                        approvals: Sequence[ApprovalRule] = ()) -> Issued:
+    async def _delegate(
+        self,
+        caller: Principal,
+        text: str,
+        to: str,
+        caveats: Sequence[str] = (),
+        approvals: Sequence[ApprovalRule] = (),
+    ) -> Issued:
         self._active_agent(caller)
         self.replica.require_fresh()
         check_id(to, "agent id")
         st = self._live_chain(text)
         if st.holder != caller.id:
             raise PermissionDeniedError(
-                f"only the current holder ({st.holder!r}) may delegate this token")
+                f"only the current holder ({st.holder!r}) may delegate this token"
+            )
         target = self.replica.agents.get(to)
         if target is None:
             raise NotFoundError(f"agent {to!r} is not registered", id=to)
@@ -285,7 +332,8 @@ class Tokens:
             limit = self.replica.agents[hop.agent].max_depth
             if hops - i > limit:
                 raise PermissionDeniedError(
-                    f"agent {hop.agent!r} allows at most {limit} delegation(s) below it")
+                    f"agent {hop.agent!r} allows at most {limit} delegation(s) below it"
+                )
         extra = _extra_caveats(caveats)
         root = self.replica.root_keys.active.get(st.key_id)
         if root is None:  # pragma: no cover - analyse() already refused such tokens
@@ -300,14 +348,32 @@ class Tokens:
         out = token.to_text()
         check = self.replica.verifier.analyse(out)
         if isinstance(check, Decision):  # e.g. a depth caveat the new hop breaks
-            raise PermissionDeniedError(f"delegation refused: {check.reason}",
-                                        code=str(check.code))
+            raise PermissionDeniedError(f"delegation refused: {check.reason}", code=str(check.code))
         # any token carrying this hop's id has st's caveats before it: st.expires bounds it
-        record = DelegationRecord(did, st.token_id, st.hops[-1].did or st.token_id, caller.id,
-                                  to, now, st.expires, False, tuple(extra))
-        event = AuditEvent(now, caller.id, "delegate", did, chain=check.agents,
-                           detail={"token_id": st.token_id, "to": to, "caveats": extra,
-                                   **_approvals_detail((*approvals, *target.approvals))})
+        record = DelegationRecord(
+            did,
+            st.token_id,
+            st.hops[-1].did or st.token_id,
+            caller.id,
+            to,
+            now,
+            st.expires,
+            False,
+            tuple(extra),
+        )
+        event = AuditEvent(
+            now,
+            caller.id,
+            "delegate",
+            did,
+            chain=check.agents,
+            detail={
+                "token_id": st.token_id,
+                "to": to,
+                "caveats": extra,
+                **_approvals_detail((*approvals, *target.approvals)),
+            },
+        )
         await self.replica.call(self.replica.store.record_delegations, [record], event)
         return Issued(out, st.token_id, check.expires or 0.0, did)
 
@@ -336,15 +402,25 @@ class Tokens:
             else:
                 agent_status = "active"
             hop_id = h.did or d.token_id
-            hops.append(HopStatus(h.agent, h.did, h.at_ms, h.offline, h.restrictions,
-                                  bool(hop_id and revs.is_revoked(hop_id)), agent_status))
+            hops.append(
+                HopStatus(
+                    h.agent,
+                    h.did,
+                    h.at_ms,
+                    h.offline,
+                    h.restrictions,
+                    bool(hop_id and revs.is_revoked(hop_id)),
+                    agent_status,
+                )
+            )
         revoked = any(revs.is_revoked(x) for x in d.lineage)
         return Inspection(d, True, revoked, self._state_denial(st), hops)
 
     # -- revoke ------------------------------------------------------------------------------
 
-    async def revoke(self, caller: Principal, text: str, lineage_id: str,
-                     reason: str) -> tuple[str, bool, float]:
+    async def revoke(
+        self, caller: Principal, text: str, lineage_id: str, reason: str
+    ) -> tuple[str, bool, float]:
         """Revoke a token (its own hop) or an id; returns (id, newly revoked, expires).
 
         A token's own hop is its last delegation, or its token id when it has none;
@@ -362,8 +438,9 @@ class Tokens:
         if text:
             st = self.replica.verifier.analyse(text)
             if isinstance(st, Decision):
-                raise InvalidArgumentError(f"cannot revoke a token that does not verify: "
-                                           f"{st.reason}")
+                raise InvalidArgumentError(
+                    f"cannot revoke a token that does not verify: {st.reason}"
+                )
             self._standing(caller, st)
             hops, chain = st.hops, st.agents
             target = hops[-1].did or st.token_id
@@ -376,15 +453,16 @@ class Tokens:
             if len(target) != 32 or any(c not in "0123456789abcdef" for c in target):
                 raise InvalidArgumentError("an id is 32 hex digits (a token or delegation id)")
             expires, chain = await self._id_expiry(caller, target, cap)
-        event = AuditEvent(now, caller.id, "revoke", target, chain=chain,
-                           detail={"reason": reason})
-        new = await self.replica.call(self.replica.store.revoke, target, now, expires,
-                                      caller.id, reason, event)
+        event = AuditEvent(now, caller.id, "revoke", target, chain=chain, detail={"reason": reason})
+        new = await self.replica.call(
+            self.replica.store.revoke, target, now, expires, caller.id, reason, event
+        )
         await self.replica.sync()
         return target, new, expires
 
-    async def _id_expiry(self, caller: Principal, target: str,
-                         cap: float) -> tuple[float, tuple[str, ...]]:
+    async def _id_expiry(
+        self, caller: Principal, target: str, cap: float
+    ) -> tuple[float, tuple[str, ...]]:
         """When an id's revocation may be forgotten, and the agents it names.
 
         An agent may name only its own token or a hop into or out of it, made while
@@ -393,18 +471,20 @@ class Tokens:
         """
         store = self.replica.store
         token = await self.replica.call(store.get_token, target)
-        hop = None if token is not None else await self.replica.call(store.get_delegation,
-                                                                       target)
+        hop = None if token is not None else await self.replica.call(store.get_delegation, target)
         if caller.role is Role.AGENT:
             agent = self.replica.agents.get(caller.id)
             cutoff = agent.revoked_before_ms / 1000 if agent is not None else float("inf")
-            mine = (token is not None and token.agent == caller.id
-                    and token.issued_at > cutoff) or (
-                hop is not None and caller.id in (hop.from_agent, hop.to_agent)
-                and hop.at > cutoff)
+            mine = (
+                token is not None and token.agent == caller.id and token.issued_at > cutoff
+            ) or (
+                hop is not None and caller.id in (hop.from_agent, hop.to_agent) and hop.at > cutoff
+            )
             if not mine:
-                raise PermissionDeniedError("an agent may revoke by id only its own tokens and "
-                                            "the delegations it made or received")
+                raise PermissionDeniedError(
+                    "an agent may revoke by id only its own tokens and "
+                    "the delegations it made or received"
+                )
         if token is not None:
             return min(token.expires_at, cap), (token.agent,)
         if hop is not None:
@@ -434,20 +514,28 @@ class Tokens:
                 raise NotFoundError(f"token {hop.token_id} of delegation {node_id} is unknown")
         if caller.role is Role.AGENT:
             agent = self.replica.agents.get(caller.id)
-            if caller.id != token.agent or agent is None or \
-                    token.issued_at <= agent.revoked_before_ms / 1000:
-                raise PermissionDeniedError("an agent may read only the trees of its own "
-                                            "live tokens")
+            if (
+                caller.id != token.agent
+                or agent is None
+                or token.issued_at <= agent.revoked_before_ms / 1000
+            ):
+                raise PermissionDeniedError(
+                    "an agent may read only the trees of its own live tokens"
+                )
         limit = self.replica.settings.tree_max_nodes
         hops = await self.replica.read(store.delegations_of, token.id, limit + 1)
         revs = self.replica.revocations
-        nodes = {token.id: TreeNode(token.id, token.agent, "", token.issued_at,
-                                    revs.is_revoked(token.id), token.caveats)}
+        nodes = {
+            token.id: TreeNode(
+                token.id, token.agent, "", token.issued_at, revs.is_revoked(token.id), token.caveats
+            )
+        }
         children: dict[str, list[str]] = {}
         for h in hops[:limit]:
             if h.id not in nodes:
-                nodes[h.id] = TreeNode(h.id, h.to_agent, h.from_agent, h.at,
-                                       revs.is_revoked(h.id), h.restrictions)
+                nodes[h.id] = TreeNode(
+                    h.id, h.to_agent, h.from_agent, h.at, revs.is_revoked(h.id), h.restrictions
+                )
                 children.setdefault(h.parent, []).append(h.id)
         root = nodes[node_id] if node_id in nodes else nodes[token.id]
         # walk down from the asked-for node, level by level, linking each node once

@@ -57,8 +57,15 @@ def seen_in(events: Iterable[AuditEvent]) -> Iterator[Seen]:
         kind = UsageKind.USE if e.ok else UsageKind.DENY
         yield Seen(holder, kind, e.action, e.resource[:_SUBJECT], e.count, e.at, last)
         for i in range(len(chain) - 1):
-            yield Seen(chain[i], UsageKind.DELEGATE, str(len(chain) - 1 - i), chain[i + 1],
-                       e.count, e.at, last)
+            yield Seen(
+                chain[i],
+                UsageKind.DELEGATE,
+                str(len(chain) - 1 - i),
+                chain[i + 1],
+                e.count,
+                e.at,
+                last,
+            )
         if e.presenter and e.presenter != holder:  # the usual case, the holder, says nothing
             yield Seen(holder, UsageKind.PRESENTER, "", e.presenter, e.count, e.at, last)
 
@@ -75,5 +82,7 @@ def fold_usage(events: Iterable[AuditEvent]) -> list[UsageRow]:
             row[0] += s.times
             row[1] = min(row[1], s.at)
             row[2] = max(row[2], s.last_at)
-    return [UsageRow(a, k, act, sub, int(c), first, last)
-            for (a, k, act, sub), (c, first, last) in rows.items()]
+    return [
+        UsageRow(a, k, act, sub, int(c), first, last)
+        for (a, k, act, sub), (c, first, last) in rows.items()
+    ]

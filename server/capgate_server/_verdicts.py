@@ -141,19 +141,23 @@ class VerifierWire:
     """The VerifierService methods over bytes, for ``handler()``; ``answer`` builds a
     decision's reply message (``VerifyReplies``)."""
 
-    def __init__(self, verification: Verification, answer: Answer, *, entries: int,
-                 max_bytes: int) -> None:
+    def __init__(
+        self, verification: Verification, answer: Answer, *, entries: int, max_bytes: int
+    ) -> None:
         self.verification = verification
         self.replica = verification.replica
         self._answer = answer  # a decision's reply message (proofs marked)
         self.memo = VerdictMemo(entries, max_bytes)
 
     def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(SERVICE, {
-            "Verify": grpc.unary_unary_rpc_method_handler(self.Verify),
-            "VerifyBatch": grpc.unary_unary_rpc_method_handler(self.VerifyBatch),
-            "VerifyStream": grpc.stream_stream_rpc_method_handler(self.VerifyStream),
-        })
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Verify": grpc.unary_unary_rpc_method_handler(self.Verify),
+                "VerifyBatch": grpc.unary_unary_rpc_method_handler(self.VerifyBatch),
+                "VerifyStream": grpc.stream_stream_rpc_method_handler(self.VerifyStream),
+            },
+        )
 
     # -- when the memo may answer -----------------------------------------------------
 
@@ -173,10 +177,10 @@ class VerifierWire:
             return v
         return None
 
-    def _remember(self, data: bytes, r: Any, d: Decision, reply: bytes, state: int,
-                  since: float) -> None:
-        if (not d.allowed or d.budgets or d.approvals or r.proof.text or r.discharges
-                or r.ctx):
+    def _remember(
+        self, data: bytes, r: Any, d: Decision, reply: bytes, state: int, since: float
+    ) -> None:
+        if not d.allowed or d.budgets or d.approvals or r.proof.text or r.discharges or r.ctx:
             return
         agents = self.replica.agents
         for name in d.chain:  # an agent's rate is counted on every allow
@@ -186,17 +190,31 @@ class VerifierWire:
         chain = self.replica.verifier.analyse(r.token)
         if isinstance(chain, Decision) or since >= chain.not_after:
             return
-        self.memo.put(data, _Verdict(state, since, chain.not_after, reply, _frame(reply), d,
-                                     r.action, r.resource, r.presenter))
+        self.memo.put(
+            data,
+            _Verdict(
+                state,
+                since,
+                chain.not_after,
+                reply,
+                _frame(reply),
+                d,
+                r.action,
+                r.resource,
+                r.presenter,
+            ),
+        )
 
     def _audit(self, caller: Principal, v: _Verdict, now: float) -> None:
-        self.replica.audit.decision(caller.id, v.decision, v.action, v.resource, v.presenter,
-                                    now, ())
+        self.replica.audit.decision(
+            caller.id, v.decision, v.action, v.resource, v.presenter, now, ()
+        )
 
     # -- the methods --------------------------------------------------------------------
 
-    async def _one(self, caller: Principal, data: bytes,
-                   budget: NewCaveatBudget | None = None) -> bytes:
+    async def _one(
+        self, caller: Principal, data: bytes, budget: NewCaveatBudget | None = None
+    ) -> bytes:
         replica = self.replica
         warm = await self._warm(caller)
         if warm:
@@ -225,12 +243,13 @@ class VerifierWire:
             batch = _parse(verifier_pb2.VerifyBatchRequest, data)
             decisions = await self.verification.verify_batch(caller, batch.requests)
             answer = self._answer
-            return verifier_pb2.VerifyBatchResponse(responses=[
-                answer(r, d) for r, d in zip(batch.requests, decisions, strict=True)
-            ]).SerializeToString()
+            return verifier_pb2.VerifyBatchResponse(
+                responses=[answer(r, d) for r, d in zip(batch.requests, decisions, strict=True)]
+            ).SerializeToString()
         if len(items) > replica.settings.limits.max_batch:
             raise InvalidArgumentError(
-                f"at most {replica.settings.limits.max_batch} requests in one batch")
+                f"at most {replica.settings.limits.max_batch} requests in one batch"
+            )
         parts: list[bytes] = []
         misses: list[int] = []
         now, state = replica.clock(), replica.verifier.state
@@ -256,8 +275,7 @@ class VerifierWire:
                     self._remember(items[i], r, d, reply, state, since)
         return b"".join(parts)
 
-    async def VerifyStream(self, request_iterator: Any,
-                           context: Any) -> AsyncIterator[bytes]:
+    async def VerifyStream(self, request_iterator: Any, context: Any) -> AsyncIterator[bytes]:
         caller = CALLER.get()
         budget = self.verification.stream_budget()
         try:

@@ -66,6 +66,7 @@ __all__ = ["NewCaveatBudget", "Presented", "Verification", "VerifyItem", "presen
 
 Claim = tuple[str, str, float]  # a proof's nonce to redeem: (holder, nonce, keep until)
 
+
 class VerifyItem(Protocol):
     """One request of a batch or stream, as the wire delivers it."""
 
@@ -97,8 +98,17 @@ class Presented:
 
 def presented(r: VerifyItem, presenter: str) -> Presented:
     """A wire request that carries a proof or discharges, as this layer takes it."""
-    return Presented(r.token, r.action, r.resource, presenter, r.ctx, r.proof.text,
-                     r.proof.method, r.proof.target, tuple(r.discharges))
+    return Presented(
+        r.token,
+        r.action,
+        r.resource,
+        presenter,
+        r.ctx,
+        r.proof.text,
+        r.proof.method,
+        r.proof.target,
+        tuple(r.discharges),
+    )
 
 
 class NewCaveatBudget:
@@ -120,7 +130,10 @@ class NewCaveatBudget:
 def _too_many_new(limit: int, where: str) -> ResourceExhaustedError:
     return ResourceExhaustedError(
         f"more than {limit} caveats this server has not seen {where}; send fewer never-seen "
-        "tokens at once", limit="new_caveats_per_call", value=limit)
+        "tokens at once",
+        limit="new_caveats_per_call",
+        value=limit,
+    )
 
 
 class _Turn:
@@ -150,13 +163,19 @@ class Verification:
     def _stale(self) -> Decision | None:
         replica = self.replica
         if time.monotonic() > replica.fresh_until:
-            return Decision(False, DenyCode.UNAVAILABLE,
-                            f"replica out of touch with the store for "
-                            f"{replica.staleness():.1f}s; failing closed")
+            return Decision(
+                False,
+                DenyCode.UNAVAILABLE,
+                f"replica out of touch with the store for "
+                f"{replica.staleness():.1f}s; failing closed",
+            )
         if replica.siblings is not None and replica.behind():
-            return Decision(False, DenyCode.UNAVAILABLE,
-                            "this worker cannot apply a change another worker of this host "
-                            "acknowledged; failing closed")
+            return Decision(
+                False,
+                DenyCode.UNAVAILABLE,
+                "this worker cannot apply a change another worker of this host "
+                "acknowledged; failing closed",
+            )
         return None
 
     def fresh(self) -> bool:
@@ -169,8 +188,15 @@ class Verification:
         if replica.siblings is not None and replica.behind():
             await replica.catch_up()
 
-    async def verify(self, caller: Principal, token: str, action: str, resource: str,
-                     presenter: str, ctx: Mapping[str, str]) -> Decision:
+    async def verify(
+        self,
+        caller: Principal,
+        token: str,
+        action: str,
+        resource: str,
+        presenter: str,
+        ctx: Mapping[str, str],
+    ) -> Decision:
         """One decision without a proof; ``presenter`` must already have gone through
         ``presenter_for``."""
         replica = self.replica
@@ -179,25 +205,44 @@ class Verification:
         decision = self._decide_asserted(caller, token, action, resource, presenter, ctx)
         if decision.allowed:
             decision = await self._count(decision)
-        replica.audit.decision(caller.id, decision, action, resource, presenter, replica.clock(),
-                               tuple(sorted(ctx)) if ctx else ())
+        replica.audit.decision(
+            caller.id,
+            decision,
+            action,
+            resource,
+            presenter,
+            replica.clock(),
+            tuple(sorted(ctx)) if ctx else (),
+        )
         return decision
 
-    def _decide_asserted(self, caller: Principal, token: str, action: str, resource: str,
-                         presenter: str, ctx: Mapping[str, str],
-                         discharges: Sequence[str] = ()) -> Decision:
+    def _decide_asserted(
+        self,
+        caller: Principal,
+        token: str,
+        action: str,
+        resource: str,
+        presenter: str,
+        ctx: Mapping[str, str],
+        discharges: Sequence[str] = (),
+    ) -> Decision:
         """The decision for a presenter the caller asserts (no proof); not audited. An
         allow that rests on approvals stands only once they are used (``_settle``)."""
         decision = self._stale()
         if decision is None:
-            decision = self.replica.verifier.check(token, action, resource, presenter, ctx,
-                                                   discharges=discharges)
+            decision = self.replica.verifier.check(
+                token, action, resource, presenter, ctx, discharges=discharges
+            )
             if decision.allowed and caller.role is not Role.AGENT and self._needs_proof(decision):
                 decision = Decision(
-                    False, DenyCode.PROOF_REQUIRED,
+                    False,
+                    DenyCode.PROOF_REQUIRED,
                     f"agent {decision.chain[-1]!r} must prove possession of its key "
                     f"(a 'capgate-proof' with the request); the presenter was only asserted",
-                    None, decision.token_id, decision.chain)
+                    None,
+                    decision.token_id,
+                    decision.chain,
+                )
         return decision
 
     async def _count(self, allowed: Decision) -> Decision:
@@ -218,12 +263,18 @@ class Verification:
         try:
             spent = await counter.take(budgets, allowed.token_id or "")
         except TooManyBudgets as e:
-            return Decision(False, DenyCode.BUDGET_EXHAUSTED, str(e), None, allowed.token_id,
-                            allowed.chain)
+            return Decision(
+                False, DenyCode.BUDGET_EXHAUSTED, str(e), None, allowed.token_id, allowed.chain
+            )
         except Exception as e:
-            return Decision(False, DenyCode.UNAVAILABLE,
-                            f"cannot count the token's budget ({e}); failing closed",
-                            None, allowed.token_id, allowed.chain)
+            return Decision(
+                False,
+                DenyCode.UNAVAILABLE,
+                f"cannot count the token's budget ({e}); failing closed",
+                None,
+                allowed.token_id,
+                allowed.chain,
+            )
         if spent is None:
             return _with(allowed, budgets)
         return _spent(spent, allowed, self.replica.trusted.now())
@@ -234,8 +285,9 @@ class Verification:
         agent = self.replica.agents.get(allowed.chain[-1])
         return agent is None or agent.require_proof
 
-    async def verify_item(self, caller: Principal, r: VerifyItem,
-                          budget: NewCaveatBudget | None = None) -> Decision:
+    async def verify_item(
+        self, caller: Principal, r: VerifyItem, budget: NewCaveatBudget | None = None
+    ) -> Decision:
         """One request of a stream (or a unary call), charged to ``budget``."""
         verifier = self.replica.verifier
         before = verifier.compiled
@@ -248,8 +300,9 @@ class Verification:
             budget.spend(verifier.compiled - before)
         return d
 
-    async def verify_proven(self, caller: Principal,
-                            requests: Sequence[Presented]) -> list[Decision]:
+    async def verify_proven(
+        self, caller: Principal, requests: Sequence[Presented]
+    ) -> list[Decision]:
         """Decisions for requests that carry proofs or discharges, in order. Every proof
         that verifies has its nonce redeemed, allowed or not: a proof is good for one
         request; every allow that rests on approvals spends one of their uses."""
@@ -266,11 +319,16 @@ class Verification:
     def _decide_settled(self, caller: Principal, p: Presented) -> tuple[Decision, Claim | None]:
         if p.proof:
             return self._decide_proven(caller, p)
-        return self._decide_asserted(caller, p.token, p.action, p.resource, p.presenter,
-                                     p.ctx, p.discharges), None
+        return self._decide_asserted(
+            caller, p.token, p.action, p.resource, p.presenter, p.ctx, p.discharges
+        ), None
 
-    async def _settle(self, caller: Principal, decisions: list[Decision],
-                      pending: Sequence[tuple[int, Presented, Claim | None]]) -> None:
+    async def _settle(
+        self,
+        caller: Principal,
+        decisions: list[Decision],
+        pending: Sequence[tuple[int, Presented, Claim | None]],
+    ) -> None:
         """Redeem the nonces of the proofs that verified (one group commit), turn the
         decisions of replays into denies, and audit them all."""
         replica = self.replica
@@ -283,14 +341,23 @@ class Verification:
                 d = decisions[i]
                 if ok is False:
                     decisions[i] = Decision(
-                        False, DenyCode.PROOF_REPLAYED,
+                        False,
+                        DenyCode.PROOF_REPLAYED,
                         f"proof nonce {redeemed_claim[1]} was already used: a proof is good "
-                        "for one request", None, d.token_id, d.chain)
+                        "for one request",
+                        None,
+                        d.token_id,
+                        d.chain,
+                    )
                 else:
                     decisions[i] = Decision(
-                        False, DenyCode.UNAVAILABLE,
+                        False,
+                        DenyCode.UNAVAILABLE,
                         f"cannot redeem the proof's nonce ({ok}); failing closed",
-                        None, d.token_id, d.chain)
+                        None,
+                        d.token_id,
+                        d.chain,
+                    )
         for i, _, _ in pending:  # counted once the proof's nonce was redeemed
             if decisions[i].allowed:
                 decisions[i] = await self._count(decisions[i])
@@ -299,14 +366,21 @@ class Verification:
             if d.allowed and d.approvals:
                 holder = p.presenter if claim is None else claim[0]
                 decisions[i] = await self.approvals.use(
-                    caller, d, p.token, Request(p.action, p.resource, holder, p.ctx))
+                    caller, d, p.token, Request(p.action, p.resource, holder, p.ctx)
+                )
                 if not decisions[i].allowed:  # a deny spends nothing: the budgets' use back
                     replica.budgets.refund(d.budgets)
         now = replica.clock()
         for i, p, claim in pending:  # the presenter audited: the holder once its proof held
-            replica.audit.decision(caller.id, decisions[i], p.action, p.resource,
-                                   p.presenter if claim is None else claim[0], now,
-                                   tuple(sorted(p.ctx)) if p.ctx else ())
+            replica.audit.decision(
+                caller.id,
+                decisions[i],
+                p.action,
+                p.resource,
+                p.presenter if claim is None else claim[0],
+                now,
+                tuple(sorted(p.ctx)) if p.ctx else (),
+            )
 
     def _decide_proven(self, caller: Principal, p: Presented) -> tuple[Decision, Claim | None]:
         """The decision for a request with a proof, and the nonce to redeem if it held."""
@@ -323,26 +397,45 @@ class Verification:
             return chain, None
         holder = chain.holder
         if p.presenter and p.presenter != holder:  # the service knows someone else: not_holder
-            return verifier.check(p.token, p.action, p.resource, p.presenter, p.ctx,
-                                  discharges=p.discharges), None
+            return verifier.check(
+                p.token, p.action, p.resource, p.presenter, p.ctx, discharges=p.discharges
+            ), None
         agent = self.replica.agents.get(holder)
         key = agent.public_keys.get(proof.key_id) if agent is not None else None
-        problem = (f"key {proof.key_id} is not registered for agent {holder!r}" if key is None
-                   else proof.check(key, caller.id, p.method, p.target, _signature(chain.text),
-                                    self.replica.clock(), self._window))
+        problem = (
+            f"key {proof.key_id} is not registered for agent {holder!r}"
+            if key is None
+            else proof.check(
+                key,
+                caller.id,
+                p.method,
+                p.target,
+                _signature(chain.text),
+                self.replica.clock(),
+                self._window,
+            )
+        )
         if problem is not None:
-            return Decision(False, DenyCode.BAD_PROOF, f"bad proof: {problem}", None,
-                            chain.token_id, chain.agents), None
+            return Decision(
+                False,
+                DenyCode.BAD_PROOF,
+                f"bad proof: {problem}",
+                None,
+                chain.token_id,
+                chain.agents,
+            ), None
         keep_until = proof.at_ms / 1000 + self._window + NONCE_MARGIN
-        decision = verifier.check(p.token, p.action, p.resource, holder, p.ctx,
-                                  discharges=p.discharges)
+        decision = verifier.check(
+            p.token, p.action, p.resource, holder, p.ctx, discharges=p.discharges
+        )
         return decision, (holder, proof.nonce, keep_until)
 
     def stream_budget(self) -> NewCaveatBudget:
         return NewCaveatBudget(self._limits.new_caveats_per_call)
 
-    async def verify_batch(self, caller: Principal,
-                           requests: Sequence[VerifyItem]) -> list[Decision]:
+    async def verify_batch(
+        self, caller: Principal, requests: Sequence[VerifyItem]
+    ) -> list[Decision]:
         """Every request's decision, in order, decided in time slices."""
         limits = self._limits
         if len(requests) > limits.max_batch:
@@ -354,8 +447,9 @@ class Verification:
         async with self._turn(caller.id):
             return await self._decide(caller, requests, presenters)
 
-    async def _decide(self, caller: Principal, requests: Sequence[VerifyItem],
-                      presenters: list[str]) -> list[Decision]:
+    async def _decide(
+        self, caller: Principal, requests: Sequence[VerifyItem], presenters: list[str]
+    ) -> list[Decision]:
         limits = self._limits
         verifier, verify, clock = self.replica.verifier, self.verify, time.perf_counter
         budget, slice_seconds = limits.new_caveats_per_call, limits.slice_seconds
@@ -424,8 +518,7 @@ def _spent(b: Budget, allowed: Decision, now: float) -> Decision:
         why = f"{what}: {b.limit} per {format_duration(int(b.period))}, a new window in {wait:.0f}s"
     else:
         why = f"{what}: {b.limit} uses in all, every one taken"
-    return Decision(False, DenyCode.BUDGET_EXHAUSTED, why, caveat, allowed.token_id,
-                    allowed.chain)
+    return Decision(False, DenyCode.BUDGET_EXHAUSTED, why, caveat, allowed.token_id, allowed.chain)
 
 
 def _signature(text: str) -> bytes:

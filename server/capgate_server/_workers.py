@@ -126,7 +126,8 @@ class WorkerPool:
         if not s.insecure and s.tls_cert is None and not _is_loopback(s.listen):
             raise InvalidArgumentError(
                 f"refusing to listen on {s.listen} without TLS: pass --tls-cert/--tls-key, "
-                "or --insecure if the network is trusted")
+                "or --insecure if the network is trusted"
+            )
         try:
             _check_free(s.listen)
             self._reserve = _reserve_port(s.listen)
@@ -143,10 +144,15 @@ class WorkerPool:
         except BaseException:
             await self.stop()
             raise
-        self._slots = [asyncio.get_running_loop().create_task(self._supervise(i))
-                       for i in range(self.workers)]
-        log.info("%d workers serving on %s (pids %s)", self.workers, self.address,
-                 " ".join(map(str, self.pids)))
+        self._slots = [
+            asyncio.get_running_loop().create_task(self._supervise(i)) for i in range(self.workers)
+        ]
+        log.info(
+            "%d workers serving on %s (pids %s)",
+            self.workers,
+            self.address,
+            " ".join(map(str, self.pids)),
+        )
         return self.port
 
     async def _first_start(self) -> None:
@@ -163,10 +169,8 @@ class WorkerPool:
         finally:
             await replica.close()
         if credential is not None:
-            self.admin_credential_path = _write_secret(s.data_dir / "admin.credential",
-                                                       credential)
-            log.warning("first start: admin credential written to %s",
-                        self.admin_credential_path)
+            self.admin_credential_path = _write_secret(s.data_dir / "admin.credential", credential)
+            log.warning("first start: admin credential written to %s", self.admin_credential_path)
 
     def _spec(self, index: int) -> _WorkerSpec:
         s = self.settings
@@ -176,21 +180,32 @@ class WorkerPool:
             metrics = f"{host}:{int(port) + index if int(port) else 0}"
         assert self._run_dir is not None
         return _WorkerSpec(
-            settings=dataclasses.replace(s, listen=self.address, reuse_port=True,
-                                         replica_id=f"{s.replica_id}-w{index}",
-                                         metrics_listen=metrics,
-                                         # one console for the host: worker 0's (it reads
-                                         # what every worker records, through the store)
-                                         console_listen=s.console_listen if index == 0
-                                         else ""),
-            run_dir=self._run_dir, index=index, workers=self.workers, parent=os.getpid(),
-            log_level=logging.getLogger().getEffectiveLevel())
+            settings=dataclasses.replace(
+                s,
+                listen=self.address,
+                reuse_port=True,
+                replica_id=f"{s.replica_id}-w{index}",
+                metrics_listen=metrics,
+                # one console for the host: worker 0's (it reads
+                # what every worker records, through the store)
+                console_listen=s.console_listen if index == 0 else "",
+            ),
+            run_dir=self._run_dir,
+            index=index,
+            workers=self.workers,
+            parent=os.getpid(),
+            log_level=logging.getLogger().getEffectiveLevel(),
+        )
 
     async def _spawn(self, index: int) -> bool:
         """Start worker ``index``; True once it serves, False if it died first."""
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", "from capgate_server._workers import _main; _main()",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-c",
+            "from capgate_server._workers import _main; _main()",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
         self._procs[index] = proc
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(pickle.dumps(self._spec(index)))
@@ -226,8 +241,13 @@ class WorkerPool:
                 self._count()
                 if time.monotonic() - started > _HEALTHY_AFTER:
                     backoff = _BACKOFF_FIRST
-                log.error("worker %d (pid %d) exited with status %s; restarting it in %.1fs",
-                          index, proc.pid, proc.returncode, backoff)
+                log.error(
+                    "worker %d (pid %d) exited with status %s; restarting it in %.1fs",
+                    index,
+                    proc.pid,
+                    proc.returncode,
+                    backoff,
+                )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(backoff):
                     await self._stopping.wait()
@@ -273,8 +293,9 @@ class WorkerPool:
             self._run_dir = None
 
 
-async def serve_workers(settings: Settings, workers: int, *,
-                        on_ready: Callable[[WorkerPool], Any] | None = None) -> None:
+async def serve_workers(
+    settings: Settings, workers: int, *, on_ready: Callable[[WorkerPool], Any] | None = None
+) -> None:
     """Run ``workers`` worker processes until SIGTERM or SIGINT, then drain them all."""
     pool = WorkerPool(settings, workers)
     await pool.start()
@@ -355,8 +376,9 @@ async def _worker(spec: _WorkerSpec) -> None:
 def _main() -> None:
     spec: _WorkerSpec = pickle.load(sys.stdin.buffer)  # noqa: S301 - from our own parent
     _die_with(spec.parent)
-    logging.basicConfig(level=spec.log_level, stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s %(name)s[w{spec.index}]: "
-                               "%(message)s")
+    logging.basicConfig(
+        level=spec.log_level,
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s %(name)s[w{spec.index}]: %(message)s",
+    )
     asyncio.run(_worker(spec))
-

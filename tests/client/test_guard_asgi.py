@@ -51,17 +51,27 @@ def make_app(address, credential, cache_ttl=1.0, **options):
                 extra["summary"] = await summary(request.path_params["name"])
             except PermissionDeniedError as e:
                 extra["summary_denied"] = e.context["code"]
-        return JSONResponse({"name": request.path_params["name"], "proven": result.proven,
-                             "holder": result.chain[-1],
-                             "presenter": current_presentation().presenter, **extra})
+        return JSONResponse(
+            {
+                "name": request.path_params["name"],
+                "proven": result.proven,
+                "holder": result.chain[-1],
+                "presenter": current_presentation().presenter,
+                **extra,
+            }
+        )
 
     async def health(request):
         return JSONResponse({"ok": True})
 
-    routes = [Route("/data/reports/{name}", report, methods=["GET", "POST", "OPTIONS"]),
-              Route("/health", health)]
-    return Starlette(routes=routes, middleware=[
-        Middleware(CapgateMiddleware, guard=guard, unguarded=("/health",), **options)])
+    routes = [
+        Route("/data/reports/{name}", report, methods=["GET", "POST", "OPTIONS"]),
+        Route("/health", health),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(CapgateMiddleware, guard=guard, unguarded=("/health",), **options)],
+    )
 
 
 @pytest.fixture
@@ -102,10 +112,14 @@ def test_denies_answer_403_with_the_code(web, alice):
         for value in ("Bearer abc", "Capgate", "Capgate a b", "Capgate \x7f"):
             r = http.get("/data/reports/q3", headers={"authorization": value})
             assert r.status_code == 403 and r.headers["capgate-deny"] in (
-                "missing_token", "malformed_token"), value
+                "missing_token",
+                "malformed_token",
+            ), value
         h = alice.presenter().headers("GET", "/data/reports/q3")
-        r = http.get("/data/reports/q3", headers=[("authorization", h["authorization"]),
-                                                   ("authorization", h["authorization"])])
+        r = http.get(
+            "/data/reports/q3",
+            headers=[("authorization", h["authorization"]), ("authorization", h["authorization"])],
+        )
         assert (r.status_code, r.headers["capgate-deny"]) == (403, "invalid_request")
         assert http.get("/health").status_code == 200  # unguarded
 
@@ -123,8 +137,9 @@ def test_a_captured_request_cannot_be_replayed_or_redirected(web, alice):
 
 def test_a_stolen_token_is_refused_where_proof_is_required(alice):
     # a service that names the presenter by its own (spoofable) means
-    app = make_app(alice.server.address, alice.service_credential, cache_ttl=0,
-                   presenter=lambda scope: "alice")
+    app = make_app(
+        alice.server.address, alice.service_credential, cache_ttl=0, presenter=lambda scope: "alice"
+    )
     s = AsgiServer(app).start()
     try:
         with httpx.Client(base_url=s.url, auth=alice.presenter(key=False)) as thief:
@@ -184,8 +199,13 @@ def test_a_websocket_handshake_is_refused_without_a_token(alice):
         async def send(message):
             sent.append(message)
 
-        scope = {"type": "websocket", "path": "/data/reports/q3", "raw_path": b"/data/reports/q3",
-                 "query_string": b"", "headers": []}
+        scope = {
+            "type": "websocket",
+            "path": "/data/reports/q3",
+            "raw_path": b"/data/reports/q3",
+            "query_string": b"",
+            "headers": [],
+        }
         await mw(scope, receive, send)
         await mw({"type": "lifespan"}, receive, send)  # anything else passes through
         await guard.client.close()
@@ -223,10 +243,18 @@ def test_protect_checks_a_plain_function_from_its_arguments(alice):
             read("q3", presentation=42)
         assert e.value.context["code"] == "invalid_request"
         # a proof for a plain call: the caller says which request it was made for
-        assert read("q3", presentation=Presentation.from_headers(
-            alice.presenter().headers("CALL", "read/q3"), "CALL", "read/q3")) == "q3:1"
+        assert (
+            read(
+                "q3",
+                presentation=Presentation.from_headers(
+                    alice.presenter().headers("CALL", "read/q3"), "CALL", "read/q3"
+                ),
+            )
+            == "q3:1"
+        )
 
         with pytest.raises(Exception, match="AsyncGuard"):
+
             @guard.protect("read", "/data/x")
             async def wrong() -> None: ...
 
@@ -304,12 +332,15 @@ def test_a_spent_budget_answers_429(alice):
         s.stop()
 
 
-@pytest.mark.parametrize("path, raw", [
-    ("/public/../admin/users", b"/public/../admin/users"),
-    ("/public/../admin/users", b"/public/%2e%2e/admin/users"),
-    ("/public/../admin/users", b"/public/..%2fadmin%2fusers"),
-    ("/public/..;/admin/users", b"/public/..;/admin/users"),
-])
+@pytest.mark.parametrize(
+    "path, raw",
+    [
+        ("/public/../admin/users", b"/public/../admin/users"),
+        ("/public/../admin/users", b"/public/%2e%2e/admin/users"),
+        ("/public/../admin/users", b"/public/..%2fadmin%2fusers"),
+        ("/public/..;/admin/users", b"/public/..;/admin/users"),
+    ],
+)
 def test_an_unguarded_prefix_does_not_cover_a_way_out_of_it(path, raw):
     """``/public/`` passes unchecked, but not a path that leaves it once decoded or
     normalised by whatever serves it: that one is checked (and denied as invalid)."""
@@ -317,4 +348,3 @@ def test_an_unguarded_prefix_does_not_cover_a_way_out_of_it(path, raw):
     assert m._is_unguarded({"path": "/public/logo.png", "raw_path": b"/public/logo.png"})
     assert m._is_unguarded({"path": "/health"})
     assert not m._is_unguarded({"path": path, "raw_path": raw})
-

@@ -72,14 +72,17 @@ def _sync_handlers():
             yield {"echo": r, **_who()}
 
     kw = {"request_deserializer": _loads, "response_serializer": _dumps}
-    return grpc.method_handlers_generic_handler(SERVICE, {
-        "Read": grpc.unary_unary_rpc_method_handler(read, **kw),
-        "Sized": grpc.unary_unary_rpc_method_handler(read, **kw),
-        "Delete": grpc.unary_unary_rpc_method_handler(read, **kw),
-        "List": grpc.unary_stream_rpc_method_handler(list_, **kw),
-        "Upload": grpc.stream_unary_rpc_method_handler(upload, **kw),
-        "Chat": grpc.stream_stream_rpc_method_handler(chat, **kw),
-    })
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Read": grpc.unary_unary_rpc_method_handler(read, **kw),
+            "Sized": grpc.unary_unary_rpc_method_handler(read, **kw),
+            "Delete": grpc.unary_unary_rpc_method_handler(read, **kw),
+            "List": grpc.unary_stream_rpc_method_handler(list_, **kw),
+            "Upload": grpc.stream_unary_rpc_method_handler(upload, **kw),
+            "Chat": grpc.stream_stream_rpc_method_handler(chat, **kw),
+        },
+    )
 
 
 def _aio_handlers():
@@ -98,22 +101,28 @@ def _aio_handlers():
             yield {"echo": r, **_who()}
 
     kw = {"request_deserializer": _loads, "response_serializer": _dumps}
-    return grpc.method_handlers_generic_handler(SERVICE, {
-        "Read": grpc.unary_unary_rpc_method_handler(read, **kw),
-        "Sized": grpc.unary_unary_rpc_method_handler(read, **kw),
-        "Delete": grpc.unary_unary_rpc_method_handler(read, **kw),
-        "List": grpc.unary_stream_rpc_method_handler(list_, **kw),
-        "Upload": grpc.stream_unary_rpc_method_handler(upload, **kw),
-        "Chat": grpc.stream_stream_rpc_method_handler(chat, **kw),
-    })
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Read": grpc.unary_unary_rpc_method_handler(read, **kw),
+            "Sized": grpc.unary_unary_rpc_method_handler(read, **kw),
+            "Delete": grpc.unary_unary_rpc_method_handler(read, **kw),
+            "List": grpc.unary_stream_rpc_method_handler(list_, **kw),
+            "Upload": grpc.stream_unary_rpc_method_handler(upload, **kw),
+            "Chat": grpc.stream_stream_rpc_method_handler(chat, **kw),
+        },
+    )
 
 
 class SyncService:
     def __init__(self, interceptor, creds=None):
         self.server = grpc.server(futures.ThreadPoolExecutor(4), interceptors=[interceptor])
         self.server.add_generic_rpc_handlers((_sync_handlers(),))
-        self.port = (self.server.add_secure_port("127.0.0.1:0", creds) if creds
-                     else self.server.add_insecure_port("127.0.0.1:0"))
+        self.port = (
+            self.server.add_secure_port("127.0.0.1:0", creds)
+            if creds
+            else self.server.add_insecure_port("127.0.0.1:0")
+        )
         self.server.start()
 
     def stop(self):
@@ -152,23 +161,27 @@ class Caller:
         return self.presenter.grpc_metadata(f"/{SERVICE}/{method}") if self.presenter else None
 
     def unary(self, method, req):
-        call = self.channel.unary_unary(f"/{SERVICE}/{method}", request_serializer=_dumps,
-                                        response_deserializer=_loads)
+        call = self.channel.unary_unary(
+            f"/{SERVICE}/{method}", request_serializer=_dumps, response_deserializer=_loads
+        )
         return call(req, metadata=self._md(method), timeout=10)
 
     def server_stream(self, method, req):
-        call = self.channel.unary_stream(f"/{SERVICE}/{method}", request_serializer=_dumps,
-                                         response_deserializer=_loads)
+        call = self.channel.unary_stream(
+            f"/{SERVICE}/{method}", request_serializer=_dumps, response_deserializer=_loads
+        )
         return list(call(req, metadata=self._md(method), timeout=10))
 
     def client_stream(self, method, reqs):
-        call = self.channel.stream_unary(f"/{SERVICE}/{method}", request_serializer=_dumps,
-                                         response_deserializer=_loads)
+        call = self.channel.stream_unary(
+            f"/{SERVICE}/{method}", request_serializer=_dumps, response_deserializer=_loads
+        )
         return call(iter(reqs), metadata=self._md(method), timeout=10)
 
     def bidi(self, method, reqs):
-        call = self.channel.stream_stream(f"/{SERVICE}/{method}", request_serializer=_dumps,
-                                          response_deserializer=_loads)
+        call = self.channel.stream_stream(
+            f"/{SERVICE}/{method}", request_serializer=_dumps, response_deserializer=_loads
+        )
         return list(call(iter(reqs), metadata=self._md(method), timeout=10))
 
     def close(self):
@@ -211,8 +224,11 @@ def sync_service(alice):
 
 @pytest.fixture
 def aio_service(alice):
-    svc = AioService(lambda: AsyncGrpcGuard(
-        AsyncGuard(AsyncClient(alice.server.address, alice.service_credential)), RULES))
+    svc = AioService(
+        lambda: AsyncGrpcGuard(
+            AsyncGuard(AsyncClient(alice.server.address, alice.service_credential)), RULES
+        )
+    )
     yield svc
     svc.stop()
 
@@ -242,26 +258,38 @@ def test_denies_abort_with_permission_denied_and_the_code(service, alice):
     code, trailer, _ = denied(lambda: c.unary("Delete", {"name": "q3"}))
     assert (code, trailer) == (grpc.StatusCode.PERMISSION_DENIED, "no_rule")
     # a request field that would walk the resource elsewhere, or is missing or not text
-    for bad in ({"name": "../secrets"}, {"name": "a/b"}, {"name": ""}, {}, {"name": ["q3"]},
-                {"name": None}, {"name": True}):
+    for bad in (
+        {"name": "../secrets"},
+        {"name": "a/b"},
+        {"name": ""},
+        {},
+        {"name": ["q3"]},
+        {"name": None},
+        {"name": True},
+    ):
         code, trailer, _ = denied(lambda bad=bad: c.unary("Read", bad))
         assert (code, trailer) == (grpc.StatusCode.PERMISSION_DENIED, "invalid_request"), bad
     # no token at all
     bare = Caller(service.port)
     assert denied(lambda: bare.unary("Read", {"name": "q3"}))[1] == "missing_token"
     # a token of another scheme, or garbage
-    for md in ((("authorization", "Bearer x"),), (("authorization", "Capgate"),),
-               (("authorization", "Capgate not-a-token"),)):
-        call = bare.channel.unary_unary(f"/{SERVICE}/Read", request_serializer=_dumps,
-                                        response_deserializer=_loads)
+    for md in (
+        (("authorization", "Bearer x"),),
+        (("authorization", "Capgate"),),
+        (("authorization", "Capgate not-a-token"),),
+    ):
+        call = bare.channel.unary_unary(
+            f"/{SERVICE}/Read", request_serializer=_dumps, response_deserializer=_loads
+        )
         code, trailer, _ = denied(lambda md=md, call=call: call({"name": "q3"}, metadata=md))
         assert code is grpc.StatusCode.PERMISSION_DENIED
         assert trailer in ("missing_token", "malformed_token")
     # a token or a proof twice: which one would count? neither
     md = alice.presenter().grpc_metadata(f"/{SERVICE}/Read")
     for twice in ([*md, md[0]], [*md, md[1]]):
-        code, trailer, _ = denied(lambda twice=twice, call=call: call({"name": "q3"},
-                                                                      metadata=twice))
+        code, trailer, _ = denied(
+            lambda twice=twice, call=call: call({"name": "q3"}, metadata=twice)
+        )
         assert (code, trailer) == (grpc.StatusCode.PERMISSION_DENIED, "invalid_request")
     c.close()
     bare.close()
@@ -273,8 +301,9 @@ def test_a_request_field_feeds_a_ctx_caveat(sync_service, alice):
     assert c.unary("Sized", {"name": "q3", "size": 50})["content"] == "report q3"
     code, trailer, details = denied(lambda: c.unary("Sized", {"name": "q3", "size": 500}))
     assert trailer == "caveat_failed" and "ctx size <= 100" in details
-    assert denied(lambda: c.unary("Sized", {"name": "q3", "size": {"n": 1}}))[1] == \
-        "invalid_request"
+    assert (
+        denied(lambda: c.unary("Sized", {"name": "q3", "size": {"n": 1}}))[1] == "invalid_request"
+    )
     c.close()
 
 
@@ -284,8 +313,9 @@ def test_a_stolen_token_is_refused_where_proof_is_required(sync_service, alice):
     assert denied(lambda: thief.unary("Read", {"name": "q3"}))[1] == "no_presenter"
     alice.admin.update_agent("alice", require_proof=True)
     thief_md = [("authorization", f"Capgate {alice.token}")]
-    call = thief.channel.unary_unary(f"/{SERVICE}/Read", request_serializer=_dumps,
-                                     response_deserializer=_loads)
+    call = thief.channel.unary_unary(
+        f"/{SERVICE}/Read", request_serializer=_dumps, response_deserializer=_loads
+    )
     assert denied(lambda: call({"name": "q3"}, metadata=thief_md))[1] == "no_presenter"
     # a proof captured from alice's call cannot be used again, nor for another method
     md = alice.presenter().grpc_metadata(f"/{SERVICE}/Read")
@@ -297,8 +327,10 @@ def test_a_stolen_token_is_refused_where_proof_is_required(sync_service, alice):
 
 
 def test_the_presenter_interceptor_presents_every_call(sync_service, alice):
-    channel = grpc.intercept_channel(grpc.insecure_channel(f"127.0.0.1:{sync_service.port}"),
-                                     alice.presenter().grpc_interceptor())
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(f"127.0.0.1:{sync_service.port}"),
+        alice.presenter().grpc_interceptor(),
+    )
     c = Caller(sync_service.port, channel=channel)
     for _ in range(3):  # a fresh proof each time
         assert c.unary("Read", {"name": "q3"})["presenter"] == "alice"
@@ -308,12 +340,15 @@ def test_the_presenter_interceptor_presents_every_call(sync_service, alice):
 
 def test_the_aio_presenter_interceptors_present_every_call(aio_service, alice):
     async def run():
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{aio_service.port}",
-                                            interceptors=alice.presenter().grpc_aio_interceptors())
-        read = channel.unary_unary(f"/{SERVICE}/Read", request_serializer=_dumps,
-                                   response_deserializer=_loads)
-        listing = channel.unary_stream(f"/{SERVICE}/List", request_serializer=_dumps,
-                                       response_deserializer=_loads)
+        channel = grpc.aio.insecure_channel(
+            f"127.0.0.1:{aio_service.port}", interceptors=alice.presenter().grpc_aio_interceptors()
+        )
+        read = channel.unary_unary(
+            f"/{SERVICE}/Read", request_serializer=_dumps, response_deserializer=_loads
+        )
+        listing = channel.unary_stream(
+            f"/{SERVICE}/List", request_serializer=_dumps, response_deserializer=_loads
+        )
         first = await read({"name": "q3"})
         second = await read({"name": "q3"})
         items = [i async for i in listing({"dir": "d"})]
@@ -404,14 +439,26 @@ def test_an_mtls_presenter_names_the_agent_from_its_certificate(alice, tmp_path)
     pki = make_pki(tmp_path / "pki", "spiffe://example.org/agent/alice")
     creds = grpc.ssl_server_credentials(
         [(pki["server.key"].read_bytes(), pki["server.crt"].read_bytes())],
-        root_certificates=pki["ca.crt"].read_bytes(), require_client_auth=True)
+        root_certificates=pki["ca.crt"].read_bytes(),
+        require_client_auth=True,
+    )
     client = Client(alice.server.address, alice.service_credential)
-    svc = SyncService(GrpcGuard(Guard(client, cache_ttl=0), RULES,
-                                presenter=mtls_presenter("spiffe://example.org/agent/")),
-                      creds=creds)
-    channel = grpc.secure_channel(f"127.0.0.1:{svc.port}", grpc.ssl_channel_credentials(
-        pki["ca.crt"].read_bytes(), pki["client.key"].read_bytes(),
-        pki["client.crt"].read_bytes()))
+    svc = SyncService(
+        GrpcGuard(
+            Guard(client, cache_ttl=0),
+            RULES,
+            presenter=mtls_presenter("spiffe://example.org/agent/"),
+        ),
+        creds=creds,
+    )
+    channel = grpc.secure_channel(
+        f"127.0.0.1:{svc.port}",
+        grpc.ssl_channel_credentials(
+            pki["ca.crt"].read_bytes(),
+            pki["client.key"].read_bytes(),
+            pki["client.crt"].read_bytes(),
+        ),
+    )
     c = Caller(svc.port, alice.presenter(key=False), channel=channel)
     assert c.unary("Read", {"name": "q3"})["content"] == "report q3"  # presenter by mTLS
     # mTLS is the service's word; where proof is required it is not enough

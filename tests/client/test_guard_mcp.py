@@ -31,8 +31,11 @@ def text(result):
 
 
 def launch(alice):
-    env = {**os.environ, "CAPGATE_SERVER": alice.server.address,
-           "CAPGATE_CREDENTIAL": alice.service_credential}
+    env = {
+        **os.environ,
+        "CAPGATE_SERVER": alice.server.address,
+        "CAPGATE_CREDENTIAL": alice.service_credential,
+    }
     return StdioServerParameters(command=sys.executable, args=[str(EXAMPLE)], env=env)
 
 
@@ -48,19 +51,25 @@ def test_tool_calls_are_checked_against_their_arguments(alice):
         async with Client(launch(alice)) as mcp:
             names = sorted(t.name for t in (await mcp.list_tools()).tools)  # not guarded
             p = alice.presenter(reports)
-            ok = await mcp.call_tool("read_file", {"path": "reports/q3.txt"},
-                                     meta=p.mcp_meta("read_file"))
-            other = await mcp.call_tool("read_file", {"path": "hr/salaries.txt"},
-                                        meta=p.mcp_meta("read_file"))
-            walk = await mcp.call_tool("read_file", {"path": "reports/../hr/salaries.txt"},
-                                       meta=p.mcp_meta("read_file"))
-            wrong_tool = await mcp.call_tool("search", {"index": "docs", "query": "doc"},
-                                             meta=p.mcp_meta("search"))
+            ok = await mcp.call_tool(
+                "read_file", {"path": "reports/q3.txt"}, meta=p.mcp_meta("read_file")
+            )
+            other = await mcp.call_tool(
+                "read_file", {"path": "hr/salaries.txt"}, meta=p.mcp_meta("read_file")
+            )
+            walk = await mcp.call_tool(
+                "read_file", {"path": "reports/../hr/salaries.txt"}, meta=p.mcp_meta("read_file")
+            )
+            wrong_tool = await mcp.call_tool(
+                "search", {"index": "docs", "query": "doc"}, meta=p.mcp_meta("search")
+            )
             s = alice.presenter(search)
-            few = await mcp.call_tool("search", {"index": "docs", "query": "doc-1", "limit": 3},
-                                      meta=s.mcp_meta("search"))
-            many = await mcp.call_tool("search", {"index": "docs", "query": "doc", "limit": 50},
-                                       meta=s.mcp_meta("search"))
+            few = await mcp.call_tool(
+                "search", {"index": "docs", "query": "doc-1", "limit": 3}, meta=s.mcp_meta("search")
+            )
+            many = await mcp.call_tool(
+                "search", {"index": "docs", "query": "doc", "limit": 50}, meta=s.mcp_meta("search")
+            )
             return names, ok, other, walk, wrong_tool, few, many
 
     names, ok, other, walk, wrong_tool, few, many = run(session())
@@ -83,13 +92,17 @@ def test_no_token_a_replay_and_a_stolen_token_are_tool_errors(alice):
             first = await mcp.call_tool("read_file", args, meta=meta)
             again = await mcp.call_tool("read_file", args, meta=meta)
             for_other_tool = await mcp.call_tool(
-                "read_file", args, meta={**alice.presenter().mcp_meta("search")})
-            stolen = await mcp.call_tool("read_file", args,
-                                         meta=alice.presenter(key=False).mcp_meta("read_file"))
-            garbage = await mcp.call_tool("read_file", args,
-                                          meta={"capgate/token": "x", "capgate/proof": "y"})
-            not_text = await mcp.call_tool("read_file", {"path": ["a"]},
-                                           meta=alice.presenter().mcp_meta("read_file"))
+                "read_file", args, meta={**alice.presenter().mcp_meta("search")}
+            )
+            stolen = await mcp.call_tool(
+                "read_file", args, meta=alice.presenter(key=False).mcp_meta("read_file")
+            )
+            garbage = await mcp.call_tool(
+                "read_file", args, meta={"capgate/token": "x", "capgate/proof": "y"}
+            )
+            not_text = await mcp.call_tool(
+                "read_file", {"path": ["a"]}, meta=alice.presenter().mcp_meta("read_file")
+            )
             return bare, first, again, for_other_tool, stolen, garbage, not_text
 
     bare, first, again, for_other_tool, stolen, garbage, not_text = run(session())
@@ -112,11 +125,19 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_over_streamable_http_the_token_may_come_in_a_header(alice):
     port = _free_port()
-    env = {**os.environ, "CAPGATE_SERVER": alice.server.address,
-           "CAPGATE_CREDENTIAL": alice.service_credential}
-    proc = subprocess.Popen([sys.executable, str(EXAMPLE), "--http", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "CAPGATE_SERVER": alice.server.address,
+        "CAPGATE_CREDENTIAL": alice.service_credential,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLE), "--http", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
+
         def up() -> bool:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()

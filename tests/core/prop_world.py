@@ -6,7 +6,6 @@ to do so, the model predicts the exact decision, so a caveat that is ignored, or
 one that denies too much, is caught as well as one that widens.
 """
 
-
 from __future__ import annotations
 
 import base64
@@ -252,7 +251,8 @@ resources = st.lists(st.sampled_from(SEGMENTS), min_size=1, max_size=3).map(
 )
 # the grammar allows at most two '**' in a glob (matching must stay polynomial)
 random_globs = st.lists(st.sampled_from((*SEGMENTS, "*", "**")), min_size=1, max_size=4).filter(
-    lambda segs: segs.count("**") <= 2)
+    lambda segs: segs.count("**") <= 2
+)
 WORDS = ("x", "y", "a,b", "é", "search")
 numbers = st.builds(
     lambda sign, whole, frac: f"{sign}{whole}{'.' + frac if frac else ''}",
@@ -302,14 +302,14 @@ def instants(draw: st.DrawFn) -> tuple[str, Decimal]:
             # either side of "now", with the later side drawn as often as the earlier one
             # is met (a base token that allows already holds many instants in the past)
             delta = draw(
-                st.sampled_from((-1, 0, 1, -60, 60, -86400, 86400)) | st.integers(-10**9, 10**9)
+                st.sampled_from((-1, 0, 1, -60, 60, -86400, 86400))
+                | st.integers(-(10**9), 10**9)
                 | st.integers(1, 10**9)
             )
             # Close to the clock only millisecond fractions, so float rounding cannot blur
             # which side of "now" the instant lies.
             digits = draw(
-                st.none()
-                | st.text("0123456789", min_size=1, max_size=3 if abs(delta) <= 1 else 9)
+                st.none() | st.text("0123456789", min_size=1, max_size=3 if abs(delta) <= 1 else 9)
             )
         local = datetime(1970, 1, 1) + timedelta(seconds=int(NOW) + delta + minutes * 60)
         fields = (local.year, local.month, local.day, local.hour, local.minute, local.second)
@@ -348,8 +348,17 @@ def derived_glob(draw: st.DrawFn, resource: str) -> list[str]:
     return out
 
 
-KNOWN_KEYS = {"agent", "action", "resource", "expires", "not-before", "ctx", "did", "depth",
-              "delegate"}
+KNOWN_KEYS = {
+    "agent",
+    "action",
+    "resource",
+    "expires",
+    "not-before",
+    "ctx",
+    "did",
+    "depth",
+    "delegate",
+}
 unknown_key_caveats = st.sampled_from(
     (
         "use <= 3",
@@ -459,8 +468,18 @@ def _mutations(text: str) -> list[str]:
     ]
 
 
-CHECK_KINDS = ("action", "resource", "expires", "not-before", "ctx-eq", "ctx-in", "ctx-le",
-               "ctx-ge", "ctx-lt", "ctx-gt")
+CHECK_KINDS = (
+    "action",
+    "resource",
+    "expires",
+    "not-before",
+    "ctx-eq",
+    "ctx-in",
+    "ctx-le",
+    "ctx-ge",
+    "ctx-lt",
+    "ctx-gt",
+)
 NUMERIC_CTX = {"ctx-le": "<=", "ctx-ge": ">=", "ctx-lt": "<", "ctx-gt": ">"}
 VALID_KINDS = ("agent", *CHECK_KINDS, "did", "depth")
 # A budget needs a counter: the core verifier here keeps none, so it refuses them
@@ -495,16 +514,22 @@ def caveats(draw: st.DrawFn, kind: str, req: Request, holder: str) -> Cav:
         who = holder if fit else draw(st.sampled_from((*AGENT_IDS, "zed")))
         return Cav(kind, f"agent = {who}", lambda r, h: h == who)
     if kind == "action":
-        names = draw(st.lists(st.sampled_from((*ACTIONS, "admin", "Read", "read.all")),
-                              min_size=1, max_size=3))
+        names = draw(
+            st.lists(
+                st.sampled_from((*ACTIONS, "admin", "Read", "read.all")), min_size=1, max_size=3
+            )
+        )
         if fit:
             names = draw(st.permutations([*names, req.action]))
         allowed = frozenset(names)
         return Cav(kind, "action in " + ",".join(names), lambda r, h: r.action in allowed)
     if kind == "resource":
         segs = draw(derived_glob(req.resource) if fit else random_globs)
-        return Cav(kind, "resource /" + "/".join(segs),
-                   lambda r, h: glob_match(segs, path_segments(r.resource)))
+        return Cav(
+            kind,
+            "resource /" + "/".join(segs),
+            lambda r, h: glob_match(segs, path_segments(r.resource)),
+        )
     if kind == "expires":
         text, at = draw(instants())
         return Cav(kind, f"expires < {text}", lambda r, h: NOW_DEC < at)
@@ -521,13 +546,19 @@ def caveats(draw: st.DrawFn, kind: str, req: Request, holder: str) -> Cav:
             value = current if current is not None else draw(st.sampled_from(WORDS) | number_texts)
             return Cav(kind, f"ctx {key} = {value}", lambda r, h: r.ctx.get(key) == value)
         if kind == "ctx-in":
-            vals = draw(st.lists(st.sampled_from(("x", "y", "é", "search")) | number_texts,
-                                 min_size=1, max_size=3))
+            vals = draw(
+                st.lists(
+                    st.sampled_from(("x", "y", "é", "search")) | number_texts,
+                    min_size=1,
+                    max_size=3,
+                )
+            )
             if current is not None and "," not in current:
                 vals = draw(st.permutations([*vals, current]))
             one_of = frozenset(vals)
-            return Cav(kind, f"ctx {key} in {','.join(vals)}",
-                       lambda r, h: r.ctx.get(key) in one_of)
+            return Cav(
+                kind, f"ctx {key} in {','.join(vals)}", lambda r, h: r.ctx.get(key) in one_of
+            )
         bound_text = current if numeric(current) is not None else draw(number_texts)
         op = NUMERIC_CTX[kind]
         if op in ("<", ">") and numeric(current) is not None and draw(st.integers(0, 3)):
@@ -537,8 +568,12 @@ def caveats(draw: st.DrawFn, kind: str, req: Request, holder: str) -> Cav:
             if numeric(str(moved)) is not None:
                 bound_text = str(moved)
         bound = Decimal(bound_text)
-        compare = {"<=": Decimal.__le__, ">=": Decimal.__ge__, "<": Decimal.__lt__,
-                   ">": Decimal.__gt__}[op]
+        compare = {
+            "<=": Decimal.__le__,
+            ">=": Decimal.__ge__,
+            "<": Decimal.__lt__,
+            ">": Decimal.__gt__,
+        }[op]
 
         def holds(r: Request, h: str) -> bool:
             n = numeric(r.ctx.get(key))
@@ -643,6 +678,7 @@ def allowed_chains(draw: st.DrawFn, min_hops: int = 0, max_hops: int = 3) -> All
     for stage in stages:  # every prefix allows the request for its own holder
         assert decide(VERIFIER, stage.token, chain.request_for(stage)).allowed
     return chain
+
 
 def location_span(token: Token) -> range:
     """Byte positions of the (unsigned) location value in the V2 form."""

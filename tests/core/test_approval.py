@@ -38,15 +38,21 @@ AID = "a" * 32
 
 @pytest.fixture
 def world(clock):
-    agents = {"payer": Agent("payer", Ceiling.parse(["pay,read:/invoices/**"])),
-              "clerk": Agent("clerk", Ceiling.parse(["pay,read:/invoices/**"]))}
+    agents = {
+        "payer": Agent("payer", Ceiling.parse(["pay,read:/invoices/**"])),
+        "clerk": Agent("clerk", Ceiling.parse(["pay,read:/invoices/**"])),
+    }
     return agents, Verifier({"k1": KEY}, agents, RevocationSet(), clock=clock)
 
 
 def issue(clock, holder="payer", tid=TID):
     t = Token.mint(KEY, TokenIdentifier("k1", tid, int((clock.now - 10) * 1000)).encode())
-    for c in (f"agent = {holder}", "action in pay,read", "resource /invoices/*",
-              f"expires < {format_timestamp(clock.now + 3600)}"):
+    for c in (
+        f"agent = {holder}",
+        "action in pay,read",
+        "resource /invoices/*",
+        f"expires < {format_timestamp(clock.now + 3600)}",
+    ):
         t = t.append_raw(c.encode())
     return t
 
@@ -59,8 +65,10 @@ def discharges_for(verifier, token, request, clock, aid=AID, ttl=300):
     """What the approval service hands out for ``request``: a bound discharge per caveat."""
     st = verifier.analyse(token.to_text())
     digest = request_digest(request.action, request.resource, request.presenter, request.ctx)
-    return [mint_discharge(k, a.cid, aid, digest, clock.now + ttl, st.signature).to_text()
-            for a, k in zip(st.approvals, st.approval_keys, strict=True)]
+    return [
+        mint_discharge(k, a.cid, aid, digest, clock.now + ttl, st.signature).to_text()
+        for a, k in zip(st.approvals, st.approval_keys, strict=True)
+    ]
 
 
 # -- the caveat ---------------------------------------------------------------------------
@@ -92,33 +100,47 @@ def test_the_approval_key_is_sealed_in_the_verification_id_the_standard_way(cloc
     assert SecretBox(base.signature).decrypt(raw.vid) == st.approval_keys[0]
 
 
-@pytest.mark.parametrize("condition, request_, needed", [
-    ("", pay("1"), True),  # no condition: every request
-    ("ctx amount > 1000", pay("1000"), False),
-    ("ctx amount > 1000", pay("1000.01"), True),
-    ("ctx amount >= 1000", pay("1000"), True),
-    ("ctx amount < 10", pay("9.99"), True),
-    ("ctx amount <= 10", pay("11"), False),
-    ("ctx amount > 1000", Request("pay", "/invoices/8", "payer", {}), True),  # missing: met
-    ("ctx amount > 1000", pay("lots"), True),  # not a number: met (fail closed)
-    ("ctx payee = acme", pay(payee="acme"), True),
-    ("ctx payee in acme,initech", pay(payee="globex"), False),
-    ("action in pay", Request("read", "/invoices/8", "payer", {}), False),
-    ("resource /invoices/**", pay(), True),
-    ("action in pay and ctx amount > 1000", pay("50"), False),
-    ("action in pay and ctx amount > 1000", pay("5000"), True),
-    ("ctx memo = and and action in pay", pay(memo="and"), True),  # a value may be "and"
-])
+@pytest.mark.parametrize(
+    "condition, request_, needed",
+    [
+        ("", pay("1"), True),  # no condition: every request
+        ("ctx amount > 1000", pay("1000"), False),
+        ("ctx amount > 1000", pay("1000.01"), True),
+        ("ctx amount >= 1000", pay("1000"), True),
+        ("ctx amount < 10", pay("9.99"), True),
+        ("ctx amount <= 10", pay("11"), False),
+        ("ctx amount > 1000", Request("pay", "/invoices/8", "payer", {}), True),  # missing: met
+        ("ctx amount > 1000", pay("lots"), True),  # not a number: met (fail closed)
+        ("ctx payee = acme", pay(payee="acme"), True),
+        ("ctx payee in acme,initech", pay(payee="globex"), False),
+        ("action in pay", Request("read", "/invoices/8", "payer", {}), False),
+        ("resource /invoices/**", pay(), True),
+        ("action in pay and ctx amount > 1000", pay("50"), False),
+        ("action in pay and ctx amount > 1000", pay("5000"), True),
+        ("ctx memo = and and action in pay", pay(memo="and"), True),  # a value may be "and"
+    ],
+)
 def test_conditions_say_which_requests_need_approval(condition, request_, needed):
     assert ApprovalRule(condition).needed(request_) is needed
 
 
-@pytest.mark.parametrize("bad", [
-    "amount > 1000", "ctx amount >> 1000", "ctx amount > 1e3", "ctx Amount > 1",
-    "action in pay and", "and action in pay", "action in pay or resource /x",
-    "action in pay  and resource /x", "resource invoices", "agent = payer",
-    "expires < 2030-01-01T00:00:00Z", " and ".join(["action in pay"] * 9),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "amount > 1000",
+        "ctx amount >> 1000",
+        "ctx amount > 1e3",
+        "ctx Amount > 1",
+        "action in pay and",
+        "and action in pay",
+        "action in pay or resource /x",
+        "action in pay  and resource /x",
+        "resource invoices",
+        "agent = payer",
+        "expires < 2030-01-01T00:00:00Z",
+        " and ".join(["action in pay"] * 9),
+    ],
+)
 def test_malformed_conditions_are_refused(bad):
     with pytest.raises(CaveatSyntaxError):
         parse_condition(bad)
@@ -132,12 +154,15 @@ def test_an_approval_asks_one_to_nine_approvers(clock, n):
         issue(clock).require_approval("", approvers=n)
 
 
-@pytest.mark.parametrize("cid, code", [
-    (b"approval n=1 nonce=0123456789abcdef when ctx amount >> 3", DenyCode.BAD_CAVEAT),
-    (b"approval n=0 nonce=0123456789abcdef", DenyCode.BAD_CAVEAT),
-    (b"approve me", DenyCode.BAD_CAVEAT),
-    (b"\xff\xfe", DenyCode.BAD_CAVEAT),
-])
+@pytest.mark.parametrize(
+    "cid, code",
+    [
+        (b"approval n=1 nonce=0123456789abcdef when ctx amount >> 3", DenyCode.BAD_CAVEAT),
+        (b"approval n=0 nonce=0123456789abcdef", DenyCode.BAD_CAVEAT),
+        (b"approve me", DenyCode.BAD_CAVEAT),
+        (b"\xff\xfe", DenyCode.BAD_CAVEAT),
+    ],
+)
 def test_a_malformed_approval_caveat_id_denies(clock, world, cid, code):
     _, v = world
     t = issue(clock).append_third_party(cid, b"v" * 72, APPROVAL_LOCATION)
@@ -184,10 +209,16 @@ def test_a_request_it_meets_is_denied_until_a_discharge_comes(clock, world):
     assert allowed.reason == f"allowed with approval {AID}"
 
 
-@pytest.mark.parametrize("other", [
-    pay("4201"), pay(resource="/invoices/9"), pay(presenter="clerk"), pay(note="x"),
-    Request("read", "/invoices/8", "payer", {"amount": "4200"}),
-])
+@pytest.mark.parametrize(
+    "other",
+    [
+        pay("4201"),
+        pay(resource="/invoices/9"),
+        pay(presenter="clerk"),
+        pay(note="x"),
+        Request("read", "/invoices/8", "payer", {"amount": "4200"}),
+    ],
+)
 def test_a_discharge_is_for_one_request(clock, world, other):
     _, v = world
     t = issue(clock).require_approval("")
@@ -244,8 +275,7 @@ def test_a_tampered_discharge_denies(clock, world, change):
     elif change == "drop":
         bad = Token(raw._replace(caveats=raw.caveats[:2]))
     elif change == "unknown":
-        bad = Token(raw._replace(caveats=(*raw.caveats[:2], raw.caveats[2]._replace(
-            cid=b"x y z"))))
+        bad = Token(raw._replace(caveats=(*raw.caveats[:2], raw.caveats[2]._replace(cid=b"x y z"))))
     elif change == "third-party":
         bad = Token(raw).append_third_party(b"x", b"y", APPROVAL_LOCATION)
     else:
@@ -305,7 +335,8 @@ def test_a_tampered_token_still_denies_as_a_bad_signature(clock, world):
 def test_an_agents_rule_denies_a_token_without_a_caveat_for_it(clock, world):
     agents, v = world
     agents["payer"] = agents["payer"].with_changes(
-        approvals=(ApprovalRule("ctx amount > 1000", 2),))
+        approvals=(ApprovalRule("ctx amount > 1000", 2),)
+    )
     plain = issue(clock).to_text()
     assert v.verify(plain, pay("10")).allowed  # the rule does not apply
     d = v.verify(plain, pay())
@@ -352,8 +383,9 @@ def test_pymacaroons_reads_the_token_and_its_discharge_and_verifies_them(clock, 
     (third,) = m.third_party_caveats()
     assert third.location == APPROVAL_LOCATION
     assert third.caveat_id_bytes == dm.identifier_bytes
-    assert [c.caveat_id_bytes for c in dm.first_party_caveats()][1] == b"request = " + \
-        request_digest("pay", "/invoices/8", "payer", {"amount": "4200"}).encode()
+    assert [c.caveat_id_bytes for c in dm.first_party_caveats()][
+        1
+    ] == b"request = " + request_digest("pay", "/invoices/8", "payer", {"amount": "4200"}).encode()
     # with the root key, pymacaroons checks the whole chain, the discharge and its binding
     checker = pymacaroons.Verifier()
     checker.satisfy_general(lambda predicate: True)

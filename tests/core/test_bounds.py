@@ -51,8 +51,9 @@ def hex_(n: int) -> str:
 
 # Hostile shapes, each as large as the token limits allow for a cached chain (4 KiB).
 def long_globs(i: int) -> str:
-    return token(i, *[f"resource /data/{'/'.join(hex_(6) for _ in range(60))}"
-                      for _ in range(3)]).to_text()
+    return token(
+        i, *[f"resource /data/{'/'.join(hex_(6) for _ in range(60))}" for _ in range(3)]
+    ).to_text()
 
 
 def many_short_globs(i: int) -> str:
@@ -77,8 +78,12 @@ def delegated(i: int) -> str:
 def approvals(i: int) -> str:
     t = token(i)
     for _ in range(6):  # approval caveats, each with conditions as long as fits
-        t = t.require_approval("ctx tool in " + ",".join(hex_(3) for _ in range(60))
-                               + " and resource /data/*/" + hex_(8))
+        t = t.require_approval(
+            "ctx tool in "
+            + ",".join(hex_(3) for _ in range(60))
+            + " and resource /data/*/"
+            + hex_(8)
+        )
     return t.to_text()
 
 
@@ -86,10 +91,15 @@ SHAPES = [long_globs, many_short_globs, action_lists, ctx_lists, delegated, appr
 
 
 def world(**budgets: int) -> Verifier:
-    agents = Directory({n: Agent(n, Ceiling.parse(["read,write:/data/**"]), max_depth=5)
-                        for n in ("alice", "a0", "a1", "a2", "a3")})
-    return Verifier({"k1": KEY}, agents, RevocationSet(), clock=lambda: NOW,
-                    memo_size=1_000_000, **budgets)
+    agents = Directory(
+        {
+            n: Agent(n, Ceiling.parse(["read,write:/data/**"]), max_depth=5)
+            for n in ("alice", "a0", "a1", "a2", "a3")
+        }
+    )
+    return Verifier(
+        {"k1": KEY}, agents, RevocationSet(), clock=lambda: NOW, memo_size=1_000_000, **budgets
+    )
 
 
 def traced(fn) -> int:
@@ -125,8 +135,7 @@ def test_the_charges_cover_what_is_held():
 def test_the_memo_is_charged_for_long_requests():
     v = world(memo_bytes=1 << 40)
     text = token(1).to_text()
-    resources = [f"/data/{hex_(10)}/" + "/".join(hex_(14) for _ in range(60))
-                 for _ in range(2000)]
+    resources = [f"/data/{hex_(10)}/" + "/".join(hex_(14) for _ in range(60)) for _ in range(2000)]
     v.check(text, "read", "/data/x", "alice")
     before = v.cache_bytes
 
@@ -140,10 +149,10 @@ def test_the_memo_is_charged_for_long_requests():
 
 def test_budgets_hold_under_hostile_tokens():
     texts = [shape(i) for i in range(600) for shape in SHAPES]
-    resources = [f"/data/{hex_(10)}/" + "/".join(hex_(14) for _ in range(60))
-                 for _ in range(3000)]
-    budget = dict(cache_bytes=2 * MIB, caveat_bytes=2 * MIB, memo_bytes=1 * MIB,
-                  prefix_bytes=1 * MIB)
+    resources = [f"/data/{hex_(10)}/" + "/".join(hex_(14) for _ in range(60)) for _ in range(3000)]
+    budget = dict(
+        cache_bytes=2 * MIB, caveat_bytes=2 * MIB, memo_bytes=1 * MIB, prefix_bytes=1 * MIB
+    )
     v = world(**budget)
     plain = token(0).to_text()
 
@@ -160,9 +169,12 @@ def test_budgets_hold_under_hostile_tokens():
 
 
 @settings(max_examples=300, deadline=None)
-@given(pattern=st.lists(st.sampled_from(["a", "b", "*", "**"]), min_size=1, max_size=6)
-       .filter(lambda p: p.count("**") <= 2),
-       resource=st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=7))
+@given(
+    pattern=st.lists(st.sampled_from(["a", "b", "*", "**"]), min_size=1, max_size=6).filter(
+        lambda p: p.count("**") <= 2
+    ),
+    resource=st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=7),
+)
 def test_globs_match_like_the_model(pattern, resource):
     glob = Glob.parse("/" + "/".join(pattern))
     path = "/" + "/".join(resource)
@@ -183,8 +195,7 @@ def test_a_never_seen_glob_compiles_no_regex(monkeypatch):
     compiled = []
     real = re.compile
     monkeypatch.setattr(re, "compile", lambda p, *a: compiled.append(p) or real(p, *a))
-    long_ = [Glob.parse(f"/data/*/{'/'.join(hex_(14) for _ in range(60))}")
-             for _ in range(50)]
+    long_ = [Glob.parse(f"/data/*/{'/'.join(hex_(14) for _ in range(60))}") for _ in range(50)]
     for g in long_:
         assert not g.matches("/data/x/y")
     assert compiled == []  # parsing and first matches: segment comparisons only

@@ -45,7 +45,8 @@ def world(clock, keys):
     def agent(name, grants="read,write:/data/**", depth=3):
         pub = raw_public(keys[name])
         return Agent(name, Ceiling.parse([grants]), max_depth=depth).with_changes(
-            public_keys={public_key_id(pub): pub})
+            public_keys={public_key_id(pub): pub}
+        )
 
     agents = {n: agent(n) for n in ("orch", "res", "sum", "thief")}
     revoked = RevocationSet()
@@ -100,8 +101,7 @@ def test_thief_cannot_rebind_without_a_proof(world, clock, keys):
     t0 = root(clock)
     fake = base64.urlsafe_b64encode(b"\x00" * 32).rstrip(b"=").decode()
     did = delegation_id(t0.signature, "thief", at(clock))  # the right id, a made-up proof
-    forged = t0.append_raw(f"delegate = thief did={did} at={at(clock)} proof=srv:{fake}"
-                           .encode())
+    forged = t0.append_raw(f"delegate = thief did={did} at={at(clock)} proof=srv:{fake}".encode())
     d = allowed(v, forged, "thief")
     assert d.code is DenyCode.BAD_DELEGATION and "no valid proof from 'orch'" in d.reason
 
@@ -123,16 +123,23 @@ def test_a_delegation_id_cannot_be_chosen_even_with_a_valid_signature(world, clo
     forged = _signed_hop(root(clock), keys["orch"], "res", at(clock), victim_id)
     d = allowed(v, forged, "res")
     assert d.code is DenyCode.BAD_DELEGATION and "does not derive" in d.reason
-    honest = _signed_hop(root(clock), keys["orch"], "res", at(clock),
-                         delegation_id(root(clock).signature, "res", at(clock)))
+    honest = _signed_hop(
+        root(clock),
+        keys["orch"],
+        "res",
+        at(clock),
+        delegation_id(root(clock).signature, "res", at(clock)),
+    )
     assert allowed(v, honest, "res").allowed
 
 
 def test_a_lineage_that_names_an_id_twice_is_malformed(world, clock, keys):
     *_, v = world
     t0 = root(clock)
-    for twice in (t0.attenuate(f"did = {TID}"),
-                  t0.attenuate(f"did = {'e' * 32}").attenuate(f"did = {'e' * 32}")):
+    for twice in (
+        t0.attenuate(f"did = {TID}"),
+        t0.attenuate(f"did = {'e' * 32}").attenuate(f"did = {'e' * 32}"),
+    ):
         d = allowed(v, twice, "orch")
         assert d.code is DenyCode.MALFORMED and "twice" in d.reason
 
@@ -177,8 +184,12 @@ def test_reordered_or_dropped_caveats_break_the_signature(world, clock, keys):
     *_, v = world
     _, _, (t2, _) = three_hops(clock, keys)
     raw = t2.raw
-    for caveats in (raw.caveats[::-1], raw.caveats[:-1], raw.caveats[:2] + raw.caveats[3:],
-                    (raw.caveats[1], raw.caveats[0], *raw.caveats[2:])):
+    for caveats in (
+        raw.caveats[::-1],
+        raw.caveats[:-1],
+        raw.caveats[:2] + raw.caveats[3:],
+        (raw.caveats[1], raw.caveats[0], *raw.caveats[2:]),
+    ):
         t = Token(RawMacaroon(raw.location, raw.identifier, caveats, raw.signature))
         assert allowed(v, t, "sum").code is DenyCode.BAD_SIGNATURE
 
@@ -287,8 +298,7 @@ def test_a_childs_chain_reuses_its_verified_parent_but_checks_what_is_new(world,
     # a forged hop appended to the verified parent is still checked
     fake = base64.urlsafe_b64encode(b"\x00" * 32).rstrip(b"=").decode()
     did = delegation_id(t1.signature, "thief", at(clock))
-    forged = t1.append_raw(f"delegate = thief did={did} at={at(clock)} proof=srv:{fake}"
-                           .encode())
+    forged = t1.append_raw(f"delegate = thief did={did} at={at(clock)} proof=srv:{fake}".encode())
     assert allowed(v, forged, "thief").code is DenyCode.BAD_DELEGATION
     # and a forged chain is never remembered, so nothing built on it passes either
     deeper, _ = append_server_delegation(forged, KEY, "sum", at(clock))

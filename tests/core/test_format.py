@@ -16,30 +16,47 @@ WRONG = b"this is not the key"
 
 # libmacaroons test/unit/root_v2_*.vtest, caveat_v2_*.vtest and serialization_* (V2 lines).
 ROOT = "AgETaHR0cDovL2V4YW1wbGUub3JnLwIFa2V5aWQAAAYgfN7nklEcW8b1KEhYBd_psk54XijiqZMB-dcRxgnjjvc"
-ONE = ("AgETaHR0cDovL2V4YW1wbGUub3JnLwIFa2V5aWQAAhRhY2NvdW50ID0gMzczNTkyODU1OQAABiD1SAf23G7fiL8Pc"
-       "wazgiVio2JTPb9zObphdl2kvSWdhw")
-TWO = ("AgETaHR0cDovL2V4YW1wbGUub3JnLwIFa2V5aWQAAhRhY2NvdW50ID0gMzczNTkyODU1OQACDHVzZXIgPSBhbGlj"
-       "ZQAABiBL6WfNHqDGsmuvakqU7psFsViG2guoXoxCqTyNDhJe_A")
+ONE = (
+    "AgETaHR0cDovL2V4YW1wbGUub3JnLwIFa2V5aWQAAhRhY2NvdW50ID0gMzczNTkyODU1OQAABiD1SAf23G7fiL8Pc"
+    "wazgiVio2JTPb9zObphdl2kvSWdhw"
+)
+TWO = (
+    "AgETaHR0cDovL2V4YW1wbGUub3JnLwIFa2V5aWQAAhRhY2NvdW50ID0gMzczNTkyODU1OQACDHVzZXIgPSBhbGlj"
+    "ZQAABiBL6WfNHqDGsmuvakqU7psFsViG2guoXoxCqTyNDhJe_A"
+)
 UTF8 = "AgETaHR0cDovL2V4YW1wbGUub3JnLwIFa2V5aWQAAghFc2NyaXbDoQAABiA28icxdxYyvr3OoMwDhimCgQMffNNHvjyOENsQuU45WA"
-QUOTED = ("AgETaHR0cDovL2V4YW1wbGUub3JnLwIFa2V5aWQAAg1xdW90ZWQicXVvdGVkAAAGIHNPXMqqtx_7otlo7EFTAYU4_6p"
-          "5djOK1bEZRhiEuCwj")
+QUOTED = (
+    "AgETaHR0cDovL2V4YW1wbGUub3JnLwIFa2V5aWQAAg1xdW90ZWQicXVvdGVkAAAGIHNPXMqqtx_7otlo7EFTAYU4_6p"
+    "5djOK1bEZRhiEuCwj"
+)
 BINARY = "AgETaHR0cDovL2V4YW1wbGUub3JnLwIFa2V5aWQAAgWVHQDGIQAABiBPkB3BYU0h9p6DutSg9yqVkEfzSuU43WQ_bOJkNFcKow"
 # pymacaroons tests/functional_tests: a V2 binary token from go-macaroon (standard alphabet),
 # with a third-party caveat.
-GO_V2 = ("AgELbXkgbG9jYXRpb24CDW15IGlkZW50aWZpZXIAAglmcCBjYXZlYXQAAQt0cCBsb2NhdGlvbgIJdHAgY2F2ZWF0"
-         "BEgAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAACn8yDEet8ud+825gOjM0pZOVE8/HpV6Zqxac+kl0BYToVaY64Vfiw"
-         "Hj5rWgBREOkAAAYgSDs4gcmZDlCZy2aV2jFk2qZNpgQXvK+encTAqZaPZjY")
+GO_V2 = (
+    "AgELbXkgbG9jYXRpb24CDW15IGlkZW50aWZpZXIAAglmcCBjYXZlYXQAAQt0cCBsb2NhdGlvbgIJdHAgY2F2ZWF0"
+    "BEgAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAACn8yDEet8ud+825gOjM0pZOVE8/HpV6Zqxac+kl0BYToVaY64Vfiw"
+    "Hj5rWgBREOkAAAYgSDs4gcmZDlCZy2aV2jFk2qZNpgQXvK+encTAqZaPZjY"
+)
 
 
-@pytest.mark.parametrize("text, caveats, sig", [
-    (ROOT, (), "7cdee792511c5bc6f528485805dfe9b24e785e28e2a99301f9d711c609e38ef7"),
-    (ONE, ("account = 3735928559",),
-     "f54807f6dc6edf88bf0f7306b3822562a362533dbf7339ba61765da4bd259d87"),
-    (TWO, ("account = 3735928559", "user = alice"),
-     "4be967cd1ea0c6b26baf6a4a94ee9b05b15886da0ba85e8c42a93c8d0e125efc"),
-    (UTF8, ("Escrivá",), "36f2273177163 2bebdcea0cc038629828103 1f7cd347be3c8e10db10b94e3958"),
-    (QUOTED, ('quoted"quoted',), None),
-])
+@pytest.mark.parametrize(
+    "text, caveats, sig",
+    [
+        (ROOT, (), "7cdee792511c5bc6f528485805dfe9b24e785e28e2a99301f9d711c609e38ef7"),
+        (
+            ONE,
+            ("account = 3735928559",),
+            "f54807f6dc6edf88bf0f7306b3822562a362533dbf7339ba61765da4bd259d87",
+        ),
+        (
+            TWO,
+            ("account = 3735928559", "user = alice"),
+            "4be967cd1ea0c6b26baf6a4a94ee9b05b15886da0ba85e8c42a93c8d0e125efc",
+        ),
+        (UTF8, ("Escrivá",), "36f2273177163 2bebdcea0cc038629828103 1f7cd347be3c8e10db10b94e3958"),
+        (QUOTED, ('quoted"quoted',), None),
+    ],
+)
 def test_libmacaroons_vectors_verify_with_the_key_and_not_without(text, caveats, sig):
     t = Token.parse(text)
     assert t.location == "http://example.org/"
@@ -53,13 +70,19 @@ def test_libmacaroons_vectors_verify_with_the_key_and_not_without(text, caveats,
 
 # libmacaroons test/unit/root_v1_1, caveat_v1_1 and caveat_v1_4 (the V1 text inside each
 # vtest): the same macaroons as ROOT, ONE and TWO above, in the V1 format.
-ROOT_V1 = ("MDAyMWxvY2F0aW9uIGh0dHA6Ly9leGFtcGxlLm9yZy8KMDAxNWlkZW50aWZpZXIga2V5aWQKMDAyZnNpZ25hdH"
-           "VyZSB83ueSURxbxvUoSFgF3-myTnheKOKpkwH51xHGCeOO9wo")
-ONE_V1 = ("MDAyMWxvY2F0aW9uIGh0dHA6Ly9leGFtcGxlLm9yZy8KMDAxNWlkZW50aWZpZXIga2V5aWQKMDAxZGNpZCBhY2"
-          "NvdW50ID0gMzczNTkyODU1OQowMDJmc2lnbmF0dXJlIPVIB_bcbt-Ivw9zBrOCJWKjYlM9v3M5umF2XaS9JZ2HCg")
-TWO_V1 = ("MDAyMWxvY2F0aW9uIGh0dHA6Ly9leGFtcGxlLm9yZy8KMDAxNWlkZW50aWZpZXIga2V5aWQKMDAxZGNpZCBhY2"
-          "NvdW50ID0gMzczNTkyODU1OQowMDE1Y2lkIHVzZXIgPSBhbGljZQowMDJmc2lnbmF0dXJlIEvpZ80eoMaya69qSp"
-          "TumwWxWIbaC6hejEKpPI0OEl78Cg")
+ROOT_V1 = (
+    "MDAyMWxvY2F0aW9uIGh0dHA6Ly9leGFtcGxlLm9yZy8KMDAxNWlkZW50aWZpZXIga2V5aWQKMDAyZnNpZ25hdH"
+    "VyZSB83ueSURxbxvUoSFgF3-myTnheKOKpkwH51xHGCeOO9wo"
+)
+ONE_V1 = (
+    "MDAyMWxvY2F0aW9uIGh0dHA6Ly9leGFtcGxlLm9yZy8KMDAxNWlkZW50aWZpZXIga2V5aWQKMDAxZGNpZCBhY2"
+    "NvdW50ID0gMzczNTkyODU1OQowMDJmc2lnbmF0dXJlIPVIB_bcbt-Ivw9zBrOCJWKjYlM9v3M5umF2XaS9JZ2HCg"
+)
+TWO_V1 = (
+    "MDAyMWxvY2F0aW9uIGh0dHA6Ly9leGFtcGxlLm9yZy8KMDAxNWlkZW50aWZpZXIga2V5aWQKMDAxZGNpZCBhY2"
+    "NvdW50ID0gMzczNTkyODU1OQowMDE1Y2lkIHVzZXIgPSBhbGljZQowMDJmc2lnbmF0dXJlIEvpZ80eoMaya69qSp"
+    "TumwWxWIbaC6hejEKpPI0OEl78Cg"
+)
 
 
 @pytest.mark.parametrize("v1, v2", [(ROOT_V1, ROOT), (ONE_V1, ONE), (TWO_V1, TWO)])
@@ -72,24 +95,28 @@ def test_libmacaroons_v1_vectors_are_the_same_tokens_as_their_v2_twins(v1, v2):
 
 
 def _v1(*packets: tuple[bytes, bytes], header: str = "{:04x}") -> str:
-    data = b"".join(header.format(4 + len(k) + 2 + len(v)).encode() + k + b" " + v + b"\n"
-                    for k, v in packets)
+    data = b"".join(
+        header.format(4 + len(k) + 2 + len(v)).encode() + k + b" " + v + b"\n" for k, v in packets
+    )
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 SIG = (b"signature", b"s" * 32)
 
 
-@pytest.mark.parametrize("packets, header, why", [
-    (((b"identifier", b"id"),), "{:04x}", "signature missing"),
-    (((b"location", b"x"), SIG), "{:04x}", "no identifier"),
-    (((b"identifier", b"id"), (b"signature", b"short")), "{:04x}", "not 32 bytes"),
-    (((b"identifier", b"id"), SIG, (b"cid", b"late")), "{:04x}", "unexpected packet"),
-    (((b"identifier", b"id"), (b"cid", b""), SIG), "{:04x}", "empty"),
-    (((b"identifier", b"id"), (b"bogus", b"x"), SIG), "{:04x}", "unknown V1 packet"),
-    (((b"identifier", b"id"), SIG), "{:04X}", "lowercase hex"),  # 002F
-    (((b"identifier", b"id"), SIG), "{:04x}", None),  # the control: this one parses
-])
+@pytest.mark.parametrize(
+    "packets, header, why",
+    [
+        (((b"identifier", b"id"),), "{:04x}", "signature missing"),
+        (((b"location", b"x"), SIG), "{:04x}", "no identifier"),
+        (((b"identifier", b"id"), (b"signature", b"short")), "{:04x}", "not 32 bytes"),
+        (((b"identifier", b"id"), SIG, (b"cid", b"late")), "{:04x}", "unexpected packet"),
+        (((b"identifier", b"id"), (b"cid", b""), SIG), "{:04x}", "empty"),
+        (((b"identifier", b"id"), (b"bogus", b"x"), SIG), "{:04x}", "unknown V1 packet"),
+        (((b"identifier", b"id"), SIG), "{:04X}", "lowercase hex"),  # 002F
+        (((b"identifier", b"id"), SIG), "{:04x}", None),  # the control: this one parses
+    ],
+)
 def test_malformed_v1_tokens_raise_a_clear_error(packets, header, why):
     if why is None:
         assert Token.parse(_v1(*packets, header=header)).identifier == b"id"
@@ -158,8 +185,9 @@ def test_capgate_token_parses_and_verifies_in_pymacaroons():
 
 def test_pymacaroons_token_parses_and_verifies_in_capgate():
     key = b"secret root key of thirty-two b!"
-    m = Macaroon(location="capgate", identifier="cg1:k1:" + "a" * 32 + ":1", key=key,
-                 version=MACAROON_V2)
+    m = Macaroon(
+        location="capgate", identifier="cg1:k1:" + "a" * 32 + ":1", key=key, version=MACAROON_V2
+    )
     m.add_first_party_caveat("agent = bob")
     m.add_first_party_caveat("action in read")
     text = m.serialize(serializer=BinarySerializer())
@@ -189,22 +217,25 @@ def test_attenuate_returns_a_new_token_and_leaves_the_old_one():
         t._raw = None  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("bad, why", [
-    ("", "empty"),
-    ("!!!!", "base64"),
-    ("AgETaHR0c DovL2V4", "base64"),
-    (ROOT[:-1], "canonical"),
-    (ROOT[:-2], "truncated"),
-    (ROOT[:40], "truncated"),
-    (ROOT + "AAAA", "trailing"),
-    (ROOT.replace("-", "+"), "mixes"),
-    (base64.urlsafe_b64encode(b"\x01abc").decode(), "V2"),
-    (base64.urlsafe_b64encode(b"\x02").decode().rstrip("="), "truncated"),
-    (ROOT + "==", "padding"),
-    (ROOT + "=====", "padding"),
-    (ONE + "====", "padding"),
-    ("é" * 10, "base64"),
-])
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        ("", "empty"),
+        ("!!!!", "base64"),
+        ("AgETaHR0c DovL2V4", "base64"),
+        (ROOT[:-1], "canonical"),
+        (ROOT[:-2], "truncated"),
+        (ROOT[:40], "truncated"),
+        (ROOT + "AAAA", "trailing"),
+        (ROOT.replace("-", "+"), "mixes"),
+        (base64.urlsafe_b64encode(b"\x01abc").decode(), "V2"),
+        (base64.urlsafe_b64encode(b"\x02").decode().rstrip("="), "truncated"),
+        (ROOT + "==", "padding"),
+        (ROOT + "=====", "padding"),
+        (ONE + "====", "padding"),
+        ("é" * 10, "base64"),
+    ],
+)
 def test_malformed_tokens_raise_a_clear_error(bad, why):
     with pytest.raises(MalformedTokenError, match=why):
         Token.parse(bad)

@@ -7,32 +7,54 @@ import pytest
 from capgate import Ceiling, Glob, Grant, InvalidArgumentError, resource_problem
 
 
-@pytest.mark.parametrize("resource, ok", [
-    ("/a", True), ("/a/b/c", True), ("/a/.hidden", True), ("/a/...", True), ("/x/é", True),
-    ("", False), ("a/b", False), ("/", False), ("/a/", False), ("//a", False), ("/a/./b", False),
-    ("/a/../b", False), ("/a/..", False), ("/a*", False), ("/a b", False), ("/a\x00b", False),
-    ("/a\u200bb", False), ("/a\u202eb", False), ("/" + "a/" * 70 + "a", False), ("/" + "x" * 2000, False),
-])
+@pytest.mark.parametrize(
+    "resource, ok",
+    [
+        ("/a", True),
+        ("/a/b/c", True),
+        ("/a/.hidden", True),
+        ("/a/...", True),
+        ("/x/é", True),
+        ("", False),
+        ("a/b", False),
+        ("/", False),
+        ("/a/", False),
+        ("//a", False),
+        ("/a/./b", False),
+        ("/a/../b", False),
+        ("/a/..", False),
+        ("/a*", False),
+        ("/a b", False),
+        ("/a\x00b", False),
+        ("/a\u200bb", False),
+        ("/a\u202eb", False),
+        ("/" + "a/" * 70 + "a", False),
+        ("/" + "x" * 2000, False),
+    ],
+)
 def test_resource_validity(resource, ok):
     assert (resource_problem(resource) is None) == ok
 
 
-@pytest.mark.parametrize("inner, outer, within", [
-    ("/data/x", "/data/*", True),
-    ("/data/*", "/data/*", True),
-    ("/data/x/*", "/data/**", True),
-    ("/data/**", "/data/**", True),
-    ("/data/**", "/**", True),
-    ("/data/*/y", "/data/**", True),
-    ("/data/*/y", "/data/**/y", True),
-    ("/data/**", "/data/*", False),
-    ("/data/*", "/data/x", False),
-    ("/data/x/*", "/data/*", False),
-    ("/data", "/data/**", True),
-    ("/datax", "/data/**", False),
-    ("/other/**", "/data/**", False),
-    ("/**", "/data/**", False),
-])
+@pytest.mark.parametrize(
+    "inner, outer, within",
+    [
+        ("/data/x", "/data/*", True),
+        ("/data/*", "/data/*", True),
+        ("/data/x/*", "/data/**", True),
+        ("/data/**", "/data/**", True),
+        ("/data/**", "/**", True),
+        ("/data/*/y", "/data/**", True),
+        ("/data/*/y", "/data/**/y", True),
+        ("/data/**", "/data/*", False),
+        ("/data/*", "/data/x", False),
+        ("/data/x/*", "/data/*", False),
+        ("/data", "/data/**", True),
+        ("/datax", "/data/**", False),
+        ("/other/**", "/data/**", False),
+        ("/**", "/data/**", False),
+    ],
+)
 def test_glob_containment_is_sound(inner, outer, within):
     assert Glob.parse(inner).within(Glob.parse(outer)) is within
 
@@ -61,8 +83,10 @@ def test_grants_and_ceilings():
     assert not Ceiling().allows("read", "/x")
 
 
-@pytest.mark.parametrize("bad", ["read", "read:", ":/x", "read:data", "re ad:/x", "read:/x/a*",
-                                 "read,:/x", "read:/x/../y"])
+@pytest.mark.parametrize(
+    "bad",
+    ["read", "read:", ":/x", "read:data", "re ad:/x", "read:/x/a*", "read,:/x", "read:/x/../y"],
+)
 def test_bad_grants_are_rejected(bad):
     with pytest.raises(InvalidArgumentError):
         Grant.parse(bad)

@@ -34,8 +34,7 @@ from prop_world import (
     resources,
 )
 
-_COMPARE = {"<": Decimal.__lt__, "<=": Decimal.__le__, ">": Decimal.__gt__,
-            ">=": Decimal.__ge__}
+_COMPARE = {"<": Decimal.__lt__, "<=": Decimal.__le__, ">": Decimal.__gt__, ">=": Decimal.__ge__}
 
 
 def _number(value: str) -> Decimal | None:
@@ -87,8 +86,11 @@ def conditions(draw: st.DrawFn, req: Request) -> list[tuple[str, ...]]:
             key = draw(st.sampled_from(sorted(req.ctx) if fit and req.ctx else CTX_KEYS))
             op = draw(st.sampled_from(("=", "in", "<", "<=", ">", ">=")))
             if op in ("=", "in"):
-                value = req.ctx.get(key) if fit and key in req.ctx else draw(st.sampled_from(
-                    ("x", "search", "5")))
+                value = (
+                    req.ctx.get(key)
+                    if fit and key in req.ctx
+                    else draw(st.sampled_from(("x", "search", "5")))
+                )
                 if "," in value or not value:
                     value = "x"
             else:
@@ -98,8 +100,7 @@ def conditions(draw: st.DrawFn, req: Request) -> list[tuple[str, ...]]:
 
 
 def condition_text(parts: list[tuple[str, ...]]) -> str:
-    return " and ".join(" ".join(p if p[0] != "action" else ("action", "in", p[1]))
-                        for p in parts)
+    return " and ".join(" ".join(p if p[0] != "action" else ("action", "in", p[1])) for p in parts)
 
 
 @st.composite
@@ -131,8 +132,11 @@ def discharges(token: Token, approved: list[tuple[Request, float]]) -> list[str]
     out = []
     for req, expires in approved:
         for caveat, key in zip(st_.approvals, st_.approval_keys, strict=True):
-            out.append(mint_discharge(key, caveat.cid, "ab" * 16, digest(req), expires,
-                                      st_.signature).to_text())
+            out.append(
+                mint_discharge(
+                    key, caveat.cid, "ab" * 16, digest(req), expires, st_.signature
+                ).to_text()
+            )
     return out
 
 
@@ -145,9 +149,12 @@ def test_an_approval_caveat_never_widens_and_needs_a_discharge_for_exactly_the_r
         req = data.draw(other_requests(req))
     parts = data.draw(conditions(req))
     ext = token.require_approval(condition_text(parts), data.draw(st.integers(1, 9)))
-    approved = data.draw(st.lists(
-        st.tuples(other_requests(req), st.sampled_from((NOW - 1, NOW, NOW + 1, NOW + 300))),
-        max_size=3))
+    approved = data.draw(
+        st.lists(
+            st.tuples(other_requests(req), st.sampled_from((NOW - 1, NOW, NOW + 1, NOW + 300))),
+            max_size=3,
+        )
+    )
     ds = discharges(ext, approved)
     if data.draw(st.booleans()):  # discharges of someone else's approval caveat, too
         ds += discharges(chain.stages[0].token.require_approval(""), approved)
@@ -177,15 +184,17 @@ def test_a_discharge_for_one_request_never_allows_another(data):
     if digest(other) != digest(req) and model_needed(parts, other):
         assert not got.allowed, (req, other, got)
     # beside another token (the same one narrowed, or one with its own caveat) it is void
-    for elsewhere in (ext.attenuate("depth <= 9"),
-                      token.require_approval(condition_text(parts))):
+    for elsewhere in (ext.attenuate("depth <= 9"), token.require_approval(condition_text(parts))):
         moved = VERIFIER.verify(elsewhere.to_text(), req, ds)
         if model_needed(parts, req):
             assert not moved.allowed, moved
 
 
-@given(hex32, st.dictionaries(st.sampled_from(CTX_KEYS), ctx_values, max_size=3),
-       st.dictionaries(st.sampled_from(CTX_KEYS), ctx_values, max_size=3))
+@given(
+    hex32,
+    st.dictionaries(st.sampled_from(CTX_KEYS), ctx_values, max_size=3),
+    st.dictionaries(st.sampled_from(CTX_KEYS), ctx_values, max_size=3),
+)
 @examples(200)
 def test_request_digests_differ_when_requests_do(aid, ctx1, ctx2):
     a = request_digest("pay", "/x", "a", ctx1)

@@ -153,8 +153,10 @@ def test_instants_at_the_ends_of_the_calendar() -> None:
             y, mo, d, h, mi, s = fields
             stamp = f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}{suffix}"
             at = Decimal(calendar.timegm((*fields, 0, 0, 0))) - minutes * 60
-            for text, holds in ((f"expires < {stamp}", NOW_DEC < at),
-                                (f"not-before > {stamp}", NOW_DEC > at)):
+            for text, holds in (
+                (f"expires < {stamp}", NOW_DEC < at),
+                (f"not-before > {stamp}", NOW_DEC > at),
+            ):
                 try:
                     if not FIRST_UTC <= at <= LAST_UTC:
                         try:

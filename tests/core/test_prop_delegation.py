@@ -108,8 +108,9 @@ def delegation_worlds(draw: st.DrawFn) -> DelegationWorld:
     return DelegationWorld(ceilings, depths, specs, tokens, reqs)
 
 
-def model_allows(w: DelegationWorld, j: int, req: Request,
-                 ceilings: dict[str, tuple[str, ...]] | None = None) -> bool:
+def model_allows(
+    w: DelegationWorld, j: int, req: Request, ceilings: dict[str, tuple[str, ...]] | None = None
+) -> bool:
     """What the j-th prefix token should decide: every hop's ceiling, caveats and depth."""
     ceilings = ceilings or w.ceilings
     holders = [h.holder for h in w.hops[: j + 1]]

@@ -37,8 +37,10 @@ def v2_like(draw: st.DrawFn) -> bytes:
     def section() -> bytes:
         out = b""
         for kind in draw(st.lists(st.sampled_from((1, 2, 2, 4, 6, 3, 0x80)), max_size=3)):
-            value = draw(st.binary(max_size=20) | st.sampled_from((b"cg1:k1:" + b"a" * 32 + b":1",
-                                                                   b"agent = a")))
+            value = draw(
+                st.binary(max_size=20)
+                | st.sampled_from((b"cg1:k1:" + b"a" * 32 + b":1", b"agent = a"))
+            )
             size = len(value) + draw(st.sampled_from((0, 0, 0, -1, 1, 200)))
             out += _varint(kind) + _varint(max(size, 0)) + value
         return out + b"\x00"

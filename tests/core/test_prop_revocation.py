@@ -89,8 +89,11 @@ def test_revoking_ids_outside_the_lineage_changes_nothing(data: st.DataObject) -
     to = data.draw(st.sampled_from(AGENT_IDS))
     sibling, sibling_did = hop(stage.token, stage.holder, to, data.draw(st.booleans()), 20)
     others = [sibling_did, data.draw(hex32), *REVOKED_IDS]
-    victims = [x for x in data.draw(st.lists(st.sampled_from(others), min_size=1))
-               if x not in final.lineage]
+    victims = [
+        x
+        for x in data.draw(st.lists(st.sampled_from(others), min_size=1))
+        if x not in final.lineage
+    ]
     for x in victims:
         revoked.add(x, NOW + 3600)
     _warm(v, chain)

@@ -23,8 +23,10 @@ TID = "0123456789abcdef0123456789abcdef"
 
 @pytest.fixture
 def world(clock):
-    agents = {"alice": Agent("alice", Ceiling.parse(["read,write:/data/**"])),
-              "bob": Agent("bob", Ceiling.parse(["read:/data/**"]))}
+    agents = {
+        "alice": Agent("alice", Ceiling.parse(["read,write:/data/**"])),
+        "bob": Agent("bob", Ceiling.parse(["read:/data/**"])),
+    }
     revoked = RevocationSet()
     keys = {"k1": KEY}
     return keys, agents, revoked, Verifier(keys, agents, revoked, clock=clock)
@@ -54,12 +56,18 @@ def test_allowed_with_everything_in_order(world, clock):
     assert d.token_id == TID and d.chain == ("alice",)
 
 
-@pytest.mark.parametrize("mutate, code, words", [
-    (lambda t: t[:-4], DenyCode.MALFORMED, "malformed token"),
-    (lambda t: "x" + t, DenyCode.MALFORMED, "malformed"),
-    (lambda t: t[:-2] + ("A" if t[-2] != "A" else "Q") + t[-1], DenyCode.BAD_SIGNATURE,
-     "signature does not match"),
-])
+@pytest.mark.parametrize(
+    "mutate, code, words",
+    [
+        (lambda t: t[:-4], DenyCode.MALFORMED, "malformed token"),
+        (lambda t: "x" + t, DenyCode.MALFORMED, "malformed"),
+        (
+            lambda t: t[:-2] + ("A" if t[-2] != "A" else "Q") + t[-1],
+            DenyCode.BAD_SIGNATURE,
+            "signature does not match",
+        ),
+    ],
+)
 def test_parse_and_signature_failures(world, clock, mutate, code, words):
     *_, v = world
     d = v.verify(mutate(mint(clock, "agent = alice")), req())
@@ -110,8 +118,7 @@ def test_agent_state_is_read_live(world, clock):
     assert v.verify(text, req()).code is DenyCode.AGENT_SUSPENDED
     agents["alice"] = agents["alice"].with_changes(status=AgentStatus.ACTIVE)
     assert v.verify(text, req()).allowed
-    agents["alice"] = agents["alice"].with_changes(epoch=1,
-                                                   revoked_before_ms=int(clock.now * 1000))
+    agents["alice"] = agents["alice"].with_changes(epoch=1, revoked_before_ms=int(clock.now * 1000))
     d = v.verify(text, req())
     assert d.code is DenyCode.AGENT_REVOKED and "epoch 1" in d.reason
     assert v.verify(mint(clock, "agent = alice", issued=clock.now + 1), req()).allowed
@@ -156,23 +163,31 @@ def test_caveats_against_the_clock(world, clock):
     assert v.verify(text, req()).allowed
     clock.advance(30)
     d = v.verify(text, req())
-    assert d.code is DenyCode.CAVEAT_FAILED and "expired" in d.reason and d.caveat.startswith(
-        "expires <")
+    assert (
+        d.code is DenyCode.CAVEAT_FAILED
+        and "expired" in d.reason
+        and d.caveat.startswith("expires <")
+    )
 
 
 def test_tokens_from_the_future_deny(world, clock):
     *_, v = world
-    assert v.verify(mint(clock, "agent = alice", issued=clock.now + 3600),
-                    req()).code is DenyCode.FUTURE
+    assert (
+        v.verify(mint(clock, "agent = alice", issued=clock.now + 3600), req()).code
+        is DenyCode.FUTURE
+    )
 
 
-@pytest.mark.parametrize("request_, words", [
-    (req(action="re ad"), "not a valid action"),
-    (req(resource="/data/../etc"), "'..' segment"),
-    (req(resource="data"), "must start"),
-    (Request("read", "/data/x", "alice", {"Bad Key": "v"}), "context key"),
-    (Request("read", "/data/x", "alice", {"k": "v" * 5000}), "context value"),
-])
+@pytest.mark.parametrize(
+    "request_, words",
+    [
+        (req(action="re ad"), "not a valid action"),
+        (req(resource="/data/../etc"), "'..' segment"),
+        (req(resource="data"), "must start"),
+        (Request("read", "/data/x", "alice", {"Bad Key": "v"}), "context key"),
+        (Request("read", "/data/x", "alice", {"k": "v" * 5000}), "context value"),
+    ],
+)
 def test_invalid_requests_deny_with_a_reason(world, clock, request_, words):
     *_, v = world
     d = v.verify(mint(clock, "agent = alice"), request_)
@@ -269,9 +284,16 @@ def test_directory_versions_every_change():
     d = Directory()
     a = Agent("a", Ceiling())
     seen = [d.version]
-    for change in (lambda: d.__setitem__("a", a), lambda: d.update(b=a), lambda: d.pop("b"),
-                   lambda: d.setdefault("c", a), lambda: d.__delitem__("c"),
-                   lambda: d.popitem(), lambda: d.__ior__({"e": a}), d.clear):
+    for change in (
+        lambda: d.__setitem__("a", a),
+        lambda: d.update(b=a),
+        lambda: d.pop("b"),
+        lambda: d.setdefault("c", a),
+        lambda: d.__delitem__("c"),
+        lambda: d.popitem(),
+        lambda: d.__ior__({"e": a}),
+        d.clear,
+    ):
         change()
         assert d.version > seen[-1]
         seen.append(d.version)
@@ -292,8 +314,9 @@ def test_revocation_set_forgets_only_expired_tokens():
 def test_memo_follows_the_clock_both_ways(memo_world, clock):
     *_, v = memo_world
     start = clock.now
-    text = mint(clock, "agent = alice", f"not-before > {format_timestamp(start - 5)}",
-                expires(clock, 60))
+    text = mint(
+        clock, "agent = alice", f"not-before > {format_timestamp(start - 5)}", expires(clock, 60)
+    )
     assert v.check(text, "read", "/data/x", "alice").allowed
     clock.now = start - 10  # the wall clock steps back before the token's window
     assert v.check(text, "read", "/data/x", "alice").code is DenyCode.CAVEAT_FAILED

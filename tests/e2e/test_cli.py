@@ -22,8 +22,9 @@ def proc(tmp_path_factory):
 
 
 def run(proc, *args, credential=None, stdin=None):
-    return cli(*args, server=proc.address, credential=credential or proc.admin_credential,
-               stdin=stdin)
+    return cli(
+        *args, server=proc.address, credential=credential or proc.admin_credential, stdin=stdin
+    )
 
 
 def jrun(proc, *args, credential=None, stdin=None, expect=0):
@@ -41,41 +42,105 @@ def new_agent(proc, grant="read,write:/data/**", *extra):
 
 def test_walkthrough_issue_attenuate_verify_revoke(proc):
     name, cred = new_agent(proc, "read,write:/data/**", "--max-ttl", "1h")
-    issued = jrun(proc, "token", "issue", "--grant", "read:/data/reports/*", "--ttl", "15m",
-                  credential=cred)
+    issued = jrun(
+        proc, "token", "issue", "--grant", "read:/data/reports/*", "--ttl", "15m", credential=cred
+    )
     assert set(issued) == {"token", "token_id", "expires"}
     token = issued["token"]
     narrowed = run(proc, "token", "attenuate", token, "--resource", "/data/reports/q3")
     assert narrowed.returncode == 0
     narrowed = narrowed.stdout.strip()
-    ok = jrun(proc, "token", "verify", narrowed, "--action", "read", "--resource",
-              "/data/reports/q3", "--agent", name)
+    ok = jrun(
+        proc,
+        "token",
+        "verify",
+        narrowed,
+        "--action",
+        "read",
+        "--resource",
+        "/data/reports/q3",
+        "--agent",
+        name,
+    )
     assert ok["allowed"] is True and ok["reason"] == "allowed"
-    no = jrun(proc, "token", "verify", narrowed, "--action", "read", "--resource",
-              "/data/reports/q4", "--agent", name, expect=1)
+    no = jrun(
+        proc,
+        "token",
+        "verify",
+        narrowed,
+        "--action",
+        "read",
+        "--resource",
+        "/data/reports/q4",
+        "--agent",
+        name,
+        expect=1,
+    )
     assert no["allowed"] is False and "resource /data/reports/q3" in no["reason"]
-    human = run(proc, "token", "verify", narrowed, "--action", "write", "--resource",
-                "/data/reports/q3", "--agent", name)
+    human = run(
+        proc,
+        "token",
+        "verify",
+        narrowed,
+        "--action",
+        "write",
+        "--resource",
+        "/data/reports/q3",
+        "--agent",
+        name,
+    )
     assert human.returncode == 1 and human.stdout.startswith("denied: ")
     revoked = jrun(proc, "token", "revoke", issued["token_id"])
     assert revoked["revoked"] == issued["token_id"] and revoked["newly_revoked"]
-    gone = jrun(proc, "token", "verify", narrowed, "--action", "read", "--resource",
-                "/data/reports/q3", "--agent", name, expect=1)
+    gone = jrun(
+        proc,
+        "token",
+        "verify",
+        narrowed,
+        "--action",
+        "read",
+        "--resource",
+        "/data/reports/q3",
+        "--agent",
+        name,
+        expect=1,
+    )
     assert "revoked" in gone["reason"]
 
 
 def test_pymacaroons_attenuated_token_through_the_cli(proc):
     name, cred = new_agent(proc)
-    token = jrun(proc, "token", "issue", "--grant", "read,write:/data/x/*",
-                 credential=cred)["token"]
+    token = jrun(proc, "token", "issue", "--grant", "read,write:/data/x/*", credential=cred)[
+        "token"
+    ]
     m = Macaroon.deserialize(token)
     m.add_first_party_caveat("action in read")
     narrowed = m.serialize(serializer=BinarySerializer())
-    r = run(proc, "token", "verify", narrowed, "--action", "read", "--resource", "/data/x/1",
-            "--agent", name)
+    r = run(
+        proc,
+        "token",
+        "verify",
+        narrowed,
+        "--action",
+        "read",
+        "--resource",
+        "/data/x/1",
+        "--agent",
+        name,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
-    r = run(proc, "token", "verify", narrowed, "--action", "write", "--resource", "/data/x/1",
-            "--agent", name)
+    r = run(
+        proc,
+        "token",
+        "verify",
+        narrowed,
+        "--action",
+        "write",
+        "--resource",
+        "/data/x/1",
+        "--agent",
+        name,
+    )
     assert r.returncode == 1 and "action in read" in r.stdout
 
 
@@ -107,17 +172,22 @@ def test_every_command_speaks_one_json_object(proc):
     assert outputs[3]["status"] == "suspended" and outputs[5]["epoch"] == 1
 
 
-@pytest.mark.parametrize("args, words", [
-    (("token", "verify", "garbage", "--action", "read", "--resource", "/x", "--agent", "a"),
-     None),
-    (("token", "attenuate", "garbage!", "--action", "read"), "not base64url"),
-    (("token", "revoke", "not-a-token-or-id"), "does not verify"),
-    (("agent", "create", "bad id", "--grant", "read:/x"), "invalid agent id"),
-    (("agent", "create", "x", "--grant", "read"), "ACTIONS:RESOURCE"),
-    (("agent", "show", "nobody-here"), "not found"),
-    (("token", "issue", "--grant", "read:/x"), "not open to the admin role"),
-    (("token", "attenuate", "-", "--ttl", "soon"), None),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (
+            ("token", "verify", "garbage", "--action", "read", "--resource", "/x", "--agent", "a"),
+            None,
+        ),
+        (("token", "attenuate", "garbage!", "--action", "read"), "not base64url"),
+        (("token", "revoke", "not-a-token-or-id"), "does not verify"),
+        (("agent", "create", "bad id", "--grant", "read:/x"), "invalid agent id"),
+        (("agent", "create", "x", "--grant", "read"), "ACTIONS:RESOURCE"),
+        (("agent", "show", "nobody-here"), "not found"),
+        (("token", "issue", "--grant", "read:/x"), "not open to the admin role"),
+        (("token", "attenuate", "-", "--ttl", "soon"), None),
+    ],
+)
 def test_errors_are_one_line_with_exit_2(proc, args, words):
     r = run(proc, *args, stdin="")
     if args[1] == "verify":  # a malformed token is a deny, not an error
@@ -139,8 +209,14 @@ def test_missing_credential_and_unreachable_server(proc, tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("capgate: error:")
     cred = tmp_path / "cred"
     cred.write_text(proc.admin_credential + "\n")
-    r = cli("agent", "list", "--credential-file", str(cred), server=proc.address,
-            env={"CAPGATE_CREDENTIAL": ""})
+    r = cli(
+        "agent",
+        "list",
+        "--credential-file",
+        str(cred),
+        server=proc.address,
+        env={"CAPGATE_CREDENTIAL": ""},
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -154,11 +230,41 @@ def test_bench_loads_a_live_server(proc):
     name, cred = new_agent(proc)
     token = jrun(proc, "token", "issue", "--grant", "read:/data/*", credential=cred)["token"]
     svc = jrun(proc, "service", "create", "svc-" + secrets.token_hex(3))["credential"]
-    r = jrun(proc, "bench", token, "--action", "read", "--resource", "/data/x", "--agent", name,
-             "--duration", "0.5", "--concurrency", "4", "--batch", "16", credential=svc)
+    r = jrun(
+        proc,
+        "bench",
+        token,
+        "--action",
+        "read",
+        "--resource",
+        "/data/x",
+        "--agent",
+        name,
+        "--duration",
+        "0.5",
+        "--concurrency",
+        "4",
+        "--batch",
+        "16",
+        credential=svc,
+    )
     assert r["checks"] > 0 and r["allowed"] == r["checks"] and r["checks_per_second"] > 0
-    r = jrun(proc, "bench", token, "--action", "write", "--resource", "/data/x", "--agent", name,
-             "--duration", "0.3", "--concurrency", "2", credential=svc)
+    r = jrun(
+        proc,
+        "bench",
+        token,
+        "--action",
+        "write",
+        "--resource",
+        "/data/x",
+        "--agent",
+        name,
+        "--duration",
+        "0.3",
+        "--concurrency",
+        "2",
+        credential=svc,
+    )
     assert r["checks"] > 0 and r["allowed"] == 0
 
 
@@ -182,8 +288,19 @@ def test_deleting_an_agent_from_the_cli(proc):
     name, cred = new_agent(proc)
     token = jrun(proc, "token", "issue", "--grant", "read:/data/*", credential=cred)["token"]
     assert jrun(proc, "agent", "delete", name)["deleted"] is True
-    gone = jrun(proc, "token", "verify", token, "--action", "read", "--resource", "/data/x",
-                "--agent", name, expect=1)
+    gone = jrun(
+        proc,
+        "token",
+        "verify",
+        token,
+        "--action",
+        "read",
+        "--resource",
+        "/data/x",
+        "--agent",
+        name,
+        expect=1,
+    )
     assert gone["code"] == "unknown_agent"
 
 
@@ -210,9 +327,12 @@ def test_attacker_text_never_reaches_the_terminal_raw(proc):
     name, cred = new_agent(proc)
     token = jrun(proc, "token", "issue", "--grant", "read:/data/*", credential=cred)["token"]
     evil = Token.parse(token).append_raw(b"x \x1b[2J\x1b]0;pwned\x07 \xe2\x80\xae").to_text()
-    for args in (("token", "inspect", evil), ("token", "inspect", evil, "--online"),
-                 ("token", "verify", evil, "--action", "read", "--resource", "/data/x",
-                  "--agent", name), ("audit", "--limit", "50")):
+    for args in (
+        ("token", "inspect", evil),
+        ("token", "inspect", evil, "--online"),
+        ("token", "verify", evil, "--action", "read", "--resource", "/data/x", "--agent", name),
+        ("audit", "--limit", "50"),
+    ):
         r = run(proc, *args)
         assert "\x1b" not in r.stdout + r.stderr and "\x07" not in r.stdout + r.stderr
         assert "\u202e" not in r.stdout + r.stderr
@@ -225,31 +345,104 @@ def test_bench_from_several_processes_streams_cold_tokens_and_plots(proc, tmp_pa
     token = jrun(proc, "token", "issue", "--grant", "read:/data/*", credential=cred)["token"]
     svc = jrun(proc, "service", "create", "svc-" + secrets.token_hex(3))["credential"]
     png = tmp_path / "load.png"
-    r = jrun(proc, "bench", token, "--action", "read", "--resource", "/data/x", "--agent", name,
-             "--mode", "stream", "--batch", "8", "--clients", "1,2", "--concurrency", "2",
-             "--duration", "0.5", "--cold", "0.5", "--plot", str(png), credential=svc)
+    r = jrun(
+        proc,
+        "bench",
+        token,
+        "--action",
+        "read",
+        "--resource",
+        "/data/x",
+        "--agent",
+        name,
+        "--mode",
+        "stream",
+        "--batch",
+        "8",
+        "--clients",
+        "1,2",
+        "--concurrency",
+        "2",
+        "--duration",
+        "0.5",
+        "--cold",
+        "0.5",
+        "--plot",
+        str(png),
+        credential=svc,
+    )
     assert [run["clients"] for run in r["runs"]] == [1, 2]
-    assert all(run["checks"] > 0 and run["allowed"] == run["checks"] and run["errors"] == 0
-               and run["p99_ms"] >= run["p50_ms"] > 0 for run in r["runs"])
+    assert all(
+        run["checks"] > 0
+        and run["allowed"] == run["checks"]
+        and run["errors"] == 0
+        and run["p99_ms"] >= run["p50_ms"] > 0
+        for run in r["runs"]
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    human = run(proc, "bench", token, "--action", "read", "--resource", "/data/x",
-                "--agent", name, "--duration", "0.3", "--clients", "1", credential=svc).stdout
-    assert human.splitlines()[0].split() == ["mode", "clients", "checks/s", "calls/s", "p50",
-                                              "ms", "p99", "ms", "allowed", "errors"]
+    human = run(
+        proc,
+        "bench",
+        token,
+        "--action",
+        "read",
+        "--resource",
+        "/data/x",
+        "--agent",
+        name,
+        "--duration",
+        "0.3",
+        "--clients",
+        "1",
+        credential=svc,
+    ).stdout
+    assert human.splitlines()[0].split() == [
+        "mode",
+        "clients",
+        "checks/s",
+        "calls/s",
+        "p50",
+        "ms",
+        "p99",
+        "ms",
+        "allowed",
+        "errors",
+    ]
 
 
 def test_serve_takes_limits_and_audit_retention(tmp_path):
-    for bad, words in ((["--limit", "nope=1"], "--limit takes NAME=VALUE"),
-                       (["--limit", "calls_per_principal=-3"], "must be positive"),
-                       (["--audit-retention", "soon"], "not a duration")):
+    for bad, words in (
+        (["--limit", "nope=1"], "--limit takes NAME=VALUE"),
+        (["--limit", "calls_per_principal=-3"], "must be positive"),
+        (["--audit-retention", "soon"], "not a duration"),
+    ):
         r = cli("serve", "--data-dir", str(tmp_path / "x"), "--listen", "127.0.0.1:0", *bad)
         assert r.returncode == 2 and words in r.stderr, r.stderr
-    p = ServerProcess(tmp_path / "data", ["--limit", "max_message=2048", "--limit",
-                                          "calls_per_principal=8", "--audit-retention", "7d"])
+    p = ServerProcess(
+        tmp_path / "data",
+        [
+            "--limit",
+            "max_message=2048",
+            "--limit",
+            "calls_per_principal=8",
+            "--audit-retention",
+            "7d",
+        ],
+    )
     p.start()
     try:
-        r = cli("--json", "token", "verify", "A" * 4000, "--action", "read", "--resource", "/x",
-                server=p.address, credential=p.admin_credential)
+        r = cli(
+            "--json",
+            "token",
+            "verify",
+            "A" * 4000,
+            "--action",
+            "read",
+            "--resource",
+            "/x",
+            server=p.address,
+            credential=p.admin_credential,
+        )
         assert r.returncode == 2 and "ResourceExhaustedError" in r.stdout  # over 2 KiB
     finally:
         p.stop()

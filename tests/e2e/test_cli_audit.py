@@ -53,19 +53,45 @@ def test_verify_checkpoint_and_export(proc, tmp_path):
     assert run(proc, "audit", "export", "--since", "0", "--out", str(out)).returncode == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["pos"] for r in rows] == list(range(1, len(rows) + 1))
-    assert set(rows[0]) == {"pos", "seq", "at", "last_at", "count", "principal", "kind",
-                            "subject", "ok", "code", "reason", "caveat", "chain", "action",
-                            "resource", "presenter", "ctx_keys", "replica", "detail", "digest"}
+    assert set(rows[0]) == {
+        "pos",
+        "seq",
+        "at",
+        "last_at",
+        "count",
+        "principal",
+        "kind",
+        "subject",
+        "ok",
+        "code",
+        "reason",
+        "caveat",
+        "chain",
+        "action",
+        "resource",
+        "presenter",
+        "ctx_keys",
+        "replica",
+        "detail",
+        "digest",
+    }
     recent = run(proc, "audit", "export", "--since", "1h", "--kind", "verify").stdout
     assert recent and all(json.loads(line)["kind"] == "verify" for line in recent.splitlines())
 
 
 def test_follow_streams_a_new_record_as_it_is_sealed(proc):
-    env = {**os.environ, "CAPGATE_SERVER": proc.address,
-           "CAPGATE_CREDENTIAL": proc.admin_credential}
-    follower = subprocess.Popen([*CAPGATE, "--json", "audit", "--follow", "--last", "1"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env)
+    env = {
+        **os.environ,
+        "CAPGATE_SERVER": proc.address,
+        "CAPGATE_CREDENTIAL": proc.admin_credential,
+    }
+    follower = subprocess.Popen(
+        [*CAPGATE, "--json", "audit", "--follow", "--last", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert json.loads(follower.stdout.readline())  # the last record, then new ones
         time.sleep(0.3)
@@ -95,8 +121,9 @@ def test_verify_exits_1_and_names_the_break_after_an_edit(tmp_path):
         db.close()
         r = cli("audit", "verify", server=p.address, credential=p.admin_credential)
         assert r.returncode == 1 and r.stdout.startswith("BROKEN at 3:"), r.stdout
-        j = json.loads(cli("--json", "audit", "verify", server=p.address,
-                           credential=p.admin_credential).stdout)
+        j = json.loads(
+            cli("--json", "audit", "verify", server=p.address, credential=p.admin_credential).stdout
+        )
         assert j["intact"] is False and j["break_pos"] == 3
     finally:
         p.stop()

@@ -90,8 +90,7 @@ def test_log_in_find_an_agent_revoke_a_hop_and_watch_the_deny_arrive(fleet, page
     expect(row).to_be_visible(timeout=WAIT)
     expect(row).to_contain_text("planner → worker")
 
-    revokes = [e for e in fleet.admin.audit(kind="revoke")
-               if e.subject == fleet.hop.delegation_id]
+    revokes = [e for e in fleet.admin.audit(kind="revoke") if e.subject == fleet.hop.delegation_id]
     assert [e.principal for e in revokes] == ["admin"]
 
 
@@ -104,8 +103,9 @@ def test_suspend_from_the_agent_page_and_filter_the_live_table(fleet, page):
     page.click("#confirm-ok")
     expect(page.locator("#view h1 .badge.suspended")).to_be_visible(timeout=WAIT)
     assert fleet.admin.get_agent("worker").status == "suspended"
-    expect(page.locator(f".hop[data-id='{fleet.hop.delegation_id}'] .badge.suspended")
-           ).to_be_visible()
+    expect(
+        page.locator(f".hop[data-id='{fleet.hop.delegation_id}'] .badge.suspended")
+    ).to_be_visible()
     page.click("#narrow")
     page.fill("#confirm-grants", "read:/data/reports/*")
     page.click("#confirm-ok")
@@ -140,10 +140,10 @@ def test_an_approver_sees_only_approvals_and_decides_one(fleet, page):
     expect(row).to_have_count(0, timeout=WAIT)
     assert fleet.admin.get_approval(fleet.approval.id).status == "approved"
     with fleet.server.client(fleet.payer) as payer:  # a new request shows up by itself
-        second = payer.request_approval(fleet.invoice, "pay", "/invoices/inv-9",
-                                        ctx={"amount": "9100"})
-    expect(page.locator(f"tr[data-approval='{second.id}']")).to_contain_text("9100",
-                                                                             timeout=WAIT)
+        second = payer.request_approval(
+            fleet.invoice, "pay", "/invoices/inv-9", ctx={"amount": "9100"}
+        )
+    expect(page.locator(f"tr[data-approval='{second.id}']")).to_contain_text("9100", timeout=WAIT)
     fleet.admin.disable_principal("carol")  # the session ends with the credential
     expect(page.locator("#login-error")).to_contain_text("log in again", timeout=WAIT)
     expect(page.locator("#view")).to_be_empty()

@@ -45,35 +45,55 @@ def test_a_closed_pipe_is_not_an_error(proc):
     with proc.client() as admin:
         for i in range(300):
             admin.create_agent(f"pipe-{i}", ["read:/data/**"], description="x" * 200)
-    r = subprocess.run(" ".join([*CAPGATE, "--json", "agent", "list", "|", "head", "-c", "10"]),
-                       shell=True, capture_output=True, text=True,
-                       env={"CAPGATE_SERVER": proc.address,
-                            "CAPGATE_CREDENTIAL": proc.admin_credential,
-                            "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)})
+    r = subprocess.run(
+        " ".join([*CAPGATE, "--json", "agent", "list", "|", "head", "-c", "10"]),
+        shell=True,
+        capture_output=True,
+        text=True,
+        env={
+            "CAPGATE_SERVER": proc.address,
+            "CAPGATE_CREDENTIAL": proc.admin_credential,
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": ":".join(sys.path),
+        },
+    )
     assert r.stdout == '{"agents":' and r.stderr == ""
 
 
-@pytest.mark.parametrize("args, words", [
-    (("agent", "create", "t1", "--grant", "read:/x/**", "--max-ttl", "1"), "needs a unit: 1s"),
-    (("agent", "create", "t2", "--grant", "read:/a/**,/b/**"), "one grant per pattern"),
-    (("token", "issue", "--grant", "read:/x"), "use an agent's credential"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("agent", "create", "t1", "--grant", "read:/x/**", "--max-ttl", "1"), "needs a unit: 1s"),
+        (("agent", "create", "t2", "--grant", "read:/a/**,/b/**"), "one grant per pattern"),
+        (("token", "issue", "--grant", "read:/x"), "use an agent's credential"),
+    ],
+)
 def test_foot_guns_are_refused_with_the_fix_named(proc, args, words):
     assert words in one_error_line(run(proc, *args))
 
 
 def test_a_grant_typo_is_warned_of(proc):
-    r = run(proc, "agent", "create", "typo", "--grant", "reed:/data/**",
-            "--credential-out", "/dev/null/x")  # the warning comes before any write
+    r = run(
+        proc,
+        "agent",
+        "create",
+        "typo",
+        "--grant",
+        "reed:/data/**",
+        "--credential-out",
+        "/dev/null/x",
+    )  # the warning comes before any write
     assert "action 'reed' is in no other agent's ceiling; did you mean 'read'?" in r.stderr
 
 
 def test_inspect_marks_an_expired_token(proc):
-    cred = json.loads(run(proc, "--json", "agent", "create", "old", "--grant",
-                          "read:/data/**").stdout)["credential"]
+    cred = json.loads(
+        run(proc, "--json", "agent", "create", "old", "--grant", "read:/data/**").stdout
+    )["credential"]
     token = run(proc, "token", "issue", "--grant", "read:/data/*", credential=cred).stdout.strip()
-    past = run(proc, "token", "attenuate", token, "--caveat",
-               "expires < 2020-01-01T00:00:00Z").stdout.strip()
+    past = run(
+        proc, "token", "attenuate", token, "--caveat", "expires < 2020-01-01T00:00:00Z"
+    ).stdout.strip()
     assert "<EXPIRED>" in run(proc, "token", "inspect", past).stdout
     assert "<EXPIRED>" not in run(proc, "token", "inspect", token).stdout
     assert json.loads(run(proc, "--json", "token", "inspect", past).stdout)["expired"] is True

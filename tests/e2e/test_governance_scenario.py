@@ -32,8 +32,12 @@ def fleet(tmp_path, clock):
         server.run(replica.governance.step())
 
     f = Fleet(server.address, admin, clock, settle=settle)
-    for agent, containment in (("researcher", "suspend"), ("billing", "suspend"),
-                               ("summariser", "alert"), ("orchestrator", "alert")):
+    for agent, containment in (
+        ("researcher", "suspend"),
+        ("billing", "suspend"),
+        ("summariser", "alert"),
+        ("orchestrator", "alert"),
+    ):
         admin.set_policy(agent, containment=containment)
     yield f, server
     f.close()
@@ -50,9 +54,15 @@ def test_a_week_of_normal_work_then_injected_deviations(fleet):
 
     reviews = {r.agent: r for r in f.admin.review(since=int(DAYS * DAY))}
     assert reviews["researcher"].proposed == (
-        "read:/data/papers/**", "read:/web/arxiv/**", "write:/notes/**")
+        "read:/data/papers/**",
+        "read:/web/arxiv/**",
+        "write:/notes/**",
+    )
     assert sorted(reviews["billing"].proposed) == [
-        "pay:/billing/invoices/**", "read:/billing/accounts/**", "write:/billing/invoices/**"]
+        "pay:/billing/invoices/**",
+        "read:/billing/accounts/**",
+        "write:/billing/invoices/**",
+    ]
     assert [g.proposed for g in reviews["summariser"].grants][1] == ("write:/summaries/**",)
     assert reviews["orchestrator"].proposed_max_depth == 1
     assert reviews["scraper"].idle
@@ -62,8 +72,12 @@ def test_a_week_of_normal_work_then_injected_deviations(fleet):
     kinds = {(a.agent, a.kind) for a in injected.alerts}
     assert ("researcher", "new-resource") in kinds and ("researcher", "new-delegate") in kinds
     assert any(a.containment == "suspend" for a in injected.alerts if a.agent == "researcher")
-    assert f.service.verify(f.tokens["researcher"], "read", "/data/papers/1",
-                            presenter="researcher").code == "agent_suspended"
+    assert (
+        f.service.verify(
+            f.tokens["researcher"], "read", "/data/papers/1", presenter="researcher"
+        ).code
+        == "agent_suspended"
+    )
 
     leaked = f.inject_leaked_token()
     assert leaked.flagged and leaked.contained and leaked.allowed == 0
@@ -95,18 +109,32 @@ def test_review_applied_from_the_cli_is_live(fleet):
     applied = cli("--json", "review", "billing", "--since", "2d", "--apply", env=env)
     assert applied.returncode == 0, applied.stderr
     assert sorted(json.loads(applied.stdout)["applied"]["grants"]) == [
-        "pay:/billing/invoices/**", "read:/billing/accounts/**", "write:/billing/invoices/**"]
+        "pay:/billing/invoices/**",
+        "read:/billing/accounts/**",
+        "write:/billing/invoices/**",
+    ]
     refund = f.wide["billing"][2]
-    assert f.service.verify(refund, "refund", "/billing/invoices/1",
-                            presenter="billing").code == "beyond_ceiling"
+    assert (
+        f.service.verify(refund, "refund", "/billing/invoices/1", presenter="billing").code
+        == "beyond_ceiling"
+    )
     usage = cli("agent", "usage", "billing", env=env)
     assert usage.returncode == 0 and "/billing" in usage.stdout and "/accounts" in usage.stdout
 
-    policy = cli("agent", "policy", "billing", "--containment", "narrow", "--sensitivity", "2",
-                 "--warmup", "0s", env=env)
+    policy = cli(
+        "agent",
+        "policy",
+        "billing",
+        "--containment",
+        "narrow",
+        "--sensitivity",
+        "2",
+        "--warmup",
+        "0s",
+        env=env,
+    )
     assert policy.returncode == 0, policy.stderr
-    assert policy.stdout.strip() == ("billing: on deviation narrow; sensitivity 2; "
-                                     "warm-up 0s")
+    assert policy.stdout.strip() == ("billing: on deviation narrow; sensitivity 2; warm-up 0s")
     assert cli("agent", "policy", "billing", "--containment", "delete", env=env).returncode == 2
     f.service.verify(f.wide["billing"][0], "read", "/billing/ledger/1", presenter="billing")
     f.settle()

@@ -32,12 +32,15 @@ class LibMacaroons:
         lib.macaroon_deserialize.restype = ctypes.c_void_p
         lib.macaroon_deserialize.argtypes = [ctypes.c_char_p, err]
         lib.macaroon_add_first_party_caveat.restype = ctypes.c_void_p
-        lib.macaroon_add_first_party_caveat.argtypes = [ctypes.c_void_p, ctypes.c_char_p,
-                                                        ctypes.c_size_t, err]
+        lib.macaroon_add_first_party_caveat.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            err,
+        ]
         lib.macaroon_serialize_size_hint.restype = ctypes.c_size_t
         lib.macaroon_serialize_size_hint.argtypes = [ctypes.c_void_p]
-        lib.macaroon_serialize.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t,
-                                           err]
+        lib.macaroon_serialize.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, err]
         lib.macaroon_destroy.argtypes = [ctypes.c_void_p]
         self.lib = lib
 
@@ -68,15 +71,26 @@ def test_libmacaroons_attenuates_a_converted_token_and_capgate_honours_it(tmp_pa
 
         cred = run("agent", "create", "lm", "--grant", "read,write:/data/**")["credential"]
         svc = run("service", "create", "files")["credential"]
-        token = run("token", "issue", "--grant", "read,write:/data/*",
-                    credential=str(cred))["token"]
+        token = run("token", "issue", "--grant", "read,write:/data/*", credential=str(cred))[
+            "token"
+        ]
         v1 = run("token", "convert", str(token), "--format", "v1")["token"]
         assert Token.parse(str(v1)) == Token.parse(str(token))
         narrowed = lib.attenuate(str(v1), b"action in read")  # libmacaroons writes V1 back
 
         def verify(t: str, action: str) -> dict[str, object]:
-            return run("token", "verify", t, "--action", action, "--resource", "/data/x",
-                       "--agent", "lm", credential=str(svc))
+            return run(
+                "token",
+                "verify",
+                t,
+                "--action",
+                action,
+                "--resource",
+                "/data/x",
+                "--agent",
+                "lm",
+                credential=str(svc),
+            )
 
         assert verify(str(v1), "write")["allowed"] is True
         assert verify(narrowed, "read")["allowed"] is True
@@ -107,25 +121,41 @@ def test_libmacaroons_verifies_an_approval_caveat_and_its_bound_discharge():
     key = b"k" * 32
     t = Token.mint(key, TokenIdentifier("k1", "0" * 32, 1_799_999_000_000).encode())
     t = t.attenuate("agent = lm").require_approval("ctx amount > 1000")
-    v = Verifier({"k1": key}, {"lm": Agent("lm", Ceiling.parse(["pay:/**"]))}, RevocationSet(),
-                 clock=lambda: 1_800_000_000.0)
+    v = Verifier(
+        {"k1": key},
+        {"lm": Agent("lm", Ceiling.parse(["pay:/**"]))},
+        RevocationSet(),
+        clock=lambda: 1_800_000_000.0,
+    )
     st = v.analyse(t.to_text())
     digest = request_digest("pay", "/invoices/8", "lm", {"amount": "4200"})
-    d = mint_discharge(st.approval_keys[0], st.approvals[0].cid, "a" * 32, digest,
-                       1_800_000_300.0, st.signature)
-    assert v.verify(t.to_text(), Request("pay", "/invoices/8", "lm", {"amount": "4200"}),
-                    [d.to_text()]).allowed
+    d = mint_discharge(
+        st.approval_keys[0], st.approvals[0].cid, "a" * 32, digest, 1_800_000_300.0, st.signature
+    )
+    assert v.verify(
+        t.to_text(), Request("pay", "/invoices/8", "lm", {"amount": "4200"}), [d.to_text()]
+    ).allowed
 
     err = ctypes.c_int()
     check = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)(
-        lambda f, pred, size: 0)  # every first-party caveat holds: only the crypto is checked
+        lambda f, pred, size: 0
+    )  # every first-party caveat holds: only the crypto is checked
     lib.macaroon_verifier_create.restype = ctypes.c_void_p
-    lib.macaroon_verifier_satisfy_general.argtypes = [ctypes.c_void_p, type(check),
-                                                      ctypes.c_void_p,
-                                                      ctypes.POINTER(ctypes.c_int)]
-    lib.macaroon_verify.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p,
-                                    ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p),
-                                    ctypes.c_size_t, ctypes.POINTER(ctypes.c_int)]
+    lib.macaroon_verifier_satisfy_general.argtypes = [
+        ctypes.c_void_p,
+        type(check),
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_int),
+    ]
+    lib.macaroon_verify.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.POINTER(ctypes.c_void_p),
+        ctypes.c_size_t,
+        ctypes.POINTER(ctypes.c_int),
+    ]
     lib.macaroon_verifier_destroy.argtypes = [ctypes.c_void_p]
     verifier = lib.macaroon_verifier_create()
     assert lib.macaroon_verifier_satisfy_general(verifier, check, None, ctypes.byref(err)) == 0

@@ -25,8 +25,13 @@ def sh_blocks(text: str) -> list[str]:
 
 
 def _copy_of_the_repository(dest: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for name in files:
         if (ROOT / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
@@ -48,11 +53,15 @@ def test_readme_walkthrough_works_as_written(tmp_path):
         script = "set -euo pipefail\n" + "\n".join(blocks)
         env = {**os.environ, "CAPGATE_SERVER": p.address, "CAPGATE_TEST_PG": PG_URL}
         env.pop("CAPGATE_CREDENTIAL", None)
-        r = subprocess.run(["bash", "-c", script], cwd=repo, env=env, capture_output=True,
-                           text=True, timeout=300)
+        r = subprocess.run(
+            ["bash", "-c", script], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+        )
         work = repo / ".walkthrough"
-        logs = "".join((work / f).read_text() for f in ("replica-a.log", "replica-b.log")
-                       if (work / f).exists())
+        logs = "".join(
+            (work / f).read_text()
+            for f in ("replica-a.log", "replica-b.log")
+            if (work / f).exists()
+        )
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + logs[-2000:]
     finally:
         p.stop()
@@ -61,15 +70,26 @@ def test_readme_walkthrough_works_as_written(tmp_path):
     # the allows and denies the prose promises
     assert "refused, as it should be" in out
     assert out.count("allowed") >= 7
-    for words in ("denied: revoked", "denied: suspended", "denied: ceiling", "denied: epoch",
-                  "denied at B: revoked at A", "denied: approval required",
-                  "denied: approval used", "denied: another request",
-                  "denied by the approver", "approval.use", "denied: contained",
-                  "governance.contain", "read /wiki/hr/** for the first time",
-                  "denied by every worker"):
+    for words in (
+        "denied: revoked",
+        "denied: suspended",
+        "denied: ceiling",
+        "denied: epoch",
+        "denied at B: revoked at A",
+        "denied: approval required",
+        "denied: approval used",
+        "denied: another request",
+        "denied by the approver",
+        "approval.use",
+        "denied: contained",
+        "governance.contain",
+        "read /wiki/hr/** for the first time",
+        "denied by every worker",
+    ):
         assert words in out, words
     assert "<REVOKED>" in out and "<revoked above>" in out
     assert (work / "reporter.cred").stat().st_mode & 0o777 == 0o600
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True,
-                            text=True, check=True).stdout
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout
     assert status == "", f"the walkthrough left files git would see:\n{status}"

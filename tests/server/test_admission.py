@@ -78,24 +78,35 @@ def test_each_method_has_its_message_limit(server):
         with pytest.raises(ResourceExhaustedError, match="over this server's limit of 65536"):
             c.verify("A" * 100_000, "read", "/data/x", presenter="alice")
         # a batch may be larger: 300 requests of 6 KB each is 1.8 MB
-        items = [verifier_pb2.VerifyRequest(token=token, action="read", presenter="alice",
-                                            resource="/data/" + "x" * 6000)] * 300
+        items = [
+            verifier_pb2.VerifyRequest(
+                token=token, action="read", presenter="alice", resource="/data/" + "x" * 6000
+            )
+        ] * 300
         big = verifier_pb2.VerifyBatchRequest(requests=items)
         with grpc.insecure_channel(server.address) as ch:
             md = (("authorization", f"Bearer {svc}"),)
             reply = verifier_pb2.VerifyBatchResponse.FromString(
                 raw(ch, "/capgate.v1.VerifierService/VerifyBatch")(
-                    big.SerializeToString(), metadata=md))
+                    big.SerializeToString(), metadata=md
+                )
+            )
             assert len(reply.responses) == 300
             assert all(r.code == "invalid_request" for r in reply.responses)
             over = verifier_pb2.VerifyBatchRequest(requests=items * 3).SerializeToString()
-            assert code_of(raw(ch, "/capgate.v1.VerifierService/VerifyBatch"), over,
-                           metadata=md) is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert (
+                code_of(raw(ch, "/capgate.v1.VerifierService/VerifyBatch"), over, metadata=md)
+                is grpc.StatusCode.RESOURCE_EXHAUSTED
+            )
             # each message of a stream is held to the per-message limit
-            stream = ch.stream_stream("/capgate.v1.VerifierService/VerifyStream",
-                                      request_serializer=None, response_deserializer=None)
-            ok = verifier_pb2.VerifyRequest(token=token, action="read", resource="/data/x",
-                                            presenter="alice").SerializeToString()
+            stream = ch.stream_stream(
+                "/capgate.v1.VerifierService/VerifyStream",
+                request_serializer=None,
+                response_deserializer=None,
+            )
+            ok = verifier_pb2.VerifyRequest(
+                token=token, action="read", resource="/data/x", presenter="alice"
+            ).SerializeToString()
             replies = stream(iter([ok, b"\x0a\xa0\x8d\x06" + b"A" * 100_000]), metadata=md)
             assert verifier_pb2.VerifyResponse.FromString(next(replies)).allowed
             with pytest.raises(grpc.RpcError) as e:
@@ -142,12 +153,15 @@ def test_calls_in_flight_are_capped_per_principal(limited):
     s = limited(calls_per_principal=2)
     svc, other, token = world(s)
     md = (("authorization", f"Bearer {svc}"),)
-    ok = verifier_pb2.VerifyRequest(token=token, action="read", resource="/data/x",
-                                    presenter="alice")
+    ok = verifier_pb2.VerifyRequest(
+        token=token, action="read", resource="/data/x", presenter="alice"
+    )
     with grpc.insecure_channel(s.address) as ch:
-        stream = ch.stream_stream("/capgate.v1.VerifierService/VerifyStream",
-                                  request_serializer=verifier_pb2.VerifyRequest.SerializeToString,
-                                  response_deserializer=verifier_pb2.VerifyResponse.FromString)
+        stream = ch.stream_stream(
+            "/capgate.v1.VerifierService/VerifyStream",
+            request_serializer=verifier_pb2.VerifyRequest.SerializeToString,
+            response_deserializer=verifier_pb2.VerifyResponse.FromString,
+        )
         held = []
         for _ in range(2):  # two streams kept open: two calls in flight
             q: queue.Queue = queue.Queue()
@@ -181,8 +195,10 @@ def test_all_calls_in_flight_are_capped(limited):
 
 def test_streams_per_connection_are_capped(limited):
     s = limited(streams_per_connection=2, health_watches=10)
-    with grpc.insecure_channel(s.address) as ch, grpc.insecure_channel(
-            s.address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch2:
+    with (
+        grpc.insecure_channel(s.address) as ch,
+        grpc.insecure_channel(s.address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch2,
+    ):
         open_ = [watch(ch)[0] for _ in range(2)]
         request = health_pb2.HealthCheckRequest()
         with pytest.raises(grpc.RpcError) as e:  # a third stream waits for a free one
@@ -202,13 +218,16 @@ def test_verify_batches_in_flight_are_capped(limited):
         with grpc.insecure_channel(s.address) as ch:
             call = raw(ch, "/capgate.v1.VerifierService/VerifyBatch")
             md = (("authorization", f"Bearer {svc}"),)
-            t = threading.Thread(target=lambda: done.setdefault(
-                "slow", call(slow.SerializeToString(), metadata=md)))
+            t = threading.Thread(
+                target=lambda: done.setdefault("slow", call(slow.SerializeToString(), metadata=md))
+            )
             before = s.app.replica.audit.decisions
             t.start()
             wait_for(lambda: s.app.replica.audit.decisions > before, timeout=60)
-            with s.client(other) as o, pytest.raises(ResourceExhaustedError,
-                                                     match="batches are in flight"):
+            with (
+                s.client(other) as o,
+                pytest.raises(ResourceExhaustedError, match="batches are in flight"),
+            ):
                 o.verify_batch([(token, "read", "/data/x", "alice", None)])
             assert c.verify(token, "read", "/data/x", presenter="alice").allowed  # unary: fine
             t.join(60)

@@ -38,8 +38,10 @@ class World:
         self.server = server
         self.admin = server.client()
         _, cred = self.admin.create_agent(
-            "payer", ["pay,read:/invoices/**"],
-            approvals=[ApprovalRule("ctx amount > 1000", approvers)])
+            "payer",
+            ["pay,read:/invoices/**"],
+            approvals=[ApprovalRule("ctx amount > 1000", approvers)],
+        )
         _, clerk = self.admin.create_agent("clerk", ["pay,read:/invoices/**"])
         self.agent = server.client(cred)
         self.clerk = server.client(clerk)
@@ -48,14 +50,20 @@ class World:
         self.dave = server.client(self.admin.create_principal("dave", "approver").credential)
         self.token = self.agent.issue("pay,read:/invoices/*", ttl=3600).token
 
-    def pay(self, ctx=BIG, discharges=(), token=None, resource=INVOICE, presenter="payer",
-            action="pay"):
-        return self.svc.verify(token or self.token, action, resource, presenter=presenter,
-                               ctx=ctx, discharges=list(discharges))
+    def pay(
+        self, ctx=BIG, discharges=(), token=None, resource=INVOICE, presenter="payer", action="pay"
+    ):
+        return self.svc.verify(
+            token or self.token,
+            action,
+            resource,
+            presenter=presenter,
+            ctx=ctx,
+            discharges=list(discharges),
+        )
 
     def ask(self, ctx=BIG, token=None, resource=INVOICE, note=""):
-        return self.agent.request_approval(token or self.token, "pay", resource, ctx=ctx,
-                                           note=note)
+        return self.agent.request_approval(token or self.token, "pay", resource, ctx=ctx, note=note)
 
     def approved(self, ctx=BIG, token=None, **kw):
         a = self.ask(ctx, token)
@@ -116,10 +124,16 @@ def test_an_over_limit_payment_is_allowed_once_a_person_approves_it_and_only_onc
     assert (use.principal, use.subject, use.chain) == ("pay-api", a.id, ("payer",))
 
 
-@pytest.mark.parametrize("change", [
-    dict(ctx={**BIG, "amount": "4201"}), dict(ctx={"amount": "4200"}),
-    dict(ctx={**BIG, "memo": "x"}), dict(resource="/invoices/inv-9"), dict(action="read"),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(ctx={**BIG, "amount": "4201"}),
+        dict(ctx={"amount": "4200"}),
+        dict(ctx={**BIG, "memo": "x"}),
+        dict(resource="/invoices/inv-9"),
+        dict(action="read"),
+    ],
+)
 def test_the_discharge_is_for_that_request_only(world, change):
     _, ds = world.approved()
     r = world.pay(discharges=ds, **change)
@@ -131,8 +145,12 @@ def test_another_presenter_is_denied(world):
     _, ds = world.approved()
     assert world.pay(discharges=ds, presenter="clerk").code == "not_holder"
     with world.server.client() as admin:
-        assert admin.verify(world.token, "pay", INVOICE, presenter="mallory", ctx=BIG,
-                            discharges=list(ds)).code == "not_holder"
+        assert (
+            admin.verify(
+                world.token, "pay", INVOICE, presenter="mallory", ctx=BIG, discharges=list(ds)
+            ).code
+            == "not_holder"
+        )
 
 
 def test_a_denied_approval_gives_no_discharge(world):
@@ -209,12 +227,18 @@ def test_m_of_n_distinct_approvers(tmp_path, clock):
 def test_who_may_do_what(world):
     w = world
     a = w.ask()
-    for call in (lambda: w.carol.verify(w.token, "pay", INVOICE, presenter="payer"),
-                 lambda: w.carol.inspect(w.token), lambda: w.carol.list_agents()):
+    for call in (
+        lambda: w.carol.verify(w.token, "pay", INVOICE, presenter="payer"),
+        lambda: w.carol.inspect(w.token),
+        lambda: w.carol.list_agents(),
+    ):
         with pytest.raises(PermissionDeniedError):  # an approver approves, nothing else
             call()
-    for call in (lambda: w.agent.approve(a.id, "me"), lambda: w.svc.deny(a.id, "no"),
-                 lambda: list(w.agent.watch_approvals())):
+    for call in (
+        lambda: w.agent.approve(a.id, "me"),
+        lambda: w.svc.deny(a.id, "no"),
+        lambda: list(w.agent.watch_approvals()),
+    ):
         with pytest.raises(PermissionDeniedError):
             call()
     with pytest.raises(PermissionDeniedError, match="only for itself"):
@@ -257,8 +281,10 @@ def test_standing_rules_follow_the_agent(world):
     assert w.svc.verify(new, "pay", INVOICE, presenter="clerk", ctx=BIG).caveat
     # a delegation into a ruled agent gets its rule too
     to_clerk = w.agent.delegate(w.token, "clerk", ["resource /invoices/inv-8"]).token
-    assert w.svc.verify(to_clerk, "pay", INVOICE, presenter="clerk",
-                        ctx={"amount": "500"}).code == "approval_required"
+    assert (
+        w.svc.verify(to_clerk, "pay", INVOICE, presenter="clerk", ctx={"amount": "500"}).code
+        == "approval_required"
+    )
     w.admin.update_agent("clerk", approvals=[])
     assert w.svc.verify(old, "pay", INVOICE, presenter="clerk", ctx=BIG).allowed
     assert [r.condition for r in w.admin.get_agent("payer").approvals] == ["ctx amount > 1000"]
@@ -267,12 +293,12 @@ def test_standing_rules_follow_the_agent(world):
 def test_batches_and_streams_spend_one_use_each(world):
     _, ds = world.approved()
     item = (world.token, "pay", INVOICE, "payer", BIG, None, ds)
-    results = world.svc.verify_batch([item, item, (world.token, "pay", INVOICE, "payer",
-                                                   SMALL)])
+    results = world.svc.verify_batch([item, item, (world.token, "pay", INVOICE, "payer", SMALL)])
     assert [r.code for r in results] == ["allowed", "approval_used", "allowed"]
     _, ds = world.approved()
-    streamed = list(world.svc.verify_stream(iter([(world.token, "pay", INVOICE, "payer", BIG,
-                                                   None, ds)] * 2)))
+    streamed = list(
+        world.svc.verify_stream(iter([(world.token, "pay", INVOICE, "payer", BIG, None, ds)] * 2))
+    )
     assert [r.code for r in streamed] == ["allowed", "approval_used"]
 
 
@@ -296,8 +322,9 @@ def test_watchers_see_each_new_request(world):
 
 
 def test_requests_waiting_per_principal_are_bounded(tmp_path):
-    s = ServerThread(tmp_path / "d", limits=ResourceLimits(
-        approvals_pending_per_principal=2)).start()
+    s = ServerThread(
+        tmp_path / "d", limits=ResourceLimits(approvals_pending_per_principal=2)
+    ).start()
     w = World(s)
     try:
         w.ask({**BIG, "invoice": "1"})

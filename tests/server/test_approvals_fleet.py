@@ -25,9 +25,12 @@ def fleet(tmp_path, pg_url):
 
     kek = tmp_path / "kek"
     kek.write_text(new_kek_text())
-    replicas = [ServerProcess(tmp_path / name, ["--store", pg_url, "--kek-file", str(kek),
-                                                "--poll-interval", "0.5"]).start()
-                for name in ("a", "b")]
+    replicas = [
+        ServerProcess(
+            tmp_path / name, ["--store", pg_url, "--kek-file", str(kek), "--poll-interval", "0.5"]
+        ).start()
+        for name in ("a", "b")
+    ]
     yield replicas, replicas[0].admin_credential
     for p in replicas:
         p.stop()
@@ -36,8 +39,9 @@ def fleet(tmp_path, pg_url):
 def test_approve_at_one_replica_use_at_another_once_fleet_wide(fleet):
     (a, b), admin_cred = fleet
     with Client(a.address, admin_cred) as admin:
-        _, payer = admin.create_agent("payer", ["pay:/invoices/**"],
-                                      approvals=[ApprovalRule("ctx amount > 1000")])
+        _, payer = admin.create_agent(
+            "payer", ["pay:/invoices/**"], approvals=[ApprovalRule("ctx amount > 1000")]
+        )
         svc = admin.create_principal("pay-api", "service").credential
         carol = admin.create_principal("carol", "approver").credential
     with Client(a.address, payer) as agent_a:
@@ -66,8 +70,9 @@ def test_approve_at_one_replica_use_at_another_once_fleet_wide(fleet):
 
     def use(address: str) -> str:
         with Client(address, svc) as s:
-            return s.verify(token, "pay", "/invoices/8", presenter="payer", ctx=BIG,
-                            discharges=list(discharges)).code
+            return s.verify(
+                token, "pay", "/invoices/8", presenter="payer", ctx=BIG, discharges=list(discharges)
+            ).code
 
     wait_for(lambda: _knows(b, svc), timeout=5)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:

@@ -33,15 +33,15 @@ def _public(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def _hop_with_chosen_did(token: str, key: Ed25519PrivateKey, to: str, at_ms: int,
-                         did: str) -> str:
+def _hop_with_chosen_did(token: str, key: Ed25519PrivateKey, to: str, at_ms: int, did: str) -> str:
     """What the attacker did: sign a hop on its own token, naming a victim's id."""
     t = Token.parse(token)
     unsigned = f"delegate = {to} did={did} at={at_ms}"
     sig = key.sign(delegation_message(t.signature, unsigned.encode()))
     proof = base64.urlsafe_b64encode(sig).rstrip(b"=").decode()
-    return t.append_raw(f"{unsigned} proof=ed25519:{public_key_id(_public(key))}:{proof}"
-                        .encode()).to_text()
+    return t.append_raw(
+        f"{unsigned} proof=ed25519:{public_key_id(_public(key))}:{proof}".encode()
+    ).to_text()
 
 
 @pytest.fixture
@@ -71,8 +71,9 @@ def test_an_agent_cannot_revoke_another_agents_tree_with_a_chosen_did(world, clo
     at_ms = int(describe(Token.parse(own.token)).issued_ms or 0) + 1
     for target in (root.token_id, child.delegation_id):
         forged = _hop_with_chosen_did(own.token, key, "mallory", at_ms, target)
-        assert service.verify(forged, "read", "/data/x",
-                              presenter="mallory").code == "bad_delegation"
+        assert (
+            service.verify(forged, "read", "/data/x", presenter="mallory").code == "bad_delegation"
+        )
         with pytest.raises(Exception) as refused:
             attacker.revoke(forged)
         assert "does not verify" in str(refused.value)
@@ -93,11 +94,15 @@ def test_a_suspended_agent_may_only_read_its_own_record(world):
     own = attacker.issue("read:/data/**")
     admin.suspend_agent("mallory")
     assert attacker.get_agent("mallory").status == "suspended"  # it may learn why
-    for attempt in (lambda: attacker.revoke(own.token), lambda: attacker.revoke(own.token_id),
-                    lambda: attacker.inspect(own.token), lambda: attacker.issue("read:/data/x"),
-                    lambda: attacker.attenuate(own.token, ["action in read"]),
-                    lambda: attacker.verify(own.token, "read", "/data/x"),
-                    lambda: attacker.tree(own.token_id)):
+    for attempt in (
+        lambda: attacker.revoke(own.token),
+        lambda: attacker.revoke(own.token_id),
+        lambda: attacker.inspect(own.token),
+        lambda: attacker.issue("read:/data/x"),
+        lambda: attacker.attenuate(own.token, ["action in read"]),
+        lambda: attacker.verify(own.token, "read", "/data/x"),
+        lambda: attacker.tree(own.token_id),
+    ):
         with pytest.raises(PermissionDeniedError, match="suspended"):
             attempt()
     admin.resume_agent("mallory")
@@ -108,9 +113,13 @@ def test_an_agent_whose_tokens_were_revoked_cannot_act_on_them(world):
     admin, service, victim, attacker, key, root, child = world
     old = attacker.issue("read:/data/**")
     admin.revoke_all("mallory")
-    for attempt in (lambda: attacker.revoke(old.token), lambda: attacker.revoke(old.token_id),
-                    lambda: attacker.inspect(old.token), lambda: attacker.tree(old.token_id),
-                    lambda: attacker.attenuate(old.token, ["action in read"])):
+    for attempt in (
+        lambda: attacker.revoke(old.token),
+        lambda: attacker.revoke(old.token_id),
+        lambda: attacker.inspect(old.token),
+        lambda: attacker.tree(old.token_id),
+        lambda: attacker.attenuate(old.token, ["action in read"]),
+    ):
         with pytest.raises(PermissionDeniedError):
             attempt()
     new = attacker.issue("read:/data/**")  # it may still work from now on
@@ -120,8 +129,11 @@ def test_an_agent_whose_tokens_were_revoked_cannot_act_on_them(world):
 
 def test_an_agent_acts_only_on_tokens_it_is_part_of(world):
     admin, service, victim, attacker, key, root, child = world
-    for attempt in (lambda: attacker.inspect(root.token), lambda: attacker.revoke(root.token),
-                    lambda: attacker.attenuate(root.token, ["action in read"])):
+    for attempt in (
+        lambda: attacker.inspect(root.token),
+        lambda: attacker.revoke(root.token),
+        lambda: attacker.attenuate(root.token, ["action in read"]),
+    ):
         with pytest.raises(PermissionDeniedError, match="part of"):
             attempt()
     # a delegator may still act on what it handed down
@@ -147,11 +159,14 @@ def test_inspecting_an_invalid_token_tells_nothing_but_invalid(world):
 def test_a_denied_verification_records_no_delegation_hops(world, server):
     admin, service, victim, attacker, key, root, child = world
     own = attacker.issue("read:/data/**")
-    offline, did = delegate_offline(Token.parse(own.token), key, "helper",
-                                    describe(Token.parse(own.token)).issued_ms + 1)
+    offline, did = delegate_offline(
+        Token.parse(own.token), key, "helper", describe(Token.parse(own.token)).issued_ms + 1
+    )
     admin.suspend_agent("helper")
-    assert service.verify(offline.to_text(), "read", "/data/x",
-                          presenter="helper").code == "agent_suspended"
+    assert (
+        service.verify(offline.to_text(), "read", "/data/x", presenter="helper").code
+        == "agent_suspended"
+    )
     assert [n.id for n in admin.tree(own.token_id).children] == []
     admin.resume_agent("helper")
     assert _verifies(service, offline.to_text(), "helper")
@@ -164,8 +179,10 @@ def test_a_token_tree_is_bounded_and_never_fails(world, server):
     server.settings.tree_max_nodes = 5
     own = attacker.issue("read:/data/**")
     issued = describe(Token.parse(own.token)).issued_ms
-    hops = [delegate_offline(Token.parse(own.token), key, "mallory", issued + i)[0].to_text()
-            for i in range(1, 9)]
+    hops = [
+        delegate_offline(Token.parse(own.token), key, "mallory", issued + i)[0].to_text()
+        for i in range(1, 9)
+    ]
     results = service.verify_batch([(h, "read", "/data/x", "mallory", None) for h in hops])
     assert all(r.allowed for r in results)
     server.run(server.app.replica.call(lambda: None))
@@ -215,10 +232,10 @@ def test_the_last_enabled_admin_cannot_be_disabled_but_a_second_one_can(world, s
 def test_a_deleted_agents_tokens_stay_dead_even_if_the_id_comes_back(world, server):
     admin, service, victim, attacker, key, root, child = world
     admin.delete_agent("victim")
-    assert service.verify(root.token, "read", "/data/x", presenter="victim").code == \
-        "unknown_agent"
-    assert service.verify(child.token, "read", "/data/x", presenter="helper").code == \
-        "unknown_agent"  # a token passed on by the deleted agent dies too
+    assert service.verify(root.token, "read", "/data/x", presenter="victim").code == "unknown_agent"
+    assert (
+        service.verify(child.token, "read", "/data/x", presenter="helper").code == "unknown_agent"
+    )  # a token passed on by the deleted agent dies too
     with pytest.raises(AuthenticationError):
         victim.issue("read:/data/x")
     with pytest.raises(NotFoundError):
@@ -226,8 +243,10 @@ def test_a_deleted_agents_tokens_stay_dead_even_if_the_id_comes_back(world, serv
     assert "victim" not in {a.id for a in admin.list_agents()}
     assert "victim" not in {p.id for p in admin.list_principals()}
     _, again = admin.create_agent("victim", ["read:/data/**"], max_depth=2)
-    assert service.verify(root.token, "read", "/data/x", presenter="victim").code == \
-        "agent_tokens_revoked"
+    assert (
+        service.verify(root.token, "read", "/data/x", presenter="victim").code
+        == "agent_tokens_revoked"
+    )
     with server.client(again) as reborn:
         assert _verifies(service, reborn.issue("read:/data/**").token, "victim")
 
@@ -239,8 +258,13 @@ def test_a_lost_admin_is_recovered_from_the_data_directory(world, server):
         ops.disable_principal("admin")
     store = SqliteStore(server.settings.data_dir / "capgate.db")
     try:
-        credential = recover_admin(store, "admin", 1_800_000_100.0, "local-recovery:root@host",
-                                   load_kek(None, server.settings.data_dir / "kek.key"))
+        credential = recover_admin(
+            store,
+            "admin",
+            1_800_000_100.0,
+            "local-recovery:root@host",
+            load_kek(None, server.settings.data_dir / "kek.key"),
+        )
     finally:
         store.close()
     server.run(server.app.replica.sync())

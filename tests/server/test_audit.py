@@ -26,8 +26,14 @@ def test_tally_folds_allows_and_denies_and_retries():
             log.decision("svc", allow, "read", "/x", "a", 100.0 + i)
         log.decision("svc", allow, "read", "/y", "a", 106.0)
         for _ in range(2):  # two identical denies (two objects) are one record
-            log.decision("svc", Decision(False, DenyCode.REVOKED, "token t is revoked", None,
-                                         "t" * 32, ("a",)), "read", "/x", "a", 107.0)
+            log.decision(
+                "svc",
+                Decision(False, DenyCode.REVOKED, "token t is revoked", None, "t" * 32, ("a",)),
+                "read",
+                "/x",
+                "a",
+                107.0,
+            )
         await log.flush()  # fails: kept for the next attempt
         assert written == []
         await log.flush()
@@ -46,8 +52,9 @@ def test_tally_folds_allows_and_denies_and_retries():
 
 
 def deny(resource: str = "/x", code: DenyCode = DenyCode.CAVEAT_FAILED) -> Decision:
-    return Decision(False, code, f"resource {resource!r} does not match", "resource /y",
-                    "t" * 32, ("a",))
+    return Decision(
+        False, code, f"resource {resource!r} does not match", "resource /y", "t" * 32, ("a",)
+    )
 
 
 def test_the_tally_is_bounded_and_the_overflow_recorded():
@@ -171,8 +178,7 @@ def test_retention_deletes_what_is_older(tmp_path):
         return store.prune_audit(before, sign, limit)
 
     async def go():
-        log = AuditLog(lambda events: None, prune=prune, clock=lambda: now[0],
-                       retention=86400)
+        log = AuditLog(lambda events: None, prune=prune, clock=lambda: now[0], retention=86400)
         return await log.prune()  # everything last seen before now - 1 day
 
     assert asyncio.run(go()) == 11_000

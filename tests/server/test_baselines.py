@@ -25,11 +25,30 @@ T0 = 1_800_000_000.0
 DAY = 86400.0
 
 
-def verify(at: float, resource: str, *, chain: tuple[str, ...] = ("res",), ok: bool = True,
-           action: str = "read", presenter: str = "", count: int = 1) -> AuditEvent:
-    return AuditEvent(at, "svc", "verify", "t", ok, "allowed" if ok else "beyond_ceiling",
-                      chain=chain, action=action, resource=resource,
-                      presenter=presenter or chain[-1], count=count, last_at=at)
+def verify(
+    at: float,
+    resource: str,
+    *,
+    chain: tuple[str, ...] = ("res",),
+    ok: bool = True,
+    action: str = "read",
+    presenter: str = "",
+    count: int = 1,
+) -> AuditEvent:
+    return AuditEvent(
+        at,
+        "svc",
+        "verify",
+        "t",
+        ok,
+        "allowed" if ok else "beyond_ceiling",
+        chain=chain,
+        action=action,
+        resource=resource,
+        presenter=presenter or chain[-1],
+        count=count,
+        last_at=at,
+    )
 
 
 def policy(agent: str, sensitivity: float = 1.0) -> GovernancePolicy:
@@ -45,8 +64,10 @@ def steady(b: Baselines, days: int, rng: random.Random, **kw: object) -> list:
     for minute in range(days * 24 * 60 // 10):
         at = T0 + minute * 600
         if 8 <= (at - T0) / 3600 % 24 < 18:  # working hours only
-            events = [verify(at, f"/data/papers/p{rng.randrange(500)}")
-                      for _ in range(rng.randrange(3, 15))]
+            events = [
+                verify(at, f"/data/papers/p{rng.randrange(500)}")
+                for _ in range(rng.randrange(3, 15))
+            ]
             found += b.observe(events, policy, after_day)
     return found
 
@@ -59,11 +80,14 @@ def test_first_seen_prefix_raises_one_deviation_with_a_reason():
     b = Baselines()
     steady(b, 2, random.Random(2))
     at = T0 + 2 * DAY + 3600
-    found = b.observe([verify(at, "/secrets/db"), verify(at, "/secrets/api")], policy,
-                      after_day)
+    found = b.observe([verify(at, "/secrets/db"), verify(at, "/secrets/api")], policy, after_day)
     assert [(d.kind, d.key, d.reason) for d in found] == [
-        ("new-resource", "res|new-resource|read|/secrets",
-         "res read /secrets/** for the first time")]
+        (
+            "new-resource",
+            "res|new-resource|read|/secrets",
+            "res read /secrets/** for the first time",
+        )
+    ]
     assert b.observe([verify(at + 1, "/secrets/db")], policy, after_day) == []
 
 
@@ -76,9 +100,14 @@ def test_new_delegate_deeper_chain_and_new_presenter():
     b = Baselines()
     b.observe([verify(T0, "/data/x", chain=("orch", "sum"))], policy, after_day)
     at = T0 + 2 * DAY
-    found = b.observe([verify(at, "/data/x", chain=("orch", "sum", "scribe")),
-                       verify(at, "/data/x", chain=("orch",), presenter="intruder", ok=False)],
-                      policy, after_day)
+    found = b.observe(
+        [
+            verify(at, "/data/x", chain=("orch", "sum", "scribe")),
+            verify(at, "/data/x", chain=("orch",), presenter="intruder", ok=False),
+        ],
+        policy,
+        after_day,
+    )
     kinds = {(d.agent, d.kind) for d in found}
     assert ("orch", "depth") in kinds and ("sum", "new-delegate") in kinds
     assert ("orch", "new-presenter") in kinds
@@ -94,8 +123,7 @@ def test_bursts_of_calls_and_denies_against_its_own_pace():
     denies = b.observe([verify(at, "/data/papers/x", ok=False, count=37)], policy, after_day)
     assert [d.kind for d in denies] == ["denies"]
     assert denies[0].reason.startswith("res: 37 denied calls in 10 s")
-    calls = b.observe([verify(at + 60, f"/data/papers/{i}") for i in range(120)], policy,
-                      after_day)
+    calls = b.observe([verify(at + 60, f"/data/papers/{i}") for i in range(120)], policy, after_day)
     assert [d.kind for d in calls] == ["rate"]
 
 
@@ -104,8 +132,9 @@ def test_sensitivity_scales_what_is_a_burst():
         b = Baselines()
         steady(b, 2, random.Random(4))
         at = T0 + 2 * DAY + 9 * 3600
-        return b.observe([verify(at, "/data/papers/x", count=35)],
-                         lambda a: policy(a, sensitivity), after_day)
+        return b.observe(
+            [verify(at, "/data/papers/x", count=35)], lambda a: policy(a, sensitivity), after_day
+        )
 
     assert burst(1.0) and not burst(0.5)
 
@@ -119,9 +148,14 @@ def agent(*grants: str, max_depth: int = 3) -> Agent:
 
 
 def test_review_drops_unused_grants_and_narrows_broad_ones():
-    r = review(agent("read,write:/**", "admin:/admin/**"),
-               [use("/data/reports/2026/a.csv", 5), use("/data/reports/2026/b.csv", 2),
-                use("/web/news/today", 1)])
+    r = review(
+        agent("read,write:/**", "admin:/admin/**"),
+        [
+            use("/data/reports/2026/a.csv", 5),
+            use("/data/reports/2026/b.csv", 2),
+            use("/web/news/today", 1),
+        ],
+    )
     assert r.proposed == ("read:/data/reports/2026/**", "read:/web/news/**")
     assert [g.proposed for g in r.grants] == [r.proposed, ()]
     assert r.uses == 8 and not r.idle and r.changes
@@ -134,23 +168,33 @@ def test_review_of_an_idle_agent_keeps_its_ceiling_and_says_so():
 
 
 def test_review_keeps_a_grant_that_fits():
-    r = review(agent("read:/data/reports/**", max_depth=0), [use("/data/reports/a"),
-                                                             use("/data/reports/b")])
+    r = review(
+        agent("read:/data/reports/**", max_depth=0),
+        [use("/data/reports/a"), use("/data/reports/b")],
+    )
     assert r.proposed == ("read:/data/reports/**",) and not r.changes
 
 
 SEG = st.sampled_from(["data", "web", "reports", "2026", "a", "b", "c.csv"])
 PATH = st.lists(SEG, min_size=1, max_size=5).map(lambda s: "/" + "/".join(s))
-GRANT = st.tuples(st.sets(st.sampled_from(["read", "write"]), min_size=1),
-                  st.lists(st.sampled_from(["data", "web", "*", "reports"]), max_size=2),
-                  st.sampled_from(["/**", "/*", ""])).map(
-    lambda g: f"{','.join(sorted(g[0]))}:/{'/'.join(g[1])}{g[2]}".replace("//", "/").rstrip(":")
-    if g[1] or g[2] else f"{','.join(sorted(g[0]))}:/**")
+GRANT = st.tuples(
+    st.sets(st.sampled_from(["read", "write"]), min_size=1),
+    st.lists(st.sampled_from(["data", "web", "*", "reports"]), max_size=2),
+    st.sampled_from(["/**", "/*", ""]),
+).map(
+    lambda g: (
+        f"{','.join(sorted(g[0]))}:/{'/'.join(g[1])}{g[2]}".replace("//", "/").rstrip(":")
+        if g[1] or g[2]
+        else f"{','.join(sorted(g[0]))}:/**"
+    )
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(grants=st.lists(GRANT, min_size=1, max_size=3),
-       used=st.lists(st.tuples(st.sampled_from(["read", "write"]), PATH), max_size=12))
+@given(
+    grants=st.lists(GRANT, min_size=1, max_size=3),
+    used=st.lists(st.tuples(st.sampled_from(["read", "write"]), PATH), max_size=12),
+)
 def test_a_proposed_ceiling_never_widens_and_keeps_what_was_used(grants, used):
     try:
         original = agent(*grants)

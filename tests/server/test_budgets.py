@@ -60,6 +60,7 @@ def take_all(counter: Budgets, budgets: list[Budget], times: int) -> list[bool]:
         for _ in range(times):
             out.append(counter.take_now(budgets) or await counter.take(budgets) is None)
         return out
+
     return _LOOP.run_until_complete(run())
 
 
@@ -165,11 +166,16 @@ def test_a_budget_lives_as_long_as_the_token_it_was_added_to():
     would let the budget start again from zero while the real token still lives."""
     v = Verifier({KID: KEY}, registry(), revocations(), clock=clock, counts_budgets=True)
     lives = clock() + 3600
-    token = (mint("a", secrets.token_hex(16)).attenuate(f"expires < {format_timestamp(lives)}")
-             .attenuate("uses <= 2"))
+    token = (
+        mint("a", secrets.token_hex(16))
+        .attenuate(f"expires < {format_timestamp(lives)}")
+        .attenuate("uses <= 2")
+    )
     short = token.attenuate(f"expires < {format_timestamp(clock() + 5)}")
-    untils = {v.verify(t.to_text(), Request("read", "/data/x", "a")).budgets[0].until
-              for t in (token, short)}
+    untils = {
+        v.verify(t.to_text(), Request("read", "/data/x", "a")).budgets[0].until
+        for t in (token, short)
+    }
     assert untils == {lives}  # both name the expiry of the token the budget was added to
 
 
@@ -202,8 +208,9 @@ def test_budgets_never_widen_and_derived_tokens_share_them(plan):
     counts separately, its parents' still count."""
     first, shape, used = plan
     agents = Directory(registry(ceilings={a: ("read:/**",) for a in AGENT_IDS}))
-    v = Verifier({KID: KEY}, agents, revocations(()), clock=clock, counts_budgets=True,
-                 memo_size=64)  # the memo, as servers have it: it must not skip a count
+    v = Verifier(
+        {KID: KEY}, agents, revocations(()), clock=clock, counts_budgets=True, memo_size=64
+    )  # the memo, as servers have it: it must not skip a count
     root = mint("a", secrets.token_hex(16))
     if first is not None:
         root = root.attenuate(f"uses <= {first}")
@@ -283,8 +290,7 @@ def test_a_delegate_spends_the_budget_it_was_handed(world):
     limited = Token.parse(alice.issue("read:/data/**").token).attenuate("uses <= 4").to_text()
     to_bob = alice.delegate(limited, "bob").token
     copies = [Token.parse(to_bob).attenuate("action in read").to_text() for _ in range(3)]
-    allowed = sum(svc.verify(t, "read", R, presenter="bob").allowed
-                  for t in [to_bob, *copies] * 2)
+    allowed = sum(svc.verify(t, "read", R, presenter="bob").allowed for t in [to_bob, *copies] * 2)
     allowed += svc.verify(limited, "read", R, presenter="alice").allowed
     assert allowed == 4
 
@@ -321,16 +327,34 @@ def test_rate_and_budget_through_the_cli(server, tmp_path):
     from harness import cli
 
     admin = server.admin_credential
-    out = cli("agent", "create", "carol", "--grant", "read:/data/**", "--rate", "5/1m",
-              server=server.address, credential=admin)
+    out = cli(
+        "agent",
+        "create",
+        "carol",
+        "--grant",
+        "read:/data/**",
+        "--rate",
+        "5/1m",
+        server=server.address,
+        credential=admin,
+    )
     assert out.returncode == 0, out.stderr
     shown = cli("agent", "show", "carol", server=server.address, credential=admin)
     assert "rate:" in shown.stdout and "5/1m" in shown.stdout
-    bad = cli("agent", "update", "carol", "--rate", "5/week", server=server.address,
-              credential=admin)
+    bad = cli(
+        "agent", "update", "carol", "--rate", "5/week", server=server.address, credential=admin
+    )
     assert bad.returncode == 2 and "N/PERIOD" in bad.stderr
-    lifted = cli("agent", "update", "carol", "--rate", "none", "--json",
-                 server=server.address, credential=admin)
+    lifted = cli(
+        "agent",
+        "update",
+        "carol",
+        "--rate",
+        "none",
+        "--json",
+        server=server.address,
+        credential=admin,
+    )
     assert lifted.returncode == 0 and '"rate": ""' in lifted.stdout
 
 
@@ -344,10 +368,12 @@ def test_two_pg_replicas_hold_a_budget_within_the_bound(tmp_path, pg_url):
     kek = tmp_path / "kek"
     kek.write_text(new_kek_text())
     block = 4
-    a = ServerThread(tmp_path / "a", store_url=pg_url, kek_file=kek, budget_block=block,
-                     budget_idle=0.5).start()
-    b = ServerThread(tmp_path / "b", store_url=pg_url, kek_file=kek, budget_block=block,
-                     budget_idle=0.5).start()
+    a = ServerThread(
+        tmp_path / "a", store_url=pg_url, kek_file=kek, budget_block=block, budget_idle=0.5
+    ).start()
+    b = ServerThread(
+        tmp_path / "b", store_url=pg_url, kek_file=kek, budget_block=block, budget_idle=0.5
+    ).start()
     try:
         admin = Client(a.address, a.admin_credential)
         _, cred = admin.create_agent("alice", ["read:/data/**"])
@@ -356,8 +382,7 @@ def test_two_pg_replicas_hold_a_budget_within_the_bound(tmp_path, pg_url):
             token = alice.issue("read:/data/**").token
         n = 120
         limited = Token.parse(token).attenuate(f"uses <= {n}").to_text()
-        wait_for(lambda: Client(b.address, svc).verify(token, "read", R,
-                                                       presenter="alice").allowed)
+        wait_for(lambda: Client(b.address, svc).verify(token, "read", R, presenter="alice").allowed)
         allowed = 0
         lock = threading.Lock()
 
@@ -375,8 +400,9 @@ def test_two_pg_replicas_hold_a_budget_within_the_bound(tmp_path, pg_url):
         assert n - (block + block // 2) <= allowed <= n  # the stated bound, R = 2
         time.sleep(1.5)  # the idle leases go back to the store
         with Client(a.address, svc) as c:
-            allowed += sum(c.verify(limited, "read", R, presenter="alice").allowed
-                           for _ in range(2 * block))
+            allowed += sum(
+                c.verify(limited, "read", R, presenter="alice").allowed for _ in range(2 * block)
+            )
         assert allowed == n
         admin.close()
     finally:
@@ -416,11 +442,13 @@ def test_requests_with_proofs_are_counted_once_their_proof_holds(server):
         limited = Token.parse(w.token).attenuate("uses <= 2").to_text()
 
         def proven(proof_token: str = limited):
-            return Proof(prove_possession(proof_token, w.key, "GET", R, audience=w.service_id),
-                         "GET", R)
+            return Proof(
+                prove_possession(proof_token, w.key, "GET", R, audience=w.service_id), "GET", R
+            )
 
-        bad = Proof(prove_possession(limited, w.key, "GET", "/elsewhere",
-                                     audience=w.service_id), "GET", R)
+        bad = Proof(
+            prove_possession(limited, w.key, "GET", "/elsewhere", audience=w.service_id), "GET", R
+        )
         assert w.svc.verify(limited, "read", R, proof=bad).code == "bad_proof"  # spends nothing
         got = [w.svc.verify(limited, "read", R, proof=proven()).code for _ in range(3)]
         assert got == ["allowed", "allowed", "budget_exhausted"]
@@ -438,16 +466,16 @@ def test_a_guard_never_reuses_a_counted_allow(world):
     token = alice.issue("read:/data/**").token
     limited = Token.parse(token).attenuate("uses <= 2").to_text()
     guard = Guard(svc, cache_ttl=60)
-    got = [guard.check(Presentation(limited, presenter="alice"), Access("read", R))
-           for _ in range(3)]
+    got = [
+        guard.check(Presentation(limited, presenter="alice"), Access("read", R)) for _ in range(3)
+    ]
     assert [r.code for r in got] == ["allowed", "allowed", "budget_exhausted"]
     assert got[0].counted and got[1].counted
     plain = guard.check(Presentation(token, presenter="alice"), Access("read", R))
     assert plain.allowed and not plain.counted  # cached: an unbudgeted allow may be reused
     admin.update_agent("alice", rate="1/1h")
     guard = Guard(svc, cache_ttl=60)
-    got = [guard.check(Presentation(token, presenter="alice"), Access("read", R))
-           for _ in range(2)]
+    got = [guard.check(Presentation(token, presenter="alice"), Access("read", R)) for _ in range(2)]
     assert [r.code for r in got] == ["allowed", "budget_exhausted"] and got[0].counted
 
 
@@ -461,8 +489,10 @@ def test_one_token_cannot_fill_the_store_with_budgets(tmp_path):
             _, cred = admin.create_agent("mallory", ["read:/data/**"])
         with s.client(cred) as m:
             base = Token.parse(m.issue("read:/data/**").token)
-            items = [(base.attenuate(f"uses <= {i + 1}").to_text(), "read", "/data/x", "", None)
-                     for i in range(30)]
+            items = [
+                (base.attenuate(f"uses <= {i + 1}").to_text(), "read", "/data/x", "", None)
+                for i in range(30)
+            ]
             got = [r.code for r in m.verify_batch(items)]
             assert got == ["allowed"] * 20 + ["budget_exhausted"] * 10
             assert "started more than 20 budgets" in m.verify(items[25][0], "read", R).reason

@@ -71,8 +71,9 @@ def code(s: ServerThread, svc: str, token: str, presenter: str) -> str:
 
 def health(s: ServerThread, name: str = "") -> int:
     with grpc.insecure_channel(s.address) as ch:
-        return health_pb2_grpc.HealthStub(ch).Check(
-            health_pb2.HealthCheckRequest(service=name)).status
+        return (
+            health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=name)).status
+        )
 
 
 # -- revoke-all and issue dates -----------------------------------------------------------
@@ -93,7 +94,8 @@ def test_revoke_all_reaches_tokens_dated_by_a_clock_since_stepped_back(tmp_path,
 
 @pytest.mark.postgres
 def test_revoke_all_on_a_lagging_replica_reaches_what_the_others_issued(
-        tmp_path, pg_url, kek, servers):
+    tmp_path, pg_url, kek, servers
+):
     ahead, behind = FakeClock(), FakeClock(FakeClock().now - 90)
     a = servers(tmp_path / "a", clock=ahead, store_url=pg_url, kek_file=kek)
     b = servers(tmp_path / "b", clock=behind, store_url=pg_url, kek_file=kek)
@@ -169,8 +171,14 @@ def test_a_fast_replica_prunes_nothing_from_the_shared_store(tmp_path, pg_url, k
     with right.client() as admin:
         admin.revoke(issued.token_id)
     # a replica whose clock has run two hours ahead since before it started
-    fast = servers(tmp_path / "f", clock=FakeClock(time.time() + 2 * HOUR),
-                   monotonic=FakeClock(), store_url=pg_url, kek_file=kek, prune_margin=60)
+    fast = servers(
+        tmp_path / "f",
+        clock=FakeClock(time.time() + 2 * HOUR),
+        monotonic=FakeClock(),
+        store_url=pg_url,
+        kek_file=kek,
+        prune_margin=60,
+    )
     fast.run(fast.app.replica.prune_revocations())
     assert fast.app.replica.revocations.is_revoked(issued.token_id)
     right.stop()  # a restart at the right time still finds the revocation
@@ -197,8 +205,7 @@ def test_rotation_on_a_lagging_clock_makes_the_new_key_sign(tmp_path, clock, ser
 
 
 @pytest.mark.postgres
-def test_health_warns_while_the_clock_is_off_the_stores(tmp_path, pg_url, kek, servers,
-                                                        caplog):
+def test_health_warns_while_the_clock_is_off_the_stores(tmp_path, pg_url, kek, servers, caplog):
     wall = FakeClock(time.time() + 90)
     with caplog.at_level(logging.WARNING, "capgate"):
         s = servers(tmp_path / "d", clock=wall, store_url=pg_url, kek_file=kek)
@@ -242,8 +249,13 @@ def test_a_wall_clock_that_jumps_ahead_does_not_make_a_replica_forget_proofs(tmp
     try:
         assert [verify(s, captured), verify(s, captured)] == ["allowed", "proof_replayed"]
         offset[0] = 200.0  # the wall clock jumps ahead: the next redemption forgets
-        assert verify(s, prove_possession(token, key, "GET", target, audience=alice.service_id,
-                                       clock=clock)) == "allowed"
+        assert (
+            verify(
+                s,
+                prove_possession(token, key, "GET", target, audience=alice.service_id, clock=clock),
+            )
+            == "allowed"
+        )
         offset[0] = 0.0  # and is stepped back
     finally:
         alice.close()

@@ -38,9 +38,15 @@ def test_nothing_is_visible_without_a_session(console):
         shell = c.get("/")
         assert shell.status_code == 200 and "hidden-agent" not in shell.text
         assert "default-src 'none'" in shell.headers["content-security-policy"]
-        for path in ("/api/session", "/api/agents", "/api/agents/hidden-agent",
-                     "/api/decisions", "/api/decisions/stream", "/api/approvals",
-                     "/api/tree/" + "0" * 32):
+        for path in (
+            "/api/session",
+            "/api/agents",
+            "/api/agents/hidden-agent",
+            "/api/decisions",
+            "/api/decisions/stream",
+            "/api/approvals",
+            "/api/tree/" + "0" * 32,
+        ):
             r = c.get(path)
             assert r.status_code == 401, path
             assert "hidden-agent" not in r.text
@@ -90,17 +96,20 @@ def test_every_change_needs_the_csrf_token_json_and_the_same_origin(console):
         url = "/api/agents/target/suspend"
         assert c.post(url, json={}).status_code == 403  # no token
         assert console_post(c, url, {}, "x" * 43).status_code == 403  # a wrong one
-        r = c.post(url, content="{}", headers={"X-CSRF-Token": csrf,
-                                               "Content-Type": "application/x-www-form-urlencoded"})
+        r = c.post(
+            url,
+            content="{}",
+            headers={"X-CSRF-Token": csrf, "Content-Type": "application/x-www-form-urlencoded"},
+        )
         assert r.status_code == 415  # a form, as a cross-site page could send
-        r = c.post(url, json={}, headers={"X-CSRF-Token": csrf,
-                                          "Origin": "http://evil.example"})
+        r = c.post(url, json={}, headers={"X-CSRF-Token": csrf, "Origin": "http://evil.example"})
         assert r.status_code == 403
         with console.client() as admin:
             assert admin.get_agent("target").status == "active"
         port = console.app.console_port
-        r = c.post(url, json={}, headers={"X-CSRF-Token": csrf,
-                                          "Origin": f"http://127.0.0.1:{port}"})
+        r = c.post(
+            url, json={}, headers={"X-CSRF-Token": csrf, "Origin": f"http://127.0.0.1:{port}"}
+        )
         assert r.status_code == 200 and r.json()["status"] == "suspended"
     with console.client() as admin:
         assert admin.get_agent("target").status == "suspended"
@@ -148,7 +157,9 @@ def test_bad_input_gets_a_clear_refusal(console):
         assert c.post("/api/revoke", content=b'{"id": NaN}', headers=h).status_code == 400
         r = console_post(c, "/api/revoke", {"id": "not-hex", "reason": "x"}, csrf)
         assert r.status_code == 400 and "32 hex" in r.json()["error"]
-        assert console_post(c, "/api/revoke", {"id": "a" * 32, "reason": ""}, csrf).status_code == 400
+        assert (
+            console_post(c, "/api/revoke", {"id": "a" * 32, "reason": ""}, csrf).status_code == 400
+        )
         assert console_post(c, "/api/revoke", {"id": 7, "reason": "x"}, csrf).status_code == 400
         assert c.get("/api/agents/nobody").status_code == 404
         assert c.get("/api/agents/bad%20id").status_code == 400
@@ -164,14 +175,19 @@ def test_bad_input_gets_a_clear_refusal(console):
         assert r.status_code == 400
         r = console_post(c, "/api/agents/narrowed/ceiling", {"grants": ["read:"]}, csrf)
         assert r.status_code == 400
-        r = console_post(c, "/api/agents/narrowed/ceiling", {"grants": ["read:/data/reports/*"]}, csrf)
+        r = console_post(
+            c, "/api/agents/narrowed/ceiling", {"grants": ["read:/data/reports/*"]}, csrf
+        )
         assert r.status_code == 200 and r.json()["ceiling"] == ["read:/data/reports/*"]
         big = c.post("/api/revoke", content=b"{" + b" " * 70_000 + b"}", headers=h)
         assert big.status_code == 413
         assert c.get("/", headers={"Host": "evil.example"}).status_code == 421
-    for raw in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
-                b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-                b"GET /\xff HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"):
+    for raw in (
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
+        b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET /\xff HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    ):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(raw)
             reply = s.recv(4096)
@@ -181,10 +197,14 @@ def test_bad_input_gets_a_clear_refusal(console):
 
 
 _ENDPOINTS = [  # method, path, what the role needs (CONSOLE_ROLES)
-    ("GET", "/api/agents", "agents"), ("GET", "/api/agents/bot", "agents"),
-    ("GET", "/api/tree/" + "0" * 32, "agents"), ("GET", "/api/decisions", "decisions"),
-    ("GET", "/api/approvals", "approvals"), ("POST", "/api/agents/bot/resume", "act"),
-    ("POST", "/api/agents/bot/ceiling", "act"), ("POST", "/api/revoke", "act"),
+    ("GET", "/api/agents", "agents"),
+    ("GET", "/api/agents/bot", "agents"),
+    ("GET", "/api/tree/" + "0" * 32, "agents"),
+    ("GET", "/api/decisions", "decisions"),
+    ("GET", "/api/approvals", "approvals"),
+    ("POST", "/api/agents/bot/resume", "act"),
+    ("POST", "/api/agents/bot/ceiling", "act"),
+    ("POST", "/api/revoke", "act"),
     ("POST", "/api/approvals/" + "0" * 32, "approvals"),
 ]
 
@@ -195,9 +215,11 @@ def test_each_role_reaches_exactly_what_the_role_table_says(console):
 
     with console.client() as admin:
         admin.create_agent("bot", ["read:/b/**"])
-        creds = {Role.ADMIN: console.admin_credential,
-                 Role.OPERATOR: admin.create_principal("op", "operator").credential,
-                 Role.APPROVER: admin.create_principal("ap", "approver").credential}
+        creds = {
+            Role.ADMIN: console.admin_credential,
+            Role.OPERATOR: admin.create_principal("op", "operator").credential,
+            Role.APPROVER: admin.create_principal("ap", "approver").credential,
+        }
     assert set(creds) == set(CONSOLE_ROLES)
     for role, cred in creds.items():
         with console_http(console) as c:
@@ -214,20 +236,31 @@ def test_the_console_is_off_by_default_local_unless_tls_and_never_on_a_verifier(
         assert plain.app.console is None and plain.app.console_port == 0
     finally:
         plain.stop()
-    app = CapgateServer(Settings(data_dir=tmp_path / "open", listen="127.0.0.1:0",
-                                 console_listen="0.0.0.0:0"))
+    app = CapgateServer(
+        Settings(data_dir=tmp_path / "open", listen="127.0.0.1:0", console_listen="0.0.0.0:0")
+    )
     with pytest.raises(InvalidArgumentError, match="without TLS"):
         asyncio.run(app.start())
-    verifier = CapgateServer(Settings(data_dir=tmp_path / "v", listen="127.0.0.1:0",
-                                      role="verifier", console_listen="127.0.0.1:0"))
+    verifier = CapgateServer(
+        Settings(
+            data_dir=tmp_path / "v",
+            listen="127.0.0.1:0",
+            role="verifier",
+            console_listen="127.0.0.1:0",
+        )
+    )
     with pytest.raises(InvalidArgumentError, match="full replica"):
         asyncio.run(verifier.start())
 
 
 def test_under_tls_the_cookie_is_secure_and_plain_http_gets_nothing(tmp_path):
     pki = make_pki(tmp_path / "pki", "spiffe://example.org/agent/none")
-    server = ServerThread(tmp_path / "data", console_listen="0.0.0.0:0",
-                          tls_cert=pki["server.crt"], tls_key=pki["server.key"]).start()
+    server = ServerThread(
+        tmp_path / "data",
+        console_listen="0.0.0.0:0",
+        tls_cert=pki["server.crt"],
+        tls_key=pki["server.key"],
+    ).start()
     try:
         port = server.app.console_port
         trust = ssl.create_default_context(cafile=str(pki["ca.crt"]))
@@ -236,12 +269,17 @@ def test_under_tls_the_cookie_is_secure_and_plain_http_gets_nothing(tmp_path):
             assert r.status_code == 200
             assert "; Secure" in r.headers["set-cookie"]
             csrf = r.json()["csrf"]
-            r = c.post("/api/logout", json={}, headers={
-                "X-CSRF-Token": csrf, "Origin": f"http://127.0.0.1:{port}"})
+            r = c.post(
+                "/api/logout",
+                json={},
+                headers={"X-CSRF-Token": csrf, "Origin": f"http://127.0.0.1:{port}"},
+            )
             assert r.status_code == 403  # the console's origin is https
             assert c.get("/api/session").status_code == 200
-        with pytest.raises(httpx.HTTPError), \
-                httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as plain:
+        with (
+            pytest.raises(httpx.HTTPError),
+            httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as plain,
+        ):
             plain.get("/api/session")
     finally:
         server.stop()
@@ -258,9 +296,21 @@ def test_capgate_serve_console_listen_serves_it_and_refuses_an_open_address(tmp_
             assert console_login(c, proc.admin_credential)["role"] == "admin"
     finally:
         proc.stop()
-    out = subprocess.run([*CAPGATE, "serve", "--data-dir", str(tmp_path / "open"),
-                          "--listen", "127.0.0.1:0", "--console-listen", "0.0.0.0:0"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            *CAPGATE,
+            "serve",
+            "--data-dir",
+            str(tmp_path / "open"),
+            "--listen",
+            "127.0.0.1:0",
+            "--console-listen",
+            "0.0.0.0:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "without TLS" in out.stderr
 
 
@@ -273,18 +323,33 @@ def test_governance_alerts_show_on_the_agents_list_and_the_agent_s_page(console)
         admin.create_agent("researcher", ["read:/data/**"])
         admin.create_agent("quiet", ["read:/data/**"])
     store, now = console.app.replica.store, console.app.replica.clock()
-    for i, reason in enumerate(["researcher read /secrets/** for the first time",
-                                "researcher: 37 denied calls in 10 s, 30× its usual"]):
-        store.raise_alert(AlertRecord(f"k{i}", "researcher", now + i, "new-resource", reason,
-                                      containment="suspend" if i else "alert"),
-                          AuditEvent(now + i, "capgate", "governance.alert", "researcher"))
+    for i, reason in enumerate(
+        [
+            "researcher read /secrets/** for the first time",
+            "researcher: 37 denied calls in 10 s, 30× its usual",
+        ]
+    ):
+        store.raise_alert(
+            AlertRecord(
+                f"k{i}",
+                "researcher",
+                now + i,
+                "new-resource",
+                reason,
+                containment="suspend" if i else "alert",
+            ),
+            AuditEvent(now + i, "capgate", "governance.alert", "researcher"),
+        )
     with console_http(console) as c:
         console_login(c, console.admin_credential)
         agents = {a["id"]: a for a in c.get("/api/agents").json()["agents"]}
         assert [r["reason"] for r in agents["researcher"]["alerts"]] == [
             "researcher: 37 denied calls in 10 s, 30× its usual",
-            "researcher read /secrets/** for the first time"]
+            "researcher read /secrets/** for the first time",
+        ]
         assert agents["quiet"]["alerts"] == []
         page = c.get("/api/agents/researcher").json()
         assert [(r["kind"], r["containment"]) for r in page["alerts"]] == [
-            ("new-resource", "suspend"), ("new-resource", "alert")]
+            ("new-resource", "suspend"),
+            ("new-resource", "alert"),
+        ]

@@ -45,7 +45,8 @@ def test_revoking_a_hop_marks_it_and_everything_below_it(console):
         assert c.get("/api/agents/worker").json()["tokens"][0]["id"] == hop.delegation_id
     revokes = [e for e in audit_records(console, "revoke") if e.subject == hop.delegation_id]
     assert [(e.principal, json.loads(e.detail)["reason"]) for e in revokes] == [
-        ("admin", "compromised")]
+        ("admin", "compromised")
+    ]
     with console.client() as admin:
         decision = admin.verify(below.token, "read", "/data/x", presenter="helper")
     assert not decision.allowed and decision.code == "revoked"
@@ -87,8 +88,9 @@ def test_an_operator_acts_in_the_console_but_decides_no_approval(console):
     assert [e.principal for e in audit_records(console, "agent.suspend")] == ["ops"]
 
 
-def _first_event(c: httpx.Client, params: dict, headers: dict | None = None,
-                 then=lambda: None) -> dict:
+def _first_event(
+    c: httpx.Client, params: dict, headers: dict | None = None, then=lambda: None
+) -> dict:
     with c.stream("GET", "/api/decisions/stream", params=params, headers=headers) as r:
         assert r.status_code == 200
         assert r.headers["content-type"] == "text/event-stream"
@@ -120,18 +122,25 @@ def _live_deny(server) -> None:
         verify("/s/before")
         page = c.get("/api/decisions", params=params).json()
         (before,) = page["decisions"]
-        assert (before["allowed"], before["code"], before["caveat"], before["resource"],
-                before["chain"]) == (False, "caveat_failed", "action in read", "/s/before",
-                                     ["streamer"])
+        assert (
+            before["allowed"],
+            before["code"],
+            before["caveat"],
+            before["resource"],
+            before["chain"],
+        ) == (False, "caveat_failed", "action in read", "/s/before", ["streamer"])
         follow = {**params, "after": str(page["follow_from"])}
         after = _first_event(c, follow, then=lambda: verify("/s/after"))
         assert (after["code"], after["resource"]) == ("caveat_failed", "/s/after")
-        resumed = _first_event(c, {**params, "after": "0"},
-                               headers={"Last-Event-ID": str(page["follow_from"])})
+        resumed = _first_event(
+            c, {**params, "after": "0"}, headers={"Last-Event-ID": str(page["follow_from"])}
+        )
         assert resumed["seq"] == after["seq"]
         use = c.get("/api/agents/streamer").json()["use"]
-        assert use == [{"action": "read", "resource": "/s/after", "count": 1},
-                       {"action": "read", "resource": "/s/before", "count": 1}]
+        assert use == [
+            {"action": "read", "resource": "/s/after", "count": 1},
+            {"action": "read", "resource": "/s/before", "count": 1},
+        ]
 
 
 def test_a_deny_arrives_on_the_live_stream(console):
@@ -143,8 +152,9 @@ def test_a_deny_arrives_on_the_live_stream_on_postgresql(tmp_path, pg_url):
 
     kek = tmp_path / "kek"
     kek.write_text(new_kek_text())
-    server = ServerThread(tmp_path / "data", store_url=pg_url, kek_file=kek,
-                          console_listen="127.0.0.1:0").start()
+    server = ServerThread(
+        tmp_path / "data", store_url=pg_url, kek_file=kek, console_listen="127.0.0.1:0"
+    ).start()
     try:
         _live_deny(server)
     finally:

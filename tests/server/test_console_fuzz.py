@@ -14,18 +14,37 @@ from capgate_server.console import COOKIE
 
 from harness import console_http, console_login, console_post
 
-_PATHS = ["/api/agents", "/api/agents/bot", "/api/agents/bot/suspend", "/api/agents/bot/resume",
-          "/api/agents/bot/ceiling", "/api/revoke", "/api/tree", "/api/approvals",
-          "/api/decisions", "/api/login", "/api/session", "/", "/static/console.js"]
+_PATHS = [
+    "/api/agents",
+    "/api/agents/bot",
+    "/api/agents/bot/suspend",
+    "/api/agents/bot/resume",
+    "/api/agents/bot/ceiling",
+    "/api/revoke",
+    "/api/tree",
+    "/api/approvals",
+    "/api/decisions",
+    "/api/login",
+    "/api/session",
+    "/",
+    "/static/console.js",
+]
 
 
-_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
-                    st.text(max_size=40), st.lists(st.text(max_size=24), max_size=3),
-                    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=40),
+    st.lists(st.text(max_size=24), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
 
 
-_FUZZ = settings(max_examples=60, deadline=None,
-                 suppress_health_check=[HealthCheck.function_scoped_fixture])
+_FUZZ = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @_FUZZ
@@ -46,14 +65,20 @@ def test_any_bytes_on_the_wire_get_a_refusal_or_nothing_never_a_crash(console, r
 
 
 @_FUZZ
-@given(method=st.sampled_from(["GET", "POST"]), path=st.sampled_from(_PATHS),
-       suffix=st.text(max_size=12),
-       body=st.dictionaries(st.sampled_from(["id", "reason", "grants", "approve",
-                                             "credential"]), _VALUES, max_size=4),
-       query=st.dictionaries(st.sampled_from(["agent", "decision", "code", "after"]),
-                             st.text(max_size=12), max_size=3))
+@given(
+    method=st.sampled_from(["GET", "POST"]),
+    path=st.sampled_from(_PATHS),
+    suffix=st.text(max_size=12),
+    body=st.dictionaries(
+        st.sampled_from(["id", "reason", "grants", "approve", "credential"]), _VALUES, max_size=4
+    ),
+    query=st.dictionaries(
+        st.sampled_from(["agent", "decision", "code", "after"]), st.text(max_size=12), max_size=3
+    ),
+)
 def test_any_request_of_a_logged_in_operator_gets_an_answer_never_a_crash(
-        console, method, path, suffix, body, query):
+    console, method, path, suffix, body, query
+):
     with console.client() as admin:
         if not [a for a in admin.list_agents() if a.id == "bot"]:
             admin.create_agent("bot", ["read,write:/data/**"])
@@ -67,8 +92,10 @@ def test_any_request_of_a_logged_in_operator_gets_an_answer_never_a_crash(
 
 
 @_FUZZ
-@given(token=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=64),
-       cookie=st.text(alphabet=st.characters(min_codepoint=48, max_codepoint=122), max_size=64))
+@given(
+    token=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=64),
+    cookie=st.text(alphabet=st.characters(min_codepoint=48, max_codepoint=122), max_size=64),
+)
 def test_no_guessed_csrf_token_or_session_id_changes_anything(console, token, cookie):
     with console.client() as admin:
         if not [a for a in admin.list_agents() if a.id == "kept"]:

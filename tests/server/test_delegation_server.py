@@ -15,8 +15,12 @@ from harness import ServerProcess, cli
 def fleet(server):
     admin = server.client()
     creds = {}
-    for name, grant, depth in (("orch", "read,write:/data/**", 3), ("res", "read,write:/data/**", 2),
-                               ("sum", "read:/data/**", 0), ("other", "read:/data/**", 1)):
+    for name, grant, depth in (
+        ("orch", "read,write:/data/**", 3),
+        ("res", "read,write:/data/**", 2),
+        ("sum", "read:/data/**", 0),
+        ("other", "read:/data/**", 1),
+    ):
         _, creds[name] = admin.create_agent(name, [grant], max_depth=depth)
     clients = {n: server.client(c) for n, c in creds.items()}
     svc = server.client(admin.create_principal("svc", "service").credential)
@@ -54,8 +58,10 @@ def test_three_hop_tree_and_cascades(fleet):
     assert ok(svc, to_sum.token, "sum").code == "revoked"
     assert ok(svc, sibling.token, "other", resource="/data/other/x").allowed
     assert ok(svc, root.token, "orch").allowed
-    assert admin.tree(root.token_id).children[0].revoked or \
-        admin.tree(root.token_id).children[1].revoked
+    assert (
+        admin.tree(root.token_id).children[0].revoked
+        or admin.tree(root.token_id).children[1].revoked
+    )
 
     # suspending the orchestrator takes the whole tree down; resuming restores it
     admin.suspend_agent("orch")
@@ -123,6 +129,7 @@ def test_audit_names_the_whole_chain(fleet):
 def test_offline_delegation_through_the_cli(tmp_path):
     p = ServerProcess(tmp_path / "data").start()
     try:
+
         def run(*args, cred=None, expect=0):
             r = cli("--json", *args, server=p.address, credential=cred or p.admin_credential)
             assert r.returncode == expect, r.stdout + r.stderr
@@ -131,35 +138,84 @@ def test_offline_delegation_through_the_cli(tmp_path):
         key = tmp_path / "orch.key"
         gen = run("agent", "key", "generate", "--out", str(key))
         assert (tmp_path / "orch.key").stat().st_mode & 0o777 == 0o600
-        orch = run("agent", "create", "orch", "--grant", "read,write:/data/**",
-                   "--public-key", gen["public_key"])["credential"]
+        orch = run(
+            "agent",
+            "create",
+            "orch",
+            "--grant",
+            "read,write:/data/**",
+            "--public-key",
+            gen["public_key"],
+        )["credential"]
         run("agent", "create", "res", "--grant", "read:/data/**")
         run("agent", "create", "sum", "--grant", "read:/data/**")
         token = run("token", "issue", "--grant", "read:/data/**", cred=orch)["token"]
-        hop = run("token", "delegate", token, "--to", "res", "--offline", "--key", str(key),
-                  "--action", "read")
+        hop = run(
+            "token",
+            "delegate",
+            token,
+            "--to",
+            "res",
+            "--offline",
+            "--key",
+            str(key),
+            "--action",
+            "read",
+        )
         assert hop["delegation_id"] and Token.parse(hop["token"]).caveats[-2].startswith(
-            "delegate = res")
-        v = run("token", "verify", hop["token"], "--action", "read", "--resource", "/data/a",
-                "--agent", "res")
+            "delegate = res"
+        )
+        v = run(
+            "token",
+            "verify",
+            hop["token"],
+            "--action",
+            "read",
+            "--resource",
+            "/data/a",
+            "--agent",
+            "res",
+        )
         assert v["allowed"] and v["chain"] == ["orch", "res"]
         tree = run("token", "tree", hop["token_id"])
         assert tree["children"][0]["agent"] == "res"  # recorded when first seen at verify
         # a thief holding the token cannot present it, nor sign a hop with someone else's key
         thief_key = tmp_path / "thief.key"
         run("agent", "key", "generate", "--out", str(thief_key))
-        stolen = run("token", "delegate", hop["token"], "--to", "sum", "--offline", "--key",
-                     str(thief_key))
-        bad = run("token", "verify", stolen["token"], "--action", "read", "--resource",
-                  "/data/a", "--agent", "sum", expect=1)
+        stolen = run(
+            "token", "delegate", hop["token"], "--to", "sum", "--offline", "--key", str(thief_key)
+        )
+        bad = run(
+            "token",
+            "verify",
+            stolen["token"],
+            "--action",
+            "read",
+            "--resource",
+            "/data/a",
+            "--agent",
+            "sum",
+            expect=1,
+        )
         assert bad["code"] == "bad_delegation"
         # removing orch's key invalidates its offline hops
         run("agent", "key", "remove", "orch", gen["key_id"])
-        gone = run("token", "verify", hop["token"], "--action", "read", "--resource", "/data/a",
-                   "--agent", "res", expect=1)
+        gone = run(
+            "token",
+            "verify",
+            hop["token"],
+            "--action",
+            "read",
+            "--resource",
+            "/data/a",
+            "--agent",
+            "res",
+            expect=1,
+        )
         assert gone["code"] == "bad_delegation"
-        text = cli("token", "inspect", hop["token"], server=p.address,
-                   credential=p.admin_credential).stdout
+        text = cli(
+            "token", "inspect", hop["token"], server=p.address, credential=p.admin_credential
+        ).stdout
         assert "delegated (offline-signed) to res" in text
     finally:
         p.stop()

@@ -37,8 +37,9 @@ def test_revocation_agent_and_keys_survive_kill_9(tmp_path):
             # the agent and the key ring are intact: a token from before the crash verifies
             assert svc.verify(kept, "read", "/data/x", presenter="alice").allowed
             assert admin.get_agent("alice").ceiling == ("read:/data/**",)
-            assert svc.verify(alice.issue("read:/data/y").token, "read", "/data/y",
-                              presenter="alice").allowed
+            assert svc.verify(
+                alice.issue("read:/data/y").token, "read", "/data/y", presenter="alice"
+            ).allowed
             kinds = {e.kind for e in admin.audit(token_id=doomed.token_id)}
             assert {"issue", "revoke"} <= kinds
     finally:

@@ -18,21 +18,26 @@ PREFIX = "spiffe://example.org/agent/"
 R = "/data/reports/q3"
 
 
-def check_request(*, token=None, principal="", method="GET", path=R, headers=None,
-                  action=None, raw_headers=False):
+def check_request(
+    *, token=None, principal="", method="GET", path=R, headers=None, action=None, raw_headers=False
+):
     h = dict(headers or {})
     if token is not None:
         h["authorization"] = f"Capgate {token}"
     http = ac.AttributeContext.HttpRequest(method=method, path=path, host="files.internal")
     if raw_headers:  # Envoy's encode_raw_headers: values as bytes in header_map
         http.header_map.headers.extend(
-            [base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in h.items()])
+            [base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in h.items()]
+        )
     else:
         http.headers.update(h)
-    return ea.CheckRequest(attributes=ac.AttributeContext(
-        source=ac.AttributeContext.Peer(principal=principal),
-        request=ac.AttributeContext.Request(http=http),
-        context_extensions={"capgate_action": action} if action else {}))
+    return ea.CheckRequest(
+        attributes=ac.AttributeContext(
+            source=ac.AttributeContext.Peer(principal=principal),
+            request=ac.AttributeContext.Request(http=http),
+            context_extensions={"capgate_action": action} if action else {},
+        )
+    )
 
 
 class Envoy:
@@ -61,8 +66,9 @@ def verdict(response):
 
 @pytest.fixture
 def mesh(tmp_path):
-    s = ServerThread(tmp_path / "d", ext_authz=True, spiffe_prefix=PREFIX,
-                     poll_interval=3600).start()
+    s = ServerThread(
+        tmp_path / "d", ext_authz=True, spiffe_prefix=PREFIX, poll_interval=3600
+    ).start()
     alice = KeyedAgent(s)
     envoy = Envoy(s.address, alice.service_credential)
     yield s, alice, envoy
@@ -86,43 +92,67 @@ def test_the_mtls_principal_presents_the_agent(mesh):
 
 def test_the_presenter_never_comes_from_a_client_header(mesh):
     _, alice, envoy = mesh
-    spoofed = {"capgate-agent": "alice", "x-forwarded-client-cert": f"URI={PREFIX}alice",
-               "x-capgate-presenter": "alice"}
+    spoofed = {
+        "capgate-agent": "alice",
+        "x-forwarded-client-cert": f"URI={PREFIX}alice",
+        "x-capgate-presenter": "alice",
+    }
     r = envoy.check(check_request(token=alice.token, headers=spoofed))
     assert verdict(r) == (403, "no_presenter")
     # a principal outside the prefix, or not an agent id, presents no one
-    for principal in ("spiffe://evil.org/agent/alice", PREFIX + "alice/extra", PREFIX,
-                      PREFIX + "al ice"):
+    for principal in (
+        "spiffe://evil.org/agent/alice",
+        PREFIX + "alice/extra",
+        PREFIX,
+        PREFIX + "al ice",
+    ):
         assert verdict(envoy.check(check_request(token=alice.token, principal=principal))) == (
-            403, "no_presenter"), principal
+            403,
+            "no_presenter",
+        ), principal
 
 
 def test_action_from_the_route_or_the_method_and_resource_from_the_path(mesh):
     _, alice, envoy = mesh
     me = PREFIX + "alice"
     # POST means write; the token reads only
-    assert verdict(envoy.check(check_request(token=alice.token, principal=me,
-                                             method="POST"))) == (403, "caveat_failed")
+    assert verdict(envoy.check(check_request(token=alice.token, principal=me, method="POST"))) == (
+        403,
+        "caveat_failed",
+    )
     # a route that says POST here reads (a search endpoint, say)
-    assert verdict(envoy.check(check_request(token=alice.token, principal=me, method="POST",
-                                             action="read"))) == (200, "alice")
-    assert verdict(envoy.check(check_request(token=alice.token, principal=me,
-                                             method="OPTIONS"))) == (403, "invalid_request")
+    assert verdict(
+        envoy.check(check_request(token=alice.token, principal=me, method="POST", action="read"))
+    ) == (200, "alice")
+    assert verdict(
+        envoy.check(check_request(token=alice.token, principal=me, method="OPTIONS"))
+    ) == (403, "invalid_request")
     # the query is not part of the resource
-    assert verdict(envoy.check(check_request(token=alice.token, principal=me,
-                                             path=R + "?page=2"))) == (200, "alice")
+    assert verdict(
+        envoy.check(check_request(token=alice.token, principal=me, path=R + "?page=2"))
+    ) == (200, "alice")
     r = envoy.check(check_request(token=alice.token, principal=me, path="/data/hr/x"))
     assert verdict(r) == (403, "caveat_failed")
-    assert verdict(envoy.check(check_request(token=alice.token, principal=me,
-                                             path="/data//x"))) == (403, "invalid_request")
+    assert verdict(
+        envoy.check(check_request(token=alice.token, principal=me, path="/data//x"))
+    ) == (403, "invalid_request")
     # raw header values (encode_raw_headers) are read the same way
-    assert verdict(envoy.check(check_request(token=alice.token, principal=me,
-                                             raw_headers=True))) == (200, "alice")
+    assert verdict(
+        envoy.check(check_request(token=alice.token, principal=me, raw_headers=True))
+    ) == (200, "alice")
 
 
-@pytest.mark.parametrize("path", [
-    "/data/reports/%2e%2e/hr/x", "/data/reports/%2E%2E/hr/x", "/data/reports/..%2fhr%2fx",
-    "/data/reports/..;/hr/x", "/data/reports/%252e%252e/hr/x", "/data/reports/..%5chr"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/data/reports/%2e%2e/hr/x",
+        "/data/reports/%2E%2E/hr/x",
+        "/data/reports/..%2fhr%2fx",
+        "/data/reports/..;/hr/x",
+        "/data/reports/%252e%252e/hr/x",
+        "/data/reports/..%5chr",
+    ],
+)
 def test_a_path_the_upstream_could_read_as_another_is_denied(mesh, path):
     """Envoy passes the path as the client sent it; a server behind it may decode and
     normalise it. A path spelling a way out of the token's resources is refused, never
@@ -130,17 +160,23 @@ def test_a_path_the_upstream_could_read_as_another_is_denied(mesh, path):
     _, alice, envoy = mesh
     r = envoy.check(check_request(token=alice.token, principal=PREFIX + "alice", path=path))
     assert verdict(r) == (403, "invalid_request")
-    assert verdict(envoy.check(check_request(
-        token=alice.token, principal=PREFIX + "alice", path="/data/reports/q%33"))) == (
-        200, "alice")  # an ordinary escape is read as what it spells: /data/reports/q3
+    assert verdict(
+        envoy.check(
+            check_request(token=alice.token, principal=PREFIX + "alice", path="/data/reports/q%33")
+        )
+    ) == (200, "alice")  # an ordinary escape is read as what it spells: /data/reports/q3
 
 
 def test_missing_or_malformed_tokens_deny(mesh):
     _, alice, envoy = mesh
     me = PREFIX + "alice"
     assert verdict(envoy.check(check_request(principal=me))) == (403, "missing_token")
-    for value in ("Bearer " + alice.token, "Capgate", f"Capgate {alice.token} extra",
-                  f"Capgate {alice.token},Capgate {alice.token}"):
+    for value in (
+        "Bearer " + alice.token,
+        "Capgate",
+        f"Capgate {alice.token} extra",
+        f"Capgate {alice.token},Capgate {alice.token}",
+    ):
         r = envoy.check(check_request(principal=me, headers={"authorization": value}))
         assert verdict(r) == (403, "missing_token"), value
     r = envoy.check(check_request(principal=me, headers={"authorization": "Capgate AAAA"}))
@@ -164,7 +200,9 @@ def test_where_proof_is_required_mtls_alone_is_not_enough(mesh):
     alice.admin.update_agent("alice", require_proof=True)
     me = PREFIX + "alice"
     assert verdict(envoy.check(check_request(token=alice.token, principal=me))) == (
-        403, "proof_required")
+        403,
+        "proof_required",
+    )
     headers = alice.presenter().headers("GET", R)
     assert verdict(envoy.check(check_request(principal=me, headers=headers))) == (200, "alice")
     # the proof's agent and the mTLS peer must be the same agent
@@ -208,8 +246,9 @@ def test_only_services_and_admins_may_call_check(mesh):
 
 
 def test_a_header_of_its_own_may_carry_the_bare_token(tmp_path):
-    s = ServerThread(tmp_path / "d", ext_authz=True, spiffe_prefix=PREFIX,
-                     ext_authz_header="X-Capgate-Token").start()
+    s = ServerThread(
+        tmp_path / "d", ext_authz=True, spiffe_prefix=PREFIX, ext_authz_header="X-Capgate-Token"
+    ).start()
     try:
         alice = KeyedAgent(s)
         envoy = Envoy(s.address, alice.service_credential)
@@ -219,7 +258,9 @@ def test_a_header_of_its_own_may_carry_the_bare_token(tmp_path):
             assert verdict(r) == (200, "alice")
         # the authorization header is not read then
         assert verdict(envoy.check(check_request(token=alice.token, principal=me))) == (
-            403, "missing_token")
+            403,
+            "missing_token",
+        )
         envoy.close()
         alice.close()
     finally:
@@ -238,17 +279,20 @@ def test_without_the_flag_check_is_not_served(server):
 
 @pytest.mark.slow
 def test_capgate_serve_flags(tmp_path):
-    p = ServerProcess(tmp_path / "d", ["--ext-authz", "--spiffe-prefix", PREFIX,
-                                       "--require-proof", "--proof-window", "5"]).start()
+    p = ServerProcess(
+        tmp_path / "d",
+        ["--ext-authz", "--spiffe-prefix", PREFIX, "--require-proof", "--proof-window", "5"],
+    ).start()
     try:
         alice = KeyedAgent(p)
         envoy = Envoy(p.address, alice.service_credential)
         me = PREFIX + "alice"
         assert verdict(envoy.check(check_request(token=alice.token, principal=me))) == (
-            403, "proof_required")
+            403,
+            "proof_required",
+        )
         headers = alice.presenter().headers("GET", R)
-        assert verdict(envoy.check(check_request(principal=me, headers=headers))) == (
-            200, "alice")
+        assert verdict(envoy.check(check_request(principal=me, headers=headers))) == (200, "alice")
         envoy.close()
         alice.close()
     finally:

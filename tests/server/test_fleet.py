@@ -31,8 +31,10 @@ def kek(tmp_path):
 
 
 def replica(tmp_path, name, store, kek, *extra):
-    return ServerProcess(tmp_path / name, ["--store", store, "--kek-file", str(kek),
-                                           "--poll-interval", "0.5", *extra]).start()
+    return ServerProcess(
+        tmp_path / name,
+        ["--store", store, "--kek-file", str(kek), "--poll-interval", "0.5", *extra],
+    ).start()
 
 
 @pytest.fixture
@@ -60,6 +62,7 @@ def denies(p, svc, token, presenter="alice", code=None):
         with Client(p.address, svc) as c:
             d = c.verify(token, "read", "/data/x", presenter=presenter)
         return not d.allowed and (code is None or d.code == code)
+
     return check
 
 
@@ -98,8 +101,9 @@ def test_revocation_and_live_control_fan_out(fleet):
 def test_a_cut_off_replica_fails_closed_and_catches_up(tmp_path, pg_url, kek):
     u = urllib.parse.urlsplit(pg_url)
     proxy = TcpProxy(u.hostname or "127.0.0.1", u.port or 5432)
-    via_proxy = urllib.parse.urlunsplit(u._replace(netloc=f"{u.username or 'postgres'}@"
-                                                          f"127.0.0.1:{proxy.port}"))
+    via_proxy = urllib.parse.urlunsplit(
+        u._replace(netloc=f"{u.username or 'postgres'}@127.0.0.1:{proxy.port}")
+    )
     a = replica(tmp_path, "a", pg_url, kek)
     b = replica(tmp_path, "b", via_proxy, kek, "--stale-after", "2")
     try:
@@ -112,8 +116,9 @@ def test_a_cut_off_replica_fails_closed_and_catches_up(tmp_path, pg_url, kek):
 
             proxy.cut()
             wait_for(denies(b, svc, token, code="unavailable"), timeout=15)
-            wait_for(lambda: health.Check(health_pb2.HealthCheckRequest()).status != serving,
-                     timeout=5)
+            wait_for(
+                lambda: health.Check(health_pb2.HealthCheckRequest()).status != serving, timeout=5
+            )
             with Client(a.address, a.admin_credential) as admin:  # meanwhile, at A
                 admin.revoke(token, "while B was cut off")
                 admin.suspend_agent("alice")
@@ -123,8 +128,9 @@ def test_a_cut_off_replica_fails_closed_and_catches_up(tmp_path, pg_url, kek):
 
             proxy.restore()
             wait_for(denies(b, svc, token, code="revoked"), timeout=20)
-            wait_for(lambda: health.Check(health_pb2.HealthCheckRequest()).status == serving,
-                     timeout=5)
+            wait_for(
+                lambda: health.Check(health_pb2.HealthCheckRequest()).status == serving, timeout=5
+            )
     finally:
         a.stop()
         b.stop()
@@ -135,11 +141,11 @@ def behind_proxy(pg_url):
     u = urllib.parse.urlsplit(pg_url)
     proxy = TcpProxy(u.hostname or "127.0.0.1", u.port or 5432)
     return proxy, urllib.parse.urlunsplit(
-        u._replace(netloc=f"{u.username or 'postgres'}@127.0.0.1:{proxy.port}"))
+        u._replace(netloc=f"{u.username or 'postgres'}@127.0.0.1:{proxy.port}")
+    )
 
 
-def test_a_replica_cut_off_holding_the_feed_lock_does_not_wedge_the_fleet(tmp_path, pg_url,
-                                                                         kek):
+def test_a_replica_cut_off_holding_the_feed_lock_does_not_wedge_the_fleet(tmp_path, pg_url, kek):
     proxy, via_proxy = behind_proxy(pg_url)
     quick = ("--db-idle-timeout", "2", "--db-lock-timeout", "6")
     b = replica(tmp_path, "b", pg_url, kek, *quick)
@@ -167,8 +173,7 @@ def test_a_replica_cut_off_holding_the_feed_lock_does_not_wedge_the_fleet(tmp_pa
         threading.Thread(target=revoke_at_a, daemon=True).start()
         assert frozen.wait(10)
 
-        health = {p: health_pb2_grpc.HealthStub(grpc.insecure_channel(p.address))
-                  for p in (b, c)}
+        health = {p: health_pb2_grpc.HealthStub(grpc.insecure_channel(p.address)) for p in (b, c)}
         serving = health_pb2.HealthCheckResponse.SERVING
         done: dict[str, float] = {}
 
@@ -223,8 +228,12 @@ def test_key_rotation_across_replicas(fleet):
         old_key = next(k for k in admin.list_keys() if k.signing)
         new_key = admin.rotate_key()
         assert new_key.signing and new_key.id != old_key.id
-    wait_for(lambda: next(k for k in Client(b.address, admin_cred).list_keys()
-                          if k.signing).id == new_key.id, timeout=BOUND)
+    wait_for(
+        lambda: (
+            next(k for k in Client(b.address, admin_cred).list_keys() if k.signing).id == new_key.id
+        ),
+        timeout=BOUND,
+    )
     with Client(b.address, cred) as agent:
         new_token = agent.issue("read:/data/**").token
     with Client(c.address, admin_cred) as admin:

@@ -46,7 +46,8 @@ def test_a_deny_flood_leaves_the_replica_serving_and_the_audit_small(tmp_path):
                 call = ch.unary_unary(
                     BATCH_METHOD,
                     request_serializer=verifier_pb2.VerifyBatchRequest.SerializeToString,
-                    response_deserializer=verifier_pb2.VerifyBatchResponse.FromString)
+                    response_deserializer=verifier_pb2.VerifyBatchResponse.FromString,
+                )
                 while not stop.is_set():
                     reply = call(request, metadata=(("authorization", f"Bearer {svc}"),))
                     assert all(r.code == "revoked" for r in reply.responses)
@@ -59,8 +60,9 @@ def test_a_deny_flood_leaves_the_replica_serving_and_the_audit_small(tmp_path):
         with s.client() as admin, s.client(svc) as service:  # mid-flood
             assert admin.revoke(later.token_id).newly_revoked
             assert service.verify(good.token, "read", "/data/x", presenter="alice").allowed
-            assert service.verify(later.token, "read", "/data/x",
-                                  presenter="alice").code == "revoked"
+            assert (
+                service.verify(later.token, "read", "/data/x", presenter="alice").code == "revoked"
+            )
         wait_for(lambda: sum(sent) > 250_000, timeout=120)
         stop.set()
         for t in threads:
@@ -68,8 +70,9 @@ def test_a_deny_flood_leaves_the_replica_serving_and_the_audit_small(tmp_path):
         watcher.result(10)
         assert samples and all(samples)  # fresh, so SERVING, all along
         s.run(replica.audit.flush())
-        rows = replica.store.list_audit(AuditQuery(kind="verify", token_id=revoked.token_id,
-                                                   limit=1000))
+        rows = replica.store.list_audit(
+            AuditQuery(kind="verify", token_id=revoked.token_id, limit=1000)
+        )
         assert sum(r.count for r in rows) == sum(sent)  # every deny is counted ...
         assert len(rows) < sum(sent) // 256  # ... in fewer rows than there were batches
         assert all(r.code == "revoked" and r.principal == "svc" for r in rows)

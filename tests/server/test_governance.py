@@ -21,8 +21,9 @@ DAY = 86400.0
 def world(tmp_path, clock):
     server = ServerThread(tmp_path / "data", clock=clock, metrics_listen="127.0.0.1:0").start()
     admin = server.client()
-    _, cred = admin.create_agent("reporter", ["read:/reports/**", "read:/secrets/**",
-                                              "write:/drafts/**"], max_ttl=9 * 86400)
+    _, cred = admin.create_agent(
+        "reporter", ["read:/reports/**", "read:/secrets/**", "write:/drafts/**"], max_ttl=9 * 86400
+    )
     svc = server.client(admin.create_principal("svc", "service").credential)
     with server.client(cred) as agent:
         token = agent.issue("read:/reports/**", ttl=9 * 86400).token
@@ -46,7 +47,8 @@ def test_usage_alerts_and_narrowing(world, clock):
     settle()
     used = admin.usage("reporter")
     assert {(u.kind, u.subject, u.count) for u in used if u.kind == "use"} == {
-        ("use", f"/reports/q{i}", 1) for i in range(3)}
+        ("use", f"/reports/q{i}", 1) for i in range(3)
+    }
     assert admin.set_policy("reporter", containment="narrow").containment == "narrow"
 
     seen = []
@@ -64,12 +66,14 @@ def test_usage_alerts_and_narrowing(world, clock):
     assert svc.verify(secrets, "read", "/secrets/db", presenter="reporter").allowed
     settle()
     [alert] = admin.alerts("reporter")
-    assert (alert.kind, alert.containment, alert.resource) == ("new-resource", "narrow",
-                                                               "/secrets/db")
+    assert (alert.kind, alert.containment, alert.resource) == (
+        "new-resource",
+        "narrow",
+        "/secrets/db",
+    )
     # only the grant that allowed it went; the rest of the ceiling stands, live
     assert admin.get_agent("reporter").ceiling == ("read:/reports/**", "write:/drafts/**")
-    assert svc.verify(secrets, "read", "/secrets/db", presenter="reporter").code == \
-        "beyond_ceiling"
+    assert svc.verify(secrets, "read", "/secrets/db", presenter="reporter").code == "beyond_ceiling"
     assert svc.verify(token, "read", "/reports/q1", presenter="reporter").allowed
     wait_for(lambda: [a.seq for a in seen] == [alert.seq], timeout=5)
     watcher.close()
@@ -131,8 +135,10 @@ def test_grpc_status_of_a_bad_window(world):
     with grpc.insecure_channel(server.address) as channel:
         stub = governance_pb2_grpc.GovernanceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as e:
-            stub.Review(governance_pb2.ReviewRequest(since_seconds=-1),
-                        metadata=(("authorization", f"Bearer {server.admin_credential}"),))
+            stub.Review(
+                governance_pb2.ReviewRequest(since_seconds=-1),
+                metadata=(("authorization", f"Bearer {server.admin_credential}"),),
+            )
     assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -154,8 +160,9 @@ def test_detection_does_not_wait_for_a_slow_audit_write():
                 await release.wait()  # the first write hangs until released
             written.extend(e.count for e in events)
 
-        log = AuditLog(write, observe=lambda events: observed.extend(e.count for e in events),
-                       interval=0.01)
+        log = AuditLog(
+            write, observe=lambda events: observed.extend(e.count for e in events), interval=0.01
+        )
         log.start()
         deny = Decision(False, DenyCode.REVOKED, "revoked", None, "t1", ("a",))
         log.decision("svc", deny, "read", "/x", "a", 1.0)
@@ -215,8 +222,13 @@ def test_the_asyncio_client_has_the_governance_calls(world):
     async def calls() -> tuple:
         async with AsyncClient(server.address, server.admin_credential) as c:
             policy = await c.set_policy("reporter", containment="suspend", shadow=["read:/x/**"])
-            return (policy, await c.get_policy("reporter"), await c.usage("reporter"),
-                    await c.review("reporter"), await c.alerts())
+            return (
+                policy,
+                await c.get_policy("reporter"),
+                await c.usage("reporter"),
+                await c.review("reporter"),
+                await c.alerts(),
+            )
 
     policy, got, usage, [review], alerts = asyncio.run(calls())
     assert policy == got and got.shadow == ("read:/x/**",) and got.containment == "suspend"

@@ -20,9 +20,12 @@ def fleet(tmp_path, pg_url):
 
     kek = tmp_path / "kek"
     kek.write_text(new_kek_text())
-    replicas = [ServerProcess(tmp_path / name, ["--store", pg_url, "--kek-file", str(kek),
-                                                "--poll-interval", "0.5"]).start()
-                for name in ("a", "b")]
+    replicas = [
+        ServerProcess(
+            tmp_path / name, ["--store", pg_url, "--kek-file", str(kek), "--poll-interval", "0.5"]
+        ).start()
+        for name in ("a", "b")
+    ]
     yield replicas, replicas[0].admin_credential
     for p in replicas:
         p.stop()

@@ -37,6 +37,7 @@ def ledger_server(request, tmp_path) -> Iterator[tuple[ServerThread, Callable[[]
 
         def connect() -> Any:
             return psycopg.connect(url, autocommit=True)
+
     yield s, connect
     s.stop()
 
@@ -90,9 +91,11 @@ def test_an_untouched_ledger_verifies_and_streams_in_order(ledger_server):
 
 
 def _swap(pos: int) -> list[tuple[str, tuple[Any, ...]]]:
-    return [("UPDATE audit SET pos = ? WHERE pos = ?", (-1, pos)),
-            ("UPDATE audit SET pos = ? WHERE pos = ?", (pos, pos + 1)),
-            ("UPDATE audit SET pos = ? WHERE pos = ?", (pos + 1, -1))]
+    return [
+        ("UPDATE audit SET pos = ? WHERE pos = ?", (-1, pos)),
+        ("UPDATE audit SET pos = ? WHERE pos = ?", (pos, pos + 1)),
+        ("UPDATE audit SET pos = ? WHERE pos = ?", (pos + 1, -1)),
+    ]
 
 
 TAMPERING = {
@@ -121,20 +124,46 @@ def test_an_inserted_record_with_its_own_digest_is_found_at_the_next_one(ledger_
     k = head // 2
     conn = connect()
     try:
-        sql = ("SELECT digest FROM audit WHERE pos = ?" if isinstance(conn, sqlite3.Connection)
-               else "SELECT digest FROM audit WHERE pos = %s")
+        sql = (
+            "SELECT digest FROM audit WHERE pos = ?"
+            if isinstance(conn, sqlite3.Connection)
+            else "SELECT digest FROM audit WHERE pos = %s"
+        )
         before = bytes(conn.execute(sql, (k - 1,)).fetchone()[0])
     finally:
         conn.close()
-    forged = (1.0, 1.0, 1, "admin", "revoke", "x" * 32, True, "", "", "", "", "", "", "", "",
-              "", "")
+    forged = (
+        1.0,
+        1.0,
+        1,
+        "admin",
+        "revoke",
+        "x" * 32,
+        True,
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+    )
     digest = link(before, canonical(forged))  # the forger computes the digest it can
-    execute(connect, ("UPDATE audit SET pos = pos + 100000 WHERE pos >= ?", (k,)),
-            ("UPDATE audit SET pos = pos - 99999 WHERE pos >= ?", (k + 100000,)),
-            ("INSERT INTO audit (at, last_at, count, principal, kind, subject, ok, code, "
-             "reason, chain, action, resource, presenter, detail, caveat, ctx_keys, replica, "
-             "pos, digest) VALUES (1.0, 1.0, 1, 'admin', 'revoke', ?, 1, '', '', '', '', '', "
-             "'', '', '', '', '', ?, ?)", ("x" * 32, k, digest)))
+    execute(
+        connect,
+        ("UPDATE audit SET pos = pos + 100000 WHERE pos >= ?", (k,)),
+        ("UPDATE audit SET pos = pos - 99999 WHERE pos >= ?", (k + 100000,)),
+        (
+            "INSERT INTO audit (at, last_at, count, principal, kind, subject, ok, code, "
+            "reason, chain, action, resource, presenter, detail, caveat, ctx_keys, replica, "
+            "pos, digest) VALUES (1.0, 1.0, 1, 'admin', 'revoke', ?, 1, '', '', '', '', '', "
+            "'', '', '', '', '', ?, ?)",
+            ("x" * 32, k, digest),
+        ),
+    )
     r = check(server)
     assert not r.intact and r.break_pos == k + 1, r
 
@@ -147,9 +176,12 @@ def test_a_rewritten_tail_is_caught_by_an_exported_checkpoint(ledger_server, tmp
     (tmp_path / "head.json").write_text(exported.to_json())
     saved = AuditCheckpoint.from_json((tmp_path / "head.json").read_text())
     # the tail, its signed head and its checkpoints all removed: the store alone agrees
-    execute(connect, ("DELETE FROM audit WHERE pos > ?", (exported.pos - 3,)),
-            ("DELETE FROM audit_head", ()),
-            ("DELETE FROM audit_checkpoints", ()))
+    execute(
+        connect,
+        ("DELETE FROM audit WHERE pos > ?", (exported.pos - 3,)),
+        ("DELETE FROM audit_head", ()),
+        ("DELETE FROM audit_checkpoints", ()),
+    )
     assert check(server).intact  # within the store, nothing shows
     r = check(server, against=saved)
     assert not r.intact and "gone" in r.reason, r
@@ -238,8 +270,7 @@ def test_records_carry_refusals_failed_logins_and_the_request_shape(tmp_path):
         failed = [e for e in records if e.kind == "auth.failed"]
         assert len(failed) == 1 and failed[0].count == 3 and failed[0].principal == "unknown"
         allow = next(e for e in records if e.kind == "verify" and e.ok)
-        assert allow.ctx_keys == ("amount", "tool") and allow.replica == \
-            server.settings.replica_id
+        assert allow.ctx_keys == ("amount", "tool") and allow.replica == server.settings.replica_id
     finally:
         server.stop()
 
@@ -261,8 +292,9 @@ def test_a_checkpoint_relabelled_as_a_retention_cut_does_not_pass(tmp_path):
             busy(server, 2, prefix=prefix)
             head = sealed(server)
         db = sqlite3.connect(server.settings.data_dir / "capgate.db", isolation_level=None)
-        kept = [r[0] for r in db.execute("SELECT pos FROM audit_checkpoints WHERE pos < ?",
-                                         (head,))]
+        kept = [
+            r[0] for r in db.execute("SELECT pos FROM audit_checkpoints WHERE pos < ?", (head,))
+        ]
         x = max(kept)
         db.execute("UPDATE audit_checkpoints SET cut = 1 WHERE pos = ?", (x,))
         db.execute("DELETE FROM audit WHERE pos <= ?", (x,))
@@ -280,14 +312,21 @@ def test_a_record_written_into_the_store_by_someone_else_is_kept_out(ledger_serv
     record, and an ``audit.unvouched`` record (sealed) says what it claimed to be."""
     server, connect = ledger_server
     busy(server, 2)
-    execute(connect, (
-        "INSERT INTO audit (at, last_at, count, principal, kind, subject, ok, code, reason, "
-        "chain, action, resource, presenter, detail, caveat, ctx_keys, replica) VALUES "
-        "(?, ?, 1, 'admin', 'approval.approve', 'forged', 1, '', 'approved by the CFO', '', "
-        "'pay', '/payments/9999', 'payer', '', '', '', '')", (1.7e9, 1.7e9)))
+    execute(
+        connect,
+        (
+            "INSERT INTO audit (at, last_at, count, principal, kind, subject, ok, code, reason, "
+            "chain, action, resource, presenter, detail, caveat, ctx_keys, replica) VALUES "
+            "(?, ?, 1, 'admin', 'approval.approve', 'forged', 1, '', 'approved by the CFO', '', "
+            "'pay', '/payments/9999', 'payer', '', '', '', '')",
+            (1.7e9, 1.7e9),
+        ),
+    )
     with server.client() as admin:
-        wait_for(lambda: any(e.kind == "audit.unvouched"
-                             for e in admin.watch_audit(follow=False)), timeout=30)
+        wait_for(
+            lambda: any(e.kind == "audit.unvouched" for e in admin.watch_audit(follow=False)),
+            timeout=30,
+        )
         sealed_records = list(admin.watch_audit(follow=False))
         listed = admin.audit(limit=1000)
     assert not any(e.subject == "forged" for e in [*sealed_records, *listed])

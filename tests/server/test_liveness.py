@@ -36,12 +36,15 @@ def world(server):
 
 def send_batch(address, credential, request, out, key):
     with grpc.insecure_channel(address) as ch:
-        call = ch.unary_unary(BATCH_METHOD,
-                              request_serializer=verifier_pb2.VerifyBatchRequest.SerializeToString,
-                              response_deserializer=verifier_pb2.VerifyBatchResponse.FromString)
+        call = ch.unary_unary(
+            BATCH_METHOD,
+            request_serializer=verifier_pb2.VerifyBatchRequest.SerializeToString,
+            response_deserializer=verifier_pb2.VerifyBatchResponse.FromString,
+        )
         try:
-            out[key] = call(request, metadata=(("authorization", f"Bearer {credential}"),),
-                            timeout=120)
+            out[key] = call(
+                request, metadata=(("authorization", f"Bearer {credential}"),), timeout=120
+            )
         except grpc.RpcError as e:
             out[key] = e
 
@@ -83,8 +86,9 @@ def test_a_hostile_batch_is_refused_once_its_never_seen_caveats_pass_the_bound(s
         with pytest.raises(ResourceExhaustedError, match="not seen in one batch"):
             mallory.verify_batch([(t, "read", "/data/x", "mallory", None) for t in tokens])
         # an ordinary batch of the same size is decided as ever
-        results = mallory.verify_batch([(root, "read", f"/data/{i}", "mallory", None)
-                                        for i in range(BATCH)])
+        results = mallory.verify_batch(
+            [(root, "read", f"/data/{i}", "mallory", None) for i in range(BATCH)]
+        )
         assert all(r.allowed for r in results)
     with server.client(svc) as s:
         assert s.verify(good, "read", "/data/x", presenter="alice").allowed
@@ -92,16 +96,22 @@ def test_a_hostile_batch_is_refused_once_its_never_seen_caveats_pass_the_bound(s
 
 def test_other_callers_run_while_a_hostile_batch_is_decided(tmp_path):
     # a bound high enough that the hostile batches are decided to the end
-    s = ServerThread(tmp_path / "data", stale_after=2.0, poll_interval=0.2,
-                     limits=ResourceLimits(new_caveats_per_call=10**9)).start()
+    s = ServerThread(
+        tmp_path / "data",
+        stale_after=2.0,
+        poll_interval=0.2,
+        limits=ResourceLimits(new_caveats_per_call=10**9),
+    ).start()
     try:
         cred, svc, root, good = world(s)
         requests = [batch_of(self_attenuated(root, BATCH), "mallory") for _ in range(3)]
         ticker = Ticker(s)
         start = decided(s)
         out: dict = {}
-        threads = [threading.Thread(target=send_batch, args=(s.address, cred, r, out, i))
-                   for i, r in enumerate(requests)]
+        threads = [
+            threading.Thread(target=send_batch, args=(s.address, cred, r, out, i))
+            for i, r in enumerate(requests)
+        ]
         for t in threads:
             t.start()
         wait_for(lambda: decided(s) > start + 200, timeout=60)
@@ -126,8 +136,10 @@ def test_one_principal_cannot_crowd_out_another(tmp_path):
         cred, svc, root, good = world(s)
         flood = [batch_of(self_attenuated(root, 256), "mallory") for _ in range(6)]
         out: dict = {}
-        threads = [threading.Thread(target=send_batch, args=(s.address, cred, r, out, i))
-                   for i, r in enumerate(flood)]
+        threads = [
+            threading.Thread(target=send_batch, args=(s.address, cred, r, out, i))
+            for i, r in enumerate(flood)
+        ]
         start = decided(s)
         for t in threads:
             t.start()
@@ -149,13 +161,16 @@ def test_a_stream_of_never_seen_tokens_is_cut_off(tmp_path):
     server.start()
     cred, svc, root, good = world(server)
     tokens = self_attenuated(root, 3000)  # 30,000 never-seen caveats, sent as fast as may be
-    requests = (verifier_pb2.VerifyRequest(token=t, action="read", resource="/data/x",
-                                           presenter="mallory") for t in tokens)
+    requests = (
+        verifier_pb2.VerifyRequest(token=t, action="read", resource="/data/x", presenter="mallory")
+        for t in tokens
+    )
     with grpc.insecure_channel(server.address) as ch:
         stream = ch.stream_stream(
             "/capgate.v1.VerifierService/VerifyStream",
             request_serializer=verifier_pb2.VerifyRequest.SerializeToString,
-            response_deserializer=verifier_pb2.VerifyResponse.FromString)
+            response_deserializer=verifier_pb2.VerifyResponse.FromString,
+        )
         answered = 0
         with pytest.raises(grpc.RpcError) as e:
             for reply in stream(requests, metadata=(("authorization", f"Bearer {cred}"),)):

@@ -24,8 +24,14 @@ from harness import ServerProcess
 from hostile import batch_of
 
 MIB = 1 << 20
-BUDGETS = dict(chain_cache_bytes=4 * MIB, caveat_cache_bytes=4 * MIB, memo_bytes=4 * MIB,
-               prefix_bytes=1 * MIB, reply_bytes=1 * MIB, audit_tally_bytes=2 * MIB)
+BUDGETS = dict(
+    chain_cache_bytes=4 * MIB,
+    caveat_cache_bytes=4 * MIB,
+    memo_bytes=4 * MIB,
+    prefix_bytes=1 * MIB,
+    reply_bytes=1 * MIB,
+    audit_tally_bytes=2 * MIB,
+)
 # the request-validity memo (8 MiB, fixed) and the allocator's and grpc's own slack
 ALLOWANCE = 8 * MIB + 40 * MIB
 SERVE = """
@@ -56,8 +62,9 @@ def long_glob_tokens(root: str, n: int) -> list[str]:
     for _ in range(n):
         t = base
         for _ in range(3):  # ~4 KiB in all: each chain is cached
-            t = t.append_raw(("resource /data/" + "/".join(
-                secrets.token_hex(3) for _ in range(55))).encode())
+            t = t.append_raw(
+                ("resource /data/" + "/".join(secrets.token_hex(3) for _ in range(55))).encode()
+            )
         out.append(t.to_text())
     return out
 
@@ -77,20 +84,29 @@ def test_memory_stays_within_the_budgets_under_hostile_traffic(tmp_path):
             call = ch.unary_unary(
                 "/capgate.v1.VerifierService/VerifyBatch",
                 request_serializer=verifier_pb2.VerifyBatchRequest.SerializeToString,
-                response_deserializer=verifier_pb2.VerifyBatchResponse.FromString)
+                response_deserializer=verifier_pb2.VerifyBatchResponse.FromString,
+            )
 
             def hostile(rounds: int) -> None:
                 for _ in range(rounds):
                     call(batch_of(long_glob_tokens(root, 256), "mallory"), metadata=md)
                     long_ = [f"/data/{secrets.token_hex(8)}/" + "x" * 1000 for _ in range(256)]
-                    replies = call(verifier_pb2.VerifyBatchRequest(requests=[
-                        verifier_pb2.VerifyRequest(token=root, action="read", resource=r,
-                                                   presenter="mallory") for r in long_]),
-                        metadata=md)
+                    replies = call(
+                        verifier_pb2.VerifyBatchRequest(
+                            requests=[
+                                verifier_pb2.VerifyRequest(
+                                    token=root, action="read", resource=r, presenter="mallory"
+                                )
+                                for r in long_
+                            ]
+                        ),
+                        metadata=md,
+                    )
                     assert all(r.allowed for r in replies.responses)
                     with pytest.raises(grpc.RpcError) as e:  # unauthenticated, 1.9 MiB
                         ch.unary_unary("/capgate.v1.VerifierService/VerifyBatch")(
-                            b"\x0a" * (1900 * 1024))
+                            b"\x0a" * (1900 * 1024)
+                        )
                     assert e.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
             hostile(4)  # the runtime's own warm-up

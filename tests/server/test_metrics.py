@@ -26,11 +26,18 @@ def test_metrics_are_scraped_and_move_with_traffic(tmp_path):
     try:
         port = server.app.metrics_port
         before = scrape(port)
-        for name in ("capgate_replica_fresh", "capgate_replica_staleness_seconds",
-                     "capgate_revocations", "capgate_change_feed_position",
-                     "capgate_audit_write_lag_seconds", "capgate_verify_checks_total",
-                     "capgate_chain_cache_misses_total", "capgate_memo_misses_total",
-                     "capgate_clock_agrees", "capgate_workers"):
+        for name in (
+            "capgate_replica_fresh",
+            "capgate_replica_staleness_seconds",
+            "capgate_revocations",
+            "capgate_change_feed_position",
+            "capgate_audit_write_lag_seconds",
+            "capgate_verify_checks_total",
+            "capgate_chain_cache_misses_total",
+            "capgate_memo_misses_total",
+            "capgate_clock_agrees",
+            "capgate_workers",
+        ):
             assert name in before, name
         assert before["capgate_replica_fresh"] == 1.0
         with server.client() as admin:
@@ -62,8 +69,11 @@ def test_metrics_are_scraped_and_move_with_traffic(tmp_path):
         assert after["capgate_memo_misses_total"] >= 1
         assert after["capgate_change_feed_position"] > before["capgate_change_feed_position"]
         assert after['capgate_rpcs_total{method="Verify",status="OK"}'] == 9
-        buckets = {k: v for k, v in after.items()
-                   if re.match(r'capgate_rpc_seconds_bucket\{.*method="Verify"', k)}
+        buckets = {
+            k: v
+            for k, v in after.items()
+            if re.match(r'capgate_rpc_seconds_bucket\{.*method="Verify"', k)
+        }
         assert buckets and max(buckets.values()) == 9  # the +Inf bucket holds every call
         assert after['capgate_rpc_seconds_count{method="Verify"}'] == 9
     finally:

@@ -41,15 +41,17 @@ def test_an_operator_runs_the_fleet(fleet):
 
 def test_an_operator_never_widens_creates_or_deletes(fleet):
     server, admin, ops, token = fleet
-    for call in (lambda: ops.update_agent("bot", grants=["read,write,delete:/data/**"]),
-                 lambda: ops.update_agent("bot", grants=["read:/**"]),
-                 lambda: ops.update_agent("bot", max_ttl=7200),
-                 lambda: ops.create_agent("new", ["read:/x/*"]),
-                 lambda: ops.delete_agent("bot"),
-                 lambda: ops.create_principal("eve", "admin"),
-                 lambda: ops.list_principals(),
-                 lambda: ops.rotate_key(),
-                 lambda: ops.verify(token.token, "read", "/data/x", presenter="bot")):
+    for call in (
+        lambda: ops.update_agent("bot", grants=["read,write,delete:/data/**"]),
+        lambda: ops.update_agent("bot", grants=["read:/**"]),
+        lambda: ops.update_agent("bot", max_ttl=7200),
+        lambda: ops.create_agent("new", ["read:/x/*"]),
+        lambda: ops.delete_agent("bot"),
+        lambda: ops.create_principal("eve", "admin"),
+        lambda: ops.list_principals(),
+        lambda: ops.rotate_key(),
+        lambda: ops.verify(token.token, "read", "/data/x", presenter="bot"),
+    ):
         with pytest.raises(PermissionDeniedError):
             call()
     assert [str(g) for g in admin.get_agent("bot").ceiling] == ["read,write:/data/**"]

@@ -33,11 +33,14 @@ def test_an_intact_record_walks_to_its_head():
     assert broke is None and pos == 10 and head == records[9][2]
 
 
-@pytest.mark.parametrize("tamper, at", [
-    (lambda r: [*r[:3], (4, canonical(("edited",)), r[3][2]), *r[4:]], 4),  # an edit
-    (lambda r: r[:3] + r[4:], 4),  # a deletion
-    (lambda r: [(p, rec, d) for p, rec, d in r[:5]] + [(6, r[6][1], r[6][2])], 6),  # reorder
-])
+@pytest.mark.parametrize(
+    "tamper, at",
+    [
+        (lambda r: [*r[:3], (4, canonical(("edited",)), r[3][2]), *r[4:]], 4),  # an edit
+        (lambda r: r[:3] + r[4:], 4),  # a deletion
+        (lambda r: [(p, rec, d) for p, rec, d in r[:5]] + [(6, r[6][1], r[6][2])], 6),  # reorder
+    ],
+)
 def test_each_kind_of_tampering_breaks_the_walk_where_it_happened(tamper, at):
     records = chain(8)
     broke, _, _ = walk(tamper(records), 0, GENESIS, [])

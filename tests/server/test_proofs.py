@@ -27,12 +27,14 @@ R = "/data/reports/q3"
 class World(KeyedAgent):
     def proof(self, method="GET", target=R, token=None, **kw):
         kw.setdefault("audience", self.service_id)
-        return Proof(prove_possession(token or self.token, self.key, method, target, **kw),
-                     method, target)
+        return Proof(
+            prove_possession(token or self.token, self.key, method, target, **kw), method, target
+        )
 
     def verify(self, proof=None, presenter="", token=None, action="read", resource=R):
-        return self.svc.verify(token or self.token, action, resource, presenter=presenter,
-                               proof=proof)
+        return self.svc.verify(
+            token or self.token, action, resource, presenter=presenter, proof=proof
+        )
 
 
 @pytest.fixture
@@ -64,7 +66,9 @@ def test_a_stolen_token_without_proof_is_denied_where_its_agent_requires_proof(w
     assert world.verify(world.proof()).proven  # the agent itself, with its key
     # a proof signed by a key the agent never registered is no proof
     other = load_private_key(new_private_key_pem()[0])
-    forged = Proof(prove_possession(world.token, other, "GET", R, audience=world.service_id), "GET", R)
+    forged = Proof(
+        prove_possession(world.token, other, "GET", R, audience=world.service_id), "GET", R
+    )
     assert world.verify(forged, presenter="alice").code == "bad_proof"
     # an agent verifying for itself proved who it is with its own credential
     assert world.agent.verify(world.token, "read", R).allowed
@@ -79,12 +83,10 @@ def test_the_server_can_require_proof_of_every_token(tmp_path):
         assert w.verify(presenter="alice").code == "proof_required"
         assert w.verify(w.proof()).proven
         # batch and stream are held to it too
-        items = [(w.token, "read", R, "alice", None),
-                 (w.token, "read", R, "", None, w.proof())]
+        items = [(w.token, "read", R, "alice", None), (w.token, "read", R, "", None, w.proof())]
         assert [r.code for r in w.svc.verify_batch(items)] == ["proof_required", "allowed"]
         items[1] = (w.token, "read", R, "", None, w.proof())
-        assert [r.code for r in w.svc.verify_stream(iter(items))] == ["proof_required",
-                                                                        "allowed"]
+        assert [r.code for r in w.svc.verify_stream(iter(items))] == ["proof_required", "allowed"]
         w.close()
     finally:
         s.stop()
@@ -101,10 +103,16 @@ def test_a_proof_is_good_for_one_request(world):
     assert world.verify(write, action="write").code == "proof_replayed"
     # in one batch, the second use of a proof is the replay; order is kept
     p = world.proof()
-    items = [(world.token, "read", R, "", None, p), (world.token, "read", R, "alice", None),
-             (world.token, "read", R, "", None, p)]
-    assert [r.code for r in world.svc.verify_batch(items)] == ["allowed", "allowed",
-                                                              "proof_replayed"]
+    items = [
+        (world.token, "read", R, "", None, p),
+        (world.token, "read", R, "alice", None),
+        (world.token, "read", R, "", None, p),
+    ]
+    assert [r.code for r in world.svc.verify_batch(items)] == [
+        "allowed",
+        "allowed",
+        "proof_replayed",
+    ]
 
 
 def test_a_proof_is_bound_to_its_request_its_token_and_its_window(world):
@@ -116,8 +124,10 @@ def test_a_proof_is_bound_to_its_request_its_token_and_its_window(world):
     r = world.verify(world.proof(token=other))  # made for another token of the same agent
     assert r.code == "bad_proof" and "does not verify" in r.reason
     old = world.proof(clock=lambda: time.time() - 120)
-    assert world.verify(old).code == "bad_proof" and "too old" in world.verify(
-        world.proof(clock=lambda: time.time() - 120)).reason
+    assert (
+        world.verify(old).code == "bad_proof"
+        and "too old" in world.verify(world.proof(clock=lambda: time.time() - 120)).reason
+    )
     ahead = world.proof(clock=lambda: time.time() + 120)
     assert "future" in world.verify(ahead).reason
     # a removed key's proofs stop at once
@@ -126,23 +136,33 @@ def test_a_proof_is_bound_to_its_request_its_token_and_its_window(world):
     assert "not registered" in world.verify(world.proof()).reason
 
 
-@pytest.mark.parametrize("text", [
-    "x", "v1", "v1....", "v2.0123456789abcdef.1.nnnnnnnnnnnnnnnn." + "A" * 86,
-    "v1.0123456789ABCDEF.1.nnnnnnnnnnnnnnnn." + "A" * 86,  # upper-case key id
-    "v1.0123456789abcdef.1.short." + "A" * 86, "v1.0123456789abcdef.1.nnnnnnnnnnnnnnnn.AAAA",
-    "v1.0123456789abcdef.-1.nnnnnnnnnnnnnnnn." + "A" * 86,
-    "v1.0123456789abcdef.1.nnnnnnnnnnnnnnnn." + "A" * 85 + "B",  # not canonical base64
-    "v1.0123456789abcdef.1.nnnnnnnnnnnnnnnn." + "A" * 86 + "\u202e", "\x00" * 10, "é" * 300,
-    "v1." + "a" * 10_000,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x",
+        "v1",
+        "v1....",
+        "v2.0123456789abcdef.1.nnnnnnnnnnnnnnnn." + "A" * 86,
+        "v1.0123456789ABCDEF.1.nnnnnnnnnnnnnnnn." + "A" * 86,  # upper-case key id
+        "v1.0123456789abcdef.1.short." + "A" * 86,
+        "v1.0123456789abcdef.1.nnnnnnnnnnnnnnnn.AAAA",
+        "v1.0123456789abcdef.-1.nnnnnnnnnnnnnnnn." + "A" * 86,
+        "v1.0123456789abcdef.1.nnnnnnnnnnnnnnnn." + "A" * 85 + "B",  # not canonical base64
+        "v1.0123456789abcdef.1.nnnnnnnnnnnnnnnn." + "A" * 86 + "\u202e",
+        "\x00" * 10,
+        "é" * 300,
+        "v1." + "a" * 10_000,
+    ],
+)
 def test_malformed_proofs_deny_and_never_crash(world, text):
     r = world.verify(Proof(text, "GET", R))
     assert not r.allowed and r.code == "bad_proof"
 
 
-@pytest.mark.parametrize("method,target", [("GET", ""), ("", R), ("GE\nT", R),
-                                           ("GET", R + "\r\n"), ("GET", "/x" * 5000),
-                                           ("G" * 100, R)])
+@pytest.mark.parametrize(
+    "method,target",
+    [("GET", ""), ("", R), ("GE\nT", R), ("GET", R + "\r\n"), ("GET", "/x" * 5000), ("G" * 100, R)],
+)
 def test_unusable_request_lines_deny(world, method, target):
     good = world.proof()
     r = world.verify(Proof(good.text, method, target))
@@ -198,17 +218,40 @@ def test_the_presenter_attaches_what_a_service_checks(world):
 
 def test_the_cli_sets_and_shows_require_proof(world):
     env = {"CAPGATE_CREDENTIAL": world.server.admin_credential}
-    out = cli("agent", "update", "alice", "--require-proof", "--json",
-              server=world.server.address, env=env)
+    out = cli(
+        "agent",
+        "update",
+        "alice",
+        "--require-proof",
+        "--json",
+        server=world.server.address,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["require_proof"] is True
     shown = cli("agent", "show", "alice", server=world.server.address, env=env)
     assert "proof:       required" in shown.stdout
-    out = cli("agent", "update", "alice", "--no-require-proof", "--json",
-              server=world.server.address, env=env)
+    out = cli(
+        "agent",
+        "update",
+        "alice",
+        "--no-require-proof",
+        "--json",
+        server=world.server.address,
+        env=env,
+    )
     assert json.loads(out.stdout)["require_proof"] is False
-    out = cli("agent", "create", "bob", "--grant", "read:/x/*", "--require-proof", "--json",
-              server=world.server.address, env=env)
+    out = cli(
+        "agent",
+        "create",
+        "bob",
+        "--grant",
+        "read:/x/*",
+        "--require-proof",
+        "--json",
+        server=world.server.address,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     assert world.admin.get_agent("bob").require_proof
 
@@ -245,7 +288,7 @@ def test_a_proof_is_good_only_at_the_service_it_names(world):
     with world.server.client(other) as at_other:
         r = at_other.verify(world.token, "read", R, proof=relayed)
         assert r.code == "bad_proof" and "'svc-other'" in r.reason
-        assert at_other.verify(world.token, "read", R,
-                               proof=world.proof(audience="svc-other")).proven
+        assert at_other.verify(
+            world.token, "read", R, proof=world.proof(audience="svc-other")
+        ).proven
     assert world.verify(relayed).proven  # still good where it was meant to go
-

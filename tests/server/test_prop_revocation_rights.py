@@ -37,19 +37,28 @@ def _raw(key: Ed25519PrivateKey) -> bytes:
 
 def _signed(token: Token, key: Ed25519PrivateKey, to: str, at_ms: int, did: str) -> Token:
     unsigned = f"delegate = {to} did={did} at={at_ms}"
-    sig = base64.urlsafe_b64encode(key.sign(delegation_message(token.signature,
-                                                               unsigned.encode())))
-    return token.append_raw(f"{unsigned} proof=ed25519:{public_key_id(_raw(key))}:"
-                            f"{sig.rstrip(b'=').decode()}".encode())
+    sig = base64.urlsafe_b64encode(key.sign(delegation_message(token.signature, unsigned.encode())))
+    return token.append_raw(
+        f"{unsigned} proof=ed25519:{public_key_id(_raw(key))}:{sig.rstrip(b'=').decode()}".encode()
+    )
 
 
-ACTIONS = st.lists(st.tuples(
-    st.sampled_from(["hop-chosen", "hop-derived", "bare-did", "stolen", "own"]),
-    st.integers(0, 10), st.booleans()), min_size=1, max_size=6)
+ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["hop-chosen", "hop-derived", "bare-did", "stolen", "own"]),
+        st.integers(0, 10),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=6,
+)
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(ACTIONS)
 def test_no_agent_revokes_outside_its_own_chains(server, actions) -> None:
     n = next(_round)
@@ -58,18 +67,23 @@ def test_no_agent_revokes_outside_its_own_chains(server, actions) -> None:
     with server.client() as admin:
         _, v_cred = admin.create_agent(victim_id, ["read:/d/**"], public_key=_raw(victim_key))
         admin.create_agent(helper_id, ["read:/d/**"])
-        _, a_cred = admin.create_agent(attacker_id, ["read:/d/**"],
-                                       public_key=_raw(attacker_key))
+        _, a_cred = admin.create_agent(attacker_id, ["read:/d/**"], public_key=_raw(attacker_key))
         svc = admin.create_principal(f"s{n}", "service").credential
-    with server.client(v_cred) as victim, server.client(a_cred) as attacker, \
-            server.client(svc) as service:
+    with (
+        server.client(v_cred) as victim,
+        server.client(a_cred) as attacker,
+        server.client(svc) as service,
+    ):
         root = victim.issue("read:/d/**")
         served = victim.delegate(root.token, helper_id)
         root_t = Token.parse(root.token)
         issued_ms = root_t.capgate_identifier().issued_ms
         offline, offline_did = delegate_offline(root_t, victim_key, helper_id, issued_ms + 1)
-        victims = [(root.token, victim_id), (served.token, helper_id),
-                   (offline.to_text(), helper_id)]
+        victims = [
+            (root.token, victim_id),
+            (served.token, helper_id),
+            (offline.to_text(), helper_id),
+        ]
         for text, who in victims:  # the victim's tree is live (and its hops recorded)
             assert service.verify(text, "read", "/d/x", presenter=who).allowed
         victim_ids = [root.token_id, served.delegation_id, offline_did]

@@ -23,9 +23,25 @@ from harness import ServerThread
 
 _round = itertools.count()
 USES = 3
-OPS = st.lists(st.sampled_from(
-    ["unary", "batch", "stream", "batch", "revoke", "suspend", "resume", "narrow", "widen",
-     "epoch", "reissue"]), min_size=1, max_size=14)
+OPS = st.lists(
+    st.sampled_from(
+        [
+            "unary",
+            "batch",
+            "stream",
+            "batch",
+            "revoke",
+            "suspend",
+            "resume",
+            "narrow",
+            "widen",
+            "epoch",
+            "reissue",
+        ]
+    ),
+    min_size=1,
+    max_size=14,
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +51,11 @@ def server(tmp_path_factory: Any) -> Any:
     s.stop()
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(OPS)
 def test_every_verdict_follows_the_state(server: ServerThread, ops: list[str]) -> None:
     n = next(_round)
@@ -61,11 +80,15 @@ def test_every_verdict_follows_the_state(server: ServerThread, ops: list[str]) -
                         if op == "unary":
                             got = [service.verify(token, "read", "/d/x", presenter=agent)]
                         elif op == "batch":
-                            got = service.verify_batch([(token, "read", "/d/x", agent, None)]
-                                                       * copies)
+                            got = service.verify_batch(
+                                [(token, "read", "/d/x", agent, None)] * copies
+                            )
                         else:
-                            got = list(service.verify_stream(
-                                [(token, "read", "/d/x", agent, None)] * copies))
+                            got = list(
+                                service.verify_stream(
+                                    [(token, "read", "/d/x", agent, None)] * copies
+                                )
+                            )
                         want = [ok] * copies
                         if budgeted and ok:
                             want = [i < left for i in range(copies)]

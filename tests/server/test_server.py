@@ -112,8 +112,9 @@ def test_live_control_of_agents(alice, service, admin):
 
 
 def test_agents_admin(admin, server):
-    info, cred = admin.create_agent("bot-1", ["read:/a/*", "exec:/tools/**"], owner="ops",
-                                    description="nightly job")
+    info, cred = admin.create_agent(
+        "bot-1", ["read:/a/*", "exec:/tools/**"], owner="ops", description="nightly job"
+    )
     assert cred.startswith("cg_") and info.ceiling == ("read:/a/*", "exec:/tools/**")
     assert info.max_ttl == 3600 and info.max_depth == 3 and info.owner == "ops"
     assert [a.id for a in admin.list_agents()] == ["bot-1"]
@@ -190,15 +191,21 @@ def test_inspect_through_the_server(alice, admin):
 
 def test_verify_batch_mixes_results(alice, service):
     t = alice.issue("read:/data/**").token
-    results = service.verify_batch([
-        (t, "read", "/data/a", "alice", None),
-        (t, "write", "/data/a", "alice", None),
-        ("junk", "read", "/data/a", "alice", None),
-        (t, "read", "/data/a", "bob", {"tool": "x"}),
-    ])
+    results = service.verify_batch(
+        [
+            (t, "read", "/data/a", "alice", None),
+            (t, "write", "/data/a", "alice", None),
+            ("junk", "read", "/data/a", "alice", None),
+            (t, "read", "/data/a", "bob", {"tool": "x"}),
+        ]
+    )
     assert [r.allowed for r in results] == [True, False, False, False]
-    assert [r.code for r in results] == ["allowed", "caveat_failed", "malformed_token",
-                                         "not_holder"]
+    assert [r.code for r in results] == [
+        "allowed",
+        "caveat_failed",
+        "malformed_token",
+        "not_holder",
+    ]
     with pytest.raises(InvalidArgumentError, match="at most 1024"):
         service.verify_batch([(t, "read", "/data/a", "alice", None)] * 1025)
 
@@ -224,19 +231,23 @@ def test_async_client(server, admin):
     _, cred = admin.create_agent("async-agent", ["read:/x/**"])
 
     async def go():
-        async with AsyncClient(server.address, cred) as a, \
-                AsyncClient(server.address, server.admin_credential) as adm:
+        async with (
+            AsyncClient(server.address, cred) as a,
+            AsyncClient(server.address, server.admin_credential) as adm,
+        ):
             t = await a.issue("read:/x/*")
-            results = await asyncio.gather(*[
-                a.verify(t.token, "read", f"/x/{i}") for i in range(20)])
+            results = await asyncio.gather(
+                *[a.verify(t.token, "read", f"/x/{i}") for i in range(20)]
+            )
             assert all(r.allowed for r in results)
             batch = await adm.verify_batch([(t.token, "read", "/x/1", "async-agent", None)])
             assert batch[0].allowed
             with pytest.raises(PermissionDeniedError):
                 await a.issue("write:/x/*")
             await adm.suspend_agent("async-agent")
-            assert (await adm.verify(t.token, "read", "/x/1", presenter="async-agent")).code \
-                == "agent_suspended"
+            assert (
+                await adm.verify(t.token, "read", "/x/1", presenter="async-agent")
+            ).code == "agent_suspended"
 
     asyncio.run(go())
 
@@ -249,7 +260,8 @@ def test_health_and_reflection(server):
         resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""))
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
         resp = health_pb2_grpc.HealthStub(ch).Check(
-            health_pb2.HealthCheckRequest(service="capgate.v1.VerifierService"))
+            health_pb2.HealthCheckRequest(service="capgate.v1.VerifierService")
+        )
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -269,8 +281,12 @@ def test_reflection_answers_without_a_credential_and_lists_the_services(server):
         stub = reflection_pb2_grpc.ServerReflectionStub(ch)
         reply = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=5)))
         names = {s.name for s in reply.list_services_response.service}
-        assert {"capgate.v1.VerifierService", "capgate.v1.TokenService",
-                "capgate.v1.AgentService", "capgate.v1.KeyService"} <= names
+        assert {
+            "capgate.v1.VerifierService",
+            "capgate.v1.TokenService",
+            "capgate.v1.AgentService",
+            "capgate.v1.KeyService",
+        } <= names
 
 
 def test_revoking_a_narrowed_copy_keeps_the_entry_as_long_as_the_token(alice, service, admin):

@@ -47,8 +47,16 @@ def test_shadow_records_and_alerts_what_it_would_deny_and_enforce_makes_it_real(
     server, admin, svc, tokens, settle = world
     env = {"CAPGATE_SERVER": server.address, "CAPGATE_CREDENTIAL": server.admin_credential}
     admin.set_policy("watched", containment="suspend")
-    r = cli("agent", "update", "watched", "--mode", "shadow", "--grant", "read:/data/reports/**",
-            env=env)
+    r = cli(
+        "agent",
+        "update",
+        "watched",
+        "--mode",
+        "shadow",
+        "--grant",
+        "read:/data/reports/**",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     token = tokens["watched"]
     assert svc.verify(token, "read", "/data/reports/q3", presenter="watched").allowed
@@ -59,31 +67,46 @@ def test_shadow_records_and_alerts_what_it_would_deny_and_enforce_makes_it_real(
     assert (record.code, record.resource) == ("beyond_ceiling", "/data/hr/salaries")
     assert "shadow ceiling" in record.reason and "allowed: shadow mode" in record.reason
     [alert] = [a for a in admin.alerts("watched") if a.kind == "shadow-deny"]
-    assert alert.reason == ("watched would be denied read on /data/hr/** by its shadow "
-                            "ceiling (allowed: shadow mode)")
+    assert alert.reason == (
+        "watched would be denied read on /data/hr/** by its shadow ceiling (allowed: shadow mode)"
+    )
     assert alert.containment == "alert" and admin.get_agent("watched").status == "active"
 
     r = cli("agent", "update", "watched", "--mode", "enforce", env=env)
     assert r.returncode == 0, r.stderr
     assert admin.get_agent("watched").ceiling == ("read:/data/reports/**",)
     assert admin.get_policy("watched").shadow == ()
-    assert svc.verify(token, "read", "/data/hr/salaries",
-                      presenter="watched").code == "beyond_ceiling"
+    assert (
+        svc.verify(token, "read", "/data/hr/salaries", presenter="watched").code == "beyond_ceiling"
+    )
     admin.update_agent("watched", grants=["read,write:/data/**"])
 
 
-GRANT = st.sampled_from(["read:/data/**", "write:/data/**", "read:/data/reports/**",
-                         "read,write:/data/hr/*", "write:/data/reports/q1"])
-REQUEST = st.tuples(st.sampled_from(["read", "write"]),
-                    st.sampled_from(["/data/reports/q1", "/data/hr/x", "/data/a/b", "/data"]))
+GRANT = st.sampled_from(
+    [
+        "read:/data/**",
+        "write:/data/**",
+        "read:/data/reports/**",
+        "read,write:/data/hr/*",
+        "write:/data/reports/q1",
+    ]
+)
+REQUEST = st.tuples(
+    st.sampled_from(["read", "write"]),
+    st.sampled_from(["/data/reports/q1", "/data/hr/x", "/data/a/b", "/data"]),
+)
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ceilings=st.tuples(st.lists(GRANT, min_size=1, max_size=3),
-                          st.lists(GRANT, min_size=1, max_size=3)),
-       shadows=st.tuples(st.lists(GRANT, max_size=3), st.lists(GRANT, max_size=3)),
-       requests=st.lists(REQUEST, min_size=1, max_size=4))
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    ceilings=st.tuples(
+        st.lists(GRANT, min_size=1, max_size=3), st.lists(GRANT, min_size=1, max_size=3)
+    ),
+    shadows=st.tuples(st.lists(GRANT, max_size=3), st.lists(GRANT, max_size=3)),
+    requests=st.lists(REQUEST, min_size=1, max_size=4),
+)
 def test_shadow_never_changes_a_decision(world, ceilings, shadows, requests):
     server, admin, svc, tokens, settle = world
     names = ("watched", "plain")
@@ -101,6 +124,9 @@ def test_shadow_never_changes_a_decision(world, ceilings, shadows, requests):
     for name, shadow in zip(names, shadows, strict=True):
         after = len(admin.audit(kind="verify.shadow", agent=name, limit=1000))
         ceiling = Ceiling.parse(ceilings[names.index(name)])
-        would = [r for r in requests if ceiling.allows(*r)
-                 and shadow and not Ceiling.parse(shadow).allows(*r)]
+        would = [
+            r
+            for r in requests
+            if ceiling.allows(*r) and shadow and not Ceiling.parse(shadow).allows(*r)
+        ]
         assert (after > before[name]) == bool(would), (name, shadow, requests)

@@ -52,8 +52,9 @@ def test_sigterm_under_load_finishes_or_refuses_every_call_never_cancels(tmp_pat
                     if status != "OK":
                         return  # a real client would fail over to another replica
 
-        workers = [threading.Thread(target=load, args=(kind,))
-                   for kind in ["revoke"] * 8 + ["verify"] * 4]
+        workers = [
+            threading.Thread(target=load, args=(kind,)) for kind in ["revoke"] * 8 + ["verify"] * 4
+        ]
         for w in workers:
             w.start()
         wait_for(lambda: sum(s == "OK" for s in revoked.values()) >= 50, timeout=30)
@@ -88,11 +89,13 @@ def test_an_idle_stream_ends_at_once_as_not_executed(tmp_path):
     with s.client(cred) as bob:
         token = bob.issue("read:/x/**").token
     requests: queue.Queue[object] = queue.Queue()
-    requests.put(verifier_pb2.VerifyRequest(token=token, action="read", resource="/x/1",
-                                            presenter="bob"))
+    requests.put(
+        verifier_pb2.VerifyRequest(token=token, action="read", resource="/x/1", presenter="bob")
+    )
     channel = grpc.insecure_channel(s.address)
     stream = verifier_pb2_grpc.VerifierServiceStub(channel).VerifyStream(
-        iter(requests.get, None), metadata=(("authorization", f"Bearer {svc}"),))
+        iter(requests.get, None), metadata=(("authorization", f"Bearer {svc}"),)
+    )
     try:
         assert next(stream).allowed  # then the stream waits for its next request
         started = time.monotonic()

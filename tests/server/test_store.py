@@ -67,8 +67,7 @@ class Backend:
             finally:
                 conn.close()
         with psycopg.connect(str(self.location), autocommit=True) as conn:
-            return [tuple(r) for r in
-                    conn.execute(sql.replace("?", "%s"), params).fetchall()]
+            return [tuple(r) for r in conn.execute(sql.replace("?", "%s"), params).fetchall()]
 
     def close_all(self) -> None:
         for s in self._opened:
@@ -134,17 +133,31 @@ def make_agent(agent_id: str = "alice", **kw: object) -> Agent:
 
 
 def token(tid: str = "t1", **kw: object) -> TokenRecord:
-    fields: dict[str, object] = dict(id=tid, agent="alice", key_id="rk1", issued_at=T0,
-                                     expires_at=T0 + 600, caveats=("action = read",))
+    fields: dict[str, object] = dict(
+        id=tid,
+        agent="alice",
+        key_id="rk1",
+        issued_at=T0,
+        expires_at=T0 + 600,
+        caveats=("action = read",),
+    )
     fields.update(kw)
     return TokenRecord(**fields)  # type: ignore[arg-type]
 
 
-def hop(did: str, at: float, *, token_id: str = "t1", parent: str = "t1",
-        **kw: object) -> DelegationRecord:
-    fields: dict[str, object] = dict(id=did, token_id=token_id, parent=parent,
-                                     from_agent="alice", to_agent="bob", at=at,
-                                     expires_at=at + 60, offline=False)
+def hop(
+    did: str, at: float, *, token_id: str = "t1", parent: str = "t1", **kw: object
+) -> DelegationRecord:
+    fields: dict[str, object] = dict(
+        id=did,
+        token_id=token_id,
+        parent=parent,
+        from_agent="alice",
+        to_agent="bob",
+        at=at,
+        expires_at=at + 60,
+        offline=False,
+    )
     fields.update(kw)
     return DelegationRecord(**fields)  # type: ignore[arg-type]
 
@@ -208,8 +221,10 @@ def test_racing_revocations_of_one_id_both_succeed(backend: Backend, store: Stor
             except BaseException as e:
                 results.append(e)
 
-        threads = [threading.Thread(target=revoke, args=(s, T0 + 600 + 60 * i))
-                   for i, s in enumerate(stores)]
+        threads = [
+            threading.Thread(target=revoke, args=(s, T0 + 600 + 60 * i))
+            for i, s in enumerate(stores)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -237,8 +252,9 @@ def test_racing_migrations_on_a_fresh_database(backend: Backend) -> None:
         t.join(timeout=60)
     assert not any(t.is_alive() for t in threads)
     assert errors == []
-    rows = backend.query("SELECT version, COUNT(*) FROM schema_version "
-                         "GROUP BY version ORDER BY version")
+    rows = backend.query(
+        "SELECT version, COUNT(*) FROM schema_version GROUP BY version ORDER BY version"
+    )
     assert rows == [(v, 1) for v in range(1, len(MIGRATIONS) + 1)]
     # both objects work on the migrated schema
     stores[0].create_principal(Principal("p", Role.SERVICE, T0), "h-p")
@@ -292,8 +308,9 @@ def test_principals(store: Store) -> None:
 
     before = store.last_change()
     with pytest.raises(AlreadyExistsError):
-        store.create_principal(Principal("svc", Role.ADMIN, T0), "h-other",
-                               ev("principal.create", subject="svc"))
+        store.create_principal(
+            Principal("svc", Role.ADMIN, T0), "h-other", ev("principal.create", subject="svc")
+        )
     # the failed create changed nothing
     assert store.get_principal("svc") == svc
     assert store.principal_by_credential("h-other") is None
@@ -306,19 +323,23 @@ def test_principals_are_listed_disabled_and_given_new_credentials(store: Store) 
     store.create_principal(Principal("svc", Role.SERVICE, T0 + 1), "h-svc")
     store.create_agent(make_agent("alice"), "h-alice", ev("agent.create", subject="alice"))
     assert [(p.id, p.role, p.disabled) for p in store.list_principals()] == [
-        ("admin", Role.ADMIN, False), ("alice", Role.AGENT, False), ("svc", Role.SERVICE, False)]
+        ("admin", Role.ADMIN, False),
+        ("alice", Role.AGENT, False),
+        ("svc", Role.SERVICE, False),
+    ]
     before = store.last_change()
     store.set_principal_disabled("svc", True, ev("principal.disable", subject="svc"))
     got = store.principal_by_credential("h-svc")
     assert got is not None and got.disabled
-    assert [(c.kind, c.key) for c in store.changes_since(before)] == [
-        (ChangeKind.PRINCIPAL, "svc")]
+    assert [(c.kind, c.key) for c in store.changes_since(before)] == [(ChangeKind.PRINCIPAL, "svc")]
     store.set_principal_disabled("svc", False, ev("principal.enable", subject="svc"))
     store.set_credential("svc", "h-svc-2", ev("principal.rotate", subject="svc"))
     assert store.principal_by_credential("h-svc") is None
     assert store.principal_by_credential("h-svc-2") == Principal("svc", Role.SERVICE, T0 + 1)
-    for change in (lambda: store.set_principal_disabled("nobody", True, ev()),
-                   lambda: store.set_credential("nobody", "h-x", ev())):
+    for change in (
+        lambda: store.set_principal_disabled("nobody", True, ev()),
+        lambda: store.set_credential("nobody", "h-x", ev()),
+    ):
         with pytest.raises(NotFoundError):
             change()
     kinds = [e.kind for e in store.list_audit(AuditQuery())]
@@ -340,8 +361,7 @@ def test_a_deleted_agent_leaves_a_tombstone_and_may_come_back(store: Store) -> N
     back = store.get_agent("alice")
     assert back is not None and back.status is AgentStatus.ACTIVE
     assert back.revoked_before_ms == 1_800_000_500_000  # nothing old passes for the new one
-    assert store.principal_by_credential("h-alice-2") == Principal("alice", Role.AGENT,
-                                                                    T0 + 600)
+    assert store.principal_by_credential("h-alice-2") == Principal("alice", Role.AGENT, T0 + 600)
 
 
 def test_duplicate_credential_hash_is_refused(store: Store) -> None:
@@ -357,8 +377,14 @@ def test_duplicate_credential_hash_is_refused(store: Store) -> None:
 
 def test_agent_create_get_list(store: Store) -> None:
     alice = make_agent("alice")
-    bob = make_agent("bob", ceiling=Ceiling.parse(["read:/b/*"]), public_keys={},
-                     max_ttl=60, max_depth=0, created_at=T0 + 5)
+    bob = make_agent(
+        "bob",
+        ceiling=Ceiling.parse(["read:/b/*"]),
+        public_keys={},
+        max_ttl=60,
+        max_depth=0,
+        created_at=T0 + 5,
+    )
     # created out of order; listed by id
     store.create_agent(bob, "h-bob", ev("agent.create", subject="bob"))
     store.create_agent(alice, "h-alice", ev("agent.create", subject="alice"))
@@ -449,8 +475,9 @@ def test_agent_id_colliding_with_principal(backend: Backend, store: Store) -> No
     # the same agent id can't be created twice either
     store.create_agent(make_agent(), "h-alice", ev("agent.create", subject="alice"))
     with pytest.raises(AlreadyExistsError):
-        store.create_agent(make_agent(description="dup"), "h-alice2",
-                           ev("agent.create", subject="alice"))
+        store.create_agent(
+            make_agent(description="dup"), "h-alice2", ev("agent.create", subject="alice")
+        )
     assert store.get_agent("alice") == make_agent()
 
 
@@ -502,8 +529,16 @@ def test_tokens(store: Store) -> None:
 
 
 def test_delegations(store: Store) -> None:
-    d2 = hop("d2", T0 + 20, parent="d1", from_agent="bob", to_agent="carol",
-             offline=True, expires_at=None, restrictions=("resource = /x/*", "ünïcode"))
+    d2 = hop(
+        "d2",
+        T0 + 20,
+        parent="d1",
+        from_agent="bob",
+        to_agent="carol",
+        offline=True,
+        expires_at=None,
+        restrictions=("resource = /x/*", "ünïcode"),
+    )
     d1 = hop("d1", T0 + 10)
     d3 = hop("d3", T0 + 30, parent="d2", from_agent="carol", to_agent="dave")
     other = hop("o1", T0 + 5, token_id="t9", parent="t9")
@@ -519,8 +554,9 @@ def test_delegations(store: Store) -> None:
     assert store.get_delegation("nope") is None
 
     # the same id again keeps the first record, without error
-    store.record_delegations([dataclasses.replace(d1, to_agent="mallory", at=T0 + 99),
-                              hop("d4", T0 + 40, parent="d3")])
+    store.record_delegations(
+        [dataclasses.replace(d1, to_agent="mallory", at=T0 + 99), hop("d4", T0 + 40, parent="d3")]
+    )
     assert store.get_delegation("d1") == d1
 
     assert store.delegations_of("t1") == [d1, d2, d3, hop("d4", T0 + 40, parent="d3")]
@@ -539,16 +575,21 @@ def test_revocations(store: Store) -> None:
     assert store.revoke("t-long", P0, P0 + 1000, "admin", "r1", ev("revoke", subject="t-long"))
     assert store.revoke("t-short", P0, P0 + 100, "admin", "r2", ev("revoke", subject="t-short"))
     assert store.revoke("t-edge", P0, P0 + 500, "admin", "r3", ev("revoke", subject="t-edge"))
-    assert not store.revoke("t-long", P0 + 1, P0 + 50, "svc", "shorter",
-                            ev("revoke", subject="t-long"))
+    assert not store.revoke(
+        "t-long", P0 + 1, P0 + 50, "svc", "shorter", ev("revoke", subject="t-long")
+    )
 
     assert sorted(store.revocations(P0)) == [
-        ("t-edge", P0 + 500), ("t-long", P0 + 1000), ("t-short", P0 + 100)]
+        ("t-edge", P0 + 500),
+        ("t-long", P0 + 1000),
+        ("t-short", P0 + 100),
+    ]
     # a second revoke never shortens an entry ...
     assert sorted(store.revocations(P0 + 200)) == [("t-edge", P0 + 500), ("t-long", P0 + 1000)]
     # ... and lengthens it when it names a longer-lived token
-    assert not store.revoke("t-long", P0 + 1, P0 + 5000, "svc", "longer",
-                            ev("revoke", subject="t-long"))
+    assert not store.revoke(
+        "t-long", P0 + 1, P0 + 5000, "svc", "longer", ev("revoke", subject="t-long")
+    )
     # an entry stops being in force at its expiry
     assert store.revocations(P0 + 500) == [("t-long", P0 + 5000)]
 
@@ -635,10 +676,27 @@ def test_audit_written_with_mutations(store: Store) -> None:
 
 def test_audit_append_filters_and_paging(store: Store) -> None:
     batch = [
-        ev("verify", principal="svc", subject="t1", chain=("alice",), action="read",
-           resource="/data/x", presenter="alice", count=3, last_at=T0 + 9),
-        ev("verify", principal="svc", subject="t2", chain=("alice", "bob"), ok=False,
-           code="revoked", reason="token revoked", presenter="bob"),
+        ev(
+            "verify",
+            principal="svc",
+            subject="t1",
+            chain=("alice",),
+            action="read",
+            resource="/data/x",
+            presenter="alice",
+            count=3,
+            last_at=T0 + 9,
+        ),
+        ev(
+            "verify",
+            principal="svc",
+            subject="t2",
+            chain=("alice", "bob"),
+            ok=False,
+            code="revoked",
+            reason="token revoked",
+            presenter="bob",
+        ),
         ev("issue", principal="bob", subject="t3", chain=("bob",)),
         ev("delegate", principal="alice", subject="t1", chain=("alice", "bobby")),
         ev("verify", principal="svc", subject="t4", chain=("abc",)),
@@ -680,11 +738,13 @@ def test_audit_append_filters_and_paging(store: Store) -> None:
 
 def test_audit_agent_filter_treats_underscore_literally(store: Store) -> None:
     # ids may contain '_' (and '.'); the filter must still match whole ids only
-    store.append_audit([
-        ev("verify", subject="t1", chain=("abc",)),
-        ev("verify", subject="t2", chain=("a_c",)),
-        ev("verify", subject="t3", chain=("a.c",)),
-    ])
+    store.append_audit(
+        [
+            ev("verify", subject="t1", chain=("abc",)),
+            ev("verify", subject="t2", chain=("a_c",)),
+            ev("verify", subject="t3", chain=("a.c",)),
+        ]
+    )
     assert [e.subject for e in store.list_audit(AuditQuery(agent="a_c"))] == ["t2"]
     assert [e.subject for e in store.list_audit(AuditQuery(agent="a.c"))] == ["t3"]
     assert [e.subject for e in store.list_audit(AuditQuery(agent="abc"))] == ["t1"]
@@ -692,17 +752,40 @@ def test_audit_agent_filter_treats_underscore_literally(store: Store) -> None:
 
 def test_audit_fields_are_stored_bounded(store: Store, backend: Backend) -> None:
     # a bad request's fields can be as long as its message: a record stays small
-    store.append_audit([ev("verify", subject="t" * 300, ok=False, code="invalid_request",
-                           reason="r" * 10_000, action="a" * 5000, resource="/" + "x" * 60_000,
-                           presenter="p" * 900, chain=("c" * 100,) * 50,
-                           detail={"why": "w" * 9000})])
+    store.append_audit(
+        [
+            ev(
+                "verify",
+                subject="t" * 300,
+                ok=False,
+                code="invalid_request",
+                reason="r" * 10_000,
+                action="a" * 5000,
+                resource="/" + "x" * 60_000,
+                presenter="p" * 900,
+                chain=("c" * 100,) * 50,
+                detail={"why": "w" * 9000},
+            )
+        ]
+    )
     (e,) = store.list_audit(AuditQuery())
     assert (len(e.subject), len(e.reason), len(e.action), len(e.resource), len(e.presenter)) == (
-        128, 512, 64, 1024, 64)
+        128,
+        512,
+        64,
+        1024,
+        64,
+    )
     assert len(e.chain) == 32 and all(len(a) == 64 for a in e.chain)
-    assert e.detail["truncated"] == {"subject": 300, "reason": 10_000, "action": 5000,
-                                     "resource": 60_001, "presenter": 900, "chain": 50,
-                                     "detail": len('{"why":"' + "w" * 9000 + '"}')}
+    assert e.detail["truncated"] == {
+        "subject": 300,
+        "reason": 10_000,
+        "action": 5000,
+        "resource": 60_001,
+        "presenter": 900,
+        "chain": 50,
+        "detail": len('{"why":"' + "w" * 9000 + '"}'),
+    }
     assert len(e.detail_json()) < 2048
     # the revocation's own reason is bounded the same way
     store.revoke("t1", T0, T0 + 600, "admin", "z" * 100_000, ev("revoke"))
@@ -742,8 +825,12 @@ def test_audit_limit_is_clamped(store: Store) -> None:
 
 def test_audit_detail_round_trips(store: Store) -> None:
     detail: dict[str, object] = {
-        "b": [1, 2.5, "x"], "a": {"nested": {"deep": True}}, "none": None,
-        "text": "ünïcödé 日本 🙂", "n": -3, "empty": "",
+        "b": [1, 2.5, "x"],
+        "a": {"nested": {"deep": True}},
+        "none": None,
+        "text": "ünïcödé 日本 🙂",
+        "n": -3,
+        "empty": "",
     }
     store.append_audit([ev("d1", detail=detail), ev("d2")])
     got = store.list_audit(AuditQuery())
@@ -764,8 +851,7 @@ def test_sqlite_revoke_visible_to_a_new_store_without_closing(tmp_path: Path) ->
         fresh = SqliteStore(path)  # the first one is still open
         try:
             assert fresh.revocations(T0) == [("t1", T0 + 600)]
-            assert kinds_keys(fresh.changes_since(0)) == [
-                (ChangeKind.REVOCATION, "t1", T0 + 600)]
+            assert kinds_keys(fresh.changes_since(0)) == [(ChangeKind.REVOCATION, "t1", T0 + 600)]
             assert [e.subject for e in fresh.list_audit(AuditQuery(kind="revoke"))] == ["t1"]
         finally:
             fresh.close()
@@ -791,12 +877,18 @@ def test_patches_from_two_replicas_compose(backend: Backend) -> None:
     a = first.get_agent("alice")
     assert a is not None and a.status is AgentStatus.SUSPENDED
     assert a.description == "night shift" and a.epoch == 2 and a.revoked_before_ms == 5_000
-    first.patch_agent("alice", AgentPatch(ceiling=Ceiling.parse(["read:/x/*"]), max_ttl=60,
-                                          max_depth=1, add_key=("k" * 16, b"p" * 32)),
-                      ev("agent.update"))
+    first.patch_agent(
+        "alice",
+        AgentPatch(
+            ceiling=Ceiling.parse(["read:/x/*"]),
+            max_ttl=60,
+            max_depth=1,
+            add_key=("k" * 16, b"p" * 32),
+        ),
+        ev("agent.update"),
+    )
     a = second.get_agent("alice")
-    assert a is not None and str(a.ceiling) == "read:/x/*" and (a.max_ttl, a.max_depth) == (
-        60, 1)
+    assert a is not None and str(a.ceiling) == "read:/x/*" and (a.max_ttl, a.max_depth) == (60, 1)
     assert dict(a.public_keys)["k" * 16] == b"p" * 32
     seq = first.last_change()
     with pytest.raises(NotFoundError):
@@ -831,9 +923,9 @@ def test_a_nonce_is_redeemed_once_by_any_store_object(backend: Backend) -> None:
     until = T0 + 90
     assert first.redeem_nonces([("alice", "n1", until), ("alice", "n2", until)]) == [True, True]
     # the same nonce again: at the other replica, twice in one call, or for another agent
-    assert second.redeem_nonces([("alice", "n1", until), ("bob", "n1", until),
-                                 ("bob", "n3", until), ("bob", "n3", until)]) == [
-        False, True, True, False]
+    assert second.redeem_nonces(
+        [("alice", "n1", until), ("bob", "n1", until), ("bob", "n3", until), ("bob", "n3", until)]
+    ) == [False, True, True, False]
     assert first.redeem_nonces([]) == []
     # many at once (more than one statement's worth)
     many = [("carol", f"m{i}", until) for i in range(450)]
@@ -848,4 +940,6 @@ def test_nonces_are_forgotten_only_after_they_expire(backend: Backend, store: St
     assert left == ["new", "x"]
     # forgotten, a nonce could be redeemed again; by then its proof is long out of its window
     assert store.redeem_nonces([("alice", "old", P0 + 10), ("alice", "new", P0 + 1000)]) == [
-        True, False]
+        True,
+        False,
+    ]

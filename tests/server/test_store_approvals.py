@@ -33,6 +33,7 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
     """Opens store objects (each with connections of its own) on one fresh database."""
     opened: list[Store] = []
     if request.param == "sqlite":
+
         def factory() -> Store:
             return SqliteStore(tmp_path / "s.db")
     else:
@@ -57,15 +58,26 @@ def store(opener) -> Store:
     return opener()
 
 
-def record(aid: str = "a" * 32, requested_by: str = "payer", needed: int = 1,
-           **kw: object) -> ApprovalRecord:
+def record(
+    aid: str = "a" * 32, requested_by: str = "payer", needed: int = 1, **kw: object
+) -> ApprovalRecord:
     fields: dict[str, object] = dict(
-        id=aid, token_id="t" * 32, token_digest="d" * 64, requested_by=requested_by,
-        presenter="payer", action="pay", resource="/invoices/8",
-        ctx=(("amount", "4200"), ("invoice", "inv-8")), request_digest="r" * 64,
+        id=aid,
+        token_id="t" * 32,
+        token_digest="d" * 64,
+        requested_by=requested_by,
+        presenter="payer",
+        action="pay",
+        resource="/invoices/8",
+        ctx=(("amount", "4200"), ("invoice", "inv-8")),
+        request_digest="r" * 64,
         conditions=("approval n=1 nonce=0123456789abcdef when ctx amount > 1000",),
-        needed=needed, chain=("finance", "payer"), note="licence", created_at=T0,
-        wait_until=T0 + 3600)
+        needed=needed,
+        chain=("finance", "payer"),
+        note="licence",
+        created_at=T0,
+        wait_until=T0 + 3600,
+    )
     fields.update(kw)
     return ApprovalRecord(**fields)  # type: ignore[arg-type]
 
@@ -74,8 +86,9 @@ def ev(kind: str, principal: str = "carol", subject: str = "a" * 32) -> AuditEve
     return AuditEvent(T0, principal, kind, subject)
 
 
-def vote(who: str = "carol", approve: bool = True, at: float = T0 + 10, ttl: int = 300,
-         uses: int = 1) -> ApprovalVote:
+def vote(
+    who: str = "carol", approve: bool = True, at: float = T0 + 10, ttl: int = 300, uses: int = 1
+) -> ApprovalVote:
     return ApprovalVote(who, approve, "because", at, ttl, uses)
 
 
@@ -103,8 +116,9 @@ def test_pending_requests_per_principal_are_bounded(store):
         store.create_approval(record("f" * 32), ev("approval.request"), 3)
     store.create_approval(record("e" * 32, requested_by="other"), ev("approval.request"), 3)
     # lapsed requests do not count
-    store.create_approval(record("d" * 32, created_at=T0 + 3600, wait_until=T0 + 7200),
-                          ev("approval.request"), 3)
+    store.create_approval(
+        record("d" * 32, created_at=T0 + 3600, wait_until=T0 + 7200), ev("approval.request"), 3
+    )
 
 
 def test_a_no_denies_and_the_needed_yes_approves(store):
@@ -113,8 +127,9 @@ def test_a_no_denies_and_the_needed_yes_approves(store):
     assert r.status is ApprovalStatus.PENDING and r.approvals == 1
     with pytest.raises(FailedPreconditionError, match="already voted"):
         store.vote_approval("a" * 32, vote("carol"), ev("approval.approve"))
-    r = store.vote_approval("a" * 32, vote("dave", at=T0 + 20.7, ttl=300, uses=5),
-                            ev("approval.approve", "dave"))
+    r = store.vote_approval(
+        "a" * 32, vote("dave", at=T0 + 20.7, ttl=300, uses=5), ev("approval.approve", "dave")
+    )
     assert r.status is ApprovalStatus.APPROVED and (r.uses, r.decided_at) == (3, T0 + 20.7)
     assert r.expires_at == int(T0 + 20.7 + 300)  # whole seconds, the shorter ttl
     assert [v.approver for v in r.votes] == ["carol", "dave"]
@@ -141,13 +156,14 @@ def test_a_use_is_spent_once_and_only_for_its_token_and_request(store):
     store.create_approval(record(), ev("approval.request"), 10)
     use = ev("approval.use", "pay-api")
     now = T0 + 20
-    assert store.redeem_approval("a" * 32, "d" * 64, "r" * 64, now, use) is \
-        Redemption.NOT_APPROVED
+    assert store.redeem_approval("a" * 32, "d" * 64, "r" * 64, now, use) is Redemption.NOT_APPROVED
     store.vote_approval("a" * 32, vote(), ev("approval.approve"))
     assert store.redeem_approval("a" * 32, "x" * 64, "r" * 64, now, use) is Redemption.MISMATCH
     assert store.redeem_approval("a" * 32, "d" * 64, "x" * 64, now, use) is Redemption.MISMATCH
-    assert store.redeem_approval("a" * 32, "d" * 64, "r" * 64, T0 + 10 + 300, use) is \
-        Redemption.EXPIRED
+    assert (
+        store.redeem_approval("a" * 32, "d" * 64, "r" * 64, T0 + 10 + 300, use)
+        is Redemption.EXPIRED
+    )
     assert store.redeem_approval("a" * 32, "d" * 64, "r" * 64, now, use) is Redemption.OK
     assert store.redeem_approval("a" * 32, "d" * 64, "r" * 64, now, use) is Redemption.USED
     assert store.redeem_approval("b" * 32, "d" * 64, "r" * 64, now, use) is Redemption.UNKNOWN
@@ -162,8 +178,9 @@ def test_racing_uses_spend_exactly_what_was_granted(opener):
     stores = [opener() for _ in range(8)]  # eight connections, like eight replicas
 
     def redeem(s: Store) -> Redemption:
-        return s.redeem_approval("a" * 32, "d" * 64, "r" * 64, T0 + 20,
-                                 ev("approval.use", "pay-api"))
+        return s.redeem_approval(
+            "a" * 32, "d" * 64, "r" * 64, T0 + 20, ev("approval.use", "pay-api")
+        )
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(redeem, stores * 3))
@@ -176,8 +193,14 @@ def test_racing_votes_are_counted_one_at_a_time(opener):
     first.create_approval(record(needed=8), ev("approval.request"), 10)
     stores = [opener() for _ in range(8)]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda i: stores[i].vote_approval(
-            "a" * 32, vote(f"approver{i}"), ev("approval.approve", f"approver{i}")), range(8)))
+        list(
+            pool.map(
+                lambda i: stores[i].vote_approval(
+                    "a" * 32, vote(f"approver{i}"), ev("approval.approve", f"approver{i}")
+                ),
+                range(8),
+            )
+        )
     r = first.get_approval("a" * 32)
     assert r.status is ApprovalStatus.APPROVED and r.approvals == 8
 
@@ -217,10 +240,14 @@ def test_uses_of_several_approvals_are_spent_all_or_none(store):
     store.vote_approval("a" * 32, vote(), ev("approval.approve"))
     now = T0 + 20
     uses = [ev("approval.use", "pay-api"), ev("approval.use", "pay-api")]
-    assert store.redeem_approvals(["a" * 32, "b" * 32], "d" * 64, "r" * 64, now, uses) == \
-        ("b" * 32, Redemption.NOT_APPROVED)
+    assert store.redeem_approvals(["a" * 32, "b" * 32], "d" * 64, "r" * 64, now, uses) == (
+        "b" * 32,
+        Redemption.NOT_APPROVED,
+    )
     assert store.get_approval("a" * 32).used == 0 and not audit(store, "approval.use")
     store.vote_approval("b" * 32, vote(), ev("approval.approve"))
-    assert store.redeem_approvals(["a" * 32, "b" * 32], "d" * 64, "r" * 64, now, uses) == \
-        ("", Redemption.OK)
+    assert store.redeem_approvals(["a" * 32, "b" * 32], "d" * 64, "r" * 64, now, uses) == (
+        "",
+        Redemption.OK,
+    )
     assert store.get_approval("a" * 32).used == 1 and len(audit(store, "approval.use")) == 2

@@ -34,8 +34,11 @@ def ev(kind: str = "revoke") -> AuditEvent:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store(request: pytest.FixtureRequest, tmp_path: Path):
-    s: Store = (SqliteStore(tmp_path / "s.db") if request.param == "sqlite"
-                else PostgresStore(request.getfixturevalue("pg_url")))
+    s: Store = (
+        SqliteStore(tmp_path / "s.db")
+        if request.param == "sqlite"
+        else PostgresStore(request.getfixturevalue("pg_url"))
+    )
     s.migrate()
     yield s
     s.close()
@@ -73,8 +76,12 @@ def test_a_read_only_sqlite_database_is_unavailable_with_the_reason(tmp_path: Pa
 # -- a writer cut off inside its transaction ----------------------------------------------
 
 
-def _stall_holding_the_feed_lock(store: PostgresStore, resume: threading.Event,
-                                 holding: threading.Event, outcome: list[BaseException]) -> None:
+def _stall_holding_the_feed_lock(
+    store: PostgresStore,
+    resume: threading.Event,
+    holding: threading.Event,
+    outcome: list[BaseException],
+) -> None:
     """Append a change (taking the feed lock), then stop talking before the commit."""
     try:
         with store._tx() as cur:
@@ -92,8 +99,9 @@ def test_a_writer_stalled_holding_the_feed_lock_is_ended_and_the_feed_goes_on(pg
     try:
         stalled.migrate()
         resume, holding, outcome = threading.Event(), threading.Event(), []
-        t = threading.Thread(target=_stall_holding_the_feed_lock,
-                             args=(stalled, resume, holding, outcome))
+        t = threading.Thread(
+            target=_stall_holding_the_feed_lock, args=(stalled, resume, holding, outcome)
+        )
         t.start()
         assert holding.wait(10)
         start = time.monotonic()
@@ -123,8 +131,9 @@ def test_a_write_blocked_past_its_lock_timeout_is_unavailable(pg_url) -> None:
     resume, holding, outcome = threading.Event(), threading.Event(), []
     try:
         stalled.migrate()
-        t = threading.Thread(target=_stall_holding_the_feed_lock,
-                             args=(stalled, resume, holding, outcome))
+        t = threading.Thread(
+            target=_stall_holding_the_feed_lock, args=(stalled, resume, holding, outcome)
+        )
         t.start()
         assert holding.wait(10)
         with pytest.raises(UnavailableError, match="lock timeout"):
@@ -138,14 +147,17 @@ def test_a_write_blocked_past_its_lock_timeout_is_unavailable(pg_url) -> None:
 
 @pytest.mark.postgres
 def test_sessions_carry_the_timeouts(pg_url) -> None:
-    store = PostgresStore(pg_url, timeouts=SessionTimeouts(statement=7, lock=3,
-                                                           idle_in_transaction=2))
+    store = PostgresStore(
+        pg_url, timeouts=SessionTimeouts(statement=7, lock=3, idle_in_transaction=2)
+    )
     try:
         with store._read() as cur:
-            cur.execute("SELECT current_setting('statement_timeout'), "
-                        "current_setting('lock_timeout'), "
-                        "current_setting('idle_in_transaction_session_timeout'), "
-                        "current_setting('search_path')")
+            cur.execute(
+                "SELECT current_setting('statement_timeout'), "
+                "current_setting('lock_timeout'), "
+                "current_setting('idle_in_transaction_session_timeout'), "
+                "current_setting('search_path')"
+            )
             statement, lock, idle, search_path = cur.fetchone()
         assert (statement, lock, idle) == ("7s", "3s", "2s")
         # options given in the URL (here the test's schema) are kept
@@ -180,8 +192,9 @@ def test_latest_hop_into_an_agent(store: Store) -> None:
     store.record_token(TokenRecord("t1", "alice", "k", NOW + 90, NOW + 600, ()), ev("issue"))
     store.record_token(TokenRecord("t2", "bob", "k", NOW + 500, NOW + 600, ()), ev("issue"))
     assert store.latest_hop_into("alice") == NOW + 90
-    store.record_delegations([DelegationRecord("d1", "t2", "t2", "bob", "alice", NOW + 120,
-                                               None, True)])
+    store.record_delegations(
+        [DelegationRecord("d1", "t2", "t2", "bob", "alice", NOW + 120, None, True)]
+    )
     assert store.latest_hop_into("alice") == NOW + 120
     assert store.latest_hop_into("bob") == NOW + 500
 
@@ -189,19 +202,28 @@ def test_latest_hop_into_an_agent(store: Store) -> None:
 def test_root_key_generations_survive_the_migration(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    types = {"blob": "BLOB", "real": "REAL", "bigint": "INTEGER",
-             "serial": "INTEGER PRIMARY KEY AUTOINCREMENT"}
+    types = {
+        "blob": "BLOB",
+        "real": "REAL",
+        "bigint": "INTEGER",
+        "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    }
     conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     for stmt in MIGRATIONS[0]:  # a database made before generations existed
         conn.execute(stmt.format(**types))
     conn.execute("INSERT INTO schema_version VALUES (1)")
-    conn.executemany("INSERT INTO root_keys (id, sealed, created_at) VALUES (?, ?, ?)",
-                     [("k-late", b"s", 200.0), ("k-early", b"s", 100.0), ("k-mid", b"s", 150.0)])
+    conn.executemany(
+        "INSERT INTO root_keys (id, sealed, created_at) VALUES (?, ?, ?)",
+        [("k-late", b"s", 200.0), ("k-early", b"s", 100.0), ("k-mid", b"s", 150.0)],
+    )
     conn.close()
     store = SqliteStore(path)
     store.migrate()
     assert [(r.id, r.generation) for r in store.root_keys()] == [
-        ("k-early", 1), ("k-mid", 2), ("k-late", 3)]  # the order their clocks gave them
+        ("k-early", 1),
+        ("k-mid", 2),
+        ("k-late", 3),
+    ]  # the order their clocks gave them
     store.add_root_key(RootKeyRecord("k-new", b"s", 50.0))  # added last, dated earliest
     assert store.root_keys()[-1].id == "k-new" and store.root_keys()[-1].generation == 4
     store.close()

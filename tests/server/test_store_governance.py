@@ -31,6 +31,7 @@ T0 = 1_800_000_000.0
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
     opened: list[Store] = []
     if request.param == "sqlite":
+
         def factory() -> Store:
             return SqliteStore(tmp_path / "s.db")
     else:
@@ -57,8 +58,14 @@ def _row(count: int, first: float, last: float, subject: str = "/data/a") -> Usa
 def test_usage_adds_up_across_writers_and_widens_its_instants(opener):
     stores = [opener() for _ in range(4)]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda i: stores[i % 4].record_usage(
-            [_row(1, T0 + i, T0 + i + 1), _row(2, T0 + i, T0 + i, "/data/b")]), range(40)))
+        list(
+            pool.map(
+                lambda i: stores[i % 4].record_usage(
+                    [_row(1, T0 + i, T0 + i + 1), _row(2, T0 + i, T0 + i, "/data/b")]
+                ),
+                range(40),
+            )
+        )
     rows = {r.subject: r for r in stores[0].usage("reader")}
     assert rows["/data/a"].count == 40 and rows["/data/b"].count == 80
     assert rows["/data/a"].first_at == T0 and rows["/data/a"].last_at == T0 + 40
@@ -77,20 +84,28 @@ def test_usage_not_seen_since_is_pruned_in_chunks(opener):
 
 def test_an_alert_is_raised_once_however_many_race_for_it(opener):
     stores = [opener() for _ in range(4)]
-    alert = AlertRecord("reader|new-resource|read|/secrets", "reader", T0, "new-resource",
-                        "reader read /secrets/** for the first time", {"code": "allowed"},
-                        "suspend")
+    alert = AlertRecord(
+        "reader|new-resource|read|/secrets",
+        "reader",
+        T0,
+        "new-resource",
+        "reader read /secrets/** for the first time",
+        {"code": "allowed"},
+        "suspend",
+    )
 
     def raise_(i: int) -> AlertRecord | None:
-        return stores[i % 4].raise_alert(alert, AuditEvent(T0, "capgate", "governance.alert",
-                                                           "reader"))
+        return stores[i % 4].raise_alert(
+            alert, AuditEvent(T0, "capgate", "governance.alert", "reader")
+        )
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         raised = [a for a in pool.map(raise_, range(12)) if a is not None]
     assert len(raised) == 1
     listed = stores[0].alerts()
     assert [(a.seq, a.key, a.reason, a.containment, a.detail) for a in listed] == [
-        (raised[0].seq, alert.key, alert.reason, "suspend", {"code": "allowed"})]
+        (raised[0].seq, alert.key, alert.reason, "suspend", {"code": "allowed"})
+    ]
     assert stores[0].alerts(after_seq=raised[0].seq) == []
     audited = stores[0].list_audit(AuditQuery(kind="governance.alert"))
     assert len(audited) == 1 and audited[0].detail["alert"] == raised[0].seq
@@ -98,8 +113,12 @@ def test_an_alert_is_raised_once_however_many_race_for_it(opener):
 
 def test_policies_round_trip_and_are_replaced(opener):
     s = opener()
-    s.set_policy(GovernancePolicy("reader", Containment.NARROW, 2.0, 60.0),
-                 AuditEvent(T0, "admin", "governance.policy", "reader"))
-    s.set_policy(GovernancePolicy("reader", Containment.SUSPEND, 0.5, -1.0),
-                 AuditEvent(T0, "admin", "governance.policy", "reader"))
+    s.set_policy(
+        GovernancePolicy("reader", Containment.NARROW, 2.0, 60.0),
+        AuditEvent(T0, "admin", "governance.policy", "reader"),
+    )
+    s.set_policy(
+        GovernancePolicy("reader", Containment.SUSPEND, 0.5, -1.0),
+        AuditEvent(T0, "admin", "governance.policy", "reader"),
+    )
     assert s.policies() == [GovernancePolicy("reader", Containment.SUSPEND, 0.5, -1.0)]

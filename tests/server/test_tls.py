@@ -19,20 +19,28 @@ from harness import ServerThread, cli
 
 def _cert(subject: str, issuer_key, issuer_name, key, *, ca=False, client=False):
     now = datetime.datetime.now(datetime.UTC)
-    b = (x509.CertificateBuilder()
-         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-         .issuer_name(issuer_name).public_key(key.public_key())
-         .serial_number(x509.random_serial_number())
-         .not_valid_before(now - datetime.timedelta(minutes=5))
-         .not_valid_after(now + datetime.timedelta(days=1))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if not ca:
-        b = b.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
+        b = b.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
         usage = x509.oid.ExtendedKeyUsageOID
-        b = b.add_extension(x509.ExtendedKeyUsage(
-            [usage.CLIENT_AUTH if client else usage.SERVER_AUTH]), critical=False)
+        b = b.add_extension(
+            x509.ExtendedKeyUsage([usage.CLIENT_AUTH if client else usage.SERVER_AUTH]),
+            critical=False,
+        )
     return b.sign(issuer_key, hashes.SHA256())
 
 
@@ -47,8 +55,10 @@ def pki(tmp_path_factory):
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _cert(name, ca_key, ca_name, key, client=client)
         files[f"{name}.key"] = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption())
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
         files[f"{name}.crt"] = cert.public_bytes(serialization.Encoding.PEM)
     files["ca.crt"] = ca.public_bytes(serialization.Encoding.PEM)
     for name, data in files.items():
@@ -58,16 +68,21 @@ def pki(tmp_path_factory):
 
 @pytest.fixture
 def tls_server(tmp_path, pki):
-    s = ServerThread(tmp_path / "data", tls_cert=pki / "server.crt",
-                     tls_key=pki / "server.key").start()
+    s = ServerThread(
+        tmp_path / "data", tls_cert=pki / "server.crt", tls_key=pki / "server.key"
+    ).start()
     yield s
     s.stop()
 
 
 @pytest.fixture
 def mtls_server(tmp_path, pki):
-    s = ServerThread(tmp_path / "data", tls_cert=pki / "server.crt",
-                     tls_key=pki / "server.key", tls_client_ca=pki / "ca.crt").start()
+    s = ServerThread(
+        tmp_path / "data",
+        tls_cert=pki / "server.crt",
+        tls_key=pki / "server.key",
+        tls_client_ca=pki / "ca.crt",
+    ).start()
     yield s
     s.stop()
 
@@ -91,12 +106,30 @@ def test_mutual_tls_requires_a_client_certificate(mtls_server, pki):
 
 
 def test_cli_speaks_tls(mtls_server, pki):
-    r = cli("--json", "--tls-ca", str(pki / "ca.crt"), "--tls-cert", str(pki / "client.crt"),
-            "--tls-key", str(pki / "client.key"), "agent", "list",
-            server=mtls_server.address, credential=mtls_server.admin_credential)
+    r = cli(
+        "--json",
+        "--tls-ca",
+        str(pki / "ca.crt"),
+        "--tls-cert",
+        str(pki / "client.crt"),
+        "--tls-key",
+        str(pki / "client.key"),
+        "agent",
+        "list",
+        server=mtls_server.address,
+        credential=mtls_server.admin_credential,
+    )
     assert r.returncode == 0, r.stderr
-    r = cli("--tls-ca", str(pki / "ca.crt"), "agent", "list", "--timeout", "3",
-            server=mtls_server.address, credential=mtls_server.admin_credential)
+    r = cli(
+        "--tls-ca",
+        str(pki / "ca.crt"),
+        "agent",
+        "list",
+        "--timeout",
+        "3",
+        server=mtls_server.address,
+        credential=mtls_server.admin_credential,
+    )
     assert r.returncode == 2
 
 

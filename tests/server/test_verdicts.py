@@ -40,8 +40,10 @@ def setup(server: ServerThread) -> Iterator[tuple[ServerThread, Client, Client, 
 
 def _all_ways(service: Client, token: str, n: int = 3) -> list[tuple[bool, str]]:
     """The same request n times each through Verify, VerifyBatch and VerifyStream."""
-    out = [(r.allowed, r.code) for r in (service.verify(token, *REQ[:2], presenter=REQ[2])
-                                         for _ in range(n))]
+    out = [
+        (r.allowed, r.code)
+        for r in (service.verify(token, *REQ[:2], presenter=REQ[2]) for _ in range(n))
+    ]
     out += [(r.allowed, r.code) for r in service.verify_batch([(token, *REQ, None)] * n)]
     out += [(r.allowed, r.code) for r in service.verify_stream([(token, *REQ, None)] * n)]
     return out
@@ -79,7 +81,10 @@ def test_budgets_are_counted_on_every_use(setup) -> None:
     assert [r.allowed for r in batch] == [True] * 3 and all(r.counted for r in batch)
     batch = service.verify_batch([(limited, *REQ, None)] * 3)
     assert [(r.allowed, r.code) for r in batch] == [
-        (True, "allowed"), (False, "budget_exhausted"), (False, "budget_exhausted")]
+        (True, "allowed"),
+        (False, "budget_exhausted"),
+        (False, "budget_exhausted"),
+    ]
     assert not service.verify(limited, *REQ[:2], presenter=REQ[2]).allowed
     assert not any(r.allowed for r in service.verify_stream([(limited, *REQ, None)] * 2))
 
@@ -122,8 +127,9 @@ def test_odd_encodings_and_garbage(server: ServerThread) -> None:
         svc = admin.create_principal("files", "service").credential
     with server.client(cred) as alice:
         token = alice.issue("read:/data/**").token
-    one = verifier_pb2.VerifyRequest(token=token, action="read", resource="/data/a",
-                                     presenter="alice")
+    one = verifier_pb2.VerifyRequest(
+        token=token, action="read", resource="/data/a", presenter="alice"
+    )
     auth = (("authorization", f"Bearer {svc}"),)
     with grpc.insecure_channel(server.address) as ch:
         batch = ch.unary_unary("/capgate.v1.VerifierService/VerifyBatch")
@@ -141,17 +147,26 @@ def test_odd_encodings_and_garbage(server: ServerThread) -> None:
             unary(b"\x0a\x05ab", metadata=auth)
         assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert verifier_pb2.VerifyResponse.FromString(
-            unary(one.SerializeToString(), metadata=auth)).allowed
+            unary(one.SerializeToString(), metadata=auth)
+        ).allowed
 
 
 # -- splitting a batch on the wire format -------------------------------------------
 
 
 _TEXT = st.text(max_size=40)
-_REQUESTS = st.lists(st.builds(
-    verifier_pb2.VerifyRequest, token=st.text(max_size=300), action=_TEXT, resource=_TEXT,
-    presenter=_TEXT, ctx=st.dictionaries(_TEXT, _TEXT, max_size=2),
-    discharges=st.lists(_TEXT, max_size=2)), max_size=20)
+_REQUESTS = st.lists(
+    st.builds(
+        verifier_pb2.VerifyRequest,
+        token=st.text(max_size=300),
+        action=_TEXT,
+        resource=_TEXT,
+        presenter=_TEXT,
+        ctx=st.dictionaries(_TEXT, _TEXT, max_size=2),
+        discharges=st.lists(_TEXT, max_size=2),
+    ),
+    max_size=20,
+)
 
 
 @given(_REQUESTS)

@@ -39,17 +39,25 @@ def test_garbage_tokens_deny(setup):
         "unknown caveat": Token.parse(token).append_raw(b"budget <= 5").to_text(),
         "non-utf8 caveat": Token.parse(token).append_raw(b"\xff\xfe").to_text(),
         "wrong key id": Token.mint(b"z" * 32, TokenIdentifier("kdead", "1" * 32, 1).encode())
-        .attenuate("agent = alice").to_text(),
+        .attenuate("agent = alice")
+        .to_text(),
         "foreign macaroon": Token.mint(b"z" * 32, b"keyid").to_text(),
         "null bytes": "\x00" * 64,
         "unicode": "ＡｇＥＴ" * 20,
     }
-    expected = {"random": "malformed_token", "truncated": "malformed_token",
-                "empty": "malformed_token", "twenty kilobytes": "malformed_token",
-                "tampered": None, "unknown caveat": "bad_caveat",
-                "non-utf8 caveat": "bad_caveat", "wrong key id": "unknown_key",
-                "foreign macaroon": "unsupported_token", "null bytes": "malformed_token",
-                "unicode": "malformed_token"}
+    expected = {
+        "random": "malformed_token",
+        "truncated": "malformed_token",
+        "empty": "malformed_token",
+        "twenty kilobytes": "malformed_token",
+        "tampered": None,
+        "unknown caveat": "bad_caveat",
+        "non-utf8 caveat": "bad_caveat",
+        "wrong key id": "unknown_key",
+        "foreign macaroon": "unsupported_token",
+        "null bytes": "malformed_token",
+        "unicode": "malformed_token",
+    }
     for name, text in cases.items():
         d = svc.verify(text, "read", "/data/x", presenter="alice")
         assert not d.allowed, name
@@ -67,10 +75,18 @@ def test_a_message_over_its_method_limit_is_refused_unparsed(setup):
     still_serving(svc, token)
 
 
-@pytest.mark.parametrize("field, value", [
-    ("action", ""), ("action", "x" * 5000), ("resource", ""), ("resource", "/" + "a/" * 5000),
-    ("resource", "/data/../etc/passwd"), ("resource", "/data/x\u202e"), ("presenter", "é" * 100),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("action", ""),
+        ("action", "x" * 5000),
+        ("resource", ""),
+        ("resource", "/" + "a/" * 5000),
+        ("resource", "/data/../etc/passwd"),
+        ("resource", "/data/x\u202e"),
+        ("presenter", "é" * 100),
+    ],
+)
 def test_bad_request_fields_deny(setup, field, value):
     _, _, _, svc, token = setup
     kw = {"action": "read", "resource": "/data/x", "presenter": "alice", field: value}
@@ -94,11 +110,18 @@ def test_undecodable_request_bytes_get_a_status_not_a_crash(setup):
         for payload in (b"\xff" * 64, b"\x0a\xff\xff\xff\xff\x0f", bytes(range(256))):
             with pytest.raises(grpc.RpcError) as e:
                 raw(payload, metadata=md, timeout=5)
-            assert e.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT,
-                                      grpc.StatusCode.UNKNOWN)
+            assert e.value.code() in (
+                grpc.StatusCode.INTERNAL,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.UNKNOWN,
+            )
         # a well-formed message with unknown fields is fine
-        msg = verifier_pb2.VerifyRequest(token=token, action="read", resource="/data/x",
-                                         presenter="alice").SerializeToString() + b"\xf8\x07\x01"
+        msg = (
+            verifier_pb2.VerifyRequest(
+                token=token, action="read", resource="/data/x", presenter="alice"
+            ).SerializeToString()
+            + b"\xf8\x07\x01"
+        )
         reply = verifier_pb2.VerifyResponse.FromString(raw(msg, metadata=md, timeout=5))
         assert reply.allowed
     still_serving(svc, token)
@@ -124,5 +147,6 @@ def test_bad_admin_and_issue_inputs_are_invalid_argument(setup):
         with pytest.raises(Exception) as e:
             call()
         assert isinstance(e.value, (InvalidArgumentError,)) or type(e.value).__name__ in (
-            "NotFoundError",), repr(e.value)
+            "NotFoundError",
+        ), repr(e.value)
     still_serving(svc, token)

@@ -65,8 +65,13 @@ def workers(tmp_path: Path) -> Iterator[ServerProcess]:
     p.stop()
 
 
-def _verdicts(p: ServerProcess, credential: str, token: str, presenter: str = "alice",
-              resource: str = "/data/a") -> list[tuple[bool, str]]:
+def _verdicts(
+    p: ServerProcess,
+    credential: str,
+    token: str,
+    presenter: str = "alice",
+    resource: str = "/data/a",
+) -> list[tuple[bool, str]]:
     """One verification on each of many fresh connections."""
     out = []
     for _ in range(FRESH_CONNECTIONS):
@@ -102,8 +107,7 @@ def test_every_worker_denies_right_after_a_revoke_returns(workers: ServerProcess
     assert _verdicts(workers, service, token) == [(False, "revoked")] * FRESH_CONNECTIONS
 
 
-def test_every_worker_follows_a_suspension_and_a_narrowed_ceiling(
-        workers: ServerProcess) -> None:
+def test_every_worker_follows_a_suspension_and_a_narrowed_ceiling(workers: ServerProcess) -> None:
     token, service = _setup(workers)
     with workers.client() as admin:
         admin.suspend_agent("alice")
@@ -236,8 +240,9 @@ def test_workers_on_postgresql_enforce_a_revoke_everywhere(tmp_path: Path, pg_ur
 
     kek = tmp_path / "kek"
     kek.write_text(new_kek_text())
-    p = ServerProcess(tmp_path / "data", ["--store", pg_url, "--kek-file", str(kek)],
-                      workers=2).start()
+    p = ServerProcess(
+        tmp_path / "data", ["--store", pg_url, "--kek-file", str(kek)], workers=2
+    ).start()
     try:
         assert sorted(_pids(p)) == [0, 1]
         token, service = _setup(p)
@@ -256,8 +261,9 @@ def test_each_worker_reports_the_workers_serving(tmp_path: Path) -> None:
     with socket.socket() as probe:  # worker i serves its metrics at PORT+i
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    p = ServerProcess(tmp_path / "data", ["--metrics-listen", f"127.0.0.1:{port}"],
-                      workers=2).start()
+    p = ServerProcess(
+        tmp_path / "data", ["--metrics-listen", f"127.0.0.1:{port}"], workers=2
+    ).start()
     try:
         for i in (0, 1):
             url = f"http://127.0.0.1:{port + i}/metrics"
@@ -295,11 +301,16 @@ def _setup_again(p: ServerProcess) -> tuple[str, str, str]:
 def test_a_bad_worker_count_is_an_error(tmp_path: Path) -> None:
     from harness import cli
 
-    r = cli("serve", "--data-dir", str(tmp_path / "d"), "--listen", "127.0.0.1:0",
-            "--workers", "0")
+    r = cli("serve", "--data-dir", str(tmp_path / "d"), "--listen", "127.0.0.1:0", "--workers", "0")
     assert r.returncode == 2 and "--workers takes a whole number from 1" in r.stderr
-    r = cli("serve", "--data-dir", str(tmp_path / "d"), "--listen", "127.0.0.1:0",
-            env={"CAPGATE_WORKERS": "many"})
+    r = cli(
+        "serve",
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--listen",
+        "127.0.0.1:0",
+        env={"CAPGATE_WORKERS": "many"},
+    )
     assert r.returncode == 2 and "--workers takes a whole number from 1" in r.stderr
     assert not (tmp_path / "d").exists()  # refused before anything was written
 
@@ -315,7 +326,8 @@ def _health(address: str, name: str) -> str:
 
     with grpc.insecure_channel(address) as ch:
         reply = health_pb2_grpc.HealthStub(ch).Check(
-            health_pb2.HealthCheckRequest(service=name), timeout=5)
+            health_pb2.HealthCheckRequest(service=name), timeout=5
+        )
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
@@ -345,8 +357,10 @@ def test_workers_health_follows_a_restart(workers: ServerProcess) -> None:
     before = _pids(workers)
     os.kill(before[0], signal.SIGKILL)
     wait_for(lambda: _read_pids(workers).get(0) not in (None, before[0]), timeout=30)
-    wait_for(lambda: all(_health(workers.address, WORKERS_HEALTH) == "SERVING"
-                         for _ in range(8)), timeout=30)
+    wait_for(
+        lambda: all(_health(workers.address, WORKERS_HEALTH) == "SERVING" for _ in range(8)),
+        timeout=30,
+    )
 
 
 def test_the_console_on_a_port_worker_0_picks_is_announced(tmp_path: Path) -> None:
@@ -367,11 +381,13 @@ def test_with_workers_the_console_is_served_once_for_the_host(tmp_path: Path) ->
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = ServerProcess(tmp_path / "data", ["--console-listen", f"127.0.0.1:{port}"],
-                      workers=2).start()
+    p = ServerProcess(
+        tmp_path / "data", ["--console-listen", f"127.0.0.1:{port}"], workers=2
+    ).start()
     try:
-        wait_for(lambda: any(f"operator console at http://127.0.0.1:{port}/" in line
-                             for line in p.log))
+        wait_for(
+            lambda: any(f"operator console at http://127.0.0.1:{port}/" in line for line in p.log)
+        )
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
             assert r.status == 200 and b"capgate" in r.read().lower()
         assert len(_pids(p)) == 2

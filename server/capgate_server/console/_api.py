@@ -59,17 +59,30 @@ def decision_filter(agent: str = "", decision: str = "", code: str = "") -> Audi
 
 
 def alert_json(r: AlertRecord) -> dict[str, Any]:
-    return {"seq": r.seq, "at": _when(r.at), "kind": r.kind, "reason": r.reason,
-            "containment": r.containment}
-
-
-def agent_json(a: Agent, last_use: float | None = None,
-               alerts: Sequence[AlertRecord] = ()) -> dict[str, Any]:
     return {
-        "id": a.id, "owner": a.owner, "description": a.description, "status": str(a.status),
-        "ceiling": [str(g) for g in a.ceiling.grants], "max_ttl": a.max_ttl,
-        "max_depth": a.max_depth, "rate": a.rate, "require_proof": a.require_proof,
-        "approvals": [str(r) for r in a.approvals], "created_at": _when(a.created_at),
+        "seq": r.seq,
+        "at": _when(r.at),
+        "kind": r.kind,
+        "reason": r.reason,
+        "containment": r.containment,
+    }
+
+
+def agent_json(
+    a: Agent, last_use: float | None = None, alerts: Sequence[AlertRecord] = ()
+) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "owner": a.owner,
+        "description": a.description,
+        "status": str(a.status),
+        "ceiling": [str(g) for g in a.ceiling.grants],
+        "max_ttl": a.max_ttl,
+        "max_depth": a.max_depth,
+        "rate": a.rate,
+        "require_proof": a.require_proof,
+        "approvals": [str(r) for r in a.approvals],
+        "created_at": _when(a.created_at),
         "last_use": _when(last_use),
         "alerts": [alert_json(r) for r in alerts],  # the newest first
     }
@@ -77,24 +90,45 @@ def agent_json(a: Agent, last_use: float | None = None,
 
 def decision_json(e: AuditEvent) -> dict[str, Any]:
     return {
-        "seq": e.seq, "pos": e.pos, "at": _when(e.at),
+        "seq": e.seq,
+        "pos": e.pos,
+        "at": _when(e.at),
         "last_at": _when(e.last_at if e.last_at is not None else e.at),
-        "by": e.principal, "token_id": e.subject, "allowed": e.ok, "code": e.code,
-        "reason": e.reason, "caveat": e.caveat, "action": e.action, "resource": e.resource,
-        "presenter": e.presenter, "chain": list(e.chain), "count": e.count,
+        "by": e.principal,
+        "token_id": e.subject,
+        "allowed": e.ok,
+        "code": e.code,
+        "reason": e.reason,
+        "caveat": e.caveat,
+        "action": e.action,
+        "resource": e.resource,
+        "presenter": e.presenter,
+        "chain": list(e.chain),
+        "count": e.count,
     }
 
 
 def approval_json(f: Fetched) -> dict[str, Any]:
     r = f.record
     return {
-        "id": r.id, "status": str(f.status), "token_id": r.token_id, "chain": list(r.chain),
-        "requested_by": r.requested_by, "presenter": r.presenter, "action": r.action,
-        "resource": r.resource, "ctx": dict(r.ctx), "conditions": list(r.conditions),
-        "needed": r.needed, "note": r.note, "created_at": _when(r.created_at),
+        "id": r.id,
+        "status": str(f.status),
+        "token_id": r.token_id,
+        "chain": list(r.chain),
+        "requested_by": r.requested_by,
+        "presenter": r.presenter,
+        "action": r.action,
+        "resource": r.resource,
+        "ctx": dict(r.ctx),
+        "conditions": list(r.conditions),
+        "needed": r.needed,
+        "note": r.note,
+        "created_at": _when(r.created_at),
         "wait_until": _when(r.wait_until),
-        "votes": [{"approver": v.approver, "approve": v.approve, "reason": v.reason,
-                   "at": _when(v.at)} for v in r.votes],
+        "votes": [
+            {"approver": v.approver, "approve": v.approve, "reason": v.reason, "at": _when(v.at)}
+            for v in r.votes
+        ],
     }
 
 
@@ -111,8 +145,9 @@ class ConsoleApi:
     # -- agents ------------------------------------------------------------------------------
 
     async def agents(self, caller: Principal) -> list[dict[str, Any]]:
-        recent = await self.trail.list(AuditQuery(kind="verify", newest_first=True,
-                                                  limit=LAST_USE_WINDOW))
+        recent = await self.trail.list(
+            AuditQuery(kind="verify", newest_first=True, limit=LAST_USE_WINDOW)
+        )
         last: dict[str, float] = {}
         for e in recent:
             at = e.last_at if e.last_at is not None else e.at
@@ -123,23 +158,26 @@ class ConsoleApi:
         for r in await self._alerts("", RECENT_ALERTS):
             if r.at >= since:
                 alerts.setdefault(r.agent, []).append(r)
-        return [agent_json(a, last.get(a.id), alerts.get(a.id, ()))
-                for a in self.registry.list()]
+        return [agent_json(a, last.get(a.id), alerts.get(a.id, ())) for a in self.registry.list()]
 
     async def _alerts(self, agent_id: str, limit: int) -> list[AlertRecord]:
         """The newest governance alerts (of one agent, or of all), newest first."""
         found: list[AlertRecord] = await self._replica.read(
-            self._replica.store.alerts, 0, agent_id, limit, True)
+            self._replica.store.alerts, 0, agent_id, limit, True
+        )
         return found
 
     async def agent(self, caller: Principal, agent_id: str) -> dict[str, Any]:
         check_id(agent_id, "agent id")
         a = self.registry.get(caller, agent_id)
-        decisions = await self.trail.list(AuditQuery(agent=agent_id, kind="verify",
-                                                     newest_first=True,
-                                                     limit=RECENT_DECISIONS))
-        out = agent_json(a, max((d.last_at or d.at for d in decisions), default=None),
-                         await self._alerts(agent_id, AGENT_ALERTS))
+        decisions = await self.trail.list(
+            AuditQuery(agent=agent_id, kind="verify", newest_first=True, limit=RECENT_DECISIONS)
+        )
+        out = agent_json(
+            a,
+            max((d.last_at or d.at for d in decisions), default=None),
+            await self._alerts(agent_id, AGENT_ALERTS),
+        )
         out["use"] = await self._use(agent_id)
         out["tokens"] = await self._live_trees(caller, agent_id)
         out["decisions"] = [decision_json(d) for d in decisions]
@@ -148,14 +186,19 @@ class ConsoleApi:
     async def _use(self, agent_id: str) -> list[dict[str, Any]]:
         """What the agent was actually allowed lately (its newest ``LAST_USE_WINDOW``
         allowed decisions), by action and resource: the other half of an access review."""
-        allowed = await self.trail.list(AuditQuery(agent=agent_id, kind="verify", ok=True,
-                                                   newest_first=True, limit=LAST_USE_WINDOW))
+        allowed = await self.trail.list(
+            AuditQuery(
+                agent=agent_id, kind="verify", ok=True, newest_first=True, limit=LAST_USE_WINDOW
+            )
+        )
         use: dict[tuple[str, str], int] = {}
         for e in allowed:
             if e.action:  # a coarse overflow record names no request
                 use[(e.action, e.resource)] = use.get((e.action, e.resource), 0) + e.count
-        return [{"action": a, "resource": r, "count": n}
-                for (a, r), n in sorted(use.items(), key=lambda u: (-u[1], u[0]))][:100]
+        return [
+            {"action": a, "resource": r, "count": n}
+            for (a, r), n in sorted(use.items(), key=lambda u: (-u[1], u[0]))
+        ][:100]
 
     async def _live_trees(self, caller: Principal, agent_id: str) -> list[dict[str, Any]]:
         """The agent's unexpired tokens and the hops delegated to it, each with the tree
@@ -163,8 +206,9 @@ class ConsoleApi:
         now = self._replica.clock()
         found: list[tuple[str, float]] = []
         for kind in ("issue", "delegate"):
-            events = await self.trail.list(AuditQuery(agent=agent_id, kind=kind,
-                                                      newest_first=True, limit=LIVE_TOKENS))
+            events = await self.trail.list(
+                AuditQuery(agent=agent_id, kind=kind, newest_first=True, limit=LIVE_TOKENS)
+            )
             for e in events:
                 if kind == "issue":
                     ttl = e.detail.get("ttl")
@@ -192,21 +236,27 @@ class ConsoleApi:
         # a hop into the agent at or before its revoke-all cut-off is dead too
         cut = agent is None or node.at * 1000 <= agent.revoked_before_ms
         return {
-            "id": node.id, "agent": node.agent, "issued_by": node.issued_by,
-            "at": _when(node.at), "revoked": node.revoked,
-            "suspended": status == str(AgentStatus.SUSPENDED), "agent_status": status,
-            "cut_off": cut, "dead_above": dead_above,
-            "restrictions": list(node.restrictions), "truncated": node.truncated,
-            "children": [self._tree_json(c, dead_above or node.revoked or cut)
-                         for c in node.children],
+            "id": node.id,
+            "agent": node.agent,
+            "issued_by": node.issued_by,
+            "at": _when(node.at),
+            "revoked": node.revoked,
+            "suspended": status == str(AgentStatus.SUSPENDED),
+            "agent_status": status,
+            "cut_off": cut,
+            "dead_above": dead_above,
+            "restrictions": list(node.restrictions),
+            "truncated": node.truncated,
+            "children": [
+                self._tree_json(c, dead_above or node.revoked or cut) for c in node.children
+            ],
         }
 
     # -- actions ----------------------------------------------------------------------------
 
     async def suspend(self, caller: Principal, agent_id: str) -> dict[str, Any]:
         check_id(agent_id, "agent id")
-        return agent_json(await self.registry.set_status(caller, agent_id,
-                                                         AgentStatus.SUSPENDED))
+        return agent_json(await self.registry.set_status(caller, agent_id, AgentStatus.SUSPENDED))
 
     async def resume(self, caller: Principal, agent_id: str) -> dict[str, Any]:
         check_id(agent_id, "agent id")
@@ -229,9 +279,9 @@ class ConsoleApi:
         if wider:
             raise PermissionDeniedError(
                 f"the console only narrows a ceiling; not inside the current one: "
-                f"{', '.join(wider)} (widen with `capgate agent update`)")
-        return agent_json(await self.registry.update(caller, agent_id,
-                                                     AgentUpdate(ceiling=grants)))
+                f"{', '.join(wider)} (widen with `capgate agent update`)"
+            )
+        return agent_json(await self.registry.update(caller, agent_id, AgentUpdate(ceiling=grants)))
 
     async def revoke(self, caller: Principal, node_id: Any, reason: Any) -> dict[str, Any]:
         if not isinstance(node_id, str) or not isinstance(reason, str):
@@ -246,8 +296,9 @@ class ConsoleApi:
     async def pending_approvals(self, caller: Principal) -> list[dict[str, Any]]:
         return [approval_json(f) for f in await self.approvals.list(caller, "pending", 200)]
 
-    async def decide(self, caller: Principal, approval_id: str, approve: Any,
-                     reason: Any) -> dict[str, Any]:
+    async def decide(
+        self, caller: Principal, approval_id: str, approve: Any, reason: Any
+    ) -> dict[str, Any]:
         if not isinstance(approve, bool) or not isinstance(reason, str):
             raise InvalidArgumentError("approve is true or false, reason is text")
         return approval_json(await self.approvals.decide(caller, approval_id, approve, reason))
@@ -261,8 +312,9 @@ class ConsoleApi:
         recent = await self.trail.list(_with(query, newest_first=True, limit=RECENT_DECISIONS))
         return recent, head.pos if head is not None else 0
 
-    async def follow_decisions(self, after_pos: int, query: AuditQuery
-                               ) -> AsyncIterator[AuditEvent]:
+    async def follow_decisions(
+        self, after_pos: int, query: AuditQuery
+    ) -> AsyncIterator[AuditEvent]:
         """Sealed decisions after ``after_pos``, then each new one as it is sealed."""
         async for event in self.trail.watch(after_pos, query, True):
             yield event

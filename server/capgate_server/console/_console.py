@@ -59,22 +59,35 @@ CONSOLE_ROLES: dict[Role, frozenset[str]] = {
 }
 STREAMS_PER_SESSION = 4
 HEARTBEAT = 15.0  # seconds between SSE comments, so a gone browser is noticed
-_STATUS = [(InvalidArgumentError, 400), (AuthenticationError, 401),
-           (PermissionDeniedError, 403), (NotFoundError, 404), (AlreadyExistsError, 409),
-           (FailedPreconditionError, 409), (ResourceExhaustedError, 429),
-           (UnavailableError, 503)]
+_STATUS = [
+    (InvalidArgumentError, 400),
+    (AuthenticationError, 401),
+    (PermissionDeniedError, 403),
+    (NotFoundError, 404),
+    (AlreadyExistsError, 409),
+    (FailedPreconditionError, 409),
+    (ResourceExhaustedError, 429),
+    (UnavailableError, 503),
+]
 _SECURITY_HEADERS = [
-    ("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; "
-     "img-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; "
-     "frame-ancestors 'none'"),
-    ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
-    ("Referrer-Policy", "no-referrer"), ("Cache-Control", "no-store"),
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; "
+        "img-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; "
+        "frame-ancestors 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-store"),
     ("Cross-Origin-Opener-Policy", "same-origin"),
 ]
-_ASSETS = {"/": ("index.html", "text/html; charset=utf-8"),
-           "/static/console.css": ("console.css", "text/css; charset=utf-8"),
-           "/static/console.js": ("console.js", "text/javascript; charset=utf-8"),
-           "/static/pages.js": ("pages.js", "text/javascript; charset=utf-8")}
+_ASSETS = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/static/console.css": ("console.css", "text/css; charset=utf-8"),
+    "/static/console.js": ("console.js", "text/javascript; charset=utf-8"),
+    "/static/pages.js": ("pages.js", "text/javascript; charset=utf-8"),
+}
 
 Action = Callable[[Principal, Request, list[str]], Awaitable[Any]]
 
@@ -109,8 +122,14 @@ def _host_of(header: str) -> str:
 class Console:
     """Serve the console for ``replica`` at ``listen``; ``start`` returns the bound port."""
 
-    def __init__(self, replica: Replica, listen: str, *, tls: ssl.SSLContext | None = None,
-                 sessions: Sessions | None = None) -> None:
+    def __init__(
+        self,
+        replica: Replica,
+        listen: str,
+        *,
+        tls: ssl.SSLContext | None = None,
+        sessions: Sessions | None = None,
+    ) -> None:
         self._replica = replica
         self._listen = listen
         self._tls = tls
@@ -166,7 +185,7 @@ class Console:
                     if request.method != method:
                         continue
                     self._may(principal, needs)
-                    rest = [p for p in request.path[len(prefix):].split("/") if p]
+                    rest = [p for p in request.path[len(prefix) :].split("/") if p]
                     return _json(200, await action(principal, request, rest))
             raise _Refused(404, "no such page")
         except _Refused as e:
@@ -190,7 +209,8 @@ class Console:
             if origin != f"{scheme}://{request.headers.get('host', '')}":
                 raise _Refused(403, "cross-origin request refused")
         if session is not None and not session.csrf_matches(
-                request.headers.get("x-csrf-token", "")):
+            request.headers.get("x-csrf-token", "")
+        ):
             raise _Refused(403, "missing or wrong CSRF token")
 
     def _asset(self, path: str) -> Response:
@@ -200,8 +220,7 @@ class Console:
 
     def _cookie(self, value: str, max_age: int) -> str:
         secure = "; Secure" if self._tls is not None else ""
-        return (f"{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; "
-                f"Max-Age={max_age}{secure}")
+        return f"{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
 
     # -- sessions ------------------------------------------------------------------------------
 
@@ -214,38 +233,66 @@ class Console:
         credential = credential.strip()
         principal = await self._replica.authenticate(credential)
         if principal is None or principal.disabled:
-            self._replica.audit.refusal("auth.failed", principal.id if principal else "unknown",
-                                        "console.login", "unauthenticated",
-                                        "missing, unknown or disabled credential",
-                                        self._replica.clock())
+            self._replica.audit.refusal(
+                "auth.failed",
+                principal.id if principal else "unknown",
+                "console.login",
+                "unauthenticated",
+                "missing, unknown or disabled credential",
+                self._replica.clock(),
+            )
             raise _Refused(401, "unknown or disabled credential")
         if principal.role not in CONSOLE_ROLES:
-            raise _Refused(403, f"the {principal.role} role has no console (log in as an "
-                                "admin, an operator or an approver)")
+            raise _Refused(
+                403,
+                f"the {principal.role} role has no console (log in as an "
+                "admin, an operator or an approver)",
+            )
         session = self.sessions.create(principal.id, hash_credential(credential))
-        await self._replica.call(self._replica.store.append_audit, [AuditEvent(
-            self._replica.clock(), principal.id, "console.login", principal.id,
-            replica=self._replica.settings.replica_id)])
-        return _json(200, self._session_json(session, principal),
-                     [("Set-Cookie", self._cookie(session.id, int(self.sessions.lifetime)))])
+        await self._replica.call(
+            self._replica.store.append_audit,
+            [
+                AuditEvent(
+                    self._replica.clock(),
+                    principal.id,
+                    "console.login",
+                    principal.id,
+                    replica=self._replica.settings.replica_id,
+                )
+            ],
+        )
+        return _json(
+            200,
+            self._session_json(session, principal),
+            [("Set-Cookie", self._cookie(session.id, int(self.sessions.lifetime)))],
+        )
 
     async def _session(self, request: Request) -> tuple[Session, Principal]:
         session = self.sessions.get(request.cookies.get(COOKIE, ""))
         if session is None:
             raise _Refused(401, "log in first")
         # the principal as the store has it now: disabled or rotated ends the session
-        principal = await self._replica.read(self._replica.store.principal_by_credential,
-                                             session.credential_hash)
-        if principal is None or principal.disabled or principal.id != session.principal \
-                or principal.role not in CONSOLE_ROLES:
+        principal = await self._replica.read(
+            self._replica.store.principal_by_credential, session.credential_hash
+        )
+        if (
+            principal is None
+            or principal.disabled
+            or principal.id != session.principal
+            or principal.role not in CONSOLE_ROLES
+        ):
             self.sessions.end(session.id)
             raise _Refused(401, "the session's credential no longer holds: log in again")
         return session, principal
 
     @staticmethod
     def _session_json(session: Session, principal: Principal) -> dict[str, Any]:
-        return {"principal": principal.id, "role": str(principal.role), "csrf": session.csrf,
-                "may": sorted(CONSOLE_ROLES[principal.role])}
+        return {
+            "principal": principal.id,
+            "role": str(principal.role),
+            "csrf": session.csrf,
+            "may": sorted(CONSOLE_ROLES[principal.role]),
+        }
 
     @staticmethod
     def _may(principal: Principal, needs: str) -> None:
@@ -291,8 +338,7 @@ class Console:
         if len(rest) != 1:
             raise _Refused(404, "no such approval")
         body = _body(request)
-        return await self.api.decide(caller, rest[0], body.get("approve"),
-                                     body.get("reason", ""))
+        return await self.api.decide(caller, rest[0], body.get("approve"), body.get("reason", ""))
 
     async def _decisions(self, caller: Principal, request: Request, rest: list[str]) -> Any:
         q = request.query
@@ -312,8 +358,12 @@ class Console:
         after = str(max(int(after), int(resumed or 0)))
         if self._streams.get(session.id, 0) >= STREAMS_PER_SESSION:
             raise _Refused(429, f"at most {STREAMS_PER_SESSION} live tables per session")
-        return Response(200, b"retry: 2000\n\n", content_type="text/event-stream",
-                        stream=self._events(session, int(after), query))
+        return Response(
+            200,
+            b"retry: 2000\n\n",
+            content_type="text/event-stream",
+            stream=self._events(session, int(after), query),
+        )
 
     async def _events(self, session: Session, after: int, query: Any) -> AsyncIterator[bytes]:
         self._streams[session.id] = self._streams.get(session.id, 0) + 1

@@ -27,12 +27,25 @@ MAX_HEAD = 16 * 1024  # request line and headers
 MAX_BODY = 64 * 1024  # a JSON action is a few hundred bytes
 READ_TIMEOUT = 10.0  # seconds a client has to send its request
 MAX_CONNECTIONS = 64
-REASONS = {200: "OK", 204: "No Content", 302: "Found", 400: "Bad Request",
-           401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-           405: "Method Not Allowed", 409: "Conflict", 411: "Length Required",
-           413: "Content Too Large", 415: "Unsupported Media Type",
-           421: "Misdirected Request", 429: "Too Many Requests", 500: "Internal Server Error",
-           501: "Not Implemented", 503: "Service Unavailable"}
+REASONS = {
+    200: "OK",
+    204: "No Content",
+    302: "Found",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    411: "Length Required",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    421: "Misdirected Request",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+}
 
 
 @dataclass
@@ -81,8 +94,9 @@ class HttpServer:
         self._open: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None) -> int:
-        self._server = await asyncio.start_server(self._connection, host, port, ssl=tls,
-                                                  limit=MAX_HEAD)
+        self._server = await asyncio.start_server(
+            self._connection, host, port, ssl=tls, limit=MAX_HEAD
+        )
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
@@ -94,8 +108,7 @@ class HttpServer:
                 await asyncio.wait_for(self._server.wait_closed(), 2)
             self._server = None
 
-    async def _connection(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         busy = len(self._open) >= MAX_CONNECTIONS
@@ -109,14 +122,18 @@ class HttpServer:
             except _BadRequest as e:
                 await self._send(writer, _error(e.status, str(e)))
                 return
-            except (TimeoutError, ConnectionError, asyncio.IncompleteReadError,
-                    asyncio.LimitOverrunError, ValueError):
+            except (
+                TimeoutError,
+                ConnectionError,
+                asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError,
+                ValueError,
+            ):
                 return  # a client that cannot send a request gets nothing back
             try:
                 response = await self._handler(request)
             except Exception:
-                log.exception("console: internal error on %s %s", request.method,
-                              request.path)
+                log.exception("console: internal error on %s %s", request.method, request.path)
                 response = _error(500, "internal error")
             await self._send(writer, response)
         except (ConnectionError, asyncio.CancelledError):
@@ -128,8 +145,11 @@ class HttpServer:
                 await writer.wait_closed()
 
     async def _send(self, writer: asyncio.StreamWriter, r: Response) -> None:
-        head = [f"HTTP/1.1 {r.status} {REASONS.get(r.status, 'Status')}",
-                f"Content-Type: {r.content_type}", "Connection: close"]
+        head = [
+            f"HTTP/1.1 {r.status} {REASONS.get(r.status, 'Status')}",
+            f"Content-Type: {r.content_type}",
+            "Connection: close",
+        ]
         if r.stream is None:
             head.append(f"Content-Length: {len(r.body)}")
         head += [f"{k}: {v}" for k, v in (*self._security, *r.headers)]

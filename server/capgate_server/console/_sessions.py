@@ -39,8 +39,14 @@ class Session:
 
 
 class Sessions:
-    def __init__(self, clock: Callable[[], float], *, idle: float = IDLE,
-                 lifetime: float = LIFETIME, limit: int = MAX_SESSIONS) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        *,
+        idle: float = IDLE,
+        lifetime: float = LIFETIME,
+        limit: int = MAX_SESSIONS,
+    ) -> None:
         self._clock = clock
         self._idle = idle
         self.lifetime = lifetime
@@ -53,8 +59,14 @@ class Sessions:
         while len(self._by_id) >= self._limit:
             oldest = min(self._by_id.values(), key=lambda s: s.seen)
             del self._by_id[oldest.id]
-        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), principal,
-                          credential_hash, now, now)
+        session = Session(
+            secrets.token_urlsafe(32),
+            secrets.token_urlsafe(32),
+            principal,
+            credential_hash,
+            now,
+            now,
+        )
         self._by_id[session.id] = session
         return session
 

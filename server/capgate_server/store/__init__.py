@@ -90,15 +90,16 @@ __all__ = [
 ]
 
 
-def open_store(url: str | None, data_dir: Path,
-               timeouts: SessionTimeouts | None = None, *, writer: str = "") -> Store:
+def open_store(
+    url: str | None, data_dir: Path, timeouts: SessionTimeouts | None = None, *, writer: str = ""
+) -> Store:
     """``None`` → SQLite in ``data_dir``; ``sqlite:///PATH``; ``postgresql://…`` (whose
     sessions get ``timeouts``). ``writer`` names the replica in the audit records."""
     if not url:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return SqliteStore(data_dir / "capgate.db", writer=writer)
     if url.startswith("sqlite:///"):
-        return SqliteStore(url[len("sqlite:///"):], writer=writer)
+        return SqliteStore(url[len("sqlite:///") :], writer=writer)
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresStore(url, timeouts=timeouts, writer=writer)
     raise InvalidArgumentError(f"unknown store URL {url!r} (sqlite:///PATH or postgresql://…)")

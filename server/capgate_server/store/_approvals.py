@@ -119,8 +119,9 @@ class ApprovalStore(ABC):
     """Approvals in the store (``Store`` includes it; ``SqlStore`` implements it)."""
 
     @abstractmethod
-    def create_approval(self, record: ApprovalRecord, audit: AuditEvent,
-                        pending_limit: int) -> None:
+    def create_approval(
+        self, record: ApprovalRecord, audit: AuditEvent, pending_limit: int
+    ) -> None:
         """Insert a pending request; ``ResourceExhaustedError`` when its requester
         already has ``pending_limit`` requests pending (lapsed ones do not count)."""
 
@@ -128,14 +129,20 @@ class ApprovalStore(ABC):
     def get_approval(self, approval_id: str) -> ApprovalRecord | None: ...
 
     @abstractmethod
-    def list_approvals(self, now: float, status: ApprovalStatus | None = None,
-                       limit: int = 100, requested_by: str = "") -> list[ApprovalRecord]:
+    def list_approvals(
+        self,
+        now: float,
+        status: ApprovalStatus | None = None,
+        limit: int = 100,
+        requested_by: str = "",
+    ) -> list[ApprovalRecord]:
         """Records oldest first, at most ``limit``: with ``status`` only those that read
         so at ``now`` (``ApprovalRecord.state``), with ``requested_by`` only its own."""
 
     @abstractmethod
-    def vote_approval(self, approval_id: str, vote: ApprovalVote, audit: AuditEvent
-                      ) -> ApprovalRecord:
+    def vote_approval(
+        self, approval_id: str, vote: ApprovalVote, audit: AuditEvent
+    ) -> ApprovalRecord:
         """Record one approver's vote on a pending request, atomically: a no denies it,
         and the ``needed``-th distinct yes approves it (expiring ``min(ttl)`` after
         ``vote.at``, with ``min(uses)`` uses). ``NotFoundError`` for an unknown id;
@@ -144,20 +151,30 @@ class ApprovalStore(ABC):
         detail gains the resulting status)."""
 
     @abstractmethod
-    def redeem_approvals(self, approval_ids: Sequence[str], token_digest: str,
-                         request_digest: str, now: float, audits: Sequence[AuditEvent]
-                         ) -> tuple[str, Redemption]:
+    def redeem_approvals(
+        self,
+        approval_ids: Sequence[str],
+        token_digest: str,
+        request_digest: str,
+        now: float,
+        audits: Sequence[AuditEvent],
+    ) -> tuple[str, Redemption]:
         """Spend one use of each approval, all or none, atomically across every replica
         sharing the store: each only while it is approved, for this token and request,
         unexpired at ``now``, with a use left. Returns ``("", OK)``, or the first that
         could not be spent and why (then none was). ``audits`` (the uses) are written
         only when all were spent."""
 
-    def redeem_approval(self, approval_id: str, token_digest: str, request_digest: str,
-                        now: float, audit: AuditEvent) -> Redemption:
+    def redeem_approval(
+        self,
+        approval_id: str,
+        token_digest: str,
+        request_digest: str,
+        now: float,
+        audit: AuditEvent,
+    ) -> Redemption:
         """``redeem_approvals`` for one approval."""
-        return self.redeem_approvals([approval_id], token_digest, request_digest, now,
-                                     [audit])[1]
+        return self.redeem_approvals([approval_id], token_digest, request_digest, now, [audit])[1]
 
     @abstractmethod
     def prune_approvals(self, before: float) -> int:

@@ -30,6 +30,7 @@ class Signer(Protocol):
 
     def __call__(self, pos: int, digest: bytes, at: float, cut: bool = False) -> Checkpoint: ...
 
+
 __all__ = [
     "AUDIT_FIELD_LIMITS",
     "AgentPatch",
@@ -173,14 +174,35 @@ def decode_approval_rules(text: str) -> tuple[ApprovalRule, ...]:
 
 
 def agent_from_row(row: Sequence[Any], keys: dict[str, bytes]) -> Agent:
-    (aid, owner, description, status, ceiling, max_ttl, max_depth, epoch, revoked_before,
-     created_at, require_proof, approvals, rate) = row
+    (
+        aid,
+        owner,
+        description,
+        status,
+        ceiling,
+        max_ttl,
+        max_depth,
+        epoch,
+        revoked_before,
+        created_at,
+        require_proof,
+        approvals,
+        rate,
+    ) = row
     return Agent(
-        id=str(aid), ceiling=decode_ceiling(str(ceiling)), status=AgentStatus(str(status)),
-        owner=str(owner), description=str(description), max_ttl=int(max_ttl),
-        max_depth=int(max_depth), epoch=int(epoch), revoked_before_ms=int(revoked_before),
-        created_at=float(created_at), require_proof=bool(require_proof),
-        approvals=decode_approval_rules(str(approvals)), rate=str(rate),
+        id=str(aid),
+        ceiling=decode_ceiling(str(ceiling)),
+        status=AgentStatus(str(status)),
+        owner=str(owner),
+        description=str(description),
+        max_ttl=int(max_ttl),
+        max_depth=int(max_depth),
+        epoch=int(epoch),
+        revoked_before_ms=int(revoked_before),
+        created_at=float(created_at),
+        require_proof=bool(require_proof),
+        approvals=decode_approval_rules(str(approvals)),
+        rate=str(rate),
     ).with_changes(public_keys=keys)
 
 
@@ -212,8 +234,9 @@ class Store(ApprovalStore, GovernanceStore, ABC):
     # -- principals and agents -------------------------------------------------------
 
     @abstractmethod
-    def create_principal(self, principal: Principal, credential_hash: str,
-                         audit: AuditEvent | None = None) -> None:
+    def create_principal(
+        self, principal: Principal, credential_hash: str, audit: AuditEvent | None = None
+    ) -> None:
         """Raise ``AlreadyExistsError`` if the id is taken."""
 
     @abstractmethod
@@ -227,13 +250,11 @@ class Store(ApprovalStore, GovernanceStore, ABC):
         """Every principal, agents included (deleted agents' principals are gone)."""
 
     @abstractmethod
-    def set_principal_disabled(self, principal_id: str, disabled: bool,
-                               audit: AuditEvent) -> None:
+    def set_principal_disabled(self, principal_id: str, disabled: bool, audit: AuditEvent) -> None:
         """Disable or enable a principal's credential; ``NotFoundError`` if absent."""
 
     @abstractmethod
-    def set_credential(self, principal_id: str, credential_hash: str,
-                       audit: AuditEvent) -> None:
+    def set_credential(self, principal_id: str, credential_hash: str, audit: AuditEvent) -> None:
         """Replace a principal's credential (the old one stops working at once)."""
 
     @abstractmethod
@@ -291,8 +312,9 @@ class Store(ApprovalStore, GovernanceStore, ABC):
         here (0.0 if none): an agent-wide revocation must reach at least that far."""
 
     @abstractmethod
-    def record_delegations(self, records: Sequence[DelegationRecord],
-                           audit: AuditEvent | None = None) -> None:
+    def record_delegations(
+        self, records: Sequence[DelegationRecord], audit: AuditEvent | None = None
+    ) -> None:
         """Insert hops not yet known (existing ids are left as they are), with the
         audit record of the delegation in the same transaction."""
 
@@ -304,8 +326,15 @@ class Store(ApprovalStore, GovernanceStore, ABC):
         """Recorded hops of the tree rooted at ``token_id``, oldest first, at most ``limit``."""
 
     @abstractmethod
-    def revoke(self, lineage_id: str, revoked_at: float, expires_at: float, by: str,
-               reason: str, audit: AuditEvent) -> bool:
+    def revoke(
+        self,
+        lineage_id: str,
+        revoked_at: float,
+        expires_at: float,
+        by: str,
+        reason: str,
+        audit: AuditEvent,
+    ) -> bool:
         """Durably revoke; False if it already was. An existing entry is kept until the
         later of the two expiries (never shortened)."""
 
@@ -321,8 +350,9 @@ class Store(ApprovalStore, GovernanceStore, ABC):
     # -- proof nonces ------------------------------------------------------------------
 
     @abstractmethod
-    def redeem_nonces(self, claims: Sequence[tuple[str, str, float]],
-                      forget_before: float | None = None) -> list[bool]:
+    def redeem_nonces(
+        self, claims: Sequence[tuple[str, str, float]], forget_before: float | None = None
+    ) -> list[bool]:
         """Redeem proof-of-possession nonces, each ``(agent, nonce, keep_until)``: True for
         one redeemed now, False for one already redeemed (by any replica sharing the
         store, or earlier in ``claims``). With ``forget_before``, first forget nonces kept
@@ -331,8 +361,9 @@ class Store(ApprovalStore, GovernanceStore, ABC):
     # -- budgets -------------------------------------------------------------------------
 
     @abstractmethod
-    def lease_budgets(self, leases: Sequence[BudgetLease],
-                      forget_before: float | None = None) -> list[int]:
+    def lease_budgets(
+        self, leases: Sequence[BudgetLease], forget_before: float | None = None
+    ) -> list[int]:
         """Take uses for each lease, atomically: as many as it wants, or as remain of its
         limit (0: the budget is spent). With ``forget_before``, first drop the rows that
         expired before it (by the earlier of it and the store's own clock)."""
@@ -375,8 +406,9 @@ class Store(ApprovalStore, GovernanceStore, ABC):
         replica seals at a time (the others return 0). Returns how many were sealed."""
 
     @abstractmethod
-    def sealed_audit(self, after_pos: int, limit: int,
-                     query: AuditQuery | None = None) -> list[AuditEvent]:
+    def sealed_audit(
+        self, after_pos: int, limit: int, query: AuditQuery | None = None
+    ) -> list[AuditEvent]:
         """Sealed records after ``after_pos`` in their order, filtered by ``query``."""
 
     @abstractmethod

@@ -13,8 +13,16 @@ __all__ = ["AUDIT_FIELD_LIMITS", "AuditEvent", "AuditQuery"]
 # original length kept in ``detail["truncated"]`` (a record's size is bounded).
 # Valid actions, presenters and resources always fit; only bad requests are cut.
 AUDIT_FIELD_LIMITS: dict[str, int] = {
-    "principal": 64, "subject": 128, "code": 64, "reason": 512, "action": 64,
-    "resource": 1024, "presenter": 64, "detail": 4096, "caveat": 512, "replica": 64,
+    "principal": 64,
+    "subject": 128,
+    "code": 64,
+    "reason": 512,
+    "action": 64,
+    "resource": 1024,
+    "presenter": 64,
+    "detail": 4096,
+    "caveat": 512,
+    "replica": 64,
 }
 _CTX_KEYS = 32  # context keys a record names (each at most 64 characters)
 
@@ -51,8 +59,17 @@ class AuditEvent:
         """This record as it is stored: every text field within ``AUDIT_FIELD_LIMITS``."""
         cut: dict[str, int] = {}
         values: dict[str, str] = {}
-        for name in ("principal", "subject", "code", "reason", "action", "resource", "presenter",
-                     "caveat", "replica"):
+        for name in (
+            "principal",
+            "subject",
+            "code",
+            "reason",
+            "action",
+            "resource",
+            "presenter",
+            "caveat",
+            "replica",
+        ):
             value: str = getattr(self, name)
             limit = AUDIT_FIELD_LIMITS[name]
             if len(value) > limit:
@@ -74,12 +91,25 @@ class AuditEvent:
         if not cut:
             return self
         return AuditEvent(
-            self.at, values.get("principal", self.principal), self.kind,
-            values.get("subject", self.subject), self.ok, values.get("code", self.code),
-            values.get("reason", self.reason), chain, {**detail, "truncated": cut}, self.seq,
-            values.get("action", self.action), values.get("resource", self.resource),
-            values.get("presenter", self.presenter), self.count, self.last_at,
-            values.get("caveat", self.caveat), ctx_keys, values.get("replica", self.replica))
+            self.at,
+            values.get("principal", self.principal),
+            self.kind,
+            values.get("subject", self.subject),
+            self.ok,
+            values.get("code", self.code),
+            values.get("reason", self.reason),
+            chain,
+            {**detail, "truncated": cut},
+            self.seq,
+            values.get("action", self.action),
+            values.get("resource", self.resource),
+            values.get("presenter", self.presenter),
+            self.count,
+            self.last_at,
+            values.get("caveat", self.caveat),
+            ctx_keys,
+            values.get("replica", self.replica),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,8 +92,7 @@ class GovernanceStore(ABC):
         instants; safe from several replicas at once."""
 
     @abstractmethod
-    def usage(self, agent: str = "", since: float = 0.0, limit: int = 100_000
-              ) -> list[UsageRow]:
+    def usage(self, agent: str = "", since: float = 0.0, limit: int = 100_000) -> list[UsageRow]:
         """Usage rows last seen at or after ``since`` (every agent's, or one's), the most
         recently seen first."""
 
@@ -107,8 +106,9 @@ class GovernanceStore(ABC):
         an alert with its key exists already."""
 
     @abstractmethod
-    def alerts(self, after_seq: int = 0, agent: str = "", limit: int = 100,
-               newest_first: bool = False) -> list[AlertRecord]:
+    def alerts(
+        self, after_seq: int = 0, agent: str = "", limit: int = 100, newest_first: bool = False
+    ) -> list[AlertRecord]:
         """Alerts after ``after_seq``, oldest first (or the newest ``limit``, newest first)."""
 
     @abstractmethod

@@ -39,10 +39,14 @@ from capgate_server.store._sql import SqlStore
 __all__ = ["PostgresStore", "SessionTimeouts"]
 
 log = logging.getLogger("capgate.store.postgres")
-_TYPES = {"blob": "BYTEA", "real": "DOUBLE PRECISION", "bigint": "BIGINT",
-          "serial": "BIGSERIAL PRIMARY KEY",
-          # the writing transaction of an audit record, for the order the ledger seals in
-          "txid": "BIGINT DEFAULT ((pg_current_xact_id())::text)::bigint"}
+_TYPES = {
+    "blob": "BYTEA",
+    "real": "DOUBLE PRECISION",
+    "bigint": "BIGINT",
+    "serial": "BIGSERIAL PRIMARY KEY",
+    # the writing transaction of an audit record, for the order the ledger seals in
+    "txid": "BIGINT DEFAULT ((pg_current_xact_id())::text)::bigint",
+}
 _CHANNEL = "capgate_changes"
 _CHANGES_LOCK = 0x63617067  # advisory lock ids ("capg", "capm")
 _MIGRATE_LOCK = 0x6361706D
@@ -65,16 +69,25 @@ class SessionTimeouts:
     idle_in_transaction: float = 5.0
 
     def options(self) -> dict[str, str]:
-        return {"statement_timeout": _ms(self.statement), "lock_timeout": _ms(self.lock),
-                "idle_in_transaction_session_timeout": _ms(self.idle_in_transaction)}
+        return {
+            "statement_timeout": _ms(self.statement),
+            "lock_timeout": _ms(self.lock),
+            "idle_in_transaction_session_timeout": _ms(self.idle_in_transaction),
+        }
 
 
 class PostgresStore(SqlStore):
     placeholder = "%s"
     _lock_row = " FOR UPDATE"
 
-    def __init__(self, url: str, *, connect_timeout: float = 5.0,
-                 timeouts: SessionTimeouts | None = None, writer: str = "") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = 5.0,
+        timeouts: SessionTimeouts | None = None,
+        writer: str = "",
+    ) -> None:
         self.url = url
         self.writer = writer
         self._timeout = connect_timeout
@@ -114,9 +127,15 @@ class PostgresStore(SqlStore):
 
     def _params(self) -> dict[str, Any]:
         """Connection options: a cut-off database is noticed in seconds, not minutes."""
-        return {"connect_timeout": max(1, int(self._timeout)), "application_name": "capgate",
-                "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
-                "keepalives_count": 2, "tcp_user_timeout": int(self._timeout * 1000)}
+        return {
+            "connect_timeout": max(1, int(self._timeout)),
+            "application_name": "capgate",
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 2,
+            "tcp_user_timeout": int(self._timeout * 1000),
+        }
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
@@ -139,11 +158,13 @@ class PostgresStore(SqlStore):
     def _change(self, cur: Any, kind: ChangeKind, key: str, value: float | None = None) -> None:
         # One statement takes the feed lock, then draws the seq and appends the row;
         # the lock is held from here to the commit and no longer.
-        cur.execute("WITH feed_lock AS MATERIALIZED ("
-                    "SELECT pg_advisory_xact_lock(%s), pg_notify(%s, '')) "
-                    "INSERT INTO changes (kind, key, value) "
-                    "SELECT %s::text, %s::text, %s::double precision FROM feed_lock",
-                    (_CHANGES_LOCK, _CHANNEL, str(kind), key, value))
+        cur.execute(
+            "WITH feed_lock AS MATERIALIZED ("
+            "SELECT pg_advisory_xact_lock(%s), pg_notify(%s, '')) "
+            "INSERT INTO changes (kind, key, value) "
+            "SELECT %s::text, %s::text, %s::double precision FROM feed_lock",
+            (_CHANGES_LOCK, _CHANNEL, str(kind), key, value),
+        )
 
     def _seal_lock(self, cur: Any) -> bool:
         cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (_SEAL_LOCK,))
@@ -152,8 +173,7 @@ class PostgresStore(SqlStore):
     def _seal_order(self) -> tuple[str, str]:
         # Only records of transactions older than every one still running: no record
         # written from now on can come before them, so the order never changes.
-        return ("AND txid < (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint",
-                "txid, seq")
+        return ("AND txid < (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint", "txid, seq")
 
     def _store_clock(self, cur: Any) -> float | None:
         cur.execute("SELECT extract(epoch FROM clock_timestamp())::double precision")
@@ -176,8 +196,11 @@ class PostgresStore(SqlStore):
         cur.execute("SELECT current_setting('search_path')")
         first = cur.fetchone()[0].split(",")[0].strip().strip('"')
         if first and first not in ("$user", "public", "pg_catalog"):
-            cur.execute(psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                psycopg.sql.Identifier(first)))
+            cur.execute(
+                psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    psycopg.sql.Identifier(first)
+                )
+            )
 
     def ping(self) -> None:
         with self._read() as cur:
@@ -211,12 +234,16 @@ class PostgresStore(SqlStore):
 # Errors that mean "the database cannot do this now", not "this request is wrong":
 # connection loss, timeouts, disk full (OperationalError), a read-only server, and
 # this session ended for idling in a transaction.
-_UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction,
-                psycopg.errors.IdleInTransactionSessionTimeout,
-                # a concurrent transaction won a race this one should have waited out:
-                # nothing was written, and the caller may try again
-                psycopg.errors.UniqueViolation, psycopg.errors.SerializationFailure,
-                psycopg.errors.DeadlockDetected)
+_UNAVAILABLE = (
+    psycopg.OperationalError,
+    psycopg.errors.ReadOnlySqlTransaction,
+    psycopg.errors.IdleInTransactionSessionTimeout,
+    # a concurrent transaction won a race this one should have waited out:
+    # nothing was written, and the caller may try again
+    psycopg.errors.UniqueViolation,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.DeadlockDetected,
+)
 
 
 def _unavailable(e: psycopg.Error) -> UnavailableError:

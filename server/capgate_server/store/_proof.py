@@ -29,8 +29,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from capgate import public_key_id
 
-__all__ = ["GENESIS", "Break", "Checkpoint", "LedgerKey", "canonical", "link", "record_mac",
-           "walk"]
+__all__ = ["GENESIS", "Break", "Checkpoint", "LedgerKey", "canonical", "link", "record_mac", "walk"]
 
 GENESIS = bytes(32)
 _CONTEXT = b"capgate-audit-v1"
@@ -85,8 +84,9 @@ class Checkpoint:
     cut: bool = False  # a retention cut: signed as one, so no other checkpoint passes for it
 
     def message(self) -> bytes:
-        return ((_CUT if self.cut else _CHECKPOINT)
-                + f"{self.pos}:{self.digest}:{self.at!r}".encode("ascii"))
+        return (_CUT if self.cut else _CHECKPOINT) + f"{self.pos}:{self.digest}:{self.at!r}".encode(
+            "ascii"
+        )
 
     def valid(self, trusted: Iterable[str] | None = None) -> bool:
         """Signed by its own key, and that key is one of ``trusted`` key ids (if given)."""
@@ -97,7 +97,8 @@ class Checkpoint:
             if public_key_id(raw) != self.key_id:
                 return False
             Ed25519PublicKey.from_public_bytes(raw).verify(
-                base64.b64decode(self.signature, validate=True), self.message())
+                base64.b64decode(self.signature, validate=True), self.message()
+            )
         except (InvalidSignature, ValueError):
             return False
         return True
@@ -108,9 +109,15 @@ class Checkpoint:
     @classmethod
     def from_json(cls, text: str) -> Checkpoint:
         data = json.loads(text)
-        return cls(int(data["pos"]), str(data["digest"]), float(data["at"]),
-                   str(data["key_id"]), str(data["public_key"]), str(data["signature"]),
-                   data.get("cut") is True)
+        return cls(
+            int(data["pos"]),
+            str(data["digest"]),
+            float(data["at"]),
+            str(data["key_id"]),
+            str(data["public_key"]),
+            str(data["signature"]),
+            data.get("cut") is True,
+        )
 
 
 class LedgerKey:
@@ -144,8 +151,15 @@ class LedgerKey:
         before which records were deleted)."""
         unsigned = Checkpoint(pos, digest.hex(), at, self.key_id, self.public_key, "", cut)
         signature = self._private.sign(unsigned.message())
-        return Checkpoint(pos, digest.hex(), at, self.key_id, self.public_key,
-                          base64.b64encode(signature).decode("ascii"), cut)
+        return Checkpoint(
+            pos,
+            digest.hex(),
+            at,
+            self.key_id,
+            self.public_key,
+            base64.b64encode(signature).decode("ascii"),
+            cut,
+        )
 
 
 @dataclass(frozen=True)
@@ -156,8 +170,12 @@ class Break:
     reason: str
 
 
-def walk(records: Iterable[tuple[int, bytes, bytes]], start_pos: int, start: bytes,
-         checkpoints: Sequence[Checkpoint]) -> tuple[Break | None, int, bytes]:
+def walk(
+    records: Iterable[tuple[int, bytes, bytes]],
+    start_pos: int,
+    start: bytes,
+    checkpoints: Sequence[Checkpoint],
+) -> tuple[Break | None, int, bytes]:
     """Recompute the chain over ``(pos, canonical record, stored digest)`` in order,
     from the digest ``start`` at ``start_pos``; check every checkpoint on the way.
 
@@ -167,18 +185,36 @@ def walk(records: Iterable[tuple[int, bytes, bytes]], start_pos: int, start: byt
     pos, digest = start_pos, start
     for got_pos, record, stored in records:
         if got_pos != pos + 1:
-            return Break(pos + 1, f"record {pos + 1} is missing (the next is {got_pos})"), \
-                pos, digest
+            return (
+                Break(pos + 1, f"record {pos + 1} is missing (the next is {got_pos})"),
+                pos,
+                digest,
+            )
         pos, digest = got_pos, link(digest, record)
         if stored != digest:
-            return Break(pos, f"record {pos} is not the one that was written (its digest "
-                              "does not follow from the records before it)"), pos, digest
+            return (
+                Break(
+                    pos,
+                    f"record {pos} is not the one that was written (its digest "
+                    "does not follow from the records before it)",
+                ),
+                pos,
+                digest,
+            )
         mark = marks.pop(pos, None)
         if mark is not None and mark.digest != digest.hex():
-            return Break(pos, f"the record up to {pos} is not the one checkpoint {pos} "
-                              "signed"), pos, digest
+            return (
+                Break(pos, f"the record up to {pos} is not the one checkpoint {pos} signed"),
+                pos,
+                digest,
+            )
     if marks:
         first = min(marks)
-        return Break(pos + 1, f"records {pos + 1} to {first} are gone: checkpoint {first} "
-                              f"covers them"), pos, digest
+        return (
+            Break(
+                pos + 1, f"records {pos + 1} to {first} are gone: checkpoint {first} covers them"
+            ),
+            pos,
+            digest,
+        )
     return None, pos, digest

@@ -114,8 +114,10 @@ MIGRATIONS: list[list[str]] = [
     GOVERNANCE_MIGRATION,  # usage per agent, deviation alerts, containment policies
 ]
 
-_AGENT_COLS = ("id, owner, description, status, ceiling, max_ttl, max_depth, epoch, "
-               "revoked_before, created_at, require_proof, approvals, rate")
+_AGENT_COLS = (
+    "id, owner, description, status, ceiling, max_ttl, max_depth, epoch, "
+    "revoked_before, created_at, require_proof, approvals, rate"
+)
 _AGENT_MARKS = ", ".join("?" * 13)
 _NONCE_ROWS = 200  # nonces per INSERT statement (3 parameters each)
 
@@ -146,22 +148,27 @@ class SqlStore(ApprovalRows, GovernanceRows, AuditRecords, Store):
 
     def _change(self, cur: Any, kind: ChangeKind, key: str, value: float | None = None) -> None:
         """Append to the change feed: the last statement of the transaction."""
-        self._x(cur, "INSERT INTO changes (kind, key, value) VALUES (?, ?, ?)",
-                (str(kind), key, value))
+        self._x(
+            cur, "INSERT INTO changes (kind, key, value) VALUES (?, ?, ?)", (str(kind), key, value)
+        )
 
     # -- principals and agents -------------------------------------------------------
 
-    def create_principal(self, principal: Principal, credential_hash: str,
-                         audit: AuditEvent | None = None) -> None:
+    def create_principal(
+        self, principal: Principal, credential_hash: str, audit: AuditEvent | None = None
+    ) -> None:
         with self._tx() as cur:
             self._insert_principal(cur, principal, credential_hash)
             self._audit(cur, [audit] if audit else [])
             self._change(cur, ChangeKind.PRINCIPAL, principal.id)
 
     def _insert_principal(self, cur: Any, p: Principal, credential_hash: str) -> None:
-        self._x(cur, "INSERT INTO principals (id, role, credential_hash, created_at) "
-                     "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (p.id, str(p.role), credential_hash, p.created_at))
+        self._x(
+            cur,
+            "INSERT INTO principals (id, role, credential_hash, created_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (p.id, str(p.role), credential_hash, p.created_at),
+        )
         if cur.rowcount != 1:
             raise AlreadyExistsError(f"principal {p.id!r} already exists", id=p.id)
 
@@ -173,36 +180,41 @@ class SqlStore(ApprovalRows, GovernanceRows, AuditRecords, Store):
 
     def principal_by_credential(self, credential_hash: str) -> Principal | None:
         with self._read() as cur:
-            row = self._x(cur, f"SELECT {self._PRINCIPAL_COLS} FROM principals "
-                               "WHERE credential_hash = ?", (credential_hash,)).fetchone()
+            row = self._x(
+                cur,
+                f"SELECT {self._PRINCIPAL_COLS} FROM principals WHERE credential_hash = ?",
+                (credential_hash,),
+            ).fetchone()
         return self._principal(row) if row else None
 
     def get_principal(self, principal_id: str) -> Principal | None:
         with self._read() as cur:
-            row = self._x(cur, f"SELECT {self._PRINCIPAL_COLS} FROM principals WHERE id = ?",
-                          (principal_id,)).fetchone()
+            row = self._x(
+                cur, f"SELECT {self._PRINCIPAL_COLS} FROM principals WHERE id = ?", (principal_id,)
+            ).fetchone()
         return self._principal(row) if row else None
 
     def list_principals(self) -> list[Principal]:
         with self._read() as cur:
-            rows = self._x(cur, f"SELECT {self._PRINCIPAL_COLS} FROM principals "
-                                "WHERE credential_hash NOT LIKE ? ORDER BY id",
-                           ("deleted:%",)).fetchall()
+            rows = self._x(
+                cur,
+                f"SELECT {self._PRINCIPAL_COLS} FROM principals "
+                "WHERE credential_hash NOT LIKE ? ORDER BY id",
+                ("deleted:%",),
+            ).fetchall()
         return [self._principal(r) for r in rows]
 
-    def set_principal_disabled(self, principal_id: str, disabled: bool,
-                               audit: AuditEvent) -> None:
+    def set_principal_disabled(self, principal_id: str, disabled: bool, audit: AuditEvent) -> None:
         self._update_principal(principal_id, "disabled = ?", int(disabled), audit)
 
-    def set_credential(self, principal_id: str, credential_hash: str,
-                       audit: AuditEvent) -> None:
+    def set_credential(self, principal_id: str, credential_hash: str, audit: AuditEvent) -> None:
         self._update_principal(principal_id, "credential_hash = ?", credential_hash, audit)
 
-    def _update_principal(self, principal_id: str, assignment: str, value: object,
-                          audit: AuditEvent) -> None:
+    def _update_principal(
+        self, principal_id: str, assignment: str, value: object, audit: AuditEvent
+    ) -> None:
         with self._tx() as cur:
-            self._x(cur, f"UPDATE principals SET {assignment} WHERE id = ?",
-                    (value, principal_id))
+            self._x(cur, f"UPDATE principals SET {assignment} WHERE id = ?", (value, principal_id))
             if cur.rowcount != 1:
                 raise NotFoundError(f"principal {principal_id!r} not found", id=principal_id)
             self._audit(cur, [audit])
@@ -210,25 +222,39 @@ class SqlStore(ApprovalRows, GovernanceRows, AuditRecords, Store):
 
     def create_agent(self, agent: Agent, credential_hash: str, audit: AuditEvent) -> None:
         with self._tx() as cur:
-            row = self._x(cur, "SELECT revoked_before FROM agents WHERE id = ? AND status = ?",
-                          (agent.id, "deleted")).fetchone()
+            row = self._x(
+                cur,
+                "SELECT revoked_before FROM agents WHERE id = ? AND status = ?",
+                (agent.id, "deleted"),
+            ).fetchone()
             if row is None:
-                self._insert_principal(cur, Principal(agent.id, Role.AGENT, agent.created_at),
-                                       credential_hash)
-                self._x(cur, f"INSERT INTO agents ({_AGENT_COLS}) VALUES ({_AGENT_MARKS})",
-                        self._agent_values(agent))
+                self._insert_principal(
+                    cur, Principal(agent.id, Role.AGENT, agent.created_at), credential_hash
+                )
+                self._x(
+                    cur,
+                    f"INSERT INTO agents ({_AGENT_COLS}) VALUES ({_AGENT_MARKS})",
+                    self._agent_values(agent),
+                )
             else:  # the id comes back: nothing issued to the deleted agent may
                 agent = agent.with_changes(  # pass for the new one
                     revoked_before_ms=max(int(row[0]), agent.revoked_before_ms),
-                    epoch=agent.epoch + 1)
-                self._x(cur, "UPDATE principals SET credential_hash = ?, disabled = 0, "
-                             "created_at = ? WHERE id = ?",
-                        (credential_hash, agent.created_at, agent.id))
-                self._x(cur, "UPDATE agents SET owner = ?, description = ?, status = ?, "
-                             "ceiling = ?, max_ttl = ?, max_depth = ?, epoch = ?, "
-                             "revoked_before = ?, created_at = ?, require_proof = ?, "
-                             "approvals = ?, rate = ? WHERE id = ?",
-                        (*self._agent_values(agent)[1:], agent.id))
+                    epoch=agent.epoch + 1,
+                )
+                self._x(
+                    cur,
+                    "UPDATE principals SET credential_hash = ?, disabled = 0, "
+                    "created_at = ? WHERE id = ?",
+                    (credential_hash, agent.created_at, agent.id),
+                )
+                self._x(
+                    cur,
+                    "UPDATE agents SET owner = ?, description = ?, status = ?, "
+                    "ceiling = ?, max_ttl = ?, max_depth = ?, epoch = ?, "
+                    "revoked_before = ?, created_at = ?, require_proof = ?, "
+                    "approvals = ?, rate = ? WHERE id = ?",
+                    (*self._agent_values(agent)[1:], agent.id),
+                )
             self._write_keys(cur, agent)
             self._audit(cur, [audit])
             if row is not None:  # the old credential's cached principal must go
@@ -237,39 +263,62 @@ class SqlStore(ApprovalRows, GovernanceRows, AuditRecords, Store):
 
     def delete_agent(self, agent_id: str, revoke_before_ms: int, audit: AuditEvent) -> None:
         with self._tx() as cur:
-            self._x(cur, "UPDATE agents SET status = ?, epoch = epoch + 1, revoked_before = "
-                         "CASE WHEN revoked_before > ? THEN revoked_before ELSE ? END "
-                         "WHERE id = ? AND status <> ?",
-                    ("deleted", revoke_before_ms, revoke_before_ms, agent_id, "deleted"))
+            self._x(
+                cur,
+                "UPDATE agents SET status = ?, epoch = epoch + 1, revoked_before = "
+                "CASE WHEN revoked_before > ? THEN revoked_before ELSE ? END "
+                "WHERE id = ? AND status <> ?",
+                ("deleted", revoke_before_ms, revoke_before_ms, agent_id, "deleted"),
+            )
             if cur.rowcount != 1:
                 raise NotFoundError(f"agent {agent_id!r} not found", id=agent_id)
             self._x(cur, "DELETE FROM agent_keys WHERE agent = ?", (agent_id,))
             # the principal row stays (the agent row refers to it) but can never log in
-            self._x(cur, "UPDATE principals SET credential_hash = ?, disabled = 1 WHERE id = ?",
-                    (f"deleted:{agent_id}", agent_id))
+            self._x(
+                cur,
+                "UPDATE principals SET credential_hash = ?, disabled = 1 WHERE id = ?",
+                (f"deleted:{agent_id}", agent_id),
+            )
             self._audit(cur, [audit])
             self._change(cur, ChangeKind.AGENT, agent_id)
             self._change(cur, ChangeKind.PRINCIPAL, agent_id)
 
     @staticmethod
     def _agent_values(a: Agent) -> tuple[object, ...]:
-        return (a.id, a.owner, a.description, str(a.status), encode_ceiling(a.ceiling),
-                a.max_ttl, a.max_depth, a.epoch, a.revoked_before_ms, a.created_at,
-                int(a.require_proof), encode_approval_rules(a.approvals), a.rate)
+        return (
+            a.id,
+            a.owner,
+            a.description,
+            str(a.status),
+            encode_ceiling(a.ceiling),
+            a.max_ttl,
+            a.max_depth,
+            a.epoch,
+            a.revoked_before_ms,
+            a.created_at,
+            int(a.require_proof),
+            encode_approval_rules(a.approvals),
+            a.rate,
+        )
 
     def _write_keys(self, cur: Any, agent: Agent) -> None:
         self._x(cur, "DELETE FROM agent_keys WHERE agent = ?", (agent.id,))
         for kid, pub in agent.public_keys.items():
-            self._x(cur, "INSERT INTO agent_keys (agent, key_id, public_key, created_at) "
-                         "VALUES (?, ?, ?, ?)", (agent.id, kid, pub, agent.created_at))
+            self._x(
+                cur,
+                "INSERT INTO agent_keys (agent, key_id, public_key, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                (agent.id, kid, pub, agent.created_at),
+            )
 
     def _keys_of(self, cur: Any, agent_id: str | None) -> dict[str, dict[str, bytes]]:
         """Registered public keys of one agent, or of all agents when ``agent_id`` is None."""
         if agent_id is None:
             rows = self._x(cur, "SELECT agent, key_id, public_key FROM agent_keys").fetchall()
         else:
-            rows = self._x(cur, "SELECT agent, key_id, public_key FROM agent_keys "
-                                "WHERE agent = ?", (agent_id,)).fetchall()
+            rows = self._x(
+                cur, "SELECT agent, key_id, public_key FROM agent_keys WHERE agent = ?", (agent_id,)
+            ).fetchall()
         out: dict[str, dict[str, bytes]] = {}
         for agent, kid, pub in rows:
             out.setdefault(agent, {})[kid] = bytes(pub)
@@ -277,8 +326,9 @@ class SqlStore(ApprovalRows, GovernanceRows, AuditRecords, Store):
 
     def get_agent(self, agent_id: str) -> Agent | None:
         with self._read() as cur:
-            row = self._x(cur, f"SELECT {_AGENT_COLS} FROM agents WHERE id = ?",
-                          (agent_id,)).fetchone()
+            row = self._x(
+                cur, f"SELECT {_AGENT_COLS} FROM agents WHERE id = ?", (agent_id,)
+            ).fetchone()
             if row is None:
                 return None
             keys = self._keys_of(cur, agent_id).get(agent_id, {})
@@ -293,10 +343,13 @@ class SqlStore(ApprovalRows, GovernanceRows, AuditRecords, Store):
     def update_agent(self, agent: Agent, audit: AuditEvent) -> None:
         with self._tx() as cur:
             values = self._agent_values(agent)
-            self._x(cur, "UPDATE agents SET owner = ?, description = ?, status = ?, ceiling = ?, "
-                         "max_ttl = ?, max_depth = ?, epoch = ?, revoked_before = ?, "
-                         "require_proof = ?, approvals = ?, rate = ? WHERE id = ?",
-                    (*values[1:9], *values[10:], agent.id))
+            self._x(
+                cur,
+                "UPDATE agents SET owner = ?, description = ?, status = ?, ceiling = ?, "
+                "max_ttl = ?, max_depth = ?, epoch = ?, revoked_before = ?, "
+                "require_proof = ?, approvals = ?, rate = ? WHERE id = ?",
+                (*values[1:9], *values[10:], agent.id),
+            )
             if cur.rowcount != 1:
                 raise NotFoundError(f"agent {agent.id!r} not found", id=agent.id)
             self._write_keys(cur, agent)
@@ -306,9 +359,13 @@ class SqlStore(ApprovalRows, GovernanceRows, AuditRecords, Store):
     def patch_agent(self, agent_id: str, patch: AgentPatch, audit: AuditEvent) -> None:
         sets: list[str] = []
         params: list[object] = []
-        for column, value in (("status", patch.status), ("max_ttl", patch.max_ttl),
-                              ("max_depth", patch.max_depth),
-                              ("description", patch.description), ("rate", patch.rate)):
+        for column, value in (
+            ("status", patch.status),
+            ("max_ttl", patch.max_ttl),
+            ("max_depth", patch.max_depth),
+            ("description", patch.description),
+            ("rate", patch.rate),
+        ):
             if value is not None:
                 sets.append(f"{column} = ?")
                 params.append(str(value) if column == "status" else value)
@@ -322,23 +379,34 @@ class SqlStore(ApprovalRows, GovernanceRows, AuditRecords, Store):
             sets.append("approvals = ?")
             params.append(encode_approval_rules(patch.approvals))
         if patch.revoke_before_ms is not None:
-            sets.append("epoch = epoch + 1, revoked_before = CASE WHEN revoked_before > ? "
-                        "THEN revoked_before ELSE ? END")
+            sets.append(
+                "epoch = epoch + 1, revoked_before = CASE WHEN revoked_before > ? "
+                "THEN revoked_before ELSE ? END"
+            )
             params += [patch.revoke_before_ms, patch.revoke_before_ms]
         with self._tx() as cur:
             # a no-op SET still locks the row and tells us whether the agent exists
-            self._x(cur, f"UPDATE agents SET {', '.join(sets) or 'id = id'} WHERE id = ?",
-                    (*params, agent_id))
+            self._x(
+                cur,
+                f"UPDATE agents SET {', '.join(sets) or 'id = id'} WHERE id = ?",
+                (*params, agent_id),
+            )
             if cur.rowcount != 1:
                 raise NotFoundError(f"agent {agent_id!r} not found", id=agent_id)
             if patch.add_key is not None:
                 kid, pub = patch.add_key
-                self._x(cur, "INSERT INTO agent_keys (agent, key_id, public_key, created_at) "
-                             "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                        (agent_id, kid, pub, audit.at))
+                self._x(
+                    cur,
+                    "INSERT INTO agent_keys (agent, key_id, public_key, created_at) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (agent_id, kid, pub, audit.at),
+                )
             if patch.remove_key is not None:
-                self._x(cur, "DELETE FROM agent_keys WHERE agent = ? AND key_id = ?",
-                        (agent_id, patch.remove_key))
+                self._x(
+                    cur,
+                    "DELETE FROM agent_keys WHERE agent = ? AND key_id = ?",
+                    (agent_id, patch.remove_key),
+                )
                 if cur.rowcount != 1:
                     raise NotFoundError(f"agent {agent_id!r} has no key {patch.remove_key!r}")
             self._audit(cur, [audit])
@@ -351,10 +419,13 @@ class SqlStore(ApprovalRows, GovernanceRows, AuditRecords, Store):
         # after another one's rotation returned always comes later. Two rotations at
         # the same moment may share one; the id then decides, the same on every replica.
         with self._tx() as cur:
-            self._x(cur, "INSERT INTO root_keys (id, sealed, created_at, retired_at, generation) "
-                         "VALUES (?, ?, ?, ?, (SELECT COALESCE(MAX(generation), 0) + 1 "
-                         "FROM root_keys)) ON CONFLICT DO NOTHING",
-                    (record.id, record.sealed, record.created_at, record.retired_at))
+            self._x(
+                cur,
+                "INSERT INTO root_keys (id, sealed, created_at, retired_at, generation) "
+                "VALUES (?, ?, ?, ?, (SELECT COALESCE(MAX(generation), 0) + 1 "
+                "FROM root_keys)) ON CONFLICT DO NOTHING",
+                (record.id, record.sealed, record.created_at, record.retired_at),
+            )
             if cur.rowcount != 1:
                 raise AlreadyExistsError(f"root key {record.id!r} already exists")
             self._audit(cur, [audit] if audit else [])
@@ -362,14 +433,20 @@ class SqlStore(ApprovalRows, GovernanceRows, AuditRecords, Store):
 
     def root_keys(self) -> list[RootKeyRecord]:
         with self._read() as cur:
-            rows = self._x(cur, "SELECT id, sealed, created_at, retired_at, generation "
-                                "FROM root_keys ORDER BY generation, id").fetchall()
+            rows = self._x(
+                cur,
+                "SELECT id, sealed, created_at, retired_at, generation "
+                "FROM root_keys ORDER BY generation, id",
+            ).fetchall()
         return [RootKeyRecord(r[0], bytes(r[1]), r[2], r[3], int(r[4])) for r in rows]
 
     def retire_root_key(self, key_id: str, at: float, audit: AuditEvent) -> None:
         with self._tx() as cur:
-            self._x(cur, "UPDATE root_keys SET retired_at = ? WHERE id = ? AND retired_at IS NULL",
-                    (at, key_id))
+            self._x(
+                cur,
+                "UPDATE root_keys SET retired_at = ? WHERE id = ? AND retired_at IS NULL",
+                (at, key_id),
+            )
             if cur.rowcount != 1:
                 raise NotFoundError(f"no active root key {key_id!r}", id=key_id)
             self._audit(cur, [audit])
@@ -379,85 +456,137 @@ class SqlStore(ApprovalRows, GovernanceRows, AuditRecords, Store):
 
     def record_token(self, record: TokenRecord, audit: AuditEvent) -> None:
         with self._tx() as cur:
-            self._x(cur, "INSERT INTO tokens (id, agent, key_id, issued_at, expires_at, caveats) "
-                         "VALUES (?, ?, ?, ?, ?, ?)",
-                    (record.id, record.agent, record.key_id, record.issued_at,
-                     record.expires_at, json.dumps(list(record.caveats))))
+            self._x(
+                cur,
+                "INSERT INTO tokens (id, agent, key_id, issued_at, expires_at, caveats) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.agent,
+                    record.key_id,
+                    record.issued_at,
+                    record.expires_at,
+                    json.dumps(list(record.caveats)),
+                ),
+            )
             self._audit(cur, [audit])
 
     def get_token(self, token_id: str) -> TokenRecord | None:
         with self._read() as cur:
-            r = self._x(cur, "SELECT id, agent, key_id, issued_at, expires_at, caveats "
-                             "FROM tokens WHERE id = ?", (token_id,)).fetchone()
+            r = self._x(
+                cur,
+                "SELECT id, agent, key_id, issued_at, expires_at, caveats FROM tokens WHERE id = ?",
+                (token_id,),
+            ).fetchone()
         return TokenRecord(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5]))) if r else None
 
     def latest_hop_into(self, agent_id: str) -> float:
         with self._read() as cur:
-            row = self._x(cur, "SELECT MAX(t) FROM ("
-                               "SELECT MAX(issued_at) AS t FROM tokens WHERE agent = ? "
-                               "UNION ALL SELECT MAX(at) FROM delegations WHERE to_agent = ?"
-                               ") AS hops", (agent_id, agent_id)).fetchone()
+            row = self._x(
+                cur,
+                "SELECT MAX(t) FROM ("
+                "SELECT MAX(issued_at) AS t FROM tokens WHERE agent = ? "
+                "UNION ALL SELECT MAX(at) FROM delegations WHERE to_agent = ?"
+                ") AS hops",
+                (agent_id, agent_id),
+            ).fetchone()
         return float(row[0] or 0.0)
 
-    def record_delegations(self, records: Sequence[DelegationRecord],
-                           audit: AuditEvent | None = None) -> None:
+    def record_delegations(
+        self, records: Sequence[DelegationRecord], audit: AuditEvent | None = None
+    ) -> None:
         if not records:
             return
         with self._tx() as cur:
             self._audit(cur, [audit] if audit else [])
             cur.executemany(
-                self._sql("INSERT INTO delegations (id, token_id, parent, from_agent, to_agent, at,"
-                          " expires_at, offline, restrictions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                          " ON CONFLICT DO NOTHING"),
-                [(d.id, d.token_id, d.parent, d.from_agent, d.to_agent, d.at, d.expires_at,
-                  int(d.offline), json.dumps(list(d.restrictions))) for d in records],
+                self._sql(
+                    "INSERT INTO delegations (id, token_id, parent, from_agent, to_agent, at,"
+                    " expires_at, offline, restrictions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT DO NOTHING"
+                ),
+                [
+                    (
+                        d.id,
+                        d.token_id,
+                        d.parent,
+                        d.from_agent,
+                        d.to_agent,
+                        d.at,
+                        d.expires_at,
+                        int(d.offline),
+                        json.dumps(list(d.restrictions)),
+                    )
+                    for d in records
+                ],
             )
 
-    _DELEGATION_COLS = ("id, token_id, parent, from_agent, to_agent, at, expires_at, offline, "
-                        "restrictions")
+    _DELEGATION_COLS = (
+        "id, token_id, parent, from_agent, to_agent, at, expires_at, offline, restrictions"
+    )
 
     @staticmethod
     def _delegation(r: Sequence[Any]) -> DelegationRecord:
-        return DelegationRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]),
-                                tuple(json.loads(r[8])))
+        return DelegationRecord(
+            r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), tuple(json.loads(r[8]))
+        )
 
     def get_delegation(self, delegation_id: str) -> DelegationRecord | None:
         with self._read() as cur:
-            r = self._x(cur, f"SELECT {self._DELEGATION_COLS} FROM delegations WHERE id = ?",
-                        (delegation_id,)).fetchone()
+            r = self._x(
+                cur,
+                f"SELECT {self._DELEGATION_COLS} FROM delegations WHERE id = ?",
+                (delegation_id,),
+            ).fetchone()
         return self._delegation(r) if r else None
 
     def delegations_of(self, token_id: str, limit: int = 100_000) -> list[DelegationRecord]:
         with self._read() as cur:
-            rows = self._x(cur, f"SELECT {self._DELEGATION_COLS} FROM delegations "
-                                "WHERE token_id = ? ORDER BY at, id LIMIT ?",
-                           (token_id, limit)).fetchall()
+            rows = self._x(
+                cur,
+                f"SELECT {self._DELEGATION_COLS} FROM delegations "
+                "WHERE token_id = ? ORDER BY at, id LIMIT ?",
+                (token_id, limit),
+            ).fetchall()
         return [self._delegation(r) for r in rows]
 
     # -- revocations -----------------------------------------------------------------
 
-    def revoke(self, lineage_id: str, revoked_at: float, expires_at: float, by: str,
-               reason: str, audit: AuditEvent) -> bool:
+    def revoke(
+        self,
+        lineage_id: str,
+        revoked_at: float,
+        expires_at: float,
+        by: str,
+        reason: str,
+        audit: AuditEvent,
+    ) -> bool:
         # insert-or-nothing, then extend: two replicas revoking one id at once both
         # succeed (the second waits for the first's row), never a conflict error
         with self._tx() as cur:
             self._audit(cur, [audit])
-            self._x(cur, "INSERT INTO revocations (id, revoked_at, expires_at, revoked_by, "
-                         "reason) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (lineage_id, revoked_at, expires_at, by,
-                     reason[:AUDIT_FIELD_LIMITS["reason"]]))
+            self._x(
+                cur,
+                "INSERT INTO revocations (id, revoked_at, expires_at, revoked_by, "
+                "reason) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (lineage_id, revoked_at, expires_at, by, reason[: AUDIT_FIELD_LIMITS["reason"]]),
+            )
             new = cur.rowcount == 1
             if not new:  # kept as long as the longest-lived token it may name
-                self._x(cur, "UPDATE revocations SET expires_at = ? WHERE id = ? AND "
-                             "expires_at < ?", (expires_at, lineage_id, expires_at))
+                self._x(
+                    cur,
+                    "UPDATE revocations SET expires_at = ? WHERE id = ? AND expires_at < ?",
+                    (expires_at, lineage_id, expires_at),
+                )
             if new or cur.rowcount == 1:
                 self._change(cur, ChangeKind.REVOCATION, lineage_id, expires_at)
         return bool(new)
 
     def revocations(self, now: float) -> list[tuple[str, float]]:
         with self._read() as cur:
-            rows = self._x(cur, "SELECT id, expires_at FROM revocations WHERE expires_at > ?",
-                           (now,)).fetchall()
+            rows = self._x(
+                cur, "SELECT id, expires_at FROM revocations WHERE expires_at > ?", (now,)
+            ).fetchall()
         return [(r[0], r[1]) for r in rows]
 
     def prune_revocations(self, now: float, margin: float) -> int:
@@ -469,8 +598,9 @@ class SqlStore(ApprovalRows, GovernanceRows, AuditRecords, Store):
 
     # -- proof nonces ------------------------------------------------------------------
 
-    def redeem_nonces(self, claims: Sequence[tuple[str, str, float]],
-                      forget_before: float | None = None) -> list[bool]:
+    def redeem_nonces(
+        self, claims: Sequence[tuple[str, str, float]], forget_before: float | None = None
+    ) -> list[bool]:
         seen: set[tuple[str, str]] = set()
         taken: set[tuple[str, str]] = set()
         with self._tx() as cur:
@@ -479,11 +609,14 @@ class SqlStore(ApprovalRows, GovernanceRows, AuditRecords, Store):
                 horizon = forget_before if store_now is None else min(forget_before, store_now)
                 self._x(cur, "DELETE FROM proof_nonces WHERE expires_at < ?", (horizon,))
             for start in range(0, len(claims), _NONCE_ROWS):
-                chunk = claims[start:start + _NONCE_ROWS]
-                rows = self._x(cur, "INSERT INTO proof_nonces (agent, nonce, expires_at) VALUES "
-                                    + ", ".join(["(?, ?, ?)"] * len(chunk))
-                                    + " ON CONFLICT DO NOTHING RETURNING agent, nonce",
-                               [value for claim in chunk for value in claim]).fetchall()
+                chunk = claims[start : start + _NONCE_ROWS]
+                rows = self._x(
+                    cur,
+                    "INSERT INTO proof_nonces (agent, nonce, expires_at) VALUES "
+                    + ", ".join(["(?, ?, ?)"] * len(chunk))
+                    + " ON CONFLICT DO NOTHING RETURNING agent, nonce",
+                    [value for claim in chunk for value in claim],
+                ).fetchall()
                 taken.update((r[0], r[1]) for r in rows)
         out = []
         for agent, nonce, _ in claims:  # a nonce twice in one call: the first one redeems it
@@ -496,8 +629,9 @@ class SqlStore(ApprovalRows, GovernanceRows, AuditRecords, Store):
 
     _lock_row = ""  # what makes a SELECT hold the row to the commit, where it must be said
 
-    def lease_budgets(self, leases: Sequence[BudgetLease],
-                      forget_before: float | None = None) -> list[int]:
+    def lease_budgets(
+        self, leases: Sequence[BudgetLease], forget_before: float | None = None
+    ) -> list[int]:
         granted: dict[tuple[str, int], int] = {}
         with self._tx() as cur:
             if forget_before is not None:
@@ -507,15 +641,26 @@ class SqlStore(ApprovalRows, GovernanceRows, AuditRecords, Store):
             # one order for every replica: two leasing the same budgets never deadlock
             for lease in sorted(leases, key=lambda x: (x.id, x.slot)):
                 key = (lease.id, lease.slot)
-                self._x(cur, "INSERT INTO budgets (id, slot, used, expires_at) "
-                             "VALUES (?, ?, 0, ?) ON CONFLICT DO NOTHING",
-                        (lease.id, lease.slot, lease.expires_at))
-                used = int(self._x(cur, "SELECT used FROM budgets WHERE id = ? AND slot = ?"
-                                        + self._lock_row, key).fetchone()[0])
+                self._x(
+                    cur,
+                    "INSERT INTO budgets (id, slot, used, expires_at) "
+                    "VALUES (?, ?, 0, ?) ON CONFLICT DO NOTHING",
+                    (lease.id, lease.slot, lease.expires_at),
+                )
+                used = int(
+                    self._x(
+                        cur,
+                        "SELECT used FROM budgets WHERE id = ? AND slot = ?" + self._lock_row,
+                        key,
+                    ).fetchone()[0]
+                )
                 grant = max(0, min(lease.want, lease.limit - used))
                 if grant:
-                    self._x(cur, "UPDATE budgets SET used = used + ? WHERE id = ? AND slot = ?",
-                            (grant, *key))
+                    self._x(
+                        cur,
+                        "UPDATE budgets SET used = used + ? WHERE id = ? AND slot = ?",
+                        (grant, *key),
+                    )
                 granted[key] = granted.get(key, 0) + grant
         out = []
         for lease in leases:  # the same budget twice in one call: the first takes it all
@@ -528,21 +673,28 @@ class SqlStore(ApprovalRows, GovernanceRows, AuditRecords, Store):
     def return_budgets(self, returns: Sequence[tuple[str, int, int]]) -> None:
         with self._tx() as cur:
             for bid, slot, n in sorted(returns):
-                self._x(cur, "UPDATE budgets SET used = used - ? "
-                             "WHERE id = ? AND slot = ? AND used >= ?", (n, bid, slot, n))
+                self._x(
+                    cur,
+                    "UPDATE budgets SET used = used - ? WHERE id = ? AND slot = ? AND used >= ?",
+                    (n, bid, slot, n),
+                )
 
     def budget_used(self, budget_id: str, slot: int = 0) -> int:
         with self._read() as cur:
-            row = self._x(cur, "SELECT used FROM budgets WHERE id = ? AND slot = ?",
-                          (budget_id, slot)).fetchone()
+            row = self._x(
+                cur, "SELECT used FROM budgets WHERE id = ? AND slot = ?", (budget_id, slot)
+            ).fetchone()
         return 0 if row is None else int(row[0])
 
     # -- change feed ---------------------------------------------------------
 
     def changes_since(self, seq: int, limit: int = 10000) -> list[Change]:
         with self._read() as cur:
-            rows = self._x(cur, "SELECT seq, kind, key, value FROM changes WHERE seq > ? "
-                                "ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
+            rows = self._x(
+                cur,
+                "SELECT seq, kind, key, value FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit),
+            ).fetchall()
         return [Change(r[0], ChangeKind(r[1]), r[2], r[3]) for r in rows]
 
     def clock(self) -> float | None:
@@ -557,15 +709,20 @@ class SqlStore(ApprovalRows, GovernanceRows, AuditRecords, Store):
     # -- migrations --------------------------------------------------------------------
 
     def _apply_migrations(self, cur: Any, types: dict[str, str]) -> None:
-        self._x(cur, "CREATE TABLE IF NOT EXISTS schema_version (version {} NOT NULL)"
-                .format(types["bigint"]))
+        self._x(
+            cur,
+            "CREATE TABLE IF NOT EXISTS schema_version (version {} NOT NULL)".format(
+                types["bigint"]
+            ),
+        )
         row = self._x(cur, "SELECT MAX(version) FROM schema_version").fetchone()
         current = int(row[0] or 0)
         if current > len(MIGRATIONS):
-            raise RuntimeError(f"database schema version {current} is newer than this capgate "
-                               f"({len(MIGRATIONS)}); upgrade capgate")
+            raise RuntimeError(
+                f"database schema version {current} is newer than this capgate "
+                f"({len(MIGRATIONS)}); upgrade capgate"
+            )
         for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
             for stmt in statements:
                 self._x(cur, stmt.format(**types))
             self._x(cur, "INSERT INTO schema_version (version) VALUES (?)", (version,))
-

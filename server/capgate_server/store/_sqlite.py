@@ -18,8 +18,13 @@ from typing import Any
 from capgate import UnavailableError
 from capgate_server.store._sql import SqlStore
 
-_TYPES = {"blob": "BLOB", "real": "REAL", "bigint": "INTEGER",
-          "serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "txid": "INTEGER"}
+_TYPES = {
+    "blob": "BLOB",
+    "real": "REAL",
+    "bigint": "INTEGER",
+    "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    "txid": "INTEGER",
+}
 
 
 class SqliteStore(SqlStore):
@@ -47,8 +52,13 @@ class SqliteStore(SqlStore):
         if conn is not None:
             return conn
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=30, uri=self.path.startswith("file:"))
+            conn = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=30,
+                uri=self.path.startswith("file:"),
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -89,8 +99,9 @@ class SqliteStore(SqlStore):
         except sqlite3.OperationalError as e:
             raise _unavailable(e) from None
 
-    def redeem_nonces(self, claims: Sequence[tuple[str, str, float]],
-                      forget_before: float | None = None) -> list[bool]:
+    def redeem_nonces(
+        self, claims: Sequence[tuple[str, str, float]], forget_before: float | None = None
+    ) -> list[bool]:
         # A proof's nonce must outlive only the proof's window (seconds), so it is
         # committed without waiting for the disk: in WAL mode it still survives the
         # process being killed; only a power loss can take the last ones, and the host
