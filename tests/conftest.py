@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import hypothesis
@@ -119,3 +120,23 @@ def console(tmp_path):
     s = ServerThread(tmp_path / "data", console_listen="127.0.0.1:0").start()
     yield s
     s.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """Opens store objects (each with connections of its own) on one fresh database,
+    SQLite and PostgreSQL; all closed afterwards."""
+    from capgate_server.store import PostgresStore, SqliteStore, Store
+
+    opened: list[Store] = []
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else ""
+
+    def open_() -> Store:
+        s: Store = PostgresStore(url) if url else SqliteStore(tmp_path / "s.db")
+        opened.append(s)
+        return s
+
+    open_().migrate()
+    yield open_
+    for s in opened:
+        s.close()

@@ -6,8 +6,6 @@ audited in its own transaction."""
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -19,38 +17,11 @@ from capgate_server.store import (
     AuditEvent,
     AuditQuery,
     ChangeKind,
-    PostgresStore,
     Redemption,
-    SqliteStore,
     Store,
 )
 
 T0 = 1_800_000_000.0
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
-    """Opens store objects (each with connections of its own) on one fresh database."""
-    opened: list[Store] = []
-    if request.param == "sqlite":
-
-        def factory() -> Store:
-            return SqliteStore(tmp_path / "s.db")
-    else:
-        url = request.getfixturevalue("pg_url")
-
-        def factory() -> Store:
-            return PostgresStore(url)
-
-    def open_() -> Store:
-        s = factory()
-        opened.append(s)
-        return s
-
-    open_().migrate()
-    yield open_
-    for s in opened:
-        s.close()
 
 
 @pytest.fixture

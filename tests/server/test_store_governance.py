@@ -6,10 +6,6 @@ it, and the one raised is audited; policies round-trip."""
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from capgate_server.store import (
     AlertRecord,
@@ -17,38 +13,11 @@ from capgate_server.store import (
     AuditQuery,
     Containment,
     GovernancePolicy,
-    PostgresStore,
-    SqliteStore,
-    Store,
     UsageKind,
     UsageRow,
 )
 
 T0 = 1_800_000_000.0
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
-    opened: list[Store] = []
-    if request.param == "sqlite":
-
-        def factory() -> Store:
-            return SqliteStore(tmp_path / "s.db")
-    else:
-        url = request.getfixturevalue("pg_url")
-
-        def factory() -> Store:
-            return PostgresStore(url)
-
-    def open_() -> Store:
-        s = factory()
-        opened.append(s)
-        return s
-
-    open_().migrate()
-    yield open_
-    for s in opened:
-        s.close()
 
 
 def _row(count: int, first: float, last: float, subject: str = "/data/a") -> UsageRow:
