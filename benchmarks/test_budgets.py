@@ -38,12 +38,19 @@ def decider(tmp_path_factory):
     """A real server's decision layer (verifier, budgets, audit record), called in
     process: what a Verify costs the server, without the network."""
     from capgate_client import Client
+    from capgate_server import ResourceLimits
     from capgate_server._verification import Verification
     from capgate_server.store import Principal, Role
 
     from harness import ServerThread
 
-    s = ServerThread(tmp_path_factory.mktemp("budgets") / "data").start()
+    # the working set is 1,000 tokens of one root, each with budgets of its own: more new
+    # budgets a minute than one token id may start by default (a bound on hostile growth
+    # of the store, not what is measured here)
+    s = ServerThread(
+        tmp_path_factory.mktemp("budgets") / "data",
+        limits=ResourceLimits(new_budgets_per_token=1_000_000),
+    ).start()
     admin = s.client()
     _, cred = admin.create_agent("alice", ["read:/data/**"], max_ttl=86400)
     with Client(s.address, cred) as agent:
@@ -101,7 +108,10 @@ CALLS = 3000
 def grpc_server(tmp_path_factory):
     from capgate_client import Client
 
-    p = ServerProcess(tmp_path_factory.mktemp("grpc-budgets") / "data").start()
+    p = ServerProcess(
+        tmp_path_factory.mktemp("grpc-budgets") / "data",
+        ["--limit", "new_budgets_per_token=1000000"],  # as above: 1,000 budgets of one root
+    ).start()
     admin = p.client()
     _, cred = admin.create_agent("bench", ["read:/data/**"], max_ttl=86400)
     svc = admin.create_principal("bench-svc", "service").credential
