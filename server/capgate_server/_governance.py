@@ -466,11 +466,14 @@ class Governance:
         await self._after_change()
 
     async def list_alerts(
-        self, after_seq: int = 0, agent: str = "", limit: int = 100
+        self, after_seq: int = 0, agent: str = "", limit: int = 100, newest_first: bool = False
     ) -> list[AlertRecord]:
+        """Alerts after ``after_seq``, oldest first; or the newest ``limit``, newest first."""
         if not 1 <= limit <= 1000:
             raise InvalidArgumentError("limit must be between 1 and 1000")
-        found: list[AlertRecord] = await self._read(self._store.alerts, after_seq, agent, limit)
+        found: list[AlertRecord] = await self._read(
+            self._store.alerts, after_seq, agent, limit, newest_first
+        )
         return found
 
     async def watch(

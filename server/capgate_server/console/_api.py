@@ -155,17 +155,11 @@ class ConsoleApi:
                 last[name] = max(last.get(name, 0.0), at)
         since = self._replica.clock() - ALERTS_WINDOW
         alerts: dict[str, list[AlertRecord]] = {}
-        for r in await self._alerts("", RECENT_ALERTS):
+        governance = self._replica.governance
+        for r in await governance.list_alerts(limit=RECENT_ALERTS, newest_first=True):
             if r.at >= since:
                 alerts.setdefault(r.agent, []).append(r)
         return [agent_json(a, last.get(a.id), alerts.get(a.id, ())) for a in self.registry.list()]
-
-    async def _alerts(self, agent_id: str, limit: int) -> list[AlertRecord]:
-        """The newest governance alerts (of one agent, or of all), newest first."""
-        found: list[AlertRecord] = await self._replica.read(
-            self._replica.store.alerts, 0, agent_id, limit, True
-        )
-        return found
 
     async def agent(self, caller: Principal, agent_id: str) -> dict[str, Any]:
         check_id(agent_id, "agent id")
@@ -176,7 +170,9 @@ class ConsoleApi:
         out = agent_json(
             a,
             max((d.last_at or d.at for d in decisions), default=None),
-            await self._alerts(agent_id, AGENT_ALERTS),
+            await self._replica.governance.list_alerts(
+                agent=agent_id, limit=AGENT_ALERTS, newest_first=True
+            ),
         )
         out["use"] = await self._use(agent_id)
         out["tokens"] = await self._live_trees(caller, agent_id)
