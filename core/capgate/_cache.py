@@ -81,6 +81,13 @@ class BoundedCache(Generic[K, V]):
             self._old, self._old_bytes = young, self._young_bytes
             self._young, self._young_bytes = {}, 0
 
+    def charge(self, cost: int) -> None:
+        """An entry just used has grown by ``cost``: count it (as a young entry's)."""
+        self._young_bytes += cost
+        if self._young_bytes > self._half_bytes:
+            self._old, self._old_bytes = self._young, self._young_bytes
+            self._young, self._young_bytes = {}, 0
+
     def clear(self) -> None:
         self._young.clear()
         self._old.clear()

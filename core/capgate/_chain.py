@@ -15,13 +15,7 @@ from enum import StrEnum
 from typing import NamedTuple
 
 from capgate._approval import ApprovalCaveat
-from capgate._caveats import (
-    ActionCaveat,
-    Caveat,
-    ExpiresCaveat,
-    NotBeforeCaveat,
-    ResourceCaveat,
-)
+from capgate._caveats import Caveat
 from capgate._grants import Glob
 from capgate._token import Token
 
@@ -29,8 +23,8 @@ __all__ = ["Budget", "Chain", "Decision", "DenyCode", "Hop", "budget_id"]
 
 # Estimated bytes a cached chain and each of its hops hold, on top of its text and
 # its caveats (measured with tracemalloc; tests/core/test_bounds.py checks them).
-_CHAIN_BASE = 1500
-_PER_HOP = 250
+CHAIN_BASE = 1500
+PER_HOP = 250
 
 
 class DenyCode(StrEnum):
@@ -141,7 +135,9 @@ class Chain:
     issued_ms: int
     hops: tuple[Hop, ...]
     lineage: tuple[str, ...]  # token id, then every did in order
-    checks: tuple[Caveat, ...]  # request- and clock-dependent caveats
+    # request- and clock-dependent caveats, in order; None for a chain read through a
+    # shared body (the verifier reads them again when a deny must name one)
+    checks: tuple[Caveat, ...] | None
     lineage_keys: tuple[int, ...] = field(repr=False, default=())
     agents: tuple[str, ...] = field(repr=False, default=())
     latest_ms: int = 0
@@ -161,26 +157,6 @@ class Chain:
     approvals: tuple[ApprovalCaveat, ...] = field(repr=False, default=())
     approval_keys: tuple[bytes, ...] = field(repr=False, default=())
     signature: bytes = field(repr=False, default=b"")
-
-    def fold(self) -> Chain:
-        size = _CHAIN_BASE + 2 * len(self.text) + _PER_HOP * len(self.hops)
-        size += sum([a.size for a in self.approvals])
-        for cav in self.checks:
-            size += cav.size
-            kind = type(cav)
-            if kind is ActionCaveat:
-                acts = cav.actions  # type: ignore[attr-defined]
-                self.actions = acts if self.actions is None else self.actions & acts
-            elif kind is ResourceCaveat:
-                self.resources += (cav.glob,)  # type: ignore[attr-defined]
-            elif kind is ExpiresCaveat:
-                self.not_after = min(self.not_after, cav.at)  # type: ignore[attr-defined]
-            elif kind is NotBeforeCaveat:
-                self.not_before = max(self.not_before, cav.at)  # type: ignore[attr-defined]
-            else:
-                self.other += (cav,)
-        self.size = size
-        return self
 
     @property
     def holder(self) -> str:

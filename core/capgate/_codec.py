@@ -247,50 +247,58 @@ def unpack_first_party(
     """The verifier's fast path: (location, identifier, caveat ids, signature) of a
     well-formed token whose caveats are all first-party without locations; None for
     anything else (then ``unpack`` gives the precise error, or the caller refuses
-    third-party caveats).
+    third-party caveats). Reading past the end is an IndexError, which means None.
     """
     end = len(data)
     if end < 37 or data[0] != _VERSION:
         return None
-    pos = 1
-    location = None
-    if data[pos] == _LOCATION:
-        size = data[pos + 1]
-        if size >= 0x80 or size > limits.max_location:
-            return None
-        location = data[pos + 2 : pos + 2 + size]
-        pos += 2 + size
-    if pos + 2 > end or data[pos] != _IDENTIFIER:
-        return None
-    size = data[pos + 1]
-    if size >= 0x80 or not 0 < size <= limits.max_identifier:
-        return None
-    stop = pos + 2 + size
-    identifier = data[pos + 2 : stop]
-    if stop >= end or data[stop] != _EOS:
-        return None
-    pos = stop + 1
-    cids: list[bytes] = []
-    max_caveats, max_caveat = limits.max_caveats, limits.max_caveat
-    while pos < end:
-        kind = data[pos]
-        if kind == _EOS:
-            break
-        if kind != _IDENTIFIER or pos + 1 >= end or len(cids) >= max_caveats:
-            return None
-        size = data[pos + 1]
-        if size < 0x80:
-            start = pos + 2
-        else:
-            try:
-                size, start = _varint(data, pos + 1)
-            except MalformedTokenError:
+    # a length below this is one byte and within the limit: the common case
+    small = min(0x80, limits.max_caveat + 1)
+    try:
+        pos = 1
+        location = None
+        if data[1] == _LOCATION:
+            size = data[2]
+            if size >= 0x80 or size > limits.max_location:
                 return None
-        stop = start + size
-        if stop >= end or data[stop] != _EOS or size > max_caveat:
+            pos = 3 + size
+            location = data[3:pos]
+        if data[pos] != _IDENTIFIER:
             return None
-        cids.append(data[start:stop])
-        pos = stop + 1
-    if end - pos != 35 or data[pos + 1] != 0x06 or data[pos + 2] != 0x20:
+        size = data[pos + 1]
+        if size >= 0x80 or not 0 < size <= limits.max_identifier:
+            return None
+        start = pos + 2
+        pos = start + size
+        identifier = data[start:pos]
+        if data[pos] != _EOS:
+            return None
+        pos += 1
+        cids: list[bytes] = []
+        append = cids.append
+        while data[pos] == _IDENTIFIER:
+            size = data[pos + 1]
+            if size < small:
+                start = pos + 2
+            elif size < 0x80:
+                return None
+            else:
+                size, start = _varint(data, pos + 1)
+                if size > limits.max_caveat:
+                    return None
+            pos = start + size
+            if data[pos] != _EOS:
+                return None
+            append(data[start:pos])
+            pos += 1
+    except (IndexError, MalformedTokenError):
+        return None
+    if (
+        end - pos != 35
+        or data[pos] != _EOS
+        or data[pos + 1] != 0x06
+        or data[pos + 2] != 0x20
+        or len(cids) > limits.max_caveats
+    ):
         return None
     return location, identifier, cids, data[pos + 3 :]

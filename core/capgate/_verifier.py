@@ -23,27 +23,32 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from types import MappingProxyType
 
 from capgate._agent import Agent, AgentStatus, Directory
 from capgate._approval import APPROVAL_LOCATION, ApprovalCaveat, approval_key, parse_approval_caveat
 from capgate._cache import BoundedCache
 from capgate._caveats import (
+    ActionCaveat,
     BudgetCaveat,
     Caveat,
     DelegateCaveat,
     DepthCaveat,
     ExpiresCaveat,
+    NotBeforeCaveat,
     Request,
+    ResourceCaveat,
     cached_caveat_cost,
     compile_new_caveat,
 )
-from capgate._chain import Budget, Chain, Decision, DenyCode, Hop, budget_id
+from capgate._chain import CHAIN_BASE, PER_HOP, Budget, Chain, Decision, DenyCode, Hop, budget_id
 from capgate._clock import Clock, format_timestamp, system_clock
 from capgate._codec import DEFAULT_LIMITS, Limits, decode_text, unpack, unpack_first_party
 from capgate._delegation import did_valid, proof_valid
 from capgate._discharge import approval_decision
 from capgate._errors import CaveatSyntaxError, MalformedTokenError
+from capgate._grants import Glob
 from capgate._requests import request_problem
 from capgate._revocation import RevocationSet
 from capgate._token import TokenIdentifier, derive_key, hmac_digest, third_party_signature
@@ -61,7 +66,80 @@ _MEMO_BASE = 500
 _PREFIX_BASE = 300
 _PER_CID = 80
 _CAVEAT_KEY = 40  # a caveat cache's key: the caveat's bytes
+_SEEN_COST = 80  # a text's hash remembered until its second sighting
 _NO_CTX: Mapping[str, str] = MappingProxyType({})
+_DELEGATE_MARK = b"delegate = "  # how every delegation caveat starts
+_INF, _NEG_INF = float("inf"), float("-inf")
+# An enum member read through its class costs a lookup the hot path need not pay.
+_ACTIVE, _ALLOWED = AgentStatus.ACTIVE, DenyCode.ALLOWED
+_CHECK, _HOLDER, _DELEGATE = Caveat.CHECK, Caveat.HOLDER, Caveat.DELEGATE
+_LINEAGE, _BUDGET = Caveat.LINEAGE, Caveat.BUDGET
+
+
+_EXPIRES = b"expires < "
+_from_iso = datetime.fromisoformat
+# a chain read through a body holds its text, one hop, and small tuples
+_PLAIN_CHAIN = CHAIN_BASE + PER_HOP
+_BODY_BASE = 400  # a body, its key tuple and its two tuples
+
+
+def _expiry(cid: bytes) -> float | None:
+    """``expires < YYYY-MM-DDTHH:MM:SSZ`` (the form capgate writes) → the instant; None
+    for any other form or an invalid date (the full caveat parser then decides)."""
+    if (
+        len(cid) != 30
+        or cid[14] != 45  # -
+        or cid[17] != 45  # -
+        or cid[20] != 84  # T
+        or cid[23] != 58  # :
+        or cid[26] != 58  # :
+        or cid.translate(None, b"0123456789") != b"expires < --T::Z"  # digits elsewhere
+    ):
+        return None
+    try:
+        return _from_iso(cid[10:].decode("ascii")).timestamp()
+    except ValueError:
+        return None
+
+
+class _Body:
+    """What an undelegated token's caveats other than its expiries say: the holder and
+    the folded checks (see ``Chain``). Shared by every token with the same caveats."""
+
+    __slots__ = ("actions", "holder", "not_before", "other", "resources", "size")
+
+    def __init__(
+        self,
+        holder: str,
+        actions: frozenset[str] | None,
+        resources: tuple[Glob, ...],
+        other: tuple[Caveat, ...],
+        not_before: float,
+        size: int,  # estimated bytes held, with its key and the caveats it keeps alive
+    ) -> None:
+        self.holder = holder
+        self.actions = actions
+        self.resources = resources
+        self.other = other
+        self.not_before = not_before
+        self.size = size
+
+
+def _body_cost(key: tuple[bytes, ...], body: _Body) -> int:
+    return body.size
+
+
+class _Rare:
+    """What few tokens carry, gathered while a chain is read: depth caps, budgets
+    (with the expiry before each) and approval caveats (with their keys)."""
+
+    __slots__ = ("approval_keys", "approvals", "budgets", "depth_caps")
+
+    def __init__(self) -> None:
+        self.depth_caps: list[tuple[int, DepthCaveat]] = []
+        self.budgets: list[tuple[int, BudgetCaveat, float]] = []
+        self.approvals: list[ApprovalCaveat] = []
+        self.approval_keys: list[bytes] = []
 
 
 _MemoKey = tuple[str, str, str, str | None]
@@ -76,6 +154,12 @@ def _prefix_cost(key: tuple[bytes, tuple[bytes, ...]], sig: bytes) -> int:
     """An entry moved back from the old generation: charged for its own bytes."""
     identifier, cids = key
     return _PREFIX_BASE + len(identifier) + sum(map(len, cids)) + _PER_CID * len(cids)
+
+
+def _whole_cost(size: int, cids: list[bytes]) -> int:
+    """A whole verified chain's prefix entry: the caveats' bytes (fewer than the
+    text's ``size`` characters) and a tuple of them."""
+    return _PREFIX_BASE + size + _PER_CID * len(cids)
 
 
 def _memo_cost(key: _MemoKey) -> int:
@@ -131,9 +215,18 @@ class Verifier:
         self._derived: dict[str, tuple[bytes, bytes]] = {}
         # parsed caveats by their bytes: a token's caveats are mostly ones seen before
         self._caveats: BoundedCache[bytes, Caveat] = BoundedCache(caveat_bytes, cached_caveat_cost)
+        # what the caveats of undelegated tokens other than expiries say (``_read_plain``)
+        self._bodies: BoundedCache[tuple[bytes, ...], _Body] = BoundedCache(
+            max(1, caveat_bytes // 4), _body_cost
+        )
         self._cache: BoundedCache[str, Chain] = BoundedCache(
             cache_bytes, _chain_cost, max_entries=cache_size
         )
+        # Admission: a chain is kept on its second sighting, so the many tokens used
+        # once (and a flood of fresh ones) cost no memory and push out no warm chain.
+        # The hashes of texts seen once; cleared when full.
+        self._seen: set[int] = set()
+        self._seen_max = max(1, cache_size)
         # (identifier, caveats) of verified chains -> the signature there
         self._prefixes: BoundedCache[tuple[bytes, tuple[bytes, ...]], bytes] = BoundedCache(
             prefix_bytes, _prefix_cost
@@ -203,7 +296,8 @@ class Verifier:
             return self.decide(st, request, discharges)
         state = self._state()
         decision = self.decide(st, request)
-        if decision.allowed and len(token) <= _CACHE_MAX_TEXT:
+        # remembered, like the chain, from a token's second sighting on
+        if decision.allowed and len(token) <= _CACHE_MAX_TEXT and token in self._cache.young:
             # valid while the clock stays inside the token's window (either way)
             since = max(st.not_before, (st.latest_ms - CLOCK_SKEW_MS) / 1000)
             self._memo_put(key, (state, since, st.not_after, decision))
@@ -231,6 +325,7 @@ class Verifier:
         self._derived.clear()
         self._cache.clear()
         self._prefixes.clear()
+        self._bodies.clear()
         self._memo.clear()
         self._memo_old.clear()
         self._memo_bytes = self._memo_old_bytes = 0
@@ -246,9 +341,11 @@ class Verifier:
         return (
             self._cache.nbytes
             + self._caveats.nbytes
+            + self._bodies.nbytes
             + self._prefixes.nbytes
             + self._memo_bytes
             + self._memo_old_bytes
+            + _SEEN_COST * len(self._seen)
         )
 
     # -- the static half: parse, signature, proofs --------------------------------------
@@ -266,11 +363,17 @@ class Verifier:
         except Exception as e:  # a bug must deny, never crash a verifier (fail closed)
             _log.exception("token analysis failed")
             return _deny(DenyCode.MALFORMED, f"token could not be read ({type(e).__name__})")
-        # Only valid chains are kept (a flood of garbage cannot fill the cache), and only
-        # tokens of ordinary size, so the cache's memory stays bounded.
-        if type(result) is Chain:
-            if len(text) <= _CACHE_MAX_TEXT:
+        # Only valid chains are kept (a flood of garbage cannot fill the cache), only
+        # tokens of ordinary size, so the cache's memory stays bounded, and only on
+        # their second sighting.
+        if type(result) is Chain and len(text) <= _CACHE_MAX_TEXT:
+            seen, h = self._seen, hash(text)
+            if h in seen:
                 self._cache.put(text, result, result.size)
+            else:
+                if len(seen) >= self._seen_max:
+                    seen.clear()
+                seen.add(h)
         return result
 
     def _root_key(self, kid: str) -> tuple[bytes, bytes] | None:
@@ -322,14 +425,28 @@ class Verifier:
                 DenyCode.UNKNOWN_KEY, f"unknown or retired root key {ident.key_id!r}", token_id=tid
             )
         root, derived = keys
+        digest = hmac_digest
+        if vids is None and _DELEGATE_MARK not in data:
+            # Most tokens: first-party, no delegation, so no proof needs the signature
+            # before a caveat (one scan of the bytes says so; a false alarm only takes
+            # the general path below).
+            sig = digest(derived, identifier, "sha256")
+            for cid in cids:
+                sig = digest(sig, cid, "sha256")
+            if not hmac.compare_digest(sig, signature):
+                return _deny(DenyCode.BAD_SIGNATURE, "signature does not match", token_id=tid)
+            chain = self._read_plain(text, ident, cids)
+            if type(chain) is Chain and len(text) <= _CACHE_MAX_TEXT:
+                # a child delegated from this token starts from here
+                self._prefixes.put((identifier, tuple(cids)), sig, _whole_cost(len(text), cids))
+            return chain
         # A delegated child's chain starts where its parent's (verified) chain ended:
         # only the caveats added since cost HMACs, and the parent's proofs are not redone.
         start, sig = 0, b""
         if len(cids) > 1 and vids is None:  # approval keys need every prefix: no shortcut
             start, sig = self._known_prefix(identifier, cids)
         if not start:
-            sig = hmac_digest(derived, identifier, "sha256")
-        digest = hmac_digest
+            sig = digest(derived, identifier, "sha256")
         prefix: list[bytes] = [b""] * start  # signatures before each caveat, for proofs
         if vids is None:
             for cid in cids[start:] if start else cids:
@@ -380,11 +497,67 @@ class Verifier:
         # An entry per hop: the whole chain, and up to each delegation. They share the
         # caveats' bytes (at most the token's, which are fewer than its text's), so the
         # whole chain's entry is charged for them; the others for their own tuples.
-        known.put((identifier, tuple(cids)), final, _PREFIX_BASE + size + _PER_CID * len(cids))
+        known.put((identifier, tuple(cids)), final, _whole_cost(size, cids))
         if hops > 1:
             for k in range(1, len(cids)):
                 if prefix[k] and cids[k].startswith(b"delegate = "):
                     known.put((identifier, tuple(cids[:k])), prefix[k], _PREFIX_BASE + 8 * k)
+
+    def _read_plain(self, text: str, ident: TokenIdentifier, cids: list[bytes]) -> Chain | Decision:
+        """An undelegated first-party token's caveats. Tokens of one grant differ mostly
+        in their expiry, so what the other caveats say (a ``_Body``) is read once and
+        shared; only the expiries are read per token. The chain keeps no ``checks``:
+        the rare deny that names a failed caveat reads them again (``_checks_of``)."""
+        keep = []  # the caveats other than expiries: the body's key
+        not_after = _INF
+        for cid in cids:
+            if cid.startswith(_EXPIRES):
+                self.compiled += 1
+                at = _expiry(cid)
+                if at is None:  # not the form capgate writes: the full reading decides
+                    return self._read_chain(text, ident, b"", cids, None)
+                if at < not_after:
+                    not_after = at
+            else:
+                keep.append(cid)
+        key = tuple(keep)
+        bodies = self._bodies
+        body = bodies.young.get(key)
+        if body is None and (body := bodies.recall(key)) is None:
+            return self._read_chain(text, ident, b"", cids, None, body_key=key)
+        tid, issued, holder = ident.token_id, ident.issued_ms, body.holder
+        return Chain(
+            text,
+            tid,
+            ident.key_id,
+            issued,
+            (Hop(holder, issued),),
+            (tid,),
+            None,
+            (int(tid, 16),),
+            (holder,),
+            issued,
+            actions=body.actions,
+            not_before=body.not_before,
+            not_after=not_after,
+            resources=body.resources,
+            other=body.other,
+            size=_PLAIN_CHAIN + 2 * len(text),
+        )
+
+    def _checks_of(self, st: Chain) -> tuple[Caveat, ...]:
+        """The checks of a chain read through a shared body, in the token's order (read
+        again, once: the chain keeps them, charged to the cache, for the next deny)."""
+        if st.checks is not None:
+            return st.checks
+        parts = unpack_first_party(decode_text(st.text, self._limits), self._limits)
+        assert parts is not None  # pragma: no branch - it was read this way before
+        ident = TokenIdentifier.decode(parts[1])
+        full = self._read_chain(st.text, ident, b"", parts[2], None)
+        assert type(full) is Chain and full.checks is not None
+        st.checks = full.checks
+        self._cache.charge(sum([c.size for c in full.checks]))
+        return full.checks
 
     def _read_chain(
         self,
@@ -392,25 +565,32 @@ class Verifier:
         ident: TokenIdentifier,
         root: bytes,
         cids: list[bytes],
-        prefix: list[bytes],
+        prefix: list[bytes] | None,
         verified: int = 0,
         vids: list[bytes | None] | None = None,
+        body_key: tuple[bytes, ...] | None = None,
     ) -> Chain | Decision:
+        """The caveats, read in order: the hops, the lineage and the checks (folded as
+        they come). ``prefix``: the signature before each caveat, which delegation
+        proofs and approval keys need; None for a token that has neither."""
         tid = ident.token_id
-        hops: list[Hop] = []
+        hop = None  # the one hop of an undelegated token; ``hops`` once there are more
+        hops: list[Hop] | None = None
         lineage = [tid]
         checks: list[Caveat] = []
-        depth_caps: list[tuple[int, DepthCaveat]] = []
-        budgets: list[tuple[int, BudgetCaveat, float]] = []
-        approvals: list[ApprovalCaveat] = []
-        approval_keys: list[bytes] = []
+        rare: _Rare | None = None  # depth caps, budgets, approvals: most tokens have none
         holder: str | None = None
-        CHECK, HOLDER, DELEGATE = Caveat.CHECK, Caveat.HOLDER, Caveat.DELEGATE
-        LINEAGE, BUDGET = Caveat.LINEAGE, Caveat.BUDGET
+        # the checks folded together: see ``Chain``
+        actions: frozenset[str] | None = None
+        not_before, not_after = _NEG_INF, _INF
+        resources: list[Glob] = []
+        other: list[Caveat] = []
+        size = 0
         caveats = self._caveats
         young = caveats.young
         for i, cid in enumerate(cids):
             if vids is not None and vids[i] is not None:  # an approval caveat
+                assert prefix is not None
                 self.compiled += 1
                 try:
                     approval = parse_approval_caveat(cid)
@@ -421,12 +601,13 @@ class Verifier:
                         caveat=cid.decode("utf-8", "replace")[:512],
                         token_id=tid,
                     )
-                if any(a.cid == cid for a in approvals):
+                rare = rare or _Rare()
+                if any(a.cid == cid for a in rare.approvals):
                     return _deny(
                         DenyCode.MALFORMED, "token names an approval caveat twice", token_id=tid
                     )
-                approvals.append(approval)
-                approval_keys.append(approval_key(prefix[i], cid))
+                rare.approvals.append(approval)
+                rare.approval_keys.append(approval_key(prefix[i], cid))
                 continue
             cav = young.get(cid)
             if cav is None and (cav := caveats.recall(cid)) is None:
@@ -437,16 +618,34 @@ class Verifier:
                     return _deny(
                         DenyCode.BAD_CAVEAT, e.message, caveat=e.context.get("caveat"), token_id=tid
                     )
-                caveats.put(cid, cav, _CAVEAT_KEY + len(cid) + cav.size)
-                young = caveats.young  # it may have turned old
+                if type(cav) is not ExpiresCaveat:  # an expiry is mostly one token's own
+                    caveats.put(cid, cav, _CAVEAT_KEY + len(cid) + cav.size)
+                    young = caveats.young  # it may have turned old
             role = cav.role
-            if role == CHECK:
+            if role == _CHECK:
                 checks.append(cav)
-            elif role == HOLDER:
+                size += cav.size
+                kind = type(cav)
+                if kind is ExpiresCaveat:
+                    at = cav.at  # type: ignore[attr-defined]
+                    if at < not_after:
+                        not_after = at
+                elif kind is ResourceCaveat:
+                    resources.append(cav.glob)  # type: ignore[attr-defined]
+                elif kind is ActionCaveat:
+                    acts = cav.actions  # type: ignore[attr-defined]
+                    actions = acts if actions is None else actions & acts
+                elif kind is NotBeforeCaveat:
+                    at = cav.at  # type: ignore[attr-defined]
+                    if at > not_before:
+                        not_before = at
+                else:
+                    other.append(cav)
+            elif role == _HOLDER:
                 agent = cav.agent  # type: ignore[attr-defined]
                 if holder is None:
                     holder = agent
-                    hops.append(Hop(agent, ident.issued_ms))
+                    hop = Hop(agent, ident.issued_ms)
                 elif agent != holder:
                     return _deny(
                         DenyCode.NOT_HOLDER,
@@ -454,25 +653,30 @@ class Verifier:
                         caveat=cav.text,
                         token_id=tid,
                     )
-            elif role == DELEGATE:
+            elif role == _DELEGATE:
                 assert isinstance(cav, DelegateCaveat)
-                if i >= verified:  # proofs inside an already verified prefix held
-                    denied = self._check_delegation(cav, holder, prefix[i], root, tid)
-                    if denied is not None:
-                        return denied
-                elif holder is None:
+                if holder is None:
                     return _deny(
                         DenyCode.BAD_DELEGATION,
                         "delegation before any holder",
                         caveat=cav.text,
                         token_id=tid,
                     )
+                if i >= verified:  # proofs inside an already verified prefix held
+                    if prefix is None:  # cannot be: the caller saw no delegation
+                        raise AssertionError("a delegation without the signatures before it")
+                    denied = self._check_delegation(cav, holder, prefix[i], root, tid)
+                    if denied is not None:
+                        return denied
                 holder = cav.agent
+                if hops is None:
+                    assert hop is not None
+                    hops = [hop]
                 hops.append(Hop(holder, cav.at_ms, cav.did, cav.offline))
                 lineage.append(cav.did)
-            elif role == LINEAGE:
+            elif role == _LINEAGE:
                 lineage.append(cav.did)  # type: ignore[attr-defined]
-            elif role == BUDGET:
+            elif role == _BUDGET:
                 assert isinstance(cav, BudgetCaveat)
                 if not self._counts_budgets:
                     return _deny(
@@ -485,56 +689,85 @@ class Verifier:
                 # the count lives as long as the token the caveat was added to: the
                 # earliest expiry before it, which every token derived from it shares
                 # (never the presented token's own, which a holder may shorten)
-                until = min(
-                    [c.at for c in checks if type(c) is ExpiresCaveat], default=float("inf")
-                )
-                budgets.append((i, cav, until))
+                rare = rare or _Rare()
+                rare.budgets.append((i, cav, not_after))
             else:
                 assert isinstance(cav, DepthCaveat)
-                depth_caps.append((len(hops), cav))
-        if holder is None:
+                rare = rare or _Rare()
+                rare.depth_caps.append(
+                    (0 if hop is None else 1 if hops is None else len(hops), cav)
+                )
+        if hop is None:
             return _deny(
                 DenyCode.UNSUPPORTED, "token names no holder ('agent = ID' caveat)", token_id=tid
             )
-        if len(set(lineage)) != len(lineage):  # an id is one hop of one tree, once
+        if len(lineage) == 1:  # the common case, without the loops
+            lineage_keys: tuple[int, ...] = (int(tid, 16),)
+        elif len(set(lineage)) != len(lineage):  # an id is one hop of one tree, once
             return _deny(DenyCode.MALFORMED, "token's lineage names an id twice", token_id=tid)
-        for at_hop, cap in depth_caps:
-            below = len(hops) - max(at_hop, 1)
-            if below > cap.limit:
-                return _deny(
-                    DenyCode.DEPTH,
-                    f"caveat {cap.text!r}: {below} delegations follow it",
-                    caveat=cap.text,
-                    token_id=tid,
-                )
-        if len(hops) == 1:  # the common case, without the loops
-            agents: tuple[str, ...] = (holder,)
+        else:
+            lineage_keys = tuple([int(x, 16) for x in lineage])
+        if hops is None:
+            all_hops: tuple[Hop, ...] = (hop,)
+            agents: tuple[str, ...] = (hop.agent,)
             latest = ident.issued_ms
         else:
+            all_hops = tuple(hops)
             agents = tuple([h.agent for h in hops])
             latest = max([h.at_ms for h in hops])
+        if rare is not None:
+            for at_hop, cap in rare.depth_caps:
+                below = len(all_hops) - max(at_hop, 1)
+                if below > cap.limit:
+                    return _deny(
+                        DenyCode.DEPTH,
+                        f"caveat {cap.text!r}: {below} delegations follow it",
+                        caveat=cap.text,
+                        token_id=tid,
+                    )
         chain = Chain(
             text,
             tid,
             ident.key_id,
             ident.issued_ms,
-            tuple(hops),
+            all_hops,
             tuple(lineage),
             tuple(checks),
-            tuple([int(x, 16) for x in lineage]),
+            lineage_keys,
             agents,
             latest,
+            actions=actions,
+            not_before=not_before,
+            not_after=not_after,
+            resources=tuple(resources),
+            other=tuple(other),
+            size=CHAIN_BASE + 2 * len(text) + PER_HOP * len(all_hops) + size,
         )
-        if approvals:
-            chain.approvals, chain.approval_keys = tuple(approvals), tuple(approval_keys)
-        chain.fold()
-        if budgets:
-            chain.budgets = tuple(
-                [
-                    Budget(budget_id(tid, cids[: i + 1]), cav.text, cav.limit, cav.period, until)
-                    for i, cav, until in budgets
-                ]
+        if rare is not None:
+            if rare.approvals:
+                chain.approvals = tuple(rare.approvals)
+                chain.approval_keys = tuple(rare.approval_keys)
+                chain.size += sum([a.size for a in rare.approvals])
+            if rare.budgets:
+                chain.budgets = tuple(
+                    [
+                        Budget(
+                            budget_id(tid, cids[: i + 1]), cav.text, cav.limit, cav.period, until
+                        )
+                        for i, cav, until in rare.budgets
+                    ]
+                )
+        elif body_key is not None and hops is None and len(lineage) == 1:
+            held = sum([c.size for c in checks if type(c) is not ExpiresCaveat])
+            body = _Body(
+                hop.agent,
+                actions,
+                chain.resources,
+                chain.other,
+                not_before,
+                _BODY_BASE + sum(map(len, body_key)) + _PER_CID * len(body_key) + held,
             )
+            self._bodies.put(body_key, body, body.size)
         return chain
 
     def _check_delegation(
@@ -610,7 +843,7 @@ class Verifier:
             a = agents.get(hop.agent)
             if (
                 a is None
-                or a.status is not AgentStatus.ACTIVE
+                or a.status is not _ACTIVE
                 or hop.at_ms <= a.revoked_before_ms
                 or last - i > a.max_depth
             ):
@@ -682,7 +915,7 @@ class Verifier:
                     passed = False
                     break
         if not passed:  # walk the caveats in order to name the first that fails
-            for cav in st.checks:
+            for cav in self._checks_of(st):
                 failed = cav.check(request, now)
                 if failed is not None:
                     return _deny(
@@ -695,9 +928,7 @@ class Verifier:
             raise AssertionError("folded checks and caveats disagree")  # pragma: no cover
         allowed = st.allowed
         if allowed is None:
-            allowed = st.allowed = Decision(
-                True, DenyCode.ALLOWED, "allowed", None, tid, chain, st.budgets
-            )
+            allowed = st.allowed = Decision(True, _ALLOWED, "allowed", None, tid, chain, st.budgets)
             if self._on_first_allow is not None:
                 self._on_first_allow(st)
         if st.approvals or ruled:

@@ -23,6 +23,8 @@ from capgate_server.store import Role
 __all__ = ["CALLER", "POLICY", "Authenticator"]
 
 _ADMIN = frozenset({Role.ADMIN})
+# enum members read per call: a class lookup each, which the hot path need not pay
+_AGENT_ROLE, _ACTIVE = Role.AGENT, AgentStatus.ACTIVE
 _AGENT = frozenset({Role.AGENT})
 _ANY = frozenset({Role.ADMIN, Role.SERVICE, Role.AGENT})  # approvers: approvals only
 _VERIFIERS = _ANY  # agents may verify, but only on their own behalf
@@ -147,11 +149,11 @@ class Authenticator(grpc.aio.ServerInterceptor):
                     + _HINTS.get(method, "")
                 )
             elif (
-                principal.role is Role.AGENT
+                principal.role is _AGENT_ROLE
                 and method not in _WHILE_SUSPENDED
                 and (
                     (agent := self._replica.agents.get(principal.id)) is None
-                    or agent.status is not AgentStatus.ACTIVE
+                    or agent.status is not _ACTIVE
                 )
             ):
                 state = agent.status if agent is not None else "not registered"

@@ -48,6 +48,7 @@ __all__ = ["VerdictMemo", "VerifierWire", "split_requests"]
 
 SERVICE = "capgate.v1.VerifierService"
 Answer = Callable[[Any, Decision], verifier_pb2.VerifyResponse]
+_AGENT_ROLE = Role.AGENT  # read per call: an enum member through its class costs a lookup
 _ENTRY_BYTES = 400  # an entry's own objects beside its key and reply bytes
 
 
@@ -164,7 +165,7 @@ class VerifierWire:
     async def _warm(self, caller: Principal) -> bool:
         """Whether remembered verdicts may answer now: a caller that is not an agent,
         on a replica that is current with its siblings and fresh."""
-        if caller.role is Role.AGENT:
+        if caller.role is _AGENT_ROLE:
             return False
         replica = self.replica
         if replica.siblings is not None and replica.behind():

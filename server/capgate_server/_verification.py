@@ -64,6 +64,8 @@ from capgate_server.store import Principal, Role
 
 __all__ = ["NewCaveatBudget", "Presented", "Verification", "VerifyItem", "presented"]
 
+_AGENT_ROLE = Role.AGENT  # read per call: an enum member through its class costs a lookup
+
 Claim = tuple[str, str, float]  # a proof's nonce to redeem: (holder, nonce, keep until)
 
 
@@ -154,7 +156,7 @@ class Verification:
         self._window = replica.settings.proof_window
 
     def presenter_for(self, caller: Principal, presenter: str) -> str:
-        if caller.role is Role.AGENT:
+        if caller.role is _AGENT_ROLE:
             if presenter and presenter != caller.id:
                 raise PermissionDeniedError("an agent may verify only on its own behalf")
             return caller.id
@@ -233,7 +235,7 @@ class Verification:
             decision = self.replica.verifier.check(
                 token, action, resource, presenter, ctx, discharges=discharges
             )
-            if decision.allowed and caller.role is not Role.AGENT and self._needs_proof(decision):
+            if decision.allowed and caller.role is not _AGENT_ROLE and self._needs_proof(decision):
                 decision = Decision(
                     False,
                     DenyCode.PROOF_REQUIRED,
@@ -440,7 +442,7 @@ class Verification:
         limits = self._limits
         if len(requests) > limits.max_batch:
             raise InvalidArgumentError(f"at most {limits.max_batch} requests in one batch")
-        if caller.role is Role.AGENT:  # refuse the whole batch before deciding any of it
+        if caller.role is _AGENT_ROLE:  # refuse the whole batch before deciding any of it
             presenters = [self.presenter_for(caller, r.presenter) for r in requests]
         else:
             presenters = [r.presenter for r in requests]

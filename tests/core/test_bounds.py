@@ -126,6 +126,7 @@ def test_the_charges_cover_what_is_held():
         def fill():
             for t in texts:
                 v.verify(t, req)
+                v.verify(t, req)  # a chain is kept on its second sighting
 
         held = traced(fill)
         assert v.cached == len(texts), shape.__name__

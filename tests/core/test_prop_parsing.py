@@ -7,7 +7,18 @@ import base64
 from hypothesis import given
 from hypothesis import strategies as st
 
-from capgate import DenyCode, MalformedTokenError, Request, Token
+from capgate import (
+    CaveatSyntaxError,
+    DenyCode,
+    ExpiresCaveat,
+    MalformedTokenError,
+    Request,
+    Token,
+    format_timestamp,
+    parse_caveat,
+)
+from capgate._codec import unpack, unpack_first_party
+from capgate._verifier import _expiry
 
 from prop_world import (
     VERIFIER,
@@ -72,6 +83,11 @@ def _check_bytes(data: bytes, reqs: tuple[Request, ...] = ()) -> None:
         assert (parsed is None) == (t is None), form
         if parsed is not None:
             assert parsed == t
+    fast = unpack_first_party(data)  # the verifier's quick reading...
+    if fast is not None:  # ...reads only what the strict parser reads, and the same
+        raw = unpack(data)
+        assert all(c.vid is None and c.location is None for c in raw.caveats)
+        assert fast == (raw.location, raw.identifier, [c.cid for c in raw.caveats], raw.signature)
     if t is not None:
         assert t.to_bytes() == data  # one encoding per token
         assert Token.parse(t.to_text()) == t
@@ -122,3 +138,37 @@ def test_parse_mutated_tokens(chain: AllowedChain, data: st.DataObject) -> None:
         if mutated == raw or (len(new) == j - i and i in loc and j - 1 in loc):
             continue  # unchanged, or only the location (see the location test)
         _check_bytes(mutated, (chain.req,))
+    assert unpack_first_party(raw) is not None  # an ordinary token takes the quick reading
+
+
+@st.composite
+def expiry_like(draw: st.DrawFn) -> bytes:
+    """``expires < `` and an instant, mostly well formed, with characters changed."""
+    y, mo, d = draw(st.integers(0, 9999)), draw(st.integers(0, 13)), draw(st.integers(0, 32))
+    h, mi, s = draw(st.integers(0, 25)), draw(st.integers(0, 61)), draw(st.integers(0, 61))
+    text = f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}Z".encode()
+    if draw(st.booleans()):
+        i = draw(st.integers(0, len(text) - 1))
+        text = (
+            text[:i]
+            + draw(st.binary(max_size=2) | st.sampled_from((b"W", b"+", b" ")))
+            + text[i + 1 :]
+        )
+    return b"expires < " + text
+
+
+@examples(400)
+@given(expiry_like())
+def test_the_quick_expiry_reading_agrees_with_the_parser(cid: bytes) -> None:
+    """What the verifier reads quickly, the caveat parser reads the same; the rest
+    it leaves to the parser."""
+    at = _expiry(cid)
+    try:
+        cav = parse_caveat(cid.decode("utf-8"))
+    except (UnicodeDecodeError, CaveatSyntaxError):
+        assert at is None  # what the parser refuses is never read quickly
+        return
+    if at is not None:
+        assert type(cav) is ExpiresCaveat and cav.at == at
+    elif type(cav) is ExpiresCaveat:  # declined: only a form capgate does not write
+        assert cid != b"expires < " + format_timestamp(cav.at).encode()

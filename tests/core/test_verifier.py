@@ -198,13 +198,29 @@ def test_valid_chains_are_cached_and_invalidated(world, clock):
     keys, _, _, v = world
     text = mint(clock, "agent = alice")
     v.verify(text, req())
-    assert v.cached == 1
+    assert v.cached == 0  # seen once: not kept
+    v.verify(text, req())
+    assert v.cached == 1  # seen again: kept
     v.verify(text[:-3] + "AAA", req())  # invalid ones are not kept
     assert v.cached == 1
     del keys["k1"]  # the key is retired
     v.invalidate()
     assert v.cached == 0
     assert v.verify(text, req()).code is DenyCode.UNKNOWN_KEY
+
+
+def test_tokens_seen_once_push_out_no_warm_chain(clock):
+    agents = {"alice": Agent("alice", Ceiling.parse(["read:/**"]))}
+    v = Verifier({"k1": KEY}, agents, RevocationSet(), clock=clock, cache_size=10)
+    warm = mint(clock, "agent = alice")
+    for _ in range(3):
+        assert v.verify(warm, req()).allowed
+    misses = v.cache_misses
+    for i in range(1, 301):  # many more one-shot tokens than the cache holds
+        assert v.verify(mint(clock, "agent = alice", tid=f"{i:032x}"), req()).allowed
+    assert v.verify(warm, req()).allowed
+    assert v.cache_misses == misses + 300  # the warm chain was still kept
+    assert v.cached == 1
 
 
 def test_cache_is_bounded(clock):
@@ -344,3 +360,38 @@ def test_revoking_again_with_a_later_expiry_keeps_the_entry_longer():
     rs.add("c" * 32, 5_000.0)  # never shortened
     assert rs.prune(20_000.0) == 0 and rs.is_revoked("c" * 32)
     assert rs.prune(60_000.0) == 1 and not rs.is_revoked("c" * 32)
+
+
+def test_tokens_that_differ_only_in_expiry_each_keep_their_own(world, clock):
+    """Undelegated tokens of one grant share what their other caveats say; each is still
+    decided by its own expiry, and a deny names its own first failing caveat."""
+    *_, v = world
+    grant = ("agent = alice", "action in read", "resource /data/reports/**")
+    soon = [mint(clock, *grant, expires(clock, 60), tid=f"{i:032x}") for i in range(1, 4)]
+    later = mint(clock, *grant, expires(clock, 7200), tid=f"{9:032x}")
+    for text in [*soon, later]:
+        assert v.verify(text, req(resource="/data/reports/q")).allowed
+    clock.advance(120)
+    for text in soon:
+        d = v.verify(text, req(resource="/data/reports/q"))
+        assert d.code is DenyCode.CAVEAT_FAILED and d.caveat.startswith("expires < ")
+    assert v.verify(later, req(resource="/data/reports/q")).allowed
+    # both an expiry and the resource fail: the first in the token's order is named
+    first = mint(clock, "agent = alice", expires(clock, -1), "resource /data/reports/**")
+    other = mint(
+        clock, "agent = alice", "resource /data/reports/**", expires(clock, -1), tid=f"{8:032x}"
+    )
+    for _ in range(2):  # read afresh, then from the cache
+        d = v.verify(first, req(resource="/data/x"))
+        assert d.code is DenyCode.CAVEAT_FAILED and d.caveat.startswith("expires < ")
+        d = v.verify(other, req(resource="/data/x"))
+        assert d.code is DenyCode.CAVEAT_FAILED and d.caveat == "resource /data/reports/**"
+
+
+def test_an_expiry_in_another_rfc3339_form_is_read_in_full(world, clock):
+    *_, v = world
+    at = format_timestamp(clock.now + 60).replace("Z", "+00:00")
+    text = mint(clock, "agent = alice", f"expires < {at}")
+    assert v.verify(text, req()).allowed
+    clock.advance(120)
+    assert v.verify(text, req()).code is DenyCode.CAVEAT_FAILED
