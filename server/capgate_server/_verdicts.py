@@ -188,8 +188,8 @@ class VerifierWire:
             a = agents.get(name)
             if a is None or a.rate:
                 return
-        chain = self.replica.verifier.analyse(r.token)
-        if isinstance(chain, Decision) or since >= chain.not_after:
+        chain = self.replica.verifier.cached_chain(r.token)
+        if chain is None or since >= chain.not_after:  # seen once (or just expired)
             return
         self.memo.put(
             data,

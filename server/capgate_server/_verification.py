@@ -66,6 +66,16 @@ __all__ = ["NewCaveatBudget", "Presented", "Verification", "VerifyItem", "presen
 
 _AGENT_ROLE = Role.AGENT  # read per call: an enum member through its class costs a lookup
 
+
+def _request(p: Presented, presenter: str) -> Request:
+    """The request a presentation makes, for a chain already read (not read again)."""
+    return (
+        Request(p.action, p.resource, presenter, p.ctx)
+        if p.ctx
+        else Request(p.action, p.resource, presenter)
+    )
+
+
 Claim = tuple[str, str, float]  # a proof's nonce to redeem: (holder, nonce, keep until)
 
 
@@ -399,9 +409,7 @@ class Verification:
             return chain, None
         holder = chain.holder
         if p.presenter and p.presenter != holder:  # the service knows someone else: not_holder
-            return verifier.check(
-                p.token, p.action, p.resource, p.presenter, p.ctx, discharges=p.discharges
-            ), None
+            return verifier.decide(chain, _request(p, p.presenter), p.discharges), None
         agent = self.replica.agents.get(holder)
         key = agent.public_keys.get(proof.key_id) if agent is not None else None
         problem = (
@@ -427,9 +435,7 @@ class Verification:
                 chain.agents,
             ), None
         keep_until = proof.at_ms / 1000 + self._window + NONCE_MARGIN
-        decision = verifier.check(
-            p.token, p.action, p.resource, holder, p.ctx, discharges=p.discharges
-        )
+        decision = verifier.decide(chain, _request(p, holder), p.discharges)
         return decision, (holder, proof.nonce, keep_until)
 
     def stream_budget(self) -> NewCaveatBudget:

@@ -198,9 +198,11 @@ def test_valid_chains_are_cached_and_invalidated(world, clock):
     keys, _, _, v = world
     text = mint(clock, "agent = alice")
     v.verify(text, req())
-    assert v.cached == 0  # seen once: not kept
+    assert v.cached == 0 and v.cached_chain(text) is None  # seen once: not kept
     v.verify(text, req())
     assert v.cached == 1  # seen again: kept
+    chain = v.cached_chain(text)
+    assert chain is not None and chain.holder == "alice"
     v.verify(text[:-3] + "AAA", req())  # invalid ones are not kept
     assert v.cached == 1
     del keys["k1"]  # the key is retired
