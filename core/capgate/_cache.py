@@ -78,15 +78,18 @@ class BoundedCache(Generic[K, V]):
         young[key] = value
         self._young_bytes += cost
         if self._young_bytes > self._half_bytes or len(young) > self._half_entries:
-            self._old, self._old_bytes = young, self._young_bytes
-            self._young, self._young_bytes = {}, 0
+            self._turn()
 
     def charge(self, cost: int) -> None:
         """An entry just used has grown by ``cost``: count it (as a young entry's)."""
         self._young_bytes += cost
         if self._young_bytes > self._half_bytes:
-            self._old, self._old_bytes = self._young, self._young_bytes
-            self._young, self._young_bytes = {}, 0
+            self._turn()
+
+    def _turn(self) -> None:
+        """The young generation becomes the old one; the old one is dropped."""
+        self._old, self._old_bytes = self._young, self._young_bytes
+        self._young, self._young_bytes = {}, 0
 
     def clear(self) -> None:
         self._young.clear()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from types import MappingProxyType
 
 from capgate._agent import Agent, AgentStatus, Directory
@@ -41,6 +40,7 @@ from capgate._caveats import (
     ResourceCaveat,
     cached_caveat_cost,
     compile_new_caveat,
+    quick_expiry,
 )
 from capgate._chain import CHAIN_BASE, PER_HOP, Budget, Chain, Decision, DenyCode, Hop, budget_id
 from capgate._clock import Clock, format_timestamp, system_clock
@@ -77,29 +77,9 @@ _LINEAGE, _BUDGET = Caveat.LINEAGE, Caveat.BUDGET
 
 
 _EXPIRES = b"expires < "
-_from_iso = datetime.fromisoformat
 # a chain read through a body holds its text, one hop, and small tuples
 _PLAIN_CHAIN = CHAIN_BASE + PER_HOP
 _BODY_BASE = 400  # a body, its key tuple and its two tuples
-
-
-def _expiry(cid: bytes) -> float | None:
-    """``expires < YYYY-MM-DDTHH:MM:SSZ`` (the form capgate writes) → the instant; None
-    for any other form or an invalid date (the full caveat parser then decides)."""
-    if (
-        len(cid) != 30
-        or cid[14] != 45  # -
-        or cid[17] != 45  # -
-        or cid[20] != 84  # T
-        or cid[23] != 58  # :
-        or cid[26] != 58  # :
-        or cid.translate(None, b"0123456789") != b"expires < --T::Z"  # digits elsewhere
-    ):
-        return None
-    try:
-        return _from_iso(cid[10:].decode("ascii")).timestamp()
-    except ValueError:
-        return None
 
 
 class _Body:
@@ -483,7 +463,7 @@ class Verifier:
         if not len(known):
             return 0, b""
         for k in range(len(cids) - 1, 0, -1):
-            if cids[k].startswith(b"delegate = "):
+            if cids[k].startswith(_DELEGATE_MARK):
                 sig = known.get((identifier, tuple(cids[:k])))
                 if sig is not None:
                     return k, sig
@@ -506,7 +486,7 @@ class Verifier:
         known.put((identifier, tuple(cids)), final, _whole_cost(size, cids))
         if hops > 1:
             for k in range(1, len(cids)):
-                if prefix[k] and cids[k].startswith(b"delegate = "):
+                if prefix[k] and cids[k].startswith(_DELEGATE_MARK):
                     known.put((identifier, tuple(cids[:k])), prefix[k], _PREFIX_BASE + 8 * k)
 
     def _read_plain(self, text: str, ident: TokenIdentifier, cids: list[bytes]) -> Chain | Decision:
@@ -519,7 +499,7 @@ class Verifier:
         for cid in cids:
             if cid.startswith(_EXPIRES):
                 self.compiled += 1
-                at = _expiry(cid)
+                at = quick_expiry(cid)
                 if at is None:  # not the form capgate writes: the full reading decides
                     return self._read_chain(text, ident, b"", cids, None)
                 if at < not_after:
