@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from capgate import (
     Agent,
@@ -397,3 +399,49 @@ def test_an_expiry_in_another_rfc3339_form_is_read_in_full(world, clock):
     assert v.verify(text, req()).allowed
     clock.advance(120)
     assert v.verify(text, req()).code is DenyCode.CAVEAT_FAILED
+
+
+_POOL = (
+    "action in read",
+    "action in read,write",
+    "resource /data/**",
+    "resource /data/reports/*",
+    "resource /data/x",
+    "not-before > 2020-01-01T00:00:00Z",
+    "not-before > 2030-01-01T00:00:00Z",
+    "ctx tool in search,fetch",
+    "ctx limit <= 10",
+)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    caveats=st.lists(st.sampled_from(_POOL), max_size=5),
+    expiries=st.lists(st.integers(-3600, 3600), min_size=1, max_size=2),
+    at=st.integers(0, 6),
+    action=st.sampled_from(("read", "write")),
+    resource=st.sampled_from(("/data/x", "/data/reports/q", "/other")),
+    ctx=st.sampled_from(({}, {"tool": "search"}, {"limit": "5"}, {"limit": "50"})),
+)
+def test_a_token_read_through_a_shared_body_is_decided_as_one_read_in_full(
+    caveats, expiries, at, action, resource, ctx
+):
+    """The same decision (allow, code, caveat named) whether a token's caveats are read
+    in full or through the body a sibling of the same grant left behind."""
+    from conftest import FakeClock
+
+    clock = FakeClock()
+    agents = {"alice": Agent("alice", Ceiling.parse(["read,write:/data/**"]))}
+    body = ["agent = alice", *caveats]
+    exp = [expires(clock, s) for s in expiries]
+    at = min(at, len(body))
+    token = mint(clock, *body[:at], *exp, *body[at:], tid=f"{1:032x}")
+    sibling = mint(clock, *body, expires(clock, 99), tid=f"{2:032x}")
+    request = Request(action, resource, "alice", ctx)
+    full = Verifier({"k1": KEY}, agents, RevocationSet(), clock=clock)
+    shared = Verifier({"k1": KEY}, agents, RevocationSet(), clock=clock)
+    shared.verify(sibling, request)  # leaves the body of these caveats behind
+    for _ in range(3):  # first sighting, second (kept), then from the cache
+        a, b = full.verify(token, request), shared.verify(token, request)
+        assert (a.allowed, a.code, a.caveat) == (b.allowed, b.code, b.caveat)
+        full = Verifier({"k1": KEY}, agents, RevocationSet(), clock=clock)
