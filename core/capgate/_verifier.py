@@ -536,10 +536,10 @@ class Verifier:
         again, once: the chain keeps them, charged to the cache, for the next deny)."""
         if st.checks is not None:
             return st.checks
-        parts = unpack_first_party(decode_text(st.text, self._limits), self._limits)
-        assert parts is not None  # pragma: no branch - it was read this way before
-        ident = TokenIdentifier.decode(parts[1])
-        full = self._read_chain(st.text, ident, b"", parts[2], None)
+        # the strict parser: the token may be in any form ``_analyse`` reads (V1 too)
+        raw = unpack(decode_text(st.text, self._limits), self._limits)
+        ident = TokenIdentifier.decode(raw.identifier)
+        full = self._read_chain(st.text, ident, b"", [c.cid for c in raw.caveats], None)
         assert type(full) is Chain and full.checks is not None
         st.checks = full.checks
         self._cache.charge(sum([c.size for c in full.checks]))
