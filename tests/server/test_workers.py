@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import random
 import re
 import signal
 import socket
@@ -255,12 +256,20 @@ def test_workers_on_postgresql_enforce_a_revoke_everywhere(tmp_path: Path, pg_ur
 
 
 def test_each_worker_reports_the_workers_serving(tmp_path: Path) -> None:
-    import socket
-    import urllib.request
+    def free_pair() -> int:
+        """A port that is free with the one after it (worker i serves its metrics at
+        PORT+i), below Linux's ephemeral range, where outgoing connections take theirs."""
+        for port in random.sample(range(20000, 32000, 2), 200):
+            try:
+                with socket.socket() as a, socket.socket() as b:
+                    a.bind(("127.0.0.1", port))
+                    b.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+        raise RuntimeError("no two free ports next to each other")
 
-    with socket.socket() as probe:  # worker i serves its metrics at PORT+i
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_pair()
     p = ServerProcess(
         tmp_path / "data", ["--metrics-listen", f"127.0.0.1:{port}"], workers=2
     ).start()
