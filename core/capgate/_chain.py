@@ -87,7 +87,9 @@ def budget_id(token_id: str, cids: Sequence[bytes]) -> str:
 
 
 # Hop, Decision and Chain are built on the hot path: plain slotted dataclasses
-# (a frozen dataclass pays object.__setattr__ per field). Treat them as read-only.
+# (a frozen dataclass pays object.__setattr__ per field), built with positional
+# arguments (keywords cost a dataclass's __init__ half as much again). Treat them
+# as read-only.
 @dataclass(slots=True)
 class Hop:
     """One holder in the chain: the agent, when it received the token, and the hop's id."""
@@ -141,8 +143,6 @@ class Chain:
     lineage_keys: tuple[int, ...] = field(repr=False, default=())
     agents: tuple[str, ...] = field(repr=False, default=())
     latest_ms: int = 0
-    budgets: tuple[Budget, ...] = field(repr=False, default=())
-    allowed: Decision | None = field(repr=False, default=None)  # shared by every allow
     # The checks folded together (AND): actions intersected, the validity window,
     # the resource globs, and whatever else (ctx). Only when one fails are the
     # caveats walked one by one, to name the one that failed.
@@ -152,6 +152,8 @@ class Chain:
     resources: tuple[Glob, ...] = field(repr=False, default=())
     other: tuple[Caveat, ...] = field(repr=False, default=())
     size: int = field(repr=False, default=0)  # estimated bytes held, for the cache
+    budgets: tuple[Budget, ...] = field(repr=False, default=())
+    allowed: Decision | None = field(repr=False, default=None)  # shared by every allow
     # approval caveats, the key of each (from the signature before it), and the
     # token's signature (discharges are bound to it); empty for most tokens
     approvals: tuple[ApprovalCaveat, ...] = field(repr=False, default=())

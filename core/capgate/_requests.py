@@ -16,6 +16,7 @@ _MAX_CTX_ITEMS = 32
 _MAX_CTX_VALUE = 1024
 _VALID_ACTIONS: set[str] = set()
 _VALID_RESOURCES: set[str] = set()
+_VALID_CTX_KEYS: set[str] = set()
 _MEMO_LIMIT = 100_000
 _ACTIONS_LIMIT = 10_000
 _VALID_RESOURCE_BYTES = 8 << 20
@@ -46,8 +47,12 @@ def request_problem(request: Request) -> str | None:
         if len(ctx) > _MAX_CTX_ITEMS:
             return f"more than {_MAX_CTX_ITEMS} context entries"
         for k, v in ctx.items():
-            if not isinstance(k, str) or CTX_KEY_RE.fullmatch(k) is None:
-                return f"context key {k!r} is not valid"
+            if k not in _VALID_CTX_KEYS:
+                if not isinstance(k, str) or CTX_KEY_RE.fullmatch(k) is None:
+                    return f"context key {k!r} is not valid"
+                if len(_VALID_CTX_KEYS) > _ACTIONS_LIMIT:  # a small vocabulary, like actions
+                    _VALID_CTX_KEYS.clear()
+                _VALID_CTX_KEYS.add(k)
             if not isinstance(v, str) or len(v) > _MAX_CTX_VALUE:
                 return f"context value for {k!r} is not text of at most {_MAX_CTX_VALUE} chars"
     return None

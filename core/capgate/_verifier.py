@@ -422,8 +422,9 @@ class Verifier:
             if not hmac.compare_digest(sig, signature):
                 return _deny(DenyCode.BAD_SIGNATURE, "signature does not match", token_id=tid)
             chain = self._read_plain(text, ident, cids)
-            if type(chain) is Chain and len(text) <= _CACHE_MAX_TEXT:
-                # a child delegated from this token starts from here
+            # A child delegated from this token starts from here: remembered, like the
+            # chain, from the token's second sighting (its text's hash is in ``_seen``).
+            if type(chain) is Chain and len(text) <= _CACHE_MAX_TEXT and hash(text) in self._seen:
                 self._prefixes.put((identifier, tuple(cids)), sig, _whole_cost(len(text), cids))
             return chain
         # A delegated child's chain starts where its parent's (verified) chain ended:
@@ -452,7 +453,9 @@ class Verifier:
         if vids is not None and type(chain) is Chain:
             chain.signature = signature
         # Only a fully verified chain vouches for its prefixes (and only one of
-        # ordinary size, like the chain cache, so memory stays bounded).
+        # ordinary size, like the chain cache, so memory stays bounded). A delegated
+        # chain does from its first sighting: its holder's sub-agents are the ones
+        # likely to come next, with a child of it.
         if type(chain) is Chain and len(text) <= _CACHE_MAX_TEXT and vids is None:
             self._remember_prefixes(identifier, cids, prefix, sig, len(text), len(chain.hops))
         return chain
@@ -512,7 +515,7 @@ class Verifier:
         if body is None and (body := bodies.recall(key)) is None:
             return self._read_chain(text, ident, b"", cids, None, body_key=key)
         tid, issued, holder = ident.token_id, ident.issued_ms, body.holder
-        return Chain(
+        return Chain(  # positionally, in the order of its fields (the hot path)
             text,
             tid,
             ident.key_id,
@@ -523,12 +526,12 @@ class Verifier:
             (int(tid, 16),),
             (holder,),
             issued,
-            actions=body.actions,
-            not_before=body.not_before,
-            not_after=not_after,
-            resources=body.resources,
-            other=body.other,
-            size=_PLAIN_CHAIN + 2 * len(text),
+            body.actions,
+            body.not_before,
+            not_after,
+            body.resources,
+            body.other,
+            _PLAIN_CHAIN + 2 * len(text),
         )
 
     def _checks_of(self, st: Chain) -> tuple[Caveat, ...]:
@@ -722,12 +725,12 @@ class Verifier:
             lineage_keys,
             agents,
             latest,
-            actions=actions,
-            not_before=not_before,
-            not_after=not_after,
-            resources=tuple(resources),
-            other=tuple(other),
-            size=CHAIN_BASE + 2 * len(text) + PER_HOP * len(all_hops) + size,
+            actions,
+            not_before,
+            not_after,
+            tuple(resources),
+            tuple(other),
+            CHAIN_BASE + 2 * len(text) + PER_HOP * len(all_hops) + size,
         )
         if rare is not None:
             if rare.approvals:
@@ -800,15 +803,10 @@ class Verifier:
     def verify(self, token: str, request: Request, discharges: Sequence[str] = ()) -> Decision:
         """Allow or deny ``request`` under ``token`` (with the ``discharges`` of its
         approval caveats, if any), with the precise reason."""
-        return self.check(
-            token,
-            request.action,
-            request.resource,
-            request.presenter,
-            request.ctx,
-            request=request,
-            discharges=discharges,
-        )
+        if self._memo_size and not discharges and not request.ctx:
+            return self.check(token, request.action, request.resource, request.presenter)
+        st = self.analyse(token)
+        return st if isinstance(st, Decision) else self.decide(st, request, discharges)
 
     def decide_state(self, st: Chain) -> Decision | None:
         """Steps 3–4: the deny that the chain's current state gives, or None."""

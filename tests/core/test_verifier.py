@@ -219,12 +219,15 @@ def test_tokens_seen_once_push_out_no_warm_chain(clock):
     warm = mint(clock, "agent = alice")
     for _ in range(3):
         assert v.verify(warm, req()).allowed
-    misses = v.cache_misses
+    misses, held = v.cache_misses, v.cache_bytes
     for i in range(1, 301):  # many more one-shot tokens than the cache holds
         assert v.verify(mint(clock, "agent = alice", tid=f"{i:032x}"), req()).allowed
     assert v.verify(warm, req()).allowed
     assert v.cache_misses == misses + 300  # the warm chain was still kept
     assert v.cached == 1
+    # and they left nothing behind but their hashes (at most the cache's entries):
+    # no chain, no verified prefix, no memo
+    assert v.cache_bytes <= held + 10 * 80
 
 
 def test_cache_is_bounded(clock):
