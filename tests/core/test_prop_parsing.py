@@ -17,7 +17,7 @@ from capgate import (
     format_timestamp,
 )
 from capgate._caveats import _parse, quick_expiry
-from capgate._codec import unpack, unpack_first_party
+from capgate._codec import decode_text, unpack, unpack_first_party
 
 from prop_world import (
     VERIFIER,
@@ -171,3 +171,36 @@ def test_the_quick_expiry_reading_agrees_with_the_parser(cid: bytes) -> None:
         assert type(cav) is ExpiresCaveat and cav.at == at
     elif type(cav) is ExpiresCaveat:  # declined: only a form capgate does not write
         assert cid != b"expires < " + format_timestamp(cav.at).encode()
+
+
+def _decoded(text: str | bytes) -> bytes | str:
+    try:
+        return decode_text(text)
+    except MalformedTokenError as e:
+        return e.message
+
+
+@st.composite
+def base64_like(draw: st.DrawFn) -> str:
+    """Text near base64: both alphabets, padding in and out of place, stray characters,
+    the unused low bits of the last character set or not."""
+    data = draw(st.binary(max_size=60))
+    text = draw(st.sampled_from((base64.urlsafe_b64encode, base64.b64encode)))(data).decode()
+    if draw(st.booleans()):
+        text = text.rstrip("=")
+    for _ in range(draw(st.integers(0, 2))):
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + draw(st.sampled_from("-_+/=ABw\n é")) + text[at + 1 :]
+    return text
+
+
+class _Text(str):
+    """A str that is not exactly a str: ``decode_text`` reads it on its general path."""
+
+
+@examples(500)
+@given(base64_like() | st.text(alphabet="AQgw-_+/=\né", max_size=12))
+def test_quick_and_general_base64_readings_agree(text: str) -> None:
+    """Text takes ``decode_text``'s quick path where it can; the general path reads
+    the same text alike, or refuses it with the same reason."""
+    assert _decoded(text) == _decoded(_Text(text))
