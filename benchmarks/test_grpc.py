@@ -32,7 +32,7 @@ BATCH_SIZE = 256
 BATCH_CALLS = 60
 STREAMS = 8
 STREAM_MESSAGES = 4000  # per round, over STREAMS streams
-PAIRS = 7
+PAIRS = 9
 NOOP = "/capgate.bench.NoopVerifier"
 
 

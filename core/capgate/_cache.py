@@ -33,8 +33,8 @@ class BoundedCache(Generic[K, V]):
         "_half_entries",
         "_old",
         "_old_bytes",
-        "_young",
         "_young_bytes",
+        "young",
     )
 
     def __init__(
@@ -43,18 +43,15 @@ class BoundedCache(Generic[K, V]):
         self._cost = cost
         self._half_bytes = max(1, max_bytes // 2)
         self._half_entries = max(1, max_entries // 2)
-        self._young: dict[K, V] = {}
+        # the young generation, read directly by a hot loop's first lookup (then
+        # ``recall`` on a miss); replaced when it turns old, so never kept aside
+        self.young: dict[K, V] = {}
         self._old: dict[K, V] = {}
         self._young_bytes = 0
         self._old_bytes = 0
 
-    @property
-    def young(self) -> dict[K, V]:
-        """The young generation, for a hot loop's own first lookup (``recall`` on a miss)."""
-        return self._young
-
     def get(self, key: K) -> V | None:
-        value = self._young.get(key)
+        value = self.young.get(key)
         return value if value is not None else self.recall(key)
 
     def recall(self, key: K) -> V | None:
@@ -74,7 +71,7 @@ class BoundedCache(Generic[K, V]):
             self._add(key, value, cost)
 
     def _add(self, key: K, value: V, cost: int) -> None:
-        young = self._young
+        young = self.young
         young[key] = value
         self._young_bytes += cost
         if self._young_bytes > self._half_bytes or len(young) > self._half_entries:
@@ -88,16 +85,16 @@ class BoundedCache(Generic[K, V]):
 
     def _turn(self) -> None:
         """The young generation becomes the old one; the old one is dropped."""
-        self._old, self._old_bytes = self._young, self._young_bytes
-        self._young, self._young_bytes = {}, 0
+        self._old, self._old_bytes = self.young, self._young_bytes
+        self.young, self._young_bytes = {}, 0
 
     def clear(self) -> None:
-        self._young.clear()
+        self.young.clear()
         self._old.clear()
         self._young_bytes = self._old_bytes = 0
 
     def __len__(self) -> int:
-        return len(self._young) + len(self._old)
+        return len(self.young) + len(self._old)
 
     @property
     def nbytes(self) -> int:

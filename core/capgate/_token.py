@@ -56,7 +56,8 @@ def _one_shot_hmac() -> Callable[[bytes, bytes, str], bytes]:
 
 
 hmac_digest = _one_shot_hmac()
-_ID_RE = re.compile(rb"cg1:([A-Za-z0-9_-]{1,32}):([0-9a-f]{32}):([0-9]{1,15})")
+# read as latin-1 text (byte for byte), so any byte outside ASCII fails the match
+_ID_RE = re.compile(r"cg1:([A-Za-z0-9_-]{1,32}):([0-9a-f]{32}):([0-9]{1,15})", re.ASCII)
 
 
 def derive_key(root_key: bytes) -> bytes:
@@ -99,9 +100,10 @@ class TokenIdentifier(NamedTuple):
 
     @classmethod
     def decode(cls, identifier: bytes) -> TokenIdentifier:
-        if _ID_RE.fullmatch(identifier) is None:
+        m = _ID_RE.fullmatch(identifier.decode("latin-1"))
+        if m is None:
             raise MalformedTokenError("not a capgate token identifier (want cg1:KEY:ID:MS)")
-        _, kid, tid, ms = identifier.decode("ascii").split(":")
+        kid, tid, ms = m.groups()
         return _new_tuple(cls, (kid, tid, int(ms)))
 
 
