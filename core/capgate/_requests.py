@@ -26,33 +26,38 @@ _valid_resource_bytes = 0
 def request_problem(request: Request) -> str | None:
     """Why ``request`` is not a valid request, or None when it is."""
     action, resource, ctx = request.action, request.resource, request.ctx
-    # Requests repeat: remember what was already found valid (bounded).
-    if action not in _VALID_ACTIONS:
+    # Requests repeat: remember what was already found valid (bounded). Only an exact
+    # str is looked up and remembered: anything else may be unhashable, or a subclass
+    # that claims to equal a valid value; it is checked in full every time.
+    if type(action) is not str or action not in _VALID_ACTIONS:
         if not isinstance(action, str) or ACTION_RE.fullmatch(action) is None:
             return f"action {action!r} is not a valid action name"
-        if len(_VALID_ACTIONS) > _ACTIONS_LIMIT:  # actions are a small vocabulary
-            _VALID_ACTIONS.clear()
-        _VALID_ACTIONS.add(action)
-    if resource not in _VALID_RESOURCES:
+        if type(action) is str:
+            if len(_VALID_ACTIONS) > _ACTIONS_LIMIT:  # actions are a small vocabulary
+                _VALID_ACTIONS.clear()
+            _VALID_ACTIONS.add(action)
+    if type(resource) is not str or resource not in _VALID_RESOURCES:
         problem = resource_problem(resource)
         if problem is not None:
             return f"resource {resource!r} {problem}"
-        global _valid_resource_bytes
-        _valid_resource_bytes += 100 + len(resource)
-        if len(_VALID_RESOURCES) > _MEMO_LIMIT or _valid_resource_bytes > _VALID_RESOURCE_BYTES:
-            _VALID_RESOURCES.clear()
-            _valid_resource_bytes = 0
-        _VALID_RESOURCES.add(resource)
+        if type(resource) is str:
+            global _valid_resource_bytes
+            _valid_resource_bytes += 100 + len(resource)
+            if len(_VALID_RESOURCES) > _MEMO_LIMIT or _valid_resource_bytes > _VALID_RESOURCE_BYTES:
+                _VALID_RESOURCES.clear()
+                _valid_resource_bytes = 0
+            _VALID_RESOURCES.add(resource)
     if ctx:
         if len(ctx) > _MAX_CTX_ITEMS:
             return f"more than {_MAX_CTX_ITEMS} context entries"
         for k, v in ctx.items():
-            if k not in _VALID_CTX_KEYS:
+            if type(k) is not str or k not in _VALID_CTX_KEYS:
                 if not isinstance(k, str) or CTX_KEY_RE.fullmatch(k) is None:
                     return f"context key {k!r} is not valid"
-                if len(_VALID_CTX_KEYS) > _ACTIONS_LIMIT:  # a small vocabulary, like actions
-                    _VALID_CTX_KEYS.clear()
-                _VALID_CTX_KEYS.add(k)
+                if type(k) is str:
+                    if len(_VALID_CTX_KEYS) > _ACTIONS_LIMIT:  # a small vocabulary
+                        _VALID_CTX_KEYS.clear()
+                    _VALID_CTX_KEYS.add(k)
             if not isinstance(v, str) or len(v) > _MAX_CTX_VALUE:
                 return f"context value for {k!r} is not text of at most {_MAX_CTX_VALUE} chars"
     return None

@@ -196,6 +196,50 @@ def test_invalid_requests_deny_with_a_reason(world, clock, request_, words):
     assert d.code is DenyCode.INVALID_REQUEST and words in d.reason
 
 
+class _Liar(str):
+    """A str that claims to equal (and hash like) every valid value it was made to mimic."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return hash(self.mimic)
+
+    mimic = ""
+
+
+class _Pairs(dict):  # a mapping whose keys need not be text
+    def items(self):
+        return self["pairs"]
+
+
+def test_odd_request_values_deny_and_never_pass_as_remembered_ones(world, clock):
+    """What a request's action, resource and context keys were found valid is
+    remembered; a value that is not exactly a str is checked in full every time, so
+    an unhashable one denies (no exception) and one that lies about equality does not
+    pass as a remembered valid one."""
+    *_, v = world
+    text = mint(clock, "agent = alice")
+    assert v.verify(text, req(tool="search")).allowed  # 'read', '/data/x', 'tool' remembered
+    liar = type("L", (_Liar,), {"mimic": "read"})("NOT AN ACTION!")
+    d = v.verify(text, Request(liar, "/data/x", "alice", {}))
+    assert d.code is DenyCode.INVALID_REQUEST and "not a valid action" in d.reason
+    liar = type("L", (_Liar,), {"mimic": "/data/x"})("no slash")
+    d = v.verify(text, Request("read", liar, "alice", {}))
+    assert d.code is DenyCode.INVALID_REQUEST and "must start" in d.reason
+    liar = type("L", (_Liar,), {"mimic": "tool"})("Bad Key")
+    d = v.verify(text, Request("read", "/data/x", "alice", {liar: "search"}))
+    assert d.code is DenyCode.INVALID_REQUEST and "context key" in d.reason
+    for odd in (
+        Request(["read"], "/data/x", "alice", {}),  # type: ignore[arg-type]
+        Request("read", ["/data/x"], "alice", {}),  # type: ignore[arg-type]
+        Request("read", "/data/x", "alice", _Pairs(pairs=[(["tool"], "search")])),
+    ):
+        assert v.verify(text, odd).code is DenyCode.INVALID_REQUEST
+    # an ordinary str subclass with a valid value is still a valid request
+    assert v.verify(text, Request(type("A", (str,), {})("read"), "/data/x", "alice", {})).allowed
+
+
 def test_valid_chains_are_cached_and_invalidated(world, clock):
     keys, _, _, v = world
     text = mint(clock, "agent = alice")
