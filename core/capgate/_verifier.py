@@ -258,7 +258,13 @@ class Verifier:
         memo = self._memo_size and not ctx and not discharges
         if memo:
             key = (token, action, resource, presenter)
-            hit = self._memo.get(key)
+            try:
+                hit = self._memo.get(key)
+            except TypeError:  # an unhashable value (not text): decided, and denied, in full
+                st = self.analyse(token)
+                if isinstance(st, Decision):
+                    return st
+                return self.decide(st, Request(action, resource, presenter, _NO_CTX))
             if hit is None and self._memo_old:
                 hit = self._memo_recall(key)
             if hit is not None:
@@ -332,8 +338,11 @@ class Verifier:
 
     def analyse(self, text: str) -> Chain | Decision:
         """The cached, request-independent half: a valid ``Chain`` or the deny."""
-        st = self._cache.young.get(text)
-        if st is not None or (st := self._cache.recall(text)) is not None:
+        try:
+            st = self._cache.young.get(text) or self._cache.recall(text)
+        except TypeError:  # unhashable, so not text
+            return _deny(DenyCode.MALFORMED, "token must be text")
+        if st is not None:
             return st
         if not isinstance(text, str):
             return _deny(DenyCode.MALFORMED, "token must be text")

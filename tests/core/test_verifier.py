@@ -304,6 +304,26 @@ def test_memo_needs_a_directory(clock):
         Verifier({}, {}, RevocationSet(), clock=clock, memo_size=10)
 
 
+def test_unhashable_values_deny_through_the_memo_and_the_chain_cache(memo_world, clock):
+    """Values no dict can hold (an in-process caller's mistake) reach the memo's and
+    the chain cache's lookups first; they deny like any other bad input."""
+    *_, v = memo_world
+    text = mint(clock, "agent = alice")
+    assert v.check(text, "read", "/data/x", "alice").allowed
+    assert v.check(text, "read", "/data/x", "alice").allowed  # kept and memoised
+    bad_token = v.check(["t"], "read", "/data/x", "alice")  # type: ignore[arg-type]
+    assert bad_token.code is DenyCode.MALFORMED and "must be text" in bad_token.reason
+    assert v.verify({}, req()).code is DenyCode.MALFORMED  # type: ignore[arg-type]
+    for action, resource, presenter in (
+        (["read"], "/data/x", "alice"),
+        ("read", ["/data/x"], "alice"),
+    ):
+        d = v.check(text, action, resource, presenter)  # type: ignore[arg-type]
+        assert d.code is DenyCode.INVALID_REQUEST, d
+    d = v.check(text, "read", "/data/x", ["alice"])  # type: ignore[arg-type]
+    assert not d.allowed and d.code is DenyCode.NOT_HOLDER
+
+
 def test_memoized_allows_end_at_any_change(memo_world, clock):
     keys, agents, revoked, v = memo_world
     text = mint(clock, "agent = alice", expires(clock, 60))
