@@ -527,3 +527,44 @@ def test_a_v1_token_read_through_a_shared_body_names_its_failed_caveat(world, cl
         assert v.verify(text, req()).allowed
         d = v.verify(text, req(action="write"))
         assert d.code is DenyCode.CAVEAT_FAILED and d.caveat == "action in read"
+
+
+_NOW = 1_800_000_000.0
+_VALID = (
+    Token.mint(KEY, TokenIdentifier("k1", TID, int(_NOW * 1000) - 10_000).encode())
+    .attenuate("agent = alice")
+    .to_text()
+)
+_ODD = st.one_of(
+    st.none(),
+    st.integers(),
+    st.binary(max_size=6),
+    st.lists(st.text(max_size=3), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.text(max_size=2), max_size=1),
+    st.text(max_size=10),
+    st.sampled_from(("read", "/data/x", "alice")),
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.just(_VALID) | _ODD, _ODD, _ODD, _ODD, st.booleans())
+def test_any_python_values_are_decided_never_raised(token, action, resource, presenter, memo):
+    """Whatever an in-process caller passes, ``check`` and ``verify`` answer with a
+    decision, and allow only the valid token, presented as text by its holder."""
+    from capgate import Directory
+
+    agents = Directory(alice=Agent("alice", Ceiling.parse(["read:/data/**"])))
+    v = Verifier(
+        {"k1": KEY}, agents, RevocationSet(), clock=lambda: _NOW, memo_size=100 if memo else 0
+    )
+    for _ in range(2):  # the second time through the caches and the memo
+        for d in (
+            v.check(token, action, resource, presenter),
+            v.verify(token, Request(action, resource, presenter, {})),
+        ):
+            if d.allowed:
+                assert token == _VALID and (action, resource, presenter) == (
+                    "read",
+                    "/data/x",
+                    "alice",
+                )
