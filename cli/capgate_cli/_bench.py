@@ -28,6 +28,8 @@ from capgate_cli._common import (
 )
 from capgate_cli._load import Load, Outcome, run_load, usable_cores
 
+_MAX_DURATION = 86_400.0  # a day: a longer run is a mistake, not a measurement
+_MAX_CONCURRENCY = 4096  # calls in flight per client process
 _COLUMNS = ("mode", "clients", "checks/s", "calls/s", "p50 ms", "p99 ms", "allowed", "errors")
 
 
@@ -96,8 +98,14 @@ def _plot(outcomes: list[Outcome], path: Path) -> None:
 
 
 def bench(args: argparse.Namespace) -> int:
-    if args.duration <= 0 or args.concurrency < 1 or not 1 <= args.batch <= 1024:
-        raise InvalidArgumentError("need --duration > 0, --concurrency >= 1, 1 <= --batch <= 1024")
+    if not 0 < args.duration <= _MAX_DURATION:  # NaN fails this too
+        raise InvalidArgumentError(
+            f"--duration is seconds, more than 0 and at most {_MAX_DURATION}"
+        )
+    if not 1 <= args.concurrency <= _MAX_CONCURRENCY or not 1 <= args.batch <= 1024:
+        raise InvalidArgumentError(
+            f"need 1 <= --concurrency <= {_MAX_CONCURRENCY} and 1 <= --batch <= 1024"
+        )
     if not 0 <= args.cold <= 1:
         raise InvalidArgumentError("--cold is a share between 0 and 1")
     mode = args.mode or ("batch" if args.batch > 1 else "unary")

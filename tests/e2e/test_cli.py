@@ -304,6 +304,25 @@ def test_deleting_an_agent_from_the_cli(proc):
     assert gone["code"] == "unknown_agent"
 
 
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--duration", "nan"], "--duration"),
+        (["--duration", "inf"], "--duration"),
+        (["--duration", "0"], "--duration"),
+        (["--concurrency", "100000"], "--concurrency"),
+        (["--concurrency", "0"], "--concurrency"),
+        (["--batch", "5000"], "--batch"),
+        (["--cold", "nan"], "--cold"),
+        (["--clients", "0"], "--clients"),
+        (["--clients", "2,x"], "--clients"),
+    ],
+)
+def test_bench_refuses_bad_settings_before_loading_anything(proc, args, words):
+    r = run(proc, "bench", "TOKEN", "--action", "read", "--resource", "/data/x", *args)
+    assert r.returncode == 2 and r.stderr.startswith("capgate: error:") and words in r.stderr
+
+
 def test_admin_recover_writes_a_new_credential_locally(tmp_path):
     data = tmp_path / "data"
     p = ServerProcess(data).start()
