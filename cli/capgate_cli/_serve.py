@@ -154,7 +154,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         type=_workers_flag,
         default=None,
         metavar="N",
-        help="worker processes serving the one address (default: one "
+        help="worker processes serving the one address, 1 to 256 (default: one "
         "per usable core; 1: a single process; or env "
         "CAPGATE_WORKERS)",
     )

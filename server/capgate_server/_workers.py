@@ -62,6 +62,9 @@ log = logging.getLogger("capgate.workers")
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 10.0
 _HEALTHY_AFTER = 30.0  # a worker that ran this long before dying starts the backoff afresh
 _EXTRA_GRACE = 10.0  # beyond the drain's grace before a worker is killed
+# Each worker is a whole server (its caches, its store connections): past this, a
+# count is a typo that would exhaust the host's memory, not a deployment.
+MAX_WORKERS = 256
 
 
 def _read_only(d: dict[str, Any]) -> MappingProxyType[str, Any]:
@@ -97,8 +100,8 @@ class WorkerPool:
     serves, and from then on restarts the ones that die, until ``stop()``."""
 
     def __init__(self, settings: Settings, workers: int) -> None:
-        if workers < 1:
-            raise InvalidArgumentError("--workers takes a whole number from 1")
+        if not 1 <= workers <= MAX_WORKERS:
+            raise InvalidArgumentError(f"--workers takes a whole number from 1 to {MAX_WORKERS}")
         self.settings = settings
         self.workers = workers
         self.port = 0

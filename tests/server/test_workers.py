@@ -321,6 +321,11 @@ def test_a_bad_worker_count_is_an_error(tmp_path: Path) -> None:
         env={"CAPGATE_WORKERS": "many"},
     )
     assert r.returncode == 2 and "--workers takes a whole number from 1" in r.stderr
+    for flag, env in ((["--workers", "100000"], {}), ([], {"CAPGATE_WORKERS": "100000"})):
+        r = cli(
+            "serve", "--data-dir", str(tmp_path / "d"), "--listen", "127.0.0.1:0", *flag, env=env
+        )  # a typo, not a deployment: refused before a single process is started
+        assert r.returncode == 2 and "from 1 to 256" in r.stderr, r.stderr
     assert not (tmp_path / "d").exists()  # refused before anything was written
 
 
