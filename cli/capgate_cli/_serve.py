@@ -62,8 +62,6 @@ def serve(args: argparse.Namespace) -> int:
         )
     if args.limit:
         settings.limits = settings.limits.with_settings(args.limit)
-    if args.budget_block < 1:
-        raise InvalidArgumentError("--budget-block takes a whole number from 1")
     for name in ("approval_ttl", "approval_max_ttl", "approval_wait"):
         value = duration(getattr(args, name))
         if value is not None:
@@ -71,8 +69,7 @@ def serve(args: argparse.Namespace) -> int:
     settings.governance = not args.no_governance
     if args.governance_warmup is not None:
         settings.governance_warmup = float(duration(args.governance_warmup) or 0)
-    if settings.approval_ttl > settings.approval_max_ttl:
-        raise InvalidArgumentError("--approval-ttl is longer than --approval-max-ttl")
+    settings.check()  # before anything is written
 
     workers = args.workers
     if workers is None:

@@ -77,6 +77,7 @@ class CapgateServer:
         extra_policy: Mapping[str, frozenset[Role]] | None = None,
         siblings: Siblings | None = None,
     ) -> None:
+        settings.check()
         self.settings = settings
         self.siblings = siblings  # a worker of ``capgate serve --workers N``
         self.clock = clock

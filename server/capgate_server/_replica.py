@@ -35,6 +35,7 @@ from capgate import (
     AlreadyExistsError,
     Clock,
     Directory,
+    InvalidArgumentError,
     RevocationSet,
     UnavailableError,
     Verifier,
@@ -71,9 +72,66 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+_YEAR = 365 * 86400.0
+# Every number a server is configured with, and the range it must fall in (NaN and
+# the infinities fall in none). Outside them a setting is a typo, and some would
+# fail open: a negative prune margin forgets revocations before their tokens
+# expire, a NaN staleness bound never calls a replica stale.
+_BOUNDS: dict[str, tuple[float, float, str]] = {  # name: least, most, unit
+    "max_ttl_cap": (1, 10 * _YEAR, "s"),
+    "default_agent_ttl": (1, 10 * _YEAR, "s"),
+    "default_max_depth": (0, 16, ""),
+    "audit_interval": (0.01, 60, "s"),
+    "audit_retention": (0, 100 * _YEAR, "s"),  # 0: records are kept for ever
+    "poll_interval": (0.01, 86400, "s"),
+    "stale_after": (0.1, 86400, "s"),
+    "cache_size": (1, 1 << 30, ""),
+    "memo_size": (0, 1 << 30, ""),
+    "tree_max_nodes": (1, 10_000_000, ""),
+    "store_threads": (1, 64, ""),
+    "prune_margin": (0, 10 * _YEAR, "s"),
+    "prune_interval": (0.1, 86400, "s"),
+    "max_clock_skew": (0.001, 86400, "s"),
+    "clock_check_interval": (0.1, 86400, "s"),
+    "shutdown_grace": (0, 86400, "s"),
+    "audit_checkpoint_every": (0.1, 86400, "s"),
+    "budget_block": (1, 1 << 20, ""),
+    "budget_idle": (0.01, 86400, "s"),
+    "proof_window": (0.1, 86400, "s"),
+    "approval_ttl": (1, 10 * _YEAR, "s"),
+    "approval_max_ttl": (1, 10 * _YEAR, "s"),
+    "approval_wait": (1, 10 * _YEAR, "s"),
+    "governance_warmup": (0, 10 * _YEAR, "s"),
+}
+# the settings `capgate serve` takes as flags, by those names in its errors
+_FLAGS = {
+    "max_ttl_cap": "--max-ttl",
+    "audit_retention": "--audit-retention",
+    "poll_interval": "--poll-interval",
+    "stale_after": "--stale-after",
+    "prune_margin": "--prune-margin",
+    "max_clock_skew": "--max-clock-skew",
+    "shutdown_grace": "--shutdown-grace",
+    "budget_block": "--budget-block",
+    "proof_window": "--proof-window",
+    "approval_ttl": "--approval-ttl",
+    "approval_max_ttl": "--approval-max-ttl",
+    "approval_wait": "--approval-wait",
+    "governance_warmup": "--governance-warmup",
+    "db_timeouts.statement": "--db-statement-timeout",
+    "db_timeouts.lock": "--db-lock-timeout",
+    "db_timeouts.idle_in_transaction": "--db-idle-timeout",
+}
+
+
+def _number(x: float) -> str:
+    return f"{x:,.0f}" if x >= 1000 else f"{x:g}"
+
+
 @dataclass
 class Settings:
-    """Server configuration; the CLI fills it from flags."""
+    """Server configuration; the CLI fills it from flags. ``check()`` says whether
+    every number in it is in range (the server checks before it starts)."""
 
     data_dir: Path = field(default_factory=lambda: Path(".capgate"))
     listen: str = "127.0.0.1:50051"
@@ -121,6 +179,25 @@ class Settings:
     governance: bool = True  # usage, deviation alerts and containment (docs/governance.md)
     governance_warmup: float = 86400.0  # seconds an agent's baseline learns before alerting
     reuse_port: bool = False  # a worker: share the address with the host's other workers
+
+    def check(self) -> None:
+        """Raise ``InvalidArgumentError`` naming the first number out of its range."""
+        timeouts = self.db_timeouts
+        values: list[tuple[str, float, tuple[float, float, str]]] = [
+            (name, getattr(self, name), bounds) for name, bounds in _BOUNDS.items()
+        ]
+        values += [  # 0 turns a session timeout off
+            (f"db_timeouts.{name}", getattr(timeouts, name), (0, 86400, "s"))
+            for name in ("statement", "lock", "idle_in_transaction")
+        ]
+        for name, value, (least, most, unit) in values:
+            if type(value) not in (int, float) or not least <= value <= most:
+                raise InvalidArgumentError(
+                    f"{_FLAGS.get(name, name)} must be from {_number(least)} to "
+                    f"{_number(most)}{unit}, not {value!r}"
+                )
+        if self.approval_ttl > self.approval_max_ttl:
+            raise InvalidArgumentError("--approval-ttl is longer than --approval-max-ttl")
 
 
 class Replica:

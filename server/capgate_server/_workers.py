@@ -102,6 +102,7 @@ class WorkerPool:
     def __init__(self, settings: Settings, workers: int) -> None:
         if not 1 <= workers <= MAX_WORKERS:
             raise InvalidArgumentError(f"--workers takes a whole number from 1 to {MAX_WORKERS}")
+        settings.check()
         self.settings = settings
         self.workers = workers
         self.port = 0
