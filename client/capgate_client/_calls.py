@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
-from capgate import ApprovalRule, Grant, InvalidArgumentError
+from capgate import MAX_DEPTH, ApprovalRule, Grant, InvalidArgumentError
 from capgate_client._types import (
     AgentInfo,
     AuditCheckpoint,
@@ -242,6 +242,13 @@ def verify_request(
 # -- the calls -------------------------------------------------------------------------------
 
 
+def _max_depth(depth: int | None) -> int | None:
+    """None (the field left out: the server's default, or unchanged), or a depth."""
+    if depth is not None and (type(depth) is not int or not 0 <= depth <= MAX_DEPTH):
+        raise InvalidArgumentError(f"max depth must be between 0 and {MAX_DEPTH}, not {depth!r}")
+    return depth
+
+
 def create_agent(
     agent_id: str,
     grants: Sequence[str],
@@ -258,7 +265,7 @@ def create_agent(
         id=agent_id,
         ceiling=[_grant_pb(g) for g in grants],
         max_ttl_seconds=max_ttl or 0,
-        max_depth=-1 if max_depth is None else max_depth,
+        max_depth=_max_depth(max_depth),
         owner=owner,
         description=description,
         public_key=public_key or b"",
@@ -297,7 +304,7 @@ def update_agent(
         ceiling=[_grant_pb(g) for g in grants or ()],
         set_ceiling=grants is not None,
         max_ttl_seconds=max_ttl or 0,
-        max_depth=-1 if max_depth is None else max_depth,
+        max_depth=_max_depth(max_depth),
         description=description or "",
         set_description=description is not None,
         require_proof=bool(require_proof),

@@ -167,6 +167,15 @@ def tree_to_pb(n: TreeNode) -> token_pb2.TokenTree:
 # -- services --------------------------------------------------------------------------------
 
 
+def _max_depth(request: Any) -> int | None:
+    """A create's or an update's max depth; None when the request leaves it out (or
+    sends -1, as clients before the field had presence did). Any other negative
+    number is refused by the registry with the valid range."""
+    if not request.HasField("max_depth") or request.max_depth == -1:
+        return None
+    return int(request.max_depth)
+
+
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
@@ -178,7 +187,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             request.id,
             grants_from(request.ceiling),
             max_ttl=request.max_ttl_seconds or None,
-            max_depth=None if request.max_depth < 0 else request.max_depth,
+            max_depth=_max_depth(request),
             owner=request.owner,
             description=request.description,
             public_key=request.public_key or None,
@@ -201,7 +210,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         update = AgentUpdate(
             ceiling=grants_from(request.ceiling) if request.set_ceiling else None,
             max_ttl=request.max_ttl_seconds or None,
-            max_depth=None if request.max_depth < 0 else request.max_depth,
+            max_depth=_max_depth(request),
             description=request.description if request.set_description else None,
             require_proof=request.require_proof if request.set_require_proof else None,
             approvals=rules_from(request.approvals) if request.set_approvals else None,

@@ -150,3 +150,36 @@ def test_bad_admin_and_issue_inputs_are_invalid_argument(setup):
             "NotFoundError",
         ), repr(e.value)
     still_serving(svc, token)
+
+
+def test_a_client_that_leaves_max_depth_out_changes_nothing(setup):
+    """Third-party stubs leave out what they do not set. An UpdateAgent that sets
+    only the description used to read an absent max_depth as 0 and narrow the agent
+    to no delegation; CreateAgent gave depth 0 instead of the server's default."""
+    from capgate_proto.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+
+    server, admin, *_ = setup
+    md = (("authorization", f"Bearer {server.admin_credential}"),)
+    grant = [common_pb2.Grant(actions=["read"], resource="/data/**")]
+    with grpc.insecure_channel(server.address) as ch:
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
+        made = stub.CreateAgent(agent_pb2.CreateAgentRequest(id="raw", ceiling=grant), metadata=md)
+        assert made.agent.max_depth == 3  # the server's default
+        stub.UpdateAgent(agent_pb2.UpdateAgentRequest(id="raw", max_depth=2), metadata=md)
+        for update in (
+            agent_pb2.UpdateAgentRequest(id="raw", description="d", set_description=True),
+            agent_pb2.UpdateAgentRequest(  # older clients' "unchanged"
+                id="raw", max_depth=-1, description="e", set_description=True
+            ),
+        ):
+            assert stub.UpdateAgent(update, metadata=md).max_depth == 2
+        for bad in (-2, 17):
+            with pytest.raises(grpc.RpcError) as e:
+                stub.UpdateAgent(agent_pb2.UpdateAgentRequest(id="raw", max_depth=bad), metadata=md)
+            assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert "max depth must be between 0 and 16" in e.value.details()
+        zero = agent_pb2.CreateAgentRequest(id="raw0", ceiling=grant, max_depth=0)
+        assert stub.CreateAgent(zero, metadata=md).agent.max_depth == 0  # 0 is a depth
+    with pytest.raises(InvalidArgumentError, match="max depth"):
+        admin.create_agent("sdk", ["read:/data/**"], max_depth=-1)  # not sent as "default"
+    assert admin.update_agent("raw", max_depth=0).max_depth == 0
