@@ -152,7 +152,7 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
             request.agent,
             request.containment,
             request.sensitivity or 1.0,
-            request.warmup_seconds,
+            request.warmup_seconds if request.HasField("warmup_seconds") else -1.0,
             list(request.shadow_ceiling),
         )
         return policy_to_pb(policy)

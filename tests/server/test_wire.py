@@ -183,3 +183,18 @@ def test_a_client_that_leaves_max_depth_out_changes_nothing(setup):
     with pytest.raises(InvalidArgumentError, match="max depth"):
         admin.create_agent("sdk", ["read:/data/**"], max_depth=-1)  # not sent as "default"
     assert admin.update_agent("raw", max_depth=0).max_depth == 0
+
+
+def test_a_policy_set_without_a_warmup_keeps_the_servers(setup):
+    """SetPolicy from stubs that leave warmup_seconds out: the server's learning
+    period, not 0 (an agent contained at its first novel request)."""
+    from capgate_proto.v1 import governance_pb2, governance_pb2_grpc
+
+    server, *_ = setup
+    md = (("authorization", f"Bearer {server.admin_credential}"),)
+    with grpc.insecure_channel(server.address) as ch:
+        stub = governance_pb2_grpc.GovernanceServiceStub(ch)
+        policy = governance_pb2.GovernancePolicy(agent="alice", containment="suspend")
+        assert stub.SetPolicy(policy, metadata=md).warmup_seconds < 0  # the server's
+        policy = governance_pb2.GovernancePolicy(agent="alice", warmup_seconds=0)
+        assert stub.SetPolicy(policy, metadata=md).warmup_seconds == 0  # 0 when asked for
