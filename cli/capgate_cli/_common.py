@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import urllib.parse
@@ -41,7 +42,9 @@ def common_options() -> argparse.ArgumentParser:
         type=Path,
         help="file holding your credential (or env CAPGATE_CREDENTIAL)",
     )
-    p.add_argument("--timeout", default=S, type=float, metavar="S", help="deadline in seconds")
+    p.add_argument(
+        "--timeout", default=S, type=_timeout, metavar="S", help="deadline in seconds (10)"
+    )
     p.add_argument(
         "--tls-ca",
         default=S,
@@ -64,6 +67,21 @@ def common_options() -> argparse.ArgumentParser:
 
 def opt(args: argparse.Namespace, name: str, default: Any = None) -> Any:
     return getattr(args, name, default)
+
+
+def _timeout(text: str) -> float:
+    """``--timeout S``: seconds, more than 0 and at most a day (a usage error else)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 86400:  # NaN too
+        raise argparse.ArgumentTypeError(f"--timeout takes seconds from 0 to 86400, not {text!r}")
+    return value
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def credential(args: argparse.Namespace) -> str:
@@ -96,7 +114,7 @@ def tls(args: argparse.Namespace) -> TLS | None:
 @contextmanager
 def client(args: argparse.Namespace) -> Iterator[Client]:
     target = opt(args, "server") or os.environ.get("CAPGATE_SERVER") or DEFAULT_SERVER
-    c = Client(target, credential(args), tls=tls(args), timeout=opt(args, "timeout") or 10.0)
+    c = Client(target, credential(args), tls=tls(args), timeout=_or(opt(args, "timeout"), 10.0))
     try:
         yield c
     finally:

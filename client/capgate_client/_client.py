@@ -51,14 +51,22 @@ VerifyItem = (
 discharges]])."""
 
 
+_MAX_TIMEOUT = 86400.0  # a day: each call's deadline
+
+
 class _Base:
     """What both clients share: the target, the credential, TLS and the deadline."""
 
     def __init__(
         self, target: str, credential: str, *, tls: TLS | None = None, timeout: float = 10.0
     ) -> None:
-        if not credential or not credential.strip():
+        if not isinstance(credential, str) or not credential.strip():
             raise InvalidArgumentError("a credential is required")
+        # NaN, infinities, 0 and negatives all failed every call with DEADLINE_EXCEEDED
+        if type(timeout) not in (int, float) or not 0 < timeout <= _MAX_TIMEOUT:
+            raise InvalidArgumentError(
+                f"timeout is seconds, more than 0 and at most {_MAX_TIMEOUT:.0f}, not {timeout!r}"
+            )
         self.target = target
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {credential.strip()}"),)

@@ -57,3 +57,21 @@ def test_async_verify_stream_takes_an_async_iterable(server):
             return [r.allowed async for r in service.verify_stream(checks())]
 
     assert asyncio.run(run()) == [True, False, True]
+
+
+def test_a_client_refuses_a_deadline_no_call_could_meet() -> None:
+    """NaN, the infinities, 0 and negatives failed every call with DEADLINE_EXCEEDED."""
+    import math
+
+    import pytest
+
+    from capgate import InvalidArgumentError
+
+    for cls in (Client, AsyncClient):
+        for bad in (math.nan, math.inf, 0, -1, 1e9, "5"):
+            with pytest.raises(InvalidArgumentError, match="timeout"):
+                cls("127.0.0.1:1", "cg_x", timeout=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError, match="credential"):
+            cls("127.0.0.1:1", None)  # type: ignore[arg-type]
+    Client("127.0.0.1:1", "cg_x", timeout=0.5).close()
+    asyncio.run(AsyncClient("127.0.0.1:1", "cg_x", timeout=0.5).close())

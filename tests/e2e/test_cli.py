@@ -323,6 +323,13 @@ def test_bench_refuses_bad_settings_before_loading_anything(proc, args, words):
     assert r.returncode == 2 and r.stderr.startswith("capgate: error:") and words in r.stderr
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "soon"])
+@pytest.mark.parametrize("command", [["agent", "list"], ["health"]])
+def test_a_deadline_no_call_could_meet_is_a_usage_error(proc, value, command):
+    r = run(proc, "--timeout", value, *command)
+    assert r.returncode == 2 and "--timeout takes seconds" in r.stderr, r.stderr
+
+
 def test_admin_recover_writes_a_new_credential_locally(tmp_path):
     data = tmp_path / "data"
     p = ServerProcess(data).start()
