@@ -319,6 +319,7 @@ class _Cache:
             self._entries[key] = (now + self._ttl, result)
 
 
+MAX_CACHE_TTL = 300.0  # seconds: a guard's cached allow outlives a revocation by at most this
 _NO_TOKEN = "no capgate token: send 'authorization: Capgate <token>'"  # noqa: S105
 
 
@@ -341,8 +342,16 @@ class _Base:
     def __init__(
         self, *, cache_ttl: float, cache_size: int, monotonic: Callable[[], float]
     ) -> None:
-        if cache_ttl < 0 or cache_size < 1:
-            raise InvalidArgumentError("cache_ttl must be >= 0 and cache_size >= 1")
+        # NaN or an infinity kept a cached allow for ever: past every revocation
+        if type(cache_ttl) not in (int, float) or not 0 <= cache_ttl <= MAX_CACHE_TTL:
+            raise InvalidArgumentError(
+                f"cache_ttl is seconds from 0 to {MAX_CACHE_TTL:.0f} (a revocation reaches "
+                f"a guard at most this late), not {cache_ttl!r}"
+            )
+        if type(cache_size) is not int or not 1 <= cache_size <= 10_000_000:
+            raise InvalidArgumentError(
+                f"cache_size must be from 1 to 10,000,000, not {cache_size!r}"
+            )
         self._cache = _Cache(cache_ttl, cache_size, monotonic)
 
     @staticmethod

@@ -13,7 +13,7 @@ from starlette.middleware import Middleware
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from capgate import PermissionDeniedError, UnavailableError
+from capgate import InvalidArgumentError, PermissionDeniedError, UnavailableError
 from capgate_client import (
     Access,
     AsyncClient,
@@ -311,8 +311,14 @@ def test_the_cache_is_bounded_and_safe_to_share_between_threads(alice):
             t.join()
         assert not errors
         assert len(guard._cache._entries) <= 8
-    with pytest.raises(Exception, match="cache_ttl"):
-        Guard(client, cache_ttl=-1)
+    # a cached allow outlives a revocation by at most cache_ttl: NaN and inf kept one
+    # for ever (NaN never compares as expired)
+    for bad in (-1, float("nan"), float("inf"), 301):
+        with pytest.raises(InvalidArgumentError, match="cache_ttl"):
+            Guard(client, cache_ttl=bad)
+    for bad_size in (0, 10**9, 2.5):
+        with pytest.raises(InvalidArgumentError, match="cache_size"):
+            Guard(client, cache_size=bad_size)  # type: ignore[arg-type]
 
 
 def test_a_spent_budget_answers_429(alice):
