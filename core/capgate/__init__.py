@@ -44,11 +44,13 @@ from capgate._delegation import (
     delegate_offline,
     delegation_id,
     delegation_message,
+    ed25519_verify,
     load_private_key,
     load_public_key,
     new_private_key_pem,
     public_key_id,
     server_proof,
+    weak_public_key,
 )
 from capgate._discharge import bind_signature, mint_discharge, request_digest, token_digest
 from capgate._errors import (
@@ -151,6 +153,7 @@ __all__ = [
     "delegation_id",
     "delegation_message",
     "describe",
+    "ed25519_verify",
     "format_duration",
     "format_timestamp",
     "hop_expiry",
@@ -177,4 +180,5 @@ __all__ = [
     "system_clock",
     "token_digest",
     "token_header",
+    "weak_public_key",
 ]

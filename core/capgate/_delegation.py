@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 
@@ -47,12 +48,14 @@ __all__ = [
     "delegation_id",
     "delegation_message",
     "did_valid",
+    "ed25519_verify",
     "load_private_key",
     "load_public_key",
     "new_private_key_pem",
     "proof_valid",
     "public_key_id",
     "server_proof",
+    "weak_public_key",
 ]
 
 _PROOF_CONTEXT = b"capgate-delegate-v1\n"
@@ -100,10 +103,57 @@ def proof_valid(
         return hmac.compare_digest(cav.proof, expected)
     if public_key is None:
         return False
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(
-            cav.proof, delegation_message(prefix_sig, cav.unsigned)
+    return ed25519_verify(public_key, cav.proof, delegation_message(prefix_sig, cav.unsigned))
+
+
+# Ed25519's curve (RFC 8032, 5.1): a public key is the encoding of a point
+_P = 2**255 - 19
+_D = (-121665 * pow(121666, _P - 2, _P)) % _P
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+
+
+@functools.lru_cache(maxsize=4096)
+def weak_public_key(raw: bytes) -> str | None:
+    """Why 32 bytes are no Ed25519 public key a signature can bind, or None.
+
+    A point of small order (the identity, and the seven others of order 2, 4 or 8)
+    verifies signatures made without any private key: with the identity, R = [r]B
+    and S = r verify for every message. Such keys, encodings of no point, and
+    non-canonical encodings are refused (as libsodium does)."""
+    if len(raw) != 32:
+        return "not 32 bytes"
+    y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+    sign = raw[31] >> 7
+    if y >= _P:
+        return "not a canonical encoding"
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    x2 = u * pow(v, _P - 2, _P) % _P
+    x = pow(x2, (_P + 3) // 8, _P)
+    if (x * x - x2) % _P:
+        x = x * _SQRT_M1 % _P
+    if (x * x - x2) % _P:
+        return "not a point of the curve"
+    if x == 0 and sign:
+        return "not a canonical encoding"
+    if x & 1 != sign:
+        x = _P - x
+    for _ in range(3):  # [8]P: the identity exactly when P's order divides 8
+        t = _D * x * x * y * y % _P
+        x, y = (
+            2 * x * y * pow(1 + t, _P - 2, _P) % _P,
+            (y * y + x * x) * pow(1 - t, _P - 2, _P) % _P,
         )
+    if (x, y) == (0, 1):
+        return "a point of small order (it verifies signatures made without a private key)"
+    return None
+
+
+def ed25519_verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    """Whether ``signature`` is ``public_key``'s over ``message``; never for a weak key."""
+    if weak_public_key(bytes(public_key)) is not None:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
     except (InvalidSignature, ValueError):
         return False
     return True
@@ -159,16 +209,23 @@ def load_public_key(data: bytes | str) -> bytes:
         elif raw.lstrip().startswith(b"ssh-ed25519"):
             key = load_ssh_public_key(raw.strip())
         elif len(raw) == 32:
-            return bytes(raw)
+            return _strong(bytes(raw))
         else:
             decoded = base64.b64decode(raw.strip(), altchars=b"-_", validate=False)
             if len(decoded) == 32:
-                return decoded
+                return _strong(decoded)
     except (ValueError, binascii.Error, TypeError):
         key = None
     if not isinstance(key, Ed25519PublicKey):
         raise InvalidArgumentError("not an Ed25519 public key (PEM, OpenSSH or raw 32 bytes)")
-    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return _strong(key.public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+def _strong(raw: bytes) -> bytes:
+    weak = weak_public_key(raw)
+    if weak is not None:
+        raise InvalidArgumentError(f"not a usable Ed25519 public key: {weak}")
+    return raw
 
 
 def load_private_key(data: bytes) -> Ed25519PrivateKey:

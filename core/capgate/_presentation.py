@@ -42,12 +42,11 @@ import secrets
 import urllib.parse
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from capgate._clock import Clock, system_clock
-from capgate._delegation import public_key_id
+from capgate._delegation import ed25519_verify, public_key_id
 from capgate._errors import InvalidArgumentError, MalformedTokenError
 from capgate._token import Token
 
@@ -200,9 +199,7 @@ class PossessionProof:
             )
         except InvalidArgumentError as e:
             return e.message
-        try:
-            Ed25519PublicKey.from_public_bytes(public_key).verify(self.signature, message)
-        except (InvalidSignature, ValueError):
+        if not ed25519_verify(public_key, self.signature, message):
             return (
                 f"proof does not verify with key {self.key_id} for {method} {target}, "
                 f"this token and the service {audience!r} (a proof is for one service)"

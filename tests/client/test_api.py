@@ -86,6 +86,7 @@ def test_core_public_api_is_pinned():
             "delegation_id",
             "delegation_message",
             "describe",
+            "ed25519_verify",
             "format_duration",
             "format_timestamp",
             "hop_expiry",
@@ -107,6 +108,7 @@ def test_core_public_api_is_pinned():
             "server_proof",
             "system_clock",
             "token_header",
+            "weak_public_key",
         ]
     )
     for name in capgate.__all__:

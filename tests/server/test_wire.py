@@ -135,6 +135,9 @@ def test_bad_admin_and_issue_inputs_are_invalid_argument(setup):
         lambda: admin.create_agent("ok", ["read:/x/../y"]),
         lambda: admin.create_agent("ok", ["read:/x"], max_depth=99),
         lambda: admin.create_agent("ok", ["read:/x"], public_key=b"not a key"),
+        # the identity point: it verifies proofs made without a private key
+        lambda: admin.create_agent("ok", ["read:/x"], public_key=b"\x01" + bytes(31)),
+        lambda: admin.add_public_key("alice", bytes(32)),  # a point of order 4
         lambda: admin.create_agent("ok", ["read:/x"], description="\x00"),
         lambda: admin.update_agent("alice"),
         lambda: alice.issue("read:/data/x", caveats=["delegate = bob"]),

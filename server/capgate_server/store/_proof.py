@@ -23,11 +23,10 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from capgate import public_key_id
+from capgate import ed25519_verify, public_key_id
 
 __all__ = ["GENESIS", "Break", "Checkpoint", "LedgerKey", "canonical", "link", "record_mac", "walk"]
 
@@ -96,12 +95,10 @@ class Checkpoint:
             raw = base64.b64decode(self.public_key, validate=True)
             if public_key_id(raw) != self.key_id:
                 return False
-            Ed25519PublicKey.from_public_bytes(raw).verify(
-                base64.b64decode(self.signature, validate=True), self.message()
-            )
-        except (InvalidSignature, ValueError):
+            signature = base64.b64decode(self.signature, validate=True)
+        except ValueError:
             return False
-        return True
+        return ed25519_verify(raw, signature, self.message())
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
