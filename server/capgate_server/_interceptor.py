@@ -129,15 +129,21 @@ class Authenticator(grpc.aio.ServerInterceptor):
             error = PermissionDeniedError(f"{method} is not open to any principal")
         principal = None
         if error is None:
-            credential = ""
-            for key, value in details.invocation_metadata or ():
-                if key == "authorization":
-                    credential = value.removeprefix("Bearer ").strip()
+            credentials = [
+                value.removeprefix("Bearer ").strip()
+                for key, value in details.invocation_metadata or ()
+                if key == "authorization"
+            ]
+            # One credential: with two, a proxy that checks the first and a server that
+            # took the last would each see another principal.
+            credential = credentials[0] if len(credentials) == 1 else ""
             try:
                 principal = await self._replica.authenticate(credential) if credential else None
             except CapgateError as e:  # the store cannot say who this is: fail closed, say why
                 principal, error = None, e
-            if error is not None:
+            if len(credentials) > 1:
+                error = AuthenticationError("more than one authorization header: send one")
+            elif error is not None:
                 pass
             elif principal is None:
                 error = AuthenticationError("missing or unknown credential")

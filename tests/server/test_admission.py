@@ -233,3 +233,19 @@ def test_verify_batches_in_flight_are_capped(limited):
             t.join(60)
         assert len(verifier_pb2.VerifyBatchResponse.FromString(done["slow"]).responses) == 1024
         assert c.verify_batch([(token, "read", "/data/x", "alice", None)])[0].allowed
+
+
+def test_two_authorization_headers_are_refused_whichever_comes_first(server):
+    """With two credentials, a proxy that checks the first and a server that took the
+    last (as capgate did) would each see another principal: refused, both ways."""
+    svc, _, _ = world(server)
+    admin = server.admin_credential
+    with grpc.insecure_channel(server.address) as ch:
+        list_agents = raw(ch, "/capgate.v1.AgentService/ListAgents")
+        for first, second in (("not-a-credential", admin), (admin, "not-a-credential")):
+            md = (("authorization", f"Bearer {first}"), ("authorization", f"Bearer {second}"))
+            with pytest.raises(grpc.RpcError) as e:
+                list_agents(b"", metadata=md, timeout=5)
+            assert e.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert "more than one authorization header" in e.value.details()
+        assert list_agents(b"", metadata=(("authorization", f"Bearer {admin}"),), timeout=5)
