@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 
 from capgate import UnavailableError
-from capgate_server._status import ERROR_METADATA_KEY, status_for
+from capgate_server._status import ERROR_METADATA_KEY, status_for, status_message
 
 __all__ = ["NOT_EXECUTED", "Intake"]
 
@@ -111,7 +111,7 @@ async def _refuse(context: grpc.aio.ServicerContext[Any, Any]) -> None:
     error = UnavailableError(NOT_EXECUTED)
     await context.abort(
         status_for(error),
-        error.message,
+        status_message(error),
         trailing_metadata=((ERROR_METADATA_KEY, type(error).__name__),),
     )
 

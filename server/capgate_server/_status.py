@@ -25,7 +25,7 @@ from capgate import (
     UnavailableError,
 )
 
-__all__ = ["ERROR_METADATA_KEY", "abort", "status_for"]
+__all__ = ["ERROR_METADATA_KEY", "MAX_MESSAGE", "abort", "status_for", "status_message"]
 
 ERROR_METADATA_KEY = "capgate-error"
 
@@ -52,11 +52,26 @@ def status_for(error: CapgateError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+# A status message travels percent-encoded in a trailer, and gRPC clients drop a
+# call whose trailers pass 8 KiB (the status is then lost, replaced by a transport
+# error). A message that quotes what the caller sent is cut to this many characters:
+# at most 12 bytes each once encoded, the whole within the bound.
+MAX_MESSAGE = 500
+
+
+def status_message(error: CapgateError) -> str:
+    """``error``'s message, cut short if it is long (it may quote the request)."""
+    message = error.message
+    if len(message) <= MAX_MESSAGE:
+        return message
+    return f"{message[:MAX_MESSAGE]}… ({len(message) - MAX_MESSAGE:,} more characters)"
+
+
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: CapgateError) -> NoReturn:
     """End the call with ``error``'s status, message and name (for the SDK)."""
     await context.abort(
         status_for(error),
-        error.message,
+        status_message(error),
         trailing_metadata=((ERROR_METADATA_KEY, type(error).__name__),),
     )
     raise AssertionError("unreachable")  # pragma: no cover - abort() raises

@@ -201,3 +201,20 @@ def test_a_policy_set_without_a_warmup_keeps_the_servers(setup):
         assert stub.SetPolicy(policy, metadata=md).warmup_seconds < 0  # the server's
         policy = governance_pb2.GovernancePolicy(agent="alice", warmup_seconds=0)
         assert stub.SetPolicy(policy, metadata=md).warmup_seconds == 0  # 0 when asked for
+
+
+def test_an_error_that_quotes_a_long_input_still_arrives_with_its_status(setup):
+    """Messages quote what was sent; a long one used to push the status trailer past
+    gRPC's 8 KiB bound, and the client got a transport error instead of the status."""
+    from capgate import CapgateError
+
+    server, admin, alice, *_ = setup
+    for call, cls in (
+        (lambda: alice.issue("read:/data/x", caveats=["x" * 5000]), InvalidArgumentError),
+        (lambda: alice.issue("read:/data/x", caveats=["é" * 9000]), InvalidArgumentError),
+        (lambda: admin.create_agent("ok", ["read:/" + "\u2603" * 3000]), InvalidArgumentError),
+        (lambda: admin.tree("y" * 9000), CapgateError),
+    ):
+        with pytest.raises(cls) as e:
+            call()
+        assert "Stream removed" not in e.value.message and len(e.value.message) < 700
