@@ -15,6 +15,7 @@ from capgate import (
     ApprovalRule,
     Decision,
     InvalidArgumentError,
+    check_id,
     format_timestamp,
 )
 from capgate_proto.v1 import (
@@ -58,6 +59,8 @@ def grants_from(pb: Any) -> list[str]:
     for g in pb:
         if not g.actions or not g.resource:
             raise InvalidArgumentError("a grant needs actions and a resource")
+        for action in g.actions:  # each one name: joined below, a ',' or ':' would be read
+            check_id(action, "action")  # as more actions, or as part of the resource
         out.append(f"{','.join(g.actions)}:{g.resource}")
     return out
 

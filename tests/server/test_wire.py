@@ -218,3 +218,27 @@ def test_an_error_that_quotes_a_long_input_still_arrives_with_its_status(setup):
         with pytest.raises(cls) as e:
             call()
         assert "Stream removed" not in e.value.message and len(e.value.message) < 700
+
+
+def test_a_grant_action_is_one_name_never_reread_as_more(setup):
+    """Grants arrive as a list of actions and a resource; an action holding ',' or ':'
+    was joined into the text form and read again as two actions, or as part of the
+    resource. Each is one action name now, or INVALID_ARGUMENT."""
+    from capgate_proto.v1 import agent_pb2, agent_pb2_grpc, common_pb2, token_pb2, token_pb2_grpc
+
+    server, admin, alice, *_ = setup
+    md = (("authorization", f"Bearer {server.admin_credential}"),)
+    _, cred = admin.create_agent("bob", ["read:/data/**"])
+    bob_md = (("authorization", f"Bearer {cred}"),)
+    with grpc.insecure_channel(server.address) as ch:
+        agents, tokens = agent_pb2_grpc.AgentServiceStub(ch), token_pb2_grpc.TokenServiceStub(ch)
+        for actions in (["re,ad"], ["read:/data/x"], ["read", ""], ["read write"]):
+            grant = common_pb2.Grant(actions=actions, resource="/data/**")
+            with pytest.raises(grpc.RpcError) as e:
+                agents.CreateAgent(
+                    agent_pb2.CreateAgentRequest(id="c", ceiling=[grant]), metadata=md
+                )
+            assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT, actions
+            with pytest.raises(grpc.RpcError) as e:
+                tokens.IssueToken(token_pb2.IssueTokenRequest(grant=grant), metadata=bob_md)
+            assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT, actions
