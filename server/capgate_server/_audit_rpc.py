@@ -7,6 +7,7 @@ translates protobuf to these calls and back.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -118,6 +119,9 @@ def checkpoint_to_pb(c: Checkpoint) -> audit_pb2.Checkpoint:
     )
 
 
+_MAX_LIMIT = 1000  # events one ListEvents returns
+
+
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     def __init__(self, trail: AuditTrail) -> None:
         self.trail = trail
@@ -126,6 +130,8 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     async def ListEvents(self, request: Any, context: Any) -> Any:
         if request.limit < 0 or request.after_seq < 0:
             raise InvalidArgumentError("limit and after_seq must not be negative")
+        if request.limit > _MAX_LIMIT:
+            raise InvalidArgumentError(f"limit must be between 0 and {_MAX_LIMIT} (0: 100)")
         query = _query(
             request,
             limit=request.limit or 100,
@@ -141,6 +147,8 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     async def WatchEvents(self, request: Any, context: Any) -> AsyncIterator[Any]:
         if request.after_pos < 0:
             raise InvalidArgumentError("after_pos must not be negative")
+        if not math.isfinite(request.since):  # NaN read as 0 (everything), inf as nothing
+            raise InvalidArgumentError("since must be a finite number of Unix seconds")
         query = _query(request, since=max(0.0, request.since))
         async for event in self.trail.watch(request.after_pos, query, request.follow):
             yield event_to_pb(event)

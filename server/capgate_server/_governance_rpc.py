@@ -81,6 +81,11 @@ def _window(seconds: int, default: int = 0) -> int:
     return seconds or default
 
 
+def _not_negative(request: Any) -> None:
+    if request.after_seq < 0 or request.limit < 0:
+        raise InvalidArgumentError("after_seq and limit must not be negative")
+
+
 class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
     def __init__(self, governance: Governance, agents: Any, clock: Any) -> None:
         self.governance = governance
@@ -135,6 +140,7 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
 
     @rpc
     async def ListAlerts(self, request: Any, context: Any) -> Any:
+        _not_negative(request)
         found = await self.governance.list_alerts(
             request.after_seq, request.agent, request.limit or 100
         )
@@ -142,6 +148,7 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
 
     @streaming_rpc
     async def WatchAlerts(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        _not_negative(request)
         async for a in self.governance.watch(request.after_seq, request.agent):
             yield alert_to_pb(a)
 

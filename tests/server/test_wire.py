@@ -242,3 +242,33 @@ def test_a_grant_action_is_one_name_never_reread_as_more(setup):
             with pytest.raises(grpc.RpcError) as e:
                 tokens.IssueToken(token_pb2.IssueTokenRequest(grant=grant), metadata=bob_md)
             assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT, actions
+
+
+def test_paging_and_time_bounds_out_of_range_are_refused(setup):
+    """What the protos bound is refused outside the bound: ListEvents' limit (at most
+    1000), WatchEvents' since (NaN read as 0, everything; inf as nothing, for ever),
+    ListAlerts' and WatchAlerts' negative cursors."""
+    from capgate_proto.v1 import audit_pb2, audit_pb2_grpc, governance_pb2, governance_pb2_grpc
+
+    server, *_ = setup
+    md = (("authorization", f"Bearer {server.admin_credential}"),)
+    with grpc.insecure_channel(server.address) as ch:
+        audit = audit_pb2_grpc.AuditServiceStub(ch)
+        alerts = governance_pb2_grpc.GovernanceServiceStub(ch)
+        calls = [
+            lambda: audit.ListEvents(audit_pb2.ListEventsRequest(limit=1001), metadata=md),
+            lambda: audit.ListEvents(audit_pb2.ListEventsRequest(limit=2**31 - 1), metadata=md),
+            lambda: alerts.ListAlerts(governance_pb2.ListAlertsRequest(after_seq=-1), metadata=md),
+            lambda: alerts.ListAlerts(governance_pb2.ListAlertsRequest(limit=-1), metadata=md),
+        ]
+        for since in (float("nan"), float("inf"), float("-inf")):
+            request = audit_pb2.WatchEventsRequest(since=since)
+            calls.append(lambda r=request: list(audit.WatchEvents(r, metadata=md, timeout=5)))
+        request = governance_pb2.ListAlertsRequest(limit=-1)
+        calls.append(lambda: list(alerts.WatchAlerts(request, metadata=md, timeout=5)))
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as e:
+                call()
+            assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+        ok = audit.ListEvents(audit_pb2.ListEventsRequest(limit=1000), metadata=md)
+        assert ok.events
