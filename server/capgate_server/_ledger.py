@@ -226,9 +226,9 @@ class AuditLedger:
         )
 
     def _against(self, exported: Checkpoint, start_pos: int) -> Break | None:
-        if not exported.valid([self.key.key_id]):
+        if not exported.valid([self.key.key_id]):  # its pos is the sender's word: not reported
             return Break(
-                exported.pos, "the exported checkpoint is not signed by this store's ledger key"
+                start_pos, "the exported checkpoint is not signed by this store's ledger key"
             )
         if exported.pos <= start_pos:  # pruned since: only a kept cut can speak for it
             same = [

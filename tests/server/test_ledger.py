@@ -188,6 +188,21 @@ def test_a_rewritten_tail_is_caught_by_an_exported_checkpoint(ledger_server, tmp
     assert check(server, against=saved).break_pos == exported.pos - 2
 
 
+def test_an_altered_exported_checkpoint_reports_no_position_of_its_own(ledger_server):
+    """An exported checkpoint whose position was altered is not signed: the report
+    says so, and the break it names is not the position the sender wrote in."""
+    import dataclasses
+
+    server, _ = ledger_server
+    busy(server, 3)
+    with server.client() as admin:
+        exported = admin.audit_checkpoint()
+    for pos in (-1, 2**63 - 1, exported.pos + 1000):
+        r = check(server, against=dataclasses.replace(exported, pos=pos))
+        assert not r.intact and "not signed" in r.reason
+        assert 0 <= r.break_pos <= exported.pos, r
+
+
 def test_a_forged_checkpoint_does_not_pass(ledger_server):
     server, connect = ledger_server
     busy(server, 3)

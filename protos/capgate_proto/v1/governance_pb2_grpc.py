@@ -106,7 +106,10 @@ class GovernanceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetPolicy(self, request, context):
-        """What an alert about the agent does, and how sensitive detection is.
+        """What an alert about the agent does, and how sensitive detection is. It replaces
+        the agent's whole policy: a field left out takes its default (containment
+        alert, sensitivity 1, the server's warm-up, no shadow ceiling), so read the
+        policy with GetPolicy first to change one field.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
