@@ -56,6 +56,21 @@ def _rules(rules: Sequence[ApprovalRule]) -> tuple[ApprovalRule, ...]:
     return tuple(rules)
 
 
+# names the audit log gives to no principal: the system's own actions, and a login
+# that failed before anyone was identified. A principal or agent by one of these
+# names would be confused with them in every record and report.
+RESERVED_IDS = frozenset({"capgate", "unknown"})
+
+
+def _not_reserved(identifier: str) -> None:
+    if identifier.lower() in RESERVED_IDS:
+        raise InvalidArgumentError(
+            f"{identifier!r} is reserved: the audit log names "
+            + ("the system's own actions" if identifier.lower() == "capgate" else "failed logins")
+            + " with it"
+        )
+
+
 class Registry:
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
@@ -124,7 +139,7 @@ class Registry:
         approvals: Sequence[ApprovalRule] = (),
         rate: str = "",
     ) -> tuple[Agent, str]:
-        check_id(agent_id, "agent id")
+        _not_reserved(check_id(agent_id, "agent id"))
         keys = {}
         if public_key:
             raw = load_public_key(public_key)
@@ -301,7 +316,7 @@ class Registry:
     async def create_principal(
         self, caller: Principal, principal_id: str, role: str
     ) -> tuple[Principal, str]:
-        check_id(principal_id, "principal id")
+        _not_reserved(check_id(principal_id, "principal id"))
         if role not in (Role.SERVICE, Role.ADMIN, Role.APPROVER, Role.OPERATOR):
             raise InvalidArgumentError(
                 "role must be 'service', 'approver', 'operator' or 'admin' (agents: create-agent)"

@@ -138,6 +138,10 @@ def test_bad_admin_and_issue_inputs_are_invalid_argument(setup):
         # the identity point: it verifies proofs made without a private key
         lambda: admin.create_agent("ok", ["read:/x"], public_key=b"\x01" + bytes(31)),
         lambda: admin.add_public_key("alice", bytes(32)),  # a point of order 4
+        # the audit log's names for the system and for failed logins
+        lambda: admin.create_principal("unknown", "service"),
+        lambda: admin.create_principal("capgate", "admin"),
+        lambda: admin.create_agent("Unknown", ["read:/x"]),
         lambda: admin.create_agent("ok", ["read:/x"], description="\x00"),
         lambda: admin.update_agent("alice"),
         lambda: alice.issue("read:/data/x", caveats=["delegate = bob"]),
