@@ -69,7 +69,7 @@ def serve(args: argparse.Namespace) -> int:
     settings.governance = not args.no_governance
     if args.governance_warmup is not None:
         settings.governance_warmup = float(duration(args.governance_warmup) or 0)
-    settings.check()  # before anything is written
+    # the server and the worker pool check the settings before anything is written
 
     workers = args.workers
     if workers is None:

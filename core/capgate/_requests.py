@@ -32,10 +32,7 @@ def request_problem(request: Request) -> str | None:
     if type(action) is not str or action not in _VALID_ACTIONS:
         if not isinstance(action, str) or ACTION_RE.fullmatch(action) is None:
             return f"action {action!r} is not a valid action name"
-        if type(action) is str:
-            if len(_VALID_ACTIONS) > _ACTIONS_LIMIT:  # actions are a small vocabulary
-                _VALID_ACTIONS.clear()
-            _VALID_ACTIONS.add(action)
+        _remember(_VALID_ACTIONS, action)
     if type(resource) is not str or resource not in _VALID_RESOURCES:
         problem = resource_problem(resource)
         if problem is not None:
@@ -54,10 +51,15 @@ def request_problem(request: Request) -> str | None:
             if type(k) is not str or k not in _VALID_CTX_KEYS:
                 if not isinstance(k, str) or CTX_KEY_RE.fullmatch(k) is None:
                     return f"context key {k!r} is not valid"
-                if type(k) is str:
-                    if len(_VALID_CTX_KEYS) > _ACTIONS_LIMIT:  # a small vocabulary
-                        _VALID_CTX_KEYS.clear()
-                    _VALID_CTX_KEYS.add(k)
+                _remember(_VALID_CTX_KEYS, k)
             if not isinstance(v, str) or len(v) > _MAX_CTX_VALUE:
                 return f"context value for {k!r} is not text of at most {_MAX_CTX_VALUE} chars"
     return None
+
+
+def _remember(valid: set[str], name: str) -> None:
+    """Remember a valid action or context key (small vocabularies), if exactly a str."""
+    if type(name) is str:
+        if len(valid) > _ACTIONS_LIMIT:
+            valid.clear()
+        valid.add(name)

@@ -369,7 +369,7 @@ class Verifier:
         """The chain kept for ``text``, or None; never reads the token (a chain is kept
         from its token's second sighting, so a caller that remembers what follows
         from one keeps nothing for a token seen once either)."""
-        return self._cache.young.get(text) or self._cache.recall(text)
+        return self._cache.get(text)
 
     def _root_key(self, kid: str) -> tuple[bytes, bytes] | None:
         got = self._derived.get(kid)

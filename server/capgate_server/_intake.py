@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 
 from capgate import UnavailableError
-from capgate_server._status import ERROR_METADATA_KEY, status_for, status_message
+from capgate_server._status import abort
 
 __all__ = ["NOT_EXECUTED", "Intake"]
 
@@ -108,12 +108,7 @@ class Intake(grpc.aio.ServerInterceptor):
 
 
 async def _refuse(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    error = UnavailableError(NOT_EXECUTED)
-    await context.abort(
-        status_for(error),
-        status_message(error),
-        trailing_metadata=((ERROR_METADATA_KEY, type(error).__name__),),
-    )
+    await abort(context, UnavailableError(NOT_EXECUTED))
 
 
 def _same_kind(handler: Any, behaviour: Any) -> Any:
